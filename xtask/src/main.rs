@@ -1,1 +1,82 @@
-fn main() {}
+//! Project automation: `cargo xtask ci | tidy | demo`.
+//!
+//! `cargo xtask ci` runs exactly what CI runs. Keep this crate dependency-light: it shells out
+//! to cargo and to the binaries this workspace builds.
+
+mod demo;
+mod tidy;
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() -> Result<()> {
+    let mut args = std::env::args().skip(1);
+    let cmd = args.next().unwrap_or_else(|| "help".into());
+    let rest: Vec<String> = args.collect();
+    match cmd.as_str() {
+        "ci" => ci(),
+        "tidy" => tidy::run(&project_root()),
+        "demo" => demo::run(&project_root(), &rest),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <command>\n\n\
+                 commands:\n  \
+                 ci     run exactly what CI runs: fmt --check, clippy -D warnings, tests, tidy\n  \
+                 tidy   check the architecture rules (layering, sans-IO core, //! headers)\n  \
+                 demo   start a gateway with dev certificates and one origin per TCP mechanism\n         \
+                        (--once: print the table and exit)"
+            );
+            if cmd == "help" || cmd == "--help" {
+                Ok(())
+            } else {
+                bail!("unknown command {cmd:?}")
+            }
+        }
+    }
+}
+
+/// The workspace root: the parent of this crate's manifest directory.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn ci() -> Result<()> {
+    let root = project_root();
+    run(&root, "cargo", &["fmt", "--all", "--check"])?;
+    run(
+        &root,
+        "cargo",
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // Binaries are built first so the end-to-end tests can start them as real processes.
+    run(&root, "cargo", &["build", "--workspace", "--bins"])?;
+    run(&root, "cargo", &["test", "--workspace", "--no-fail-fast"])?;
+    tidy::run(&root)?;
+    eprintln!("xtask ci: all green");
+    Ok(())
+}
+
+/// Runs a command in `dir`, echoing it, and fails if it exits non-zero.
+pub fn run(dir: &Path, program: &str, args: &[&str]) -> Result<()> {
+    eprintln!("$ {program} {}", args.join(" "));
+    let status = Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .status()
+        .with_context(|| format!("could not start {program}"))?;
+    if !status.success() {
+        bail!("{program} {} failed: {status}", args.join(" "));
+    }
+    Ok(())
+}
