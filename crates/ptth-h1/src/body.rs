@@ -1,0 +1,8 @@
+//! The one body type that crosses crate boundaries: boxed, streaming, `Send + Sync`.
+
+/// Any error a body may produce.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A streaming body. Every request and response forwarded through ptth uses it, so bodies
+/// are never collected into memory on the way through.
+pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
