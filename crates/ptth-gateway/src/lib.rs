@@ -1,1 +1,117 @@
-//! ptth-gateway.
+//! The PTTH gateway: accepts reversed connections from origins and routes public requests
+//! to them.
+//!
+//! ```text
+//! public client ─▶ public listener ─▶ Proxy ─▶ Registry (scope → least outstanding) ─▶
+//!     OriginConn (reversed HTTP/1.1 or HTTP/2) ─▶ origin
+//! origin ─▶ tunnel listener (TLS; ALPN dispatch) ─▶ setup + authentication ─▶ Registry
+//! ```
+//!
+//! The library is what the `ptth-gateway` binary runs: build a [`GatewayConfig`], call
+//! [`Gateway::start`], and the returned handle reports the bound addresses.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
+pub mod dev;
+mod forward;
+pub mod proxy;
+pub mod registry;
+pub mod tls;
+mod tunnel;
+mod public;
+
+pub use config::GatewayConfig;
+pub use registry::{OriginConn, QueueLimits, Registry};
+
+use anyhow::{Context, Result};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// A running gateway.
+#[derive(Debug)]
+pub struct Gateway {
+    /// Where public cleartext clients connect.
+    pub listen: SocketAddr,
+    /// Where public TLS clients connect, if enabled.
+    pub listen_tls: Option<SocketAddr>,
+    /// Where origins connect.
+    pub tunnel: SocketAddr,
+    /// The connected origins.
+    pub registry: Arc<Registry>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Binds every listener and starts serving. Returns once the sockets are bound.
+    pub async fn start(config: &GatewayConfig) -> Result<Self> {
+        let certs = tls::load_certs(&config.cert)?;
+        let key = tls::load_key(&config.key)?;
+        let tunnel_tls = tls::tunnel_config(certs.clone(), key.clone_key(), config.client_ca.as_deref())?;
+        let registry = Registry::new(QueueLimits {
+            max_waiting: config.queue_limit,
+            max_wait: config.queue_timeout,
+        });
+        let proxy = proxy::Proxy::new(
+            registry.clone(),
+            proxy::ProxyConfig {
+                via_name: config.via_name.clone(),
+                request_timeout: config.request_timeout,
+            },
+        );
+        let mut tokens = ptth_auth::TokenVerifier::new();
+        for t in &config.tokens {
+            tokens.accept(t);
+        }
+        let ctx = Arc::new(tunnel::TunnelContext {
+            registry: registry.clone(),
+            tokens,
+            setup_tokens: ptth_core::SetupTokens::default(),
+            handshake_timeout: config.handshake_timeout,
+        });
+
+        let tunnel_l = TcpListener::bind(config.tunnel)
+            .await
+            .with_context(|| format!("binding the tunnel listener on {}", config.tunnel))?;
+        let public_l = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding the public listener on {}", config.listen))?;
+        let tunnel = tunnel_l.local_addr()?;
+        let listen = public_l.local_addr()?;
+        let mut tasks = vec![
+            tokio::spawn(tunnel::serve(tunnel_l, TlsAcceptor::from(Arc::new(tunnel_tls)), ctx)),
+            tokio::spawn(public::serve(public_l, None, proxy.clone())),
+        ];
+        let mut listen_tls = None;
+        if let Some(addr) = config.listen_tls {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the public TLS listener on {addr}"))?;
+            listen_tls = Some(l.local_addr()?);
+            let acceptor = TlsAcceptor::from(Arc::new(tls::public_config(certs, key)?));
+            tasks.push(tokio::spawn(public::serve(l, Some(acceptor), proxy)));
+        }
+        tracing::info!(%listen, ?listen_tls, %tunnel, "gateway listening");
+        Ok(Self {
+            listen,
+            listen_tls,
+            tunnel,
+            registry,
+            tasks,
+        })
+    }
+
+    /// Stops every listener. Connections already accepted end with their tasks.
+    pub fn stop(&self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

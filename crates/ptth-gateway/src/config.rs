@@ -1,0 +1,202 @@
+//! Gateway configuration: command-line flags, optionally a TOML file with the same names.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Command-line flags. Every flag may also be set in the `--config` TOML file (same names,
+/// with `-` or `_`); flags given on the command line win.
+#[derive(Debug, Parser, Default, Deserialize)]
+#[command(name = "ptth-gateway", version, about = "PTTH gateway: origins dial in, public clients reach them")]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct Cli {
+    /// Public cleartext listener: HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Public TLS listener (ALPN h2, http/1.1), with the gateway certificate.
+    #[arg(long)]
+    pub listen_tls: Option<SocketAddr>,
+    /// Tunnel listener where origins connect (TLS; every TCP mechanism on one port).
+    #[arg(long)]
+    pub tunnel: Option<SocketAddr>,
+    /// The gateway's certificate chain (PEM).
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// The gateway's private key (PEM).
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// A bearer token origins may present (repeatable). Only its hash is kept in memory.
+    #[arg(long = "token", env = "PTTH_TOKEN")]
+    #[serde(default, alias = "token")]
+    pub tokens: Vec<String>,
+    /// CA (PEM) whose client certificates origins may present; required for h2-reverse.
+    #[arg(long)]
+    pub client_ca: Option<PathBuf>,
+    /// Generate (or reuse) dev credentials in DIR: a CA, a localhost certificate, an origin
+    /// client certificate and a token, and use them.
+    #[arg(long)]
+    pub dev: Option<PathBuf>,
+    /// Read settings from a TOML file.
+    #[arg(long)]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Requests that may wait for a busy origin at once.
+    #[arg(long)]
+    pub queue_limit: Option<usize>,
+    /// Seconds a request may wait for a busy origin before 503.
+    #[arg(long)]
+    pub queue_timeout: Option<f64>,
+    /// Seconds an origin may take to send response headers before 504.
+    #[arg(long)]
+    pub request_timeout: Option<f64>,
+    /// Log format: human or json.
+    #[arg(long)]
+    pub log_format: Option<String>,
+}
+
+/// The gateway's settled configuration.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Public cleartext listener.
+    pub listen: SocketAddr,
+    /// Public TLS listener.
+    pub listen_tls: Option<SocketAddr>,
+    /// Tunnel listener.
+    pub tunnel: SocketAddr,
+    /// Certificate chain file.
+    pub cert: PathBuf,
+    /// Private key file.
+    pub key: PathBuf,
+    /// Client CA file, if any.
+    pub client_ca: Option<PathBuf>,
+    /// Accepted origin tokens.
+    pub tokens: Vec<ptth_auth::BearerToken>,
+    /// Wait-queue length.
+    pub queue_limit: usize,
+    /// Wait-queue timeout.
+    pub queue_timeout: Duration,
+    /// Response-header timeout.
+    pub request_timeout: Duration,
+    /// TLS handshake plus setup timeout.
+    pub handshake_timeout: Duration,
+    /// Pseudonym in `Via`.
+    pub via_name: String,
+}
+
+impl GatewayConfig {
+    /// A configuration with defaults around the required parts.
+    pub fn new(
+        listen: SocketAddr,
+        tunnel: SocketAddr,
+        cert: PathBuf,
+        key: PathBuf,
+        tokens: Vec<ptth_auth::BearerToken>,
+    ) -> Self {
+        Self {
+            listen,
+            listen_tls: None,
+            tunnel,
+            cert,
+            key,
+            client_ca: None,
+            tokens,
+            queue_limit: 1024,
+            queue_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            handshake_timeout: Duration::from_secs(10),
+            via_name: "ptth".to_string(),
+        }
+    }
+}
+
+impl Cli {
+    /// Merges the `--config` file under the flags and settles defaults. Returns the config
+    /// and, in dev mode, the dev files (so the binary can print how to use them).
+    pub fn resolve(mut self) -> Result<(GatewayConfig, Option<crate::dev::DevFiles>)> {
+        if let Some(path) = self.config.clone() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            let file: Cli =
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            self = self.or(file);
+        }
+        let mut dev_files = None;
+        let mut tokens = self.tokens.clone();
+        if let Some(dir) = &self.dev {
+            let files = crate::dev::ensure(dir)?;
+            self.cert.get_or_insert(files.cert.clone());
+            self.key.get_or_insert(files.key.clone());
+            self.client_ca.get_or_insert(files.ca.clone());
+            let t = std::fs::read_to_string(&files.token)?;
+            tokens.push(t.trim().to_string());
+            dev_files = Some(files);
+        }
+        let Some(listen) = self.listen else {
+            bail!("--listen is required (the public listener address)")
+        };
+        let Some(tunnel) = self.tunnel else {
+            bail!("--tunnel is required (where origins connect)")
+        };
+        let (Some(cert), Some(key)) = (self.cert, self.key) else {
+            bail!("--cert and --key are required (or --dev DIR to generate them)")
+        };
+        if tokens.is_empty() {
+            bail!("no origin credential is configured: give --token SECRET (or --dev DIR); the gateway never accepts unauthenticated origins");
+        }
+        let tokens = tokens
+            .into_iter()
+            .map(|t| ptth_auth::BearerToken::new(t).map_err(|e| anyhow::anyhow!("--token: {e}")))
+            .collect::<Result<Vec<_>>>()?;
+        let mut c = GatewayConfig::new(listen, tunnel, cert, key, tokens);
+        c.listen_tls = self.listen_tls;
+        c.client_ca = self.client_ca;
+        if let Some(n) = self.queue_limit {
+            c.queue_limit = n;
+        }
+        if let Some(s) = self.queue_timeout {
+            c.queue_timeout = secs(s, "--queue-timeout")?;
+        }
+        if let Some(s) = self.request_timeout {
+            c.request_timeout = secs(s, "--request-timeout")?;
+        }
+        Ok((c, dev_files))
+    }
+
+    fn or(self, file: Cli) -> Cli {
+        Cli {
+            listen: self.listen.or(file.listen),
+            listen_tls: self.listen_tls.or(file.listen_tls),
+            tunnel: self.tunnel.or(file.tunnel),
+            cert: self.cert.or(file.cert),
+            key: self.key.or(file.key),
+            tokens: if self.tokens.is_empty() { file.tokens } else { self.tokens },
+            client_ca: self.client_ca.or(file.client_ca),
+            dev: self.dev.or(file.dev),
+            config: self.config,
+            queue_limit: self.queue_limit.or(file.queue_limit),
+            queue_timeout: self.queue_timeout.or(file.queue_timeout),
+            request_timeout: self.request_timeout.or(file.request_timeout),
+            log_format: self.log_format.or(file.log_format),
+        }
+    }
+}
+
+fn secs(s: f64, flag: &str) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("{flag} must be a non-negative number of seconds"))
+}
+
+/// Sets up `tracing` output: human-readable by default, JSON lines with `json`.
+pub fn init_logging(format: Option<&str>) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format.unwrap_or("human") {
+        "human" => builder.init(),
+        "json" => builder.json().init(),
+        other => bail!("--log-format must be human or json, not {other:?}"),
+    }
+    Ok(())
+}

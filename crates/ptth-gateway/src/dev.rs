@@ -1,0 +1,143 @@
+//! `--dev DIR`: generated credentials so a demo needs no manual certificate work.
+//!
+//! Writes a private CA, a gateway certificate for `localhost`, `127.0.0.1` and `::1`, an origin
+//! client certificate, and a random bearer token. When DIR already holds a complete set it is
+//! reused, so origins started against an earlier run keep trusting a restarted gateway.
+
+use anyhow::{Context, Result};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Paths of the dev credentials inside DIR.
+#[derive(Debug, Clone)]
+pub struct DevFiles {
+    /// The private CA certificate origins trust (`ptth-origin --ca`).
+    pub ca: PathBuf,
+    /// The gateway's certificate chain.
+    pub cert: PathBuf,
+    /// The gateway's private key.
+    pub key: PathBuf,
+    /// An origin client certificate signed by the CA (for mechanisms that require one).
+    pub origin_cert: PathBuf,
+    /// Its private key.
+    pub origin_key: PathBuf,
+    /// The bearer token the gateway accepts.
+    pub token: PathBuf,
+}
+
+impl DevFiles {
+    /// The file names inside `dir`.
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("gateway.pem"),
+            key: dir.join("gateway.key"),
+            origin_cert: dir.join("origin.pem"),
+            origin_key: dir.join("origin.key"),
+            token: dir.join("token"),
+        }
+    }
+
+    fn all(&self) -> [&Path; 6] {
+        [
+            &self.ca,
+            &self.cert,
+            &self.key,
+            &self.origin_cert,
+            &self.origin_key,
+            &self.token,
+        ]
+    }
+}
+
+/// Creates (or reuses) the dev credentials in `dir` and returns their paths.
+pub fn ensure(dir: &Path) -> Result<DevFiles> {
+    let files = DevFiles::in_dir(dir);
+    if files.all().iter().all(|p| p.exists()) {
+        return Ok(files);
+    }
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+
+    let ca_key = KeyPair::generate()?;
+    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ptth dev CA");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = ca_params.self_signed(&ca_key)?;
+
+    let gw_key = KeyPair::generate()?;
+    let mut gw_params = CertificateParams::new(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])?;
+    gw_params
+        .distinguished_name
+        .push(DnType::CommonName, "ptth dev gateway");
+    gw_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let gw = gw_params.signed_by(&gw_key, &ca, &ca_key)?;
+
+    let or_key = KeyPair::generate()?;
+    let mut or_params =
+        CertificateParams::new(vec!["localhost".to_string(), "*.localhost".to_string()])?;
+    or_params
+        .distinguished_name
+        .push(DnType::CommonName, "ptth dev origin");
+    or_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let or = or_params.signed_by(&or_key, &ca, &ca_key)?;
+
+    let token = random_token();
+    write(&files.ca, &ca.pem())?;
+    write(&files.cert, &gw.pem())?;
+    write_secret(&files.key, &gw_key.serialize_pem())?;
+    write(&files.origin_cert, &or.pem())?;
+    write_secret(&files.origin_key, &or_key.serialize_pem())?;
+    write_secret(&files.token, &token)?;
+    Ok(files)
+}
+
+fn write(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+fn write_secret(path: &Path, text: &str) -> Result<()> {
+    write(path, text)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(())
+}
+
+/// 32 random bytes from the operating system, hex-encoded.
+fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_once_and_reuses() {
+        let dir = std::env::temp_dir().join(format!("ptth-dev-test-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let a = ensure(&dir).unwrap();
+        let ca1 = fs::read_to_string(&a.ca).unwrap();
+        let token = fs::read_to_string(&a.token).unwrap();
+        assert_eq!(token.len(), 64);
+        let b = ensure(&dir).unwrap();
+        assert_eq!(fs::read_to_string(&b.ca).unwrap(), ca1);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,101 @@
+//! Sending one request over a reversed connection, whatever its HTTP version.
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use std::sync::Arc;
+
+/// Any error a body may produce.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The streaming body type every forwarded message uses.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+
+/// The request-sending half of a reversed connection.
+#[derive(Debug)]
+pub enum Sender {
+    /// Reversed HTTP/1.1: one request at a time.
+    H1(tokio::sync::Mutex<ptth_h1::reversed::Sender>, Arc<std::sync::atomic::AtomicBool>),
+    /// Reversed HTTP/2: multiplexed; capacity from the origin's SETTINGS.
+    H2(ptth_h2::reversed::Sender, Arc<ptth_h2::PeerSettings>),
+}
+
+/// How a send failed, and whether the request may go to another connection.
+#[derive(Debug)]
+pub enum SendError {
+    /// The connection refused the request before any of it was sent: retry elsewhere.
+    NotSent(Request<Body>, hyper::Error),
+    /// The request was (maybe partly) sent and failed: the origin failed it.
+    Failed(hyper::Error),
+}
+
+impl Sender {
+    /// Requests this connection carries at once.
+    pub fn capacity(&self) -> usize {
+        match self {
+            Sender::H1(..) => 1,
+            Sender::H2(_, settings) => settings.max_send_streams().clamp(1, 1 << 16),
+        }
+    }
+
+    /// Whether the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(_, closed) => closed.load(std::sync::atomic::Ordering::Acquire),
+            Sender::H2(s, _) => s.is_closed(),
+        }
+    }
+
+    /// Whether the origin enabled RFC 8441 extended CONNECT (WebSocket over HTTP/2).
+    pub fn extended_connect(&self) -> bool {
+        match self {
+            Sender::H1(..) => false,
+            Sender::H2(_, settings) => settings.extended_connect(),
+        }
+    }
+
+    /// Whether this is a reversed HTTP/2 connection.
+    pub fn is_h2(&self) -> bool {
+        matches!(self, Sender::H2(..))
+    }
+
+    /// Sends `req`, returning the origin's response head and streaming body.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
+        match self {
+            Sender::H1(lock, _) => {
+                let mut s = lock.lock().await;
+                if let Err(e) = s.ready().await {
+                    return Err(SendError::NotSent(req, e));
+                }
+                let fut = s.try_send_request(req);
+                drop(s);
+                fut.await.map_err(|mut e| match e.take_message() {
+                    Some(req) => SendError::NotSent(req, e.into_error()),
+                    None => SendError::Failed(e.into_error()),
+                })
+            }
+            Sender::H2(s, _) => {
+                let mut s = s.clone();
+                s.try_send_request(req).await.map_err(|mut e| match e.take_message() {
+                    Some(req) => SendError::NotSent(req, e.into_error()),
+                    None => SendError::Failed(e.into_error()),
+                })
+            }
+        }
+    }
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}

@@ -1,0 +1,54 @@
+//! The `ptth-gateway` binary: a thin shell over the `ptth_gateway` library.
+
+use clap::Parser;
+use ptth_gateway::config::{init_logging, Cli};
+use ptth_gateway::Gateway;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let log_format = cli.log_format.clone();
+    init_logging(log_format.as_deref())?;
+    let (config, dev) = cli.resolve()?;
+    let gateway = Gateway::start(&config).await?;
+    if let Some(dev) = dev {
+        let token = std::fs::read_to_string(&dev.token)?;
+        tracing::info!(
+            ca = %dev.ca.display(),
+            token = %token.trim(),
+            origin_cert = %dev.origin_cert.display(),
+            origin_key = %dev.origin_key.display(),
+            "dev mode: origins trust the CA above and present this token (only for development)"
+        );
+    }
+    // Print the bound addresses on stdout, machine-readable, for scripts and tests.
+    println!("listen={}", gateway.listen);
+    if let Some(a) = gateway.listen_tls {
+        println!("listen-tls={a}");
+    }
+    println!("tunnel={}", gateway.tunnel);
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    gateway.stop();
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

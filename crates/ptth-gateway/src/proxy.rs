@@ -1,0 +1,430 @@
+//! The public side: every public request is routed to an origin connection and streamed back.
+//!
+//! Standard reverse-proxy behaviour (RFC 9110 §7.6): hop-by-hop fields are removed in both
+//! directions, `Via` is added, and `Forwarded` (RFC 7239) records the client. Errors say who
+//! caused them: 400 for a request the gateway cannot route, 502 when the origin failed it,
+//! 503 (with `Retry-After`) when no origin is there or the queue is full, 504 on timeout.
+
+use crate::forward::{Body, BoxError, SendError};
+use crate::registry::{Registry, Reservation, RouteError};
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Frame;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use ptth_core::RequestTarget;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+/// Settings of the public proxy.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The pseudonym this gateway writes into `Via`.
+    pub via_name: String,
+    /// How long an origin may take to send response headers.
+    pub request_timeout: Duration,
+}
+
+/// Routes public requests to origins.
+#[derive(Debug)]
+pub struct Proxy {
+    registry: Arc<Registry>,
+    config: ProxyConfig,
+}
+
+/// Information about the public connection a request came on.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientInfo {
+    /// The client's address.
+    pub addr: SocketAddr,
+    /// Whether the public connection is TLS.
+    pub tls: bool,
+}
+
+impl Proxy {
+    /// A proxy over `registry`.
+    pub fn new(registry: Arc<Registry>, config: ProxyConfig) -> Arc<Self> {
+        Arc::new(Self { registry, config })
+    }
+
+    /// Handles one public request. Never fails: every error becomes a response.
+    pub async fn handle(&self, mut req: Request<Incoming>, client: ClientInfo) -> Response<Body> {
+        let websocket = is_websocket_upgrade(&req);
+        let public_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+        let target = match RequestTarget::from_parts(&parts) {
+            Ok(t) => t,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot route: {e}")),
+        };
+        let ws_key = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned();
+        let received_version = parts.version;
+        strip_hop_by_hop(&mut parts.headers);
+        append_via(&mut parts.headers, received_version, &self.config.via_name);
+        append_forwarded(&mut parts.headers, client, &target);
+        let scheme = if client.tls { "https" } else { "http" };
+        let mut request = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+
+        let mut avoid = None;
+        let (reservation, response) = loop {
+            let reservation = match self.registry.acquire(&target, avoid).await {
+                Ok(r) => r,
+                Err(RouteError::NoOrigin) if avoid.is_some() => {
+                    return error(StatusCode::BAD_GATEWAY, "the origin connection closed before the request could be sent")
+                }
+                Err(RouteError::NoOrigin) => {
+                    return unavailable("no origin is connected for this host and path", 5)
+                }
+                Err(RouteError::QueueFull) => {
+                    return unavailable("every origin connection is busy and the queue is full", 1)
+                }
+                Err(RouteError::QueueTimeout) => {
+                    return unavailable("every origin connection stayed busy for the whole wait", 1)
+                }
+            };
+            let conn = reservation.conn().clone();
+            let h2 = conn.sender.is_h2();
+            if websocket && h2 && !conn.sender.extended_connect() {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "the origin's HTTP/2 connection does not enable extended CONNECT (RFC 8441), so WebSocket cannot reach it",
+                );
+            }
+            fit_request(&mut request, h2, scheme, &target, websocket, ws_key.as_ref());
+            match tokio::time::timeout(self.config.request_timeout, conn.sender.send(request)).await
+            {
+                Err(_) => {
+                    return error(StatusCode::GATEWAY_TIMEOUT, "the origin did not answer in time")
+                }
+                Ok(Ok(resp)) => break (reservation, resp),
+                Ok(Err(SendError::NotSent(req, e))) => {
+                    tracing::debug!(conn = conn.id, error = %e, "connection refused the request; retrying on another");
+                    request = req;
+                    avoid = Some(conn.id);
+                }
+                Ok(Err(SendError::Failed(e))) => {
+                    tracing::warn!(conn = conn.id, error = %e, "origin failed the request");
+                    return error(StatusCode::BAD_GATEWAY, &format!("the origin failed the request: {e}"));
+                }
+            }
+        };
+        self.finish(reservation, response, public_upgrade, ws_key)
+    }
+
+    fn finish(
+        &self,
+        reservation: Reservation,
+        mut response: Response<Incoming>,
+        public_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        ws_key: Option<HeaderValue>,
+    ) -> Response<Body> {
+        let conn = reservation.conn().clone();
+        let status = response.status();
+        let upgraded = match (&public_upgrade, conn.sender.is_h2()) {
+            (Some(_), false) => status == StatusCode::SWITCHING_PROTOCOLS,
+            (Some(_), true) => status.is_success(),
+            (None, _) => false,
+        };
+        if upgraded {
+            let origin_upgrade = hyper::upgrade::on(&mut response);
+            if !conn.sender.is_h2() {
+                // After a 101 the reversed HTTP/1.1 connection belongs to the WebSocket.
+                conn.mark_closed();
+            }
+            if let Some(public) = public_upgrade {
+                tokio::spawn(async move {
+                    let _hold = reservation;
+                    match tokio::try_join!(public, origin_upgrade) {
+                        Ok((a, b)) => {
+                            let mut a = hyper_util::rt::TokioIo::new(a);
+                            let mut b = hyper_util::rt::TokioIo::new(b);
+                            let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
+                        }
+                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                    }
+                });
+            }
+            let mut out = Response::new(crate::forward::empty());
+            *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            let h = out.headers_mut();
+            for (k, v) in response.headers() {
+                if !is_hop_by_hop(k) && k != header::SEC_WEBSOCKET_ACCEPT {
+                    h.append(k.clone(), v.clone());
+                }
+            }
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            let accept = match (response.headers().get(header::SEC_WEBSOCKET_ACCEPT), ws_key) {
+                (Some(a), _) if response.version() != Version::HTTP_2 => Some(a.clone()),
+                (_, Some(key)) => HeaderValue::from_str(
+                    &tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+                )
+                .ok(),
+                _ => None,
+            };
+            if let Some(a) = accept {
+                h.insert(header::SEC_WEBSOCKET_ACCEPT, a);
+            }
+            return out;
+        }
+        let version = response.version();
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        append_via(&mut parts.headers, version, &self.config.via_name);
+        let body = Guarded {
+            inner: body,
+            reservation: Some(reservation),
+        };
+        Response::from_parts(parts, body.boxed())
+    }
+}
+
+/// Shapes a request for the HTTP version of the connection it goes to. Idempotent, so a
+/// request handed back by a connection that refused it can be shaped again for another.
+fn fit_request(
+    req: &mut Request<Body>,
+    h2: bool,
+    scheme: &str,
+    target: &RequestTarget,
+    websocket: bool,
+    ws_key: Option<&HeaderValue>,
+) {
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".to_string());
+    let authority = target.authority();
+    if h2 {
+        if let Ok(uri) = Uri::builder()
+            .scheme(scheme)
+            .authority(authority.as_str())
+            .path_and_query(path.as_str())
+            .build()
+        {
+            *req.uri_mut() = uri;
+        }
+        req.headers_mut().remove(header::HOST);
+        *req.version_mut() = Version::HTTP_2;
+        if websocket {
+            // RFC 8441 §5: the WebSocket handshake becomes CONNECT with :protocol=websocket;
+            // Sec-WebSocket-Key and -Accept are not used.
+            *req.method_mut() = Method::CONNECT;
+            req.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static("websocket"));
+            let h = req.headers_mut();
+            h.remove(header::UPGRADE);
+            h.remove(header::CONNECTION);
+            h.remove(header::SEC_WEBSOCKET_KEY);
+        }
+    } else {
+        if let Ok(uri) = path.parse::<Uri>() {
+            *req.uri_mut() = uri;
+        }
+        if let Ok(v) = HeaderValue::from_str(&authority) {
+            req.headers_mut().insert(header::HOST, v);
+        }
+        *req.version_mut() = Version::HTTP_11;
+        if websocket {
+            *req.method_mut() = Method::GET;
+            req.extensions_mut().remove::<hyper::ext::Protocol>();
+            let h = req.headers_mut();
+            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(k) = ws_key {
+                h.insert(header::SEC_WEBSOCKET_KEY, k.clone());
+            }
+        }
+    }
+}
+
+fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() <= Version::HTTP_11
+        && req
+            .headers()
+            .get(header::UPGRADE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
+        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
+}
+
+fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "transfer-encoding"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+    )
+}
+
+/// RFC 9110 §7.6.1: remove the fields named in `Connection` and the hop-by-hop fields. `TE:
+/// trailers` survives (gRPC needs it end to end).
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    let te_trailers = headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+    for n in named {
+        if n != header::TE {
+            headers.remove(n);
+        }
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "transfer-encoding",
+        "upgrade",
+        "proxy-authenticate",
+        "proxy-authorization",
+    ] {
+        headers.remove(n);
+    }
+    if te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+fn append_via(headers: &mut HeaderMap, version: Version, name: &str) {
+    let v = match version {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    if let Ok(value) = HeaderValue::from_str(&format!("{v} {name}")) {
+        headers.append(header::VIA, value);
+    }
+}
+
+fn append_forwarded(headers: &mut HeaderMap, client: ClientInfo, target: &RequestTarget) {
+    // RFC 7239 §6: IPv6 addresses and anything with a colon must be quoted.
+    let for_ = match client.addr.ip() {
+        std::net::IpAddr::V4(ip) => ip.to_string(),
+        std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
+    };
+    let proto = if client.tls { "https" } else { "http" };
+    let host = target.authority().replace(['"', '\\'], "");
+    if let Ok(v) = HeaderValue::from_str(&format!("for={for_};proto={proto};host=\"{host}\"")) {
+        headers.append(header::FORWARDED, v);
+    }
+}
+
+/// A plain-text error response whose body says what happened.
+pub fn error(status: StatusCode, reason: &str) -> Response<Body> {
+    let mut res = Response::new(crate::forward::full(format!("{reason}\n")));
+    *res.status_mut() = status;
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    res
+}
+
+fn unavailable(reason: &str, retry_after: u32) -> Response<Body> {
+    let mut res = error(StatusCode::SERVICE_UNAVAILABLE, reason);
+    res.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+    res
+}
+
+/// A response body that holds its connection's reservation until the body ends.
+struct Guarded {
+    inner: Incoming,
+    reservation: Option<Reservation>,
+}
+
+impl http_body::Body for Guarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        match &r {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                self.reservation = None;
+            }
+            _ => {}
+        }
+        r.map(|o| o.map(|f| f.map_err(BoxError::from)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_named_fields_but_keeps_te_trailers() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret, te"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("transfer-encoding").is_none());
+        assert!(h.get("connection").is_none());
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn forwarded_quotes_ipv6_and_host() {
+        let mut h = HeaderMap::new();
+        let target = RequestTarget::from_parts(
+            &Request::get("http://app.example:8080/x").body(()).unwrap().into_parts().0,
+        )
+        .unwrap();
+        append_forwarded(
+            &mut h,
+            ClientInfo {
+                addr: "[::1]:5000".parse().unwrap(),
+                tls: true,
+            },
+            &target,
+        );
+        assert_eq!(
+            h.get("forwarded").unwrap(),
+            "for=\"[::1]\";proto=https;host=\"app.example:8080\""
+        );
+    }
+}

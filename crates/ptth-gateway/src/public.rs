@@ -1,0 +1,72 @@
+//! Public listeners: cleartext HTTP/1.1 + h2c (prior knowledge), and TLS with `h2`/`http/1.1`.
+
+use crate::proxy::{ClientInfo, Proxy};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+/// Serves public clients on `listener`; TLS when `acceptor` is given.
+pub async fn serve(listener: TcpListener, acceptor: Option<TlsAcceptor>, proxy: Arc<Proxy>) {
+    loop {
+        let (tcp, addr) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "public accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let proxy = proxy.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            match acceptor {
+                None => serve_conn(tcp, ClientInfo { addr, tls: false }, proxy).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
+                    {
+                        Ok(Ok(tls)) => serve_conn(tls, ClientInfo { addr, tls: true }, proxy).await,
+                        Ok(Err(e)) => tracing::debug!(%addr, error = %e, "public TLS handshake failed"),
+                        Err(_) => tracing::debug!(%addr, "public TLS handshake timed out"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve_conn<IO>(io: IO, client: ClientInfo, proxy: Arc<Proxy>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await) }
+    });
+    let windows = ptth_h2::Windows::default();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .max_buf_size(256 * 1024)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30));
+    builder
+        .http2()
+        .initial_stream_window_size(windows.stream)
+        .initial_connection_window_size(windows.connection)
+        .max_frame_size(64 * 1024)
+        .max_concurrent_streams(1024)
+        .enable_connect_protocol();
+    if let Err(e) = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await
+    {
+        tracing::debug!(client = %client.addr, error = %e, "public connection ended");
+    }
+}

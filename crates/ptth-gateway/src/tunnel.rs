@@ -1,0 +1,428 @@
+//! The tunnel listener: origins dial in over TLS and every TCP mechanism ends in a registered
+//! [`OriginConn`].
+//!
+//! One port serves every TCP mechanism, dispatched on the ALPN the TLS handshake selected:
+//! a reversed token (Potato `rh*`/`ph*`/UTF-8 tokens, draft-bt `h2-reverse`) reverses the
+//! connection at once; `http/1.1` (or no ALPN) and `h2` start an ordinary HTTP server that
+//! accepts the PTTH Upgrade, legacy PTTH/1.0 and extended CONNECT setup requests.
+
+use crate::forward::{empty, Body, Sender};
+use crate::proxy::error;
+use crate::registry::{OriginConn, Registry};
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ptth_auth::{AuthorizeClaim, TokenVerifier, AUTHORIZE_PATH};
+use ptth_core::{
+    classify_alpn, AlpnRole, HttpVersion, Mechanism, ProtocolId, Scope, SerializedOrigin,
+    SetupRejection, SetupTokens, Transport,
+};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+/// What the tunnel listener needs to admit origins.
+#[derive(Debug)]
+pub struct TunnelContext {
+    /// Where admitted connections go.
+    pub registry: Arc<Registry>,
+    /// Accepted origin credentials.
+    pub tokens: TokenVerifier,
+    /// Negotiation tokens (Upgrade token, `:protocol`, well-known prefix).
+    pub setup_tokens: SetupTokens,
+    /// How long a TLS handshake and setup exchange may take.
+    pub handshake_timeout: Duration,
+}
+
+/// Accepts origin connections until the listener fails.
+pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<TunnelContext>) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "tunnel accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = admit(tcp, peer, acceptor, ctx).await {
+                tracing::warn!(%peer, %reason, "origin connection refused");
+            }
+        });
+    }
+}
+
+async fn admit(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    ctx: Arc<TunnelContext>,
+) -> Result<(), String> {
+    let tls = tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let (_, session) = tls.get_ref();
+    let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
+    let has_client_cert = session.peer_certificates().is_some_and(|c| !c.is_empty());
+    // RFC 7301: a client that offers no ALPN speaks HTTP/1.1, the only setup it can use.
+    let role = match &alpn {
+        Some(a) => classify_alpn(Transport::Tls, a)
+            .ok_or_else(|| format!("unexpected ALPN {:?}", String::from_utf8_lossy(a)))?,
+        None => AlpnRole::Setup {
+            version: HttpVersion::Http1,
+        },
+    };
+    match role {
+        AlpnRole::Reversed { mechanism, .. } => {
+            if mechanism == Mechanism::H2Reverse && !has_client_cert {
+                // draft-bt §3: "the origin MUST present a valid certificate chain".
+                return Err("h2-reverse requires a client certificate (draft-bt)".into());
+            }
+            reversed_alpn_only(tls, peer, mechanism, ctx).await
+        }
+        AlpnRole::Setup {
+            version: HttpVersion::Http1,
+        } => {
+            serve_h1_setup(tls, peer, ctx).await;
+            Ok(())
+        }
+        AlpnRole::Setup {
+            version: HttpVersion::Http2,
+        } => {
+            serve_h2_setup(tls, peer, ctx).await;
+            Ok(())
+        }
+        AlpnRole::Setup { version } => Err(format!("no setup over {version:?} on TCP")),
+    }
+}
+
+/// Starts the gateway's HTTP client role on `io` and returns the sender and a task handle
+/// that ends with the connection.
+async fn start_client<IO>(
+    io: IO,
+    version: HttpVersion,
+) -> Result<(Sender, tokio::task::JoinHandle<()>), String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match version {
+        HttpVersion::Http1 => {
+            let (send, conn) = ptth_h1::reversed::handshake(io)
+                .await
+                .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+            let closed = Arc::new(AtomicBool::new(false));
+            let flag = closed.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "reversed HTTP/1.1 connection ended");
+                }
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            });
+            Ok((Sender::H1(tokio::sync::Mutex::new(send), closed), task))
+        }
+        HttpVersion::Http2 => {
+            let (send, conn) = ptth_h2::reversed::handshake(io, Default::default())
+                .await
+                .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+            let settings = Arc::new(ptth_h2::PeerSettings::default());
+            let s = settings.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = ptth_h2::reversed::drive(conn, s).await {
+                    tracing::debug!(error = %e, "reversed HTTP/2 connection ended");
+                }
+            });
+            // The origin's SETTINGS (its stream limit) normally arrive with its first
+            // flight; wait briefly so the first routing decision sees the real capacity.
+            let _ = tokio::time::timeout(Duration::from_secs(2), settings.changed()).await;
+            Ok((Sender::H2(send, settings), task))
+        }
+        HttpVersion::Http3 => Err("HTTP/3 is not carried over TCP".into()),
+    }
+}
+
+fn register(
+    ctx: &TunnelContext,
+    mechanism: Mechanism,
+    scopes: Vec<Scope>,
+    identity: String,
+    peer: SocketAddr,
+    sender: Sender,
+    task: tokio::task::JoinHandle<()>,
+) {
+    let conn = Arc::new(OriginConn::new(mechanism, scopes, identity, peer, sender));
+    let id = conn.id;
+    ctx.registry.add(conn);
+    let registry = ctx.registry.clone();
+    tokio::spawn(async move {
+        let _ = task.await;
+        registry.remove(id);
+    });
+}
+
+fn scopes_for(origins: &[SerializedOrigin], prefixes: &[String]) -> Result<Vec<Scope>, String> {
+    let mut scopes = Vec::new();
+    for o in origins {
+        for p in prefixes {
+            scopes.push(Scope::from_origin(o, p).map_err(|e| format!("path prefix {p:?}: {e}"))?);
+        }
+    }
+    if scopes.is_empty() {
+        return Err("the origin claimed no origin to serve".into());
+    }
+    Ok(scopes)
+}
+
+/// Potato and draft-bt: the connection is reversed as soon as TLS completes. The gateway's
+/// first request is the authorisation request; nothing else is sent before it succeeds.
+async fn reversed_alpn_only<IO>(
+    io: IO,
+    peer: SocketAddr,
+    mechanism: Mechanism,
+    ctx: Arc<TunnelContext>,
+) -> Result<(), String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let version = mechanism.reversed_version();
+    let (sender, task, origin_frame) = if mechanism == Mechanism::H2Reverse {
+        // draft-bt §3: "the origin MUST immediately send an ORIGIN frame".
+        let (tap, watch) = ptth_h2::OriginFrameTap::new(io, 8);
+        let (s, t) = start_client(tap, version).await?;
+        let frame = tokio::time::timeout(ctx.handshake_timeout, watch.wait())
+            .await
+            .map_err(|_| "no ORIGIN frame arrived in time (draft-bt)".to_string())?
+            .map_err(|e| format!("ORIGIN frame: {e}"))?;
+        (s, t, Some(frame))
+    } else {
+        let (s, t) = start_client(io, version).await?;
+        (s, t, None)
+    };
+    let fail = |task: &tokio::task::JoinHandle<()>, why: String| {
+        task.abort();
+        Err(why)
+    };
+    let req = Request::get(AUTHORIZE_PATH)
+        .header(header::HOST, "ptth-gateway")
+        .body(empty());
+    let mut req = match req {
+        Ok(r) => r,
+        Err(e) => return fail(&task, format!("building the authorisation request: {e}")),
+    };
+    if version == HttpVersion::Http2 {
+        *req.uri_mut() = http::Uri::from_static("https://ptth-gateway/.well-known/ptth/authorize");
+        req.headers_mut().remove(header::HOST);
+    }
+    let res = match tokio::time::timeout(ctx.handshake_timeout, sender.send(req)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(_)) => return fail(&task, "the origin failed the authorisation request".into()),
+        Err(_) => return fail(&task, "the authorisation request timed out".into()),
+    };
+    let (parts, body) = res.into_parts();
+    // Finish the body so a reversed HTTP/1.1 connection is free for the next request.
+    let _ = http_body_util::Limited::new(body, 64 * 1024).collect().await;
+    let claim = match AuthorizeClaim::from_response(parts.status, &parts.headers) {
+        Ok(c) => c,
+        Err(e) => return fail(&task, format!("authorisation answer: {e}")),
+    };
+    if let Err(e) = ctx.tokens.verify(Some(&claim.authorization)) {
+        return fail(&task, format!("origin credential: {e}"));
+    }
+    if let Some(frame) = &origin_frame {
+        // The claimed origins must be among those the ORIGIN frame announced. Checking the
+        // entries against the client certificate is the authentication layer's job.
+        for o in &claim.origins {
+            if !frame.covers(o) {
+                return fail(&task, format!("{o} is not in the connection's ORIGIN frame"));
+            }
+        }
+    }
+    let scopes = match scopes_for(&claim.origins, &claim.path_prefixes) {
+        Ok(s) => s,
+        Err(e) => return fail(&task, e),
+    };
+    let identity = "bearer token".to_string();
+    register(&ctx, mechanism, scopes, identity, peer, sender, task);
+    Ok(())
+}
+
+fn reject(r: &SetupRejection) -> Response<Body> {
+    let (parts, text) = r.to_response().into_parts();
+    Response::from_parts(parts, crate::forward::full(text))
+}
+
+fn unauthorized(reason: &str) -> Response<Body> {
+    let mut res = error(StatusCode::UNAUTHORIZED, reason);
+    res.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer realm=\"ptth\""),
+    );
+    res
+}
+
+/// The gateway's preference among transposed protocols: HTTP/2 first (draft-kazuho-ptth-ptth
+/// §3: "HTTP/2 is RECOMMENDED").
+fn supported() -> Vec<ProtocolId> {
+    vec![ProtocolId::h2(), ProtocolId::http11()]
+}
+
+/// Validates a setup request, authenticates it and works out its scopes.
+fn admit_setup(
+    ctx: &TunnelContext,
+    req: &Request<Incoming>,
+    extended_protocol: Option<&str>,
+) -> Result<(ptth_core::AcceptedSetup, Vec<Scope>, Response<Body>), Response<Body>> {
+    let (parts, _) = clone_head(req);
+    let legacy = req
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|u| u.to_ascii_uppercase().starts_with("PTTH/"));
+    let tokens = &ctx.setup_tokens;
+    let accepted = if req.method() == Method::CONNECT {
+        ptth_core::validate_connect_request(&parts, extended_protocol, &supported(), tokens)
+    } else if legacy {
+        ptth_core::validate_legacy_request(&parts, tokens)
+    } else {
+        ptth_core::validate_upgrade_request(&parts, &supported(), tokens)
+    }
+    .map_err(|r| reject(&r))?;
+    ctx.tokens
+        .verify(accepted.authorization.as_ref())
+        .map_err(|e| unauthorized(&format!("origin credential: {e}")))?;
+    let prefixes = ptth_auth::path_prefixes(req.headers())
+        .map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string()))?;
+    let mut origins = accepted.origins.clone();
+    if origins.is_empty() {
+        // Legacy PTTH/1.0 has no template: the origin lists what it serves in a field.
+        if let Some(v) = req.headers().get(ptth_auth::ORIGINS_FIELD) {
+            let text = v.to_str().unwrap_or_default();
+            origins = ptth_core::parse_origin_list(&text.replace(' ', ""))
+                .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("ptth-origins: {e}")))?;
+        }
+    }
+    let scopes = scopes_for(&origins, &prefixes).map_err(|e| error(StatusCode::BAD_REQUEST, &e))?;
+    let response = if req.method() == Method::CONNECT {
+        ptth_core::connect_response(&accepted)
+    } else if legacy {
+        ptth_core::legacy_response(&accepted, tokens)
+    } else {
+        ptth_core::upgrade_response(&accepted, tokens)
+    };
+    let (rparts, ()) = response.into_parts();
+    Ok((accepted, scopes, Response::from_parts(rparts, empty())))
+}
+
+fn clone_head(req: &Request<Incoming>) -> (http::request::Parts, ()) {
+    let mut b = Request::builder()
+        .method(req.method().clone())
+        .uri(req.uri().clone())
+        .version(req.version());
+    if let Some(h) = b.headers_mut() {
+        *h = req.headers().clone();
+    }
+    b.body(()).map(|r| r.into_parts()).unwrap_or_else(|_| Request::new(()).into_parts())
+}
+
+fn mechanism_for(accepted: &ptth_core::AcceptedSetup, connect: bool) -> (Mechanism, HttpVersion) {
+    let version = HttpVersion::from_alpn_id(&accepted.chosen).unwrap_or(HttpVersion::Http1);
+    let mechanism = match (accepted.kind, version) {
+        (ptth_core::SetupKind::LegacyUpgrade, _) => Mechanism::Ptth10,
+        _ if connect => Mechanism::ConnectH2,
+        (_, HttpVersion::Http2) => Mechanism::UpgradeH2,
+        _ => Mechanism::UpgradeH1,
+    };
+    (mechanism, version)
+}
+
+/// HTTP/1.1 setup connection: `Upgrade: ptth` or `Upgrade: PTTH/1.0`, then `101`.
+async fn serve_h1_setup<IO>(io: IO, peer: SocketAddr, ctx: Arc<TunnelContext>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |mut req: Request<Incoming>| {
+        let ctx = ctx.clone();
+        async move {
+            let (accepted, scopes, response) = match admit_setup(&ctx, &req, None) {
+                Ok(x) => x,
+                Err(res) => return Ok::<_, std::convert::Infallible>(res),
+            };
+            let (mechanism, version) = mechanism_for(&accepted, false);
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                match on_upgrade.await {
+                    Ok(upgraded) => match start_client(TokioIo::new(upgraded), version).await {
+                        Ok((sender, task)) => {
+                            register(&ctx, mechanism, scopes, "bearer token".into(), peer, sender, task)
+                        }
+                        Err(e) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
+                    },
+                    Err(e) => tracing::warn!(%peer, error = %e, "upgrade failed"),
+                }
+            });
+            Ok(response)
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "setup connection ended");
+    }
+}
+
+/// HTTP/2 setup connection: extended CONNECT `:protocol = ptth` (RFC 8441), then `2xx`.
+async fn serve_h2_setup<IO>(io: IO, peer: SocketAddr, ctx: Arc<TunnelContext>)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |mut req: Request<Incoming>| {
+        let ctx = ctx.clone();
+        async move {
+            let protocol = req
+                .extensions()
+                .get::<hyper::ext::Protocol>()
+                .map(|p| p.as_str().to_string());
+            let (accepted, scopes, response) =
+                match admit_setup(&ctx, &req, protocol.as_deref()) {
+                    Ok(x) => x,
+                    Err(res) => return Ok::<_, std::convert::Infallible>(res),
+                };
+            let (mechanism, version) = mechanism_for(&accepted, true);
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                match on_upgrade.await {
+                    Ok(upgraded) => match start_client(TokioIo::new(upgraded), version).await {
+                        Ok((sender, task)) => {
+                            register(&ctx, mechanism, scopes, "bearer token".into(), peer, sender, task)
+                        }
+                        Err(e) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
+                    },
+                    Err(e) => tracing::warn!(%peer, error = %e, "CONNECT stream takeover failed"),
+                }
+            });
+            Ok(response)
+        }
+    });
+    let windows = ptth_h2::Windows::default();
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .enable_connect_protocol()
+        .initial_stream_window_size(windows.stream)
+        .initial_connection_window_size(windows.connection)
+        .max_frame_size(64 * 1024)
+        .serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "setup connection ended");
+    }
+}
