@@ -1,0 +1,214 @@
+//! Pure fuzzing entry points: each takes arbitrary bytes, must never panic, and asserts
+//! round-trip invariants where the input parses. `fuzz/` targets call these.
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::alpn::{self, ProtocolId};
+use crate::origin::SerializedOrigin;
+use crate::scope::{RequestTarget, Scope};
+use crate::setup::{self, SetupTokens};
+use crate::stream_id::{decode_varint, encode_varint, QsidMapping};
+use crate::template::{self, UriTemplate};
+
+/// Parses `data` as `ALPN` field lines (split on `\n`); re-encodes and re-parses what
+/// parses.
+pub fn fuzz_alpn(data: &[u8]) {
+    let mut headers = HeaderMap::new();
+    for line in data.split(|&b| b == b'\n') {
+        if let Ok(value) = HeaderValue::from_bytes(line) {
+            headers.append(alpn::ALPN, value);
+        }
+    }
+    if let Ok(list) = alpn::parse_list(&headers) {
+        let mut again = HeaderMap::new();
+        again.insert(alpn::ALPN, alpn::encode_list(&list));
+        assert_eq!(alpn::parse_list(&again).ok(), Some(list));
+    }
+    let _ = alpn::parse_single(&headers);
+    let id = ProtocolId::from_bytes(Bytes::copy_from_slice(data));
+    if !data.is_empty() && data.len() <= 255 {
+        let mut m = HeaderMap::new();
+        m.insert(alpn::ALPN, alpn::encode_single(&id));
+        assert_eq!(alpn::parse_single(&m).ok(), Some(id));
+    }
+}
+
+/// Splits `data` on `\n` into method, path, Upgrade, Connection, ALPN, Authorization and
+/// `:protocol`, runs every gateway validator, and checks that every accepted setup's
+/// response is accepted by the matching origin validator.
+pub fn fuzz_setup_request(data: &[u8]) {
+    let mut fields = data.split(|&b| b == b'\n');
+    let mut next = || fields.next().unwrap_or_default();
+    let method = next();
+    let path = next();
+    let mut builder = http::Request::builder()
+        .method(http::Method::from_bytes(method).unwrap_or(http::Method::GET))
+        .uri(std::str::from_utf8(path).unwrap_or("/"));
+    let names = [
+        http::header::UPGRADE,
+        http::header::CONNECTION,
+        alpn::ALPN,
+        http::header::AUTHORIZATION,
+    ];
+    for name in names {
+        if let Ok(value) = HeaderValue::from_bytes(next()) {
+            builder = builder.header(name, value);
+        }
+    }
+    let protocol = std::str::from_utf8(next()).ok();
+    let Ok(request) = builder.body(()) else {
+        return;
+    };
+    let (parts, ()) = request.into_parts();
+    let tokens = SetupTokens::default();
+    let supported = [ProtocolId::h2(), ProtocolId::http11()];
+
+    if let Ok(accepted) = setup::validate_upgrade_request(&parts, &supported, &tokens) {
+        let response = setup::upgrade_response(&accepted, &tokens);
+        let chosen = setup::validate_upgrade_response(&response, &accepted.offered, &tokens);
+        assert_eq!(chosen.ok(), Some(accepted.chosen));
+    }
+    if let Ok(accepted) = setup::validate_connect_request(&parts, protocol, &supported, &tokens) {
+        let response = setup::connect_response(&accepted);
+        let chosen = setup::validate_connect_response(&response, &accepted.offered);
+        assert_eq!(chosen.ok(), Some(accepted.chosen));
+    }
+    if setup::validate_options_request(&parts, &tokens).is_ok() {
+        assert!(setup::validate_options_response(&setup::options_response()).is_ok());
+    }
+    if setup::validate_legacy_request(&parts, &tokens).is_ok() {
+        assert!(setup::validate_legacy_response(&setup::legacy_response(&tokens), &tokens).is_ok());
+    }
+    for rejection in [
+        setup::validate_upgrade_request(&parts, &supported, &tokens).err(),
+        setup::validate_legacy_request(&parts, &tokens).err(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let response = rejection.to_response();
+        assert!(response.status().is_client_error() || response.status().is_server_error());
+    }
+    if let Ok(target) = RequestTarget::from_parts(&parts) {
+        let _ = Scope::new("a.example", "/api").map(|s| s.matches(&target));
+    }
+}
+
+/// Parses `data` as a well-known path, a URI template and a serialized origin, and
+/// checks the round trips of what parses.
+pub fn fuzz_well_known(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let tokens = SetupTokens::default();
+    if let Ok(origins) = template::parse_well_known(&text, &tokens) {
+        let path = template::expand_well_known(&origins, &tokens);
+        assert_eq!(
+            template::parse_well_known(&path, &tokens).ok(),
+            Some(origins.clone())
+        );
+        if let Ok(t) =
+            UriTemplate::parse("https://gw.example/.well-known/ptth/{serialized_origin}/")
+        {
+            assert_eq!(t.expand(&origins), format!("https://gw.example{path}"));
+        }
+    }
+    if let Ok(t) = UriTemplate::parse(&text) {
+        let origins: Vec<SerializedOrigin> = ["https://a.example", "http://[::1]:8080"]
+            .iter()
+            .filter_map(|s| s.parse().ok())
+            .collect();
+        let _ = t.expand(&origins);
+    }
+    if let Ok(origin) = text.parse::<SerializedOrigin>() {
+        assert_eq!(
+            origin.to_string().parse::<SerializedOrigin>().ok(),
+            Some(origin)
+        );
+    }
+    let _ = Scope::new(&text, &text);
+    let _ = HeaderName::from_bytes(data);
+}
+
+/// Reads varints and quarter stream IDs from `data` under every mapping, and checks
+/// that what decodes re-encodes to the same value.
+pub fn fuzz_qsid(data: &[u8]) {
+    for mapping in [
+        QsidMapping::Forward,
+        QsidMapping::Reversed,
+        QsidMapping::TwoWayExtension,
+    ] {
+        let mut buf = data;
+        if let Ok(stream) = mapping.read(&mut buf) {
+            let mut out = Vec::new();
+            assert!(mapping.write(stream, &mut out).is_ok());
+            let mut again = &out[..];
+            assert_eq!(mapping.read(&mut again).ok(), Some(stream));
+        }
+    }
+    let mut buf = data;
+    while let Ok(value) = decode_varint(&mut buf) {
+        let mut out = Vec::new();
+        assert!(encode_varint(value, &mut out).is_ok());
+        assert_eq!(decode_varint(&mut &out[..]).ok(), Some(value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn seeds() {
+        fuzz_alpn(b"h2, http%2F1.1\nh3");
+        fuzz_setup_request(
+            b"GET\n/.well-known/ptth/https%3A%2F%2Fapp.example.net/\nptth\nupgrade\nh2, http%2F1.1\nBearer x\nptth",
+        );
+        fuzz_setup_request(b"CONNECT\nhttps://gw.example/.well-known/ptth/https%3A%2F%2Fa.example/\n\n\nh2\n\nptth");
+        fuzz_setup_request(b"POST\n/reverse\nPTTH/0.9\nUpgrade\n\n\n");
+        fuzz_setup_request(b"OPTIONS\n*\n");
+        fuzz_well_known(
+            b"/.well-known/ptth/https%3A%2F%2Fa.example,http%3A%2F%2F%5B%3A%3A1%5D%3A8080/",
+        );
+        fuzz_well_known(b"https://p.example/{?serialized_origin*}");
+        fuzz_qsid(&[0xe0, 0, 0, 0, 0, 0, 0, 1, 0x44, 0x00, 0x25]);
+    }
+
+    proptest! {
+        #[test]
+        fn alpn_never_panics(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            fuzz_alpn(&data);
+        }
+
+        #[test]
+        fn setup_never_panics(data in proptest::collection::vec(any::<u8>(), 0..128)) {
+            fuzz_setup_request(&data);
+        }
+
+        #[test]
+        fn setup_structured_never_panics(
+            method in prop_oneof![Just("GET"), Just("CONNECT"), Just("POST"), Just("OPTIONS")],
+            path in "/(\\.well-known/ptth/)?[a-zA-Z0-9%,:/.]{0,30}",
+            upgrade in prop_oneof![Just("ptth"), Just("PTTH/1.0"), Just("x"), Just("")],
+            alpn in "[a-z0-9%, /]{0,20}",
+        ) {
+            let data = format!("{method}\n{path}\n{upgrade}\nupgrade\n{alpn}\n\nptth");
+            fuzz_setup_request(data.as_bytes());
+        }
+
+        #[test]
+        fn well_known_never_panics(data in proptest::collection::vec(any::<u8>(), 0..96)) {
+            fuzz_well_known(&data);
+        }
+
+        #[test]
+        fn well_known_text_never_panics(data in "/\\.well-known/ptth/[a-zA-Z0-9%,:.\\[\\]]{0,60}/?") {
+            fuzz_well_known(data.as_bytes());
+        }
+
+        #[test]
+        fn qsid_never_panics(data in proptest::collection::vec(any::<u8>(), 0..24)) {
+            fuzz_qsid(&data);
+        }
+    }
+}

@@ -1,0 +1,540 @@
+//! Scopes: which public requests the gateway may route to a reversed connection.
+//!
+//! Routing model: the gateway routes on host name, like an nginx `server_name`, plus
+//! an optional port and a path prefix. A [`Scope`] comes from a grant (what the
+//! authenticated origin may serve); a [`RequestTarget`] from the public request.
+//!
+//! Paths are compared after a conservative normalisation: percent-encoded unreserved
+//! characters are decoded and other percent-encodings get uppercase hex (RFC 3986
+//! §6.2.2), and any dot segment (`.`, `..`, also as `%2E`) is rejected outright, even
+//! when hidden behind an encoded slash (`%2F`) or backslash (`%5C`) that an upstream
+//! might decode. Encoded slashes are otherwise kept, and never match a prefix boundary.
+
+use std::fmt;
+
+use http::header::{self, HeaderMap};
+use http::Uri;
+
+use crate::origin::{self, SerializedOrigin};
+use crate::pct;
+use crate::setup::RequestHead;
+
+/// Why a scope or request target could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ScopeError {
+    /// The host is not a DNS name or IP literal.
+    #[error("invalid host {0:?}")]
+    BadHost(String),
+    /// The port is not a number in 1..=65535.
+    #[error("invalid port {0:?}")]
+    BadPort(String),
+    /// Neither the URI nor a `Host` field names the host.
+    #[error("request has no host")]
+    MissingHost,
+    /// More than one `Host` field line.
+    #[error("request has more than one Host field")]
+    MultipleHost,
+    /// The `Host` field and the URI authority disagree.
+    #[error("Host field {host:?} conflicts with URI authority {authority:?}")]
+    ConflictingHost {
+        /// The `Host` field.
+        host: String,
+        /// The URI authority.
+        authority: String,
+    },
+    /// A `%` not followed by two hex digits.
+    #[error("malformed percent-encoding in path")]
+    BadPercentEncoding,
+    /// A `.` or `..` segment, possibly encoded.
+    #[error("path contains a dot segment")]
+    DotSegment,
+    /// A literal backslash, which some servers treat as `/`.
+    #[error("path contains a backslash")]
+    Backslash,
+    /// The path is not in origin form (for example `*`), or a prefix has `?` or `#`.
+    #[error("invalid path {0:?}")]
+    BadPath(String),
+}
+
+/// A routing scope: host, optional port, path prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Scope {
+    host: String,
+    port: Option<u16>,
+    path_prefix: String,
+}
+
+/// How specific a scope is; larger is more specific. Compare to prefer the longest
+/// matching path prefix, then a scope with an explicit port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Specificity {
+    path_len: usize,
+    port_specific: bool,
+}
+
+/// The routing-relevant part of a public request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RequestTarget {
+    host: String,
+    port: Option<u16>,
+    path: String,
+}
+
+fn parse_authority(text: &str) -> Result<(String, Option<u16>), ScopeError> {
+    let bad_host = || ScopeError::BadHost(text.to_owned());
+    let (host, port) = origin::split_host_port(text).map_err(|_| bad_host())?;
+    let host = origin::parse_host(host).map_err(|_| bad_host())?;
+    // FQDNs with and without the root label name the same host (RFC 1034 §3.1).
+    let host = match host.strip_suffix('.') {
+        Some(h) if !h.is_empty() => h.to_owned(),
+        _ => host,
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(origin::parse_port(p).map_err(|_| ScopeError::BadPort(p.to_owned()))?),
+    };
+    Ok((host, port))
+}
+
+/// Normalises a path (no query) for comparison; see the module documentation.
+fn normalize_path(raw: &str) -> Result<String, ScopeError> {
+    let bytes = raw.as_bytes();
+    let mut out = String::with_capacity(raw.len());
+    // The same path with %2F and %5C read as '/', to find dot segments an upstream that
+    // decodes them would see.
+    let mut slash_view = String::with_capacity(raw.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let hi = bytes.get(i + 1).copied().and_then(pct::hex_val);
+            let lo = bytes.get(i + 2).copied().and_then(pct::hex_val);
+            let (Some(hi), Some(lo)) = (hi, lo) else {
+                return Err(ScopeError::BadPercentEncoding);
+            };
+            let decoded = hi << 4 | lo;
+            if pct::is_unreserved(decoded) {
+                // RFC 3986 §6.2.2.2: "percent-encoded octets that correspond to
+                // unreserved characters ... should be decoded".
+                out.push(char::from(decoded));
+                slash_view.push(char::from(decoded));
+            } else {
+                pct::push_pct(&mut out, decoded);
+                slash_view.push(if decoded == b'/' || decoded == b'\\' {
+                    '/'
+                } else {
+                    '%'
+                });
+            }
+            i += 3;
+            continue;
+        }
+        if b == b'\\' {
+            return Err(ScopeError::Backslash);
+        }
+        if b == b'/' || pct::is_pchar(b) {
+            out.push(char::from(b));
+        } else {
+            pct::push_pct(&mut out, b);
+        }
+        slash_view.push(char::from(b));
+        i += 1;
+    }
+    // RFC 3986 §5.2.4 would resolve "." and ".." segments; a gateway and an upstream may
+    // resolve them differently, so a path with any is refused rather than resolved.
+    if slash_view.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err(ScopeError::DotSegment);
+    }
+    Ok(out)
+}
+
+impl Scope {
+    /// A scope for `host_or_authority` (`app.example`, `app.example:8443`,
+    /// `[::1]:8080`) under `path_prefix` (empty means `/`; a missing leading `/` is
+    /// added; a trailing `/` is dropped, so `/api/` and `/api` are the same scope).
+    pub fn new(host_or_authority: &str, path_prefix: &str) -> Result<Self, ScopeError> {
+        let (host, port) = parse_authority(host_or_authority)?;
+        Ok(Self {
+            host,
+            port,
+            path_prefix: normalize_prefix(path_prefix)?,
+        })
+    }
+
+    /// A scope for an origin. An origin on its scheme's default port routes on host
+    /// alone (`port: None`); any other port must match exactly.
+    pub fn from_origin(origin: &SerializedOrigin, path_prefix: &str) -> Result<Self, ScopeError> {
+        let (host, _) = parse_authority(origin.host())?;
+        Ok(Self {
+            host,
+            port: (!origin.has_default_port()).then_some(origin.port()),
+            path_prefix: normalize_prefix(path_prefix)?,
+        })
+    }
+
+    /// The lowercase host (IPv6 in brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port, or `None` for any port.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// The normalised path prefix; always starts with `/`.
+    pub fn path_prefix(&self) -> &str {
+        &self.path_prefix
+    }
+
+    /// Whether a request may be routed to this scope.
+    pub fn matches(&self, target: &RequestTarget) -> bool {
+        if !self.host.eq_ignore_ascii_case(&target.host) {
+            return false;
+        }
+        if let Some(port) = self.port {
+            // An unknown request port never matches a port-specific scope.
+            if target.port != Some(port) {
+                return false;
+            }
+        }
+        path_has_prefix(&target.path, &self.path_prefix)
+    }
+
+    /// How specific this scope is, for longest-prefix preference.
+    pub fn specificity(&self) -> Specificity {
+        Specificity {
+            path_len: if self.path_prefix == "/" {
+                0
+            } else {
+                self.path_prefix.len()
+            },
+            port_specific: self.port.is_some(),
+        }
+    }
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.host)?;
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        f.write_str(&self.path_prefix)
+    }
+}
+
+fn normalize_prefix(prefix: &str) -> Result<String, ScopeError> {
+    if prefix.contains(['?', '#']) {
+        return Err(ScopeError::BadPath(prefix.to_owned()));
+    }
+    let with_slash = if prefix.starts_with('/') {
+        prefix.to_owned()
+    } else {
+        format!("/{prefix}")
+    };
+    let mut normalized = normalize_path(&with_slash)?;
+    while normalized.len() > 1 && normalized.ends_with('/') {
+        normalized.pop();
+    }
+    Ok(normalized)
+}
+
+/// Prefix match on a segment boundary: `/api` matches `/api`, `/api/`, `/api/x`, never
+/// `/apix`; `/` matches everything.
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    if prefix == "/" {
+        return true;
+    }
+    match path.strip_prefix(prefix) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+impl RequestTarget {
+    /// Extracts host, port and path from a request head.
+    ///
+    /// The authority comes from the URI when it has one (absolute form, and HTTP/2 and
+    /// HTTP/3 `:authority`), else from `Host`. The port is explicit, else the URI
+    /// scheme's default, else unknown (see [`RequestTarget::with_default_port`]).
+    pub fn from_parts(parts: &http::request::Parts) -> Result<Self, ScopeError> {
+        Self::from_head(parts)
+    }
+
+    /// Like [`RequestTarget::from_parts`], for any request head.
+    pub fn from_head(request: &impl RequestHead) -> Result<Self, ScopeError> {
+        from_uri_and_headers(request.uri(), request.headers())
+    }
+
+    /// Fills in the port when the request did not say (an origin-form HTTP/1.1 request:
+    /// the listener knows whether it is TLS).
+    pub fn with_default_port(mut self, port: u16) -> Self {
+        self.port.get_or_insert(port);
+        self
+    }
+
+    /// The lowercase host (IPv6 in brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port, if known.
+    pub fn port(&self) -> Option<u16> {
+        self.port
+    }
+
+    /// The normalised path, without the query.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+}
+
+fn from_uri_and_headers(uri: &Uri, headers: &HeaderMap) -> Result<RequestTarget, ScopeError> {
+    let scheme_default = uri.scheme_str().and_then(origin::default_port);
+    let mut host_lines = headers.get_all(header::HOST).iter();
+    let host_field = host_lines.next();
+    if host_lines.next().is_some() {
+        // RFC 9112 §3.2: "A server MUST respond with a 400 (Bad Request) status code to
+        // any HTTP/1.1 request message that ... contains more than one Host header field
+        // line".
+        return Err(ScopeError::MultipleHost);
+    }
+    let from_host = match host_field {
+        Some(v) => {
+            let text = v.to_str().map_err(|_| {
+                ScopeError::BadHost(String::from_utf8_lossy(v.as_bytes()).into_owned())
+            })?;
+            Some((text, parse_authority(text)?))
+        }
+        None => None,
+    };
+    let from_uri = match uri.authority() {
+        Some(a) => Some((a.as_str(), parse_authority(a.as_str())?)),
+        None => None,
+    };
+    let (host, port) = match (from_uri, from_host) {
+        (Some((authority, (uh, up))), Some((host_text, (hh, hp)))) => {
+            // RFC 9113 §8.3.1: "A server SHOULD treat a request as malformed if it
+            // contains a Host header field that identifies an entity that differs from
+            // the entity in the ":authority" pseudo-header field."
+            if uh != hh || up.or(scheme_default) != hp.or(scheme_default) {
+                return Err(ScopeError::ConflictingHost {
+                    host: host_text.to_owned(),
+                    authority: authority.to_owned(),
+                });
+            }
+            (uh, up)
+        }
+        (Some((_, hp)), None) | (None, Some((_, hp))) => hp,
+        (None, None) => return Err(ScopeError::MissingHost),
+    };
+    let raw_path = uri.path();
+    let path = if raw_path.is_empty() {
+        "/".to_owned()
+    } else if raw_path.starts_with('/') {
+        normalize_path(raw_path)?
+    } else {
+        return Err(ScopeError::BadPath(raw_path.to_owned()));
+    };
+    Ok(RequestTarget {
+        host,
+        port: port.or(scheme_default),
+        path,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn target(uri: &str, host: Option<&str>) -> Result<RequestTarget, ScopeError> {
+        let mut b = http::Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header("host", h);
+        }
+        let (parts, ()) = b.body(()).unwrap().into_parts();
+        RequestTarget::from_parts(&parts)
+    }
+
+    fn t(uri: &str) -> RequestTarget {
+        target(uri, None).unwrap()
+    }
+
+    #[test]
+    fn scope_construction() {
+        let s = Scope::new("App.Example.", "api/").unwrap();
+        assert_eq!(
+            (s.host(), s.port(), s.path_prefix()),
+            ("app.example", None, "/api")
+        );
+        let s = Scope::new("app.example:8443", "").unwrap();
+        assert_eq!((s.port(), s.path_prefix()), (Some(8443), "/"));
+        let s = Scope::new("[::1]:8080", "/").unwrap();
+        assert_eq!((s.host(), s.port()), ("[::1]", Some(8080)));
+        assert_eq!(
+            Scope::new("a.example", "/%7Eu/%2f").unwrap().path_prefix(),
+            "/~u/%2F"
+        );
+        assert!(matches!(
+            Scope::new("a b", "/"),
+            Err(ScopeError::BadHost(_))
+        ));
+        assert!(matches!(
+            Scope::new("a.example:x", "/"),
+            Err(ScopeError::BadPort(_))
+        ));
+        assert!(matches!(Scope::new("", "/"), Err(ScopeError::BadHost(_))));
+        assert_eq!(
+            Scope::new("a.example", "/a/../b"),
+            Err(ScopeError::DotSegment)
+        );
+        assert!(matches!(
+            Scope::new("a.example", "/a?b"),
+            Err(ScopeError::BadPath(_))
+        ));
+    }
+
+    #[test]
+    fn from_origin_routing_model() {
+        let o: SerializedOrigin = "https://App.example".parse().unwrap();
+        assert_eq!(Scope::from_origin(&o, "/").unwrap().port(), None);
+        let o: SerializedOrigin = "https://app.example:8443".parse().unwrap();
+        let s = Scope::from_origin(&o, "/").unwrap();
+        assert_eq!((s.host(), s.port()), ("app.example", Some(8443)));
+        assert!(s.matches(&t("https://app.example:8443/x")));
+        assert!(!s.matches(&t("https://app.example/x")));
+        assert!(!s.matches(&target("/x", Some("app.example")).unwrap()));
+        assert!(s.matches(&target("/x", Some("app.example:8443")).unwrap()));
+    }
+
+    #[test]
+    fn request_target_sources() {
+        let r = t("https://A.Example/p?q=1");
+        assert_eq!(
+            (r.host(), r.port(), r.path()),
+            ("a.example", Some(443), "/p")
+        );
+        let r = target("/p", Some("a.example")).unwrap();
+        assert_eq!(r.port(), None);
+        assert_eq!(r.clone().with_default_port(80).port(), Some(80));
+        assert_eq!(
+            target("/p", Some("a.example:81"))
+                .unwrap()
+                .with_default_port(80)
+                .port(),
+            Some(81)
+        );
+        assert_eq!(t("http://[::1]:8080/").host(), "[::1]");
+        // Same entity, explicit default port in one place only.
+        assert!(target("https://a.example/", Some("a.example:443")).is_ok());
+        assert!(target("https://a.example/", Some("A.EXAMPLE")).is_ok());
+        assert!(matches!(
+            target("https://a.example/", Some("b.example")),
+            Err(ScopeError::ConflictingHost { .. })
+        ));
+        assert!(matches!(
+            target("https://a.example/", Some("a.example:8443")),
+            Err(ScopeError::ConflictingHost { .. })
+        ));
+        assert_eq!(target("/p", None), Err(ScopeError::MissingHost));
+        assert!(matches!(
+            target("/p", Some("a b")),
+            Err(ScopeError::BadHost(_))
+        ));
+        assert!(matches!(
+            target("/p", Some("u@a.example")),
+            Err(ScopeError::BadHost(_))
+        ));
+        let (mut parts, ()) = http::Request::new(()).into_parts();
+        parts.uri = "/".parse().unwrap();
+        parts.headers.append("host", "a.example".parse().unwrap());
+        parts.headers.append("host", "b.example".parse().unwrap());
+        assert_eq!(
+            RequestTarget::from_parts(&parts),
+            Err(ScopeError::MultipleHost)
+        );
+        assert!(matches!(
+            target("*", Some("a.example")),
+            Err(ScopeError::BadPath(_))
+        ));
+    }
+
+    #[test]
+    fn path_matching() {
+        let s = Scope::new("a.example", "/api").unwrap();
+        for ok in [
+            "/api",
+            "/api/",
+            "/api/x",
+            "/api?q",
+            "/%61pi/x",
+            "/api//x",
+            "/api/x%2Fy",
+        ] {
+            assert!(s.matches(&t(&format!("https://a.example{ok}"))), "{ok}");
+        }
+        for no in ["/apix", "/ap", "/", "/API", "/api%2Fx", "/x/api"] {
+            assert!(!s.matches(&t(&format!("https://a.example{no}"))), "{no}");
+        }
+        for bad in [
+            "/api/../admin",
+            "/api/./x",
+            "/api/%2e%2E/admin",
+            "/api/.%2e/admin",
+            "/api/x%2F..%2Fadmin",
+            "/api/x%5C..%5Cadmin",
+            "/..",
+            "/api/%zz",
+        ] {
+            assert!(
+                target(&format!("https://a.example{bad}"), None).is_err(),
+                "{bad}"
+            );
+        }
+        let root = Scope::new("a.example", "/").unwrap();
+        assert!(root.matches(&t("https://a.example/anything/at/all")));
+        assert!(!root.matches(&t("https://b.example/")));
+        // Dots inside segments are fine.
+        assert!(root.matches(&t("https://a.example/.well-known/x/a..b/...")));
+    }
+
+    #[test]
+    fn specificity_prefers_longer_prefix_then_port() {
+        let a = Scope::new("a.example", "/").unwrap();
+        let b = Scope::new("a.example:443", "/").unwrap();
+        let c = Scope::new("a.example", "/api").unwrap();
+        let d = Scope::new("a.example", "/api/v2").unwrap();
+        assert!(a.specificity() < b.specificity());
+        assert!(b.specificity() < c.specificity());
+        assert!(c.specificity() < d.specificity());
+    }
+
+    proptest! {
+        #[test]
+        fn host_case_invariant(host in "[a-z][a-z0-9-]{0,10}(\\.[a-z]{1,5}){1,3}", flips in proptest::collection::vec(any::<bool>(), 30), path in "(/[a-z0-9]{1,4}){0,3}") {
+            let upper: String = host.chars().zip(flips.iter().cycle()).map(|(c, &f)| if f { c.to_ascii_uppercase() } else { c }).collect();
+            let scope = Scope::new(&upper, "/").unwrap();
+            let uri = format!("https://{host}{path}");
+            prop_assert!(scope.matches(&t(&uri)));
+            let scope = Scope::new(&host, "/").unwrap();
+            let uri = format!("https://{upper}{path}");
+            prop_assert!(scope.matches(&t(&uri)));
+        }
+
+        #[test]
+        fn no_match_on_longer_segment(suffix in "[a-z]+", rest in "(/[a-z]{0,3}){0,2}") {
+            let scope = Scope::new("a.example", "/api").unwrap();
+            let uri = format!("https://a.example/api{suffix}{rest}");
+            prop_assert!(!scope.matches(&t(&uri)));
+        }
+
+        #[test]
+        fn normalize_never_panics(path in "[ -~]{0,30}") {
+            let _ = normalize_path(&path);
+            let _ = Scope::new("a.example", &path);
+        }
+    }
+}
