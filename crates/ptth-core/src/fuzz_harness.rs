@@ -71,7 +71,7 @@ pub fn fuzz_setup_request(data: &[u8]) {
     }
     if let Ok(accepted) = setup::validate_connect_request(&parts, protocol, &supported, &tokens) {
         let response = setup::connect_response(&accepted);
-        let chosen = setup::validate_connect_response(&response, &accepted.offered);
+        let chosen = setup::validate_connect_response(&response, &accepted.offered, &tokens);
         assert_eq!(chosen.ok(), Some(accepted.chosen));
     }
     if setup::validate_options_request(&parts, &tokens).is_ok() {

@@ -102,8 +102,8 @@ pub use mechanism::{
 pub use origin::{default_port, OriginError, SerializedOrigin};
 pub use scope::{RequestTarget, Scope, ScopeError, Specificity};
 pub use setup::{
-    connect_request, connect_response, legacy_request, legacy_request_with, legacy_response,
-    options_request, options_response, upgrade_request, upgrade_response, validate_connect_request,
+    connect_request, connect_response, legacy_request, legacy_response, options_request,
+    options_response, upgrade_request, upgrade_response, validate_connect_request,
     validate_connect_response, validate_legacy_request, validate_legacy_response,
     validate_options_request, validate_options_response, validate_upgrade_request,
     validate_upgrade_response, AcceptedSetup, RejectionKind, RequestHead, ResponseHead, SetupError,

@@ -285,6 +285,14 @@ impl RequestTarget {
         self.port
     }
 
+    /// `host[:port]`, with the port when known (explicit or defaulted from the scheme).
+    pub fn authority(&self) -> String {
+        match self.port {
+            Some(port) => format!("{}:{port}", self.host),
+            None => self.host.clone(),
+        }
+    }
+
     /// The normalised path, without the query.
     pub fn path(&self) -> &str {
         &self.path

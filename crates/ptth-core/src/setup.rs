@@ -472,22 +472,16 @@ pub fn options_request(
     Ok(request)
 }
 
-/// Origin side, lentczner PTTH/1.0, with the default tokens. `target` is a path, or an
-/// absolute URI whose authority becomes `Host`.
+/// Origin side, lentczner PTTH/1.0: `POST` with `Upgrade: PTTH/1.0`,
+/// `Connection: Upgrade` and `Content-Length: 0`. `target` is a path, or an absolute URI
+/// whose authority becomes `Host`.
 pub fn legacy_request(
-    target: &str,
-    authorization: Option<HeaderValue>,
-) -> Result<Request<()>, SetupError> {
-    legacy_request_with(target, authorization, &SetupTokens::default())
-}
-
-/// Origin side, lentczner PTTH/1.0: `POST` + `Upgrade: PTTH/1.0` + `Connection: Upgrade`
-/// + `Content-Length: 0`.
-pub fn legacy_request_with(
     target: &str,
     authorization: Option<HeaderValue>,
     tokens: &SetupTokens,
 ) -> Result<Request<()>, SetupError> {
+    // draft-lentczner-rhttp-00 (as deployed by npm reverse-http, AirPlay): "POST" with
+    // "Upgrade: PTTH/1.0" and "Connection: Upgrade"; the 101 switches roles.
     let uri: Uri = target
         .parse()
         .map_err(|_| SetupError::InvalidRequest(format!("target {target:?}")))?;
@@ -574,9 +568,13 @@ pub fn validate_upgrade_response(
 
 /// Origin side: checks the gateway's answer to [`connect_request`] (any 2xx carrying one
 /// offered `alpn`).
+///
+/// `tokens` is unused today (the answer carries no token) and is there for symmetry with
+/// the other validators.
 pub fn validate_connect_response(
     response: &impl ResponseHead,
     offered: &[ProtocolId],
+    _tokens: &SetupTokens,
 ) -> Result<ProtocolId, SetupError> {
     if !response.status().is_success() {
         return Err(SetupError::UnexpectedStatus(response.status()));
@@ -851,4 +849,576 @@ pub fn legacy_response(tokens: &SetupTokens) -> Response<()> {
     headers.insert(header::UPGRADE, token);
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn tokens() -> SetupTokens {
+        SetupTokens::default()
+    }
+
+    fn params() -> SetupRequestParams {
+        SetupRequestParams {
+            gateway_authority: "proxy.example.org".parse().unwrap(),
+            origins: vec!["https://app.example.net".parse().unwrap()],
+            offered: vec![ProtocolId::h2(), ProtocolId::http11()],
+            authorization: Some(HeaderValue::from_static("Bearer <token>")),
+        }
+    }
+
+    const PATH: &str = "/.well-known/ptth/https%3A%2F%2Fapp.example.net/";
+
+    fn h1_request(lines: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = Request::builder().method("GET").uri(PATH);
+        for (k, v) in lines {
+            b = b.header(*k, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn digest_h1_request() -> http::request::Parts {
+        h1_request(&[
+            ("host", "proxy.example.org"),
+            ("connection", "upgrade"),
+            ("upgrade", "ptth"),
+            ("authorization", "Bearer <token>"),
+            ("alpn", "h2, http%2F1.1"),
+        ])
+    }
+
+    #[test]
+    fn digest_3_2_http1_example_origin_side() {
+        let req = upgrade_request(&params(), &tokens()).unwrap();
+        assert_eq!(req.method(), Method::GET);
+        assert_eq!(req.uri(), PATH);
+        assert_eq!(req.version(), Version::HTTP_11);
+        let h = req.headers();
+        assert_eq!(h["host"], "proxy.example.org");
+        assert_eq!(h["connection"], "upgrade");
+        assert_eq!(h["upgrade"], "ptth");
+        assert_eq!(h["authorization"], "Bearer <token>");
+        assert_eq!(h["alpn"], "h2, http%2F1.1");
+        assert_eq!(h.len(), 5);
+    }
+
+    #[test]
+    fn digest_3_2_http1_example_gateway_side() {
+        // The gateway picks http/1.1, as in the digest.
+        let accepted =
+            validate_upgrade_request(&digest_h1_request(), &[ProtocolId::http11()], &tokens())
+                .unwrap();
+        assert_eq!(accepted.kind, SetupKind::Upgrade);
+        assert_eq!(accepted.origins, params().origins);
+        assert_eq!(accepted.offered, params().offered);
+        assert_eq!(accepted.chosen, ProtocolId::http11());
+        assert_eq!(accepted.authorization, params().authorization);
+        assert_eq!(accepted.upgrade_token, "ptth");
+        let res = upgrade_response(&accepted, &tokens());
+        assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(res.headers()["connection"], "upgrade");
+        assert_eq!(res.headers()["upgrade"], "ptth");
+        assert_eq!(res.headers()["alpn"], "http%2F1.1");
+        assert_eq!(
+            validate_upgrade_response(&res, &params().offered, &tokens()).unwrap(),
+            ProtocolId::http11()
+        );
+        // Gateway preference order wins over the origin's.
+        let accepted = validate_upgrade_request(
+            &digest_h1_request(),
+            &[
+                ProtocolId::from("h3qx"),
+                ProtocolId::http11(),
+                ProtocolId::h2(),
+            ],
+            &tokens(),
+        )
+        .unwrap();
+        assert_eq!(accepted.chosen, ProtocolId::http11());
+    }
+
+    #[test]
+    fn digest_3_2_http2_example() {
+        let mut p = params();
+        let (req, protocol) = connect_request(&p, &tokens()).unwrap();
+        assert_eq!(protocol, "ptth");
+        assert_eq!(req.method(), Method::CONNECT);
+        assert_eq!(req.uri().scheme_str(), Some("https"));
+        assert_eq!(req.uri().authority().unwrap(), "proxy.example.org");
+        assert_eq!(req.uri().path(), PATH);
+        assert_eq!(req.headers()["authorization"], "Bearer <token>");
+        assert_eq!(req.headers()["alpn"], "h2, http%2F1.1");
+        assert!(!req.headers().contains_key("host"));
+
+        let supported = [ProtocolId::h2(), ProtocolId::http11()];
+        let accepted =
+            validate_connect_request(&req, Some(protocol), &supported, &tokens()).unwrap();
+        assert_eq!(accepted.kind, SetupKind::ExtendedConnect);
+        assert_eq!(accepted.chosen, ProtocolId::h2());
+        let res = connect_response(&accepted);
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(res.headers()["alpn"], "h2");
+        assert_eq!(
+            validate_connect_response(&res, &p.offered, &tokens()).unwrap(),
+            ProtocolId::h2()
+        );
+        p.offered = vec![ProtocolId::http11()];
+        assert_eq!(
+            validate_connect_response(&res, &p.offered, &tokens()),
+            Err(SetupError::NotOffered {
+                chosen: ProtocolId::h2()
+            })
+        );
+    }
+
+    #[test]
+    fn request_builder_errors() {
+        let mut p = params();
+        p.origins.clear();
+        assert_eq!(
+            upgrade_request(&p, &tokens()).err(),
+            Some(SetupError::NoOrigins)
+        );
+        let mut p = params();
+        p.offered.clear();
+        assert_eq!(
+            connect_request(&p, &tokens()).map(|_| ()),
+            Err(SetupError::NothingOffered)
+        );
+        let bad = SetupTokens {
+            upgrade: "bad\ntoken",
+            ..SetupTokens::default()
+        };
+        assert!(matches!(
+            upgrade_request(&params(), &bad),
+            Err(SetupError::InvalidRequest(_))
+        ));
+        let bad = SetupTokens {
+            well_known_prefix: "/with space/",
+            ..SetupTokens::default()
+        };
+        assert!(matches!(
+            upgrade_request(&params(), &bad),
+            Err(SetupError::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn options_exchange() {
+        let req = options_request(&params(), &tokens()).unwrap();
+        assert_eq!(req.method(), Method::OPTIONS);
+        assert_eq!(
+            req.uri().to_string(),
+            format!("https://proxy.example.org{PATH}")
+        );
+        assert!(!req.headers().contains_key("alpn"));
+        let accepted = validate_options_request(&req, &tokens()).unwrap();
+        assert_eq!(accepted.kind, SetupKind::Options);
+        assert_eq!(accepted.origins, params().origins);
+        assert_eq!(accepted.chosen, ProtocolId::h3());
+        assert_eq!(
+            validate_options_response(&options_response()).unwrap(),
+            ProtocolId::h3()
+        );
+        let mut res = options_response();
+        *res.status_mut() = StatusCode::NO_CONTENT;
+        assert!(validate_options_response(&res).is_ok());
+        *res.status_mut() = StatusCode::FORBIDDEN;
+        assert_eq!(
+            validate_options_response(&res),
+            Err(SetupError::UnexpectedStatus(StatusCode::FORBIDDEN))
+        );
+        // A deployment-chosen endpoint outside the well-known prefix: no origins.
+        let (parts, ()) = Request::builder()
+            .method("OPTIONS")
+            .uri("https://gw.example/ptth-endpoint")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert!(validate_options_request(&parts, &tokens())
+            .unwrap()
+            .origins
+            .is_empty());
+        let (parts, ()) = Request::builder()
+            .method("OPTIONS")
+            .uri("*")
+            .body(())
+            .unwrap()
+            .into_parts();
+        assert_eq!(
+            validate_options_request(&parts, &tokens())
+                .unwrap_err()
+                .kind(),
+            RejectionKind::AsteriskForm
+        );
+    }
+
+    #[test]
+    fn legacy_exchange() {
+        let req = legacy_request(
+            "https://relay.example:8080/reverse",
+            Some(HeaderValue::from_static("Basic eDp5")),
+            &tokens(),
+        )
+        .unwrap();
+        assert_eq!(req.method(), Method::POST);
+        assert_eq!(req.uri(), "/reverse");
+        let h = req.headers();
+        assert_eq!(h["host"], "relay.example:8080");
+        assert_eq!(h["upgrade"], "PTTH/1.0");
+        assert_eq!(h["connection"], "Upgrade");
+        assert_eq!(h["content-length"], "0");
+        assert_eq!(h["authorization"], "Basic eDp5");
+        let accepted = validate_legacy_request(&req, &tokens()).unwrap();
+        assert_eq!(accepted.kind, SetupKind::LegacyUpgrade);
+        assert_eq!(accepted.chosen, ProtocolId::http11());
+        assert!(accepted.origins.is_empty());
+        let res = legacy_response(&tokens());
+        assert_eq!(res.status(), StatusCode::SWITCHING_PROTOCOLS);
+        assert_eq!(res.headers()["upgrade"], "PTTH/1.0");
+        assert_eq!(
+            validate_legacy_response(&res, &tokens()).unwrap(),
+            ProtocolId::http11()
+        );
+        // PTTH/0.9 both ways.
+        let mut old = Request::builder()
+            .method("POST")
+            .uri("/")
+            .header("upgrade", "ptth/0.9")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            validate_legacy_request(&old, &tokens())
+                .unwrap()
+                .upgrade_token,
+            "ptth/0.9"
+        );
+        let mut res = legacy_response(&tokens());
+        res.headers_mut()
+            .insert("upgrade", HeaderValue::from_static("PTTH/0.9"));
+        assert!(validate_legacy_response(&res, &tokens()).is_ok());
+        res.headers_mut()
+            .insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(matches!(
+            validate_legacy_response(&res, &tokens()),
+            Err(SetupError::UpgradeMismatch { .. })
+        ));
+        *old.method_mut() = Method::PUT;
+        assert_eq!(
+            validate_legacy_request(&old, &tokens())
+                .unwrap_err()
+                .status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        old.headers_mut().remove("upgrade");
+        *old.method_mut() = Method::POST;
+        let rejection = validate_legacy_request(&old, &tokens()).unwrap_err();
+        assert_eq!(rejection.status(), StatusCode::UPGRADE_REQUIRED);
+        assert_eq!(rejection.to_response().headers()["upgrade"], "PTTH/1.0");
+        assert!(legacy_request("not a uri", None, &tokens()).is_err());
+    }
+
+    fn reject(parts: &http::request::Parts) -> SetupRejection {
+        validate_upgrade_request(parts, &[ProtocolId::h2()], &tokens()).unwrap_err()
+    }
+
+    #[test]
+    fn gateway_upgrade_rejections() {
+        let base = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket, PTTH"),
+            ("alpn", "h2"),
+        ];
+        assert!(
+            validate_upgrade_request(&h1_request(&base), &[ProtocolId::h2()], &tokens()).is_ok()
+        );
+
+        let mut post = h1_request(&base);
+        post.method = Method::POST;
+        let r = reject(&post);
+        assert_eq!(
+            (r.kind(), r.status()),
+            (
+                RejectionKind::MethodNotAllowed,
+                StatusCode::METHOD_NOT_ALLOWED
+            )
+        );
+        assert_eq!(r.to_response().headers()["allow"], "GET");
+
+        let r = reject(&h1_request(&[("connection", "upgrade"), ("alpn", "h2")]));
+        assert_eq!(r.status(), StatusCode::UPGRADE_REQUIRED);
+        let response = r.to_response();
+        assert_eq!(response.headers()["upgrade"], "ptth");
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; charset=utf-8"
+        );
+        assert!(response.body().contains("Upgrade: ptth"));
+        let r = reject(&h1_request(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("alpn", "h2"),
+        ]));
+        assert_eq!(r.kind(), RejectionKind::UpgradeRequired);
+
+        let r = reject(&h1_request(&[("upgrade", "ptth"), ("alpn", "h2")]));
+        assert_eq!(
+            (r.kind(), r.status()),
+            (
+                RejectionKind::MissingConnectionUpgrade,
+                StatusCode::BAD_REQUEST
+            )
+        );
+
+        let r = reject(&h1_request(&[
+            ("connection", "upgrade"),
+            ("upgrade", "ptth"),
+        ]));
+        assert_eq!(
+            (r.kind(), r.status()),
+            (RejectionKind::MissingAlpn, StatusCode::BAD_REQUEST)
+        );
+        let r = reject(&h1_request(&[
+            ("connection", "upgrade"),
+            ("upgrade", "ptth"),
+            ("alpn", "http/1.1"),
+        ]));
+        assert_eq!(
+            (r.kind(), r.status()),
+            (RejectionKind::MalformedAlpn, StatusCode::BAD_REQUEST)
+        );
+        let r = reject(&h1_request(&[
+            ("connection", "upgrade"),
+            ("upgrade", "ptth"),
+            ("alpn", ","),
+        ]));
+        assert_eq!(r.kind(), RejectionKind::MalformedAlpn);
+        let r = reject(&h1_request(&[
+            ("connection", "upgrade"),
+            ("upgrade", "ptth"),
+            ("alpn", "http%2F1.1"),
+        ]));
+        assert_eq!(
+            (r.kind(), r.status()),
+            (RejectionKind::NoCommonProtocol, StatusCode::BAD_REQUEST)
+        );
+        assert!(r.reason().contains("h2"));
+
+        let r = reject(&h1_request(&[
+            ("connection", "upgrade"),
+            ("upgrade", "ptth"),
+            ("alpn", "h2"),
+            ("authorization", "Bearer a"),
+            ("authorization", "Bearer b"),
+        ]));
+        assert_eq!(r.kind(), RejectionKind::DuplicateAuthorization);
+
+        let mut other = h1_request(&base);
+        other.uri = "/somewhere/else".parse().unwrap();
+        let r = reject(&other);
+        assert_eq!(
+            (r.kind(), r.status()),
+            (RejectionKind::NotFound, StatusCode::NOT_FOUND)
+        );
+        for bad in [
+            "/.well-known/ptth/null/",
+            "/.well-known/ptth/",
+            "/.well-known/ptth/https%3A%2F%2Fa.example,/",
+            "/.well-known/ptth/%zz/",
+        ] {
+            let mut p = h1_request(&base);
+            p.uri = bad.parse().unwrap();
+            let r = reject(&p);
+            assert_eq!(
+                (r.kind(), r.status()),
+                (RejectionKind::BadOriginList, StatusCode::BAD_REQUEST),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn gateway_connect_rejections() {
+        let (req, protocol) = connect_request(&params(), &tokens()).unwrap();
+        let supported = [ProtocolId::h2()];
+        let r = validate_connect_request(&req, None, &supported, &tokens()).unwrap_err();
+        assert_eq!(
+            (r.kind(), r.status()),
+            (RejectionKind::MissingProtocol, StatusCode::BAD_REQUEST)
+        );
+        let r =
+            validate_connect_request(&req, Some("websocket"), &supported, &tokens()).unwrap_err();
+        assert_eq!(
+            (r.kind(), r.status()),
+            (RejectionKind::UnknownProtocol, StatusCode::NOT_IMPLEMENTED)
+        );
+        assert!(validate_connect_request(&req, Some("PTTH"), &supported, &tokens()).is_ok());
+        let get = upgrade_request(&params(), &tokens()).unwrap();
+        let r = validate_connect_request(&get, Some(protocol), &supported, &tokens()).unwrap_err();
+        assert_eq!(r.to_response().headers()["allow"], "CONNECT");
+    }
+
+    #[test]
+    fn origin_side_response_rejections() {
+        let offered = params().offered;
+        let good = || {
+            Response::builder()
+                .status(101)
+                .header("connection", "Upgrade")
+                .header("upgrade", "PTTH")
+                .header("alpn", "h2")
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(
+            validate_upgrade_response(&good(), &offered, &tokens()),
+            Ok(ProtocolId::h2())
+        );
+        let (parts, ()) = good().into_parts();
+        assert_eq!(
+            validate_upgrade_response(&parts, &offered, &tokens()),
+            Ok(ProtocolId::h2())
+        );
+
+        let mut r = good();
+        *r.status_mut() = StatusCode::OK;
+        assert_eq!(
+            validate_upgrade_response(&r, &offered, &tokens()),
+            Err(SetupError::UnexpectedStatus(StatusCode::OK))
+        );
+        let mut r = good();
+        r.headers_mut()
+            .insert("upgrade", HeaderValue::from_static("websocket"));
+        assert!(matches!(
+            validate_upgrade_response(&r, &offered, &tokens()),
+            Err(SetupError::UpgradeMismatch { .. })
+        ));
+        let mut r = good();
+        r.headers_mut().remove("connection");
+        assert_eq!(
+            validate_upgrade_response(&r, &offered, &tokens()),
+            Err(SetupError::MissingConnectionUpgrade)
+        );
+        let mut r = good();
+        r.headers_mut().remove("alpn");
+        assert_eq!(
+            validate_upgrade_response(&r, &offered, &tokens()),
+            Err(SetupError::Alpn(AlpnError::Missing))
+        );
+        let mut r = good();
+        r.headers_mut()
+            .insert("alpn", HeaderValue::from_static("h2, http%2F1.1"));
+        assert_eq!(
+            validate_upgrade_response(&r, &offered, &tokens()),
+            Err(SetupError::Alpn(AlpnError::NotExactlyOne { count: 2 }))
+        );
+        // The gateway chose a protocol the origin did not offer.
+        let mut r = good();
+        r.headers_mut()
+            .insert("alpn", HeaderValue::from_static("h3qx"));
+        assert_eq!(
+            validate_upgrade_response(&r, &offered, &tokens()),
+            Err(SetupError::NotOffered {
+                chosen: ProtocolId::from("h3qx")
+            })
+        );
+        // Selected-ALPN (draft-kazuho-httpbis-reverse-tunnel) is accepted too.
+        let mut r = good();
+        r.headers_mut().remove("alpn");
+        r.headers_mut()
+            .insert("selected-alpn", HeaderValue::from_static("http%2F1.1"));
+        assert_eq!(
+            validate_upgrade_response(&r, &offered, &tokens()),
+            Ok(ProtocolId::http11())
+        );
+
+        let r = Response::builder()
+            .status(204)
+            .header("alpn", "h2")
+            .body(())
+            .unwrap();
+        assert_eq!(
+            validate_connect_response(&r, &offered, &tokens()),
+            Ok(ProtocolId::h2())
+        );
+        let r = Response::builder().status(200).body(()).unwrap();
+        assert_eq!(
+            validate_connect_response(&r, &offered, &tokens()),
+            Err(SetupError::Alpn(AlpnError::Missing))
+        );
+        let r = Response::builder()
+            .status(407)
+            .header("alpn", "h2")
+            .body(())
+            .unwrap();
+        assert!(matches!(
+            validate_connect_response(&r, &offered, &tokens()),
+            Err(SetupError::UnexpectedStatus(_))
+        ));
+    }
+
+    #[test]
+    fn auth_layer_rejections() {
+        let r = SetupRejection::unauthenticated("no credentials")
+            .with_challenge(HeaderValue::from_static("Bearer realm=\"ptth\""));
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        let res = r.to_response();
+        assert_eq!(res.headers()["www-authenticate"], "Bearer realm=\"ptth\"");
+        assert_eq!(res.body(), "no credentials\n");
+        let r = SetupRejection::forbidden("may not register https://x.example");
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(r.reason(), "may not register https://x.example");
+        assert_eq!(
+            r.to_string(),
+            "403 Forbidden may not register https://x.example"
+        );
+    }
+
+    fn arb_id() -> impl Strategy<Value = ProtocolId> {
+        prop_oneof![
+            Just(ProtocolId::h2()),
+            Just(ProtocolId::http11()),
+            Just(ProtocolId::from("h3qx")),
+            proptest::collection::vec(any::<u8>(), 1..8).prop_map(ProtocolId::from_bytes),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn setup_round_trip(
+            offered in proptest::collection::vec(arb_id(), 1..4),
+            supported in proptest::collection::vec(arb_id(), 1..4),
+            origins in proptest::collection::vec(crate::origin::tests::arb_origin(), 1..3),
+        ) {
+            let p = SetupRequestParams {
+                gateway_authority: "gw.example:4443".parse().unwrap(),
+                origins: origins.clone(),
+                offered: offered.clone(),
+                authorization: None,
+            };
+            let t = tokens();
+            let req = upgrade_request(&p, &t).unwrap();
+            let expected = supported.iter().find(|s| offered.contains(s)).cloned();
+            match validate_upgrade_request(&req, &supported, &t) {
+                Ok(accepted) => {
+                    prop_assert_eq!(Some(&accepted.chosen), expected.as_ref());
+                    prop_assert_eq!(&accepted.origins, &origins);
+                    let res = upgrade_response(&accepted, &t);
+                    prop_assert_eq!(validate_upgrade_response(&res, &offered, &t), Ok(accepted.chosen));
+                }
+                Err(r) => {
+                    prop_assert!(expected.is_none());
+                    prop_assert_eq!(r.kind(), RejectionKind::NoCommonProtocol);
+                }
+            }
+            let (req, protocol) = connect_request(&p, &t).unwrap();
+            if let Ok(accepted) = validate_connect_request(&req, Some(protocol), &supported, &t) {
+                prop_assert_eq!(&accepted.origins, &origins);
+                let res = connect_response(&accepted);
+                prop_assert_eq!(validate_connect_response(&res, &offered, &t), Ok(accepted.chosen));
+            }
+        }
+    }
 }
