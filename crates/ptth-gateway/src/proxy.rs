@@ -197,7 +197,7 @@ fn fit_request(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
-    let authority = target.authority();
+    let authority = authority(target);
     if h2 {
         if let Ok(uri) = Uri::builder()
             .scheme(scheme)
@@ -238,6 +238,20 @@ fn fit_request(
                 h.insert(header::SEC_WEBSOCKET_KEY, k.clone());
             }
         }
+    }
+}
+
+/// `host[:port]` of a routing target, with IPv6 literals bracketed.
+fn authority(target: &RequestTarget) -> String {
+    let host = target.host();
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    match target.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
     }
 }
 
@@ -328,7 +342,7 @@ fn append_forwarded(headers: &mut HeaderMap, client: ClientInfo, target: &Reques
         std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
     };
     let proto = if client.tls { "https" } else { "http" };
-    let host = target.authority().replace(['"', '\\'], "");
+    let host = authority(target).replace(['"', '\\'], "");
     if let Ok(v) = HeaderValue::from_str(&format!("for={for_};proto={proto};host=\"{host}\"")) {
         headers.append(header::FORWARDED, v);
     }

@@ -8,7 +8,7 @@
 //! is full, the request waits in a bounded queue.
 
 use crate::forward::Sender;
-use ptth_core::{Mechanism, RequestTarget, Scope};
+use ptth_core::{Mechanism, RequestTarget, Scope, Specificity};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -83,7 +83,7 @@ impl OriginConn {
             .is_ok()
     }
 
-    fn best_match(&self, target: &RequestTarget) -> Option<usize> {
+    fn best_match(&self, target: &RequestTarget) -> Option<Specificity> {
         self.scopes
             .iter()
             .filter(|s| s.matches(target))

@@ -243,7 +243,7 @@ where
         // The claimed origins must be among those the ORIGIN frame announced. Checking the
         // entries against the client certificate is the authentication layer's job.
         for o in &claim.origins {
-            if !frame.covers(o) {
+            if !origin_frame_covers(frame, o) {
                 return fail(&task, format!("{o} is not in the connection's ORIGIN frame"));
             }
         }
@@ -316,7 +316,7 @@ fn admit_setup(
     let response = if req.method() == Method::CONNECT {
         ptth_core::connect_response(&accepted)
     } else if legacy {
-        ptth_core::legacy_response(&accepted, tokens)
+        ptth_core::legacy_response(tokens)
     } else {
         ptth_core::upgrade_response(&accepted, tokens)
     };
@@ -425,4 +425,27 @@ where
     if let Err(e) = conn.await {
         tracing::debug!(%peer, error = %e, "setup connection ended");
     }
+}
+
+/// Whether an ORIGIN frame entry covers `origin`. draft-bt §3 allows wildcard entries
+/// (`https://*.example.com`), which cover exactly one more label, as certificates do.
+fn origin_frame_covers(frame: &ptth_h2::OriginFrame, origin: &SerializedOrigin) -> bool {
+    frame.entries().iter().any(|e| {
+        let port = e
+            .port()
+            .or_else(|| ptth_core::default_port(e.scheme()))
+            .unwrap_or(0);
+        if !e.scheme().eq_ignore_ascii_case(origin.scheme()) || port != origin.port() {
+            return false;
+        }
+        let host = origin.host().to_ascii_lowercase();
+        let entry = e.host().to_ascii_lowercase();
+        match entry.strip_prefix("*.") {
+            Some(suffix) => host
+                .strip_suffix(suffix)
+                .and_then(|h| h.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
+            None => host == entry,
+        }
+    })
 }

@@ -78,9 +78,12 @@ where
         if send.is_closed() {
             return Err(ConnectFailure::NotEnabled);
         }
-        if tokio::time::timeout_at(deadline, settings.changed()).await.is_err() {
+        if tokio::time::Instant::now() >= deadline {
             return Err(ConnectFailure::NotEnabled);
         }
+        // Woken by the connection task on a change; the short timeout also re-checks in
+        // case the change landed between our check and the wait.
+        let _ = tokio::time::timeout(Duration::from_millis(10), settings.changed()).await;
     }
     send.ready().await.map_err(ConnectFailure::Io)?;
     request

@@ -1,1 +1,163 @@
-//! ptth-origin.
+//! The PTTH origin: dials out to a gateway and serves the HTTP requests that come back.
+//!
+//! ```text
+//! Origin::serve(service) ─▶ N slots ─▶ dial ─▶ TLS ─▶ setup (per mechanism) ─▶
+//!     serve HTTP/1.1 or HTTP/2 as the *server* on the connection it dialled
+//! ```
+//!
+//! What it serves is any `tower::Service<http::Request<hyper::body::Incoming>>`: the proxy to a
+//! local upstream ([`service::Proxy`]), the built-in demo ([`service::Hello`]), or your own
+//! application such as an axum `Router` (see `examples/axum.rs`).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod config;
+mod dial;
+mod serve;
+pub mod service;
+
+pub use serve::OriginService;
+
+use anyhow::{anyhow, Context, Result};
+use ptth_core::{AlpnSet, Mechanism, SerializedOrigin};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How an origin connects and what it claims.
+#[derive(Debug, Clone)]
+pub struct OriginConfig {
+    /// The gateway's tunnel URL, `https://host:port`.
+    pub gateway: http::Uri,
+    /// How the connection is reversed.
+    pub mechanism: Mechanism,
+    /// Which Potato revision's ALPN tokens to offer.
+    pub alpn_set: AlpnSet,
+    /// The host names (optionally `host:port`) this origin serves.
+    pub hosts: Vec<String>,
+    /// The path prefixes it serves within them.
+    pub path_prefixes: Vec<String>,
+    /// The credential presented to the gateway.
+    pub token: ptth_auth::BearerToken,
+    /// A private CA for the gateway's certificate; WebPKI roots when absent.
+    pub ca: Option<PathBuf>,
+    /// A client certificate chain (PEM), required by draft-bt `h2-reverse`.
+    pub client_cert: Option<PathBuf>,
+    /// Its private key.
+    pub client_key: Option<PathBuf>,
+    /// Connections kept open (HTTP/1.1 mechanisms need several for concurrency).
+    pub connections: usize,
+    /// SETTINGS_MAX_CONCURRENT_STREAMS advertised on reversed HTTP/2.
+    pub max_concurrent_streams: u32,
+    /// How long requests in flight may run after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+impl OriginConfig {
+    /// A configuration with defaults for everything optional.
+    pub fn new(
+        gateway: http::Uri,
+        mechanism: Mechanism,
+        hosts: Vec<String>,
+        token: ptth_auth::BearerToken,
+    ) -> Self {
+        Self {
+            gateway,
+            mechanism,
+            alpn_set: AlpnSet::default(),
+            hosts,
+            path_prefixes: vec!["/".to_string()],
+            token,
+            ca: None,
+            client_cert: None,
+            client_key: None,
+            connections: 1,
+            max_concurrent_streams: 256,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+/// An origin ready to dial.
+#[derive(Debug)]
+pub struct Origin {
+    dialer: Arc<dial::Dialer>,
+}
+
+impl Origin {
+    /// Checks the configuration and prepares TLS.
+    pub fn new(config: OriginConfig) -> Result<Self> {
+        if config.gateway.scheme_str() != Some("https") {
+            return Err(anyhow!("--gateway must be an https:// URL"));
+        }
+        let authority = config
+            .gateway
+            .authority()
+            .cloned()
+            .ok_or_else(|| anyhow!("--gateway needs a host"))?;
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
+        if config.hosts.is_empty() {
+            return Err(anyhow!("give at least one --host this origin serves"));
+        }
+        let origins = config
+            .hosts
+            .iter()
+            .map(|h| {
+                format!("https://{h}")
+                    .parse::<SerializedOrigin>()
+                    .map_err(|e| anyhow!("--host {h:?}: {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for p in &config.path_prefixes {
+            ptth_core::Scope::new("example.invalid", p)
+                .map_err(|e| anyhow!("--path {p:?}: {e}"))?;
+        }
+        let tls = dial::tls_config(&config)?;
+        Ok(Self {
+            dialer: Arc::new(dial::Dialer {
+                connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
+                server_name,
+                authority,
+                origins,
+                tokens: ptth_core::SetupTokens::default(),
+                config,
+            }),
+        })
+    }
+
+    /// Serves `service` over `config.connections` reversed connections until `shutdown`
+    /// resolves; then stops taking requests, lets those in flight finish, and returns.
+    pub async fn serve<S, B>(self, service: S, shutdown: impl Future<Output = ()>) -> Result<()>
+    where
+        S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<serve::BoxError>,
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<serve::BoxError>,
+    {
+        let service = OriginService::new(service);
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let mut slots = tokio::task::JoinSet::new();
+        for slot in 0..self.dialer.config.connections.max(1) {
+            slots.spawn(
+                self.dialer
+                    .clone()
+                    .run_slot(slot, service.clone(), rx.clone()),
+            );
+        }
+        shutdown.await;
+        tracing::info!("shutting down: no new requests; finishing those in flight");
+        let _ = tx.send(true);
+        while slots.join_next().await.is_some() {}
+        Ok(())
+    }
+}
