@@ -313,6 +313,18 @@ mod tests {
     }
 
     #[test]
+    fn digest_3_2_offer_with_h3qx() {
+        // Digest §3.2: "ALPN: h3qx, h2, http%2F1.1".
+        let ids = vec![
+            ProtocolId::from("h3qx"),
+            ProtocolId::h2(),
+            ProtocolId::http11(),
+        ];
+        assert_eq!(encode_list(&ids), "h3qx, h2, http%2F1.1");
+        assert_eq!(parse_str("h3qx, h2, http%2F1.1").unwrap(), ids);
+    }
+
+    #[test]
     fn parses_multiple_lines_and_ows() {
         let got = parse_list(&map(&["h3qx,\th2", "http%2F1.1"])).unwrap();
         assert_eq!(
