@@ -1,0 +1,694 @@
+//! Proxy mode (`ptth-origin --upstream http://..`): forwards every reversed request to a local HTTP/1.1 upstream.
+//!
+//! ```text
+//! gateway ──(reversed HTTP/1.1 or HTTP/2)──▶ Proxy ──(pooled HTTP/1.1)──▶ upstream
+//! ```
+//!
+//! Bodies stream both ways frame by frame, trailers included. Hop-by-hop fields are removed
+//! in both directions; everything else, including `Host` and the `Via`/`Forwarded` fields the
+//! gateway added, reaches the upstream unchanged. Upgrades are tunnelled: an HTTP/1.1
+//! `Upgrade` is forwarded as one, and an RFC 8441 extended CONNECT for WebSocket arriving over
+//! HTTP/2 is turned into an HTTP/1.1 WebSocket upgrade towards the upstream.
+//!
+//! Towards the upstream the proxy speaks HTTP/1.1, where hyper writes only the trailer fields
+//! that the request's `Trailer` field announced; an HTTP/2 caller that sends request trailers
+//! must therefore announce them for them to reach the upstream. `TE: trailers` is kept so
+//! the upstream knows it may send response trailers.
+//!
+//! The proxy does not speak TLS to the upstream, does not retry, and sets no timeouts beyond
+//! the connect timeout; the gateway owns those policies.
+
+use std::convert::Infallible;
+use std::error::Error as _;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{
+    CONNECTION, COOKIE, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, TE, UPGRADE,
+};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{
+    HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
+};
+use http_body::Body as HttpBody;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty};
+use hyper::ext::Protocol;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio_tungstenite::tungstenite::handshake::client::generate_key;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+
+use super::websocket::{header_has_token, WEBSOCKET_PROTOCOL};
+use super::{text_response, Body, BoxError, Refusal, ResponseFuture};
+
+/// How long the proxy waits for a TCP connection to the upstream before answering `502`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an idle pooled upstream connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// Header fields that describe one hop rather than the message (RFC 9110 §7.6.1), plus the
+/// obsolete `Proxy-Connection` that some clients still send.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Why an upstream address cannot be proxied to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// Only plain `http://` upstreams are supported; the origin and upstream share a host.
+    #[error("upstream {uri} must be an http:// URI (https and other schemes are not supported)")]
+    UnsupportedScheme {
+        /// The rejected upstream, as given.
+        uri: String,
+    },
+    /// The URI names no host to connect to.
+    #[error("upstream {uri} has no host")]
+    MissingHost {
+        /// The rejected upstream, as given.
+        uri: String,
+    },
+    /// Requests keep their own path, so a path prefix on the upstream would be ignored.
+    #[error("upstream {uri} must not have a path or query: requests keep their own path")]
+    HasPath {
+        /// The rejected upstream, as given.
+        uri: String,
+    },
+}
+
+/// The proxy service: one per upstream, cheap to clone, sharing one connection pool.
+#[derive(Debug, Clone)]
+pub struct Proxy {
+    upstream: Authority,
+    client: Client<HttpConnector, UpstreamBody>,
+}
+
+/// The body type sent to the upstream. It need not be `Sync`, so request bodies that are only
+/// `Send` are boxed without wrapping.
+type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+
+impl Proxy {
+    /// A proxy to `upstream`, which must be `http://host[:port]` with at most `/` as path.
+    ///
+    /// # Errors
+    ///
+    /// [`ProxyError`] names what is wrong with `upstream`: a scheme other than `http`, no
+    /// host, or a path or query. No connection is attempted here; an unreachable upstream
+    /// shows up later as `502` answers.
+    pub fn new(upstream: Uri) -> Result<Self, ProxyError> {
+        let uri = upstream.to_string();
+        if upstream.scheme() != Some(&Scheme::HTTP) {
+            return Err(ProxyError::UnsupportedScheme { uri });
+        }
+        let Some(authority) = upstream.authority().cloned() else {
+            return Err(ProxyError::MissingHost { uri });
+        };
+        if authority.host().is_empty() {
+            return Err(ProxyError::MissingHost { uri });
+        }
+        let path_is_root = upstream
+            .path_and_query()
+            .is_none_or(|path| path.as_str() == "/" || path.as_str().is_empty());
+        if !path_is_root {
+            return Err(ProxyError::HasPath { uri });
+        }
+
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .build(connector);
+        Ok(Proxy {
+            upstream: authority,
+            client,
+        })
+    }
+
+    /// The `host:port` requests are forwarded to.
+    pub fn upstream(&self) -> &Authority {
+        &self.upstream
+    }
+}
+
+impl<B> tower::Service<Request<B>> for Proxy
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // The pooled client queues internally, so the proxy is always ready.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let proxy = self.clone();
+        Box::pin(async move { Ok(proxy.forward(request).await) })
+    }
+}
+
+/// What kind of exchange a request starts, which decides how it is forwarded and answered.
+#[derive(Debug)]
+enum Mode {
+    /// An ordinary request and response.
+    Plain,
+    /// An HTTP/1.1 upgrade, forwarded as one; a `101` from the upstream opens a tunnel.
+    Upgrade { protocols: Vec<HeaderValue> },
+    /// An RFC 8441 WebSocket CONNECT, forwarded as an HTTP/1.1 WebSocket upgrade with `key`.
+    ExtendedConnect { key: String },
+}
+
+impl Mode {
+    fn of<B>(request: &Request<B>) -> Result<Self, Refusal> {
+        if request.method() == Method::CONNECT {
+            return match request.extensions().get::<Protocol>() {
+                Some(protocol) if protocol.as_str().eq_ignore_ascii_case(WEBSOCKET_PROTOCOL) => {
+                    Ok(Mode::ExtendedConnect {
+                        key: generate_key(),
+                    })
+                }
+                Some(protocol) => Err(Refusal::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    format!(
+                        "the proxy only forwards extended CONNECT for websocket, not {:?}",
+                        protocol.as_str()
+                    ),
+                )),
+                None => Err(Refusal::new(
+                    StatusCode::NOT_IMPLEMENTED,
+                    "the proxy does not open CONNECT tunnels",
+                )),
+            };
+        }
+        // Upgrade is an HTTP/1.1 mechanism; HTTP/2 forbids both fields (RFC 9113 §8.2.2).
+        let http1 = matches!(request.version(), Version::HTTP_11);
+        if http1 && header_has_token(request.headers(), &CONNECTION, "upgrade") {
+            let protocols: Vec<HeaderValue> =
+                request.headers().get_all(UPGRADE).iter().cloned().collect();
+            if !protocols.is_empty() {
+                return Ok(Mode::Upgrade { protocols });
+            }
+        }
+        Ok(Mode::Plain)
+    }
+}
+
+impl Proxy {
+    async fn forward<B>(self, mut request: Request<B>) -> Response<Body>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let mode = match Mode::of(&request) {
+            Ok(mode) => mode,
+            Err(refusal) => return refusal.into_response(),
+        };
+        // The caller's side of a tunnel must be claimed before the answer goes back to hyper.
+        let caller_upgrade = match mode {
+            Mode::Plain => None,
+            Mode::Upgrade { .. } | Mode::ExtendedConnect { .. } => {
+                Some(hyper::upgrade::on(&mut request))
+            }
+        };
+        let upstream_request = match self.upstream_request(request, &mode) {
+            Ok(upstream_request) => upstream_request,
+            Err(refusal) => return refusal.into_response(),
+        };
+        let mut response = match self.client.request(upstream_request).await {
+            Ok(response) => response,
+            Err(error) => return self.bad_gateway(&error),
+        };
+
+        let status = response.status();
+        match (mode, caller_upgrade) {
+            (Mode::Upgrade { .. }, Some(caller)) if status == StatusCode::SWITCHING_PROTOCOLS => {
+                spawn_tunnel(caller, hyper::upgrade::on(&mut response));
+                let (mut parts, _) = response.into_parts();
+                // The 101 must still say what it switches to, so those fields survive the strip.
+                let upgrade: Vec<HeaderValue> =
+                    parts.headers.get_all(UPGRADE).iter().cloned().collect();
+                strip_hop_by_hop(&mut parts.headers);
+                for value in upgrade {
+                    parts.headers.append(UPGRADE, value);
+                }
+                parts
+                    .headers
+                    .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                Response::from_parts(parts, super::empty())
+            }
+            (Mode::ExtendedConnect { key }, Some(caller))
+                if status == StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                // RFC 6455 §4.1: the client must check the accept key; towards the upstream the
+                // proxy is that client, so a wrong key means the upstream is not speaking WebSocket.
+                let expected = derive_accept_key(key.as_bytes());
+                let accepted = response
+                    .headers()
+                    .get(SEC_WEBSOCKET_ACCEPT)
+                    .is_some_and(|accept| accept.as_bytes() == expected.as_bytes());
+                if !accepted {
+                    return text_response(
+                        StatusCode::BAD_GATEWAY,
+                        "upstream answered the WebSocket upgrade with a wrong Sec-WebSocket-Accept",
+                    );
+                }
+                spawn_tunnel(caller, hyper::upgrade::on(&mut response));
+                let (mut parts, _) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                // RFC 8441 §5: the HTTP/2 answer is a 2xx without the HTTP/1.1 accept key.
+                parts.headers.remove(SEC_WEBSOCKET_ACCEPT);
+                parts.status = StatusCode::OK;
+                Response::from_parts(parts, super::empty())
+            }
+            (Mode::ExtendedConnect { .. }, _) if status.is_success() => {
+                // A 2xx to an extended CONNECT tells the caller the tunnel is open, which it is
+                // not when the upstream did not switch protocols.
+                text_response(
+                    StatusCode::BAD_GATEWAY,
+                    format!("upstream answered the WebSocket upgrade with {status} instead of 101"),
+                )
+            }
+            (_, _) if status == StatusCode::SWITCHING_PROTOCOLS => text_response(
+                StatusCode::BAD_GATEWAY,
+                "upstream switched protocols although no upgrade was requested",
+            ),
+            (_, _) => {
+                let (mut parts, body) = response.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                parts.version = Version::default();
+                Response::from_parts(parts, body.map_err(Into::into).boxed())
+            }
+        }
+    }
+
+    /// Rewrites the caller's request into the one sent to the upstream.
+    fn upstream_request<B>(
+        &self,
+        request: Request<B>,
+        mode: &Mode,
+    ) -> Result<Request<UpstreamBody>, Refusal>
+    where
+        B: HttpBody<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        let (mut parts, body) = request.into_parts();
+        let caller_version = parts.version;
+
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.upstream.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|error| {
+                Refusal::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot forward this request target: {error}"),
+                )
+            })?;
+
+        let headers = &mut parts.headers;
+        // TE is hop-by-hop, but `TE: trailers` says the caller can take trailers, which the
+        // upstream needs to know before it sends any (RFC 9110 §10.1.4).
+        let accepts_trailers = header_has_token(headers, &TE, "trailers");
+        strip_hop_by_hop(headers);
+        if accepts_trailers {
+            headers.insert(TE, HeaderValue::from_static("trailers"));
+        }
+        // An HTTP/2 caller names the host in `:authority` only; the upstream still needs it
+        // as `Host` for virtual hosting, and the client must not substitute the upstream's.
+        if !headers.contains_key(HOST) {
+            if let Some(host) = parts
+                .uri
+                .authority()
+                .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+            {
+                headers.insert(HOST, host);
+            }
+        }
+        if caller_version == Version::HTTP_2 {
+            // RFC 9113 §8.2.3: HTTP/2 may split Cookie into several fields, which must be
+            // joined again before the message is sent over HTTP/1.1.
+            join_cookies(headers);
+        }
+
+        let body = match mode {
+            Mode::Plain => body.map_err(Into::into).boxed_unsync(),
+            Mode::Upgrade { protocols } => {
+                for protocol in protocols {
+                    headers.append(UPGRADE, protocol.clone());
+                }
+                headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                body.map_err(Into::into).boxed_unsync()
+            }
+            Mode::ExtendedConnect { key } => {
+                // RFC 8441 §5 maps the extended CONNECT onto the RFC 6455 GET upgrade; the
+                // CONNECT stream's data is the tunnel itself, not a request body.
+                parts.method = Method::GET;
+                headers.insert(UPGRADE, HeaderValue::from_static(WEBSOCKET_PROTOCOL));
+                headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                let key = HeaderValue::from_str(key).map_err(|_| {
+                    Refusal::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "generated an invalid Sec-WebSocket-Key",
+                    )
+                })?;
+                headers.insert(SEC_WEBSOCKET_KEY, key);
+                parts.extensions.remove::<Protocol>();
+                Empty::new().map_err(|never| match never {}).boxed_unsync()
+            }
+        };
+
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        Ok(Request::from_parts(parts, body))
+    }
+
+    /// The `502` sent when the upstream cannot be reached or fails mid-exchange.
+    fn bad_gateway(&self, error: &hyper_util::client::legacy::Error) -> Response<Body> {
+        let mut reason = if error.is_connect() {
+            format!("could not connect to upstream {}", self.upstream)
+        } else {
+            format!("request to upstream {} failed", self.upstream)
+        };
+        let mut source = error.source();
+        while let Some(cause) = source {
+            reason.push_str(": ");
+            reason.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        tracing::debug!(upstream = %self.upstream, %reason, "upstream failure");
+        text_response(StatusCode::BAD_GATEWAY, reason)
+    }
+}
+
+/// Removes the fields that describe one connection rather than the message, including any
+/// field the `Connection` header names (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Folds several `Cookie` fields into one, separated by `; `.
+fn join_cookies(headers: &mut HeaderMap) {
+    if headers.get_all(COOKIE).iter().nth(1).is_none() {
+        return;
+    }
+    let joined = headers
+        .get_all(COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    // Joining valid field values with "; " keeps them valid, so this only fails if a value
+    // was not; then the fields are left as they came.
+    if let Ok(joined) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, joined);
+    }
+}
+
+/// Copies bytes between the caller's and the upstream's upgraded connections until both close.
+fn spawn_tunnel(caller: OnUpgrade, upstream: OnUpgrade) {
+    tokio::spawn(async move {
+        let (caller, upstream) = match tokio::try_join!(caller, upstream) {
+            Ok(pair) => pair,
+            Err(error) => {
+                tracing::debug!(%error, "upgrade did not complete");
+                return;
+            }
+        };
+        let mut caller = TokioIo::new(caller);
+        let mut upstream = TokioIo::new(upstream);
+        if let Err(error) = tokio::io::copy_bidirectional(&mut caller, &mut upstream).await {
+            tracing::debug!(%error, "tunnel ended with an error");
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::test_support::{check_echo, connect_h2_websocket, serve, Server};
+    use crate::service::Hello;
+    use futures_util::StreamExt;
+    use http::header::TRANSFER_ENCODING;
+    use http_body::Frame;
+    use http_body_util::{Full, StreamBody};
+    use sha2::{Digest, Sha256};
+    use std::net::SocketAddr;
+    use tower::ServiceExt;
+
+    async fn proxy_to_hello() -> (Proxy, SocketAddr) {
+        let upstream = serve(Hello, Server::Http1).await;
+        let proxy = Proxy::new(format!("http://{upstream}").parse().unwrap()).unwrap();
+        (proxy, upstream)
+    }
+
+    async fn text(response: Response<Body>) -> String {
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn only_plain_http_upstreams() {
+        assert!(matches!(
+            Proxy::new(Uri::from_static("https://127.0.0.1:3000")),
+            Err(ProxyError::UnsupportedScheme { .. })
+        ));
+        assert!(matches!(
+            Proxy::new(Uri::from_static("/just/a/path")),
+            Err(ProxyError::UnsupportedScheme { .. })
+        ));
+        assert!(matches!(
+            Proxy::new(Uri::from_static("http://127.0.0.1:3000/prefix")),
+            Err(ProxyError::HasPath { .. })
+        ));
+        let error = Proxy::new(Uri::from_static("ws://127.0.0.1:3000")).unwrap_err();
+        assert!(error.to_string().contains("must be an http:// URI"));
+        let proxy = Proxy::new(Uri::from_static("http://127.0.0.1:3000/")).unwrap();
+        assert_eq!(proxy.upstream().as_str(), "127.0.0.1:3000");
+    }
+
+    #[test]
+    fn hop_by_hop_fields_are_stripped() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Private"),
+        );
+        headers.insert("x-private", HeaderValue::from_static("secret"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        headers.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        headers.insert("via", HeaderValue::from_static("1.1 gateway"));
+        headers.insert("forwarded", HeaderValue::from_static("for=127.0.0.1"));
+        headers.insert(HOST, HeaderValue::from_static("app.example"));
+        strip_hop_by_hop(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["forwarded", "host", "via"]);
+    }
+
+    #[test]
+    fn split_cookies_are_joined() {
+        let mut headers = HeaderMap::new();
+        headers.append(COOKIE, HeaderValue::from_static("a=1"));
+        headers.append(COOKIE, HeaderValue::from_static("b=2"));
+        join_cookies(&mut headers);
+        assert_eq!(
+            headers.get_all(COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1; b=2"]
+        );
+    }
+
+    #[tokio::test]
+    async fn get_index_keeps_host_and_gateway_headers() {
+        let (proxy, _) = proxy_to_hello().await;
+        let request = Request::get("/")
+            .header(HOST, "app.example")
+            .header("via", "1.1 ptth-gateway")
+            .header("forwarded", "for=192.0.2.1")
+            .header(CONNECTION, "x-hop")
+            .header("x-hop", "dropped")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = proxy.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let page = text(response).await;
+        assert!(page.contains("<title>ptth hello</title>"), "{page}");
+        assert!(page.contains("<dd id=\"host\">app.example</dd>"), "{page}");
+        assert!(
+            page.contains("<dd id=\"via\">1.1 ptth-gateway</dd>"),
+            "{page}"
+        );
+        assert!(
+            page.contains("<dd id=\"forwarded\">for=192.0.2.1</dd>"),
+            "{page}"
+        );
+    }
+
+    #[tokio::test]
+    async fn http2_authority_becomes_host() {
+        let (proxy, _) = proxy_to_hello().await;
+        let request = Request::get("https://h2.example/")
+            .version(Version::HTTP_2)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let page = text(proxy.oneshot(request).await.unwrap()).await;
+        assert!(page.contains("<dd id=\"host\">h2.example</dd>"), "{page}");
+    }
+
+    #[tokio::test]
+    async fn post_echo_streams_five_mebibytes() {
+        let (proxy, _) = proxy_to_hello().await;
+        let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 253) as u8).collect();
+        let chunks = 80;
+        let mut hasher = Sha256::new();
+        for _ in 0..chunks {
+            hasher.update(&chunk);
+        }
+        let expected: String = hasher
+            .finalize()
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        let chunk = Bytes::from(chunk);
+        // The frames are produced one at a time as the proxy pulls them, so the body is
+        // never whole in memory on the sending side either.
+        let frames = futures_util::stream::iter(0..chunks)
+            .map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
+        let request = Request::post("/echo")
+            .body(StreamBody::new(frames))
+            .unwrap();
+        let response = proxy.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            text(response).await,
+            format!(
+                "{{\"bytes\":{},\"sha256\":\"{expected}\"}}\n",
+                80 * 64 * 1024
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn trailers_pass_through_echo_body() {
+        let (proxy, _) = proxy_to_hello().await;
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-checksum", HeaderValue::from_static("abc123"));
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"first "))),
+            Ok(Frame::data(Bytes::from_static(b"second"))),
+            Ok(Frame::trailers(trailers.clone())),
+        ];
+        // Over HTTP/1.1, hyper only sends trailers that `Trailer` announced, and a server only
+        // sends them to a caller whose `TE` says it takes them.
+        let request = Request::post("/echo-body")
+            .header(TE, "trailers")
+            .header(http::header::TRAILER, "x-checksum, grpc-status")
+            .body(StreamBody::new(futures_util::stream::iter(frames)))
+            .unwrap();
+        let response = proxy.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers(), Some(&trailers));
+        assert_eq!(collected.to_bytes(), "first second");
+    }
+
+    #[tokio::test]
+    async fn trailers_endpoint_through_proxy() {
+        let (proxy, _) = proxy_to_hello().await;
+        let request = Request::get("/trailers")
+            .header(TE, "trailers")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let collected = proxy
+            .oneshot(request)
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(collected.to_bytes(), "hello trailers");
+    }
+
+    #[tokio::test]
+    async fn websocket_through_proxy_over_http1() {
+        let (proxy, _) = proxy_to_hello().await;
+        let front = serve(proxy, Server::Http1).await;
+        let (socket, response) = tokio_tungstenite::connect_async(format!("ws://{front}/ws"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        check_echo(socket).await;
+    }
+
+    #[tokio::test]
+    async fn websocket_through_proxy_from_h2_extended_connect() {
+        let (proxy, _) = proxy_to_hello().await;
+        let front = serve(proxy, Server::Http2).await;
+        check_echo(connect_h2_websocket(front).await).await;
+    }
+
+    #[tokio::test]
+    async fn plain_connect_is_refused() {
+        let (proxy, _) = proxy_to_hello().await;
+        let request = Request::connect("example.test:443")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = proxy.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+    }
+
+    #[tokio::test]
+    async fn unreachable_upstream_is_502() {
+        // Binding and dropping a listener yields a loopback port that refuses connections.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        drop(listener);
+        let proxy = Proxy::new(format!("http://{addr}").parse().unwrap()).unwrap();
+        let request = Request::get("/").body(Full::new(Bytes::new())).unwrap();
+        let response = proxy.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+        let reason = text(response).await;
+        assert!(
+            reason.starts_with(&format!("could not connect to upstream {addr}")),
+            "{reason}"
+        );
+    }
+}
