@@ -1,1 +1,312 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: real `ptth-gateway` and `ptth-origin` processes on
+//! loopback with dev certificates, and real HTTP clients.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Every TCP mechanism the origin can use.
+pub const TCP_MECHANISMS: &[&str] = &[
+    "rh1",
+    "rh2",
+    "upgrade-h1",
+    "upgrade-h2",
+    "connect-h2",
+    "h2-reverse",
+    "ptth10",
+];
+
+/// Whether a mechanism carries HTTP/1.1 (one request per connection at a time).
+pub fn is_h1(mechanism: &str) -> bool {
+    matches!(mechanism, "rh1" | "upgrade-h1" | "ptth10")
+}
+
+/// The directory holding the workspace's built binaries.
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>
+    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+}
+
+fn bin(name: &str) -> PathBuf {
+    let p = bin_dir().join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: build the binaries first (`cargo build --workspace --bins`; `cargo xtask ci` does it)",
+        p.display()
+    );
+    p
+}
+
+/// A fresh temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `ptth-test-<name>-<pid>-<n>` under the system temp dir.
+    pub fn new(name: &str) -> Self {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "ptth-test-{name}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running `ptth-gateway` process.
+#[derive(Debug)]
+pub struct Gateway {
+    child: Child,
+    /// Public cleartext listener.
+    pub listen: SocketAddr,
+    /// Public TLS listener.
+    pub listen_tls: SocketAddr,
+    /// Tunnel listener.
+    pub tunnel: SocketAddr,
+    /// The dev credentials directory.
+    pub dev: PathBuf,
+}
+
+impl Gateway {
+    /// Starts a gateway on ephemeral ports with dev credentials in `dev`.
+    pub async fn start(dev: &Path, extra: &[&str]) -> Result<Self> {
+        Self::start_on(dev, "127.0.0.1:0", "127.0.0.1:0", extra).await
+    }
+
+    /// Starts a gateway on the given listen and tunnel addresses.
+    pub async fn start_on(dev: &Path, listen: &str, tunnel: &str, extra: &[&str]) -> Result<Self> {
+        let mut cmd = Command::new(bin("ptth-gateway"));
+        cmd.args(["--listen", listen, "--listen-tls", "127.0.0.1:0", "--tunnel", tunnel])
+            .arg("--dev")
+            .arg(dev)
+            .args(extra)
+            .env("RUST_LOG", std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("starting ptth-gateway")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut l, mut lt, mut t) = (None, None, None);
+        let read = async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(v) = line.strip_prefix("listen=") {
+                    l = Some(v.parse()?);
+                } else if let Some(v) = line.strip_prefix("listen-tls=") {
+                    lt = Some(v.parse()?);
+                } else if let Some(v) = line.strip_prefix("tunnel=") {
+                    t = Some(v.parse()?);
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .map_err(|_| anyhow!("gateway did not report its addresses"))??;
+        // Keep draining stdout so the process never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            listen: l.ok_or_else(|| anyhow!("no listen address"))?,
+            listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
+            tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
+            dev: dev.to_path_buf(),
+        })
+    }
+
+    /// The origin-side `--gateway` URL.
+    pub fn tunnel_url(&self) -> String {
+        format!("https://localhost:{}", self.tunnel.port())
+    }
+
+    /// Kills the process at once (no graceful shutdown).
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// The dev token.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.dev.join("token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+}
+
+/// A running `ptth-origin` process.
+#[derive(Debug)]
+pub struct Origin {
+    child: Child,
+}
+
+impl Origin {
+    /// Starts an origin serving `--hello` for `host` over `mechanism`.
+    pub async fn start(gw: &Gateway, mechanism: &str, host: &str, extra: &[&str]) -> Result<Self> {
+        let dev = &gw.dev;
+        let mut cmd = Command::new(bin("ptth-origin"));
+        cmd.args(["--gateway", &gw.tunnel_url(), "--mechanism", mechanism, "--host", host])
+            .arg("--ca")
+            .arg(dev.join("ca.pem"))
+            .arg("--token-file")
+            .arg(dev.join("token"))
+            .args(extra)
+            .env("RUST_LOG", std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if !extra.contains(&"--upstream") {
+            cmd.arg("--hello");
+        }
+        if mechanism == "h2-reverse" {
+            cmd.arg("--cert")
+                .arg(dev.join("origin.pem"))
+                .arg("--key")
+                .arg(dev.join("origin.key"));
+        }
+        if is_h1(mechanism) && !extra.contains(&"--connections") {
+            cmd.args(["--connections", "4"]);
+        }
+        Ok(Self {
+            child: cmd.spawn().context("starting ptth-origin")?,
+        })
+    }
+
+    /// Kills the process at once, as a crash would.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().ok_or_else(|| anyhow!("already exited"))?;
+        let status = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+    }
+}
+
+/// The body type of test requests.
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A public HTTP client: HTTP/1.1, or HTTP/2 with prior knowledge when `h2`.
+pub fn client(h2: bool) -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+    let mut b = Client::builder(TokioExecutor::new());
+    b.http2_only(h2).pool_max_idle_per_host(256);
+    if h2 {
+        b.http2_initial_stream_window_size(4 * 1024 * 1024)
+            .http2_initial_connection_window_size(16 * 1024 * 1024);
+    }
+    b.build_http()
+}
+
+/// A body holding `bytes`.
+pub fn full(bytes: impl Into<Bytes>) -> TestBody {
+    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+}
+
+/// `GET http://<gateway>/path` with `Host: host`.
+pub fn get(gw: &Gateway, host: &str, path: &str) -> Request<TestBody> {
+    Request::get(format!("http://{}{path}", gw.listen))
+        .header(http::header::HOST, host)
+        .body(full(Bytes::new()))
+        .unwrap()
+}
+
+/// Sends `req` and collects the response body.
+pub async fn send(
+    client: &Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+    req: Request<TestBody>,
+) -> Result<(Response<()>, Bytes)> {
+    let res = tokio::time::timeout(Duration::from_secs(60), client.request(req))
+        .await
+        .map_err(|_| anyhow!("request timed out"))??;
+    let (parts, body) = res.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok((Response::from_parts(parts, ()), body))
+}
+
+/// Waits until `host` answers `GET /` with 200 through the gateway.
+pub async fn wait_ready(gw: &Gateway, host: &str) -> Result<()> {
+    let c = client(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok((res, _)) = send(&c, get(gw, host, "/")).await {
+            if res.status() == StatusCode::OK {
+                return Ok(());
+            }
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{host} never became reachable through the gateway");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Hex SHA-256 of `data`.
+pub fn sha256_hex(data: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(data)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A gateway with one origin per mechanism, each on `<mechanism>.localhost`.
+#[derive(Debug)]
+pub struct Fleet {
+    /// The gateway.
+    pub gateway: Gateway,
+    /// The origins, by mechanism.
+    pub origins: Vec<(String, Origin)>,
+    /// Keeps the dev directory alive.
+    pub dir: TempDir,
+}
+
+impl Fleet {
+    /// Starts a gateway and one origin per mechanism in `mechanisms`, and waits for all.
+    pub async fn start(name: &str, mechanisms: &[&str]) -> Result<Self> {
+        let dir = TempDir::new(name);
+        let gateway = Gateway::start(&dir.0, &[]).await?;
+        let mut origins = Vec::new();
+        for m in mechanisms {
+            origins.push((
+                m.to_string(),
+                Origin::start(&gateway, m, &format!("{m}.localhost"), &[]).await?,
+            ));
+        }
+        for m in mechanisms {
+            wait_ready(&gateway, &format!("{m}.localhost")).await?;
+        }
+        Ok(Self {
+            gateway,
+            origins,
+            dir,
+        })
+    }
+}
