@@ -35,7 +35,10 @@ pub fn is_h1(mechanism: &str) -> bool {
 pub fn bin_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>
-    exe.parent().and_then(Path::parent).expect("target dir").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
 }
 
 fn bin(name: &str) -> PathBuf {
@@ -97,14 +100,24 @@ impl Gateway {
     /// Starts a gateway on the given listen and tunnel addresses.
     pub async fn start_on(dev: &Path, listen: &str, tunnel: &str, extra: &[&str]) -> Result<Self> {
         let mut cmd = Command::new(bin("ptth-gateway"));
-        cmd.args(["--listen", listen, "--listen-tls", "127.0.0.1:0", "--tunnel", tunnel])
-            .arg("--dev")
-            .arg(dev)
-            .args(extra)
-            .env("RUST_LOG", std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
+        cmd.args([
+            "--listen",
+            listen,
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tunnel",
+            tunnel,
+        ])
+        .arg("--dev")
+        .arg(dev)
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
         let mut child = cmd.spawn().context("starting ptth-gateway")?;
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
@@ -166,16 +179,26 @@ impl Origin {
     pub async fn start(gw: &Gateway, mechanism: &str, host: &str, extra: &[&str]) -> Result<Self> {
         let dev = &gw.dev;
         let mut cmd = Command::new(bin("ptth-origin"));
-        cmd.args(["--gateway", &gw.tunnel_url(), "--mechanism", mechanism, "--host", host])
-            .arg("--ca")
-            .arg(dev.join("ca.pem"))
-            .arg("--token-file")
-            .arg(dev.join("token"))
-            .args(extra)
-            .env("RUST_LOG", std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true);
+        cmd.args([
+            "--gateway",
+            &gw.tunnel_url(),
+            "--mechanism",
+            mechanism,
+            "--host",
+            host,
+        ])
+        .arg("--ca")
+        .arg(dev.join("ca.pem"))
+        .arg("--token-file")
+        .arg(dev.join("token"))
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
         if !extra.contains(&"--upstream") {
             cmd.arg("--hello");
         }
@@ -214,33 +237,68 @@ impl Origin {
 /// The body type of test requests.
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// A public HTTP client: HTTP/1.1, or HTTP/2 with prior knowledge when `h2`.
-pub fn client(h2: bool) -> Client<hyper_util::client::legacy::connect::HttpConnector, TestBody> {
+/// A resolver that sends every name to 127.0.0.1, so requests can name `app.localhost` in
+/// their URI (and HTTP/2 `:authority`) and still reach the gateway on loopback.
+#[derive(Debug, Clone, Copy)]
+pub struct Loopback;
+
+impl tower_service::Service<hyper_util::client::legacy::connect::dns::Name> for Loopback {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: hyper_util::client::legacy::connect::dns::Name) -> Self::Future {
+        std::future::ready(Ok(vec![SocketAddr::from(([127, 0, 0, 1], 0))].into_iter()))
+    }
+}
+
+/// The connector of [`client`].
+pub type Connector = hyper_util::client::legacy::connect::HttpConnector<Loopback>;
+
+/// A public HTTP client: HTTP/1.1, or HTTP/2 with prior knowledge when `h2`. Every host name
+/// resolves to 127.0.0.1.
+pub fn client(h2: bool) -> Client<Connector, TestBody> {
+    let mut connector =
+        hyper_util::client::legacy::connect::HttpConnector::new_with_resolver(Loopback);
+    connector.set_nodelay(true);
     let mut b = Client::builder(TokioExecutor::new());
     b.http2_only(h2).pool_max_idle_per_host(256);
     if h2 {
         b.http2_initial_stream_window_size(4 * 1024 * 1024)
             .http2_initial_connection_window_size(16 * 1024 * 1024);
     }
-    b.build_http()
+    b.build(connector)
 }
 
 /// A body holding `bytes`.
 pub fn full(bytes: impl Into<Bytes>) -> TestBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
-/// `GET http://<gateway>/path` with `Host: host`.
+/// `http://<host>:<gateway port><path>`: a URL naming `host` that reaches the gateway.
+pub fn url(gw: &Gateway, host: &str, path: &str) -> String {
+    format!("http://{host}:{}{path}", gw.listen.port())
+}
+
+/// `GET` [`url`].
 pub fn get(gw: &Gateway, host: &str, path: &str) -> Request<TestBody> {
-    Request::get(format!("http://{}{path}", gw.listen))
-        .header(http::header::HOST, host)
+    Request::get(url(gw, host, path))
         .body(full(Bytes::new()))
         .unwrap()
 }
 
 /// Sends `req` and collects the response body.
 pub async fn send(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, TestBody>,
+    client: &Client<Connector, TestBody>,
     req: Request<TestBody>,
 ) -> Result<(Response<()>, Bytes)> {
     let res = tokio::time::timeout(Duration::from_secs(60), client.request(req))

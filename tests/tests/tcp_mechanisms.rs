@@ -18,9 +18,7 @@ fn pattern_body(n: u64) -> TestBody {
         let start = c * CHUNK;
         let len = CHUNK.min(n - start);
         let data: Vec<u8> = (start..start + len).map(|i| (i % 251) as u8).collect();
-        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(Bytes::from(
-            data,
-        )))
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(Bytes::from(data)))
     }));
     BodyExt::boxed(http_body_util::StreamBody::new(stream))
 }
@@ -40,16 +38,26 @@ async fn bodies_of_every_size_round_trip_on_every_mechanism() {
         let (res, body) = send(&h1, get(gw, &host, "/")).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{m}");
         assert!(
-            res.headers().get("via").is_some_and(|v| v.to_str().unwrap().contains("ptth")),
+            res.headers()
+                .get("via")
+                .is_some_and(|v| v.to_str().unwrap().contains("ptth")),
             "{m}: the gateway adds Via"
         );
         let page = String::from_utf8_lossy(&body);
         assert!(page.contains("ptth hello"), "{m}: {page}");
-        assert!(page.contains("for=127.0.0.1"), "{m}: Forwarded reaches the origin: {page}");
+        assert!(
+            page.contains("for=127.0.0.1"),
+            "{m}: Forwarded reaches the origin: {page}"
+        );
 
-        for (n, c) in [(0u64, &h1), (0, &h2), (1 << 20, &h1), (1 << 20, &h2), (100 << 20, &h2)] {
-            let req = Request::post(format!("http://{}/echo", gw.listen))
-                .header(http::header::HOST, &host)
+        for (n, c) in [
+            (0u64, &h1),
+            (0, &h2),
+            (1 << 20, &h1),
+            (1 << 20, &h2),
+            (100 << 20, &h2),
+        ] {
+            let req = Request::post(url(gw, &host, "/echo"))
                 .body(pattern_body(n))
                 .unwrap();
             let (res, body) = send(c, req).await.unwrap();
@@ -128,7 +136,9 @@ async fn sse_trailers_and_websocket_stream_through_every_mechanism() {
 
         // WebSocket from a public HTTP/1.1 client, over reversed HTTP/1.1 or RFC 8441.
         let url = format!("ws://{}/ws", gw.listen);
-        let mut wsreq = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url).unwrap();
+        let mut wsreq =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+                .unwrap();
         wsreq
             .headers_mut()
             .insert("host", http::HeaderValue::from_str(&host).unwrap());
@@ -166,8 +176,7 @@ async fn a_hundred_concurrent_requests_on_every_mechanism() {
         let mut tasks = Vec::new();
         for i in 0..100u64 {
             let h2 = h2.clone();
-            let req = Request::post(format!("http://{}/echo", gw.listen))
-                .header(http::header::HOST, &host)
+            let req = Request::post(url(gw, &host, "/echo"))
                 .body(pattern_body(1000 + i))
                 .unwrap();
             tasks.push(tokio::spawn(async move { send(&h2, req).await }));
@@ -225,14 +234,9 @@ async fn origins_reconnect_after_the_gateway_restarts() {
     let (listen, tunnel) = (fleet.gateway.listen, fleet.gateway.tunnel);
     fleet.gateway.kill().await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    fleet.gateway = Gateway::start_on(
-        &fleet.dir.0,
-        &listen.to_string(),
-        &tunnel.to_string(),
-        &[],
-    )
-    .await
-    .unwrap();
+    fleet.gateway = Gateway::start_on(&fleet.dir.0, &listen.to_string(), &tunnel.to_string(), &[])
+        .await
+        .unwrap();
     for m in TCP_MECHANISMS {
         wait_ready(&fleet.gateway, &format!("{m}.localhost"))
             .await
@@ -264,7 +268,11 @@ async fn unknown_hosts_and_paths_get_503_with_retry_after() {
         ("app.localhost", "/admin"),
     ] {
         let (res, body) = send(&h1, get(&gw, host, path)).await.unwrap();
-        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE, "{host}{path}");
+        assert_eq!(
+            res.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{host}{path}"
+        );
         assert!(res.headers().contains_key("retry-after"), "{host}{path}");
         assert!(!body.is_empty(), "a reason is given");
     }
@@ -272,9 +280,19 @@ async fn unknown_hosts_and_paths_get_503_with_retry_after() {
     let (res, _) = send(&h1, get(&gw, "app.localhost", "/api/../admin"))
         .await
         .unwrap();
-    assert_ne!(res.status(), StatusCode::NOT_FOUND, "/api/../admin must not reach the /api origin");
-    let (res, _) = send(&h1, get(&gw, "APP.localhost", "/api/x")).await.unwrap();
-    assert_eq!(res.status(), StatusCode::NOT_FOUND, "host matching ignores case");
+    assert_ne!(
+        res.status(),
+        StatusCode::NOT_FOUND,
+        "/api/../admin must not reach the /api origin"
+    );
+    let (res, _) = send(&h1, get(&gw, "APP.localhost", "/api/x"))
+        .await
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::NOT_FOUND,
+        "host matching ignores case"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -314,7 +332,11 @@ async fn sigterm_finishes_requests_in_flight_and_exits_zero() {
         let status = origin.terminate().await.unwrap();
         assert!(status.success(), "{m}: exit status {status}");
         let (res, _) = slow.await.unwrap().unwrap();
-        assert_eq!(res.status(), StatusCode::OK, "{m}: the request in flight finished");
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
+            "{m}: the request in flight finished"
+        );
     }
 }
 
@@ -344,8 +366,7 @@ async fn proxy_mode_forwards_to_a_local_upstream() {
         .await
         .unwrap();
     wait_ready(&gw, "up.localhost").await.unwrap();
-    let req = Request::post(format!("http://{}/echo", gw.listen))
-        .header(http::header::HOST, "up.localhost")
+    let req = Request::post(url(&gw, "up.localhost", "/echo"))
         .body(pattern_body(5 << 20))
         .unwrap();
     let (res, body) = send(&client(true), req).await.unwrap();

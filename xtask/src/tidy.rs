@@ -61,7 +61,10 @@ fn check_core_deps(root: &Path, problems: &mut Vec<String>) -> Result<()> {
         .output()
         .context("running cargo tree")?;
     if !out.status.success() {
-        bail!("cargo tree failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "cargo tree failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
@@ -121,7 +124,10 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     }
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if path.is_dir() {
             if name != "target" && !name.starts_with('.') {
                 rust_files(&path, out)?;

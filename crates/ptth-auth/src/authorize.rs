@@ -66,7 +66,10 @@ impl AuthorizeClaim {
         if let Ok(v) = HeaderValue::from_str(&self.path_prefixes.join(", ")) {
             h.insert(PATH_PREFIX_FIELD, v);
         }
-        h.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
         res
     }
 
@@ -167,8 +170,10 @@ mod tests {
             AuthorizeClaim::from_response(StatusCode::NOT_FOUND, res.headers()).unwrap_err(),
             ClaimError::Status(StatusCode::NOT_FOUND)
         );
-        res.headers_mut()
-            .insert(ORIGINS_FIELD, HeaderValue::from_static("https://a.example,,"));
+        res.headers_mut().insert(
+            ORIGINS_FIELD,
+            HeaderValue::from_static("https://a.example,,"),
+        );
         assert!(matches!(
             AuthorizeClaim::from_response(StatusCode::OK, res.headers()),
             Err(ClaimError::Malformed { .. })

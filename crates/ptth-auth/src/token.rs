@@ -134,8 +134,14 @@ mod tests {
     #[test]
     fn accepts_the_right_token_in_any_scheme_case() {
         let v = verifier("s3cret");
-        assert_eq!(v.verify(Some(&HeaderValue::from_static("Bearer s3cret"))), Ok(()));
-        assert_eq!(v.verify(Some(&HeaderValue::from_static("bearer s3cret"))), Ok(()));
+        assert_eq!(
+            v.verify(Some(&HeaderValue::from_static("Bearer s3cret"))),
+            Ok(())
+        );
+        assert_eq!(
+            v.verify(Some(&HeaderValue::from_static("bearer s3cret"))),
+            Ok(())
+        );
     }
 
     #[test]

@@ -10,7 +10,11 @@ use std::time::Duration;
 /// Command-line flags. Every flag may also be set in the `--config` TOML file (same names,
 /// with `-` or `_`); flags given on the command line win.
 #[derive(Debug, Parser, Default, Deserialize)]
-#[command(name = "ptth-gateway", version, about = "PTTH gateway: origins dial in, public clients reach them")]
+#[command(
+    name = "ptth-gateway",
+    version,
+    about = "PTTH gateway: origins dial in, public clients reach them"
+)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Cli {
     /// Public cleartext listener: HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
@@ -172,7 +176,11 @@ impl Cli {
             tunnel: self.tunnel.or(file.tunnel),
             cert: self.cert.or(file.cert),
             key: self.key.or(file.key),
-            tokens: if self.tokens.is_empty() { file.tokens } else { self.tokens },
+            tokens: if self.tokens.is_empty() {
+                file.tokens
+            } else {
+                self.tokens
+            },
             client_ca: self.client_ca.or(file.client_ca),
             dev: self.dev.or(file.dev),
             config: self.config,
@@ -185,14 +193,17 @@ impl Cli {
 }
 
 fn secs(s: f64, flag: &str) -> Result<Duration> {
-    Duration::try_from_secs_f64(s).map_err(|_| anyhow::anyhow!("{flag} must be a non-negative number of seconds"))
+    Duration::try_from_secs_f64(s)
+        .map_err(|_| anyhow::anyhow!("{flag} must be a non-negative number of seconds"))
 }
 
 /// Sets up `tracing` output: human-readable by default, JSON lines with `json`.
 pub fn init_logging(format: Option<&str>) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format.unwrap_or("human") {
         "human" => builder.init(),
         "json" => builder.json().init(),

@@ -14,7 +14,10 @@ pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
 #[derive(Debug)]
 pub enum Sender {
     /// Reversed HTTP/1.1: one request at a time.
-    H1(tokio::sync::Mutex<ptth_h1::reversed::Sender>, Arc<std::sync::atomic::AtomicBool>),
+    H1(
+        tokio::sync::Mutex<ptth_h1::reversed::Sender>,
+        Arc<std::sync::atomic::AtomicBool>,
+    ),
     /// Reversed HTTP/2: multiplexed; capacity from the origin's SETTINGS.
     H2(ptth_h2::reversed::Sender, Arc<ptth_h2::PeerSettings>),
 }
@@ -75,10 +78,12 @@ impl Sender {
             }
             Sender::H2(s, _) => {
                 let mut s = s.clone();
-                s.try_send_request(req).await.map_err(|mut e| match e.take_message() {
-                    Some(req) => SendError::NotSent(req, e.into_error()),
-                    None => SendError::Failed(e.into_error()),
-                })
+                s.try_send_request(req)
+                    .await
+                    .map_err(|mut e| match e.take_message() {
+                        Some(req) => SendError::NotSent(req, e.into_error()),
+                        None => SendError::Failed(e.into_error()),
+                    })
             }
         }
     }

@@ -15,10 +15,10 @@ pub mod config;
 pub mod dev;
 mod forward;
 pub mod proxy;
+mod public;
 pub mod registry;
 pub mod tls;
 mod tunnel;
-mod public;
 
 pub use config::GatewayConfig;
 pub use registry::{OriginConn, QueueLimits, Registry};
@@ -48,7 +48,8 @@ impl Gateway {
     pub async fn start(config: &GatewayConfig) -> Result<Self> {
         let certs = tls::load_certs(&config.cert)?;
         let key = tls::load_key(&config.key)?;
-        let tunnel_tls = tls::tunnel_config(certs.clone(), key.clone_key(), config.client_ca.as_deref())?;
+        let tunnel_tls =
+            tls::tunnel_config(certs.clone(), key.clone_key(), config.client_ca.as_deref())?;
         let registry = Registry::new(QueueLimits {
             max_waiting: config.queue_limit,
             max_wait: config.queue_timeout,
@@ -80,7 +81,11 @@ impl Gateway {
         let tunnel = tunnel_l.local_addr()?;
         let listen = public_l.local_addr()?;
         let mut tasks = vec![
-            tokio::spawn(tunnel::serve(tunnel_l, TlsAcceptor::from(Arc::new(tunnel_tls)), ctx)),
+            tokio::spawn(tunnel::serve(
+                tunnel_l,
+                TlsAcceptor::from(Arc::new(tunnel_tls)),
+                ctx,
+            )),
             tokio::spawn(public::serve(public_l, None, proxy.clone())),
         ];
         let mut listen_tls = None;

@@ -73,7 +73,10 @@ impl Proxy {
             let reservation = match self.registry.acquire(&target, avoid).await {
                 Ok(r) => r,
                 Err(RouteError::NoOrigin) if avoid.is_some() => {
-                    return error(StatusCode::BAD_GATEWAY, "the origin connection closed before the request could be sent")
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        "the origin connection closed before the request could be sent",
+                    )
                 }
                 Err(RouteError::NoOrigin) => {
                     return unavailable("no origin is connected for this host and path", 5)
@@ -93,11 +96,21 @@ impl Proxy {
                     "the origin's HTTP/2 connection does not enable extended CONNECT (RFC 8441), so WebSocket cannot reach it",
                 );
             }
-            fit_request(&mut request, h2, scheme, &target, websocket, ws_key.as_ref());
+            fit_request(
+                &mut request,
+                h2,
+                scheme,
+                &target,
+                websocket,
+                ws_key.as_ref(),
+            );
             match tokio::time::timeout(self.config.request_timeout, conn.sender.send(request)).await
             {
                 Err(_) => {
-                    return error(StatusCode::GATEWAY_TIMEOUT, "the origin did not answer in time")
+                    return error(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the origin did not answer in time",
+                    )
                 }
                 Ok(Ok(resp)) => break (reservation, resp),
                 Ok(Err(SendError::NotSent(req, e))) => {
@@ -107,7 +120,10 @@ impl Proxy {
                 }
                 Ok(Err(SendError::Failed(e))) => {
                     tracing::warn!(conn = conn.id, error = %e, "origin failed the request");
-                    return error(StatusCode::BAD_GATEWAY, &format!("the origin failed the request: {e}"));
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("the origin failed the request: {e}"),
+                    );
                 }
             }
         };
@@ -406,7 +422,10 @@ mod tests {
     #[test]
     fn strips_hop_by_hop_and_named_fields_but_keeps_te_trailers() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret, te"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret, te"),
+        );
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
@@ -425,7 +444,11 @@ mod tests {
     fn forwarded_quotes_ipv6_and_host() {
         let mut h = HeaderMap::new();
         let target = RequestTarget::from_parts(
-            &Request::get("http://app.example:8080/x").body(()).unwrap().into_parts().0,
+            &Request::get("http://app.example:8080/x")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0,
         )
         .unwrap();
         append_forwarded(

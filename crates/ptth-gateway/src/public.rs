@@ -32,7 +32,9 @@ pub async fn serve(listener: TcpListener, acceptor: Option<TlsAcceptor>, proxy: 
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
                     {
                         Ok(Ok(tls)) => serve_conn(tls, ClientInfo { addr, tls: true }, proxy).await,
-                        Ok(Err(e)) => tracing::debug!(%addr, error = %e, "public TLS handshake failed"),
+                        Ok(Err(e)) => {
+                            tracing::debug!(%addr, error = %e, "public TLS handshake failed")
+                        }
                         Err(_) => tracing::debug!(%addr, "public TLS handshake timed out"),
                     }
                 }

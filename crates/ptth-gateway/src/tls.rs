@@ -46,10 +46,9 @@ pub fn tunnel_config(
             for c in load_certs(ca)? {
                 roots.add(c)?;
             }
-            let verifier =
-                WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                    .allow_unauthenticated()
-                    .build()?;
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .allow_unauthenticated()
+                .build()?;
             builder
                 .with_client_cert_verifier(verifier)
                 .with_single_cert(certs, key)?

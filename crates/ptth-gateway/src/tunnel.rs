@@ -143,9 +143,6 @@ where
                     tracing::debug!(error = %e, "reversed HTTP/2 connection ended");
                 }
             });
-            // The origin's SETTINGS (its stream limit) normally arrive with its first
-            // flight; wait briefly so the first routing decision sees the real capacity.
-            let _ = tokio::time::timeout(Duration::from_secs(2), settings.changed()).await;
             Ok((Sender::H2(send, settings), task))
         }
         HttpVersion::Http3 => Err("HTTP/3 is not carried over TCP".into()),
@@ -231,7 +228,9 @@ where
     };
     let (parts, body) = res.into_parts();
     // Finish the body so a reversed HTTP/1.1 connection is free for the next request.
-    let _ = http_body_util::Limited::new(body, 64 * 1024).collect().await;
+    let _ = http_body_util::Limited::new(body, 64 * 1024)
+        .collect()
+        .await;
     let claim = match AuthorizeClaim::from_response(parts.status, &parts.headers) {
         Ok(c) => c,
         Err(e) => return fail(&task, format!("authorisation answer: {e}")),
@@ -244,7 +243,10 @@ where
         // entries against the client certificate is the authentication layer's job.
         for o in &claim.origins {
             if !origin_frame_covers(frame, o) {
-                return fail(&task, format!("{o} is not in the connection's ORIGIN frame"));
+                return fail(
+                    &task,
+                    format!("{o} is not in the connection's ORIGIN frame"),
+                );
             }
         }
     }
@@ -332,7 +334,9 @@ fn clone_head(req: &Request<Incoming>) -> (http::request::Parts, ()) {
     if let Some(h) = b.headers_mut() {
         *h = req.headers().clone();
     }
-    b.body(()).map(|r| r.into_parts()).unwrap_or_else(|_| Request::new(()).into_parts())
+    b.body(())
+        .map(|r| r.into_parts())
+        .unwrap_or_else(|_| Request::new(()).into_parts())
 }
 
 fn mechanism_for(accepted: &ptth_core::AcceptedSetup, connect: bool) -> (Mechanism, HttpVersion) {
@@ -363,9 +367,15 @@ where
             tokio::spawn(async move {
                 match on_upgrade.await {
                     Ok(upgraded) => match start_client(TokioIo::new(upgraded), version).await {
-                        Ok((sender, task)) => {
-                            register(&ctx, mechanism, scopes, "bearer token".into(), peer, sender, task)
-                        }
+                        Ok((sender, task)) => register(
+                            &ctx,
+                            mechanism,
+                            scopes,
+                            "bearer token".into(),
+                            peer,
+                            sender,
+                            task,
+                        ),
                         Err(e) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
                     },
                     Err(e) => tracing::warn!(%peer, error = %e, "upgrade failed"),
@@ -394,19 +404,24 @@ where
                 .extensions()
                 .get::<hyper::ext::Protocol>()
                 .map(|p| p.as_str().to_string());
-            let (accepted, scopes, response) =
-                match admit_setup(&ctx, &req, protocol.as_deref()) {
-                    Ok(x) => x,
-                    Err(res) => return Ok::<_, std::convert::Infallible>(res),
-                };
+            let (accepted, scopes, response) = match admit_setup(&ctx, &req, protocol.as_deref()) {
+                Ok(x) => x,
+                Err(res) => return Ok::<_, std::convert::Infallible>(res),
+            };
             let (mechanism, version) = mechanism_for(&accepted, true);
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 match on_upgrade.await {
                     Ok(upgraded) => match start_client(TokioIo::new(upgraded), version).await {
-                        Ok((sender, task)) => {
-                            register(&ctx, mechanism, scopes, "bearer token".into(), peer, sender, task)
-                        }
+                        Ok((sender, task)) => register(
+                            &ctx,
+                            mechanism,
+                            scopes,
+                            "bearer token".into(),
+                            peer,
+                            sender,
+                            task,
+                        ),
                         Err(e) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
                     },
                     Err(e) => tracing::warn!(%peer, error = %e, "CONNECT stream takeover failed"),

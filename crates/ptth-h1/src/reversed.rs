@@ -35,10 +35,7 @@ where
 }
 
 /// Starts the HTTP/1.1 server role on a stream the origin dialled.
-pub fn serve<IO, S, B>(
-    io: IO,
-    service: S,
-) -> server::UpgradeableConnection<TokioIo<IO>, S>
+pub fn serve<IO, S, B>(io: IO, service: S) -> server::UpgradeableConnection<TokioIo<IO>, S>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>,

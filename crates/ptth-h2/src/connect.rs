@@ -22,7 +22,9 @@ pub enum ConnectFailure {
     #[error("setup connection failed: {0}")]
     Io(#[source] hyper::Error),
     /// RFC 8441 §3: the gateway never sent SETTINGS_ENABLE_CONNECT_PROTOCOL = 1.
-    #[error("the gateway does not enable extended CONNECT (RFC 8441 SETTINGS_ENABLE_CONNECT_PROTOCOL)")]
+    #[error(
+        "the gateway does not enable extended CONNECT (RFC 8441 SETTINGS_ENABLE_CONNECT_PROTOCOL)"
+    )]
     NotEnabled,
     /// The gateway answered with a non-2xx status.
     #[error("the gateway refused the setup with {status}: {reason}")]
@@ -81,9 +83,8 @@ where
         if tokio::time::Instant::now() >= deadline {
             return Err(ConnectFailure::NotEnabled);
         }
-        // Woken by the connection task on a change; the short timeout also re-checks in
-        // case the change landed between our check and the wait.
-        let _ = tokio::time::timeout(Duration::from_millis(10), settings.changed()).await;
+        // hyper applies SETTINGS in its own task and offers no notification, so poll.
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
     send.ready().await.map_err(ConnectFailure::Io)?;
     request

@@ -105,35 +105,42 @@ where
         .serve_connection(TokioIo::new(io), service)
 }
 
-/// What the peer's SETTINGS say, updated while the connection runs. hyper exposes these on
-/// the connection future only, so [`drive`] publishes them here for whoever holds the sender.
-#[derive(Debug, Default)]
+type Probe = Box<dyn Fn() -> (usize, bool) + Send + Sync>;
+
+/// What the peer's SETTINGS say, read live. hyper exposes these on the connection future
+/// only, and processes frames in a task of its own, so [`drive`] shares the connection behind
+/// a lock and this handle asks it on demand.
+#[derive(Default)]
 pub struct PeerSettings {
-    max_send_streams: std::sync::atomic::AtomicUsize,
-    extended_connect: std::sync::atomic::AtomicBool,
-    notify: tokio::sync::Notify,
+    probe: std::sync::OnceLock<Probe>,
+}
+
+impl std::fmt::Debug for PeerSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PeerSettings")
+            .field("max_send_streams", &self.max_send_streams())
+            .field("extended_connect", &self.extended_connect())
+            .finish()
+    }
 }
 
 impl PeerSettings {
+    fn read(&self) -> (usize, bool) {
+        self.probe.get().map(|p| p()).unwrap_or((1, false))
+    }
+
     /// The peer's current SETTINGS_MAX_CONCURRENT_STREAMS as it applies to our requests.
     pub fn max_send_streams(&self) -> usize {
-        self.max_send_streams
-            .load(std::sync::atomic::Ordering::Relaxed)
+        self.read().0
     }
 
     /// Whether the peer sent SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441 §3).
     pub fn extended_connect(&self) -> bool {
-        self.extended_connect
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Resolves after the next change is published (or immediately if one is pending).
-    pub async fn changed(&self) {
-        self.notify.notified().await;
+        self.read().1
     }
 }
 
-/// Drives a client connection to completion, publishing the peer's settings as they change.
+/// Drives a client connection to completion; `settings` reads the peer's settings meanwhile.
 pub async fn drive<IO>(
     conn: client::Connection<TokioIo<IO>, Body, TokioExecutor>,
     settings: std::sync::Arc<PeerSettings>,
@@ -141,20 +148,21 @@ pub async fn drive<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    use std::sync::atomic::Ordering::Relaxed;
-    let mut conn = Box::pin(conn);
+    let conn = std::sync::Arc::new(std::sync::Mutex::new(Box::pin(conn)));
+    let shared = conn.clone();
+    let _ = settings.probe.set(Box::new(move || {
+        // A poisoned lock only means a poll panicked; the counters are still readable.
+        let c = shared.lock().unwrap_or_else(|e| e.into_inner());
+        (
+            c.current_max_send_streams(),
+            c.is_extended_connect_protocol_enabled(),
+        )
+    }));
     std::future::poll_fn(move |cx| {
-        let r = conn.as_mut().poll(cx);
-        let c = conn.as_ref().get_ref();
-        let max = c.current_max_send_streams();
-        let ext = c.is_extended_connect_protocol_enabled();
-        let old_max = settings.max_send_streams.swap(max, Relaxed);
-        let old_ext = settings.extended_connect.swap(ext, Relaxed);
-        if old_max != max || old_ext != ext {
-            settings.notify.notify_waiters();
-            settings.notify.notify_one();
-        }
-        r
+        conn.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_mut()
+            .poll(cx)
     })
     .await
 }
