@@ -1,6 +1,6 @@
 //! ORIGIN frames (RFC 8336, HTTP/2 frame type 0xc) for draft-bt `h2-reverse`: a sans-IO codec plus two byte-stream wrappers.
 //!
-//! draft-bt-httpbis-reverse-http §3 (digest §5): "The origin MUST immediately
+//! draft-bt-httpbis-reverse-http (ptth digest §5): "The origin MUST immediately
 //! send an ORIGIN frame" after its SETTINGS, listing the origins it claims,
 //! and "Wildcards are allowed" in those entries, contrary to RFC 8336 §2.2.
 //! The intermediary (our gateway) MUST read the entries; checking them against
@@ -376,7 +376,7 @@ fn split_origin(text: &str) -> Result<OriginParts, &'static str> {
     } else {
         let host_len = authority.find(':').unwrap_or(authority.len());
         let host = authority.get(..host_len).unwrap_or_default();
-        // draft-bt §3: "Wildcards are allowed", contrary to RFC 8336 §2.2, so that
+        // draft-bt-httpbis-reverse-http: "Wildcards are allowed", contrary to RFC 8336 §2.2, so that
         // wildcard certificates can be used. We accept them as a whole leftmost label only.
         let name = host.strip_prefix("*.").unwrap_or(host);
         check_dns_name(name)?;
@@ -493,7 +493,9 @@ impl OriginFrame {
     pub fn encode(&self) -> Bytes {
         let payload_len = self.payload_len();
         let mut out = BytesMut::with_capacity(FrameHeader::LEN + payload_len);
-        // RFC 8336 §2.1: "The ORIGIN frame MUST be sent on stream 0"; it defines no flags.
+        // RFC 8336 Appendix A: receivers ignore the frame "If the frame occurs upon
+        // any stream except stream 0" (step 3) or "If any of the flags 0x1, 0x2,
+        // 0x4, or 0x8 are set" (step 4); so: stream 0, no flags.
         let header = FrameHeader {
             // `new` and `parse_payload` keep the payload within 24 bits.
             length: u32::try_from(payload_len)

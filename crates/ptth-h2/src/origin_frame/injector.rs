@@ -11,7 +11,7 @@ use super::{FrameHeader, OriginFrame, SETTINGS_FRAME_TYPE};
 
 /// Wraps the origin's connection to a gateway and inserts an ORIGIN frame after the server preface.
 ///
-/// draft-bt §3: "the origin MUST immediately send an ORIGIN frame" after its
+/// draft-bt-httpbis-reverse-http: "the origin MUST immediately send an ORIGIN frame" after its
 /// SETTINGS. The origin is the HTTP/2 server on this connection, and RFC 9113
 /// §3.4 makes the server preface a single SETTINGS frame (no magic string),
 /// so the first frame the HTTP/2 server writes is that SETTINGS frame.

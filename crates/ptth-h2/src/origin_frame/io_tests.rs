@@ -277,7 +277,7 @@ async fn tap_gives_up_after_five_frames_without_origin() {
 #[tokio::test]
 async fn tap_captures_origin_across_split_reads() {
     let mut script = frame_bytes(0x4, 0, 0, &[0, 4, 0, 1, 0, 0]);
-    // ORIGIN frames on a non-zero stream MUST be ignored (RFC 8336 §2.1).
+    // ORIGIN frames on a non-zero stream are ignored (RFC 8336 Appendix A, step 3).
     script.extend(frame_bytes(
         0x0c,
         0,

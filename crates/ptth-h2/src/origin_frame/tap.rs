@@ -285,9 +285,9 @@ impl OriginScanner {
 
     fn handle_header(&mut self, header: FrameHeader) -> Option<Outcome> {
         let len = header.payload_len();
-        // RFC 8336 §2.1: "The ORIGIN frame MUST be sent on stream 0; an ORIGIN
-        // frame on any other stream is invalid and MUST be ignored." Appendix A
-        // step 4 likewise ignores frames with flags 0x1 to 0x8 set.
+        // RFC 8336 Appendix A, step 3: "If the frame occurs upon any stream
+        // except stream 0, ignore the frame and stop processing." Step 4 does
+        // the same for flags 0x1 to 0x8 (ORIGIN_IGNORE_FLAGS).
         let is_origin = header.frame_type() == OriginFrame::FRAME_TYPE
             && header.stream_id() == 0
             && header.flags() & ORIGIN_IGNORE_FLAGS == 0;
@@ -308,7 +308,7 @@ impl OriginScanner {
             return None;
         }
         self.frames_seen += 1;
-        // draft-bt §3: "The origin MUST immediately send an ORIGIN frame" after its
+        // draft-bt-httpbis-reverse-http: "The origin MUST immediately send an ORIGIN frame" after its
         // SETTINGS, so a connection that sends other frames instead is not waited on.
         if self.frames_seen >= self.max_frames {
             return Some(Err(OriginFrameError::NotSentImmediately {
