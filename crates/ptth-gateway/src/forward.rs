@@ -26,7 +26,7 @@ pub enum Sender {
 #[derive(Debug)]
 pub enum SendError {
     /// The connection refused the request before any of it was sent: retry elsewhere.
-    NotSent(Request<Body>, hyper::Error),
+    NotSent(Box<Request<Body>>, hyper::Error),
     /// The request was (maybe partly) sent and failed: the origin failed it.
     Failed(hyper::Error),
 }
@@ -67,12 +67,12 @@ impl Sender {
             Sender::H1(lock, _) => {
                 let mut s = lock.lock().await;
                 if let Err(e) = s.ready().await {
-                    return Err(SendError::NotSent(req, e));
+                    return Err(SendError::NotSent(Box::new(req), e));
                 }
                 let fut = s.try_send_request(req);
                 drop(s);
                 fut.await.map_err(|mut e| match e.take_message() {
-                    Some(req) => SendError::NotSent(req, e.into_error()),
+                    Some(req) => SendError::NotSent(Box::new(req), e.into_error()),
                     None => SendError::Failed(e.into_error()),
                 })
             }
@@ -81,7 +81,7 @@ impl Sender {
                 s.try_send_request(req)
                     .await
                     .map_err(|mut e| match e.take_message() {
-                        Some(req) => SendError::NotSent(req, e.into_error()),
+                        Some(req) => SendError::NotSent(Box::new(req), e.into_error()),
                         None => SendError::Failed(e.into_error()),
                     })
             }

@@ -115,7 +115,7 @@ impl Proxy {
                 Ok(Ok(resp)) => break (reservation, resp),
                 Ok(Err(SendError::NotSent(req, e))) => {
                     tracing::debug!(conn = conn.id, error = %e, "connection refused the request; retrying on another");
-                    request = req;
+                    request = *req;
                     avoid = Some(conn.id);
                 }
                 Ok(Err(SendError::Failed(e))) => {

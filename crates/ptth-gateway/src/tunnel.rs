@@ -279,12 +279,15 @@ fn supported() -> Vec<ProtocolId> {
     vec![ProtocolId::h2(), ProtocolId::http11()]
 }
 
+/// An accepted setup: what was agreed, the scopes granted, and the answer to send.
+type Admitted = (ptth_core::AcceptedSetup, Vec<Scope>, Response<Body>);
+
 /// Validates a setup request, authenticates it and works out its scopes.
 fn admit_setup(
     ctx: &TunnelContext,
     req: &Request<Incoming>,
     extended_protocol: Option<&str>,
-) -> Result<(ptth_core::AcceptedSetup, Vec<Scope>, Response<Body>), Response<Body>> {
+) -> Result<Admitted, Box<Response<Body>>> {
     let (parts, _) = clone_head(req);
     let legacy = req
         .headers()
@@ -299,22 +302,27 @@ fn admit_setup(
     } else {
         ptth_core::validate_upgrade_request(&parts, &supported(), tokens)
     }
-    .map_err(|r| reject(&r))?;
+    .map_err(|r| Box::new(reject(&r)))?;
     ctx.tokens
         .verify(accepted.authorization.as_ref())
-        .map_err(|e| unauthorized(&format!("origin credential: {e}")))?;
+        .map_err(|e| Box::new(unauthorized(&format!("origin credential: {e}"))))?;
     let prefixes = ptth_auth::path_prefixes(req.headers())
-        .map_err(|e| error(StatusCode::BAD_REQUEST, &e.to_string()))?;
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &e.to_string())))?;
     let mut origins = accepted.origins.clone();
     if origins.is_empty() {
         // Legacy PTTH/1.0 has no template: the origin lists what it serves in a field.
         if let Some(v) = req.headers().get(ptth_auth::ORIGINS_FIELD) {
             let text = v.to_str().unwrap_or_default();
-            origins = ptth_core::parse_origin_list(&text.replace(' ', ""))
-                .map_err(|e| error(StatusCode::BAD_REQUEST, &format!("ptth-origins: {e}")))?;
+            origins = ptth_core::parse_origin_list(&text.replace(' ', "")).map_err(|e| {
+                Box::new(error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("ptth-origins: {e}"),
+                ))
+            })?;
         }
     }
-    let scopes = scopes_for(&origins, &prefixes).map_err(|e| error(StatusCode::BAD_REQUEST, &e))?;
+    let scopes = scopes_for(&origins, &prefixes)
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &e)))?;
     let response = if req.method() == Method::CONNECT {
         ptth_core::connect_response(&accepted)
     } else if legacy {
@@ -360,7 +368,7 @@ where
         async move {
             let (accepted, scopes, response) = match admit_setup(&ctx, &req, None) {
                 Ok(x) => x,
-                Err(res) => return Ok::<_, std::convert::Infallible>(res),
+                Err(res) => return Ok::<_, std::convert::Infallible>(*res),
             };
             let (mechanism, version) = mechanism_for(&accepted, false);
             let on_upgrade = hyper::upgrade::on(&mut req);
@@ -406,7 +414,7 @@ where
                 .map(|p| p.as_str().to_string());
             let (accepted, scopes, response) = match admit_setup(&ctx, &req, protocol.as_deref()) {
                 Ok(x) => x,
-                Err(res) => return Ok::<_, std::convert::Infallible>(res),
+                Err(res) => return Ok::<_, std::convert::Infallible>(*res),
             };
             let (mechanism, version) = mechanism_for(&accepted, true);
             let on_upgrade = hyper::upgrade::on(&mut req);
