@@ -368,3 +368,63 @@ impl Fleet {
         })
     }
 }
+
+/// A TLS connection to the gateway's tunnel listener offering `alpn`, trusting the dev CA.
+pub async fn tls_connect(
+    gw: &Gateway,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(gw.dev.join("ca.pem"))?;
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(gw.tunnel).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    Ok(
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await?,
+    )
+}
+
+/// Writes `head` on a fresh HTTP/1.1 tunnel connection and returns what the gateway answers
+/// (up to its first 4 KiB, or until it closes).
+pub async fn raw_setup(gw: &Gateway, head: &str) -> Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tls = tls_connect(gw, &[b"http/1.1"]).await?;
+    tls.write_all(head.as_bytes()).await?;
+    let mut buf = vec![0u8; 4096];
+    let mut n = 0;
+    let read = async {
+        while n < buf.len() {
+            let k = tls.read(&mut buf[n..]).await?;
+            if k == 0 {
+                break;
+            }
+            n += k;
+            if String::from_utf8_lossy(&buf[..n]).contains("\r\n\r\n") {
+                // Give the body a moment to arrive as well.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if let Ok(Ok(k)) =
+                    tokio::time::timeout(Duration::from_millis(200), tls.read(&mut buf[n..])).await
+                {
+                    n += k;
+                }
+                break;
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .map_err(|_| anyhow!("no answer"))??;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}

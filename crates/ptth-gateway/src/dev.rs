@@ -72,11 +72,22 @@ pub fn ensure(dir: &Path) -> Result<DevFiles> {
     let ca = ca_params.self_signed(&ca_key)?;
 
     let gw_key = KeyPair::generate()?;
-    let mut gw_params = CertificateParams::new(vec![
+    // The public TLS listener serves the demo's `<mechanism>.localhost` hosts with the same
+    // certificate; some TLS clients refuse a wildcard directly under a single label, so
+    // the demo names are listed as well.
+    let mut names = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
-    ])?;
+        "*.localhost".to_string(),
+        "app.localhost".to_string(),
+    ];
+    names.extend(
+        ptth_core::Mechanism::ALL
+            .iter()
+            .map(|m| format!("{}.localhost", m.name())),
+    );
+    let mut gw_params = CertificateParams::new(names)?;
     gw_params
         .distinguished_name
         .push(DnType::CommonName, "ptth dev gateway");
