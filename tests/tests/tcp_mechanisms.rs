@@ -225,6 +225,32 @@ async fn an_origin_dying_mid_request_costs_that_request_a_502_only() {
         // A new origin process connects and the next request succeeds.
         fleet.origins[i].1 = Origin::start(gw, &m, &host, &[]).await.unwrap();
         wait_ready(gw, &host).await.unwrap();
+
+        // Dying mid-body: the client must see an error, never a short body passed off as
+        // complete.
+        let res = h1
+            .request(get(gw, &host, &format!("/bytes/{}", 200u64 << 20)))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{m}");
+        let mut body = res.into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert!(first.is_data(), "{m}");
+        fleet.origins[i].1.kill().await;
+        let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                match body.frame().await {
+                    None => return Ok(()),
+                    Some(Err(e)) => return Err(e),
+                    Some(Ok(_)) => {}
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{m}: the truncated body never ended"));
+        assert!(outcome.is_err(), "{m}: a truncated body ended cleanly");
+        fleet.origins[i].1 = Origin::start(gw, &m, &host, &[]).await.unwrap();
+        wait_ready(gw, &host).await.unwrap();
     }
 }
 

@@ -211,3 +211,70 @@ pub fn init_logging(format: Option<&str>) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_config_file_sets_what_flags_do_and_flags_win() {
+        let dir = std::env::temp_dir().join(format!("ptth-gw-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("gateway.toml");
+        std::fs::write(
+            &file,
+            r#"
+listen = "127.0.0.1:8080"
+tunnel = "127.0.0.1:4443"
+cert = "/etc/ptth/gateway.pem"
+key = "/etc/ptth/gateway.key"
+tokens = ["from-file"]
+queue-limit = 7
+request-timeout = 2.5
+"#,
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "ptth-gateway",
+            "--config",
+            file.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:9090",
+        ])
+        .unwrap();
+        let (c, dev) = cli.resolve().unwrap();
+        assert!(dev.is_none());
+        assert_eq!(c.listen, "127.0.0.1:9090".parse().unwrap(), "the flag wins");
+        assert_eq!(c.tunnel, "127.0.0.1:4443".parse().unwrap());
+        assert_eq!(c.queue_limit, 7);
+        assert_eq!(c.request_timeout, Duration::from_millis(2500));
+        assert_eq!(c.tokens.len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn unknown_keys_and_missing_credentials_are_errors() {
+        let bad: Result<Cli, _> = toml::from_str("listen = \"127.0.0.1:1\"\nlisten_tls_typo = 1\n");
+        assert!(
+            bad.is_err(),
+            "a typo in the config file is reported, not ignored"
+        );
+        let cli = Cli::try_parse_from([
+            "ptth-gateway",
+            "--listen",
+            "127.0.0.1:1",
+            "--tunnel",
+            "127.0.0.1:2",
+            "--cert",
+            "c",
+            "--key",
+            "k",
+        ])
+        .unwrap();
+        let err = cli.resolve().unwrap_err().to_string();
+        assert!(
+            err.contains("never accepts unauthenticated origins"),
+            "{err}"
+        );
+    }
+}

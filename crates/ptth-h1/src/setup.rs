@@ -82,3 +82,81 @@ where
         Err(_) => "(no readable reason)".to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The gateway's 101 and its first reversed request arrive in one segment: the request
+    /// must be served, not lost in hyper's read buffer.
+    #[tokio::test]
+    async fn bytes_after_the_101_are_replayed_into_the_reversed_connection() {
+        let (origin_io, mut gateway_io) = tokio::io::duplex(64 * 1024);
+        let gateway = tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let n = gateway_io.read(&mut buf).await.unwrap();
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(head.starts_with("GET /setup HTTP/1.1"), "{head}");
+            gateway_io
+                .write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: ptth\r\n\r\n\
+                      GET /first HTTP/1.1\r\nHost: app.example\r\n\r\n",
+                )
+                .await
+                .unwrap();
+            let mut answer = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !String::from_utf8_lossy(&answer).contains("served /first") {
+                let n = gateway_io.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the origin closed without answering");
+                answer.extend_from_slice(&chunk[..n]);
+            }
+            String::from_utf8(answer).unwrap()
+        });
+        let request = Request::get("/setup")
+            .header("host", "gateway.example")
+            .header("connection", "upgrade")
+            .header("upgrade", "ptth")
+            .body(())
+            .unwrap();
+        let (response, upgraded) = origin_upgrade(origin_io, request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+        let service =
+            hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                let body = Full::new(Bytes::from(format!("served {}", req.uri().path())));
+                Ok::<_, std::convert::Infallible>(Response::new(body))
+            });
+        let conn = crate::reversed::serve(TokioIo::new(upgraded), service);
+        tokio::spawn(conn);
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(5), gateway)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_refusal_carries_status_and_reason() {
+        let (origin_io, mut gateway_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let _ = gateway_io.read(&mut buf).await.unwrap();
+            gateway_io
+                .write_all(
+                    b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 18\r\n\r\nwrong bearer token",
+                )
+                .await
+                .unwrap();
+        });
+        let request = Request::get("/setup").header("host", "g").body(()).unwrap();
+        match origin_upgrade(origin_io, request).await {
+            Err(SetupFailure::Refused { status, reason, .. }) => {
+                assert_eq!(status, StatusCode::UNAUTHORIZED);
+                assert_eq!(reason, "wrong bearer token");
+            }
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+}
