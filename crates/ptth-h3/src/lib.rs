@@ -4,3 +4,5 @@
 //! `OPTIONS` and extended CONNECT over HTTP/3). It deliberately exports nothing yet: no
 //! function here pretends to speak HTTP/3 before that work lands.
 #![forbid(unsafe_code)]
+
+pub mod qpack;
