@@ -222,17 +222,18 @@ impl Registry {
             return Pick::NoRoute;
         };
         // Least outstanding requests relative to capacity, over the most specific scope.
-        let mut candidates: Vec<&Arc<OriginConn>> = conns
+        // Capacity is read once per candidate: for HTTP/2 it asks the connection.
+        let mut candidates: Vec<(&Arc<OriginConn>, usize, usize)> = conns
             .iter()
             .filter(|c| c.is_usable() && Some(c.id) != avoid)
             .filter(|c| c.best_match(target) == Some(spec))
+            .map(|c| (c, c.outstanding(), c.capacity().max(1)))
+            .filter(|(_, out, cap)| out < cap)
             .collect();
-        candidates.sort_by(|a, b| {
-            let la = a.outstanding() as u128 * b.capacity().max(1) as u128;
-            let lb = b.outstanding() as u128 * a.capacity().max(1) as u128;
-            la.cmp(&lb)
+        candidates.sort_by(|(_, oa, ca), (_, ob, cb)| {
+            (*oa as u128 * *cb as u128).cmp(&(*ob as u128 * *ca as u128))
         });
-        for c in candidates {
+        for (c, _, _) in candidates {
             if c.try_reserve() {
                 return Pick::Got(c.clone());
             }
