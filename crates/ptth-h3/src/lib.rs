@@ -66,6 +66,7 @@ pub use connection::{
     ResponseSender, SendRequest,
 };
 pub use error::{BoxError, Culprit, H3Error};
+#[doc(hidden)]
 pub use frame::fuzz_harness;
 pub use frame::Settings;
 

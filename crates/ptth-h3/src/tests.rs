@@ -678,3 +678,58 @@ async fn two_direction_datagrams_need_the_extension_for_server_streams() {
         }
     }
 }
+
+#[tokio::test]
+async fn extended_connect_gives_a_byte_stream_both_ways() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let cfg = H3Config::new(RequestDirection::ClientSends).enable_connect_protocol(true);
+    let (server, client, _ep) = h3_pair(b"h3", cfg.clone(), cfg).await;
+    tokio::spawn(async move {
+        let (request, sender) = server.accept().await.unwrap();
+        assert_eq!(request.method(), http::Method::CONNECT);
+        assert_eq!(
+            request.extensions().get::<crate::Protocol>().unwrap().0,
+            "ptth"
+        );
+        let mut stream = sender
+            .send_connect_response(Response::new(()))
+            .await
+            .unwrap();
+        let mut buf = [0u8; 5];
+        stream.read_exact(&mut buf).await.unwrap();
+        stream.write_all(&buf).await.unwrap();
+        stream.write_all(b" back").await.unwrap();
+        stream.shutdown().await.unwrap();
+        server.closed().await
+    });
+    let mut request = Request::connect("https://localhost/.well-known/ptth")
+        .body(())
+        .unwrap();
+    request
+        .extensions_mut()
+        .insert(crate::Protocol("ptth".into()));
+    let (response, mut stream) =
+        tokio::time::timeout(TIMEOUT, client.sender().send_connect(request))
+            .await
+            .unwrap()
+            .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    stream.write_all(b"hello").await.unwrap();
+    stream.flush().await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&got[..], b"hello back");
+
+    // Without the peer's SETTINGS_ENABLE_CONNECT_PROTOCOL the client refuses to send it.
+    let plain = H3Config::new(RequestDirection::ClientSends);
+    let (_server, client, _ep) = h3_pair(b"h3", plain.clone(), plain).await;
+    let mut request = Request::connect("https://localhost/").body(()).unwrap();
+    request
+        .extensions_mut()
+        .insert(crate::Protocol("ptth".into()));
+    let err = client.sender().send_connect(request).await.unwrap_err();
+    assert!(matches!(err, H3Error::NotNegotiated(_)), "{err:?}");
+}
