@@ -1,12 +1,16 @@
-//! The interim authorisation request of ALPN-only mechanisms (Potato §5.2, "secret" form).
+//! The authorisation request of ALPN-only mechanisms (Potato §5.2): its legacy "secret" form.
 //!
 //! draft-thomson-ptth-potato §5.2: "the gateway could make a request to a prearranged
 //! resource on the origin" and learn a secret, and "the scope of the authorization could be
 //! conveyed in the response". With Potato and draft-bt there is no setup request that could
 //! carry a credential, so the gateway's first reversed request is `GET` [`AUTHORIZE_PATH`];
 //! the origin answers with its bearer token and the origins and path prefixes it claims.
-//! No client request is forwarded on the connection before this succeeds. The challenge and
-//! signature form that resists replay replaces the secret with the authentication issue.
+//! No client request is forwarded on the connection before this succeeds.
+//!
+//! This secret form is legacy: a captured answer can be replayed. New deployments use the
+//! challenge form in [`crate::challenge`] ([`ChallengeAnswer`](crate::ChallengeAnswer)),
+//! where the origin signs a fresh challenge bound to the TLS connection. Both answer the
+//! same [`AUTHORIZE_PATH`] and share [`ORIGINS_FIELD`] and [`PATH_PREFIX_FIELD`].
 
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use ptth_core::SerializedOrigin;
@@ -22,7 +26,7 @@ pub const ORIGINS_FIELD: &str = "ptth-origins";
 /// Setup requests (Upgrade, extended CONNECT, PTTH/1.0) carry it too.
 pub const PATH_PREFIX_FIELD: &str = "ptth-path-prefix";
 
-/// What an origin claims in its answer to the authorisation request.
+/// What an origin claims in its legacy secret answer to the authorisation request.
 #[derive(Debug, Clone)]
 pub struct AuthorizeClaim {
     /// The credential, as an `Authorization` header value would carry it.
@@ -82,17 +86,7 @@ impl AuthorizeClaim {
             .get(AUTHORIZATION_FIELD)
             .cloned()
             .ok_or(ClaimError::Missing(AUTHORIZATION_FIELD))?;
-        let origins = list(headers, ORIGINS_FIELD)?
-            .ok_or(ClaimError::Missing(ORIGINS_FIELD))?
-            .iter()
-            .map(|s| {
-                s.parse::<SerializedOrigin>()
-                    .map_err(|e| ClaimError::Malformed {
-                        field: ORIGINS_FIELD,
-                        why: format!("{s:?}: {e}"),
-                    })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let origins = parse_origins(headers)?;
         let path_prefixes = path_prefixes(headers)?;
         Ok(Self {
             authorization,
@@ -100,6 +94,21 @@ impl AuthorizeClaim {
             path_prefixes,
         })
     }
+}
+
+/// Reads the [`ORIGINS_FIELD`] list (required).
+pub(crate) fn parse_origins(headers: &HeaderMap) -> Result<Vec<SerializedOrigin>, ClaimError> {
+    list(headers, ORIGINS_FIELD)?
+        .ok_or(ClaimError::Missing(ORIGINS_FIELD))?
+        .iter()
+        .map(|s| {
+            s.parse::<SerializedOrigin>()
+                .map_err(|e| ClaimError::Malformed {
+                    field: ORIGINS_FIELD,
+                    why: format!("{s:?}: {e}"),
+                })
+        })
+        .collect()
 }
 
 /// Reads the [`PATH_PREFIX_FIELD`] list (default `/`), used by setup requests and claims.

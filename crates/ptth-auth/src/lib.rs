@@ -1,19 +1,60 @@
-//! Authentication of PTTH origins and gateways.
+//! Authentication and authorisation of PTTH origins and gateways.
 //!
-//! This crate decides *who* a connecting origin is. It does no I/O: callers hand it what a
-//! setup exchange saw (an `Authorization` header, the answer to the gateway's authorisation
-//! request) and get back an identity or an [`AuthError`] that maps to a status code.
+//! This crate decides *who* a connecting origin is and *what* it may register. It does no
+//! I/O: callers hand it what a setup exchange saw (an `Authorization` header, the client
+//! certificate the TLS layer accepted, the signed answer to the gateway's authorisation
+//! challenge) and get back grants and routing scopes, or an [`AuthError`] that maps to a
+//! status code (401 not authenticated, 403 not allowed).
 //!
-//! Today it holds the interim shared-token scheme of the TCP end-to-end work: the gateway
-//! stores only a SHA-256 hash of each accepted token and compares hashes in constant time.
-//! Certificates, challenge signatures and grants come with the authentication issue.
+//! ```text
+//! gateway config ──▶ Grants::from_toml ──▶ Grants ─┐          (names, identities, origins, prefixes)
+//! setup: Authorization / peer certs / ChallengeAnswer ──▶ Grants::authenticate ──▶ Vec<&Grant>
+//! claimed origins + prefixes ──▶ authorize(&grants, ..) ──▶ Vec<Scope> ──▶ Registry
+//! draft-bt ORIGIN entries ──▶ check_origin_frame_against_cert(entries, leaf)
+//! ```
+//!
+//! Secrets are kept only as SHA-256 hashes, compared in constant time, and never shown by
+//! `Debug` or in an error.
+//!
+//! ```
+//! use ptth_auth::{authorize, Grants, Presented};
+//! let grants = Grants::from_toml(r#"
+//! [[grant]]
+//! name = "app-team"
+//! token = "s3cret"
+//! origins = ["https://app.example.com"]
+//! paths = ["/api"]
+//! "#).unwrap();
+//! let header = http::HeaderValue::from_static("Bearer s3cret");
+//! let proved = grants
+//!     .authenticate(&Presented { authorization: Some(&header), ..Default::default() })
+//!     .unwrap();
+//! let origins = ["https://app.example.com".parse().unwrap()];
+//! let scopes = authorize(&proved, &origins, &["/api/v2".to_string()]).unwrap();
+//! assert_eq!(scopes[0].to_string(), "app.example.com/api/v2");
+//! assert!(authorize(&proved, &origins, &["/apix".to_string()]).is_err());
+//! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod authenticate;
 mod authorize;
+mod cert;
+mod challenge;
+mod grant;
+mod policy;
 mod token;
 
+pub use authenticate::{ChallengeProof, Presented};
 pub use authorize::{
     path_prefixes, AuthorizeClaim, ClaimError, AUTHORIZATION_FIELD, AUTHORIZE_PATH, ORIGINS_FIELD,
     PATH_PREFIX_FIELD,
 };
+pub use cert::{spki_sha256, CertError};
+pub use challenge::{
+    exporter_value, generate_ed25519_pkcs8, pkcs8_to_pem, public_key_from_pkcs8, Challenge,
+    ChallengeAnswer, Ed25519SigningKey, KeyError, CHALLENGE_FIELD, EXPORTER_LABEL, EXPORTER_LEN,
+    KEY_ID_FIELD, SIGNATURE_FIELD, TRANSCRIPT_CONTEXT,
+};
+pub use grant::{Grant, GrantError, GrantSpec, Grants, Identity, OriginPattern, PatternError};
+pub use policy::{authorize, check_origin_frame_against_cert, Forbidden};
 pub use token::{AuthError, BearerToken, TokenVerifier};

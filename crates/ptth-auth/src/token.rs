@@ -17,6 +17,27 @@ pub enum AuthError {
     /// A well-formed credential that no grant accepts: 401.
     #[error("the credential is not accepted")]
     Rejected,
+    /// The answer to the authorisation challenge does not verify (a replay, another TLS
+    /// connection, an altered scope, or the wrong key): 401.
+    #[error("the challenge signature does not verify")]
+    SignatureInvalid,
+    /// The client certificate could not be read: 401.
+    #[error("the client certificate is unusable: {0}")]
+    BadCertificate(String),
+    /// The credential is valid but does not allow what was asked: 403.
+    #[error(transparent)]
+    Forbidden(#[from] crate::policy::Forbidden),
+}
+
+impl AuthError {
+    /// The HTTP status a gateway answers with: 401 when the origin is not authenticated,
+    /// 403 when it is but asked for more than its grants allow.
+    pub fn status(&self) -> http::StatusCode {
+        match self {
+            AuthError::Forbidden(_) => http::StatusCode::FORBIDDEN,
+            _ => http::StatusCode::UNAUTHORIZED,
+        }
+    }
 }
 
 /// A secret token as the origin holds it. Its `Debug` never shows the secret.
@@ -112,7 +133,8 @@ impl TokenVerifier {
     }
 }
 
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> u8 {
+/// 1 when `a == b`, else 0, in time independent of the contents.
+pub(crate) fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> u8 {
     let mut diff = 0u8;
     for (x, y) in a.iter().zip(b.iter()) {
         diff |= x ^ y;

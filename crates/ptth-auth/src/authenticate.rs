@@ -1,0 +1,321 @@
+//! Authentication: which grants do the credentials an origin presented prove?
+//!
+//! draft-kazuho-ptth-ptth-01 leaves the scheme open ("a TLS client certificate, HTTP
+//! authentication, or anything else"); draft-thomson-ptth-potato §5 lists client
+//! certificates and a request to a prearranged resource; draft-bt-httpbis-reverse-http
+//! requires a client certificate. This module accepts all of them at once and returns
+//! every grant they prove; [`authorize`](crate::authorize) then decides what those grants
+//! allow.
+
+use std::fmt;
+
+use base64::Engine as _;
+use http::HeaderValue;
+use rustls::pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
+
+use crate::cert::{dns_name_matches, Leaf};
+use crate::challenge::{Challenge, ChallengeAnswer, EXPORTER_LEN};
+use crate::grant::{Grant, Grants, Identity};
+use crate::token::{constant_time_eq, AuthError};
+
+/// What an origin presented on one connection. Build it with struct update syntax:
+/// `Presented { authorization: Some(&v), ..Default::default() }`.
+#[derive(Clone, Copy, Default)]
+pub struct Presented<'a> {
+    /// The setup request's `Authorization` field (`Bearer` or `Basic`), or the credential of
+    /// a legacy secret answer to the authorisation request.
+    pub authorization: Option<&'a HeaderValue>,
+    /// The client's certificate chain, leaf first, as the TLS layer accepted it (verified
+    /// against a CA, or its key pinned; see [`client_verifier`](crate::client_verifier)).
+    pub peer_certs: Option<&'a [CertificateDer<'static>]>,
+    /// A signed answer to this connection's authorisation challenge.
+    pub challenge_answer: Option<ChallengeProof<'a>>,
+}
+
+/// A challenge answer together with what it must be verified against.
+#[derive(Debug, Clone, Copy)]
+pub struct ChallengeProof<'a> {
+    /// The origin's answer.
+    pub answer: &'a ChallengeAnswer,
+    /// The challenge the gateway sent on this connection.
+    pub challenge: &'a Challenge,
+    /// The gateway's own exporter value for this TLS connection
+    /// ([`exporter_value`](crate::exporter_value)).
+    pub exporter: &'a [u8; EXPORTER_LEN],
+}
+
+impl fmt::Debug for Presented<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Presented")
+            .field("authorization", &self.authorization.map(|_| "<redacted>"))
+            .field("peer_certs", &self.peer_certs.map(<[_]>::len))
+            .field("challenge_answer", &self.challenge_answer)
+            .finish()
+    }
+}
+
+enum HttpCredential {
+    Bearer([u8; 32]),
+    Basic { user: [u8; 32], password: [u8; 32] },
+}
+
+fn parse_authorization(value: &HeaderValue) -> Result<HttpCredential, AuthError> {
+    let text = value
+        .to_str()
+        .map_err(|_| AuthError::Malformed("Authorization is not visible ASCII"))?;
+    let (scheme, rest) = text
+        .trim()
+        .split_once(' ')
+        .ok_or(AuthError::Malformed("expected `<scheme> <credentials>`"))?;
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(HttpCredential::Bearer(
+            Sha256::digest(rest.as_bytes()).into(),
+        ));
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        // RFC 7617 §2: base64 of user-id ":" password; the user-id has no colon.
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest)
+            .map_err(|_| AuthError::Malformed("Basic credentials are not base64"))?;
+        let colon = decoded
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(AuthError::Malformed("Basic credentials have no ':'"))?;
+        let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
+        return Ok(HttpCredential::Basic {
+            user: Sha256::digest(user).into(),
+            password: Sha256::digest(password).into(),
+        });
+    }
+    Err(AuthError::Malformed(
+        "only the Bearer and Basic schemes are accepted",
+    ))
+}
+
+impl Grants {
+    /// Returns every grant whose identity the presented credentials prove.
+    ///
+    /// - Bearer tokens and Basic passwords are compared by SHA-256 in constant time, against
+    ///   every grant, without stopping at the first match.
+    /// - Certificate identities use the leaf certificate. [`Identity::CertSubject`] and
+    ///   [`Identity::CertSan`] trust its names only when its key is *not* pinned by an
+    ///   [`Identity::Spki`] grant: the TLS layer accepts a pinned certificate whatever names
+    ///   it carries, so its names prove nothing.
+    /// - [`Identity::Ed25519Key`] needs a challenge answer with that key id that verifies.
+    ///
+    /// A presented `Authorization` or challenge answer that proves nothing is an error even
+    /// when another credential succeeds: a wrong secret is never silently ignored. A
+    /// certificate that matches no grant is not, since TLS may ask every client for one.
+    pub fn authenticate(&self, presented: &Presented<'_>) -> Result<Vec<&Grant>, AuthError> {
+        let grants = self.grants();
+        let mut matched = vec![false; grants.len()];
+        let mut presented_any = false;
+
+        if let Some(value) = presented.authorization {
+            presented_any = true;
+            let credential = parse_authorization(value)?;
+            let mut any = 0u8;
+            for (i, g) in grants.iter().enumerate() {
+                let hit = match (&g.identity, &credential) {
+                    (Identity::Token { sha256, .. }, HttpCredential::Bearer(h)) => {
+                        constant_time_eq(sha256, h)
+                    }
+                    (
+                        Identity::Basic {
+                            user,
+                            password_sha256,
+                        },
+                        HttpCredential::Basic {
+                            user: u,
+                            password: p,
+                        },
+                    ) => {
+                        let user_hash: [u8; 32] = Sha256::digest(user.as_bytes()).into();
+                        constant_time_eq(&user_hash, u) & constant_time_eq(password_sha256, p)
+                    }
+                    _ => 0,
+                };
+                matched[i] |= hit == 1;
+                any |= hit;
+            }
+            if any == 0 {
+                return Err(AuthError::Rejected);
+            }
+        }
+
+        if let Some(leaf) = presented.peer_certs.and_then(<[_]>::first) {
+            presented_any = true;
+            let leaf = Leaf::parse(leaf).map_err(|e| AuthError::BadCertificate(e.to_string()))?;
+            let pinned = grants
+                .iter()
+                .any(|g| g.identity == Identity::Spki(leaf.spki_sha256));
+            for (i, g) in grants.iter().enumerate() {
+                matched[i] |= match &g.identity {
+                    Identity::Spki(h) => *h == leaf.spki_sha256,
+                    Identity::CertSubject(name) if !pinned => {
+                        leaf.common_names
+                            .iter()
+                            .any(|cn| cn.eq_ignore_ascii_case(name))
+                            || leaf.dns_sans.iter().any(|s| s.eq_ignore_ascii_case(name))
+                    }
+                    Identity::CertSan(pattern) if !pinned => leaf.dns_sans.iter().any(|san| {
+                        san.eq_ignore_ascii_case(pattern)
+                            || (!san.starts_with('*') && dns_name_matches(pattern, san))
+                    }),
+                    _ => false,
+                };
+            }
+        }
+
+        if let Some(proof) = &presented.challenge_answer {
+            presented_any = true;
+            let mut any = false;
+            for (i, g) in grants.iter().enumerate() {
+                if let Identity::Ed25519Key { id, public_key } = &g.identity {
+                    if id == proof.answer.key_id() {
+                        proof
+                            .answer
+                            .verify(proof.challenge, proof.exporter, public_key)?;
+                        matched[i] = true;
+                        any = true;
+                    }
+                }
+            }
+            if !any {
+                return Err(AuthError::Rejected);
+            }
+        }
+
+        if !presented_any {
+            return Err(AuthError::Missing);
+        }
+        let out: Vec<&Grant> = grants
+            .iter()
+            .zip(matched)
+            .filter_map(|(g, m)| m.then_some(g))
+            .collect();
+        if out.is_empty() {
+            return Err(AuthError::Rejected);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::token::BearerToken;
+
+    fn grants() -> Grants {
+        Grants::from_toml(
+            r#"
+[[grant]]
+name = "app"
+token = "app-t0ken"
+origins = ["https://app.example.com"]
+[[grant]]
+name = "ops"
+basic-user = "ops"
+basic-password = "correct-horse"
+origins = ["https://ops.example.com"]
+[[grant]]
+name = "app-too"
+token = "app-t0ken"
+origins = ["https://other.example.com"]
+"#,
+        )
+        .unwrap()
+    }
+
+    fn names(r: Result<Vec<&Grant>, AuthError>) -> Vec<String> {
+        r.unwrap().iter().map(|g| g.name.clone()).collect()
+    }
+
+    fn with_auth(v: &HeaderValue) -> Presented<'_> {
+        Presented {
+            authorization: Some(v),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn unknown_and_missing_credentials_are_401() {
+        let g = grants();
+        let wrong = HeaderValue::from_static("Bearer nope");
+        let e = g.authenticate(&with_auth(&wrong)).unwrap_err();
+        assert_eq!(e, AuthError::Rejected);
+        assert_eq!(e.status(), http::StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            g.authenticate(&Presented::default()).unwrap_err(),
+            AuthError::Missing
+        );
+        for bad in ["Digest x", "Bearer", "Basic !!!", "Basic Zm9v"] {
+            let v = HeaderValue::from_str(bad).unwrap();
+            assert!(
+                matches!(g.authenticate(&with_auth(&v)), Err(AuthError::Malformed(_))),
+                "{bad}"
+            );
+        }
+        let wrong_pw = HeaderValue::from_static("Basic b3BzOmNvcnJlY3QtaG9yc2Y="); // ops:correct-horsf
+        assert_eq!(
+            g.authenticate(&with_auth(&wrong_pw)).unwrap_err(),
+            AuthError::Rejected
+        );
+        let wrong_user = HeaderValue::from_static("Basic b3B0OmNvcnJlY3QtaG9yc2U="); // opt:correct-horse
+        assert_eq!(
+            g.authenticate(&with_auth(&wrong_user)).unwrap_err(),
+            AuthError::Rejected
+        );
+        // A token that equals a Basic password proves nothing.
+        let cross = HeaderValue::from_static("Bearer correct-horse");
+        assert_eq!(
+            g.authenticate(&with_auth(&cross)).unwrap_err(),
+            AuthError::Rejected
+        );
+    }
+
+    #[test]
+    fn a_token_proves_every_grant_that_holds_it() {
+        let g = grants();
+        let v = BearerToken::new("app-t0ken").unwrap().header_value();
+        assert_eq!(
+            names(g.authenticate(&with_auth(&v))),
+            vec!["app", "app-too"]
+        );
+        let v = HeaderValue::from_static("bearer   app-t0ken ");
+        assert_eq!(
+            names(g.authenticate(&with_auth(&v))),
+            vec!["app", "app-too"]
+        );
+    }
+
+    #[test]
+    fn basic_credentials() {
+        let g = grants();
+        let v = HeaderValue::from_static("Basic b3BzOmNvcnJlY3QtaG9yc2U="); // ops:correct-horse
+        assert_eq!(names(g.authenticate(&with_auth(&v))), vec!["ops"]);
+    }
+
+    #[test]
+    fn right_token_wrong_origin_is_forbidden_and_returns_nothing() {
+        let g = grants();
+        let v = HeaderValue::from_static("Bearer app-t0ken");
+        let proved = g.authenticate(&with_auth(&v)).unwrap();
+        let r = crate::authorize(
+            &proved,
+            &["https://ops.example.com".parse().unwrap()],
+            &["/".to_string()],
+        );
+        let e = AuthError::from(r.unwrap_err());
+        assert_eq!(e.status(), http::StatusCode::FORBIDDEN);
+        assert!(e.to_string().contains("ops.example.com"), "{e}");
+    }
+
+    #[test]
+    fn presented_debug_redacts() {
+        let v = HeaderValue::from_static("Bearer app-t0ken");
+        assert!(!format!("{:?}", with_auth(&v)).contains("t0ken"));
+    }
+}
