@@ -155,9 +155,7 @@ impl Grants {
                 matched[i] |= match &g.identity {
                     Identity::Spki(h) => *h == leaf.spki_sha256,
                     Identity::CertSubject(name) if !pinned => {
-                        leaf.common_names
-                            .iter()
-                            .any(|cn| cn.eq_ignore_ascii_case(name))
+                        leaf.common_names.iter().any(|cn| cn == name)
                             || leaf.dns_sans.iter().any(|s| s.eq_ignore_ascii_case(name))
                     }
                     Identity::CertSan(pattern) if !pinned => leaf.dns_sans.iter().any(|san| {
@@ -317,5 +315,175 @@ origins = ["https://other.example.com"]
     fn presented_debug_redacts() {
         let v = HeaderValue::from_static("Bearer app-t0ken");
         assert!(!format!("{:?}", with_auth(&v)).contains("t0ken"));
+    }
+
+    mod certs {
+        use super::*;
+        use crate::testing::{ca, params, self_signed, signed};
+        use crate::{spki_sha256, Challenge, ChallengeAnswer, Ed25519SigningKey};
+
+        fn cert_grants(pin: [u8; 32]) -> Grants {
+            Grants::from_toml(
+                r#"
+[[grant]]
+name = "by-san"
+cert-san = "origin.example.com"
+origins = ["https://origin.example.com"]
+[[grant]]
+name = "by-wildcard-san"
+cert-san = "*.edge.example.com"
+origins = ["https://*.edge.example.com"]
+[[grant]]
+name = "by-cn"
+cert-subject = "Origin Node 7"
+origins = ["https://seven.example.com"]
+"#,
+            )
+            .map(|g| {
+                let mut all = g.grants().to_vec();
+                all.push(Grant {
+                    name: "by-pin".into(),
+                    identity: Identity::Spki(pin),
+                    origins: vec!["https://pinned.example.com".parse().unwrap()],
+                    path_prefixes: vec!["/".into()],
+                });
+                Grants::new(all).unwrap()
+            })
+            .unwrap()
+        }
+
+        fn with_certs<'a>(certs: &'a [CertificateDer<'static>]) -> Presented<'a> {
+            Presented {
+                peer_certs: Some(certs),
+                ..Default::default()
+            }
+        }
+
+        #[test]
+        fn san_cn_and_pin_identities() {
+            let ca = ca();
+            let g = cert_grants([0; 32]);
+            let c = signed(&ca, params("x", &["origin.example.com"], true));
+            assert_eq!(
+                names(g.authenticate(&with_certs(&[c.der()]))),
+                vec!["by-san"]
+            );
+            let c = signed(&ca, params("x", &["a.edge.example.com"], true));
+            assert_eq!(
+                names(g.authenticate(&with_certs(&[c.der()]))),
+                vec!["by-wildcard-san"]
+            );
+            let c = signed(
+                &ca,
+                params("x", &["a.b.edge.example.com", "edge.example.com"], true),
+            );
+            assert_eq!(
+                g.authenticate(&with_certs(&[c.der()])).unwrap_err(),
+                AuthError::Rejected
+            );
+            let c = signed(&ca, params("Origin Node 7", &[], true));
+            assert_eq!(
+                names(g.authenticate(&with_certs(&[c.der()]))),
+                vec!["by-cn"]
+            );
+            let c = signed(&ca, params("origin node 7", &[], true));
+            assert_eq!(
+                g.authenticate(&with_certs(&[c.der()])).unwrap_err(),
+                AuthError::Rejected
+            );
+            let c = signed(&ca, params("someone else", &["other.example.com"], true));
+            assert_eq!(
+                g.authenticate(&with_certs(&[c.der()])).unwrap_err(),
+                AuthError::Rejected
+            );
+
+            let pinned = self_signed(params("x", &[], true));
+            let g = cert_grants(spki_sha256(&pinned.der()).unwrap());
+            assert_eq!(
+                names(g.authenticate(&with_certs(&[pinned.der()]))),
+                vec!["by-pin"]
+            );
+            let bad = [CertificateDer::from(vec![1u8, 2, 3])];
+            assert!(matches!(
+                g.authenticate(&with_certs(&bad)),
+                Err(AuthError::BadCertificate(_))
+            ));
+        }
+
+        #[test]
+        fn a_pinned_certificate_does_not_prove_the_names_it_carries() {
+            // The TLS layer accepts a pinned certificate whatever names it claims.
+            let pinned = self_signed(params("Origin Node 7", &["origin.example.com"], true));
+            let g = cert_grants(spki_sha256(&pinned.der()).unwrap());
+            assert_eq!(
+                names(g.authenticate(&with_certs(&[pinned.der()]))),
+                vec!["by-pin"]
+            );
+        }
+
+        #[test]
+        fn a_wrong_token_is_not_excused_by_a_good_certificate() {
+            let ca = ca();
+            let g = cert_grants([0; 32]);
+            let c = [signed(&ca, params("x", &["origin.example.com"], true)).der()];
+            let v = HeaderValue::from_static("Bearer wrong");
+            let p = Presented {
+                authorization: Some(&v),
+                peer_certs: Some(&c),
+                ..Default::default()
+            };
+            assert_eq!(g.authenticate(&p).unwrap_err(), AuthError::Rejected);
+        }
+
+        #[test]
+        fn challenge_answers_prove_ed25519_grants() {
+            let key = Ed25519SigningKey::from_seed(&[5; 32]).unwrap();
+            let g = Grants::from_toml(&format!(
+                "[[grant]]\nname = \"signer\"\ned25519 = \"{}\"\nkey-id = \"k1\"\norigins = [\"https://s.example.com\"]\npaths = [\"/api\"]\n",
+                crate::grant::hex(&key.public_key())
+            ))
+            .unwrap();
+            let challenge = Challenge::new([7; 32]);
+            let exporter = [8; 32];
+            let origins = vec!["https://s.example.com".parse().unwrap()];
+            let prefixes = vec!["/api/v1".to_string()];
+            let answer =
+                ChallengeAnswer::sign(&key, "k1", &challenge, &exporter, &origins, &prefixes)
+                    .unwrap();
+            let replayed = Challenge::new([0; 32]);
+            let proof = |c, e| Presented {
+                challenge_answer: Some(ChallengeProof {
+                    answer: &answer,
+                    challenge: c,
+                    exporter: e,
+                }),
+                ..Default::default()
+            };
+            let proved = g.authenticate(&proof(&challenge, &exporter)).unwrap();
+            assert_eq!(proved[0].name, "signer");
+            let scopes =
+                crate::authorize(&proved, answer.origins(), answer.path_prefixes()).unwrap();
+            assert_eq!(scopes[0].to_string(), "s.example.com/api/v1");
+            assert_eq!(
+                g.authenticate(&proof(&replayed, &exporter)).unwrap_err(),
+                AuthError::SignatureInvalid
+            );
+            assert_eq!(
+                g.authenticate(&proof(&challenge, &[0; 32])).unwrap_err(),
+                AuthError::SignatureInvalid
+            );
+            let other =
+                ChallengeAnswer::sign(&key, "k2", &challenge, &exporter, &origins, &prefixes)
+                    .unwrap();
+            let p = Presented {
+                challenge_answer: Some(ChallengeProof {
+                    answer: &other,
+                    challenge: &challenge,
+                    exporter: &exporter,
+                }),
+                ..Default::default()
+            };
+            assert_eq!(g.authenticate(&p).unwrap_err(), AuthError::Rejected);
+        }
     }
 }

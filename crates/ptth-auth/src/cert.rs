@@ -38,7 +38,7 @@ impl Leaf {
             .subject()
             .iter_common_name()
             .filter_map(|cn| cn.as_str().ok())
-            .map(|s| s.to_ascii_lowercase())
+            .map(str::to_owned)
             .collect();
         let mut dns_sans = Vec::new();
         let mut ip_sans = Vec::new();

@@ -42,8 +42,9 @@ pub enum Identity {
         /// SHA-256 of the password (its UTF-8 bytes).
         password_sha256: [u8; 32],
     },
-    /// A client certificate whose subject CN or one of whose DNS SANs equals this name
-    /// (ASCII case-insensitive). Only for certificates verified against a CA.
+    /// A client certificate whose subject CN equals this string exactly, or one of whose
+    /// DNS SANs equals it (ASCII case-insensitive, as DNS names compare). Only for
+    /// certificates verified against a CA.
     CertSubject(String),
     /// A client certificate with a DNS SAN matching this name; a leading `*.` matches
     /// exactly one label (RFC 6125 §6.4.3). Only for certificates verified against a CA.
@@ -421,11 +422,12 @@ impl GrantSpec {
                 password_sha256,
             }
         } else if let Some(n) = self.cert_subject {
-            Identity::CertSubject(
-                parse_dns_name(&n, false).map_err(|e| format!("cert-subject: {e}"))?,
-            )
+            if n.is_empty() || n.chars().any(char::is_control) {
+                return Err("cert-subject must be non-empty, without control characters".into());
+            }
+            Identity::CertSubject(n)
         } else if let Some(n) = self.cert_san {
-            Identity::CertSan(parse_dns_name(&n, true).map_err(|e| format!("cert-san: {e}"))?)
+            Identity::CertSan(parse_dns_name(&n).map_err(|e| format!("cert-san: {e}"))?)
         } else if let Some(h) = self.spki_sha256 {
             Identity::Spki(parse_hash(&h).map_err(|e| format!("spki-sha256: {e}"))?)
         } else if let Some(k) = self.ed25519 {
@@ -642,12 +644,8 @@ pub(crate) fn parse_key32(text: &str) -> Result<[u8; 32], String> {
         .ok_or_else(|| "expected a 32-byte key in hex (64 digits) or base64".to_string())
 }
 
-fn parse_dns_name(name: &str, allow_wildcard: bool) -> Result<String, String> {
-    let rest = match name.strip_prefix("*.") {
-        Some(rest) if allow_wildcard => rest,
-        Some(_) => return Err("no wildcard here; use cert-san for `*.` names".into()),
-        None => name,
-    };
+fn parse_dns_name(name: &str) -> Result<String, String> {
+    let rest = name.strip_prefix("*.").unwrap_or(name);
     let ok = !rest.is_empty()
         && rest.split('.').all(|label| {
             !label.is_empty()

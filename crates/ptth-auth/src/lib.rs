@@ -8,6 +8,7 @@
 //!
 //! ```text
 //! gateway config ──▶ Grants::from_toml ──▶ Grants ─┐          (names, identities, origins, prefixes)
+//! TLS: client_verifier(CA, grants.pinned_spki()) ──┤
 //! setup: Authorization / peer certs / ChallengeAnswer ──▶ Grants::authenticate ──▶ Vec<&Grant>
 //! claimed origins + prefixes ──▶ authorize(&grants, ..) ──▶ Vec<Scope> ──▶ Registry
 //! draft-bt ORIGIN entries ──▶ check_origin_frame_against_cert(entries, leaf)
@@ -42,6 +43,9 @@ mod cert;
 mod challenge;
 mod grant;
 mod policy;
+#[cfg(test)]
+mod testing;
+mod tls;
 mod token;
 
 pub use authenticate::{ChallengeProof, Presented};
@@ -57,4 +61,5 @@ pub use challenge::{
 };
 pub use grant::{Grant, GrantError, GrantSpec, Grants, Identity, OriginPattern, PatternError};
 pub use policy::{authorize, check_origin_frame_against_cert, Forbidden};
+pub use tls::{client_verifier, danger_accept_any_gateway, gateway_verifier, TlsError};
 pub use token::{AuthError, BearerToken, TokenVerifier};

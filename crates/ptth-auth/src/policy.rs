@@ -245,4 +245,66 @@ mod tests {
         assert!(authorize(&[&a], &origins(&["https://a.example"]), &[]).is_err());
         assert!(authorize(&[&a], &origins(&["https://a.example"]), &prefixes(&["api"])).is_err());
     }
+
+    #[test]
+    fn origin_entries_against_sans() {
+        use crate::testing::{ca, params, signed};
+        let ca = ca();
+        let leaf = signed(
+            &ca,
+            params(
+                "cn.example.com",
+                &[
+                    "origin.example.com",
+                    "*.edge.example.com",
+                    "127.0.0.1",
+                    "::1",
+                ],
+                true,
+            ),
+        )
+        .der();
+        let ok = |entries: &[&str]| check_origin_frame_against_cert(entries, &leaf);
+        assert_eq!(ok(&["https://origin.example.com"]), Ok(()));
+        assert_eq!(
+            ok(&[
+                "https://Origin.Example.com:8443",
+                "https://a.edge.example.com"
+            ]),
+            Ok(())
+        );
+        assert_eq!(ok(&["https://*.edge.example.com"]), Ok(()));
+        assert_eq!(ok(&["https://127.0.0.1", "https://[::1]:8443"]), Ok(()));
+        assert_eq!(ok(&[]), Ok(()));
+        for outside in [
+            "https://cn.example.com",
+            "https://edge.example.com",
+            "https://a.b.edge.example.com",
+            "https://*.example.com",
+            "https://*.origin.example.com",
+            "https://127.0.0.2",
+            "https://evil.example.com",
+        ] {
+            assert_eq!(
+                ok(&["https://origin.example.com", outside]),
+                Err(Forbidden::OriginEntry(outside.to_string())),
+                "{outside}"
+            );
+        }
+        assert!(matches!(ok(&["*"]), Err(Forbidden::BadOriginEntry { .. })));
+        assert!(matches!(
+            ok(&["origin.example.com"]),
+            Err(Forbidden::BadOriginEntry { .. })
+        ));
+        let wildcard_only = signed(&ca, params("x", &["*.edge.example.com"], true)).der();
+        assert!(
+            check_origin_frame_against_cert(&["https://x.edge.example.com"], &wildcard_only)
+                .is_ok()
+        );
+        let garbage = CertificateDer::from(vec![0u8; 4]);
+        assert!(matches!(
+            check_origin_frame_against_cert(&["https://a.example"], &garbage),
+            Err(Forbidden::Certificate(_))
+        ));
+    }
 }
