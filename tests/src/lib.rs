@@ -312,7 +312,8 @@ pub async fn send(
 /// Waits until `host` answers `GET /` with 200 through the gateway.
 pub async fn wait_ready(gw: &Gateway, host: &str) -> Result<()> {
     let c = client(false);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    // Generous: on a loaded two-core CI machine a fresh origin process can take a while.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok((res, _)) = send(&c, get(gw, host, "/")).await {
             if res.status() == StatusCode::OK {

@@ -2,13 +2,12 @@
 
 use bytes::Bytes;
 use http::{Request, Response};
-use hyper::body::Incoming;
 use std::sync::Arc;
 
 /// Any error a body may produce.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The streaming body type every forwarded message uses.
-pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
 
 /// The request-sending half of a reversed connection.
 #[derive(Debug)]
@@ -61,9 +60,11 @@ impl Sender {
         matches!(self, Sender::H2(..))
     }
 
-    /// Sends `req`, returning the origin's response head and streaming body.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, SendError> {
-        match self {
+    /// Sends `req`, returning the origin's response head and streaming body. An HTTP/1.1
+    /// or HTTP/2 upgrade stays reachable through `hyper::upgrade::on` on the response.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
+        use http_body_util::BodyExt;
+        let res = match self {
             Sender::H1(lock, _) => {
                 let mut s = lock.lock().await;
                 if let Err(e) = s.ready().await {
@@ -85,7 +86,8 @@ impl Sender {
                         None => SendError::Failed(e.into_error()),
                     })
             }
-        }
+        }?;
+        Ok(res.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
     }
 }
 
@@ -94,7 +96,7 @@ pub fn empty() -> Body {
     use http_body_util::BodyExt;
     http_body_util::Empty::new()
         .map_err(|never| match never {})
-        .boxed()
+        .boxed_unsync()
 }
 
 /// A body holding `bytes`.
@@ -102,5 +104,5 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     use http_body_util::BodyExt;
     http_body_util::Full::new(bytes.into())
         .map_err(|never| match never {})
-        .boxed()
+        .boxed_unsync()
 }

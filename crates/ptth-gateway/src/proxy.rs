@@ -12,7 +12,6 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use ptth_core::RequestTarget;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -51,8 +50,13 @@ impl Proxy {
         Arc::new(Self { registry, config })
     }
 
-    /// Handles one public request. Never fails: every error becomes a response.
-    pub async fn handle(&self, mut req: Request<Incoming>, client: ClientInfo) -> Response<Body> {
+    /// Handles one public request, whatever listener it came from. Never fails: every error
+    /// becomes a response.
+    pub async fn handle<B>(&self, mut req: Request<B>, client: ClientInfo) -> Response<Body>
+    where
+        B: http_body::Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
         let websocket = is_websocket_upgrade(&req);
         let public_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
@@ -66,7 +70,7 @@ impl Proxy {
         append_via(&mut parts.headers, received_version, &self.config.via_name);
         append_forwarded(&mut parts.headers, client, &target);
         let scheme = if client.tls { "https" } else { "http" };
-        let mut request = Request::from_parts(parts, body.map_err(BoxError::from).boxed());
+        let mut request = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
 
         let mut avoid = None;
         let (reservation, response) = loop {
@@ -133,7 +137,7 @@ impl Proxy {
     fn finish(
         &self,
         reservation: Reservation,
-        mut response: Response<Incoming>,
+        mut response: Response<Body>,
         public_upgrade: Option<hyper::upgrade::OnUpgrade>,
         ws_key: Option<HeaderValue>,
     ) -> Response<Body> {
@@ -194,7 +198,7 @@ impl Proxy {
             inner: body,
             reservation: Some(reservation),
         };
-        Response::from_parts(parts, body.boxed())
+        Response::from_parts(parts, body.boxed_unsync())
     }
 }
 
@@ -384,7 +388,7 @@ fn unavailable(reason: &str, retry_after: u32) -> Response<Body> {
 
 /// A response body that holds its connection's reservation until the body ends.
 struct Guarded {
-    inner: Incoming,
+    inner: Body,
     reservation: Option<Reservation>,
 }
 
@@ -403,7 +407,7 @@ impl http_body::Body for Guarded {
             }
             _ => {}
         }
-        r.map(|o| o.map(|f| f.map_err(BoxError::from)))
+        r
     }
 
     fn is_end_stream(&self) -> bool {

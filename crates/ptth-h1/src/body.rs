@@ -4,5 +4,6 @@
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A streaming body. Every request and response forwarded through ptth uses it, so bodies
-/// are never collected into memory on the way through.
-pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
+/// are never collected into memory on the way through. It is `Send` but not `Sync`, so any
+/// body (hyper's, HTTP/3's, an application's) can be boxed into it without a copy.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;

@@ -93,7 +93,7 @@ where
     let (parts, ()) = request.into_parts();
     let body: Body = Empty::<Bytes>::new()
         .map_err(|never| match never {})
-        .boxed();
+        .boxed_unsync();
     let mut response = send
         .send_request(Request::from_parts(parts, body))
         .await

@@ -16,7 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// Any error a body may produce.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The streaming body type used on both sides.
-pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, BoxError>;
+pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
 
 /// The gateway's handle for sending requests; clone it freely, it multiplexes.
 pub type Sender = client::SendRequest<Body>;

@@ -5,7 +5,7 @@
 //!     serve HTTP/1.1 or HTTP/2 as the *server* on the connection it dialled
 //! ```
 //!
-//! What it serves is any `tower::Service<http::Request<hyper::body::Incoming>>`: the proxy to a
+//! What it serves is any `tower::Service<http::Request<RequestBody>>`: the proxy to a
 //! local upstream ([`service::Proxy`]), the built-in demo ([`service::Hello`]), or your own
 //! application such as an axum `Router` (see `examples/axum.rs`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -15,7 +15,7 @@ mod dial;
 mod serve;
 pub mod service;
 
-pub use serve::OriginService;
+pub use serve::{OriginService, RequestBody, ResponseBody};
 
 use anyhow::{anyhow, Context, Result};
 use ptth_core::{AlpnSet, Mechanism, SerializedOrigin};
@@ -134,7 +134,7 @@ impl Origin {
     /// resolves; then stops taking requests, lets those in flight finish, and returns.
     pub async fn serve<S, B>(self, service: S, shutdown: impl Future<Output = ()>) -> Result<()>
     where
-        S: tower::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        S: tower::Service<http::Request<RequestBody>, Response = http::Response<B>>
             + Clone
             + Send
             + Sync

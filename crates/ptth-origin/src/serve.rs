@@ -18,9 +18,11 @@ use tokio::sync::watch;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The response body the origin writes: the user's body, boxed (it need not be `Sync`).
 pub type ResponseBody = UnsyncBoxBody<Bytes, BoxError>;
+/// The request body the application receives, whatever HTTP version carried it.
+pub type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
 
 type BoxFuture = Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
-type Handler = Arc<dyn Fn(Request<Incoming>) -> BoxFuture + Send + Sync>;
+type Handler = Arc<dyn Fn(Request<RequestBody>) -> BoxFuture + Send + Sync>;
 
 /// The service an origin serves, type-erased once so every connection shares it.
 #[derive(Clone)]
@@ -41,7 +43,7 @@ impl OriginService {
     /// Wraps any `tower::Service` over `http` types (an axum `Router` qualifies).
     pub fn new<S, B>(service: S) -> Self
     where
-        S: tower::Service<Request<Incoming>, Response = Response<B>>
+        S: tower::Service<Request<RequestBody>, Response = Response<B>>
             + Clone
             + Send
             + Sync
@@ -51,22 +53,22 @@ impl OriginService {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let handler: Handler = Arc::new(move |req| {
-            let svc = service.clone();
-            Box::pin(async move {
-                use tower::ServiceExt;
-                match svc.oneshot(req).await {
-                    Ok(res) => res.map(|b| b.map_err(Into::into).boxed_unsync()),
-                    Err(e) => {
-                        let e: BoxError = e.into();
-                        tracing::error!(error = %e, "the application failed a request");
-                        text(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            "the application failed this request",
-                        )
-                    }
+        let handler: Handler = Arc::new(move |req: Request<RequestBody>| {
+            use futures_util::FutureExt;
+            use tower::ServiceExt;
+            // A combinator rather than an `async` block: rustc cannot prove an async block
+            // over a generic service future `Send` for every lifetime (rust-lang/rust#110338).
+            Box::pin(service.clone().oneshot(req).map(|result| match result {
+                Ok(res) => res.map(|b| b.map_err(|e| -> BoxError { e.into() }).boxed_unsync()),
+                Err(e) => {
+                    let e: BoxError = e.into();
+                    tracing::error!(error = %e, "the application failed a request");
+                    text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the application failed this request",
+                    )
                 }
-            })
+            }))
         });
         Self {
             handler,
@@ -100,6 +102,16 @@ impl hyper::service::Service<Request<Incoming>> for OriginService {
     type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
 
     fn call(&self, req: Request<Incoming>) -> Self::Future {
+        self.call_boxed(req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
+    }
+}
+
+impl OriginService {
+    /// Serves one request whose body is already boxed (HTTP/3 hands these over).
+    pub fn call_boxed(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>> {
         if let Some(claim) = &self.claim {
             if req.uri().path() == ptth_auth::AUTHORIZE_PATH {
                 let res = claim.to_response::<()>().map(|()| {
