@@ -4,6 +4,7 @@
 //! to cargo and to the binaries this workspace builds.
 
 mod demo;
+mod fuzz;
 mod tidy;
 
 use anyhow::{bail, Context, Result};
@@ -18,6 +19,7 @@ fn main() -> Result<()> {
         "ci" => ci(),
         "tidy" => tidy::run(&project_root()),
         "demo" => demo::run(&project_root(), &rest),
+        "fuzz" => fuzz::run(&project_root(), &rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -25,7 +27,9 @@ fn main() -> Result<()> {
                  ci     run exactly what CI runs: fmt --check, clippy -D warnings, tests, tidy\n  \
                  tidy   check the architecture rules (layering, sans-IO core, //! headers)\n  \
                  demo   start a gateway with dev certificates and one origin per TCP mechanism\n         \
-                        (--once: print the table and exit)"
+                        (--once: print the table and exit)\n  \
+                 fuzz   run the cargo-fuzz targets: fuzz [TARGET] [--time SECONDS] (default 10 each);\n         \
+                        --build only builds them; crashing inputs go to tests/data/fuzz/<target>/"
             );
             if cmd == "help" || cmd == "--help" {
                 Ok(())

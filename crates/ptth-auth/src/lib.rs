@@ -41,6 +41,8 @@ mod authenticate;
 mod authorize;
 mod cert;
 mod challenge;
+#[doc(hidden)]
+pub mod fuzz_harness;
 mod grant;
 mod policy;
 #[cfg(test)]
