@@ -5,6 +5,8 @@
 
 mod demo;
 mod fuzz;
+mod interop;
+mod procs;
 mod tidy;
 
 use anyhow::{bail, Context, Result};
@@ -20,6 +22,7 @@ fn main() -> Result<()> {
         "tidy" => tidy::run(&project_root()),
         "demo" => demo::run(&project_root(), &rest),
         "fuzz" => fuzz::run(&project_root(), &rest),
+        "interop" => interop::run(&project_root(), &rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -29,7 +32,9 @@ fn main() -> Result<()> {
                  demo   start a gateway with dev certificates and one origin per TCP mechanism\n         \
                         (--once: print the table and exit)\n  \
                  fuzz   run the cargo-fuzz targets: fuzz [TARGET] [--time SECONDS] (default 10 each);\n         \
-                        --build only builds them; crashing inputs go to tests/data/fuzz/<target>/"
+                        --build only builds them; crashing inputs go to tests/data/fuzz/<target>/\n  \
+                 interop  every mechanism x public client x origin auth, and the request-smuggling\n           \
+                          battery; writes docs/interop.md (--quick: a subset, writes nothing)"
             );
             if cmd == "help" || cmd == "--help" {
                 Ok(())

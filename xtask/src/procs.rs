@@ -1,0 +1,336 @@
+//! Processes shared by `interop` and `bench`: where the binaries are, a gateway with dev
+//! credentials, origins, children that die with the task, and small HTTP probes.
+
+use anyhow::{bail, Context, Result};
+use std::ffi::OsString;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Every TCP mechanism `ptth-origin` can use.
+pub const MECHANISMS: &[&str] = &[
+    "rh1",
+    "rh2",
+    "upgrade-h1",
+    "upgrade-h2",
+    "connect-h2",
+    "h2-reverse",
+    "ptth10",
+];
+
+/// Whether a mechanism carries HTTP/1.1 (one request per connection at a time, so the origin
+/// needs `--connections` for any concurrency).
+pub fn is_h1(mechanism: &str) -> bool {
+    matches!(mechanism, "rh1" | "upgrade-h1" | "ptth10")
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` when set (cargo builds there), else
+/// `<root>/target`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                root.join(dir)
+            }
+        }
+        _ => root.join("target"),
+    }
+}
+
+/// Checks that an external tool is on `PATH`, with a hint on how to get it.
+pub fn require_tool(tool: &str, hint: &str) -> Result<()> {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !found {
+        bail!("{tool} is not installed ({hint})");
+    }
+    Ok(())
+}
+
+/// Child processes, killed (and reaped) when dropped, however the task ends.
+#[derive(Debug, Default)]
+pub struct Children(Vec<(String, Child)>);
+
+impl Children {
+    /// Spawns `cmd`, remembers it under `name`, and returns its pid.
+    pub fn spawn(&mut self, name: &str, cmd: &mut Command) -> Result<u32> {
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        let pid = child.id();
+        self.0.push((name.to_string(), child));
+        Ok(pid)
+    }
+
+    /// Adopts an already spawned child.
+    pub fn adopt(&mut self, name: &str, child: Child) -> u32 {
+        let pid = child.id();
+        self.0.push((name.to_string(), child));
+        pid
+    }
+
+    /// The names of children that have already exited, with their status.
+    pub fn exited(&mut self) -> Vec<String> {
+        self.0
+            .iter_mut()
+            .filter_map(|(name, c)| match c.try_wait() {
+                Ok(Some(status)) => Some(format!("{name} ({status})")),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+        }
+        for (_, c) in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `ptth-xtask-<name>-<pid>`.
+    pub fn new(name: &str) -> Result<Self> {
+        let p = std::env::temp_dir().join(format!("ptth-xtask-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A running gateway's addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct Gateway {
+    /// Public cleartext listener (HTTP/1.1 and h2c).
+    pub listen: SocketAddr,
+    /// Public TLS listener.
+    pub listen_tls: SocketAddr,
+    /// Tunnel listener for origins.
+    pub tunnel: SocketAddr,
+}
+
+/// Starts `ptth-gateway --dev DIR` on the given addresses (`127.0.0.1:0` for ephemeral
+/// ports) and waits for it to print them.
+pub fn start_gateway(
+    children: &mut Children,
+    bin: &Path,
+    dev: &Path,
+    tunnel: &str,
+    extra: &[&str],
+) -> Result<Gateway> {
+    let mut child = Command::new(bin.join("ptth-gateway"))
+        .args(["--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0"])
+        .args(["--tunnel", tunnel])
+        .arg("--dev")
+        .arg(dev)
+        .args(extra)
+        .env(
+            "RUST_LOG",
+            std::env::var("PTTH_XTASK_LOG").unwrap_or_else(|_| "error".into()),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting ptth-gateway")?;
+    let stdout = child.stdout.take().context("gateway stdout")?;
+    children.adopt("ptth-gateway", child);
+    let (tx, rx) = mpsc::channel();
+    // Reads the address lines, then keeps draining stdout so the gateway never blocks.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let (mut listen, mut listen_tls, mut tunnel) = (None, None, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while tunnel.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .context("the gateway did not report its addresses")?;
+        if let Some(v) = line.strip_prefix("listen=") {
+            listen = Some(v.parse::<SocketAddr>()?);
+        } else if let Some(v) = line.strip_prefix("listen-tls=") {
+            listen_tls = Some(v.parse::<SocketAddr>()?);
+        } else if let Some(v) = line.strip_prefix("tunnel=") {
+            tunnel = Some(v.parse::<SocketAddr>()?);
+        }
+    }
+    let (Some(listen), Some(listen_tls), Some(tunnel)) = (listen, listen_tls, tunnel) else {
+        bail!("the gateway did not report its addresses");
+    };
+    Ok(Gateway {
+        listen,
+        listen_tls,
+        tunnel,
+    })
+}
+
+/// How an origin presents itself to the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// `--token-file DIR/token`.
+    Bearer,
+    /// `--token-file DIR/token` plus `--cert/--key DIR/origin.pem|key` (draft-bt needs both).
+    BearerAndClientCert,
+}
+
+impl Credential {
+    /// The origin flags for this credential.
+    pub fn args(self, dev: &Path) -> Vec<OsString> {
+        let mut a: Vec<OsString> = vec!["--token-file".into(), dev.join("token").into()];
+        if self == Credential::BearerAndClientCert {
+            a.push("--cert".into());
+            a.push(dev.join("origin.pem").into());
+            a.push("--key".into());
+            a.push(dev.join("origin.key").into());
+        }
+        a
+    }
+}
+
+/// A `ptth-origin` command for `mechanism` serving `host` through `gw`; add `--hello` or
+/// `--upstream URL` and `--connections N`.
+pub fn origin_command(
+    bin: &Path,
+    gw: &Gateway,
+    dev: &Path,
+    mechanism: &str,
+    host: &str,
+    credential: Credential,
+) -> Command {
+    let mut cmd = Command::new(bin.join("ptth-origin"));
+    cmd.args([
+        "--gateway",
+        &format!("https://localhost:{}", gw.tunnel.port()),
+    ])
+    .args(["--mechanism", mechanism, "--host", host])
+    .arg("--ca")
+    .arg(dev.join("ca.pem"))
+    .args(credential.args(dev))
+    .env(
+        "RUST_LOG",
+        std::env::var("PTTH_XTASK_LOG").unwrap_or_else(|_| "error".into()),
+    )
+    .stdout(Stdio::null());
+    cmd
+}
+
+/// The credential a mechanism needs at minimum: draft-bt requires a client certificate.
+pub fn default_credential(mechanism: &str) -> Credential {
+    if mechanism == "h2-reverse" {
+        Credential::BearerAndClientCert
+    } else {
+        Credential::Bearer
+    }
+}
+
+/// Sends `GET path` with `Host: host` over HTTP/1.1 to `addr` and returns the status.
+pub fn get_status(addr: SocketAddr, host: &str, path: &str) -> Result<u16> {
+    let mut tcp = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tcp.set_nodelay(true)?;
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut answer = Vec::new();
+    tcp.read_to_end(&mut answer)?;
+    let text = String::from_utf8_lossy(&answer);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")
+}
+
+/// Waits until `host` answers `GET /` with 200 at `addr`.
+pub fn wait_ready(addr: SocketAddr, host: &str, timeout: Duration) -> Result<()> {
+    wait_ready_path(addr, host, "/", timeout)
+}
+
+/// Waits until `host` answers `GET path` with 200 at `addr`.
+pub fn wait_ready_path(addr: SocketAddr, host: &str, path: &str, timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut last = String::from("no answer");
+    while Instant::now() < deadline {
+        match get_status(addr, host, path) {
+            Ok(200) => return Ok(()),
+            Ok(s) => last = format!("status {s}"),
+            Err(e) => last = e.to_string(),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{host} never answered 200 through {addr} ({last})")
+}
+
+/// Runs a command and returns its stdout, failing with its stderr when it exits non-zero.
+pub fn output(cmd: &mut Command) -> Result<String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{} {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Today's date (UTC) as `YYYY-MM-DD`, from the system clock.
+pub fn today() -> String {
+    let days = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() / 86_400)
+        .unwrap_or(0) as i64;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so request bodies are not trivially
+/// compressible and every run sends the same ones.
+pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
