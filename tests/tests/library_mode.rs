@@ -28,7 +28,7 @@ async fn an_axum_router_is_served_over_every_tcp_mechanism() {
             gw.tunnel_url().parse().unwrap(),
             m.parse().unwrap(),
             vec![format!("axum-{m}.localhost")],
-            ptth_auth::BearerToken::new(gw.token()).unwrap(),
+            Some(ptth_auth::BearerToken::new(gw.token()).unwrap()),
         );
         config.ca = Some(dir.0.join("ca.pem"));
         if *m == "h2-reverse" {

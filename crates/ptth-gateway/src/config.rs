@@ -36,9 +36,18 @@ pub struct Cli {
     #[arg(long = "token", env = "PTTH_TOKEN")]
     #[serde(default, alias = "token")]
     pub tokens: Vec<String>,
-    /// CA (PEM) whose client certificates origins may present; required for h2-reverse.
+    /// CA (PEM) whose client certificates origins may present (grants with `cert-san`,
+    /// `cert-subject`); h2-reverse needs client certificates.
     #[arg(long)]
     pub client_ca: Option<PathBuf>,
+    /// Also accept client certificates chaining to the WebPKI roots.
+    #[arg(long)]
+    #[serde(default)]
+    pub client_webpki: bool,
+    /// Grants: who may serve which origins and paths (`[[grant]]` tables in the config file).
+    #[arg(skip)]
+    #[serde(default, rename = "grant")]
+    pub grants: Vec<ptth_auth::GrantSpec>,
     /// Generate (or reuse) dev credentials in DIR: a CA, a localhost certificate, an origin
     /// client certificate and a token, and use them.
     #[arg(long)]
@@ -76,8 +85,14 @@ pub struct GatewayConfig {
     pub key: PathBuf,
     /// Client CA file, if any.
     pub client_ca: Option<PathBuf>,
-    /// Accepted origin tokens.
-    pub tokens: Vec<ptth_auth::BearerToken>,
+    /// Whether client certificates may chain to the WebPKI roots.
+    pub client_webpki: bool,
+    /// Who may serve what.
+    pub grants: ptth_auth::Grants,
+    /// The config file, re-read on SIGHUP.
+    pub config_file: Option<PathBuf>,
+    /// Grants that came from flags (`--token`, `--dev`); a reload keeps them.
+    pub flag_grants: Vec<ptth_auth::Grant>,
     /// Wait-queue length.
     pub queue_limit: usize,
     /// Wait-queue timeout.
@@ -97,7 +112,7 @@ impl GatewayConfig {
         tunnel: SocketAddr,
         cert: PathBuf,
         key: PathBuf,
-        tokens: Vec<ptth_auth::BearerToken>,
+        grants: ptth_auth::Grants,
     ) -> Self {
         Self {
             listen,
@@ -106,7 +121,10 @@ impl GatewayConfig {
             cert,
             key,
             client_ca: None,
-            tokens,
+            client_webpki: false,
+            grants,
+            config_file: None,
+            flag_grants: Vec::new(),
             queue_limit: 1024,
             queue_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
@@ -129,6 +147,7 @@ impl Cli {
         }
         let mut dev_files = None;
         let mut tokens = self.tokens.clone();
+        let mut extra_grants = Vec::new();
         if let Some(dir) = &self.dev {
             let files = crate::dev::ensure(dir)?;
             self.cert.get_or_insert(files.cert.clone());
@@ -136,6 +155,7 @@ impl Cli {
             self.client_ca.get_or_insert(files.ca.clone());
             let t = std::fs::read_to_string(&files.token)?;
             tokens.push(t.trim().to_string());
+            extra_grants = crate::dev::grants(&files)?;
             dev_files = Some(files);
         }
         let Some(listen) = self.listen else {
@@ -147,16 +167,22 @@ impl Cli {
         let (Some(cert), Some(key)) = (self.cert, self.key) else {
             bail!("--cert and --key are required (or --dev DIR to generate them)")
         };
-        if tokens.is_empty() {
-            bail!("no origin credential is configured: give --token SECRET (or --dev DIR); the gateway never accepts unauthenticated origins");
-        }
         let tokens = tokens
             .into_iter()
             .map(|t| ptth_auth::BearerToken::new(t).map_err(|e| anyhow::anyhow!("--token: {e}")))
             .collect::<Result<Vec<_>>>()?;
-        let mut c = GatewayConfig::new(listen, tunnel, cert, key, tokens);
+        let mut flag_grants = ptth_auth::Grants::from_tokens(&tokens).grants().to_vec();
+        flag_grants.extend(extra_grants);
+        let grants = merge_grants(&flag_grants, self.grants)?;
+        if grants.is_empty() {
+            bail!("no origin credential is configured: give --token SECRET, [[grant]] tables in --config, or --dev DIR; the gateway never accepts unauthenticated origins");
+        }
+        let mut c = GatewayConfig::new(listen, tunnel, cert, key, grants);
         c.listen_tls = self.listen_tls;
         c.client_ca = self.client_ca;
+        c.client_webpki = self.client_webpki;
+        c.config_file = self.config;
+        c.flag_grants = flag_grants;
         if let Some(n) = self.queue_limit {
             c.queue_limit = n;
         }
@@ -182,6 +208,8 @@ impl Cli {
                 self.tokens
             },
             client_ca: self.client_ca.or(file.client_ca),
+            client_webpki: self.client_webpki || file.client_webpki,
+            grants: file.grants,
             dev: self.dev.or(file.dev),
             config: self.config,
             queue_limit: self.queue_limit.or(file.queue_limit),
@@ -190,6 +218,43 @@ impl Cli {
             log_format: self.log_format.or(file.log_format),
         }
     }
+}
+
+/// Grants from flags (tokens, which may name any origin; dev credentials) and `[[grant]]`
+/// tables, as one set.
+fn merge_grants(
+    from_flags: &[ptth_auth::Grant],
+    specs: Vec<ptth_auth::GrantSpec>,
+) -> Result<ptth_auth::Grants> {
+    let mut all = from_flags.to_vec();
+    all.extend(
+        ptth_auth::Grants::from_specs(specs)
+            .map_err(|e| anyhow::anyhow!("[[grant]]: {e}"))?
+            .grants()
+            .iter()
+            .cloned(),
+    );
+    ptth_auth::Grants::new(all).map_err(|e| anyhow::anyhow!("grants: {e}"))
+}
+
+/// Re-reads the grants for SIGHUP: the config file's `[[grant]]` tables plus the grants that
+/// came from flags (`--token`, `--dev`), which a reload keeps.
+pub fn reload_grants(config: &GatewayConfig) -> Result<ptth_auth::Grants> {
+    let mut all = config.flag_grants.clone();
+    if let Some(path) = &config.config_file {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let file: Cli =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        all.extend(
+            ptth_auth::Grants::from_specs(file.grants)
+                .map_err(|e| anyhow::anyhow!("[[grant]]: {e}"))?
+                .grants()
+                .iter()
+                .cloned(),
+        );
+    }
+    ptth_auth::Grants::new(all).map_err(|e| anyhow::anyhow!("grants: {e}"))
 }
 
 fn secs(s: f64, flag: &str) -> Result<Duration> {
@@ -248,7 +313,7 @@ request-timeout = 2.5
         assert_eq!(c.tunnel, "127.0.0.1:4443".parse().unwrap());
         assert_eq!(c.queue_limit, 7);
         assert_eq!(c.request_timeout, Duration::from_millis(2500));
-        assert_eq!(c.tokens.len(), 1);
+        assert_eq!(c.grants.len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -27,6 +27,8 @@ pub struct DevFiles {
     pub origin_key: PathBuf,
     /// The bearer token the gateway accepts.
     pub token: PathBuf,
+    /// An Ed25519 key (PKCS#8 PEM) whose signatures the gateway accepts, key id `dev`.
+    pub signing_key: PathBuf,
 }
 
 impl DevFiles {
@@ -39,11 +41,13 @@ impl DevFiles {
             origin_cert: dir.join("origin.pem"),
             origin_key: dir.join("origin.key"),
             token: dir.join("token"),
+            signing_key: dir.join("origin-ed25519.pem"),
         }
     }
 
-    fn all(&self) -> [&Path; 6] {
+    fn all(&self) -> [&Path; 7] {
         [
+            &self.signing_key,
             &self.ca,
             &self.cert,
             &self.key,
@@ -110,7 +114,37 @@ pub fn ensure(dir: &Path) -> Result<DevFiles> {
     write(&files.origin_cert, &or.pem())?;
     write_secret(&files.origin_key, &or_key.serialize_pem())?;
     write_secret(&files.token, &token)?;
+    let pkcs8 = ptth_auth::generate_ed25519_pkcs8()?;
+    write_secret(&files.signing_key, &ptth_auth::pkcs8_to_pem(&pkcs8))?;
     Ok(files)
+}
+
+/// The grants dev mode adds besides its token: the dev origin certificate (SAN
+/// `*.localhost`) may serve `https://*.localhost`, and the dev Ed25519 key (key id `dev`)
+/// may serve anything.
+pub fn grants(files: &DevFiles) -> Result<Vec<ptth_auth::Grant>> {
+    let pem = fs::read(&files.signing_key)?;
+    let key = ptth_auth::Ed25519SigningKey::from_key_file(&pem)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", files.signing_key.display()))?;
+    let any: ptth_auth::OriginPattern = "*".parse()?;
+    let localhost: ptth_auth::OriginPattern = "https://*.localhost".parse()?;
+    Ok(vec![
+        ptth_auth::Grant {
+            name: "dev-certificate".into(),
+            identity: ptth_auth::Identity::CertSan("*.localhost".into()),
+            origins: vec![localhost],
+            path_prefixes: vec!["/".into()],
+        },
+        ptth_auth::Grant {
+            name: "dev-ed25519".into(),
+            identity: ptth_auth::Identity::Ed25519Key {
+                id: "dev".into(),
+                public_key: key.public_key(),
+            },
+            origins: vec![any],
+            path_prefixes: vec!["/".into()],
+        },
+    ])
 }
 
 fn write(path: &Path, text: &str) -> Result<()> {

@@ -55,6 +55,11 @@ impl Sender {
         }
     }
 
+    /// Whether this is a reversed HTTP/1.1 connection.
+    pub fn is_h1(&self) -> bool {
+        matches!(self, Sender::H1(..))
+    }
+
     /// Whether this is a reversed HTTP/2 connection.
     pub fn is_h2(&self) -> bool {
         matches!(self, Sender::H2(..))

@@ -41,6 +41,8 @@ pub struct Gateway {
     /// The connected origins.
     pub registry: Arc<Registry>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    ctx: Arc<tunnel::TunnelContext>,
+    config: GatewayConfig,
 }
 
 impl Gateway {
@@ -48,8 +50,13 @@ impl Gateway {
     pub async fn start(config: &GatewayConfig) -> Result<Self> {
         let certs = tls::load_certs(&config.cert)?;
         let key = tls::load_key(&config.key)?;
-        let tunnel_tls =
-            tls::tunnel_config(certs.clone(), key.clone_key(), config.client_ca.as_deref())?;
+        let tunnel_tls = tls::tunnel_config(
+            certs.clone(),
+            key.clone_key(),
+            config.client_ca.as_deref(),
+            config.client_webpki,
+            &config.grants,
+        )?;
         let registry = Registry::new(QueueLimits {
             max_waiting: config.queue_limit,
             max_wait: config.queue_timeout,
@@ -61,13 +68,10 @@ impl Gateway {
                 request_timeout: config.request_timeout,
             },
         );
-        let mut tokens = ptth_auth::TokenVerifier::new();
-        for t in &config.tokens {
-            tokens.accept(t);
-        }
         let ctx = Arc::new(tunnel::TunnelContext {
             registry: registry.clone(),
-            tokens,
+            grants: std::sync::RwLock::new(Arc::new(config.grants.clone())),
+            tls: std::sync::RwLock::new(tunnel_tls),
             setup_tokens: ptth_core::SetupTokens::default(),
             handshake_timeout: config.handshake_timeout,
         });
@@ -81,11 +85,7 @@ impl Gateway {
         let tunnel = tunnel_l.local_addr()?;
         let listen = public_l.local_addr()?;
         let mut tasks = vec![
-            tokio::spawn(tunnel::serve(
-                tunnel_l,
-                TlsAcceptor::from(Arc::new(tunnel_tls)),
-                ctx,
-            )),
+            tokio::spawn(tunnel::serve(tunnel_l, ctx.clone())),
             tokio::spawn(public::serve(public_l, None, proxy.clone())),
         ];
         let mut listen_tls = None;
@@ -104,7 +104,52 @@ impl Gateway {
             tunnel,
             registry,
             tasks,
+            ctx,
+            config: config.clone(),
         })
+    }
+
+    /// Puts new grants in force (SIGHUP): new origins are checked against them at once, and
+    /// every connected origin whose grant was removed or no longer covers what it
+    /// registered is drained. Healthy connections are untouched. Returns how many drained.
+    pub fn reload(&self, grants: ptth_auth::Grants) -> Result<usize> {
+        let certs = tls::load_certs(&self.config.cert)?;
+        let key = tls::load_key(&self.config.key)?;
+        let tunnel_tls = tls::tunnel_config(
+            certs,
+            key,
+            self.config.client_ca.as_deref(),
+            self.config.client_webpki,
+            &grants,
+        )?;
+        let grants = Arc::new(grants);
+        *self.ctx.tls.write().unwrap_or_else(|e| e.into_inner()) = tunnel_tls;
+        *self.ctx.grants.write().unwrap_or_else(|e| e.into_inner()) = grants.clone();
+        let drained = self.registry.drain_unless(
+            |conn| {
+                let still: Vec<&ptth_auth::Grant> = conn
+                    .admission
+                    .grant_names
+                    .iter()
+                    .filter_map(|n| grants.get(n))
+                    .collect();
+                !still.is_empty()
+                    && ptth_auth::authorize(
+                        &still,
+                        &conn.admission.origins,
+                        &conn.admission.path_prefixes,
+                    )
+                    .is_ok()
+            },
+            std::time::Duration::from_secs(30),
+        );
+        tracing::info!(grants = grants.len(), drained, "grants reloaded");
+        Ok(drained)
+    }
+
+    /// The settled configuration this gateway runs with.
+    pub fn config(&self) -> &GatewayConfig {
+        &self.config
     }
 
     /// Stops every listener. Connections already accepted end with their tasks.

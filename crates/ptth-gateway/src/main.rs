@@ -27,10 +27,36 @@ async fn main() -> anyhow::Result<()> {
         println!("listen-tls={a}");
     }
     println!("tunnel={}", gateway.tunnel);
-    shutdown_signal().await;
+    reload_on_sighup(&gateway).await;
     tracing::info!("shutting down");
     gateway.stop();
     Ok(())
+}
+
+/// Serves until SIGTERM or Ctrl-C; on SIGHUP re-reads the grants from the config file.
+async fn reload_on_sighup(gateway: &Gateway) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            let stop = shutdown_signal();
+            tokio::pin!(stop);
+            loop {
+                tokio::select! {
+                    _ = &mut stop => return,
+                    _ = hup.recv() => {
+                        match ptth_gateway::config::reload_grants(gateway.config())
+                            .and_then(|g| gateway.reload(g))
+                        {
+                            Ok(_) => {}
+                            Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; the old grants stay in force"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+    shutdown_signal().await;
 }
 
 async fn shutdown_signal() {

@@ -15,6 +15,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
+/// What admitted an origin connection: kept with it so a reload of the grants can check
+/// it again.
+#[derive(Debug, Clone)]
+pub struct Admission {
+    /// Who the origin authenticated as, for logs (grant names; never a secret).
+    pub identity: String,
+    /// The grants that authenticated it.
+    pub grant_names: Vec<String>,
+    /// The origins it registered.
+    pub origins: Vec<ptth_core::SerializedOrigin>,
+    /// The path prefixes it registered.
+    pub path_prefixes: Vec<String>,
+}
+
 /// One reversed connection to an origin, as routing sees it.
 #[derive(Debug)]
 pub struct OriginConn {
@@ -24,33 +38,36 @@ pub struct OriginConn {
     pub mechanism: Mechanism,
     /// Which requests may be routed here.
     pub scopes: Vec<Scope>,
-    /// Who the origin authenticated as (never a secret).
-    pub identity: String,
+    /// Who the origin authenticated as and what it registered.
+    pub admission: Admission,
     /// The origin's address as the gateway saw it.
     pub peer: SocketAddr,
     pub(crate) sender: Sender,
     outstanding: AtomicUsize,
     closed: AtomicBool,
+    driver: tokio::task::AbortHandle,
 }
 
 impl OriginConn {
     pub(crate) fn new(
         mechanism: Mechanism,
         scopes: Vec<Scope>,
-        identity: String,
+        admission: Admission,
         peer: SocketAddr,
         sender: Sender,
+        driver: tokio::task::AbortHandle,
     ) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(1);
         Self {
             id: NEXT.fetch_add(1, Ordering::Relaxed),
             mechanism,
             scopes,
-            identity,
+            admission,
             peer,
             sender,
             outstanding: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            driver,
         }
     }
 
@@ -170,7 +187,7 @@ impl Registry {
         tracing::info!(
             conn = conn.id,
             mechanism = %conn.mechanism,
-            origin = %conn.identity,
+            origin = %conn.admission.identity,
             peer = %conn.peer,
             scopes = ?conn.scopes,
             capacity = conn.capacity(),
@@ -190,6 +207,32 @@ impl Registry {
         conns.retain(|c| c.id != id);
         drop(conns);
         self.changed.notify_waiters();
+    }
+
+    /// Drains every connection `keep` rejects: no new requests are routed to it, requests
+    /// in flight finish (for at most `grace`), then the connection is closed. Returns how
+    /// many were drained.
+    pub fn drain_unless(&self, keep: impl Fn(&OriginConn) -> bool, grace: Duration) -> usize {
+        let doomed: Vec<Arc<OriginConn>> =
+            self.lock().iter().filter(|c| !keep(c)).cloned().collect();
+        for conn in &doomed {
+            conn.mark_closed();
+            tracing::warn!(
+                conn = conn.id,
+                origin = %conn.admission.identity,
+                "grant removed or narrowed: draining the connection"
+            );
+            let conn = conn.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + grace;
+                while conn.outstanding() > 0 && tokio::time::Instant::now() < deadline {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                conn.driver.abort();
+            });
+        }
+        self.changed.notify_waiters();
+        doomed.len()
     }
 
     /// Number of registered connections.

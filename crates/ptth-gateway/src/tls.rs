@@ -2,7 +2,6 @@
 
 use anyhow::{anyhow, Context, Result};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use std::path::Path;
 use std::sync::Arc;
@@ -31,32 +30,117 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The tunnel listener's TLS config: every ALPN token of every TCP mechanism, and client
-/// certificates requested (optional) when a client CA is configured.
+/// The tunnel listener's TLS configs. Which one a handshake uses follows the ClientHello's
+/// ALPN (read first with rustls's `Acceptor`): draft-bt `h2-reverse` "MUST send a TLS
+/// CertificateRequest" and requires a certificate; every other mechanism gets an optional
+/// request, and only when some grant authenticates by certificate.
+#[derive(Clone)]
+pub struct TunnelTls {
+    /// Certificates optional (or not requested at all).
+    pub optional: Arc<ServerConfig>,
+    /// Certificates required; `None` when no trust anchor is configured.
+    pub mandatory: Option<Arc<ServerConfig>>,
+}
+
+impl std::fmt::Debug for TunnelTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TunnelTls")
+            .field("mandatory_available", &self.mandatory.is_some())
+            .finish()
+    }
+}
+
+impl TunnelTls {
+    /// Picks the config for a ClientHello offering `offered` ALPN tokens: the protocol the
+    /// gateway will select is the first of its own list the client offers (RFC 7301 §3.2
+    /// leaves the choice to the server).
+    pub fn for_client_hello<'a>(
+        &self,
+        offered: Option<impl Iterator<Item = &'a [u8]>>,
+    ) -> Option<Arc<ServerConfig>> {
+        let offered: Vec<&[u8]> = offered.map(|o| o.collect()).unwrap_or_default();
+        let selected = self
+            .optional
+            .alpn_protocols
+            .iter()
+            .find(|p| offered.contains(&p.as_slice()));
+        let requires_cert = selected.is_some_and(|p| {
+            matches!(
+                ptth_core::classify_alpn(ptth_core::Transport::Tls, p),
+                Some(ptth_core::AlpnRole::Reversed {
+                    mechanism: ptth_core::Mechanism::H2Reverse,
+                    ..
+                })
+            )
+        });
+        if requires_cert {
+            self.mandatory.clone()
+        } else {
+            Some(self.optional.clone())
+        }
+    }
+}
+
+/// Builds the tunnel configs: every ALPN token of every TCP mechanism; client certificates
+/// verified against `client_ca`, the WebPKI roots (`client_webpki`) and the grants' pinned
+/// keys.
 pub fn tunnel_config(
     certs: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
     client_ca: Option<&Path>,
-) -> Result<ServerConfig> {
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
-    let mut config = match client_ca {
+    client_webpki: bool,
+    grants: &ptth_auth::Grants,
+) -> Result<TunnelTls> {
+    let roots = match client_ca {
         Some(ca) => {
             let mut roots = RootCertStore::empty();
             for c in load_certs(ca)? {
                 roots.add(c)?;
             }
-            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
-                .allow_unauthenticated()
-                .build()?;
-            builder
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(certs, key)?
+            Some(roots)
         }
-        None => builder.with_no_client_auth().with_single_cert(certs, key)?,
+        None => None,
     };
-    config.alpn_protocols = ptth_core::tunnel_alpn_protocols(ptth_core::Transport::Tls);
-    Ok(config)
+    let pins = grants.pinned_spki();
+    let anchors = roots.is_some() || client_webpki || !pins.is_empty();
+    let build = |verifier: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>| {
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+        let mut config = match verifier {
+            Some(v) => builder
+                .with_client_cert_verifier(v)
+                .with_single_cert(certs.clone(), key.clone_key())?,
+            None => builder
+                .with_no_client_auth()
+                .with_single_cert(certs.clone(), key.clone_key())?,
+        };
+        config.alpn_protocols = ptth_core::tunnel_alpn_protocols(ptth_core::Transport::Tls);
+        anyhow::Ok(Arc::new(config))
+    };
+    let optional = if anchors && grants.wants_client_certificates() {
+        build(Some(ptth_auth::client_verifier(
+            roots.clone(),
+            pins.clone(),
+            client_webpki,
+            false,
+        )?))?
+    } else {
+        build(None)?
+    };
+    let mandatory = if anchors {
+        Some(build(Some(ptth_auth::client_verifier(
+            roots,
+            pins,
+            client_webpki,
+            true,
+        )?))?)
+    } else {
+        None
+    };
+    Ok(TunnelTls {
+        optional,
+        mandatory,
+    })
 }
 
 /// The public TLS listener's config: ordinary HTTPS with `h2` and `http/1.1`.

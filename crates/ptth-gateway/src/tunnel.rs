@@ -8,40 +8,84 @@
 
 use crate::forward::{empty, Body, Sender};
 use crate::proxy::error;
-use crate::registry::{OriginConn, Registry};
+use crate::registry::{Admission, OriginConn, Registry};
+use crate::tls::TunnelTls;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use ptth_auth::{AuthorizeClaim, TokenVerifier, AUTHORIZE_PATH};
+use ptth_auth::{
+    AuthError, Challenge, ChallengeAnswer, ChallengeProof, Grants, Presented, AUTHORIZE_PATH,
+};
 use ptth_core::{
     classify_alpn, AlpnRole, HttpVersion, Mechanism, ProtocolId, Scope, SerializedOrigin,
     SetupRejection, SetupTokens, Transport,
 };
+use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 
 /// What the tunnel listener needs to admit origins.
 #[derive(Debug)]
 pub struct TunnelContext {
     /// Where admitted connections go.
     pub registry: Arc<Registry>,
-    /// Accepted origin credentials.
-    pub tokens: TokenVerifier,
+    /// Who may serve what; swapped on reload.
+    pub grants: RwLock<Arc<Grants>>,
+    /// TLS configs; rebuilt on reload (pinned keys come from the grants).
+    pub tls: RwLock<TunnelTls>,
     /// Negotiation tokens (Upgrade token, `:protocol`, well-known prefix).
     pub setup_tokens: SetupTokens,
     /// How long a TLS handshake and setup exchange may take.
     pub handshake_timeout: Duration,
 }
 
+impl TunnelContext {
+    /// The grants in force now.
+    pub fn grants(&self) -> Arc<Grants> {
+        self.grants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn tls(&self) -> TunnelTls {
+        self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Authenticates what an origin presented and authorises the origins and path prefixes it
+/// asks for, in one place for every mechanism. Nothing is registered without this.
+///
+/// draft-kazuho-ptth-ptth-01 §6: the gateway "MUST check that the authenticated origin is
+/// allowed to register each requested origin" before accepting.
+pub(crate) fn check_origin(
+    grants: &Grants,
+    presented: &Presented<'_>,
+    origins: &[SerializedOrigin],
+    path_prefixes: &[String],
+) -> Result<(Admission, Vec<Scope>), AuthError> {
+    let matched = grants.authenticate(presented)?;
+    let scopes = ptth_auth::authorize(&matched, origins, path_prefixes)?;
+    let names: Vec<String> = matched.iter().map(|g| g.name.clone()).collect();
+    Ok((
+        Admission {
+            identity: names.join(","),
+            grant_names: names,
+            origins: origins.to_vec(),
+            path_prefixes: path_prefixes.to_vec(),
+        },
+        scopes,
+    ))
+}
+
 /// Accepts origin connections until the listener fails.
-pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<TunnelContext>) {
+pub async fn serve(listener: TcpListener, ctx: Arc<TunnelContext>) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -53,29 +97,42 @@ pub async fn serve(listener: TcpListener, acceptor: TlsAcceptor, ctx: Arc<Tunnel
             }
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(reason) = admit(tcp, peer, acceptor, ctx).await {
+            if let Err(reason) = admit(tcp, peer, ctx).await {
                 tracing::warn!(%peer, %reason, "origin connection refused");
             }
         });
     }
 }
 
-async fn admit(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    ctx: Arc<TunnelContext>,
-) -> Result<(), String> {
-    let tls = tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(tcp))
+async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: Arc<TunnelContext>) -> Result<(), String> {
+    let handshake = async {
+        // Read the ClientHello first: whether to ask for a client certificate follows the
+        // ALPN the origin offers (draft-thomson-ptth-potato §5.1; draft-bt §3).
+        let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
+            .await
+            .map_err(|e| format!("reading the ClientHello: {e}"))?;
+        let config = ctx
+            .tls()
+            .for_client_hello(start.client_hello().alpn())
+            .ok_or_else(|| {
+                "h2-reverse requires client certificates, but no --client-ca, --client-webpki or pinned key is configured".to_string()
+            })?;
+        start
+            .into_stream(config)
+            .await
+            .map_err(|e| format!("TLS handshake failed: {e}"))
+    };
+    let tls = tokio::time::timeout(ctx.handshake_timeout, handshake)
         .await
-        .map_err(|_| "TLS handshake timed out".to_string())?
-        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        .map_err(|_| "TLS handshake timed out".to_string())??;
     let (_, session) = tls.get_ref();
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
-    let has_client_cert = session.peer_certificates().is_some_and(|c| !c.is_empty());
+    let peer_certs: Option<Vec<CertificateDer<'static>>> =
+        session.peer_certificates().map(|c| c.to_vec());
+    let has_client_cert = peer_certs.as_ref().is_some_and(|c| !c.is_empty());
+    let exporter = ptth_auth::exporter_value(session).ok();
     // RFC 7301: a client that offers no ALPN speaks HTTP/1.1, the only setup it can use.
     let role = match &alpn {
         Some(a) => classify_alpn(Transport::Tls, a)
@@ -90,18 +147,44 @@ async fn admit(
                 // draft-bt §3: "the origin MUST present a valid certificate chain".
                 return Err("h2-reverse requires a client certificate (draft-bt)".into());
             }
-            reversed_alpn_only(tls, peer, mechanism, ctx).await
+            let version = mechanism.reversed_version();
+            let (sender, task, origin_frame) = if mechanism == Mechanism::H2Reverse {
+                // draft-bt §3: "the origin MUST immediately send an ORIGIN frame".
+                let (tap, watch) = ptth_h2::OriginFrameTap::new(tls, 8);
+                let (s, t) = start_client(tap, version).await?;
+                let frame = tokio::time::timeout(ctx.handshake_timeout, watch.wait())
+                    .await
+                    .map_err(|_| "no ORIGIN frame arrived in time (draft-bt)".to_string())?
+                    .map_err(|e| format!("ORIGIN frame: {e}"))?;
+                (s, t, Some(frame))
+            } else {
+                let (s, t) = start_client(tls, version).await?;
+                (s, t, None)
+            };
+            admit_reversed(
+                ReversedCandidate {
+                    sender,
+                    task,
+                    mechanism,
+                    peer,
+                    peer_certs,
+                    exporter,
+                    origin_frame,
+                },
+                &ctx,
+            )
+            .await
         }
         AlpnRole::Setup {
             version: HttpVersion::Http1,
         } => {
-            serve_h1_setup(tls, peer, ctx).await;
+            serve_h1_setup(tls, peer, peer_certs, ctx).await;
             Ok(())
         }
         AlpnRole::Setup {
             version: HttpVersion::Http2,
         } => {
-            serve_h2_setup(tls, peer, ctx).await;
+            serve_h2_setup(tls, peer, peer_certs, ctx).await;
             Ok(())
         }
         AlpnRole::Setup { version } => Err(format!("no setup over {version:?} on TCP")),
@@ -153,12 +236,19 @@ fn register(
     ctx: &TunnelContext,
     mechanism: Mechanism,
     scopes: Vec<Scope>,
-    identity: String,
+    admission: Admission,
     peer: SocketAddr,
     sender: Sender,
     task: tokio::task::JoinHandle<()>,
 ) {
-    let conn = Arc::new(OriginConn::new(mechanism, scopes, identity, peer, sender));
+    let conn = Arc::new(OriginConn::new(
+        mechanism,
+        scopes,
+        admission,
+        peer,
+        sender,
+        task.abort_handle(),
+    ));
     let id = conn.id;
     ctx.registry.add(conn);
     let registry = ctx.registry.clone();
@@ -168,98 +258,159 @@ fn register(
     });
 }
 
-fn scopes_for(origins: &[SerializedOrigin], prefixes: &[String]) -> Result<Vec<Scope>, String> {
-    let mut scopes = Vec::new();
-    for o in origins {
-        for p in prefixes {
-            scopes.push(Scope::from_origin(o, p).map_err(|e| format!("path prefix {p:?}: {e}"))?);
-        }
-    }
-    if scopes.is_empty() {
-        return Err("the origin claimed no origin to serve".into());
-    }
-    Ok(scopes)
+/// A reversed connection that is up but not yet admitted: the gateway can send requests on
+/// it, and nothing but the authorisation request is sent before it is admitted.
+pub(crate) struct ReversedCandidate {
+    /// The request-sending half.
+    pub sender: Sender,
+    /// The task driving the connection; aborted if admission fails.
+    pub task: tokio::task::JoinHandle<()>,
+    /// How the connection was reversed.
+    pub mechanism: Mechanism,
+    /// The origin's address.
+    pub peer: SocketAddr,
+    /// The client certificate chain the TLS layer verified, if any.
+    pub peer_certs: Option<Vec<CertificateDer<'static>>>,
+    /// The gateway's TLS exporter value for this connection (binds challenge answers).
+    pub exporter: Option<[u8; 32]>,
+    /// draft-bt: the origin's ORIGIN frame.
+    pub origin_frame: Option<ptth_h2::OriginFrame>,
 }
 
-/// Potato and draft-bt: the connection is reversed as soon as TLS completes. The gateway's
-/// first request is the authorisation request; nothing else is sent before it succeeds.
-async fn reversed_alpn_only<IO>(
-    io: IO,
-    peer: SocketAddr,
-    mechanism: Mechanism,
-    ctx: Arc<TunnelContext>,
-) -> Result<(), String>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    let version = mechanism.reversed_version();
-    let (sender, task, origin_frame) = if mechanism == Mechanism::H2Reverse {
-        // draft-bt §3: "the origin MUST immediately send an ORIGIN frame".
-        let (tap, watch) = ptth_h2::OriginFrameTap::new(io, 8);
-        let (s, t) = start_client(tap, version).await?;
-        let frame = tokio::time::timeout(ctx.handshake_timeout, watch.wait())
-            .await
-            .map_err(|_| "no ORIGIN frame arrived in time (draft-bt)".to_string())?
-            .map_err(|e| format!("ORIGIN frame: {e}"))?;
-        (s, t, Some(frame))
-    } else {
-        let (s, t) = start_client(io, version).await?;
-        (s, t, None)
-    };
-    let fail = |task: &tokio::task::JoinHandle<()>, why: String| {
+/// Potato and draft-bt: the connection is reversed as soon as the handshake completes. The
+/// gateway's first request goes to a prearranged resource (draft-thomson-ptth-potato §5.2)
+/// carrying a fresh challenge; the origin answers with the scope it claims and a credential
+/// (a signature over the challenge and this connection's TLS exporter value, or a token),
+/// unless its client certificate already says who it is. No public request is sent on the
+/// connection before this succeeds.
+pub(crate) async fn admit_reversed(
+    c: ReversedCandidate,
+    ctx: &TunnelContext,
+) -> Result<(), String> {
+    let ReversedCandidate {
+        sender,
+        task,
+        mechanism,
+        peer,
+        peer_certs,
+        exporter,
+        origin_frame,
+    } = c;
+    let fail = |why: String| {
         task.abort();
         Err(why)
     };
-    let req = Request::get(AUTHORIZE_PATH)
+    let challenge = Challenge::new(random_bytes());
+    let mut req = Request::get(AUTHORIZE_PATH)
         .header(header::HOST, "ptth-gateway")
-        .body(empty());
-    let mut req = match req {
-        Ok(r) => r,
-        Err(e) => return fail(&task, format!("building the authorisation request: {e}")),
-    };
-    if version == HttpVersion::Http2 {
+        .header(ptth_auth::CHALLENGE_FIELD, challenge.header_value())
+        .body(empty())
+        .unwrap_or_else(|_| Request::new(empty()));
+    if !sender.is_h1() {
         *req.uri_mut() = http::Uri::from_static("https://ptth-gateway/.well-known/ptth/authorize");
         req.headers_mut().remove(header::HOST);
     }
     let res = match tokio::time::timeout(ctx.handshake_timeout, sender.send(req)).await {
         Ok(Ok(r)) => r,
-        Ok(Err(_)) => return fail(&task, "the origin failed the authorisation request".into()),
-        Err(_) => return fail(&task, "the authorisation request timed out".into()),
+        Ok(Err(_)) => return fail("the origin failed the authorisation request".into()),
+        Err(_) => return fail("the authorisation request timed out".into()),
     };
     let (parts, body) = res.into_parts();
     // Finish the body so a reversed HTTP/1.1 connection is free for the next request.
     drain(body, 64 * 1024).await;
-    let claim = match AuthorizeClaim::from_response(parts.status, &parts.headers) {
-        Ok(c) => c,
-        Err(e) => return fail(&task, format!("authorisation answer: {e}")),
-    };
-    if let Err(e) = ctx.tokens.verify(Some(&claim.authorization)) {
-        return fail(&task, format!("origin credential: {e}"));
+    if parts.status != StatusCode::OK {
+        return fail(format!(
+            "the origin answered the authorisation request with {}",
+            parts.status
+        ));
     }
+    let answer = if parts.headers.contains_key(ptth_auth::SIGNATURE_FIELD) {
+        match ChallengeAnswer::from_response(parts.status, &parts.headers) {
+            Ok(a) => Some(a),
+            Err(e) => return fail(format!("challenge answer: {e}")),
+        }
+    } else {
+        None
+    };
+    let (origins, prefixes) = match &answer {
+        Some(a) => (a.origins().to_vec(), a.path_prefixes().to_vec()),
+        None => match claimed_scope(&parts.headers) {
+            Ok(x) => x,
+            Err(e) => return fail(e),
+        },
+    };
+    let proof = match (&answer, &exporter) {
+        (Some(answer), Some(exporter)) => Some(ChallengeProof {
+            answer,
+            challenge: &challenge,
+            exporter,
+        }),
+        (Some(_), None) => return fail("a signed answer needs a TLS exporter value".into()),
+        (None, _) => None,
+    };
+    let presented = Presented {
+        authorization: parts.headers.get(ptth_auth::AUTHORIZATION_FIELD),
+        peer_certs: peer_certs.as_deref(),
+        challenge_answer: proof,
+    };
+    let (admission, scopes) = match check_origin(&ctx.grants(), &presented, &origins, &prefixes) {
+        Ok(x) => x,
+        Err(e) => return fail(format!("origin credential: {e}")),
+    };
     if let Some(frame) = &origin_frame {
-        // The claimed origins must be among those the ORIGIN frame announced. Checking the
-        // entries against the client certificate is the authentication layer's job.
-        for o in &claim.origins {
+        // draft-bt §3: "The intermediary MUST check the ORIGIN entries against the client
+        // certificate"; and the origins this connection serves must be among them.
+        let Some(leaf) = peer_certs.as_ref().and_then(|c| c.first()) else {
+            return fail("h2-reverse requires a client certificate (draft-bt)".into());
+        };
+        let entries: Vec<&str> = frame.entries().iter().map(|e| e.as_str()).collect();
+        if let Err(e) = ptth_auth::check_origin_frame_against_cert(&entries, leaf) {
+            return fail(format!("ORIGIN frame: {e}"));
+        }
+        for o in &origins {
             if !origin_frame_covers(frame, o) {
-                return fail(
-                    &task,
-                    format!("{o} is not in the connection's ORIGIN frame"),
-                );
+                return fail(format!("{o} is not in the connection's ORIGIN frame"));
             }
         }
     }
-    let scopes = match scopes_for(&claim.origins, &claim.path_prefixes) {
-        Ok(s) => s,
-        Err(e) => return fail(&task, e),
-    };
-    let identity = "bearer token".to_string();
-    register(&ctx, mechanism, scopes, identity, peer, sender, task);
+    register(ctx, mechanism, scopes, admission, peer, sender, task);
     Ok(())
+}
+
+/// The origins and path prefixes an unsigned answer claims.
+fn claimed_scope(
+    headers: &http::HeaderMap,
+) -> Result<(Vec<SerializedOrigin>, Vec<String>), String> {
+    let origins = headers
+        .get(ptth_auth::ORIGINS_FIELD)
+        .ok_or("the answer names no origin (ptth-origins)")?
+        .to_str()
+        .map_err(|_| "ptth-origins is not visible ASCII".to_string())?;
+    let origins = ptth_core::parse_origin_list(&origins.replace(' ', ""))
+        .map_err(|e| format!("ptth-origins: {e}"))?;
+    let prefixes = ptth_auth::path_prefixes(headers).map_err(|e| e.to_string())?;
+    Ok((origins, prefixes))
+}
+
+fn random_bytes() -> [u8; 32] {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b
 }
 
 fn reject(r: &SetupRejection) -> Response<Body> {
     let (parts, text) = r.to_response().into_parts();
     Response::from_parts(parts, crate::forward::full(text))
+}
+
+fn refuse(e: &AuthError) -> Response<Body> {
+    let reason = format!("origin credential: {e}");
+    if e.status() == StatusCode::FORBIDDEN {
+        error(StatusCode::FORBIDDEN, &reason)
+    } else {
+        unauthorized(&reason)
+    }
 }
 
 fn unauthorized(reason: &str) -> Response<Body> {
@@ -277,14 +428,20 @@ fn supported() -> Vec<ProtocolId> {
     vec![ProtocolId::h2(), ProtocolId::http11()]
 }
 
-/// An accepted setup: what was agreed, the scopes granted, and the answer to send.
-type Admitted = (ptth_core::AcceptedSetup, Vec<Scope>, Response<Body>);
+/// An accepted setup: what was agreed, who it is, the scopes granted, and the answer.
+type Admitted = (
+    ptth_core::AcceptedSetup,
+    Admission,
+    Vec<Scope>,
+    Response<Body>,
+);
 
 /// Validates a setup request, authenticates it and works out its scopes.
 fn admit_setup(
     ctx: &TunnelContext,
     req: &Request<Incoming>,
     extended_protocol: Option<&str>,
+    peer_certs: Option<&[CertificateDer<'static>]>,
 ) -> Result<Admitted, Box<Response<Body>>> {
     let (parts, _) = clone_head(req);
     let legacy = req
@@ -301,9 +458,6 @@ fn admit_setup(
         ptth_core::validate_upgrade_request(&parts, &supported(), tokens)
     }
     .map_err(|r| Box::new(reject(&r)))?;
-    ctx.tokens
-        .verify(accepted.authorization.as_ref())
-        .map_err(|e| Box::new(unauthorized(&format!("origin credential: {e}"))))?;
     let prefixes = ptth_auth::path_prefixes(req.headers())
         .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &e.to_string())))?;
     let mut origins = accepted.origins.clone();
@@ -319,8 +473,13 @@ fn admit_setup(
             })?;
         }
     }
-    let scopes = scopes_for(&origins, &prefixes)
-        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &e)))?;
+    let presented = Presented {
+        authorization: accepted.authorization.as_ref(),
+        peer_certs,
+        challenge_answer: None,
+    };
+    let (admission, scopes) = check_origin(&ctx.grants(), &presented, &origins, &prefixes)
+        .map_err(|e| Box::new(refuse(&e)))?;
     let response = if req.method() == Method::CONNECT {
         ptth_core::connect_response(&accepted)
     } else if legacy {
@@ -329,7 +488,12 @@ fn admit_setup(
         ptth_core::upgrade_response(&accepted, tokens)
     };
     let (rparts, ()) = response.into_parts();
-    Ok((accepted, scopes, Response::from_parts(rparts, empty())))
+    Ok((
+        accepted,
+        admission,
+        scopes,
+        Response::from_parts(rparts, empty()),
+    ))
 }
 
 fn clone_head(req: &Request<Incoming>) -> (http::request::Parts, ()) {
@@ -357,31 +521,32 @@ fn mechanism_for(accepted: &ptth_core::AcceptedSetup, connect: bool) -> (Mechani
 }
 
 /// HTTP/1.1 setup connection: `Upgrade: ptth` or `Upgrade: PTTH/1.0`, then `101`.
-async fn serve_h1_setup<IO>(io: IO, peer: SocketAddr, ctx: Arc<TunnelContext>)
-where
+async fn serve_h1_setup<IO>(
+    io: IO,
+    peer: SocketAddr,
+    peer_certs: Option<Vec<CertificateDer<'static>>>,
+    ctx: Arc<TunnelContext>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer_certs = Arc::new(peer_certs);
     let svc = service_fn(move |mut req: Request<Incoming>| {
         let ctx = ctx.clone();
+        let peer_certs = peer_certs.clone();
         async move {
-            let (accepted, scopes, response) = match admit_setup(&ctx, &req, None) {
-                Ok(x) => x,
-                Err(res) => return Ok::<_, std::convert::Infallible>(*res),
-            };
+            let (accepted, admission, scopes, response) =
+                match admit_setup(&ctx, &req, None, peer_certs.as_deref()) {
+                    Ok(x) => x,
+                    Err(res) => return Ok::<_, std::convert::Infallible>(*res),
+                };
             let (mechanism, version) = mechanism_for(&accepted, false);
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 match on_upgrade.await {
                     Ok(upgraded) => match start_client(TokioIo::new(upgraded), version).await {
-                        Ok((sender, task)) => register(
-                            &ctx,
-                            mechanism,
-                            scopes,
-                            "bearer token".into(),
-                            peer,
-                            sender,
-                            task,
-                        ),
+                        Ok((sender, task)) => {
+                            register(&ctx, mechanism, scopes, admission, peer, sender, task)
+                        }
                         Err(e) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
                     },
                     Err(e) => tracing::warn!(%peer, error = %e, "upgrade failed"),
@@ -399,35 +564,36 @@ where
 }
 
 /// HTTP/2 setup connection: extended CONNECT `:protocol = ptth` (RFC 8441), then `2xx`.
-async fn serve_h2_setup<IO>(io: IO, peer: SocketAddr, ctx: Arc<TunnelContext>)
-where
+async fn serve_h2_setup<IO>(
+    io: IO,
+    peer: SocketAddr,
+    peer_certs: Option<Vec<CertificateDer<'static>>>,
+    ctx: Arc<TunnelContext>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let peer_certs = Arc::new(peer_certs);
     let svc = service_fn(move |mut req: Request<Incoming>| {
         let ctx = ctx.clone();
+        let peer_certs = peer_certs.clone();
         async move {
             let protocol = req
                 .extensions()
                 .get::<hyper::ext::Protocol>()
                 .map(|p| p.as_str().to_string());
-            let (accepted, scopes, response) = match admit_setup(&ctx, &req, protocol.as_deref()) {
-                Ok(x) => x,
-                Err(res) => return Ok::<_, std::convert::Infallible>(*res),
-            };
+            let (accepted, admission, scopes, response) =
+                match admit_setup(&ctx, &req, protocol.as_deref(), peer_certs.as_deref()) {
+                    Ok(x) => x,
+                    Err(res) => return Ok::<_, std::convert::Infallible>(*res),
+                };
             let (mechanism, version) = mechanism_for(&accepted, true);
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
                 match on_upgrade.await {
                     Ok(upgraded) => match start_client(TokioIo::new(upgraded), version).await {
-                        Ok((sender, task)) => register(
-                            &ctx,
-                            mechanism,
-                            scopes,
-                            "bearer token".into(),
-                            peer,
-                            sender,
-                            task,
-                        ),
+                        Ok((sender, task)) => {
+                            register(&ctx, mechanism, scopes, admission, peer, sender, task)
+                        }
                         Err(e) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
                     },
                     Err(e) => tracing::warn!(%peer, error = %e, "CONNECT stream takeover failed"),

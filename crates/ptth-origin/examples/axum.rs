@@ -36,7 +36,7 @@ async fn main() -> anyhow::Result<()> {
         gateway.parse()?,
         "rh2".parse().map_err(|e| anyhow::anyhow!("{e}"))?,
         vec!["axum.localhost".into()],
-        ptth_auth::BearerToken::new(token.trim()).map_err(|e| anyhow::anyhow!("{e}"))?,
+        Some(ptth_auth::BearerToken::new(token.trim()).map_err(|e| anyhow::anyhow!("{e}"))?),
     );
     config.ca = Some(dev.join("ca.pem"));
     Origin::new(config)?

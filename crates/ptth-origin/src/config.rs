@@ -45,9 +45,23 @@ pub struct Cli {
     /// Read the token from a file (e.g. the gateway's dev DIR/token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// Ed25519 key (PKCS#8 PEM) that signs the gateway's challenge on ALPN-only mechanisms.
+    #[arg(long)]
+    pub signing_key: Option<PathBuf>,
+    /// The id the gateway's grant knows the signing key by.
+    #[arg(long)]
+    pub key_id: Option<String>,
     /// CA certificate (PEM) that signs the gateway's certificate; WebPKI roots otherwise.
     #[arg(long)]
     pub ca: Option<PathBuf>,
+    /// Also require the gateway certificate's SPKI SHA-256 (hex) to be this.
+    #[arg(long)]
+    pub gateway_pin: Option<String>,
+    /// Do not verify the gateway's certificate at all. Dangerous: logged at start and on
+    /// every connection.
+    #[arg(long)]
+    #[serde(default)]
+    pub danger_accept_any_gateway: bool,
     /// Client certificate chain (PEM) presented to the gateway (required by h2-reverse).
     #[arg(long)]
     pub cert: Option<PathBuf>,
@@ -105,20 +119,35 @@ impl Cli {
             .parse()
             .map_err(|e| anyhow!("--mechanism: {e}"))?;
         let token = match (self.token, self.token_file) {
-            (Some(t), _) => t,
-            (None, Some(f)) => std::fs::read_to_string(&f)
-                .with_context(|| format!("reading {}", f.display()))?
-                .trim()
-                .to_string(),
-            (None, None) => bail!("--token is required (the credential the gateway expects)"),
+            (Some(t), _) => Some(t),
+            (None, Some(f)) => Some(
+                std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?
+                    .trim()
+                    .to_string(),
+            ),
+            (None, None) => None,
         };
-        let token = ptth_auth::BearerToken::new(token).map_err(|e| anyhow!("--token: {e}"))?;
+        let token = token
+            .map(|t| ptth_auth::BearerToken::new(t).map_err(|e| anyhow!("--token: {e}")))
+            .transpose()?;
+        if token.is_none() && self.signing_key.is_none() && self.cert.is_none() {
+            bail!("give a credential the gateway accepts: --token, --signing-key or --cert/--key");
+        }
         let serve = match (self.upstream, self.hello) {
             (Some(u), false) => Serve::Upstream(u.parse().context("--upstream is not a URL")?),
             (None, true) => Serve::Hello,
             _ => bail!("give exactly one of --upstream URL or --hello"),
         };
         let mut c = OriginConfig::new(gateway, mechanism, self.hosts, token);
+        c.signing_key = self.signing_key;
+        if let Some(id) = self.key_id {
+            c.key_id = id;
+        }
+        c.danger_accept_any_gateway = self.danger_accept_any_gateway;
+        if let Some(pin) = self.gateway_pin {
+            c.gateway_pin = Some(parse_pin(&pin)?);
+        }
         if !self.paths.is_empty() {
             c.path_prefixes = self.paths;
         }
@@ -163,6 +192,11 @@ impl Cli {
             token: self.token.or(f.token),
             token_file: self.token_file.or(f.token_file),
             ca: self.ca.or(f.ca),
+            signing_key: self.signing_key.or(f.signing_key),
+            key_id: self.key_id.or(f.key_id),
+            gateway_pin: self.gateway_pin.or(f.gateway_pin),
+            danger_accept_any_gateway: self.danger_accept_any_gateway
+                || f.danger_accept_any_gateway,
             cert: self.cert.or(f.cert),
             key: self.key.or(f.key),
             connections: self.connections.or(f.connections),
@@ -173,6 +207,19 @@ impl Cli {
             log_format: self.log_format.or(f.log_format),
         }
     }
+}
+
+/// Parses a SHA-256 pin written as 64 hex digits (colons allowed).
+fn parse_pin(text: &str) -> Result<[u8; 32]> {
+    let hex: String = text.chars().filter(|c| *c != ':').collect();
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("--gateway-pin must be 64 hex digits (SHA-256 of the SubjectPublicKeyInfo)");
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16)?;
+    }
+    Ok(out)
 }
 
 /// Sets up `tracing` output: human-readable by default, JSON lines with `json`.

@@ -31,6 +31,7 @@ pub(crate) struct Dialer {
     pub(crate) authority: http::uri::Authority,
     pub(crate) origins: Vec<SerializedOrigin>,
     pub(crate) tokens: SetupTokens,
+    pub(crate) signing_key: Option<Arc<ptth_auth::Ed25519SigningKey>>,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -132,7 +133,7 @@ impl Dialer {
             gateway_authority: self.authority.clone(),
             origins: self.origins.clone(),
             offered,
-            authorization: Some(self.config.token.header_value()),
+            authorization: self.config.token.as_ref().map(|t| t.header_value()),
         }
     }
 
@@ -149,6 +150,9 @@ impl Dialer {
         shutdown: watch::Receiver<bool>,
     ) -> Result<()> {
         let m = self.config.mechanism;
+        if self.config.danger_accept_any_gateway {
+            tracing::warn!(slot, "connecting WITHOUT verifying the gateway's certificate (--danger-accept-any-gateway)");
+        }
         let tls = self.dial_tls().await?;
         let offered_alpn = m.tls_alpn(self.config.alpn_set);
         let selected = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
@@ -164,7 +168,8 @@ impl Dialer {
         let inner = ProtocolId::from_bytes(m.reversed_version().alpn_id().to_bytes());
         match m.setup() {
             SetupKind::AlpnOnly => {
-                let service = service.with_claim(self.claim());
+                let exporter = ptth_auth::exporter_value(tls.get_ref().1).ok();
+                let service = service.with_authorizer(self.authorizer(exporter));
                 tracing::info!(slot, mechanism = %m, "reversed connection up");
                 if m == Mechanism::H2Reverse {
                     let entries = self
@@ -200,7 +205,7 @@ impl Dialer {
             SetupKind::LegacyUpgrade => {
                 let mut req = ptth_core::legacy_request(
                     "/",
-                    Some(self.config.token.header_value()),
+                    self.config.token.as_ref().map(|t| t.header_value()),
                     &self.tokens,
                 )?;
                 self.add_scope_fields(&mut req);
@@ -247,9 +252,14 @@ impl Dialer {
         }
     }
 
-    fn claim(&self) -> ptth_auth::AuthorizeClaim {
-        ptth_auth::AuthorizeClaim {
-            authorization: self.config.token.header_value(),
+    /// What answers the gateway's authorisation request on one connection, bound to that
+    /// connection's TLS exporter value.
+    pub(crate) fn authorizer(&self, exporter: Option<[u8; 32]>) -> crate::serve::Authorizer {
+        crate::serve::Authorizer {
+            token: self.config.token.clone(),
+            signing_key: self.signing_key.clone(),
+            key_id: self.config.key_id.clone(),
+            exporter,
             origins: self.origins.clone(),
             path_prefixes: self.config.path_prefixes.clone(),
         }
@@ -269,9 +279,18 @@ pub(crate) fn tls_config(config: &OriginConfig) -> Result<rustls::ClientConfig> 
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
+    // draft-thomson-ptth-potato §6: the origin "MUST NOT answer" a gateway it cannot
+    // establish as authoritative, so the gateway's chain (and pin) is always checked unless
+    // the operator explicitly opted out.
+    let verifier = if config.danger_accept_any_gateway {
+        ptth_auth::danger_accept_any_gateway()
+    } else {
+        ptth_auth::gateway_verifier(roots, config.gateway_pin)?
+    };
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_root_certificates(roots);
+        .dangerous()
+        .with_custom_certificate_verifier(verifier);
     let mut tls = match (&config.client_cert, &config.client_key) {
         (Some(cert), Some(key)) => {
             let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;

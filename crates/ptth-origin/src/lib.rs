@@ -15,7 +15,7 @@ mod dial;
 mod serve;
 pub mod service;
 
-pub use serve::{OriginService, RequestBody, ResponseBody};
+pub use serve::{Authorizer, OriginService, RequestBody, ResponseBody};
 
 use anyhow::{anyhow, Context, Result};
 use ptth_core::{AlpnSet, Mechanism, SerializedOrigin};
@@ -37,8 +37,19 @@ pub struct OriginConfig {
     pub hosts: Vec<String>,
     /// The path prefixes it serves within them.
     pub path_prefixes: Vec<String>,
-    /// The credential presented to the gateway.
-    pub token: ptth_auth::BearerToken,
+    /// A bearer token presented to the gateway (setup requests' `Authorization`, or the
+    /// secret form of the authorisation answer when no signing key is configured).
+    pub token: Option<ptth_auth::BearerToken>,
+    /// An Ed25519 key (PKCS#8 PEM, DER or raw seed) that signs the gateway's challenge on
+    /// ALPN-only mechanisms, bound to the TLS connection.
+    pub signing_key: Option<PathBuf>,
+    /// The key id the gateway knows the signing key by.
+    pub key_id: String,
+    /// SHA-256 of the gateway certificate's SubjectPublicKeyInfo, checked besides the chain.
+    pub gateway_pin: Option<[u8; 32]>,
+    /// Accept any gateway certificate. Only for tests against throwaway gateways: an
+    /// origin that cannot authenticate its gateway hands responses to whoever answers.
+    pub danger_accept_any_gateway: bool,
     /// A private CA for the gateway's certificate; WebPKI roots when absent.
     pub ca: Option<PathBuf>,
     /// A client certificate chain (PEM), required by draft-bt `h2-reverse`.
@@ -54,12 +65,13 @@ pub struct OriginConfig {
 }
 
 impl OriginConfig {
-    /// A configuration with defaults for everything optional.
+    /// A configuration with defaults for everything optional. `token` may be `None` when
+    /// the origin authenticates with a signing key or a client certificate instead.
     pub fn new(
         gateway: http::Uri,
         mechanism: Mechanism,
         hosts: Vec<String>,
-        token: ptth_auth::BearerToken,
+        token: Option<ptth_auth::BearerToken>,
     ) -> Self {
         Self {
             gateway,
@@ -68,6 +80,10 @@ impl OriginConfig {
             hosts,
             path_prefixes: vec!["/".to_string()],
             token,
+            signing_key: None,
+            key_id: "origin".to_string(),
+            gateway_pin: None,
+            danger_accept_any_gateway: false,
             ca: None,
             client_cert: None,
             client_key: None,
@@ -117,6 +133,27 @@ impl Origin {
             ptth_core::Scope::new("example.invalid", p)
                 .map_err(|e| anyhow!("--path {p:?}: {e}"))?;
         }
+        let signing_key = match &config.signing_key {
+            Some(path) => {
+                let bytes =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                Some(Arc::new(
+                    ptth_auth::Ed25519SigningKey::from_key_file(&bytes)
+                        .map_err(|e| anyhow!("{}: {e}", path.display()))?,
+                ))
+            }
+            None => None,
+        };
+        if config.token.is_none() && signing_key.is_none() && config.client_cert.is_none() {
+            return Err(anyhow!(
+                "give a credential: --token, --signing-key or --cert/--key"
+            ));
+        }
+        if config.danger_accept_any_gateway {
+            tracing::warn!(
+                "--danger-accept-any-gateway: the gateway's certificate is NOT verified; anyone on the path can receive this origin's responses"
+            );
+        }
         let tls = dial::tls_config(&config)?;
         Ok(Self {
             dialer: Arc::new(dial::Dialer {
@@ -125,6 +162,7 @@ impl Origin {
                 authority,
                 origins,
                 tokens: ptth_core::SetupTokens::default(),
+                signing_key,
                 config,
             }),
         })

@@ -28,13 +28,84 @@ type Handler = Arc<dyn Fn(Request<RequestBody>) -> BoxFuture + Send + Sync>;
 #[derive(Clone)]
 pub struct OriginService {
     handler: Handler,
-    claim: Option<Arc<ptth_auth::AuthorizeClaim>>,
+    authorizer: Option<Arc<Authorizer>>,
+}
+
+/// Answers the gateway's authorisation request on an ALPN-only connection (Potato §5.2):
+/// with a signature over the gateway's challenge and this connection's TLS exporter value
+/// when a signing key is configured, else with the bearer token (the "secret" form), and in
+/// every case with the origins and path prefixes this connection claims.
+#[derive(Clone)]
+pub struct Authorizer {
+    pub(crate) token: Option<ptth_auth::BearerToken>,
+    pub(crate) signing_key: Option<Arc<ptth_auth::Ed25519SigningKey>>,
+    pub(crate) key_id: String,
+    pub(crate) exporter: Option<[u8; 32]>,
+    pub(crate) origins: Vec<ptth_core::SerializedOrigin>,
+    pub(crate) path_prefixes: Vec<String>,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("signs", &self.signing_key.is_some())
+            .field("key_id", &self.key_id)
+            .field("origins", &self.origins)
+            .finish()
+    }
+}
+
+impl Authorizer {
+    fn answer(&self, headers: &http::HeaderMap) -> Response<ResponseBody> {
+        let empty = || {
+            http_body_util::Empty::new()
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        };
+        if let (Some(key), Some(exporter), Ok(challenge)) = (
+            &self.signing_key,
+            &self.exporter,
+            ptth_auth::Challenge::from_headers(headers),
+        ) {
+            return match ptth_auth::ChallengeAnswer::sign(
+                key,
+                &self.key_id,
+                &challenge,
+                exporter,
+                &self.origins,
+                &self.path_prefixes,
+            ) {
+                Ok(answer) => answer.to_response::<()>().map(|()| empty()),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("cannot sign: {e}"),
+                ),
+            };
+        }
+        let mut res = Response::new(empty());
+        let h = res.headers_mut();
+        if let Some(token) = &self.token {
+            h.insert(ptth_auth::AUTHORIZATION_FIELD, token.header_value());
+        }
+        let origins: Vec<String> = self.origins.iter().map(|o| o.to_string()).collect();
+        if let Ok(v) = http::HeaderValue::from_str(&origins.join(", ")) {
+            h.insert(ptth_auth::ORIGINS_FIELD, v);
+        }
+        if let Ok(v) = http::HeaderValue::from_str(&self.path_prefixes.join(", ")) {
+            h.insert(ptth_auth::PATH_PREFIX_FIELD, v);
+        }
+        h.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        res
+    }
 }
 
 impl std::fmt::Debug for OriginService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OriginService")
-            .field("answers_authorization", &self.claim.is_some())
+            .field("answers_authorization", &self.authorizer.is_some())
             .finish()
     }
 }
@@ -72,16 +143,16 @@ impl OriginService {
         });
         Self {
             handler,
-            claim: None,
+            authorizer: None,
         }
     }
 
-    /// The same service, also answering the gateway's authorisation request with `claim`
-    /// (ALPN-only mechanisms, where no setup request carried the credential).
-    pub(crate) fn with_claim(&self, claim: ptth_auth::AuthorizeClaim) -> Self {
+    /// The same service, also answering the gateway's authorisation request (ALPN-only
+    /// mechanisms, where no setup request carried a credential).
+    pub fn with_authorizer(&self, authorizer: Authorizer) -> Self {
         Self {
             handler: self.handler.clone(),
-            claim: Some(Arc::new(claim)),
+            authorizer: Some(Arc::new(authorizer)),
         }
     }
 }
@@ -112,13 +183,9 @@ impl OriginService {
         &self,
         req: Request<RequestBody>,
     ) -> Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>> {
-        if let Some(claim) = &self.claim {
+        if let Some(authorizer) = &self.authorizer {
             if req.uri().path() == ptth_auth::AUTHORIZE_PATH {
-                let res = claim.to_response::<()>().map(|()| {
-                    http_body_util::Empty::new()
-                        .map_err(|never| match never {})
-                        .boxed_unsync()
-                });
+                let res = authorizer.answer(req.headers());
                 return Box::pin(async move { Ok(res) });
             }
         }
