@@ -159,6 +159,15 @@ impl Gateway {
         let _ = self.child.kill().await;
     }
 
+    /// Sends a signal (`-HUP`, `-TERM`) to the process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args([sig, &pid.to_string()])
+                .status();
+        }
+    }
+
     /// The dev token.
     pub fn token(&self) -> String {
         std::fs::read_to_string(self.dev.join("token"))
@@ -175,8 +184,22 @@ pub struct Origin {
 }
 
 impl Origin {
-    /// Starts an origin serving `--hello` for `host` over `mechanism`.
+    /// Starts an origin serving `--hello` for `host` over `mechanism`, with the dev token
+    /// (and the dev client certificate for h2-reverse).
     pub async fn start(gw: &Gateway, mechanism: &str, host: &str, extra: &[&str]) -> Result<Self> {
+        let token = gw.dev.join("token");
+        let mut args: Vec<&str> = vec!["--token-file", token.to_str().unwrap_or_default()];
+        args.extend_from_slice(extra);
+        Self::start_with_credentials(gw, mechanism, host, &args).await
+    }
+
+    /// Like [`Origin::start`], but the caller gives every credential in `extra`.
+    pub async fn start_with_credentials(
+        gw: &Gateway,
+        mechanism: &str,
+        host: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
         let dev = &gw.dev;
         let mut cmd = Command::new(bin("ptth-origin"));
         cmd.args([
@@ -186,23 +209,22 @@ impl Origin {
             mechanism,
             "--host",
             host,
-        ])
-        .arg("--ca")
-        .arg(dev.join("ca.pem"))
-        .arg("--token-file")
-        .arg(dev.join("token"))
-        .args(extra)
-        .env(
-            "RUST_LOG",
-            std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true);
+        ]);
+        if !extra.contains(&"--ca") && !extra.contains(&"--danger-accept-any-gateway") {
+            cmd.arg("--ca").arg(dev.join("ca.pem"));
+        }
+        cmd.args(extra)
+            .env(
+                "RUST_LOG",
+                std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
         if !extra.contains(&"--upstream") {
             cmd.arg("--hello");
         }
-        if mechanism == "h2-reverse" {
+        if mechanism == "h2-reverse" && !extra.contains(&"--cert") {
             cmd.arg("--cert")
                 .arg(dev.join("origin.pem"))
                 .arg("--key")
@@ -428,4 +450,23 @@ pub async fn raw_setup(gw: &Gateway, head: &str) -> Result<String> {
         .await
         .map_err(|_| anyhow!("no answer"))??;
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+/// Sends `GET /` for `host` until `deadline_secs` pass; returns the last status seen.
+pub async fn status_after(gw: &Gateway, host: &str, deadline_secs: u64) -> StatusCode {
+    let c = client(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(deadline_secs);
+    let mut last = StatusCode::SERVICE_UNAVAILABLE;
+    loop {
+        if let Ok((res, _)) = send(&c, get(gw, host, "/")).await {
+            last = res.status();
+            if last == StatusCode::OK {
+                return last;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return last;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

@@ -1,0 +1,440 @@
+//! Authentication and authorisation of origins, negative cases first, for every TCP
+//! mechanism; and origins authenticating the gateway.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use http::StatusCode;
+use ptth_tests::*;
+use std::time::Duration;
+
+/// Mechanisms whose credential travels in a setup request (401 on the wire) and those that
+/// reverse at the TLS layer (the gateway's authorisation request decides).
+const SETUP: &[&str] = &["upgrade-h1", "upgrade-h2", "connect-h2", "ptth10"];
+const ALPN_ONLY: &[&str] = &["rh1", "rh2"];
+
+fn write_config(dir: &std::path::Path, grants: &str) -> std::path::PathBuf {
+    let path = dir.join("gateway.toml");
+    std::fs::write(&path, grants).unwrap();
+    path
+}
+
+fn token_grant(name: &str, token: &str, origins: &str, paths: &str) -> String {
+    format!(
+        "[[grant]]\nname = \"{name}\"\ntoken = \"{token}\"\norigins = [{origins}]\npaths = [{paths}]\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_and_wrong_credentials_are_refused_on_every_mechanism() {
+    let dir = TempDir::new("auth-neg");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    // The setup mechanisms answer 401 on the wire (see bad_setups.rs); here, end to end:
+    // nothing is ever registered for an origin with a wrong token or none at all.
+    let mut origins = Vec::new();
+    for m in SETUP.iter().chain(ALPN_ONLY) {
+        origins.push(
+            Origin::start_with_credentials(
+                &gw,
+                m,
+                &format!("wrong-{m}.localhost"),
+                &["--token", "wrong-token"],
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    // No credential at all: the origin refuses to start without one...
+    let out = std::process::Command::new(bin_dir().join("ptth-origin"))
+        .args([
+            "--gateway",
+            &gw.tunnel_url(),
+            "--mechanism",
+            "rh2",
+            "--host",
+            "x.localhost",
+            "--hello",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("credential"));
+    // ...and h2-reverse without a client certificate fails the TLS handshake (draft-bt).
+    let mut nocert = tokio::process::Command::new(bin_dir().join("ptth-origin"))
+        .args(["--gateway", &gw.tunnel_url(), "--mechanism", "h2-reverse"])
+        .args(["--host", "nocert.localhost", "--hello", "--token-file"])
+        .arg(gw.dev.join("token"))
+        .arg("--ca")
+        .arg(gw.dev.join("ca.pem"))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    assert_eq!(
+        status_after(&gw, "nocert.localhost", 3).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    nocert.kill().await.unwrap();
+    let out = nocert.wait_with_output().await.unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("CertificateRequired") || log.contains("TLS handshake"),
+        "the refusal is a TLS failure: {log}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for m in SETUP.iter().chain(ALPN_ONLY) {
+        assert_eq!(
+            status_after(&gw, &format!("wrong-{m}.localhost"), 1).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{m}: a wrong token must register nothing"
+        );
+    }
+    assert_eq!(gw_registered(&gw).await, 0);
+}
+
+async fn gw_registered(gw: &Gateway) -> usize {
+    // Every test host above is distinct; a registered one would answer 200.
+    let mut n = 0;
+    for m in SETUP.iter().chain(ALPN_ONLY) {
+        if status_after(gw, &format!("wrong-{m}.localhost"), 0).await == StatusCode::OK {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_limits_origins_and_paths_and_origin_a_cannot_take_b() {
+    let dir = TempDir::new("auth-scope");
+    let config = write_config(
+        &dir.0,
+        &[
+            token_grant("team-a", "token-a", "\"https://a.localhost\"", "\"/\""),
+            token_grant("team-b", "token-b", "\"https://b.localhost\"", "\"/api\""),
+        ]
+        .concat(),
+    );
+    let gw = Gateway::start(&dir.0, &["--config", config.to_str().unwrap()])
+        .await
+        .unwrap();
+    let mut keep = Vec::new();
+    for m in SETUP.iter().chain(ALPN_ONLY) {
+        // A's token claiming B's host: forbidden, nothing registered.
+        keep.push(
+            Origin::start_with_credentials(&gw, m, "b.localhost", &["--token", "token-a"])
+                .await
+                .unwrap(),
+        );
+        // B's token outside its path prefix: forbidden.
+        keep.push(
+            Origin::start_with_credentials(
+                &gw,
+                m,
+                "b.localhost",
+                &["--token", "token-b", "--path", "/admin"],
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for path in ["/", "/admin", "/api/x"] {
+        let (res, _) = send(&client(false), get(&gw, "b.localhost", path))
+            .await
+            .unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "b.localhost{path}"
+        );
+    }
+    // The setup mechanisms say 403 on the wire.
+    let answer = raw_setup(
+        &gw,
+        "GET /.well-known/ptth/https%3A%2F%2Fb.localhost/ HTTP/1.1\r\nHost: localhost\r\nConnection: upgrade\r\nUpgrade: ptth\r\nAuthorization: Bearer token-a\r\nALPN: h2\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    // Within its grant, B works on every mechanism.
+    for m in SETUP.iter().chain(ALPN_ONLY) {
+        let host = "b.localhost";
+        let o =
+            Origin::start_with_credentials(&gw, m, host, &["--token", "token-b", "--path", "/api"])
+                .await
+                .unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let (res, _) = send(&client(false), get(&gw, host, "/api/")).await.unwrap();
+            if res.status() == StatusCode::NOT_FOUND {
+                break; // the hello service answered under /api
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{m}: never admitted"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(o);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signatures_and_client_certificates_authenticate_without_a_token() {
+    let dir = TempDir::new("auth-keys");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let key = gw.dev.join("origin-ed25519.pem");
+    let cert = gw.dev.join("origin.pem");
+    let cert_key = gw.dev.join("origin.key");
+    let mut keep = Vec::new();
+    for m in ALPN_ONLY {
+        // The signed challenge (bound to this TLS connection's exporter).
+        keep.push(
+            Origin::start_with_credentials(
+                &gw,
+                m,
+                &format!("signed-{m}.localhost"),
+                &["--signing-key", key.to_str().unwrap(), "--key-id", "dev"],
+            )
+            .await
+            .unwrap(),
+        );
+        // A client certificate alone (grant: SAN *.localhost may serve https://*.localhost).
+        keep.push(
+            Origin::start_with_credentials(
+                &gw,
+                m,
+                &format!("cert-{m}.localhost"),
+                &[
+                    "--cert",
+                    cert.to_str().unwrap(),
+                    "--key",
+                    cert_key.to_str().unwrap(),
+                ],
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for m in SETUP {
+        keep.push(
+            Origin::start_with_credentials(
+                &gw,
+                m,
+                &format!("cert-{m}.localhost"),
+                &[
+                    "--cert",
+                    cert.to_str().unwrap(),
+                    "--key",
+                    cert_key.to_str().unwrap(),
+                ],
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for m in ALPN_ONLY {
+        wait_ready(&gw, &format!("signed-{m}.localhost"))
+            .await
+            .unwrap();
+        wait_ready(&gw, &format!("cert-{m}.localhost"))
+            .await
+            .unwrap();
+    }
+    for m in SETUP {
+        wait_ready(&gw, &format!("cert-{m}.localhost"))
+            .await
+            .unwrap();
+    }
+    // A signature by a key no grant knows is refused.
+    let rogue = dir.0.join("rogue.pem");
+    let pkcs8 = ptth_auth::generate_ed25519_pkcs8().unwrap();
+    std::fs::write(&rogue, ptth_auth::pkcs8_to_pem(&pkcs8)).unwrap();
+    let _rogue = Origin::start_with_credentials(
+        &gw,
+        "rh2",
+        "rogue.localhost",
+        &["--signing-key", rogue.to_str().unwrap(), "--key-id", "dev"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status_after(&gw, "rogue.localhost", 3).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    // The dev certificate may not claim a host outside *.localhost.
+    let _outside = Origin::start_with_credentials(
+        &gw,
+        "rh2",
+        "example.com",
+        &[
+            "--cert",
+            cert.to_str().unwrap(),
+            "--key",
+            cert_key.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        status_after(&gw, "example.com", 3).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_client_certificate_is_refused() {
+    // A second dev directory: its CA is not the gateway's.
+    let dir = TempDir::new("auth-certs");
+    let other = TempDir::new("auth-certs-other");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let mut throwaway = Gateway::start(&other.0, &[]).await.unwrap();
+    throwaway.kill().await;
+    let cert = other.0.join("origin.pem");
+    let key = other.0.join("origin.key");
+    let mut keep = Vec::new();
+    for m in ["rh2", "h2-reverse", "upgrade-h1"] {
+        keep.push(
+            Origin::start_with_credentials(
+                &gw,
+                m,
+                &format!("{m}.localhost"),
+                &[
+                    "--cert",
+                    cert.to_str().unwrap(),
+                    "--key",
+                    key.to_str().unwrap(),
+                ],
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    for m in ["rh2", "h2-reverse", "upgrade-h1"] {
+        assert_eq!(
+            status_after(&gw, &format!("{m}.localhost"), 3).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{m}: a certificate from an unknown CA must not authenticate"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_refuse_a_gateway_they_cannot_authenticate() {
+    let dir = TempDir::new("auth-gw");
+    let other = TempDir::new("auth-gw-other");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let mut throwaway = Gateway::start(&other.0, &[]).await.unwrap();
+    throwaway.kill().await;
+    let token = gw.dev.join("token");
+    // Trusting another CA: the TLS handshake fails, the origin never serves this gateway.
+    let _wrong_ca = Origin::start_with_credentials(
+        &gw,
+        "rh2",
+        "wrongca.localhost",
+        &[
+            "--ca",
+            other.0.join("ca.pem").to_str().unwrap(),
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    // A pin that does not match the gateway's key.
+    let _wrong_pin = Origin::start_with_credentials(
+        &gw,
+        "rh2",
+        "wrongpin.localhost",
+        &[
+            "--token-file",
+            token.to_str().unwrap(),
+            "--gateway-pin",
+            &"ab".repeat(32),
+        ],
+    )
+    .await
+    .unwrap();
+    for host in ["wrongca.localhost", "wrongpin.localhost"] {
+        assert_eq!(
+            status_after(&gw, host, 3).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{host}"
+        );
+    }
+    // The explicit escape hatch works (and is logged loudly).
+    let _danger = Origin::start_with_credentials(
+        &gw,
+        "rh2",
+        "danger.localhost",
+        &[
+            "--danger-accept-any-gateway",
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    wait_ready(&gw, "danger.localhost").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_removed_on_reload_drains_its_connections() {
+    let dir = TempDir::new("auth-reload");
+    let config = write_config(
+        &dir.0,
+        &[
+            token_grant("keep", "token-keep", "\"https://keep.localhost\"", "\"/\""),
+            token_grant("drop", "token-drop", "\"https://drop.localhost\"", "\"/\""),
+        ]
+        .concat(),
+    );
+    let gw = Gateway::start(&dir.0, &["--config", config.to_str().unwrap()])
+        .await
+        .unwrap();
+    let mut keep = Vec::new();
+    for m in ["rh2", "upgrade-h1", "connect-h2"] {
+        keep.push(
+            Origin::start_with_credentials(&gw, m, "keep.localhost", &["--token", "token-keep"])
+                .await
+                .unwrap(),
+        );
+        keep.push(
+            Origin::start_with_credentials(&gw, m, "drop.localhost", &["--token", "token-drop"])
+                .await
+                .unwrap(),
+        );
+    }
+    wait_ready(&gw, "keep.localhost").await.unwrap();
+    wait_ready(&gw, "drop.localhost").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Remove the "drop" grant and send SIGHUP.
+    write_config(
+        &dir.0,
+        &token_grant("keep", "token-keep", "\"https://keep.localhost\"", "\"/\""),
+    );
+    gw.signal("-HUP");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (res, _) = send(&client(false), get(&gw, "drop.localhost", "/"))
+            .await
+            .unwrap();
+        if res.status() == StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "drop.localhost was not drained"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Healthy connections were not touched, and the dropped origins cannot come back.
+    let (res, _) = send(&client(false), get(&gw, "keep.localhost", "/"))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        status_after(&gw, "drop.localhost", 2).await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+}
