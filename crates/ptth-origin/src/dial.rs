@@ -54,6 +54,8 @@ pub(crate) struct Backoff {
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(30);
+    /// A connection that lived this long resets the backoff.
+    const HEALTHY: Duration = Duration::from_secs(5);
 
     pub(crate) fn new() -> Self {
         Self { step: Self::FIRST }
@@ -85,12 +87,18 @@ impl Dialer {
             if *shutdown.borrow() {
                 return;
             }
+            let started = tokio::time::Instant::now();
             match self
                 .connect_and_serve(slot, &service, shutdown.clone())
                 .await
             {
                 Ok(()) => {
-                    backoff.reset();
+                    // Only a connection that lasted counts as healthy: one the gateway
+                    // drops at once (refused credential, TLS alert after the handshake)
+                    // must not turn into a reconnect loop.
+                    if started.elapsed() >= Backoff::HEALTHY {
+                        backoff.reset();
+                    }
                     if *shutdown.borrow() {
                         return;
                     }
