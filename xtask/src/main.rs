@@ -3,6 +3,7 @@
 //! `cargo xtask ci` runs exactly what CI runs. Keep this crate dependency-light: it shells out
 //! to cargo and to the binaries this workspace builds.
 
+mod bench;
 mod demo;
 mod fuzz;
 mod interop;
@@ -23,6 +24,7 @@ fn main() -> Result<()> {
         "demo" => demo::run(&project_root(), &rest),
         "fuzz" => fuzz::run(&project_root(), &rest),
         "interop" => interop::run(&project_root(), &rest),
+        "bench" => bench::run(&project_root(), &rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -34,7 +36,9 @@ fn main() -> Result<()> {
                  fuzz   run the cargo-fuzz targets: fuzz [TARGET] [--time SECONDS] (default 10 each);\n         \
                         --build only builds them; crashing inputs go to tests/data/fuzz/<target>/\n  \
                  interop  every mechanism x public client x origin auth, and the request-smuggling\n           \
-                          battery; writes docs/interop.md (--quick: a subset, writes nothing)"
+                          battery; writes docs/interop.md (--quick: a subset, writes nothing)\n  \
+                 bench    ptth vs direct, nginx and rathole: req/s, latency, bulk, RSS, CPU, idle\n           \
+                          connections; writes docs/benchmarks.md (--smoke: seconds, writes nothing)"
             );
             if cmd == "help" || cmd == "--help" {
                 Ok(())

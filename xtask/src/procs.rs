@@ -77,6 +77,15 @@ impl Children {
         pid
     }
 
+    /// Kills and reaps the child with `pid`, if it is one of ours.
+    pub fn kill(&mut self, pid: u32) {
+        if let Some(i) = self.0.iter().position(|(_, c)| c.id() == pid) {
+            let (_, mut c) = self.0.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// The names of children that have already exited, with their status.
     pub fn exited(&mut self) -> Vec<String> {
         self.0
@@ -129,6 +138,8 @@ pub struct Gateway {
     pub listen_tls: SocketAddr,
     /// Tunnel listener for origins.
     pub tunnel: SocketAddr,
+    /// The process id.
+    pub pid: u32,
 }
 
 /// Starts `ptth-gateway --dev DIR` on the given addresses (`127.0.0.1:0` for ephemeral
@@ -154,7 +165,7 @@ pub fn start_gateway(
         .spawn()
         .context("starting ptth-gateway")?;
     let stdout = child.stdout.take().context("gateway stdout")?;
-    children.adopt("ptth-gateway", child);
+    let pid = children.adopt("ptth-gateway", child);
     let (tx, rx) = mpsc::channel();
     // Reads the address lines, then keeps draining stdout so the gateway never blocks.
     std::thread::spawn(move || {
@@ -185,6 +196,7 @@ pub fn start_gateway(
         listen,
         listen_tls,
         tunnel,
+        pid,
     })
 }
 
