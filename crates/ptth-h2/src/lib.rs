@@ -16,7 +16,7 @@ pub mod connect;
 pub mod reversed;
 
 pub use connect::{origin_connect, ConnectFailure, ConnectStream};
-pub use reversed::{Body, BoxError, PeerSettings, ServeOptions, Windows};
+pub use reversed::{Body, BoxError, PeerSettings, ServeOptions, Windows, MAX_HEADER_LIST_SIZE};
 
 mod origin_frame;
 #[doc(hidden)]

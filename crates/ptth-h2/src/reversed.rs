@@ -41,6 +41,10 @@ impl Default for Windows {
     }
 }
 
+/// The header-list limit on both sides of a reversed HTTP/2 connection, equal to the
+/// gateway's public limit so that what a public client may send, an origin accepts.
+pub const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
+
 /// Starts the HTTP/2 client role on a stream the gateway accepted.
 pub async fn handshake<IO>(
     io: IO,
@@ -53,6 +57,7 @@ where
         .initial_stream_window_size(windows.stream)
         .initial_connection_window_size(windows.connection)
         .max_frame_size(64 * 1024)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20))
@@ -98,6 +103,7 @@ where
         .initial_connection_window_size(options.windows.connection)
         .max_frame_size(64 * 1024)
         .max_concurrent_streams(options.max_concurrent_streams)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .enable_connect_protocol()
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(20))
