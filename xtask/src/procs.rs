@@ -200,26 +200,38 @@ pub fn start_gateway(
     })
 }
 
-/// How an origin presents itself to the gateway.
+/// How an origin proves who it is, with the credentials `ptth-gateway --dev DIR` writes and
+/// grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential {
     /// `--token-file DIR/token`.
     Bearer,
-    /// `--token-file DIR/token` plus `--cert/--key DIR/origin.pem|key` (draft-bt needs both).
-    BearerAndClientCert,
+    /// `--cert DIR/origin.pem --key DIR/origin.key` (SAN `*.localhost`).
+    ClientCert,
+    /// `--signing-key DIR/origin-ed25519.pem --key-id dev`: signs the gateway's challenge on
+    /// ALPN-only mechanisms.
+    SigningKey,
 }
 
 impl Credential {
     /// The origin flags for this credential.
     pub fn args(self, dev: &Path) -> Vec<OsString> {
-        let mut a: Vec<OsString> = vec!["--token-file".into(), dev.join("token").into()];
-        if self == Credential::BearerAndClientCert {
-            a.push("--cert".into());
-            a.push(dev.join("origin.pem").into());
-            a.push("--key".into());
-            a.push(dev.join("origin.key").into());
-        }
-        a
+        let (a, b, c, d): (&str, PathBuf, &str, OsString) = match self {
+            Credential::Bearer => return vec!["--token-file".into(), dev.join("token").into()],
+            Credential::ClientCert => (
+                "--cert",
+                dev.join("origin.pem"),
+                "--key",
+                dev.join("origin.key").into(),
+            ),
+            Credential::SigningKey => (
+                "--signing-key",
+                dev.join("origin-ed25519.pem"),
+                "--key-id",
+                "dev".into(),
+            ),
+        };
+        vec![a.into(), b.into(), c.into(), d]
     }
 }
 
@@ -250,10 +262,11 @@ pub fn origin_command(
     cmd
 }
 
-/// The credential a mechanism needs at minimum: draft-bt requires a client certificate.
+/// A credential every dev gateway accepts for `mechanism`: draft-bt requires a client
+/// certificate, the others take the token.
 pub fn default_credential(mechanism: &str) -> Credential {
     if mechanism == "h2-reverse" {
-        Credential::BearerAndClientCert
+        Credential::ClientCert
     } else {
         Credential::Bearer
     }
