@@ -19,15 +19,22 @@ pub enum Sender {
     ),
     /// Reversed HTTP/2: multiplexed; capacity from the origin's SETTINGS.
     H2(ptth_h2::reversed::Sender, Arc<ptth_h2::PeerSettings>),
+    /// Reversed HTTP/3 (Potato `rh3`, draft-bt `h3-reverse`, PTTH -00 `OPTIONS`):
+    /// multiplexed on QUIC streams; capacity is the bidi stream limit the origin grants.
+    H3(
+        ptth_h3::SendRequest,
+        Arc<ptth_h3::H3Connection>,
+        quinn::Connection,
+    ),
 }
 
 /// How a send failed, and whether the request may go to another connection.
 #[derive(Debug)]
 pub enum SendError {
     /// The connection refused the request before any of it was sent: retry elsewhere.
-    NotSent(Box<Request<Body>>, hyper::Error),
+    NotSent(Box<Request<Body>>, BoxError),
     /// The request was (maybe partly) sent and failed: the origin failed it.
-    Failed(hyper::Error),
+    Failed(BoxError),
 }
 
 impl Sender {
@@ -36,6 +43,9 @@ impl Sender {
         match self {
             Sender::H1(..) => 1,
             Sender::H2(_, settings) => settings.max_send_streams().clamp(1, 1 << 16),
+            // quinn does not expose the peer's MAX_STREAMS; both ends of a ptth QUIC
+            // connection grant `quic::MAX_BIDI_STREAMS`, and `open_bi` waits beyond it.
+            Sender::H3(..) => crate::quic::MAX_BIDI_STREAMS as usize,
         }
     }
 
@@ -44,13 +54,15 @@ impl Sender {
         match self {
             Sender::H1(_, closed) => closed.load(std::sync::atomic::Ordering::Acquire),
             Sender::H2(s, _) => s.is_closed(),
+            // A GOAWAY from the origin means no new request will be processed here.
+            Sender::H3(_, conn, quic) => crate::quic::h3_gone(conn, quic),
         }
     }
 
     /// Whether the origin enabled RFC 8441 extended CONNECT (WebSocket over HTTP/2).
     pub fn extended_connect(&self) -> bool {
         match self {
-            Sender::H1(..) => false,
+            Sender::H1(..) | Sender::H3(..) => false,
             Sender::H2(_, settings) => settings.extended_connect(),
         }
     }
@@ -65,6 +77,11 @@ impl Sender {
         matches!(self, Sender::H2(..))
     }
 
+    /// Whether this is a reversed HTTP/3 connection.
+    pub fn is_h3(&self) -> bool {
+        matches!(self, Sender::H3(..))
+    }
+
     /// Sends `req`, returning the origin's response head and streaming body. An HTTP/1.1
     /// or HTTP/2 upgrade stays reachable through `hyper::upgrade::on` on the response.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
@@ -73,13 +90,13 @@ impl Sender {
             Sender::H1(lock, _) => {
                 let mut s = lock.lock().await;
                 if let Err(e) = s.ready().await {
-                    return Err(SendError::NotSent(Box::new(req), e));
+                    return Err(SendError::NotSent(Box::new(req), Box::new(e)));
                 }
                 let fut = s.try_send_request(req);
                 drop(s);
                 fut.await.map_err(|mut e| match e.take_message() {
-                    Some(req) => SendError::NotSent(Box::new(req), e.into_error()),
-                    None => SendError::Failed(e.into_error()),
+                    Some(req) => SendError::NotSent(Box::new(req), Box::new(e.into_error())),
+                    None => SendError::Failed(Box::new(e.into_error())),
                 })
             }
             Sender::H2(s, _) => {
@@ -87,9 +104,22 @@ impl Sender {
                 s.try_send_request(req)
                     .await
                     .map_err(|mut e| match e.take_message() {
-                        Some(req) => SendError::NotSent(Box::new(req), e.into_error()),
-                        None => SendError::Failed(e.into_error()),
+                        Some(req) => SendError::NotSent(Box::new(req), Box::new(e.into_error())),
+                        None => SendError::Failed(Box::new(e.into_error())),
                     })
+            }
+            Sender::H3(s, conn, quic) => {
+                if crate::quic::h3_gone(conn, quic) {
+                    return Err(SendError::NotSent(
+                        Box::new(req),
+                        "the origin's HTTP/3 connection is closing".into(),
+                    ));
+                }
+                let res = s
+                    .send_request(req)
+                    .await
+                    .map_err(|e| SendError::Failed(Box::new(e)))?;
+                return Ok(res.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()));
             }
         }?;
         Ok(res.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))

@@ -16,6 +16,7 @@ pub mod dev;
 mod forward;
 pub mod proxy;
 mod public;
+mod quic;
 pub mod registry;
 pub mod tls;
 mod tunnel;
@@ -38,6 +39,10 @@ pub struct Gateway {
     pub listen_tls: Option<SocketAddr>,
     /// Where origins connect.
     pub tunnel: SocketAddr,
+    /// Where origins connect over QUIC (UDP, the tunnel's port number).
+    pub tunnel_quic: SocketAddr,
+    /// Where public HTTP/3 clients connect (UDP, the TLS listener's port number).
+    pub listen_h3: Option<SocketAddr>,
     /// The connected origins.
     pub registry: Arc<Registry>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -84,24 +89,43 @@ impl Gateway {
             .with_context(|| format!("binding the public listener on {}", config.listen))?;
         let tunnel = tunnel_l.local_addr()?;
         let listen = public_l.local_addr()?;
+        // The QUIC tunnel shares the TCP tunnel's port number, so origins dial one address
+        // whatever their mechanism's transport.
+        let tunnel_quic_ep = quic::tunnel_endpoint(&ctx, tunnel)?;
+        let tunnel_quic = tunnel_quic_ep.local_addr()?;
         let mut tasks = vec![
             tokio::spawn(tunnel::serve(tunnel_l, ctx.clone())),
-            tokio::spawn(public::serve(public_l, None, proxy.clone())),
+            tokio::spawn(quic::serve_tunnel(tunnel_quic_ep, ctx.clone())),
         ];
         let mut listen_tls = None;
+        let mut listen_h3 = None;
+        let mut alt_svc = None;
         if let Some(addr) = config.listen_tls {
             let l = TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding the public TLS listener on {addr}"))?;
-            listen_tls = Some(l.local_addr()?);
+            let tls_addr = l.local_addr()?;
+            listen_tls = Some(tls_addr);
+            let h3 = quic::public_endpoint(certs.clone(), key.clone_key(), tls_addr)?;
+            listen_h3 = Some(h3.local_addr()?);
+            alt_svc = quic::alt_svc(tls_addr.port());
+            tasks.push(tokio::spawn(quic::serve_public(h3, proxy.clone())));
             let acceptor = TlsAcceptor::from(Arc::new(tls::public_config(certs, key)?));
-            tasks.push(tokio::spawn(public::serve(l, Some(acceptor), proxy)));
+            tasks.push(tokio::spawn(public::serve(
+                l,
+                Some(acceptor),
+                proxy.clone(),
+                alt_svc.clone(),
+            )));
         }
-        tracing::info!(%listen, ?listen_tls, %tunnel, "gateway listening");
+        tasks.push(tokio::spawn(public::serve(public_l, None, proxy, alt_svc)));
+        tracing::info!(%listen, ?listen_tls, ?listen_h3, %tunnel, "gateway listening");
         Ok(Self {
             listen,
             listen_tls,
             tunnel,
+            tunnel_quic,
+            listen_h3,
             registry,
             tasks,
             ctx,

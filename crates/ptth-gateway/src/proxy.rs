@@ -94,15 +94,22 @@ impl Proxy {
             };
             let conn = reservation.conn().clone();
             let h2 = conn.sender.is_h2();
+            if websocket && conn.sender.is_h3() {
+                return error(
+                    StatusCode::BAD_GATEWAY,
+                    "the origin is reached over reversed HTTP/3, which does not carry WebSocket here (RFC 9220 is not wired in the gateway)",
+                );
+            }
             if websocket && h2 && !conn.sender.extended_connect() {
                 return error(
                     StatusCode::BAD_GATEWAY,
                     "the origin's HTTP/2 connection does not enable extended CONNECT (RFC 8441), so WebSocket cannot reach it",
                 );
             }
+            // HTTP/2 and HTTP/3 both carry the target in pseudo-header fields.
             fit_request(
                 &mut request,
-                h2,
+                !conn.sender.is_h1(),
                 scheme,
                 &target,
                 websocket,
@@ -194,6 +201,11 @@ impl Proxy {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         append_via(&mut parts.headers, version, &self.config.via_name);
+        if version == Version::HTTP_3 {
+            // The public side writes its own version; hyper's HTTP/1.1 server refuses to
+            // serialise an HTTP/3 response head.
+            parts.version = Version::HTTP_11;
+        }
         let body = Guarded {
             inner: body,
             reservation: Some(reservation),

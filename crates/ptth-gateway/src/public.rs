@@ -1,4 +1,5 @@
 //! Public listeners: cleartext HTTP/1.1 + h2c (prior knowledge), and TLS with `h2`/`http/1.1`.
+//! When the public HTTP/3 endpoint runs, every response advertises it in `alt-svc`.
 
 use crate::proxy::{ClientInfo, Proxy};
 use hyper::body::Incoming;
@@ -11,8 +12,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-/// Serves public clients on `listener`; TLS when `acceptor` is given.
-pub async fn serve(listener: TcpListener, acceptor: Option<TlsAcceptor>, proxy: Arc<Proxy>) {
+/// Serves public clients on `listener`; TLS when `acceptor` is given. `alt_svc`, when
+/// given, is added to every response (RFC 7838) to advertise the HTTP/3 endpoint.
+pub async fn serve(
+    listener: TcpListener,
+    acceptor: Option<TlsAcceptor>,
+    proxy: Arc<Proxy>,
+    alt_svc: Option<http::HeaderValue>,
+) {
     loop {
         let (tcp, addr) = match listener.accept().await {
             Ok(x) => x,
@@ -25,13 +32,16 @@ pub async fn serve(listener: TcpListener, acceptor: Option<TlsAcceptor>, proxy: 
         let _ = tcp.set_nodelay(true);
         let proxy = proxy.clone();
         let acceptor = acceptor.clone();
+        let alt_svc = alt_svc.clone();
         tokio::spawn(async move {
             match acceptor {
-                None => serve_conn(tcp, ClientInfo { addr, tls: false }, proxy).await,
+                None => serve_conn(tcp, ClientInfo { addr, tls: false }, proxy, alt_svc).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
                     {
-                        Ok(Ok(tls)) => serve_conn(tls, ClientInfo { addr, tls: true }, proxy).await,
+                        Ok(Ok(tls)) => {
+                            serve_conn(tls, ClientInfo { addr, tls: true }, proxy, alt_svc).await
+                        }
                         Ok(Err(e)) => {
                             tracing::debug!(%addr, error = %e, "public TLS handshake failed")
                         }
@@ -46,13 +56,24 @@ pub async fn serve(listener: TcpListener, acceptor: Option<TlsAcceptor>, proxy: 
 /// The largest header section a public client may send (and an origin may answer with).
 pub const MAX_HEADER_BYTES: u32 = ptth_h2::MAX_HEADER_LIST_SIZE;
 
-async fn serve_conn<IO>(io: IO, client: ClientInfo, proxy: Arc<Proxy>)
-where
+async fn serve_conn<IO>(
+    io: IO,
+    client: ClientInfo,
+    proxy: Arc<Proxy>,
+    alt_svc: Option<http::HeaderValue>,
+) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         let proxy = proxy.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, client).await) }
+        let alt_svc = alt_svc.clone();
+        async move {
+            let mut res = proxy.handle(req, client).await;
+            if let Some(v) = alt_svc {
+                res.headers_mut().insert(http::header::ALT_SVC, v);
+            }
+            Ok::<_, std::convert::Infallible>(res)
+        }
     });
     let windows = ptth_h2::Windows::default();
     let mut builder = auto::Builder::new(TokioExecutor::new());

@@ -193,7 +193,7 @@ async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: Arc<TunnelContext>) -> Res
 
 /// Starts the gateway's HTTP client role on `io` and returns the sender and a task handle
 /// that ends with the connection.
-async fn start_client<IO>(
+pub(crate) async fn start_client<IO>(
     io: IO,
     version: HttpVersion,
 ) -> Result<(Sender, tokio::task::JoinHandle<()>), String>
@@ -232,7 +232,7 @@ where
     }
 }
 
-fn register(
+pub(crate) fn register(
     ctx: &TunnelContext,
     mechanism: Mechanism,
     scopes: Vec<Scope>,
@@ -399,12 +399,12 @@ fn random_bytes() -> [u8; 32] {
     b
 }
 
-fn reject(r: &SetupRejection) -> Response<Body> {
+pub(crate) fn reject(r: &SetupRejection) -> Response<Body> {
     let (parts, text) = r.to_response().into_parts();
     Response::from_parts(parts, crate::forward::full(text))
 }
 
-fn refuse(e: &AuthError) -> Response<Body> {
+pub(crate) fn refuse(e: &AuthError) -> Response<Body> {
     let reason = format!("origin credential: {e}");
     if e.status() == StatusCode::FORBIDDEN {
         error(StatusCode::FORBIDDEN, &reason)
@@ -424,12 +424,12 @@ fn unauthorized(reason: &str) -> Response<Body> {
 
 /// The gateway's preference among transposed protocols: HTTP/2 first (draft-kazuho-ptth-ptth
 /// §3: "HTTP/2 is RECOMMENDED").
-fn supported() -> Vec<ProtocolId> {
+pub(crate) fn supported() -> Vec<ProtocolId> {
     vec![ProtocolId::h2(), ProtocolId::http11()]
 }
 
 /// An accepted setup: what was agreed, who it is, the scopes granted, and the answer.
-type Admitted = (
+pub(crate) type Admitted = (
     ptth_core::AcceptedSetup,
     Admission,
     Vec<Scope>,
@@ -437,9 +437,9 @@ type Admitted = (
 );
 
 /// Validates a setup request, authenticates it and works out its scopes.
-fn admit_setup(
+pub(crate) fn admit_setup<B>(
     ctx: &TunnelContext,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     extended_protocol: Option<&str>,
     peer_certs: Option<&[CertificateDer<'static>]>,
 ) -> Result<Admitted, Box<Response<Body>>> {
@@ -496,7 +496,7 @@ fn admit_setup(
     ))
 }
 
-fn clone_head(req: &Request<Incoming>) -> (http::request::Parts, ()) {
+fn clone_head<B>(req: &Request<B>) -> (http::request::Parts, ()) {
     let mut b = Request::builder()
         .method(req.method().clone())
         .uri(req.uri().clone())

@@ -1,0 +1,416 @@
+//! QUIC on the gateway: the tunnel endpoint for the HTTP/3 mechanisms and the public
+//! HTTP/3 listener.
+//!
+//! The tunnel endpoint listens on the UDP port with the number of the TCP tunnel listener
+//! and dispatches on the ALPN the handshake selected:
+//!
+//! ```text
+//! rh3 / ph3 / Ɛɥ, h3-reverse ─▶ HTTP/3, the gateway (QUIC server) sends requests on
+//!                                 streams 1, 5, 9 ─▶ authorisation request ─▶ Registry
+//! h3 ─▶ HTTP/3 in both directions, extended CONNECT on; the origin's first request is
+//!       OPTIONS <well-known>  (PTTH -00) ─▶ 200 ─▶ gateway requests on streams 1, 5, 9
+//!       CONNECT :protocol=ptth (PTTH -01) ─▶ 200 + alpn ─▶ reversed HTTP/2 in the stream
+//! ```
+//!
+//! The public endpoint serves forward HTTP/3 (`h3`) and hands every request to the same
+//! [`Proxy`] as the TCP listeners.
+
+use crate::forward::{empty, Body, Sender};
+use crate::proxy::{error, ClientInfo, Proxy};
+use crate::tunnel::{self, ReversedCandidate, TunnelContext};
+use anyhow::{anyhow, Context, Result};
+use http::{Method, Request, Response, StatusCode};
+use ptth_core::{classify_alpn, AlpnRole, HttpVersion, Mechanism, Transport};
+use ptth_h3::{H3Config, H3Connection, Protocol, RecvBody, RequestDirection, ResponseSender};
+use rustls::pki_types::CertificateDer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Concurrent bidirectional streams each of our QUIC endpoints grants its peer. A reversed
+/// HTTP/3 connection carries this many requests at once.
+pub(crate) const MAX_BIDI_STREAMS: u32 = 256;
+/// A QUIC connection whose peer is silent this long is gone. Origins behind NAT and killed
+/// processes send no CONNECTION_CLOSE, so this bounds how long a dead origin holds requests.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
+/// Keeps NAT bindings and the idle timer alive on quiet connections.
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+/// The transport parameters of every ptth QUIC connection.
+pub(crate) fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_BIDI_STREAMS))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(16))
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024))
+        .receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024))
+        .send_window(16 * 1024 * 1024)
+        .datagram_receive_buffer_size(Some(1024 * 1024));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+/// Whether a reversed HTTP/3 connection can take no new request: closed, or the origin
+/// sent GOAWAY (RFC 9114 §5.2: the client "MUST NOT initiate new requests").
+pub(crate) fn h3_gone(conn: &H3Connection, quic: &quinn::Connection) -> bool {
+    conn.peer_goaway().is_some() || quic.close_reason().is_some()
+}
+
+fn server_endpoint(
+    tls: rustls::ServerConfig,
+    addr: SocketAddr,
+    what: &str,
+) -> Result<quinn::Endpoint> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
+        .map_err(|e| anyhow!("{what}: TLS config unusable for QUIC: {e}"))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport_config()));
+    quinn::Endpoint::server(server, addr)
+        .with_context(|| format!("binding the {what} on UDP {addr}"))
+}
+
+/// Binds the QUIC tunnel endpoint on `addr` (UDP) with the tunnel's TLS settings.
+pub(crate) fn tunnel_endpoint(ctx: &TunnelContext, addr: SocketAddr) -> Result<quinn::Endpoint> {
+    let tls = ctx.tls.read().unwrap_or_else(|e| e.into_inner()).clone();
+    // quinn cannot pick a config per ClientHello (rustls's `Acceptor` is TCP-only), so the
+    // QUIC endpoint uses the config that requests a certificate without requiring one, and
+    // h3-reverse connections without one are refused after the handshake.
+    let mut config = (*tls.optional).clone();
+    config.alpn_protocols = ptth_core::tunnel_alpn_protocols(Transport::Quic);
+    // RFC 9001 §4.6.1: 0-RTT on QUIC needs max_early_data_size 0 or u32::MAX; we take none.
+    config.max_early_data_size = 0;
+    server_endpoint(config, addr, "QUIC tunnel endpoint")
+}
+
+/// Binds the public HTTP/3 endpoint on `addr` (UDP), ALPN `h3`.
+pub(crate) fn public_endpoint(
+    certs: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    addr: SocketAddr,
+) -> Result<quinn::Endpoint> {
+    let mut config = crate::tls::public_config(certs, key)?;
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    config.max_early_data_size = 0;
+    server_endpoint(config, addr, "public HTTP/3 endpoint")
+}
+
+/// Accepts origin QUIC connections until the endpoint closes.
+pub(crate) async fn serve_tunnel(endpoint: quinn::Endpoint, ctx: Arc<TunnelContext>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let peer = incoming.remote_address();
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            if let Err(reason) = admit(incoming, peer, ctx).await {
+                tracing::warn!(%peer, %reason, "origin QUIC connection refused");
+            }
+        });
+    }
+}
+
+/// Closes the QUIC connection when dropped: a registered connection's driver task holds
+/// one, so aborting the task (a reload draining the origin) closes the connection.
+struct CloseOnDrop(quinn::Connection);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(quinn::VarInt::from_u32(0x100), b"");
+    }
+}
+
+async fn admit(
+    incoming: quinn::Incoming,
+    peer: SocketAddr,
+    ctx: Arc<TunnelContext>,
+) -> Result<(), String> {
+    let quic = tokio::time::timeout(ctx.handshake_timeout, async {
+        incoming
+            .accept()
+            .map_err(|e| format!("QUIC accept failed: {e}"))?
+            .await
+            .map_err(|e| format!("QUIC handshake failed: {e}"))
+    })
+    .await
+    .map_err(|_| "QUIC handshake timed out".to_string())??;
+    let alpn = quic
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol)
+        .ok_or("no ALPN was negotiated")?;
+    let peer_certs: Option<Vec<CertificateDer<'static>>> = quic
+        .peer_identity()
+        .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|c| *c);
+    let has_client_cert = peer_certs.as_ref().is_some_and(|c| !c.is_empty());
+    let role = classify_alpn(Transport::Quic, &alpn)
+        .ok_or_else(|| format!("unexpected ALPN {:?}", String::from_utf8_lossy(&alpn)))?;
+    match role {
+        AlpnRole::Reversed { mechanism, .. } => {
+            if mechanism == Mechanism::H3Reverse && !has_client_cert {
+                // draft-bt §3: "the origin MUST present a valid certificate chain".
+                quic.close(
+                    quinn::VarInt::from_u32(0x100),
+                    b"client certificate required",
+                );
+                return Err("h3-reverse requires a client certificate (draft-bt)".into());
+            }
+            let mut exporter = [0u8; ptth_auth::EXPORTER_LEN];
+            let exporter = quic
+                .export_keying_material(&mut exporter, ptth_auth::EXPORTER_LABEL, b"")
+                .ok()
+                .map(|()| exporter);
+            // Potato §4.3: "the HTTP client (gateway) is the QUIC server", so requests ride
+            // server-initiated bidirectional streams (1, 5, 9).
+            let direction = RequestDirection::ServerSends;
+            let h3 = H3Connection::new(
+                quic.clone(),
+                H3Config::new(direction).enable_datagrams(true),
+            )
+            .await
+            .map_err(|e| format!("HTTP/3 start: {e}"))?;
+            let h3 = Arc::new(h3);
+            let sender = Sender::H3(h3.sender(), h3.clone(), quic.clone());
+            let task = tokio::spawn(hold(quic, h3));
+            // draft-bt §3: "the origin MUST immediately send an ORIGIN frame" (RFC 9412 for
+            // HTTP/3). ptth-h3 does not parse ORIGIN frames yet, so an h3-reverse origin's
+            // claims are checked against its grant only, not against an ORIGIN frame.
+            tunnel::admit_reversed(
+                ReversedCandidate {
+                    sender,
+                    task,
+                    mechanism,
+                    peer,
+                    peer_certs,
+                    exporter,
+                    origin_frame: None,
+                },
+                &ctx,
+            )
+            .await
+        }
+        AlpnRole::Setup {
+            version: HttpVersion::Http3,
+        } => {
+            serve_setup(quic, peer, peer_certs, ctx).await;
+            Ok(())
+        }
+        AlpnRole::Setup { version } => Err(format!("no setup over {version:?} on QUIC")),
+    }
+}
+
+/// Keeps a reversed HTTP/3 connection alive until it closes; aborting it closes it.
+async fn hold(quic: quinn::Connection, h3: Arc<H3Connection>) {
+    let _close = CloseOnDrop(quic.clone());
+    let reason = quic.closed().await;
+    tracing::debug!(%reason, "reversed HTTP/3 connection ended");
+    drop(h3);
+}
+
+/// An `h3` connection from an origin: it sends a PTTH setup request (PTTH -00 `OPTIONS`,
+/// or PTTH -01 extended CONNECT `:protocol = ptth`). Anything else is refused.
+async fn serve_setup(
+    quic: quinn::Connection,
+    peer: SocketAddr,
+    peer_certs: Option<Vec<CertificateDer<'static>>>,
+    ctx: Arc<TunnelContext>,
+) {
+    // PTTH -00 §3: after OPTIONS "the gateway starts sending requests on server-initiated
+    // bidirectional streams" of the same connection, so both sides send requests.
+    let config = H3Config::new(RequestDirection::Both)
+        .enable_connect_protocol(true)
+        .enable_datagrams(true);
+    let h3 = match H3Connection::new(quic.clone(), config).await {
+        Ok(h3) => Arc::new(h3),
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "HTTP/3 setup connection failed to start");
+            return;
+        }
+    };
+    let mut reversed = false;
+    while let Some((req, respond)) = h3.accept().await {
+        if req.method() == Method::OPTIONS && !reversed {
+            match admit_options(&ctx, &req, peer_certs.as_deref()) {
+                Ok((admission, scopes, response)) => {
+                    if respond.send_response(response).await.is_err() {
+                        return;
+                    }
+                    reversed = true;
+                    let sender = Sender::H3(h3.sender(), h3.clone(), quic.clone());
+                    let task = tokio::spawn(hold(quic.clone(), h3.clone()));
+                    tunnel::register(
+                        &ctx,
+                        Mechanism::OptionsH3,
+                        scopes,
+                        admission,
+                        peer,
+                        sender,
+                        task,
+                    );
+                }
+                Err(res) => {
+                    let _ = respond.send_response(*res).await;
+                }
+            }
+        } else if req.method() == Method::CONNECT {
+            let ctx = ctx.clone();
+            let peer_certs = peer_certs.clone();
+            tokio::spawn(async move {
+                connect_setup(&ctx, req, respond, peer, peer_certs.as_deref()).await;
+            });
+        } else if reversed {
+            // PTTH -00 §3: once transposed, the gateway "MAY reset requests from the origin
+            // with H3_REQUEST_REJECTED".
+            respond.reset(0x010b);
+        } else {
+            let res = error(
+                StatusCode::NOT_FOUND,
+                "this endpoint only takes PTTH setup requests: OPTIONS to the well-known path (PTTH -00) or extended CONNECT with :protocol ptth (PTTH -01)",
+            );
+            let _ = respond.send_response(res).await;
+        }
+    }
+}
+
+/// An admitted `OPTIONS` setup: who it is, its scopes, and the answer.
+type OptionsAdmitted = (
+    crate::registry::Admission,
+    Vec<ptth_core::Scope>,
+    Response<Body>,
+);
+
+/// PTTH -00: validates and authenticates an `OPTIONS` setup request.
+fn admit_options(
+    ctx: &TunnelContext,
+    req: &Request<RecvBody>,
+    peer_certs: Option<&[CertificateDer<'static>]>,
+) -> Result<OptionsAdmitted, Box<Response<Body>>> {
+    // draft-kazuho-ptth-ptth-00 §3: "the client sends an OPTIONS request to the PTTH
+    // endpoint URI"; "OPTIONS * is never used".
+    let accepted = ptth_core::validate_options_request(req, &ctx.setup_tokens)
+        .map_err(|r| Box::new(tunnel::reject(&r)))?;
+    if accepted.origins.is_empty() {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            "send OPTIONS to the well-known PTTH path naming the origins you serve",
+        )));
+    }
+    let prefixes = ptth_auth::path_prefixes(req.headers())
+        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &e.to_string())))?;
+    let presented = ptth_auth::Presented {
+        authorization: accepted.authorization.as_ref(),
+        peer_certs,
+        challenge_answer: None,
+    };
+    let (admission, scopes) =
+        tunnel::check_origin(&ctx.grants(), &presented, &accepted.origins, &prefixes)
+            .map_err(|e| Box::new(tunnel::refuse(&e)))?;
+    let (parts, ()) = ptth_core::options_response().into_parts();
+    Ok((admission, scopes, Response::from_parts(parts, empty())))
+}
+
+/// PTTH -01 over HTTP/3: extended CONNECT `:protocol = ptth` (RFC 9220); the stream then
+/// carries reversed HTTP/2 (or HTTP/1.1), as over HTTP/2.
+async fn connect_setup(
+    ctx: &TunnelContext,
+    req: Request<RecvBody>,
+    respond: ResponseSender,
+    peer: SocketAddr,
+    peer_certs: Option<&[CertificateDer<'static>]>,
+) {
+    let protocol = req.extensions().get::<Protocol>().map(|p| p.0.clone());
+    let (accepted, admission, scopes, response) =
+        match tunnel::admit_setup(ctx, &req, protocol.as_deref(), peer_certs) {
+            Ok(x) => x,
+            Err(res) => {
+                let (parts, body) = res.into_parts();
+                // A refused CONNECT gets its reason as the body of a normal response.
+                let _ = respond
+                    .send_response(Response::from_parts(parts, body))
+                    .await;
+                return;
+            }
+        };
+    let version = HttpVersion::from_alpn_id(&accepted.chosen).unwrap_or(HttpVersion::Http1);
+    let (parts, _) = response.into_parts();
+    let stream = match respond
+        .send_connect_response(Response::from_parts(parts, ()))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "CONNECT stream takeover failed");
+            return;
+        }
+    };
+    match tunnel::start_client(stream, version).await {
+        Ok((sender, task)) => tunnel::register(
+            ctx,
+            Mechanism::ConnectH3,
+            scopes,
+            admission,
+            peer,
+            sender,
+            task,
+        ),
+        Err(e) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
+    }
+}
+
+/// Serves public HTTP/3 clients until the endpoint closes.
+pub(crate) async fn serve_public(endpoint: quinn::Endpoint, proxy: Arc<Proxy>) {
+    while let Some(incoming) = endpoint.accept().await {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let addr = incoming.remote_address();
+            let quic = match tokio::time::timeout(Duration::from_secs(10), async {
+                incoming
+                    .accept()
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::debug!(%addr, error = %e, "public QUIC handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%addr, "public QUIC handshake timed out");
+                    return;
+                }
+            };
+            let h3 =
+                match H3Connection::new(quic, H3Config::new(RequestDirection::ClientSends)).await {
+                    Ok(h3) => h3,
+                    Err(e) => {
+                        tracing::debug!(%addr, error = %e, "public HTTP/3 failed to start");
+                        return;
+                    }
+                };
+            while let Some((req, respond)) = h3.accept().await {
+                let proxy = proxy.clone();
+                tokio::spawn(async move {
+                    let res = if req.method() == Method::CONNECT {
+                        error(
+                            StatusCode::NOT_IMPLEMENTED,
+                            "CONNECT is not supported on the public HTTP/3 listener",
+                        )
+                    } else {
+                        proxy.handle(req, ClientInfo { addr, tls: true }).await
+                    };
+                    if let Err(e) = respond.send_response(res).await {
+                        tracing::debug!(%addr, error = %e, "public HTTP/3 response failed");
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// The `alt-svc` value that advertises HTTP/3 on `port` (RFC 7838, RFC 9114 §3.1.1).
+pub(crate) fn alt_svc(port: u16) -> Option<http::HeaderValue> {
+    http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok()
+}
