@@ -32,6 +32,8 @@ pub(crate) struct Dialer {
     pub(crate) origins: Vec<SerializedOrigin>,
     pub(crate) tokens: SetupTokens,
     pub(crate) signing_key: Option<Arc<ptth_auth::Ed25519SigningKey>>,
+    /// The QUIC endpoint, for mechanisms that dial over QUIC.
+    pub(crate) quic: crate::quic::QuicClient,
 }
 
 impl std::fmt::Debug for Dialer {
@@ -136,7 +138,7 @@ impl Dialer {
         .context("TLS handshake with the gateway (is its certificate trusted? see --ca)")
     }
 
-    fn params(&self, offered: Vec<ProtocolId>) -> SetupRequestParams {
+    pub(crate) fn params(&self, offered: Vec<ProtocolId>) -> SetupRequestParams {
         SetupRequestParams {
             gateway_authority: self.authority.clone(),
             origins: self.origins.clone(),
@@ -145,7 +147,7 @@ impl Dialer {
         }
     }
 
-    fn add_scope_fields(&self, req: &mut http::Request<()>) {
+    pub(crate) fn add_scope_fields(&self, req: &mut http::Request<()>) {
         if let Ok(v) = http::HeaderValue::from_str(&self.config.path_prefixes.join(", ")) {
             req.headers_mut().insert(ptth_auth::PATH_PREFIX_FIELD, v);
         }
@@ -158,6 +160,9 @@ impl Dialer {
         shutdown: watch::Receiver<bool>,
     ) -> Result<()> {
         let m = self.config.mechanism;
+        if m.transport() == ptth_core::Transport::Quic {
+            return crate::quic::connect_and_serve(self, slot, service, shutdown).await;
+        }
         if self.config.danger_accept_any_gateway {
             tracing::warn!(slot, "connecting WITHOUT verifying the gateway's certificate (--danger-accept-any-gateway)");
         }

@@ -12,6 +12,7 @@
 
 pub mod config;
 mod dial;
+mod quic;
 mod serve;
 pub mod service;
 
@@ -163,6 +164,7 @@ impl Origin {
                 origins,
                 tokens: ptth_core::SetupTokens::default(),
                 signing_key,
+                quic: Default::default(),
                 config,
             }),
         })

@@ -1,0 +1,267 @@
+//! The QUIC mechanisms on the origin: dial the gateway over QUIC and serve HTTP/3 (`rh3`,
+//! `h3-reverse`, `options-h3`) or reversed HTTP/2 inside an extended CONNECT stream
+//! (`connect-h3`).
+//!
+//! ```text
+//! rh3, h3-reverse ─▶ HTTP/3; the gateway (QUIC server) sends requests on streams 1, 5, 9
+//! options-h3      ─▶ OPTIONS <well-known> (PTTH -00) ─▶ 2xx ─▶ serve the gateway's requests
+//!                    on server-initiated streams of the same connection
+//! connect-h3      ─▶ CONNECT :protocol=ptth (PTTH -01, RFC 9220) ─▶ 200 + alpn ─▶
+//!                    reversed HTTP/2 inside the stream
+//! ```
+
+use crate::dial::Dialer;
+use crate::serve::{serve_reversed, BoxError, OriginService};
+use anyhow::{anyhow, bail, Context, Result};
+use http_body_util::BodyExt;
+use ptth_core::{HttpVersion, SetupKind};
+use ptth_h3::{H3Config, H3Connection, Protocol, RecvBody, RequestDirection};
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Concurrent bidirectional streams the origin grants the gateway: the gateway's capacity
+/// on a reversed HTTP/3 connection (it uses the same number).
+const MAX_BIDI_STREAMS: u32 = 256;
+/// The gateway is gone after this much silence (a killed gateway sends no close).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
+/// Keeps NAT bindings and the idle timer alive.
+const KEEP_ALIVE: Duration = Duration::from_secs(2);
+
+/// The origin's QUIC client endpoint and config, made on first use and shared by every
+/// slot of one origin.
+#[derive(Debug, Default)]
+pub(crate) struct QuicClient {
+    inner: OnceLock<(quinn::Endpoint, quinn::ClientConfig)>,
+}
+
+impl QuicClient {
+    fn get(&self, dialer: &Dialer) -> Result<&(quinn::Endpoint, quinn::ClientConfig)> {
+        if let Some(x) = self.inner.get() {
+            return Ok(x);
+        }
+        let mut tls = crate::dial::tls_config(&dialer.config)?;
+        // RFC 9001 §4.6.1: no early data from us.
+        tls.enable_early_data = false;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+            .map_err(|e| anyhow!("TLS config unusable for QUIC: {e}"))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+        client.transport_config(Arc::new(transport_config()));
+        // A dual-stack socket reaches IPv4 and IPv6 gateways alike; fall back to IPv4.
+        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0u16; 8], 0)))
+            .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0u8; 4], 0))))
+            .context("binding a UDP socket for QUIC")?;
+        let _ = self.inner.set((endpoint, client));
+        self.inner
+            .get()
+            .ok_or_else(|| anyhow!("QUIC endpoint initialisation raced"))
+    }
+}
+
+fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_BIDI_STREAMS))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(16))
+        .keep_alive_interval(Some(KEEP_ALIVE))
+        .stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024))
+        .receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024))
+        .send_window(16 * 1024 * 1024)
+        .datagram_receive_buffer_size(Some(1024 * 1024));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+/// Dials the gateway over QUIC, trying its addresses in turn (IPv4 first: a gateway bound to
+/// `127.0.0.1` is not reachable on `::1`, and QUIC learns that only by timing out).
+async fn dial(dialer: &Dialer) -> Result<quinn::Connection> {
+    let (endpoint, client) = dialer.quic.get(dialer)?;
+    let host = dialer
+        .authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = dialer.authority.port_u16().unwrap_or(443);
+    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
+        .await
+        .with_context(|| format!("resolving {host}"))?
+        .collect();
+    addrs.sort_by_key(|a| a.is_ipv6());
+    let mut last = anyhow!("{host} resolved to no address");
+    for addr in addrs {
+        let connecting = match endpoint.connect_with(client.clone(), addr, host) {
+            Ok(c) => c,
+            Err(e) => {
+                last = anyhow!("connecting to {addr}: {e}");
+                continue;
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(5), connecting).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) => {
+                last = anyhow!(
+                "QUIC handshake with {addr}: {e} (is the gateway's certificate trusted? see --ca)"
+            )
+            }
+            Err(_) => last = anyhow!("QUIC handshake with {addr} timed out"),
+        }
+    }
+    Err(last)
+}
+
+/// The origin's service as an HTTP/3 service: request bodies boxed like every other
+/// version's.
+fn h3_service(
+    service: OriginService,
+) -> impl hyper::service::Service<
+    http::Request<RecvBody>,
+    Response = http::Response<crate::serve::ResponseBody>,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Send
+       + Sync
+       + 'static {
+    hyper::service::service_fn(move |req: http::Request<RecvBody>| {
+        service.call_boxed(req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
+    })
+}
+
+/// One QUIC connection: dial, set up per the mechanism, serve until it ends or `shutdown`.
+pub(crate) async fn connect_and_serve(
+    dialer: &Dialer,
+    slot: usize,
+    service: &OriginService,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let m = dialer.config.mechanism;
+    if dialer.config.danger_accept_any_gateway {
+        tracing::warn!(
+            slot,
+            "connecting WITHOUT verifying the gateway's certificate (--danger-accept-any-gateway)"
+        );
+    }
+    let quic = dial(dialer).await?;
+    let offered = m.tls_alpn(dialer.config.alpn_set);
+    let selected = quic
+        .handshake_data()
+        .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|d| d.protocol);
+    if selected.as_deref() != Some(offered) {
+        // draft-thomson-ptth-potato §3: without the reversed ALPN the roles are not
+        // reversed; serving HTTP here would be wrong, so stop.
+        quic.close(quinn::VarInt::from_u32(0x100), b"");
+        bail!(
+            "the gateway did not select the ALPN {:?} (it selected {:?})",
+            String::from_utf8_lossy(offered),
+            selected.as_deref().map(String::from_utf8_lossy)
+        );
+    }
+    let Some(direction) = RequestDirection::for_mechanism(m) else {
+        bail!("{m} does not run over QUIC");
+    };
+    let config = H3Config::new(direction).enable_datagrams(true);
+    let h3 = Arc::new(
+        H3Connection::new(quic.clone(), config)
+            .await
+            .context("starting HTTP/3")?,
+    );
+    match m.setup() {
+        SetupKind::AlpnOnly => {
+            let mut exporter = [0u8; ptth_auth::EXPORTER_LEN];
+            let exporter = quic
+                .export_keying_material(&mut exporter, ptth_auth::EXPORTER_LABEL, b"")
+                .ok()
+                .map(|()| exporter);
+            // draft-bt §3 wants an ORIGIN frame (RFC 9412) right after SETTINGS; ptth-h3 does
+            // not send ORIGIN frames yet, so h3-reverse origins claim their origins in the
+            // authorisation answer only.
+            let service = service.with_authorizer(dialer.authorizer(exporter));
+            tracing::info!(slot, mechanism = %m, "reversed HTTP/3 connection up");
+            serve_h3(h3, service, dialer, shutdown).await
+        }
+        SetupKind::Options => {
+            let mut req = ptth_core::options_request(&dialer.params(Vec::new()), &dialer.tokens)?;
+            dialer.add_scope_fields(&mut req);
+            let req = req.map(|()| http_body_util::Empty::<bytes::Bytes>::new());
+            let res = tokio::time::timeout(Duration::from_secs(10), h3.sender().send_request(req))
+                .await
+                .map_err(|_| anyhow!("the gateway did not answer OPTIONS in time"))?
+                .context("OPTIONS setup request")?;
+            if let Err(e) = ptth_core::validate_options_response(&res) {
+                let status = res.status();
+                let body = res.into_body().collect().await.map(|b| b.to_bytes());
+                let reason = body
+                    .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+                    .unwrap_or_default();
+                bail!("the gateway refused the OPTIONS setup ({status}): {e}: {reason}");
+            }
+            // PTTH -00 §3: on any 2xx "the gateway starts sending requests on
+            // server-initiated bidirectional streams"; they may arrive before the 2xx and
+            // wait in the connection's queue.
+            tracing::info!(slot, mechanism = %m, "OPTIONS accepted; serving the gateway's requests");
+            serve_h3(h3, service.clone(), dialer, shutdown).await
+        }
+        SetupKind::ExtendedConnect => {
+            let inner = m.inner_alpn();
+            let (req, protocol) =
+                ptth_core::connect_request(&dialer.params(vec![inner.clone()]), &dialer.tokens)?;
+            let mut req = req;
+            dialer.add_scope_fields(&mut req);
+            req.extensions_mut().insert(Protocol(protocol.to_string()));
+            let (res, stream) =
+                tokio::time::timeout(Duration::from_secs(10), h3.sender().send_connect(req))
+                    .await
+                    .map_err(|_| anyhow!("the gateway did not answer CONNECT in time"))?
+                    .context("extended CONNECT setup request")?;
+            let chosen = ptth_core::validate_connect_response(&res, &[inner], &dialer.tokens)?;
+            let version = HttpVersion::from_alpn_id(&chosen)
+                .ok_or_else(|| anyhow!("the gateway chose {chosen:?}"))?;
+            tracing::info!(slot, mechanism = %m, ?version, "extended CONNECT over HTTP/3 accepted");
+            let result =
+                serve_reversed(stream, version, service.clone(), &dialer.config, shutdown).await;
+            // The tunnel is the connection's only use: close it with the tunnel.
+            h3.graceful_shutdown().await;
+            result
+        }
+        other => bail!("{m} ({other:?}) does not run over QUIC"),
+    }
+}
+
+/// Serves HTTP/3 requests from the gateway until the connection ends; on `shutdown` sends
+/// GOAWAY and lets requests in flight finish, bounded by the grace period.
+async fn serve_h3(
+    h3: Arc<H3Connection>,
+    service: OriginService,
+    dialer: &Dialer,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let serving = {
+        let h3 = h3.clone();
+        tokio::spawn(async move { ptth_h3::serve(&h3, h3_service(service)).await })
+    };
+    let abort = serving.abort_handle();
+    let stop = tokio::select! {
+        _ = serving => false,
+        r = shutdown.wait_for(|s| *s) => r.is_ok(),
+    };
+    if stop {
+        // RFC 9114 §5.2: GOAWAY, then the requests already accepted run to completion.
+        if tokio::time::timeout(dialer.config.shutdown_grace, h3.graceful_shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still running after the grace period; closing");
+            h3.close(0x0100, "shutdown");
+        }
+        abort.abort();
+        return Ok(());
+    }
+    let reason = h3.closed().await;
+    if reason.is_no_error() {
+        Ok(())
+    } else {
+        Err(anyhow!("HTTP/3 connection ended: {reason}"))
+    }
+}
