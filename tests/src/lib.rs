@@ -26,6 +26,29 @@ pub const TCP_MECHANISMS: &[&str] = &[
     "ptth10",
 ];
 
+/// Every QUIC mechanism the origin can use.
+pub const QUIC_MECHANISMS: &[&str] = &["rh3", "h3-reverse", "options-h3", "connect-h3"];
+
+/// Every mechanism, TCP and QUIC.
+pub const ALL_MECHANISMS: &[&str] = &[
+    "rh1",
+    "rh2",
+    "upgrade-h1",
+    "upgrade-h2",
+    "connect-h2",
+    "h2-reverse",
+    "ptth10",
+    "rh3",
+    "h3-reverse",
+    "options-h3",
+    "connect-h3",
+];
+
+/// Whether a mechanism requires a client certificate (draft-bt).
+pub fn needs_client_cert(mechanism: &str) -> bool {
+    matches!(mechanism, "h2-reverse" | "h3-reverse")
+}
+
 /// Whether a mechanism carries HTTP/1.1 (one request per connection at a time).
 pub fn is_h1(mechanism: &str) -> bool {
     matches!(mechanism, "rh1" | "upgrade-h1" | "ptth10")
@@ -224,7 +247,7 @@ impl Origin {
         if !extra.contains(&"--upstream") {
             cmd.arg("--hello");
         }
-        if mechanism == "h2-reverse" && !extra.contains(&"--cert") {
+        if needs_client_cert(mechanism) && !extra.contains(&"--cert") {
             cmd.arg("--cert")
                 .arg(dev.join("origin.pem"))
                 .arg("--key")
@@ -469,4 +492,79 @@ pub async fn status_after(gw: &Gateway, host: &str, deadline_secs: u64) -> Statu
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A public HTTP/3 client connected to the gateway's public HTTP/3 endpoint (UDP, the
+/// `--listen-tls` port), trusting the dev CA.
+#[derive(Debug)]
+pub struct H3Client {
+    conn: ptth_h3::H3Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+/// Connects an [`H3Client`] to `gw`.
+pub async fn h3_client(gw: &Gateway) -> Result<H3Client> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(gw.dev.join("ca.pem"))?;
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c?)?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(std::sync::Arc::new(tls))?;
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    let mut client = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(256u32.into())
+        .stream_receive_window((4u32 * 1024 * 1024).into())
+        .receive_window((16u32 * 1024 * 1024).into());
+    client.transport_config(std::sync::Arc::new(transport));
+    endpoint.set_default_client_config(client);
+    let quic = tokio::time::timeout(
+        Duration::from_secs(10),
+        endpoint.connect(gw.listen_tls, "localhost")?,
+    )
+    .await
+    .map_err(|_| anyhow!("QUIC handshake with the public endpoint timed out"))??;
+    let conn = ptth_h3::H3Connection::new(
+        quic,
+        ptth_h3::H3Config::new(ptth_h3::RequestDirection::ClientSends),
+    )
+    .await?;
+    Ok(H3Client {
+        conn,
+        _endpoint: endpoint,
+    })
+}
+
+impl H3Client {
+    /// Sends `req` (its URI names the host, e.g. `https://app.localhost/`) and returns the
+    /// response with its streaming body.
+    pub async fn request(&self, req: Request<TestBody>) -> Result<Response<ptth_h3::RecvBody>> {
+        Ok(tokio::time::timeout(
+            Duration::from_secs(60),
+            self.conn.sender().send_request(req),
+        )
+        .await
+        .map_err(|_| anyhow!("HTTP/3 request timed out"))??)
+    }
+
+    /// Sends `req` and collects the body.
+    pub async fn send(&self, req: Request<TestBody>) -> Result<(Response<()>, Bytes)> {
+        let res = self.request(req).await?;
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await?.to_bytes();
+        Ok((Response::from_parts(parts, ()), body))
+    }
+}
+
+/// `https://<host><path>` for the public HTTP/3 client.
+pub fn h3_url(host: &str, path: &str) -> String {
+    format!("https://{host}{path}")
 }
