@@ -1,4 +1,5 @@
-//! `cargo xtask demo`: a gateway with dev certificates and one origin per TCP mechanism.
+//! `cargo xtask demo`: a gateway with dev certificates and one origin per mechanism (TCP and
+//! QUIC).
 //!
 //! Builds the binaries, starts `ptth-gateway --dev .dev/demo` and one `ptth-origin --hello`
 //! per mechanism on `<mechanism>.localhost`, sends a request through each, prints a table,
@@ -19,6 +20,10 @@ const MECHANISMS: &[&str] = &[
     "connect-h2",
     "h2-reverse",
     "ptth10",
+    "rh3",
+    "h3-reverse",
+    "options-h3",
+    "connect-h3",
 ];
 
 /// Kills the child processes when the demo ends, however it ends.
@@ -37,7 +42,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let once = args.iter().any(|a| a == "--once");
     // The same build as `cargo xtask ci`, so the demo reuses its artifacts.
     crate::run(root, "cargo", &["build", "--workspace", "--bins"])?;
-    let bin = root.join("target").join("debug");
+    let bin = crate::procs::target_dir(root).join("debug");
     let dev = root.join(".dev").join("demo");
     let mut children = Children(Vec::new());
 
@@ -91,7 +96,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             .arg("--token-file")
             .arg(dev.join("token"))
             .env("RUST_LOG", "warn");
-        if *m == "h2-reverse" {
+        if ["h2-reverse", "h3-reverse"].contains(m) {
             cmd.arg("--cert")
                 .arg(dev.join("origin.pem"))
                 .arg("--key")
@@ -143,6 +148,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     );
     println!(
         "  curl -H 'Host: upgrade-h1.localhost' --data-binary @Cargo.lock http://{listen}/echo"
+    );
+    println!(
+        "  curl --http3-only --cacert {} --resolve rh3.localhost:{port}:127.0.0.1 https://rh3.localhost:{port}/   (public HTTP/3, if your curl has it)",
+        dev.join("ca.pem").display(),
+        port = listen_tls.port()
     );
     println!("Every mechanism's origin is at <mechanism>.localhost. Press Ctrl-C to stop.");
     loop {
