@@ -360,7 +360,9 @@ pub async fn wait_ready(gw: &Gateway, host: &str) -> Result<()> {
     // Generous: on a loaded two-core CI machine a fresh origin process can take a while.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
-        if let Ok((res, _)) = send(&c, get(gw, host, "/")).await {
+        // Each attempt is bounded on its own, so one stuck request cannot eat the deadline.
+        let attempt = tokio::time::timeout(Duration::from_secs(5), send(&c, get(gw, host, "/")));
+        if let Ok(Ok((res, _))) = attempt.await {
             if res.status() == StatusCode::OK {
                 return Ok(());
             }

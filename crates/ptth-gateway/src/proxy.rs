@@ -115,8 +115,21 @@ impl Proxy {
                 websocket,
                 ws_key.as_ref(),
             );
-            match tokio::time::timeout(self.config.request_timeout, conn.sender.send(request)).await
-            {
+            // A request handed to a connection in the instant it dies may never be answered
+            // by the HTTP stack; the registry's "gone" signal fails it at once instead of
+            // after the whole request timeout.
+            let sent = tokio::select! {
+                biased;
+                r = tokio::time::timeout(self.config.request_timeout, conn.sender.send(request)) => r,
+                () = conn.gone() => {
+                    tracing::warn!(conn = conn.id, "origin connection closed before answering");
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        "the origin connection closed before it answered",
+                    );
+                }
+            };
+            match sent {
                 Err(_) => {
                     return error(
                         StatusCode::GATEWAY_TIMEOUT,

@@ -45,6 +45,8 @@ pub struct OriginConn {
     pub(crate) sender: Sender,
     outstanding: AtomicUsize,
     closed: AtomicBool,
+    removed: AtomicBool,
+    gone: Notify,
     driver: tokio::task::AbortHandle,
 }
 
@@ -67,6 +69,8 @@ impl OriginConn {
             sender,
             outstanding: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            removed: AtomicBool::new(false),
+            gone: Notify::new(),
             driver,
         }
     }
@@ -89,6 +93,19 @@ impl OriginConn {
     /// Stops routing new requests here (the connection is closing or draining).
     pub fn mark_closed(&self) {
         self.closed.store(true, Ordering::Release);
+    }
+
+    /// Resolves once the connection has ended (its driver task finished).
+    pub async fn gone(&self) {
+        loop {
+            let notified = self.gone.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.removed.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
     }
 
     fn try_reserve(&self) -> bool {
@@ -202,6 +219,8 @@ impl Registry {
         let mut conns = self.lock();
         if let Some(c) = conns.iter().find(|c| c.id == id) {
             c.mark_closed();
+            c.removed.store(true, Ordering::Release);
+            c.gone.notify_waiters();
             tracing::info!(conn = id, "origin connection closed");
         }
         conns.retain(|c| c.id != id);
