@@ -320,40 +320,53 @@ async fn origins_refuse_a_gateway_they_cannot_authenticate() {
     let mut throwaway = Gateway::start(&other.0, &[]).await.unwrap();
     throwaway.kill().await;
     let token = gw.dev.join("token");
-    // Trusting another CA: the TLS handshake fails, the origin never serves this gateway.
-    let _wrong_ca = Origin::start_with_credentials(
-        &gw,
-        "rh2",
-        "wrongca.localhost",
-        &[
-            "--ca",
-            other.0.join("ca.pem").to_str().unwrap(),
-            "--token-file",
-            token.to_str().unwrap(),
-        ],
-    )
-    .await
-    .unwrap();
-    // A pin that does not match the gateway's key.
-    let _wrong_pin = Origin::start_with_credentials(
-        &gw,
-        "rh2",
-        "wrongpin.localhost",
-        &[
-            "--token-file",
-            token.to_str().unwrap(),
-            "--gateway-pin",
-            &"ab".repeat(32),
-        ],
-    )
-    .await
-    .unwrap();
-    for host in ["wrongca.localhost", "wrongpin.localhost"] {
-        assert_eq!(
-            status_after(&gw, host, 3).await,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "{host}"
+    // Trusting another CA, or pinning another key: the TLS handshake fails and the origin
+    // never serves this gateway, whatever the mechanism.
+    let mut refused = Vec::new();
+    for m in TCP_MECHANISMS {
+        refused.push(
+            Origin::start_with_credentials(
+                &gw,
+                m,
+                &format!("wrongca-{m}.localhost"),
+                &[
+                    "--ca",
+                    other.0.join("ca.pem").to_str().unwrap(),
+                    "--token-file",
+                    token.to_str().unwrap(),
+                ],
+            )
+            .await
+            .unwrap(),
         );
+        refused.push(
+            Origin::start_with_credentials(
+                &gw,
+                m,
+                &format!("wrongpin-{m}.localhost"),
+                &[
+                    "--token-file",
+                    token.to_str().unwrap(),
+                    "--gateway-pin",
+                    &"ab".repeat(32),
+                ],
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for m in TCP_MECHANISMS {
+        for host in [
+            format!("wrongca-{m}.localhost"),
+            format!("wrongpin-{m}.localhost"),
+        ] {
+            assert_eq!(
+                status_after(&gw, &host, 0).await,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{host}"
+            );
+        }
     }
     // The explicit escape hatch works (and is logged loudly).
     let _danger = Origin::start_with_credentials(
@@ -386,7 +399,9 @@ async fn a_grant_removed_on_reload_drains_its_connections() {
         .await
         .unwrap();
     let mut keep = Vec::new();
-    for m in ["rh2", "upgrade-h1", "connect-h2"] {
+    // Every mechanism whose credential here is the token (an h2-reverse origin also
+    // presents the dev certificate, whose own grant survives the reload).
+    for m in SETUP.iter().chain(ALPN_ONLY) {
         keep.push(
             Origin::start_with_credentials(&gw, m, "keep.localhost", &["--token", "token-keep"])
                 .await
