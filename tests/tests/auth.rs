@@ -447,3 +447,70 @@ async fn a_grant_removed_on_reload_drains_its_connections() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quic_mechanisms_check_credentials_and_grants_the_same_way() {
+    let dir = TempDir::new("auth-quic");
+    let config = write_config(
+        &dir.0,
+        &token_grant("team-a", "token-a", "\"https://a.localhost\"", "\"/\""),
+    );
+    let gw = Gateway::start(&dir.0, &["--config", config.to_str().unwrap()])
+        .await
+        .unwrap();
+    let key = gw.dev.join("origin-ed25519.pem");
+    let mut keep = Vec::new();
+    for m in ["rh3", "options-h3", "connect-h3"] {
+        // A wrong token, and a right token for someone else's origin: nothing registers.
+        keep.push(
+            Origin::start_with_credentials(
+                &gw,
+                m,
+                &format!("wrong-{m}.localhost"),
+                &["--token", "nope"],
+            )
+            .await
+            .unwrap(),
+        );
+        keep.push(
+            Origin::start_with_credentials(&gw, m, "b.localhost", &["--token", "token-a"])
+                .await
+                .unwrap(),
+        );
+    }
+    // The signed challenge over QUIC (the exporter comes from the QUIC handshake).
+    keep.push(
+        Origin::start_with_credentials(
+            &gw,
+            "rh3",
+            "signed-rh3.localhost",
+            &["--signing-key", key.to_str().unwrap(), "--key-id", "dev"],
+        )
+        .await
+        .unwrap(),
+    );
+    // Within the grant, every QUIC mechanism is admitted.
+    for m in ["rh3", "options-h3", "connect-h3"] {
+        keep.push(
+            Origin::start_with_credentials(&gw, m, "a.localhost", &["--token", "token-a"])
+                .await
+                .unwrap(),
+        );
+    }
+    wait_ready(&gw, "signed-rh3.localhost").await.unwrap();
+    wait_ready(&gw, "a.localhost").await.unwrap();
+    // Give the refused origins time to have tried (and retried) before checking.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for m in ["rh3", "options-h3", "connect-h3"] {
+        assert_eq!(
+            status_after(&gw, &format!("wrong-{m}.localhost"), 0).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{m}: a wrong token registers nothing"
+        );
+    }
+    assert_eq!(
+        status_after(&gw, "b.localhost", 0).await,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "a token cannot claim an origin outside its grant"
+    );
+}

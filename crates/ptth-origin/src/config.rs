@@ -20,8 +20,10 @@ pub struct Cli {
     /// The gateway's tunnel URL, e.g. https://gateway.example:4443
     #[arg(long)]
     pub gateway: Option<String>,
-    /// Mechanism: rh1, rh2 (Potato), upgrade-h1, upgrade-h2 (PTTH Upgrade), connect-h2 (PTTH
-    /// extended CONNECT), h2-reverse (draft-bt), ptth10 (legacy PTTH/1.0).
+    /// Mechanism. Over TLS/TCP: rh1, rh2 (Potato), upgrade-h1, upgrade-h2 (PTTH Upgrade),
+    /// connect-h2 (PTTH -01 extended CONNECT), h2-reverse (draft-bt), ptth10 (legacy
+    /// PTTH/1.0). Over QUIC: rh3 (Potato), h3-reverse (draft-bt), options-h3 (PTTH -00
+    /// OPTIONS), connect-h3 (PTTH -01 extended CONNECT over HTTP/3).
     #[arg(long)]
     pub mechanism: Option<String>,
     /// Host name this origin serves (repeatable), optionally with :port.
