@@ -20,6 +20,16 @@ const TARGETS: &[(&str, Harness)] = &[
         ptth_auth::fuzz_harness::fuzz_authorize_claim,
     ),
     ("bearer_token", ptth_auth::fuzz_harness::fuzz_bearer_token),
+    (
+        "challenge_answer",
+        ptth_auth::fuzz_harness::fuzz_challenge_answer,
+    ),
+    ("grants_toml", ptth_auth::fuzz_harness::fuzz_grants_toml),
+    (
+        "qpack_field_section",
+        ptth_h3::qpack::fuzz_harness::fuzz_qpack,
+    ),
+    ("h3_frames", ptth_h3::frame::fuzz_harness::fuzz_frames),
 ];
 
 fn data_dir() -> PathBuf {

@@ -26,6 +26,10 @@ pub const TARGETS: &[&str] = &[
     "origin_frame",
     "authorize_claim",
     "bearer_token",
+    "challenge_answer",
+    "grants_toml",
+    "qpack_field_section",
+    "h3_frames",
 ];
 
 const USAGE: &str =

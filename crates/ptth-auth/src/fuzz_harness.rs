@@ -132,3 +132,158 @@ mod tests {
         }
     }
 }
+
+/// The fields of an answer to the authorisation challenge, in the order the lines of a fuzz
+/// input fill them (cycling).
+const CHALLENGE_ANSWER_FIELDS: [&str; 4] = [
+    crate::KEY_ID_FIELD,
+    crate::SIGNATURE_FIELD,
+    ORIGINS_FIELD,
+    PATH_PREFIX_FIELD,
+];
+
+/// Splits `data` on `\n`: the first line is the status code (anything else means 200), the
+/// following lines are values of `ptth-key-id`, `ptth-signature`, `ptth-origins` and
+/// `ptth-path-prefix`, cycling. Reads the answer; an accepted answer must survive a round
+/// trip through its own headers, must not verify under a key that did not sign it, and
+/// must verify once re-signed. The first line is also read as a `ptth-challenge` value.
+pub fn fuzz_challenge_answer(data: &[u8]) {
+    let mut lines = data.split(|&b| b == b'\n');
+    let first = lines.next().unwrap_or_default();
+    if let Ok(value) = HeaderValue::from_bytes(first) {
+        let mut h = HeaderMap::new();
+        h.insert(crate::CHALLENGE_FIELD, value);
+        if let Ok(c) = crate::Challenge::from_headers(&h) {
+            assert_eq!(c.header_value().as_bytes(), first.trim_ascii());
+        }
+    }
+    let status = StatusCode::from_bytes(first).unwrap_or(StatusCode::OK);
+    let mut headers = HeaderMap::new();
+    for (line, field) in lines.zip(CHALLENGE_ANSWER_FIELDS.iter().cycle()) {
+        if let Ok(value) = HeaderValue::from_bytes(line) {
+            headers.append(*field, value);
+        }
+    }
+    let Ok(answer) = crate::ChallengeAnswer::from_response(status, &headers) else {
+        return;
+    };
+    assert_eq!(status, StatusCode::OK);
+    let again = crate::ChallengeAnswer::from_response(StatusCode::OK, &answer.to_headers());
+    assert_eq!(again.as_ref().ok(), Some(&answer));
+
+    let challenge = crate::Challenge::new([0x5a; 32]);
+    let exporter = [0xa5; crate::EXPORTER_LEN];
+    let Ok(key) = crate::Ed25519SigningKey::from_seed(&[7; 32]) else {
+        return;
+    };
+    assert!(answer
+        .verify(&challenge, &exporter, &key.public_key())
+        .is_err());
+    if let Ok(signed) = crate::ChallengeAnswer::sign(
+        &key,
+        answer.key_id(),
+        &challenge,
+        &exporter,
+        answer.origins(),
+        answer.path_prefixes(),
+    ) {
+        assert_eq!(
+            signed.verify(&challenge, &exporter, &key.public_key()),
+            Ok(())
+        );
+        assert!(signed
+            .verify(
+                &crate::Challenge::new([0; 32]),
+                &exporter,
+                &key.public_key()
+            )
+            .is_err());
+    }
+}
+
+/// Reads `data` as a grants TOML document. Accepted grants must be consistent (origins and
+/// normalised prefixes present, pins listed), must refuse a missing credential with 401,
+/// and must not panic on `data` presented as a credential or certificate.
+pub fn fuzz_grants_toml(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let grants = match crate::Grants::from_toml(text) {
+        Ok(g) => g,
+        Err(e) => {
+            let _ = e.to_string();
+            return;
+        }
+    };
+    let mut pins = 0;
+    for g in grants.grants() {
+        assert!(!g.name.is_empty());
+        assert!(!g.origins.is_empty());
+        assert!(!g.path_prefixes.is_empty());
+        assert!(g.path_prefixes.iter().all(|p| p.starts_with('/')));
+        pins += usize::from(matches!(g.identity, crate::Identity::Spki(_)));
+    }
+    assert_eq!(grants.pinned_spki().len(), pins);
+    let _ = format!("{grants:?}");
+    assert_eq!(
+        grants.authenticate(&crate::Presented::default()).err(),
+        Some(crate::AuthError::Missing)
+    );
+    if let Ok(value) = HeaderValue::from_bytes(data) {
+        let presented = crate::Presented {
+            authorization: Some(&value),
+            ..Default::default()
+        };
+        if let Ok(proved) = grants.authenticate(&presented) {
+            assert!(!proved.is_empty());
+        }
+    }
+    let cert = [rustls::pki_types::CertificateDer::from(data.to_vec())];
+    let presented = crate::Presented {
+        peer_certs: Some(&cert),
+        ..Default::default()
+    };
+    let _ = grants.authenticate(&presented);
+}
+
+#[cfg(test)]
+mod auth_seeds {
+    use super::*;
+
+    #[test]
+    fn challenge_and_grant_seeds() {
+        fuzz_challenge_answer(b"200\nk1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\nhttps://a.example, https://b.example:8443\n/api, /static");
+        fuzz_challenge_answer(
+            b"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE\nk1\nc2ln\nhttps://a.example",
+        );
+        fuzz_challenge_answer(b"404\nk1");
+        fuzz_grants_toml(b"[[grant]]\nname = \"a\"\ntoken = \"t\"\norigins = [\"https://*.a.example\"]\npaths = [\"/api/\"]\n");
+        fuzz_grants_toml(
+            b"[[grant]]\nname = \"a\"\ncert-san = \"*.a.example\"\norigins = [\"*\"]\n",
+        );
+        fuzz_grants_toml(b"[[grant]]\nname = \"a\"\n");
+        fuzz_grants_toml(b"\xff");
+    }
+
+    #[test]
+    fn corrupted_auth_seeds_never_panic() {
+        let seeds: [&[u8]; 2] = [
+            b"200\nk1\nAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\nhttps://a.example\n/api",
+            b"[[grant]]\nname = \"a\"\nspki-sha256 = \"00000000000000000000000000000000000000000000000000000000000000ab\"\norigins = [\"https://a.example:8443\"]\npaths = [\"/x\"]\n",
+        ];
+        for seed in seeds {
+            for end in 0..=seed.len() {
+                fuzz_challenge_answer(&seed[..end]);
+                fuzz_grants_toml(&seed[..end]);
+            }
+            for i in 0..seed.len() {
+                for b in [b'\n', b',', b' ', b'"', b'/', 0x7f, 0x80, b'*', b'['] {
+                    let mut input = seed.to_vec();
+                    input[i] = b;
+                    fuzz_challenge_answer(&input);
+                    fuzz_grants_toml(&input);
+                }
+            }
+        }
+    }
+}
