@@ -118,15 +118,24 @@ impl Proxy {
             // A request handed to a connection in the instant it dies may never be answered
             // by the HTTP stack; the registry's "gone" signal fails it at once instead of
             // after the whole request timeout.
+            let send = tokio::time::timeout(self.config.request_timeout, conn.sender.send(request));
+            tokio::pin!(send);
             let sent = tokio::select! {
                 biased;
-                r = tokio::time::timeout(self.config.request_timeout, conn.sender.send(request)) => r,
+                r = &mut send => r,
                 () = conn.gone() => {
-                    tracing::warn!(conn = conn.id, "origin connection closed before answering");
-                    return error(
-                        StatusCode::BAD_GATEWAY,
-                        "the origin connection closed before it answered",
-                    );
+                    // The connection ended. An answer already on its way through the HTTP
+                    // stack's tasks may still land: give it a moment before calling it lost.
+                    match tokio::time::timeout(Duration::from_secs(1), &mut send).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::warn!(conn = conn.id, "origin connection closed before answering");
+                            return error(
+                                StatusCode::BAD_GATEWAY,
+                                "the origin connection closed before it answered",
+                            );
+                        }
+                    }
                 }
             };
             match sent {
