@@ -15,6 +15,8 @@
 //!   ([`SerializedOrigin`], [`expand_well_known`], [`parse_well_known`], [`UriTemplate`]).
 //! - QUIC stream IDs and RFC 9297 quarter stream IDs for forward and reversed HTTP/3
 //!   ([`StreamId`], [`QsidMapping`]).
+//! - The RFC 8336 ORIGIN frame payload shared by HTTP/2 and HTTP/3 ([`OriginFrame`],
+//!   [`OriginEntry`]).
 //! - Routing scopes ([`Scope`], [`RequestTarget`]) and the connection [`Lifecycle`].
 //!
 //! What it does **not** do: any I/O. No sockets, no TLS, no QUIC, no HTTP framing, no
@@ -81,6 +83,7 @@ mod alpn;
 mod lifecycle;
 mod mechanism;
 mod origin;
+mod origin_frame;
 mod pct;
 mod scope;
 mod setup;
@@ -100,6 +103,7 @@ pub use mechanism::{
     SetupKind, Transport, UnknownName,
 };
 pub use origin::{default_port, OriginError, SerializedOrigin};
+pub use origin_frame::{OriginEntry, OriginFrame, OriginFrameError};
 pub use scope::{RequestTarget, Scope, ScopeError, Specificity};
 pub use setup::{
     connect_request, connect_response, legacy_request, legacy_response, options_request,

@@ -22,6 +22,6 @@ mod origin_frame;
 #[doc(hidden)]
 pub use origin_frame::fuzz_harness;
 pub use origin_frame::{
-    FrameHeader, OriginEntry, OriginFrame, OriginFrameError, OriginFrameInjector, OriginFrameTap,
-    OriginFrameWatch,
+    FrameHeader, OriginEntry, OriginFrame, OriginFrameError, OriginFrameExt, OriginFrameInjector,
+    OriginFrameTap, OriginFrameWatch,
 };

@@ -36,6 +36,9 @@ const STREAM_QPACK_DECODER: u64 = 0x03;
 
 /// The largest control-stream frame we buffer.
 const CONTROL_FRAME_LIMIT: u64 = 16 * 1024;
+/// How many frames after SETTINGS may precede the peer's ORIGIN frame before
+/// [`H3Connection::peer_origin_frame`] gives up (draft-bt: "immediately").
+const ORIGIN_FRAME_WINDOW: usize = 8;
 /// How many received datagrams wait per request stream before new ones are dropped.
 const DATAGRAM_QUEUE: usize = 64;
 
@@ -95,6 +98,10 @@ pub struct H3Config {
     /// with the PTTH -00 2^61 offset. This breaks RFC 9297's bound, so both sides must
     /// have agreed to it out of band; without it those streams cannot carry datagrams.
     pub two_way_datagram_extension: bool,
+    /// An ORIGIN frame (RFC 9412) to send right after our SETTINGS on the control stream.
+    /// Only an HTTP server sends it (in reversed mode, the QUIC client): it is not sent
+    /// when this endpoint does not serve requests in [`H3Config::requests_from`].
+    pub origin_frame: Option<ptth_core::OriginFrame>,
 }
 
 impl H3Config {
@@ -106,7 +113,15 @@ impl H3Config {
             enable_connect_protocol: false,
             enable_datagrams: false,
             two_way_datagram_extension: false,
+            origin_frame: None,
         }
+    }
+
+    /// Sets [`H3Config::origin_frame`]: the origins this HTTP server claims (draft-bt
+    /// `h3-reverse`: "the origin MUST immediately send an ORIGIN frame").
+    pub fn origin_frame(mut self, frame: ptth_core::OriginFrame) -> Self {
+        self.origin_frame = Some(frame);
+        self
     }
 
     /// Sets [`H3Config::max_field_section_size`].
@@ -169,12 +184,36 @@ pub(crate) struct Shared {
     pub(crate) local: Side,
     state: Mutex<State>,
     peer_settings: watch::Sender<Option<Settings>>,
+    /// The peer's first ORIGIN frame: `Pending` until it arrives or we give up.
+    peer_origin: watch::Sender<PeerOrigin>,
     control: tokio::sync::Mutex<Option<quinn::SendStream>>,
     in_flight: watch::Sender<usize>,
     datagrams: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
 }
 
+/// What we know about the peer's ORIGIN frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PeerOrigin {
+    /// Neither received nor given up on.
+    Pending,
+    /// The first ORIGIN frame received.
+    Received(ptth_core::OriginFrame),
+    /// The control stream ended, or [`ORIGIN_FRAME_WINDOW`] frames followed SETTINGS, first.
+    Missing,
+}
+
 impl Shared {
+    /// Settles the peer's ORIGIN frame, unless it is settled already (the first one wins).
+    fn settle_peer_origin(&self, outcome: PeerOrigin) {
+        self.peer_origin.send_if_modified(|o| {
+            let pending = *o == PeerOrigin::Pending;
+            if pending {
+                *o = outcome;
+            }
+            pending
+        });
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         // A poisoned lock means a panic elsewhere; the state is still usable.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -436,6 +475,7 @@ impl H3Connection {
             local,
             state: Mutex::new(State::default()),
             peer_settings: watch::Sender::new(None),
+            peer_origin: watch::Sender::new(PeerOrigin::Pending),
             control: tokio::sync::Mutex::new(None),
             in_flight: watch::Sender::new(0),
             datagrams: Mutex::new(HashMap::new()),
@@ -448,6 +488,13 @@ impl H3Connection {
         let mut buf = BytesMut::new();
         let _ = encode_varint(STREAM_CONTROL, &mut buf);
         Frame::Settings(shared.config.local_settings()).encode(&mut buf);
+        // RFC 9412 §2: "The ORIGIN frame is sent from servers to clients on the server's
+        // control stream." draft-bt: the origin sends it immediately, so right after SETTINGS.
+        if let Some(origin) = &shared.config.origin_frame {
+            if shared.peer_sends_requests() {
+                Frame::Origin(origin.encode_payload()).encode(&mut buf);
+            }
+        }
         control
             .write_all(&buf)
             .await
@@ -490,6 +537,26 @@ impl H3Connection {
     /// The peer's SETTINGS, waiting for them if needed.
     pub async fn peer_settings(&self) -> Result<Settings, H3Error> {
         self.shared.peer_settings().await
+    }
+
+    /// The peer's first ORIGIN frame (RFC 9412), waiting for it if needed.
+    ///
+    /// `None` if the peer's control stream or the connection ended first, or if
+    /// more than a few frames followed the peer's SETTINGS without one (draft-bt asks for
+    /// it immediately). A malformed ORIGIN payload closes the connection with
+    /// H3_FRAME_ERROR, so it also yields `None`. Does not time out by itself.
+    pub async fn peer_origin_frame(&self) -> Option<ptth_core::OriginFrame> {
+        let mut rx = self.shared.peer_origin.subscribe();
+        tokio::select! {
+            outcome = rx.wait_for(|o| *o != PeerOrigin::Pending) => match outcome.as_deref() {
+                Ok(PeerOrigin::Received(frame)) => Some(frame.clone()),
+                _ => None,
+            },
+            _ = self.shared.conn.closed() => match &*self.shared.peer_origin.borrow() {
+                PeerOrigin::Received(frame) => Some(frame.clone()),
+                _ => None,
+            },
+        }
     }
 
     /// Whether HTTP datagrams can be used (both SETTINGS and the QUIC extension).
@@ -600,7 +667,9 @@ async fn handle_uni(shared: Arc<Shared>, mut recv: quinn::RecvStream) {
                 // connection error of type H3_STREAM_CREATION_ERROR."
                 Err(ProtocolError::StreamCreation("second control stream"))
             } else {
-                read_control(&shared, recv, buf).await
+                let result = read_control(&shared, recv, buf).await;
+                shared.settle_peer_origin(PeerOrigin::Missing);
+                result
             }
         }
         STREAM_PUSH => {
@@ -681,8 +750,15 @@ async fn read_control(
 ) -> Result<(), ProtocolError> {
     let mut decoder = FrameDecoder::new(CONTROL_FRAME_LIMIT);
     let mut first = true;
+    let mut frames_after_settings = 0usize;
     loop {
         while let Some(event) = decoder.decode(&mut buf)? {
+            if !first {
+                frames_after_settings += 1;
+                if frames_after_settings > ORIGIN_FRAME_WINDOW {
+                    shared.settle_peer_origin(PeerOrigin::Missing);
+                }
+            }
             let ty = match &event {
                 Event::Data(_) => frame::DATA,
                 Event::Frame(f) => f.ty(),
@@ -706,6 +782,7 @@ async fn read_control(
                 // stream, the endpoint MUST respond with a connection error of type
                 // H3_FRAME_UNEXPECTED."
                 Event::Frame(Frame::Goaway(id)) => handle_goaway(shared, id)?,
+                Event::Frame(Frame::Origin(payload)) => handle_origin(shared, &payload)?,
                 Event::Frame(Frame::MaxPushId(_)) => {
                     // §7.2.7: "Receipt of a MAX_PUSH_ID frame by a client MUST be treated
                     // as a connection error of type H3_FRAME_UNEXPECTED." We never push,
@@ -740,6 +817,30 @@ fn handle_settings(shared: &Shared, settings: Settings) -> Result<(), ProtocolEr
         ));
     }
     shared.peer_settings.send_replace(Some(settings));
+    Ok(())
+}
+
+fn handle_origin(shared: &Shared, payload: &[u8]) -> Result<(), ProtocolError> {
+    // RFC 9412 §2: "The ORIGIN frame is sent from servers to clients on the server's
+    // control stream." We treat one received by an endpoint that sends no requests (an
+    // HTTP server only) as H3_FRAME_UNEXPECTED.
+    if !shared.sends_requests() {
+        return Err(ProtocolError::UnexpectedFrame {
+            ty: frame::ORIGIN,
+            stream: "the control stream, sent to an HTTP server",
+        });
+    }
+    // Stricter than RFC 8336 (which skips bad entries): draft-bt routes by these entries,
+    // so a malformed or empty list is H3_FRAME_ERROR.
+    let parsed = ptth_core::OriginFrame::parse_payload(payload).map_err(|e| {
+        tracing::debug!(error = %e, "malformed ORIGIN frame");
+        ProtocolError::Frame(frame::FrameError::Malformed {
+            ty: frame::ORIGIN,
+            what: "malformed Origin-Entry list",
+        })
+    })?;
+    // RFC 8336 allows more ORIGIN frames (adding to the Origin Set); we act on the first.
+    shared.settle_peer_origin(PeerOrigin::Received(parsed));
     Ok(())
 }
 

@@ -68,6 +68,8 @@ pub const PUSH_PROMISE: u64 = 0x5;
 pub const GOAWAY: u64 = 0x7;
 /// MAX_PUSH_ID.
 pub const MAX_PUSH_ID: u64 = 0xd;
+/// RFC 9412 §2: ORIGIN, carrying an RFC 8336 Origin-Entry list ([`ptth_core::OriginFrame`]).
+pub const ORIGIN: u64 = 0x0c;
 
 // RFC 9114 §7.2.4.1, RFC 9204 §5, RFC 9220 §3, RFC 9297 §2.1.1: setting identifiers.
 /// SETTINGS_QPACK_MAX_TABLE_CAPACITY.
@@ -326,6 +328,9 @@ pub enum Frame {
     Goaway(u64),
     /// MAX_PUSH_ID.
     MaxPushId(u64),
+    /// ORIGIN (RFC 9412): the raw Origin-Entry list, parsed by the connection with
+    /// [`ptth_core::OriginFrame::parse_payload`].
+    Origin(Bytes),
 }
 
 impl Frame {
@@ -338,6 +343,7 @@ impl Frame {
             Frame::PushPromise { .. } => PUSH_PROMISE,
             Frame::Goaway(_) => GOAWAY,
             Frame::MaxPushId(_) => MAX_PUSH_ID,
+            Frame::Origin(_) => ORIGIN,
         }
     }
 
@@ -345,7 +351,7 @@ impl Frame {
     pub fn encode(&self, out: &mut BytesMut) {
         let mut payload = BytesMut::new();
         match self {
-            Frame::Headers(block) => payload.extend_from_slice(block),
+            Frame::Headers(block) | Frame::Origin(block) => payload.extend_from_slice(block),
             Frame::CancelPush(id) | Frame::Goaway(id) | Frame::MaxPushId(id) => {
                 let _ = encode_varint(*id, &mut payload);
             }
@@ -454,7 +460,8 @@ impl FrameDecoder {
                         DATA => State::Data { remaining: len },
                         // RFC 9114 §7.2.8: HTTP/2-only frame types.
                         0x2 | 0x6 | 0x8 | 0x9 => return Err(FrameError::Http2Frame(ty)),
-                        HEADERS | CANCEL_PUSH | SETTINGS | PUSH_PROMISE | GOAWAY | MAX_PUSH_ID => {
+                        HEADERS | CANCEL_PUSH | SETTINGS | PUSH_PROMISE | GOAWAY | MAX_PUSH_ID
+                        | ORIGIN => {
                             if len > self.max_frame_len {
                                 return Err(FrameError::TooLarge { ty, len });
                             }
@@ -532,6 +539,7 @@ fn parse_payload(ty: u64, mut payload: Bytes) -> Result<Frame, FrameError> {
     };
     Ok(match ty {
         HEADERS => Frame::Headers(payload),
+        ORIGIN => Frame::Origin(payload),
         CANCEL_PUSH => Frame::CancelPush(single(payload)?),
         GOAWAY => Frame::Goaway(single(payload)?),
         MAX_PUSH_ID => Frame::MaxPushId(single(payload)?),

@@ -2,6 +2,7 @@
 //! request direction, plus scripted raw-QUIC peers for protocol violations.
 
 mod interop;
+mod origin;
 mod violations;
 
 use std::collections::VecDeque;

@@ -7,7 +7,7 @@ use std::task::{ready, Context, Poll};
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::{FrameHeader, OriginFrame, SETTINGS_FRAME_TYPE};
+use super::{FrameHeader, OriginFrame, OriginFrameExt, SETTINGS_FRAME_TYPE};
 
 /// Wraps the origin's connection to a gateway and inserts an ORIGIN frame after the server preface.
 ///

@@ -11,7 +11,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
 use tokio::time::timeout;
 
-use super::{FrameHeader, OriginFrame, OriginFrameError, OriginFrameInjector, OriginFrameTap};
+use super::{
+    FrameHeader, OriginFrame, OriginFrameError, OriginFrameExt, OriginFrameInjector, OriginFrameTap,
+};
 
 const LIMIT: Duration = Duration::from_secs(20);
 

@@ -4,7 +4,7 @@ use proptest::prelude::*;
 
 use super::fuzz_harness::fuzz_origin_frame;
 use super::tap::OriginScanner;
-use super::{FrameHeader, OriginEntry, OriginFrame, OriginFrameError};
+use super::{FrameHeader, OriginEntry, OriginFrame, OriginFrameError, OriginFrameExt};
 
 fn entry(s: &str) -> OriginEntry {
     OriginEntry::new(s).unwrap()
