@@ -31,7 +31,7 @@ fn main() -> Result<()> {
                  commands:\n  \
                  ci     run exactly what CI runs: fmt --check, clippy -D warnings, tests, tidy\n  \
                  tidy   check the architecture rules (layering, sans-IO core, //! headers)\n  \
-                 demo   start a gateway with dev certificates and one origin per TCP mechanism\n         \
+                 demo   start a gateway with dev certificates and one origin per mechanism\n         \
                         (--once: print the table and exit)\n  \
                  fuzz   run the cargo-fuzz targets: fuzz [TARGET] [--time SECONDS] (default 10 each);\n         \
                         --build only builds them; crashing inputs go to tests/data/fuzz/<target>/\n  \
