@@ -82,6 +82,11 @@ pub struct Cli {
     /// Seconds requests in flight may run after SIGTERM or Ctrl-C.
     #[arg(long)]
     pub shutdown_grace: Option<f64>,
+    /// For tests only (hidden): send these entries in the draft-bt ORIGIN frame instead
+    /// of the origins of --host (repeatable).
+    #[arg(long = "origin-frame", hide = true)]
+    #[serde(skip)]
+    pub origin_frame: Vec<String>,
     /// Read settings from a TOML file.
     #[arg(long)]
     #[serde(skip)]
@@ -172,6 +177,9 @@ impl Cli {
             c.shutdown_grace = Duration::try_from_secs_f64(s)
                 .map_err(|_| anyhow!("--shutdown-grace must be a non-negative number"))?;
         }
+        if !self.origin_frame.is_empty() {
+            c.origin_frame_override = Some(self.origin_frame);
+        }
         Ok((c, serve))
     }
 
@@ -205,6 +213,7 @@ impl Cli {
             alpn_set: self.alpn_set.or(f.alpn_set),
             max_concurrent_streams: self.max_concurrent_streams.or(f.max_concurrent_streams),
             shutdown_grace: self.shutdown_grace.or(f.shutdown_grace),
+            origin_frame: self.origin_frame,
             config: self.config,
             log_format: self.log_format.or(f.log_format),
         }

@@ -36,6 +36,24 @@ pub(crate) struct Dialer {
     pub(crate) quic: crate::quic::QuicClient,
 }
 
+impl Dialer {
+    /// The draft-bt ORIGIN frame: our serialized origins, or the test-only override.
+    pub(crate) fn origin_frame(&self) -> Result<ptth_core::OriginFrame> {
+        let entries = match &self.config.origin_frame_override {
+            Some(texts) => texts
+                .iter()
+                .map(|t| ptth_core::OriginEntry::new(t))
+                .collect::<Result<Vec<_>, _>>()?,
+            None => self
+                .origins
+                .iter()
+                .map(|o| ptth_core::OriginEntry::new(&o.to_string()))
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        Ok(ptth_core::OriginFrame::new(entries)?)
+    }
+}
+
 impl std::fmt::Debug for Dialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dialer")
@@ -185,12 +203,7 @@ impl Dialer {
                 let service = service.with_authorizer(self.authorizer(exporter));
                 tracing::info!(slot, mechanism = %m, "reversed connection up");
                 if m == Mechanism::H2Reverse {
-                    let entries = self
-                        .origins
-                        .iter()
-                        .map(|o| ptth_h2::OriginEntry::new(&o.to_string()))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let frame = ptth_h2::OriginFrame::new(entries)?;
+                    let frame = self.origin_frame()?;
                     let io = ptth_h2::OriginFrameInjector::new(tls, frame);
                     serve_reversed(io, HttpVersion::Http2, service, &self.config, shutdown).await
                 } else {

@@ -63,6 +63,11 @@ pub struct OriginConfig {
     pub max_concurrent_streams: u32,
     /// How long requests in flight may run after shutdown starts.
     pub shutdown_grace: Duration,
+    /// For tests only: the entries of the draft-bt ORIGIN frame (`h2-reverse`,
+    /// `h3-reverse`) instead of the origins derived from `hosts`, so tests can make an
+    /// origin claim less (or other) than it asks to be routed for.
+    #[doc(hidden)]
+    pub origin_frame_override: Option<Vec<String>>,
 }
 
 impl OriginConfig {
@@ -91,6 +96,7 @@ impl OriginConfig {
             connections: 1,
             max_concurrent_streams: 256,
             shutdown_grace: Duration::from_secs(30),
+            origin_frame_override: None,
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::dial::Dialer;
 use crate::serve::{serve_reversed, BoxError, OriginService};
 use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
-use ptth_core::{HttpVersion, SetupKind};
+use ptth_core::{HttpVersion, Mechanism, SetupKind};
 use ptth_h3::{H3Config, H3Connection, Protocol, RecvBody, RequestDirection};
 use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
@@ -161,7 +161,12 @@ pub(crate) async fn connect_and_serve(
     let Some(direction) = RequestDirection::for_mechanism(m) else {
         bail!("{m} does not run over QUIC");
     };
-    let config = H3Config::new(direction).enable_datagrams(true);
+    let mut config = H3Config::new(direction).enable_datagrams(true);
+    if m == Mechanism::H3Reverse {
+        // draft-bt §3: "the origin MUST immediately send an ORIGIN frame (RFC 9412 for
+        // HTTP/3)"; ptth-h3 sends it right after our SETTINGS on the control stream.
+        config = config.origin_frame(dialer.origin_frame()?);
+    }
     let h3 = Arc::new(
         H3Connection::new(quic.clone(), config)
             .await
@@ -174,9 +179,6 @@ pub(crate) async fn connect_and_serve(
                 .export_keying_material(&mut exporter, ptth_auth::EXPORTER_LABEL, b"")
                 .ok()
                 .map(|()| exporter);
-            // draft-bt §3 wants an ORIGIN frame (RFC 9412) right after SETTINGS; ptth-h3 does
-            // not send ORIGIN frames yet, so h3-reverse origins claim their origins in the
-            // authorisation answer only.
             let service = service.with_authorizer(dialer.authorizer(exporter));
             tracing::info!(slot, mechanism = %m, "reversed HTTP/3 connection up");
             serve_h3(h3, service, dialer, shutdown).await
