@@ -47,6 +47,8 @@ pub struct Gateway {
     pub registry: Arc<Registry>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     ctx: Arc<tunnel::TunnelContext>,
+    /// The QUIC tunnel endpoint, whose server config a reload replaces.
+    tunnel_quic_endpoint: quinn::Endpoint,
     config: GatewayConfig,
 }
 
@@ -95,7 +97,7 @@ impl Gateway {
         let tunnel_quic = tunnel_quic_ep.local_addr()?;
         let mut tasks = vec![
             tokio::spawn(tunnel::serve(tunnel_l, ctx.clone())),
-            tokio::spawn(quic::serve_tunnel(tunnel_quic_ep, ctx.clone())),
+            tokio::spawn(quic::serve_tunnel(tunnel_quic_ep.clone(), ctx.clone())),
         ];
         let mut listen_tls = None;
         let mut listen_h3 = None;
@@ -129,6 +131,7 @@ impl Gateway {
             registry,
             tasks,
             ctx,
+            tunnel_quic_endpoint: tunnel_quic_ep,
             config: config.clone(),
         })
     }
@@ -146,7 +149,12 @@ impl Gateway {
             self.config.client_webpki,
             &grants,
         )?;
+        // quinn keeps its own copy of the TLS config: hand the QUIC tunnel endpoint the new
+        // one too, for connections accepted from now on.
+        let quic_config = quic::tunnel_server_config(&tunnel_tls)?;
         let grants = Arc::new(grants);
+        self.tunnel_quic_endpoint
+            .set_server_config(Some(quic_config));
         *self.ctx.tls.write().unwrap_or_else(|e| e.into_inner()) = tunnel_tls;
         *self.ctx.grants.write().unwrap_or_else(|e| e.into_inner()) = grants.clone();
         let drained = self.registry.drain_unless(

@@ -58,22 +58,35 @@ pub(crate) fn h3_gone(conn: &H3Connection, quic: &quinn::Connection) -> bool {
     conn.peer_goaway().is_some() || quic.close_reason().is_some()
 }
 
+fn server_config(tls: rustls::ServerConfig, what: &str) -> Result<quinn::ServerConfig> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
+        .map_err(|e| anyhow!("{what}: TLS config unusable for QUIC: {e}"))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport_config()));
+    Ok(server)
+}
+
 fn server_endpoint(
     tls: rustls::ServerConfig,
     addr: SocketAddr,
     what: &str,
 ) -> Result<quinn::Endpoint> {
-    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
-        .map_err(|e| anyhow!("{what}: TLS config unusable for QUIC: {e}"))?;
-    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport_config()));
-    quinn::Endpoint::server(server, addr)
+    quinn::Endpoint::server(server_config(tls, what)?, addr)
         .with_context(|| format!("binding the {what} on UDP {addr}"))
 }
 
 /// Binds the QUIC tunnel endpoint on `addr` (UDP) with the tunnel's TLS settings.
 pub(crate) fn tunnel_endpoint(ctx: &TunnelContext, addr: SocketAddr) -> Result<quinn::Endpoint> {
     let tls = ctx.tls.read().unwrap_or_else(|e| e.into_inner()).clone();
+    let config = tunnel_server_config(&tls)?;
+    quinn::Endpoint::server(config, addr)
+        .with_context(|| format!("binding the QUIC tunnel endpoint on UDP {addr}"))
+}
+
+/// The QUIC tunnel endpoint's server config from the tunnel's TLS settings; also what a
+/// reload installs with `quinn::Endpoint::set_server_config`, so pinned keys and the
+/// certificate request follow the new grants for new connections.
+pub(crate) fn tunnel_server_config(tls: &crate::tls::TunnelTls) -> Result<quinn::ServerConfig> {
     // quinn cannot pick a config per ClientHello (rustls's `Acceptor` is TCP-only), so the
     // QUIC endpoint uses the config that requests a certificate without requiring one, and
     // h3-reverse connections without one are refused after the handshake.
@@ -81,7 +94,7 @@ pub(crate) fn tunnel_endpoint(ctx: &TunnelContext, addr: SocketAddr) -> Result<q
     config.alpn_protocols = ptth_core::tunnel_alpn_protocols(Transport::Quic);
     // RFC 9001 §4.6.1: 0-RTT on QUIC needs max_early_data_size 0 or u32::MAX; we take none.
     config.max_early_data_size = 0;
-    server_endpoint(config, addr, "QUIC tunnel endpoint")
+    server_config(config, "QUIC tunnel endpoint")
 }
 
 /// Binds the public HTTP/3 endpoint on `addr` (UDP), ALPN `h3`.
@@ -170,11 +183,23 @@ async fn admit(
             .await
             .map_err(|e| format!("HTTP/3 start: {e}"))?;
             let h3 = Arc::new(h3);
+            let origin_frame = if mechanism == Mechanism::H3Reverse {
+                // draft-bt §3: "the origin MUST immediately send an ORIGIN frame" (RFC 9412
+                // for HTTP/3); admit_reversed checks its entries against the certificate.
+                let waited =
+                    tokio::time::timeout(ctx.handshake_timeout, h3.peer_origin_frame()).await;
+                match waited {
+                    Ok(Some(frame)) => Some(frame),
+                    Ok(None) | Err(_) => {
+                        quic.close(quinn::VarInt::from_u32(0x100), b"no ORIGIN frame");
+                        return Err("no ORIGIN frame arrived in time (draft-bt)".into());
+                    }
+                }
+            } else {
+                None
+            };
             let sender = Sender::H3(h3.sender(), h3.clone(), quic.clone());
             let task = tokio::spawn(hold(quic, h3));
-            // draft-bt §3: "the origin MUST immediately send an ORIGIN frame" (RFC 9412 for
-            // HTTP/3). ptth-h3 does not parse ORIGIN frames yet, so an h3-reverse origin's
-            // claims are checked against its grant only, not against an ORIGIN frame.
             tunnel::admit_reversed(
                 ReversedCandidate {
                     sender,
@@ -183,7 +208,7 @@ async fn admit(
                     peer,
                     peer_certs,
                     exporter,
-                    origin_frame: None,
+                    origin_frame,
                 },
                 &ctx,
             )

@@ -273,8 +273,8 @@ pub(crate) struct ReversedCandidate {
     pub peer_certs: Option<Vec<CertificateDer<'static>>>,
     /// The gateway's TLS exporter value for this connection (binds challenge answers).
     pub exporter: Option<[u8; 32]>,
-    /// draft-bt: the origin's ORIGIN frame.
-    pub origin_frame: Option<ptth_h2::OriginFrame>,
+    /// draft-bt: the origin's ORIGIN frame (HTTP/2 or HTTP/3, same payload).
+    pub origin_frame: Option<ptth_core::OriginFrame>,
 }
 
 /// Potato and draft-bt: the connection is reversed as soon as the handshake completes. The
@@ -361,7 +361,9 @@ pub(crate) async fn admit_reversed(
         // draft-bt §3: "The intermediary MUST check the ORIGIN entries against the client
         // certificate"; and the origins this connection serves must be among them.
         let Some(leaf) = peer_certs.as_ref().and_then(|c| c.first()) else {
-            return fail("h2-reverse requires a client certificate (draft-bt)".into());
+            return fail(format!(
+                "{mechanism} requires a client certificate (draft-bt)"
+            ));
         };
         let entries: Vec<&str> = frame.entries().iter().map(|e| e.as_str()).collect();
         if let Err(e) = ptth_auth::check_origin_frame_against_cert(&entries, leaf) {
@@ -616,7 +618,7 @@ async fn serve_h2_setup<IO>(
 
 /// Whether an ORIGIN frame entry covers `origin`. draft-bt §3 allows wildcard entries
 /// (`https://*.example.com`), which cover exactly one more label, as certificates do.
-fn origin_frame_covers(frame: &ptth_h2::OriginFrame, origin: &SerializedOrigin) -> bool {
+fn origin_frame_covers(frame: &ptth_core::OriginFrame, origin: &SerializedOrigin) -> bool {
     frame.entries().iter().any(|e| {
         let port = e
             .port()
