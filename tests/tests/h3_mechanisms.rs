@@ -328,3 +328,65 @@ async fn tcp_listeners_advertise_http3_in_alt_svc() {
         .unwrap();
     assert!(res.headers().contains_key("alt-svc"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_frame_that_does_not_cover_the_claimed_host_is_refused() {
+    let dir = TempDir::new("h3origin-frame");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let mut keep = Vec::new();
+    for m in ["h3-reverse", "h2-reverse"] {
+        // The dev client certificate covers *.localhost, so the narrower ORIGIN frame
+        // passes the certificate check but does not cover the host the origin claims.
+        // `--origin-frame` is a hidden, test-only override of the ORIGIN frame entries.
+        keep.push(
+            Origin::start(
+                &gw,
+                m,
+                &format!("narrow-{m}.localhost"),
+                &["--origin-frame", "https://other.localhost"],
+            )
+            .await
+            .unwrap(),
+        );
+        keep.push(
+            Origin::start(&gw, m, &format!("{m}.localhost"), &[])
+                .await
+                .unwrap(),
+        );
+    }
+    for m in ["h3-reverse", "h2-reverse"] {
+        wait_ready(&gw, &format!("{m}.localhost"))
+            .await
+            .unwrap_or_else(|e| panic!("{m}: the normal ORIGIN frame is admitted: {e}"));
+        assert_eq!(
+            status_after(&gw, &format!("narrow-{m}.localhost"), 3).await,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{m}: an ORIGIN frame that does not cover the claimed host is refused"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_quic_requests_in_flight_and_exits_zero() {
+    let dir = TempDir::new("h3drain");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    for m in ["rh3", "h3-reverse"] {
+        let host = format!("{m}.localhost");
+        let mut origin = Origin::start(&gw, m, &host, &[]).await.unwrap();
+        wait_ready(&gw, &host).await.unwrap();
+        let h1 = client(false);
+        let slow = tokio::spawn({
+            let req = get(&gw, &host, "/slow?ms=1500");
+            async move { send(&h1, req).await }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let status = origin.terminate().await.unwrap();
+        assert!(status.success(), "{m}: exit status {status}");
+        let (res, _) = slow.await.unwrap().unwrap();
+        assert_eq!(
+            res.status(),
+            StatusCode::OK,
+            "{m}: the request in flight finished"
+        );
+    }
+}
