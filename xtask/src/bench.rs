@@ -318,7 +318,7 @@ fn start_row(
             std::fs::create_dir_all(prefix.join("logs"))?;
             let conf = prefix.join("nginx.conf");
             std::fs::write(&conf, nginx_conf(upstream, h1, h2, &prefix))?;
-            let pid = children.spawn(
+            let pid = children.spawn_graceful(
                 "nginx",
                 Command::new("nginx")
                     .arg("-p")

@@ -57,9 +57,11 @@ pub fn require_tool(tool: &str, hint: &str) -> Result<()> {
     Ok(())
 }
 
-/// Child processes, killed (and reaped) when dropped, however the task ends.
+/// Child processes, killed (and reaped) when dropped, however the task ends. Those spawned
+/// with [`Children::spawn_graceful`] get SIGTERM first, so a master process (nginx) can stop
+/// its own workers instead of orphaning them.
 #[derive(Debug, Default)]
-pub struct Children(Vec<(String, Child)>);
+pub struct Children(Vec<(String, Child)>, Vec<u32>);
 
 impl Children {
     /// Spawns `cmd`, remembers it under `name`, and returns its pid.
@@ -67,6 +69,14 @@ impl Children {
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
         let pid = child.id();
         self.0.push((name.to_string(), child));
+        Ok(pid)
+    }
+
+    /// Like [`Children::spawn`], but the child is asked to stop with SIGTERM before it is
+    /// killed.
+    pub fn spawn_graceful(&mut self, name: &str, cmd: &mut Command) -> Result<u32> {
+        let pid = self.spawn(name, cmd)?;
+        self.1.push(pid);
         Ok(pid)
     }
 
@@ -100,6 +110,17 @@ impl Children {
 
 impl Drop for Children {
     fn drop(&mut self) {
+        for pid in &self.1 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for (_, c) in self.0.iter_mut().filter(|(_, c)| self.1.contains(&c.id())) {
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         for (_, c) in &mut self.0 {
             let _ = c.kill();
         }
