@@ -543,17 +543,9 @@ async fn serve_h1_setup<IO>(
                 };
             let (mechanism, version) = mechanism_for(&accepted, false);
             let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                match on_upgrade.await {
-                    Ok(upgraded) => match start_client(TokioIo::new(upgraded), version).await {
-                        Ok((sender, task)) => {
-                            register(&ctx, mechanism, scopes, admission, peer, sender, task)
-                        }
-                        Err(e) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
-                    },
-                    Err(e) => tracing::warn!(%peer, error = %e, "upgrade failed"),
-                }
-            });
+            tokio::spawn(reverse_after_upgrade(
+                on_upgrade, version, mechanism, scopes, admission, peer, ctx,
+            ));
             Ok(response)
         }
     });
@@ -562,6 +554,26 @@ async fn serve_h1_setup<IO>(
         .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(%peer, error = %e, "setup connection ended");
+    }
+}
+
+/// Once a setup's stream is handed over (after the `101`, or the CONNECT's `2xx`), starts the
+/// gateway's HTTP client on it and registers the connection.
+async fn reverse_after_upgrade(
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    version: HttpVersion,
+    mechanism: Mechanism,
+    scopes: Vec<Scope>,
+    admission: Admission,
+    peer: SocketAddr,
+    ctx: Arc<TunnelContext>,
+) {
+    match on_upgrade.await {
+        Ok(upgraded) => match start_client(TokioIo::new(upgraded), version).await {
+            Ok((sender, task)) => register(&ctx, mechanism, scopes, admission, peer, sender, task),
+            Err(e) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
+        },
+        Err(e) => tracing::warn!(%peer, error = %e, "taking over the setup stream failed"),
     }
 }
 
@@ -590,17 +602,9 @@ async fn serve_h2_setup<IO>(
                 };
             let (mechanism, version) = mechanism_for(&accepted, true);
             let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(async move {
-                match on_upgrade.await {
-                    Ok(upgraded) => match start_client(TokioIo::new(upgraded), version).await {
-                        Ok((sender, task)) => {
-                            register(&ctx, mechanism, scopes, admission, peer, sender, task)
-                        }
-                        Err(e) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
-                    },
-                    Err(e) => tracing::warn!(%peer, error = %e, "CONNECT stream takeover failed"),
-                }
-            });
+            tokio::spawn(reverse_after_upgrade(
+                on_upgrade, version, mechanism, scopes, admission, peer, ctx,
+            ));
             Ok(response)
         }
     });
