@@ -251,7 +251,7 @@ fn fit_request(
         .path_and_query()
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "/".to_string());
-    let authority = authority(target);
+    let authority = target.authority();
     if h2 {
         if let Ok(uri) = Uri::builder()
             .scheme(scheme)
@@ -292,20 +292,6 @@ fn fit_request(
                 h.insert(header::SEC_WEBSOCKET_KEY, k.clone());
             }
         }
-    }
-}
-
-/// `host[:port]` of a routing target, with IPv6 literals bracketed.
-fn authority(target: &RequestTarget) -> String {
-    let host = target.host();
-    let host = if host.contains(':') {
-        format!("[{host}]")
-    } else {
-        host.to_string()
-    };
-    match target.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host,
     }
 }
 
@@ -396,7 +382,7 @@ fn append_forwarded(headers: &mut HeaderMap, client: ClientInfo, target: &Reques
         std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
     };
     let proto = if client.tls { "https" } else { "http" };
-    let host = authority(target).replace(['"', '\\'], "");
+    let host = target.authority().replace(['"', '\\'], "");
     if let Ok(v) = HeaderValue::from_str(&format!("for={for_};proto={proto};host=\"{host}\"")) {
         headers.append(header::FORWARDED, v);
     }
@@ -476,6 +462,31 @@ mod tests {
         assert!(h.get("connection").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn an_ipv6_literal_authority_is_bracketed_once() {
+        let target = RequestTarget::from_parts(
+            &Request::get("http://[::1]:8080/x")
+                .body(())
+                .unwrap()
+                .into_parts()
+                .0,
+        )
+        .unwrap();
+        let mut h = HeaderMap::new();
+        append_forwarded(
+            &mut h,
+            ClientInfo {
+                addr: "127.0.0.1:5000".parse().unwrap(),
+                tls: false,
+            },
+            &target,
+        );
+        assert_eq!(
+            h.get("forwarded").unwrap(),
+            "for=127.0.0.1;proto=http;host=\"[::1]:8080\""
+        );
     }
 
     #[test]
