@@ -12,6 +12,10 @@ type Harness = fn(&[u8]);
 const TARGETS: &[(&str, Harness)] = &[
     ("alpn_header", ptth_core::fuzz_harness::fuzz_alpn),
     ("setup_request", ptth_core::fuzz_harness::fuzz_setup_request),
+    (
+        "setup_response",
+        ptth_core::fuzz_harness::fuzz_setup_response,
+    ),
     ("well_known_uri", ptth_core::fuzz_harness::fuzz_well_known),
     ("quarter_stream_id", ptth_core::fuzz_harness::fuzz_qsid),
     ("origin_frame", ptth_h2::fuzz_harness::fuzz_origin_frame),

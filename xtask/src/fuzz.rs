@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 pub const TARGETS: &[&str] = &[
     "alpn_header",
     "setup_request",
+    "setup_response",
     "well_known_uri",
     "quarter_stream_id",
     "origin_frame",

@@ -95,6 +95,55 @@ pub fn fuzz_setup_request(data: &[u8]) {
     }
 }
 
+/// Parses `data` as the gateway's answer to a setup, the origin's side of the exchange:
+/// the first line is the status code, each further line one `name: value` field. Runs every
+/// origin-side validator; whatever they accept must name a protocol the origin offered.
+pub fn fuzz_setup_response(data: &[u8]) {
+    let mut lines = data.split(|&b| b == b'\n');
+    let status = lines
+        .next()
+        .and_then(|l| http::StatusCode::from_bytes(l).ok())
+        .unwrap_or(http::StatusCode::SWITCHING_PROTOCOLS);
+    let mut builder = http::Response::builder().status(status);
+    for line in lines {
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        let value = value.strip_prefix(b" ").unwrap_or(value);
+        if let (Ok(name), Ok(value)) =
+            (HeaderName::from_bytes(name), HeaderValue::from_bytes(value))
+        {
+            builder = builder.header(name, value);
+        }
+    }
+    let Ok(response) = builder.body(()) else {
+        return;
+    };
+    let tokens = SetupTokens::default();
+    let offered = [ProtocolId::h2(), ProtocolId::http11()];
+    for chosen in [
+        setup::validate_upgrade_response(&response, &offered, &tokens),
+        setup::validate_connect_response(&response, &offered, &tokens),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        assert!(
+            offered.contains(&chosen),
+            "accepted {chosen}, never offered"
+        );
+    }
+    if setup::validate_upgrade_response(&response, &offered, &tokens).is_ok()
+        || setup::validate_legacy_response(&response, &tokens).is_ok()
+    {
+        assert_eq!(response.status(), http::StatusCode::SWITCHING_PROTOCOLS);
+    }
+    if setup::validate_options_response(&response).is_ok() {
+        assert!(response.status().is_success());
+    }
+}
+
 /// Parses `data` as a well-known path, a URI template and a serialized origin, and
 /// checks the round trips of what parses.
 pub fn fuzz_well_known(data: &[u8]) {
