@@ -23,7 +23,7 @@ const FORBIDDEN_IN_CORE: &[&str] = &[
 
 /// The layers, top to bottom. A crate may depend only on crates in lower layers.
 const LAYERS: &[&[&str]] = &[
-    &["ptth-gateway", "ptth-origin"],
+    &["ptth-gateway", "ptth-origin", "ptth-h3-client"],
     &["ptth-h1", "ptth-h2", "ptth-h3", "ptth-auth"],
     &["ptth-core"],
 ];
