@@ -223,7 +223,9 @@ where
             let s = settings.clone();
             let task = tokio::spawn(async move {
                 if let Err(e) = ptth_h2::reversed::drive(conn, s).await {
-                    tracing::debug!(error = %e, "reversed HTTP/2 connection ended");
+                    // Every request on it fails with the connection: say why, with the
+                    // causes (hyper's own text is only "http2 error").
+                    tracing::warn!(error = %error_chain(&e), "reversed HTTP/2 connection ended with an error");
                 }
             });
             Ok((Sender::H2(send, settings), task))
@@ -655,4 +657,16 @@ async fn drain(mut body: Body, limit: usize) {
             }
         }
     }
+}
+
+/// `error: cause: cause …`, for errors whose own text hides the reason.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

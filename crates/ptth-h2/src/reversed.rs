@@ -103,12 +103,27 @@ where
         .initial_connection_window_size(options.windows.connection)
         .max_frame_size(64 * 1024)
         .max_concurrent_streams(options.max_concurrent_streams)
+        .max_pending_accept_reset_streams(pending_accept_resets(options.max_concurrent_streams))
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .enable_connect_protocol()
         .timer(hyper_util::rt::TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(20))
         .serve_connection(TokioIo::new(io), service)
+}
+
+/// How many streams the gateway may reset before the origin's server accepted them.
+///
+/// h2 closes a connection with `ENHANCE_YOUR_CALM` ("too_many_resets") once more than 20
+/// streams are reset before the application took them: the Rapid Reset defence
+/// (CVE-2023-44487), right for a public listener. On a reversed connection the peer is the
+/// authenticated gateway, and a burst of resets is ordinary: every public client that
+/// disconnects with requests in flight cancels them, up to the whole concurrency limit at
+/// once (256 HTTP/1.1 clients closing together did it in `cargo xtask bench`). The bound
+/// stays, at twice the streams the origin admits, so a misbehaving gateway still cannot grow
+/// the queue without limit.
+pub fn pending_accept_resets(max_concurrent_streams: u32) -> usize {
+    (max_concurrent_streams as usize).saturating_mul(2).max(20)
 }
 
 type Probe = Box<dyn Fn() -> (usize, bool) + Send + Sync>;
@@ -171,4 +186,135 @@ where
             .poll(cx)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Empty};
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll, Waker};
+
+    fn empty() -> Body {
+        Empty::new().map_err(|e| match e {}).boxed_unsync()
+    }
+
+    /// A reader that can be held shut, so frames pile up unread as they do at a busy origin.
+    #[derive(Default)]
+    struct Gate {
+        shut: bool,
+        waker: Option<Waker>,
+    }
+
+    struct Gated<IO> {
+        io: IO,
+        gate: Arc<Mutex<Gate>>,
+    }
+
+    fn set(gate: &Mutex<Gate>, shut: bool) {
+        let mut g = gate.lock().unwrap();
+        g.shut = shut;
+        if let Some(w) = g.waker.take() {
+            w.wake();
+        }
+    }
+
+    impl<IO: AsyncRead + Unpin> AsyncRead for Gated<IO> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            {
+                let mut g = self.gate.lock().unwrap();
+                if g.shut {
+                    g.waker = Some(cx.waker().clone());
+                    return Poll::Pending;
+                }
+            }
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl<IO: AsyncWrite + Unpin> AsyncWrite for Gated<IO> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    async fn request(send: &mut Sender) -> hyper::Result<http::Response<Incoming>> {
+        send.ready().await?;
+        send.send_request(http::Request::new(empty())).await
+    }
+
+    /// When the public clients of a busy gateway all vanish at once, the gateway resets every
+    /// request in flight, many of them before the origin's server took them. The reversed
+    /// connection must survive that and serve the next request.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_cancelled_requests_keeps_the_connection() {
+        let (gateway_io, origin_io) = tokio::io::duplex(4 << 20);
+        let gate = Arc::new(Mutex::new(Gate::default()));
+        let origin_io = Gated {
+            io: origin_io,
+            gate: gate.clone(),
+        };
+        let options = ServeOptions::default();
+        let service = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(empty()))
+        });
+        let origin = tokio::spawn(serve(origin_io, service, options));
+        let (send, conn) = handshake(gateway_io, Windows::default()).await.unwrap();
+        let driven = tokio::spawn(drive(conn, Arc::new(PeerSettings::default())));
+        // The handshake and one exchange, so both sides know each other's SETTINGS.
+        assert_eq!(
+            request(&mut send.clone()).await.unwrap().status(),
+            http::StatusCode::OK
+        );
+
+        // The origin stops reading; the gateway opens every stream it may, then cancels them.
+        set(&gate, true);
+        let inflight: Vec<_> = (0..options.max_concurrent_streams)
+            .map(|_| {
+                let mut send = send.clone();
+                tokio::spawn(async move { request(&mut send).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        for task in &inflight {
+            task.abort();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The origin reads the HEADERS and the RST_STREAMs in one go, before it accepted any.
+        set(&gate, false);
+
+        let answer = tokio::time::timeout(Duration::from_secs(10), request(&mut send.clone()))
+            .await
+            .expect("no answer in 10 s");
+        assert_eq!(
+            answer.expect("the origin closed the connection").status(),
+            http::StatusCode::OK
+        );
+        assert!(!driven.is_finished() && !origin.is_finished());
+    }
+
+    #[test]
+    fn the_reset_bound_follows_the_stream_limit() {
+        assert_eq!(pending_accept_resets(256), 512);
+        assert_eq!(pending_accept_resets(1), 20);
+        assert_eq!(pending_accept_resets(u32::MAX), u32::MAX as usize * 2);
+    }
 }
