@@ -4,10 +4,12 @@
 //! Builds the debug binaries, starts `ptth-gateway --dev` in a temp dir, one `--hello` origin
 //! per (mechanism, authentication method) on `<mechanism>.localhost`, one method at a time,
 //! and two proxy-mode origins (`upgrade-h1` and `rh2`) in front of counting upstreams for
-//! the smuggling battery. Public clients are real tools: curl (HTTP/1.1 cleartext and TLS,
-//! HTTP/2 over TLS, h2c prior knowledge) and h2load (h2c, HTTP/2 over TLS, HTTP/1.1).
-//! `--quick` runs rh2, upgrade-h1 and connect-h2 × curl HTTP/1.1 and HTTP/2 plus the whole
-//! smuggling battery, and writes nothing.
+//! the smuggling battery. Every TCP and QUIC mechanism is a row. Public clients are real
+//! tools: curl (HTTP/1.1 cleartext and TLS, HTTP/2 over TLS, h2c prior knowledge), h2load
+//! (h2c, HTTP/2 over TLS, HTTP/1.1) and our own `ptth-h3-client` (`get` and `load` over
+//! HTTP/3 to the public UDP endpoint). `--quick` runs rh2, upgrade-h1, connect-h2 and rh3 ×
+//! curl HTTP/1.1, curl HTTP/2 and `ptth-h3-client get` plus the whole smuggling battery, and
+//! writes nothing.
 
 mod smuggle;
 
@@ -32,8 +34,9 @@ const AUTH_METHODS: &[AuthMethod] = &[
     AuthMethod {
         label: "bearer token",
         credential: Credential::Bearer,
-        // draft-bt requires a client certificate, so h2-reverse has no token-only row.
-        applies: |m| m != "h2-reverse",
+        // draft-bt requires a client certificate, so h2-reverse and h3-reverse have no
+        // token-only row.
+        applies: |m| !matches!(m, "h2-reverse" | "h3-reverse"),
     },
     AuthMethod {
         label: "client certificate",
@@ -44,8 +47,8 @@ const AUTH_METHODS: &[AuthMethod] = &[
         label: "Ed25519 signed challenge",
         credential: Credential::SigningKey,
         // The challenge is the ALPN-only mechanisms' authorisation request (Potato §5.2);
-        // h2-reverse needs a certificate besides, which its own row covers.
-        applies: |m| matches!(m, "rh1" | "rh2"),
+        // h2-reverse and h3-reverse need a certificate besides, which their own rows cover.
+        applies: |m| matches!(m, "rh1" | "rh2" | "rh3"),
     },
 ];
 
@@ -61,6 +64,10 @@ enum Client {
     },
     /// h2load, HTTP/2 unless `h1`.
     H2load { tls: bool, h1: bool },
+    /// `ptth-h3-client get`: HTTP/3 to the public UDP endpoint, checked like curl.
+    H3Get,
+    /// `ptth-h3-client load`: HTTP/3, counted like h2load.
+    H3Load,
 }
 
 const CLIENTS: &[(&str, Client)] = &[
@@ -117,10 +124,12 @@ const CLIENTS: &[(&str, Client)] = &[
             h1: true,
         },
     ),
+    ("ptth-h3-client get", Client::H3Get),
+    ("ptth-h3-client load", Client::H3Load),
 ];
 
-const QUICK_MECHANISMS: &[&str] = &["rh2", "upgrade-h1", "connect-h2"];
-const QUICK_CLIENTS: &[&str] = &["curl h1", "curl h2 TLS"];
+const QUICK_MECHANISMS: &[&str] = &["rh2", "upgrade-h1", "connect-h2", "rh3"];
+const QUICK_CLIENTS: &[&str] = &["curl h1", "curl h2 TLS", "ptth-h3-client get"];
 
 /// The POST /echo body size.
 const ECHO_BYTES: usize = 300 * 1024;
@@ -138,6 +147,7 @@ const KNOWN_FAILURES: &[(&str, &str, &str)] = &[];
 #[derive(Debug)]
 struct Env {
     gw: Gateway,
+    bin: PathBuf,
     ca: PathBuf,
     body: PathBuf,
     body_sha: String,
@@ -162,7 +172,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let mechanisms: Vec<&'static str> = if quick {
         QUICK_MECHANISMS.to_vec()
     } else {
-        procs::MECHANISMS.to_vec()
+        procs::MECHANISMS
+            .iter()
+            .chain(procs::QUIC_MECHANISMS)
+            .copied()
+            .collect()
     };
     let clients: Vec<(&str, Client)> = CLIENTS
         .iter()
@@ -196,6 +210,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         .to_string();
     let env = Env {
         gw,
+        bin: bin.clone(),
         ca: dev.join("ca.pem"),
         body,
         body_sha,
@@ -255,11 +270,14 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             }
             table.push('\n');
         }
+        // SIGTERM, so the QUIC origins close their connections instead of leaving them
+        // registered until the gateway's idle timeout while the next method's origins serve
+        // the same hosts.
         for pid in pids {
-            children.kill(pid);
+            children.terminate(pid);
         }
     }
-    println!("\nInterop matrix (each curl cell: GET / and POST /echo of {} KiB with its SHA-256; each h2load cell: {H2LOAD_N} requests all 2xx)\n", ECHO_BYTES / 1024);
+    println!("\nInterop matrix (each curl and ptth-h3-client get cell: GET / and POST /echo of {} KiB with its SHA-256; each h2load and ptth-h3-client load cell: {H2LOAD_N} requests all 2xx)\n", ECHO_BYTES / 1024);
     println!("{table}");
 
     // The smuggling battery.
@@ -374,8 +392,26 @@ fn run_cell(env: &Env, host: &str, client: Client) -> Result<()> {
             }
             Ok(())
         }
-        Client::H2load { tls, h1 } => {
-            let out = h2load(env, host, tls, h1)?;
+        Client::H3Get => {
+            let (code, _) = h3_get(env, host, "/", None)?;
+            if code != 200 {
+                bail!("GET /: {code} over HTTP/3");
+            }
+            let (code, body) = h3_get(env, host, "/echo", Some(&env.body))?;
+            if code != 200 {
+                bail!("POST /echo: {code} over HTTP/3");
+            }
+            let want = format!("\"bytes\":{ECHO_BYTES},\"sha256\":\"{}\"", env.body_sha);
+            if !body.contains(&want) {
+                bail!("POST /echo: the origin saw {}", body.trim());
+            }
+            Ok(())
+        }
+        Client::H2load { .. } | Client::H3Load => {
+            let out = match client {
+                Client::H2load { tls, h1 } => h2load(env, host, tls, h1)?,
+                _ => h3_load(env, host)?,
+            };
             let succeeded = number_before(&out, "requests:", " succeeded");
             let two_xx = number_before(&out, "status codes:", " 2xx");
             if succeeded != Some(H2LOAD_N) || two_xx != Some(H2LOAD_N) {
@@ -383,7 +419,7 @@ fn run_cell(env: &Env, host: &str, client: Client) -> Result<()> {
                     .lines()
                     .filter(|l| l.starts_with("requests:") || l.starts_with("status codes:"))
                     .collect();
-                bail!("h2load: {}", summary.join("; "));
+                bail!("load: {}", summary.join("; "));
             }
             Ok(())
         }
@@ -450,6 +486,52 @@ fn h2load(env: &Env, host: &str, tls: bool, h1: bool) -> Result<String> {
     procs::output(cmd.arg(url))
 }
 
+/// `https://HOST:TLS/path` and the `--cacert`/`--connect-to` arguments of ptth-h3-client.
+fn h3_command(env: &Env, host: &str, subcommand: &str, path: &str) -> Command {
+    let (port, url) = url(env, host, true, path);
+    let mut cmd = Command::new(env.bin.join("ptth-h3-client"));
+    cmd.args([subcommand, &url])
+        .arg("--cacert")
+        .arg(&env.ca)
+        .args(["--connect-to", &format!("127.0.0.1:{port}")]);
+    cmd
+}
+
+/// Runs `ptth-h3-client get -w`; returns the status and the body.
+fn h3_get(env: &Env, host: &str, path: &str, post: Option<&Path>) -> Result<(u16, String)> {
+    let mut cmd = h3_command(env, host, "get", path);
+    cmd.args(["--max-time", "30", "-w"]);
+    if let Some(file) = post {
+        cmd.args(["-H", "content-type: application/octet-stream"])
+            .arg("--data-binary")
+            .arg(format!("@{}", file.display()));
+    }
+    let out = procs::output(&mut cmd)?;
+    let (body, last) = out.rsplit_once('\n').unwrap_or(("", &out));
+    let mut parts = last.split_whitespace();
+    let code = parts.next().and_then(|c| c.parse().ok()).unwrap_or(0);
+    if parts.next() != Some("3") {
+        bail!("ptth-h3-client did not report HTTP/3: {last:?}");
+    }
+    Ok((code, body.to_string()))
+}
+
+/// Runs `ptth-h3-client load`; returns its h2load-style output.
+fn h3_load(env: &Env, host: &str) -> Result<String> {
+    let mut cmd = h3_command(env, host, "load", "/");
+    cmd.args([
+        "-n",
+        &H2LOAD_N.to_string(),
+        "-c",
+        &H2LOAD_C.to_string(),
+        "-m",
+        &H2LOAD_M.to_string(),
+        "-T",
+        "30",
+    ]);
+    procs::output(&mut cmd)
+}
+
 /// The number just before `suffix` on the line starting with `line_prefix`.
 fn number_before(out: &str, line_prefix: &str, suffix: &str) -> Option<usize> {
     let line = out
@@ -483,9 +565,12 @@ fn render(
         "One `ptth-gateway --dev DIR` (debug build), one `ptth-origin --hello` per mechanism \
          and origin authentication method on `<mechanism>.localhost`, one method at a time \
          (the credentials `--dev` writes and grants: token, origin certificate, Ed25519 key \
-         `dev`; Basic needs a `[[grant]]` config and is not covered yet); HTTP/1.1 \
-         mechanisms with `--connections {H2LOAD_C}`; all on loopback. Every cell is a real \
-         public client:\n"
+         `dev`); HTTP/1.1 mechanisms with `--connections {H2LOAD_C}`; all on loopback. \
+         Origins are stopped with SIGTERM between methods, so QUIC connections close \
+         instead of idling out. HTTP Basic has no row: the gateway accepts it on setup \
+         requests from a `[[grant]]` with `basic-user`/`basic-password`, but `ptth-origin` \
+         cannot send it (its only HTTP credential is `--token`, sent as `Bearer`). Every \
+         cell is a real public client:\n"
     );
     let _ = writeln!(doc, "| client | command (per cell) |\n|---|---|");
     for (name, client) in clients {
@@ -512,12 +597,18 @@ fn render(
                     "`h2load -n {H2LOAD_N} -c {H2LOAD_C} -m {m}{flag} --connect-to 127.0.0.1:{port} {scheme}://HOST:{port}/` → {H2LOAD_N} succeeded, {H2LOAD_N} 2xx"
                 )
             }
+            Client::H3Get => "`ptth-h3-client get --cacert DIR/ca.pem --connect-to 127.0.0.1:TLS -w https://HOST:TLS/` (HTTP/3 over UDP) → `200 3`; \
+                 the same with `--data-binary @body` (300 KiB) to `/echo` → the origin's SHA-256 matches"
+                .to_string(),
+            Client::H3Load => format!(
+                "`ptth-h3-client load -n {H2LOAD_N} -c {H2LOAD_C} -m {H2LOAD_M} --cacert DIR/ca.pem --connect-to 127.0.0.1:TLS https://HOST:TLS/` (HTTP/3 over UDP) → {H2LOAD_N} succeeded, {H2LOAD_N} 2xx"
+            ),
         };
         let _ = writeln!(doc, "| {name} | {cmd} |");
     }
     let _ = writeln!(
         doc,
-        "\n(h2load does not verify the gateway certificate; curl verifies it against the dev CA.)\n"
+        "\n(h2load does not verify the gateway certificate; curl and ptth-h3-client verify it against the dev CA.)\n"
     );
     let _ = writeln!(doc, "## Matrix\n\n{table}");
     let _ = writeln!(

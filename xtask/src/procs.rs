@@ -21,6 +21,9 @@ pub const MECHANISMS: &[&str] = &[
     "ptth10",
 ];
 
+/// Every QUIC mechanism `ptth-origin` can use.
+pub const QUIC_MECHANISMS: &[&str] = &["rh3", "h3-reverse", "options-h3", "connect-h3"];
+
 /// Whether a mechanism carries HTTP/1.1 (one request per connection at a time, so the origin
 /// needs `--connections` for any concurrency).
 pub fn is_h1(mechanism: &str) -> bool {
@@ -91,6 +94,25 @@ impl Children {
     pub fn kill(&mut self, pid: u32) {
         if let Some(i) = self.0.iter().position(|(_, c)| c.id() == pid) {
             let (_, mut c) = self.0.remove(i);
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Asks the child with `pid` to stop with SIGTERM, waits up to five seconds for it to
+    /// exit, then kills it; reaped either way. A QUIC origin killed outright leaves the
+    /// gateway with a registered connection until its idle timeout; one told to stop closes
+    /// it.
+    pub fn terminate(&mut self, pid: u32) {
+        if let Some(i) = self.0.iter().position(|(_, c)| c.id() == pid) {
+            let (_, mut c) = self.0.remove(i);
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && matches!(c.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -286,7 +308,7 @@ pub fn origin_command(
 /// A credential every dev gateway accepts for `mechanism`: draft-bt requires a client
 /// certificate, the others take the token.
 pub fn default_credential(mechanism: &str) -> Credential {
-    if mechanism == "h2-reverse" {
+    if matches!(mechanism, "h2-reverse" | "h3-reverse") {
         Credential::ClientCert
     } else {
         Credential::Bearer
