@@ -10,6 +10,7 @@ use hyper::client::conn::http2 as client;
 use hyper::server::conn::http2 as server;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -126,42 +127,51 @@ pub fn pending_accept_resets(max_concurrent_streams: u32) -> usize {
     (max_concurrent_streams as usize).saturating_mul(2).max(20)
 }
 
-type Probe = Box<dyn Fn() -> (usize, bool) + Send + Sync>;
-
-/// What the peer's SETTINGS say, read live. hyper exposes these on the connection future
-/// only, and processes frames in a task of its own, so [`drive`] shares the connection behind
-/// a lock and this handle asks it on demand.
-#[derive(Default)]
+/// What the peer's SETTINGS say, as of the connection task's last poll. hyper exposes these on
+/// the connection future only, so [`drive`] copies them out after every poll; readers (the
+/// gateway's router reads the stream limit on every pick) never touch the connection or wait
+/// for the task that drives it.
+#[derive(Debug)]
 pub struct PeerSettings {
-    probe: std::sync::OnceLock<Probe>,
+    max_send_streams: AtomicUsize,
+    extended_connect: AtomicBool,
 }
 
-impl std::fmt::Debug for PeerSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PeerSettings")
-            .field("max_send_streams", &self.max_send_streams())
-            .field("extended_connect", &self.extended_connect())
-            .finish()
+impl Default for PeerSettings {
+    fn default() -> Self {
+        // RFC 9113 §6.5.2: until the peer's SETTINGS arrive, assume little.
+        Self {
+            max_send_streams: AtomicUsize::new(1),
+            extended_connect: AtomicBool::new(false),
+        }
     }
 }
 
 impl PeerSettings {
-    fn read(&self) -> (usize, bool) {
-        self.probe.get().map(|p| p()).unwrap_or((1, false))
-    }
-
     /// The peer's current SETTINGS_MAX_CONCURRENT_STREAMS as it applies to our requests.
     pub fn max_send_streams(&self) -> usize {
-        self.read().0
+        self.max_send_streams.load(Ordering::Relaxed)
     }
 
     /// Whether the peer sent SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441 §3).
     pub fn extended_connect(&self) -> bool {
-        self.read().1
+        self.extended_connect.load(Ordering::Acquire)
+    }
+
+    fn record<IO>(&self, conn: &client::Connection<TokioIo<IO>, Body, TokioExecutor>)
+    where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        self.max_send_streams
+            .store(conn.current_max_send_streams(), Ordering::Relaxed);
+        self.extended_connect.store(
+            conn.is_extended_connect_protocol_enabled(),
+            Ordering::Release,
+        );
     }
 }
 
-/// Drives a client connection to completion; `settings` reads the peer's settings meanwhile.
+/// Drives a client connection to completion; `settings` follows the peer's settings meanwhile.
 pub async fn drive<IO>(
     conn: client::Connection<TokioIo<IO>, Body, TokioExecutor>,
     settings: std::sync::Arc<PeerSettings>,
@@ -169,21 +179,11 @@ pub async fn drive<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = std::sync::Arc::new(std::sync::Mutex::new(Box::pin(conn)));
-    let shared = conn.clone();
-    let _ = settings.probe.set(Box::new(move || {
-        // A poisoned lock only means a poll panicked; the counters are still readable.
-        let c = shared.lock().unwrap_or_else(|e| e.into_inner());
-        (
-            c.current_max_send_streams(),
-            c.is_extended_connect_protocol_enabled(),
-        )
-    }));
+    let mut conn = Box::pin(conn);
     std::future::poll_fn(move |cx| {
-        conn.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_mut()
-            .poll(cx)
+        let poll = conn.as_mut().poll(cx);
+        settings.record(&conn);
+        poll
     })
     .await
 }
