@@ -14,6 +14,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 /// The gateway's handle for sending requests on a reversed HTTP/1.1 connection.
 pub type Sender = client::SendRequest<Body>;
 
+/// The largest read buffer of one reversed HTTP/1.1 connection at the gateway: room for the
+/// project's 64 KiB header limit and a body read. Each pooled origin connection can grow to
+/// it while streaming, so it is paid per connection (it was 1 MiB: 64 MiB for a pool of 64).
+pub const READ_BUFFER: usize = 128 * 1024;
+
 /// Starts the HTTP/1.1 client role on a stream the gateway accepted.
 ///
 /// Returns the sender and the connection future; the caller drives the future (it ends when
@@ -28,7 +33,7 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (send, conn) = client::Builder::new()
-        .max_buf_size(1024 * 1024)
+        .max_buf_size(READ_BUFFER)
         .handshake(TokioIo::new(io))
         .await?;
     Ok((send, conn.with_upgrades()))
