@@ -68,6 +68,15 @@ pub struct Cli {
     /// Log format: human or json.
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Worker threads of the binary's runtime (default: one per CPU). On a machine whose
+    /// CPUs are shared with the origins or the load, fewer threads mean fewer cross-thread
+    /// wake-ups; see docs/operations.md.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
+    #[arg(skip)]
+    #[serde(skip)]
+    file_merged: bool,
 }
 
 /// The gateway's settled configuration.
@@ -137,14 +146,37 @@ impl GatewayConfig {
 impl Cli {
     /// Merges the `--config` file under the flags and settles defaults. Returns the config
     /// and, in dev mode, the dev files (so the binary can print how to use them).
-    pub fn resolve(mut self) -> Result<(GatewayConfig, Option<crate::dev::DevFiles>)> {
-        if let Some(path) = self.config.clone() {
+    pub fn resolve(self) -> Result<(GatewayConfig, Option<crate::dev::DevFiles>)> {
+        let this = self.merge_file()?;
+        if let Some(0) = this.threads {
+            bail!("--threads must be at least 1");
+        }
+        this.resolve_merged()
+    }
+
+    /// Merges the `--config` file under the flags (once); the binary reads `threads` from
+    /// the result before it builds its runtime.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or is not valid TOML for these settings.
+    pub fn merge_file(self) -> Result<Cli> {
+        if self.file_merged {
+            return Ok(self);
+        }
+        let mut this = self;
+        if let Some(path) = this.config.clone() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
             let file: Cli =
                 toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-            self = self.or(file);
+            this = this.or(file);
         }
+        this.file_merged = true;
+        Ok(this)
+    }
+
+    fn resolve_merged(mut self) -> Result<(GatewayConfig, Option<crate::dev::DevFiles>)> {
         let mut dev_files = None;
         let mut tokens = self.tokens.clone();
         let mut extra_grants = Vec::new();
@@ -216,6 +248,8 @@ impl Cli {
             queue_timeout: self.queue_timeout.or(file.queue_timeout),
             request_timeout: self.request_timeout.or(file.request_timeout),
             log_format: self.log_format.or(file.log_format),
+            threads: self.threads.or(file.threads),
+            file_merged: self.file_merged,
         }
     }
 }
@@ -296,6 +330,7 @@ key = "/etc/ptth/gateway.key"
 tokens = ["from-file"]
 queue-limit = 7
 request-timeout = 2.5
+threads = 3
 "#,
         )
         .unwrap();
@@ -307,6 +342,8 @@ request-timeout = 2.5
             "127.0.0.1:9090",
         ])
         .unwrap();
+        let cli = cli.merge_file().unwrap();
+        assert_eq!(cli.threads, Some(3), "the binary reads threads before resolving");
         let (c, dev) = cli.resolve().unwrap();
         assert!(dev.is_none());
         assert_eq!(c.listen, "127.0.0.1:9090".parse().unwrap(), "the flag wins");

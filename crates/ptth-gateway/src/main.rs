@@ -4,12 +4,23 @@ use clap::Parser;
 use ptth_gateway::config::{init_logging, Cli};
 use ptth_gateway::Gateway;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let log_format = cli.log_format.clone();
-    init_logging(log_format.as_deref())?;
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse().merge_file()?;
+    init_logging(cli.log_format.as_deref())?;
+    let threads = cli.threads;
     let (config, dev) = cli.resolve()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = threads {
+        runtime.worker_threads(n);
+    }
+    runtime.build()?.block_on(serve(config, dev))
+}
+
+async fn serve(
+    config: ptth_gateway::config::GatewayConfig,
+    dev: Option<ptth_gateway::dev::DevFiles>,
+) -> anyhow::Result<()> {
     let gateway = Gateway::start(&config).await?;
     if let Some(dev) = dev {
         let token = std::fs::read_to_string(&dev.token)?;
