@@ -41,6 +41,7 @@ mod authenticate;
 mod authorize;
 mod cert;
 mod challenge;
+mod credential;
 #[doc(hidden)]
 pub mod fuzz_harness;
 mod grant;
@@ -61,6 +62,7 @@ pub use challenge::{
     ChallengeAnswer, Ed25519SigningKey, KeyError, CHALLENGE_FIELD, EXPORTER_LABEL, EXPORTER_LEN,
     KEY_ID_FIELD, SIGNATURE_FIELD, TRANSCRIPT_CONTEXT,
 };
+pub use credential::{BasicCredentials, OriginCredential};
 pub use grant::{Grant, GrantError, GrantSpec, Grants, Identity, OriginPattern, PatternError};
 pub use policy::{authorize, check_origin_frame_against_cert, Forbidden};
 pub use tls::{client_verifier, danger_accept_any_gateway, gateway_verifier, TlsError};
