@@ -47,6 +47,16 @@ pub struct Cli {
     /// Read the token from a file (e.g. the gateway's dev DIR/token).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
+    /// HTTP Basic (RFC 7617) user name presented to the gateway instead of a token; needs
+    /// --basic-password-file or --basic-password.
+    #[arg(long)]
+    pub basic_user: Option<String>,
+    /// The HTTP Basic password (prefer --basic-password-file: a flag shows in `ps`).
+    #[arg(long, env = "PTTH_BASIC_PASSWORD", hide_env_values = true)]
+    pub basic_password: Option<String>,
+    /// Read the HTTP Basic password from a file (trailing CR/LF removed).
+    #[arg(long)]
+    pub basic_password_file: Option<PathBuf>,
     /// Ed25519 key (PKCS#8 PEM) that signs the gateway's challenge on ALPN-only mechanisms.
     #[arg(long)]
     pub signing_key: Option<PathBuf>,
@@ -125,28 +135,23 @@ impl Cli {
             .ok_or_else(|| anyhow!("--mechanism is required"))?
             .parse()
             .map_err(|e| anyhow!("--mechanism: {e}"))?;
-        let token = match (self.token, self.token_file) {
-            (Some(t), _) => Some(t),
-            (None, Some(f)) => Some(
-                std::fs::read_to_string(&f)
-                    .with_context(|| format!("reading {}", f.display()))?
-                    .trim()
-                    .to_string(),
-            ),
-            (None, None) => None,
-        };
-        let token = token
-            .map(|t| ptth_auth::BearerToken::new(t).map_err(|e| anyhow!("--token: {e}")))
-            .transpose()?;
-        if token.is_none() && self.signing_key.is_none() && self.cert.is_none() {
-            bail!("give a credential the gateway accepts: --token, --signing-key or --cert/--key");
+        let credential = credential(
+            self.token,
+            self.token_file,
+            self.basic_user,
+            self.basic_password,
+            self.basic_password_file,
+        )?;
+        if credential.is_none() && self.signing_key.is_none() && self.cert.is_none() {
+            bail!("give a credential the gateway accepts: --token, --basic-user, --signing-key or --cert/--key");
         }
         let serve = match (self.upstream, self.hello) {
             (Some(u), false) => Serve::Upstream(u.parse().context("--upstream is not a URL")?),
             (None, true) => Serve::Hello,
             _ => bail!("give exactly one of --upstream URL or --hello"),
         };
-        let mut c = OriginConfig::new(gateway, mechanism, self.hosts, token);
+        let mut c = OriginConfig::new(gateway, mechanism, self.hosts, None);
+        c.credential = credential;
         c.signing_key = self.signing_key;
         if let Some(id) = self.key_id {
             c.key_id = id;
@@ -184,6 +189,45 @@ impl Cli {
     }
 
     fn or(self, f: Cli) -> Cli {
+        // The credential is one setting: a token on the command line (or in PTTH_TOKEN)
+        // replaces whatever credential the file has; Basic flags replace the file's token,
+        // and a password from the command line or PTTH_BASIC_PASSWORD may complete the
+        // file's basic-user. Giving both kinds on the command line is refused in resolve.
+        let flag_token = self.token.is_some() || self.token_file.is_some();
+        let flag_password = self.basic_password.is_some() || self.basic_password_file.is_some();
+        let flag_basic = self.basic_user.is_some() || flag_password;
+        let (token, token_file, basic_user, basic_password, basic_password_file) =
+            match (flag_token, flag_basic) {
+                (false, false) => (
+                    f.token,
+                    f.token_file,
+                    f.basic_user,
+                    f.basic_password,
+                    f.basic_password_file,
+                ),
+                (true, false) => (self.token, self.token_file, None, None, None),
+                (false, true) => {
+                    let (password, password_file) = if flag_password {
+                        (self.basic_password, self.basic_password_file)
+                    } else {
+                        (f.basic_password, f.basic_password_file)
+                    };
+                    (
+                        None,
+                        None,
+                        self.basic_user.or(f.basic_user),
+                        password,
+                        password_file,
+                    )
+                }
+                (true, true) => (
+                    self.token,
+                    self.token_file,
+                    self.basic_user,
+                    self.basic_password,
+                    self.basic_password_file,
+                ),
+            };
         Cli {
             gateway: self.gateway.or(f.gateway),
             mechanism: self.mechanism.or(f.mechanism),
@@ -199,8 +243,11 @@ impl Cli {
             },
             upstream: self.upstream.or(f.upstream),
             hello: self.hello || f.hello,
-            token: self.token.or(f.token),
-            token_file: self.token_file.or(f.token_file),
+            token,
+            token_file,
+            basic_user,
+            basic_password,
+            basic_password_file,
             ca: self.ca.or(f.ca),
             signing_key: self.signing_key.or(f.signing_key),
             key_id: self.key_id.or(f.key_id),
@@ -218,6 +265,58 @@ impl Cli {
             log_format: self.log_format.or(f.log_format),
         }
     }
+}
+
+/// The token or Basic credentials, from flags, environment or file; never both kinds.
+fn credential(
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+    basic_user: Option<String>,
+    basic_password: Option<String>,
+    basic_password_file: Option<PathBuf>,
+) -> Result<Option<ptth_auth::OriginCredential>> {
+    let gives_token = token.is_some() || token_file.is_some();
+    let gives_basic =
+        basic_user.is_some() || basic_password.is_some() || basic_password_file.is_some();
+    if gives_token && gives_basic {
+        bail!("give a token (--token, --token-file, PTTH_TOKEN) or Basic credentials (--basic-user with --basic-password-file, --basic-password or PTTH_BASIC_PASSWORD), not both");
+    }
+    if gives_basic {
+        let user = basic_user.ok_or_else(|| {
+            anyhow!("--basic-password and --basic-password-file need --basic-user")
+        })?;
+        let password = match (basic_password, basic_password_file) {
+            (Some(p), None) => p,
+            (None, Some(f)) => std::fs::read_to_string(&f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim_end_matches(['\r', '\n'])
+                .to_string(),
+            (None, None) => bail!("--basic-user needs --basic-password-file (or --basic-password, PTTH_BASIC_PASSWORD)"),
+            (Some(_), Some(_)) => {
+                bail!("give --basic-password (or PTTH_BASIC_PASSWORD) or --basic-password-file, not both")
+            }
+        };
+        return ptth_auth::OriginCredential::basic(user, password)
+            .map(Some)
+            .map_err(|e| anyhow!("--basic-user/--basic-password: {e}"));
+    }
+    let token = match (token, token_file) {
+        (Some(t), _) => Some(t),
+        (None, Some(f)) => Some(
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
+    token
+        .map(|t| {
+            ptth_auth::BearerToken::new(t)
+                .map(ptth_auth::OriginCredential::Bearer)
+                .map_err(|e| anyhow!("--token: {e}"))
+        })
+        .transpose()
 }
 
 /// Parses a SHA-256 pin written as 64 hex digits (colons allowed).
@@ -246,4 +345,128 @@ pub fn init_logging(format: Option<&str>) -> Result<()> {
         other => bail!("--log-format must be human or json, not {other:?}"),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("ptth-origin-config-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn resolve(args: &[&str]) -> Result<OriginConfig> {
+        let mut all = vec![
+            "ptth-origin",
+            "--gateway",
+            "https://gw.example:4443",
+            "--mechanism",
+            "rh2",
+            "--host",
+            "app.example.com",
+            "--hello",
+        ];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)?.resolve().map(|(c, _)| c)
+    }
+
+    fn authorization(c: &OriginConfig) -> String {
+        c.credential
+            .as_ref()
+            .unwrap()
+            .header_value()
+            .to_str()
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn basic_credentials_from_flags_and_files() {
+        let c = resolve(&["--basic-user", "Aladdin", "--basic-password", "open sesame"]).unwrap();
+        assert_eq!(authorization(&c), "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        let d = dir("pwfile");
+        let pw = d.join("password");
+        std::fs::write(&pw, "open sesame\r\n").unwrap();
+        let c = resolve(&[
+            "--basic-user",
+            "Aladdin",
+            "--basic-password-file",
+            pw.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(authorization(&c), "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert!(!format!("{c:?}").contains("open sesame"));
+        let c = resolve(&["--token", "t0ken"]).unwrap();
+        assert_eq!(authorization(&c), "Bearer t0ken");
+    }
+
+    #[test]
+    fn basic_and_token_are_exclusive_and_basic_must_be_complete() {
+        let both = resolve(&["--token", "t", "--basic-user", "u", "--basic-password", "p"]);
+        assert!(both.unwrap_err().to_string().contains("not both"));
+        let no_pw = resolve(&["--basic-user", "u"]).unwrap_err().to_string();
+        assert!(no_pw.contains("--basic-password-file"), "{no_pw}");
+        let no_user = resolve(&["--basic-password", "p"]).unwrap_err().to_string();
+        assert!(no_user.contains("--basic-user"), "{no_user}");
+        let colon = resolve(&["--basic-user", "a:b", "--basic-password", "p"]);
+        assert!(colon.unwrap_err().to_string().contains("':'"));
+        let d = dir("twopw");
+        let pw = d.join("password");
+        std::fs::write(&pw, "p").unwrap();
+        let two = resolve(&[
+            "--basic-user",
+            "u",
+            "--basic-password",
+            "p",
+            "--basic-password-file",
+            pw.to_str().unwrap(),
+        ]);
+        assert!(two.unwrap_err().to_string().contains("not both"));
+    }
+
+    #[test]
+    fn toml_keys_and_command_line_precedence() {
+        let d = dir("toml");
+        let pw = d.join("password");
+        std::fs::write(&pw, "from-file\n").unwrap();
+        let config = d.join("origin.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "basic-user = \"ops\"\nbasic-password-file = {:?}\n",
+                pw.to_str().unwrap()
+            ),
+        )
+        .unwrap();
+        let cfg = config.to_str().unwrap();
+        let c = resolve(&["--config", cfg]).unwrap();
+        assert_eq!(
+            authorization(&c),
+            ptth_auth::OriginCredential::basic("ops", "from-file")
+                .unwrap()
+                .header_value()
+        );
+        // A password on the command line completes the file's user...
+        let c = resolve(&["--config", cfg, "--basic-password", "flag"]).unwrap();
+        assert_eq!(
+            authorization(&c),
+            ptth_auth::OriginCredential::basic("ops", "flag")
+                .unwrap()
+                .header_value()
+        );
+        // ...and a token on the command line replaces the file's Basic credentials.
+        let c = resolve(&["--config", cfg, "--token", "t0ken"]).unwrap();
+        assert_eq!(authorization(&c), "Bearer t0ken");
+        // Both kinds in one file are refused.
+        std::fs::write(
+            &config,
+            "basic-user = \"ops\"\nbasic-password = \"pw\"\ntoken = \"t0ken\"\n",
+        )
+        .unwrap();
+        let e = resolve(&["--config", cfg]).unwrap_err().to_string();
+        assert!(e.contains("not both"), "{e}");
+    }
 }

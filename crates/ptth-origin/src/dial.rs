@@ -161,7 +161,7 @@ impl Dialer {
             gateway_authority: self.authority.clone(),
             origins: self.origins.clone(),
             offered,
-            authorization: self.config.token.as_ref().map(|t| t.header_value()),
+            authorization: self.config.credential.as_ref().map(|c| c.header_value()),
         }
     }
 
@@ -200,15 +200,21 @@ impl Dialer {
         match m.setup() {
             SetupKind::AlpnOnly => {
                 let exporter = ptth_auth::exporter_value(tls.get_ref().1).ok();
-                let service = service.with_authorizer(self.authorizer(exporter));
+                let authorizer = self.authorizer(exporter);
+                let seen = authorizer.seen.clone();
+                let service = service.with_authorizer(authorizer);
                 tracing::info!(slot, mechanism = %m, "reversed connection up");
-                if m == Mechanism::H2Reverse {
+                let started = tokio::time::Instant::now();
+                let stopping = shutdown.clone();
+                let result = if m == Mechanism::H2Reverse {
                     let frame = self.origin_frame()?;
                     let io = ptth_h2::OriginFrameInjector::new(tls, frame);
                     serve_reversed(io, HttpVersion::Http2, service, &self.config, shutdown).await
                 } else {
                     serve_reversed(tls, m.reversed_version(), service, &self.config, shutdown).await
-                }
+                };
+                warn_if_refused(slot, m, &seen, started, &stopping);
+                result
             }
             SetupKind::Upgrade => {
                 let mut req =
@@ -231,7 +237,7 @@ impl Dialer {
             SetupKind::LegacyUpgrade => {
                 let mut req = ptth_core::legacy_request(
                     "/",
-                    self.config.token.as_ref().map(|t| t.header_value()),
+                    self.config.credential.as_ref().map(|c| c.header_value()),
                     &self.tokens,
                 )?;
                 self.add_scope_fields(&mut req);
@@ -282,13 +288,35 @@ impl Dialer {
     /// connection's TLS exporter value.
     pub(crate) fn authorizer(&self, exporter: Option<[u8; 32]>) -> crate::serve::Authorizer {
         crate::serve::Authorizer {
-            token: self.config.token.clone(),
+            credential: self.config.credential.clone(),
             signing_key: self.signing_key.clone(),
             key_id: self.config.key_id.clone(),
             exporter,
             origins: self.origins.clone(),
             path_prefixes: self.config.path_prefixes.clone(),
+            seen: Default::default(),
         }
+    }
+}
+
+/// On an ALPN-only connection, a gateway that refuses the authorisation answer closes the
+/// connection without a reason; say so when that is what happened.
+pub(crate) fn warn_if_refused(
+    slot: usize,
+    mechanism: Mechanism,
+    seen: &crate::serve::AuthorizeSeen,
+    started: tokio::time::Instant,
+    stopping: &watch::Receiver<bool>,
+) {
+    if seen.only_the_authorisation_request()
+        && started.elapsed() < Backoff::HEALTHY
+        && !*stopping.borrow()
+    {
+        tracing::warn!(
+            slot,
+            %mechanism,
+            "the gateway closed the connection right after our answer to its authorisation request: it refused this origin's credential or the origins and paths it claims (the gateway's log says which)"
+        );
     }
 }
 

@@ -38,9 +38,10 @@ pub struct OriginConfig {
     pub hosts: Vec<String>,
     /// The path prefixes it serves within them.
     pub path_prefixes: Vec<String>,
-    /// A bearer token presented to the gateway (setup requests' `Authorization`, or the
-    /// secret form of the authorisation answer when no signing key is configured).
-    pub token: Option<ptth_auth::BearerToken>,
+    /// The credential presented to the gateway: a bearer token or HTTP Basic user and
+    /// password, in setup requests' `Authorization`, or in the secret form of the
+    /// authorisation answer when no signing key is configured.
+    pub credential: Option<ptth_auth::OriginCredential>,
     /// An Ed25519 key (PKCS#8 PEM, DER or raw seed) that signs the gateway's challenge on
     /// ALPN-only mechanisms, bound to the TLS connection.
     pub signing_key: Option<PathBuf>,
@@ -72,7 +73,8 @@ pub struct OriginConfig {
 
 impl OriginConfig {
     /// A configuration with defaults for everything optional. `token` may be `None` when
-    /// the origin authenticates with a signing key or a client certificate instead.
+    /// the origin authenticates with a signing key or a client certificate instead; for
+    /// HTTP Basic, set [`OriginConfig::credential`] to [`ptth_auth::OriginCredential::basic`].
     pub fn new(
         gateway: http::Uri,
         mechanism: Mechanism,
@@ -85,7 +87,7 @@ impl OriginConfig {
             alpn_set: AlpnSet::default(),
             hosts,
             path_prefixes: vec!["/".to_string()],
-            token,
+            credential: token.map(ptth_auth::OriginCredential::Bearer),
             signing_key: None,
             key_id: "origin".to_string(),
             gateway_pin: None,
@@ -151,9 +153,9 @@ impl Origin {
             }
             None => None,
         };
-        if config.token.is_none() && signing_key.is_none() && config.client_cert.is_none() {
+        if config.credential.is_none() && signing_key.is_none() && config.client_cert.is_none() {
             return Err(anyhow!(
-                "give a credential: --token, --signing-key or --cert/--key"
+                "give a credential: --token, --basic-user, --signing-key or --cert/--key"
             ));
         }
         if config.danger_accept_any_gateway {

@@ -179,9 +179,15 @@ pub(crate) async fn connect_and_serve(
                 .export_keying_material(&mut exporter, ptth_auth::EXPORTER_LABEL, b"")
                 .ok()
                 .map(|()| exporter);
-            let service = service.with_authorizer(dialer.authorizer(exporter));
+            let authorizer = dialer.authorizer(exporter);
+            let seen = authorizer.seen.clone();
+            let service = service.with_authorizer(authorizer);
             tracing::info!(slot, mechanism = %m, "reversed HTTP/3 connection up");
-            serve_h3(h3, service, dialer, shutdown).await
+            let started = tokio::time::Instant::now();
+            let stopping = shutdown.clone();
+            let result = serve_h3(h3, service, dialer, shutdown).await;
+            crate::dial::warn_if_refused(slot, m, &seen, started, &stopping);
+            result
         }
         SetupKind::Options => {
             let mut req = ptth_core::options_request(&dialer.params(Vec::new()), &dialer.tokens)?;

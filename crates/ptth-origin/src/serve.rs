@@ -33,16 +33,37 @@ pub struct OriginService {
 
 /// Answers the gateway's authorisation request on an ALPN-only connection (Potato §5.2):
 /// with a signature over the gateway's challenge and this connection's TLS exporter value
-/// when a signing key is configured, else with the bearer token (the "secret" form), and in
-/// every case with the origins and path prefixes this connection claims.
+/// when a signing key is configured, else with the bearer token or Basic credentials (the
+/// "secret" form), and in every case with the origins and path prefixes this connection
+/// claims.
 #[derive(Clone)]
 pub struct Authorizer {
-    pub(crate) token: Option<ptth_auth::BearerToken>,
+    pub(crate) credential: Option<ptth_auth::OriginCredential>,
     pub(crate) signing_key: Option<Arc<ptth_auth::Ed25519SigningKey>>,
     pub(crate) key_id: String,
     pub(crate) exporter: Option<[u8; 32]>,
     pub(crate) origins: Vec<ptth_core::SerializedOrigin>,
     pub(crate) path_prefixes: Vec<String>,
+    /// What the gateway asked on this connection, so the dialer can tell a refusal apart.
+    pub(crate) seen: Arc<AuthorizeSeen>,
+}
+
+/// What the gateway asked on one ALPN-only connection. A gateway that refuses the answer
+/// to its authorisation request closes the connection without saying why (there is no
+/// setup response to carry a status), so a connection that ends right after the answer,
+/// with no other request, is the origin's only sign that it was refused.
+#[derive(Debug, Default)]
+pub(crate) struct AuthorizeSeen {
+    answered: std::sync::atomic::AtomicBool,
+    other_request: std::sync::atomic::AtomicBool,
+}
+
+impl AuthorizeSeen {
+    /// The authorisation request was answered and nothing else was ever asked.
+    pub(crate) fn only_the_authorisation_request(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.answered.load(Relaxed) && !self.other_request.load(Relaxed)
+    }
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -84,8 +105,8 @@ impl Authorizer {
         }
         let mut res = Response::new(empty());
         let h = res.headers_mut();
-        if let Some(token) = &self.token {
-            h.insert(ptth_auth::AUTHORIZATION_FIELD, token.header_value());
+        if let Some(credential) = &self.credential {
+            h.insert(ptth_auth::AUTHORIZATION_FIELD, credential.header_value());
         }
         let origins: Vec<String> = self.origins.iter().map(|o| o.to_string()).collect();
         if let Ok(v) = http::HeaderValue::from_str(&origins.join(", ")) {
@@ -184,10 +205,13 @@ impl OriginService {
         req: Request<RequestBody>,
     ) -> Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>> {
         if let Some(authorizer) = &self.authorizer {
+            use std::sync::atomic::Ordering::Relaxed;
             if req.uri().path() == ptth_auth::AUTHORIZE_PATH {
                 let res = authorizer.answer(req.headers());
+                authorizer.seen.answered.store(true, Relaxed);
                 return Box::pin(async move { Ok(res) });
             }
+            authorizer.seen.other_request.store(true, Relaxed);
         }
         let fut = (self.handler)(req);
         Box::pin(async move { Ok(fut.await) })
