@@ -136,20 +136,33 @@ pub fn pending_accept_resets(max_concurrent_streams: u32) -> usize {
     (max_concurrent_streams as usize).saturating_mul(2).max(20)
 }
 
-/// What the peer's SETTINGS say, as of the connection task's last poll. hyper exposes these on
-/// the connection future only, so [`drive`] copies them out after every poll; readers (the
-/// gateway's router reads the stream limit on every pick) never touch the connection or wait
-/// for the task that drives it.
+type Probe = Box<dyn Fn() -> Option<(usize, bool)> + Send + Sync>;
+
+/// What the peer's SETTINGS say. hyper exposes these on the connection future only, and
+/// applies SETTINGS in a task of its own, so [`drive`] shares the connection behind a lock
+/// and this handle asks it on demand. A reader never waits for that lock: while the driving
+/// task holds it, the reader gets the values seen last (the gateway's router reads the
+/// stream limit on every pick, and waiting there showed up as futex waits under load).
 #[derive(Debug)]
 pub struct PeerSettings {
+    probe: std::sync::OnceLock<ProbeFn>,
     max_send_streams: AtomicUsize,
     extended_connect: AtomicBool,
+}
+
+struct ProbeFn(Probe);
+
+impl std::fmt::Debug for ProbeFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProbeFn")
+    }
 }
 
 impl Default for PeerSettings {
     fn default() -> Self {
         // RFC 9113 §6.5.2: until the peer's SETTINGS arrive, assume little.
         Self {
+            probe: std::sync::OnceLock::new(),
             max_send_streams: AtomicUsize::new(1),
             extended_connect: AtomicBool::new(false),
         }
@@ -157,30 +170,34 @@ impl Default for PeerSettings {
 }
 
 impl PeerSettings {
+    fn read(&self) -> (usize, bool) {
+        if let Some((streams, connect)) = self.probe.get().and_then(|p| (p.0)()) {
+            self.store(streams, connect);
+            return (streams, connect);
+        }
+        (
+            self.max_send_streams.load(Ordering::Relaxed),
+            self.extended_connect.load(Ordering::Acquire),
+        )
+    }
+
+    fn store(&self, streams: usize, connect: bool) {
+        self.max_send_streams.store(streams, Ordering::Relaxed);
+        self.extended_connect.store(connect, Ordering::Release);
+    }
+
     /// The peer's current SETTINGS_MAX_CONCURRENT_STREAMS as it applies to our requests.
     pub fn max_send_streams(&self) -> usize {
-        self.max_send_streams.load(Ordering::Relaxed)
+        self.read().0
     }
 
     /// Whether the peer sent SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441 §3).
     pub fn extended_connect(&self) -> bool {
-        self.extended_connect.load(Ordering::Acquire)
-    }
-
-    fn record<IO>(&self, conn: &client::Connection<TokioIo<IO>, Body, TokioExecutor>)
-    where
-        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    {
-        self.max_send_streams
-            .store(conn.current_max_send_streams(), Ordering::Relaxed);
-        self.extended_connect.store(
-            conn.is_extended_connect_protocol_enabled(),
-            Ordering::Release,
-        );
+        self.read().1
     }
 }
 
-/// Drives a client connection to completion; `settings` follows the peer's settings meanwhile.
+/// Drives a client connection to completion; `settings` reads the peer's settings meanwhile.
 pub async fn drive<IO>(
     conn: client::Connection<TokioIo<IO>, Body, TokioExecutor>,
     settings: std::sync::Arc<PeerSettings>,
@@ -188,10 +205,28 @@ pub async fn drive<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut conn = Box::pin(conn);
+    let conn = std::sync::Arc::new(std::sync::Mutex::new(Box::pin(conn)));
+    let shared = conn.clone();
+    let _ = settings.probe.set(ProbeFn(Box::new(move || {
+        // Busy means the driving task is polling it right now: use the values seen last.
+        // A poisoned lock only means a poll panicked; the counters are still readable.
+        let c = match shared.try_lock() {
+            Ok(c) => c,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some((
+            c.current_max_send_streams(),
+            c.is_extended_connect_protocol_enabled(),
+        ))
+    })));
     std::future::poll_fn(move |cx| {
-        let poll = conn.as_mut().poll(cx);
-        settings.record(&conn);
+        let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+        let poll = c.as_mut().poll(cx);
+        settings.store(
+            c.current_max_send_streams(),
+            c.is_extended_connect_protocol_enabled(),
+        );
         poll
     })
     .await
@@ -318,6 +353,33 @@ mod tests {
             http::StatusCode::OK
         );
         assert!(!driven.is_finished() && !origin.is_finished());
+    }
+
+    /// The origin's SETTINGS are seen without any request going out: hyper applies them in a
+    /// task of its own, so a copy taken only when the driving task runs would stay at the
+    /// defaults (and connect-h2's origin would give up, finding no extended CONNECT).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn peer_settings_arrive_without_a_request() {
+        let (gateway_io, origin_io) = tokio::io::duplex(1 << 20);
+        let service = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(empty()))
+        });
+        let options = ServeOptions {
+            max_concurrent_streams: 77,
+            ..ServeOptions::default()
+        };
+        let _origin = tokio::spawn(serve(origin_io, service, options));
+        let (_send, conn) = handshake(gateway_io, Windows::default()).await.unwrap();
+        let settings = Arc::new(PeerSettings::default());
+        let _driven = tokio::spawn(drive(conn, settings.clone()));
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !(settings.extended_connect() && settings.max_send_streams() == 77) {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "SETTINGS not seen in 5 s: {settings:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     #[test]
