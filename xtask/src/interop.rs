@@ -44,6 +44,13 @@ const AUTH_METHODS: &[AuthMethod] = &[
         applies: |_| true,
     },
     AuthMethod {
+        label: "HTTP Basic",
+        credential: Credential::Basic,
+        // Sent wherever a token is: the setup request's `Authorization`, or the
+        // `ptth-authorization` answer on rh1/rh2/rh3. draft-bt needs a certificate.
+        applies: |m| !matches!(m, "h2-reverse" | "h3-reverse"),
+    },
+    AuthMethod {
         label: "Ed25519 signed challenge",
         credential: Credential::SigningKey,
         // The challenge is the ALPN-only mechanisms' authorisation request (Potato §5.2);
@@ -167,7 +174,15 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let tmp = TempDir::new("interop")?;
     let dev = tmp.0.join("dev");
     let mut children = Children::default();
-    let gw = procs::start_gateway(&mut children, &bin, &dev, "127.0.0.1:0", &[])?;
+    // `--dev` grants the token, certificate and signing key; HTTP Basic needs a grant.
+    let basic_config = procs::write_basic_grant(&tmp.0, &dev)?;
+    let gw = procs::start_gateway(
+        &mut children,
+        &bin,
+        &dev,
+        "127.0.0.1:0",
+        &["--config", &basic_config.to_string_lossy()],
+    )?;
 
     let mechanisms: Vec<&'static str> = if quick {
         QUICK_MECHANISMS.to_vec()
@@ -565,12 +580,15 @@ fn render(
         "One `ptth-gateway --dev DIR` (debug build), one `ptth-origin --hello` per mechanism \
          and origin authentication method on `<mechanism>.localhost`, one method at a time \
          (the credentials `--dev` writes and grants: token, origin certificate, Ed25519 key \
-         `dev`); HTTP/1.1 mechanisms with `--connections {H2LOAD_C}`; all on loopback. \
+         `dev`; and HTTP Basic, `--basic-user {user} --basic-password-file DIR/basic-password`, \
+         granted by a `[[grant]]` with `basic-user`/`basic-password` in the gateway's \
+         `--config`); HTTP/1.1 mechanisms with `--connections {H2LOAD_C}`; all on loopback. \
          Origins are stopped with SIGTERM between methods, so QUIC connections close \
-         instead of idling out. HTTP Basic has no row: the gateway accepts it on setup \
-         requests from a `[[grant]]` with `basic-user`/`basic-password`, but `ptth-origin` \
-         cannot send it (its only HTTP credential is `--token`, sent as `Bearer`). Every \
-         cell is a real public client:\n"
+         instead of idling out. Bearer and Basic credentials travel in the setup request's \
+         `Authorization` or, on rh1, rh2 and rh3, in the answer to the gateway's \
+         authorisation request; h2-reverse and h3-reverse (draft-bt) need a client \
+         certificate, so they have only that row. Every cell is a real public client:\n",
+        user = procs::BASIC_USER,
     );
     let _ = writeln!(doc, "| client | command (per cell) |\n|---|---|");
     for (name, client) in clients {

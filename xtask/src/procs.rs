@@ -254,6 +254,36 @@ pub enum Credential {
     /// `--signing-key DIR/origin-ed25519.pem --key-id dev`: signs the gateway's challenge on
     /// ALPN-only mechanisms.
     SigningKey,
+    /// `--basic-user interop --basic-password-file DIR/basic-password`: HTTP Basic (RFC
+    /// 7617). `--dev` does not grant it: [`write_basic_grant`] writes the password and a
+    /// `[[grant]]` for the gateway's `--config`.
+    Basic,
+}
+
+/// The HTTP Basic user of [`Credential::Basic`].
+pub const BASIC_USER: &str = "interop";
+
+/// Writes a fresh random password to `DEV/basic-password` (creating `dev`) and a gateway
+/// config file in `dir` whose one grant lets [`BASIC_USER`] with it serve
+/// `https://*.localhost`; returns the config file's path, for `--config`.
+pub fn write_basic_grant(dir: &Path, dev: &Path) -> Result<PathBuf> {
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("reading /dev/urandom")?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    // A colon and a space too: only the user-id may not contain a colon (RFC 7617 §2).
+    let password = format!("{hex}: basic");
+    std::fs::create_dir_all(dev).with_context(|| format!("creating {}", dev.display()))?;
+    std::fs::write(dev.join("basic-password"), &password)?;
+    let config = dir.join("basic-grant.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[grant]]\nname = \"interop-basic\"\nbasic-user = \"{BASIC_USER}\"\nbasic-password = \"{password}\"\norigins = [\"https://*.localhost\"]\n"
+        ),
+    )?;
+    Ok(config)
 }
 
 impl Credential {
@@ -261,6 +291,12 @@ impl Credential {
     pub fn args(self, dev: &Path) -> Vec<OsString> {
         let (a, b, c, d): (&str, PathBuf, &str, OsString) = match self {
             Credential::Bearer => return vec!["--token-file".into(), dev.join("token").into()],
+            Credential::Basic => (
+                "--basic-password-file",
+                dev.join("basic-password"),
+                "--basic-user",
+                BASIC_USER.into(),
+            ),
             Credential::ClientCert => (
                 "--cert",
                 dev.join("origin.pem"),
