@@ -518,12 +518,10 @@ async fn quic_mechanisms_check_credentials_and_grants_the_same_way() {
 /// Every mechanism whose origin credential can be HTTP Basic: those that send it in a setup
 /// request's `Authorization` and those that answer the authorisation request
 /// (`ptth-authorization`). draft-bt (`h2-reverse`, `h3-reverse`) needs a certificate.
-/// `connect-h2` sends the same `Authorization` as `upgrade-h2` but is left out: its origin
-/// often waits 5 s for SETTINGS it already received (ptth-h2 `origin_connect` polls a flag
-/// only hyper's connection task updates), which makes a 60 s readiness wait flaky.
 const BASIC: &[&str] = &[
     "upgrade-h1",
     "upgrade-h2",
+    "connect-h2",
     "ptth10",
     "rh1",
     "rh2",
