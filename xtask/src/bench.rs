@@ -78,49 +78,46 @@ struct RowSpec {
     id: &'static str,
     label: &'static str,
     path: Route,
+    /// Worker threads of each ptth process (`--threads`); `None` is the default, one per CPU.
+    threads: Option<usize>,
+    /// Also load the row through the gateway's public HTTP/3 endpoint with `ptth-h3-client`.
+    h3: bool,
+}
+
+impl RowSpec {
+    const fn new(id: &'static str, label: &'static str, path: Route) -> Self {
+        Self {
+            id,
+            label,
+            path,
+            threads: None,
+            h3: false,
+        }
+    }
+
+    const fn threads(mut self, n: usize) -> Self {
+        self.threads = Some(n);
+        self
+    }
+
+    const fn h3(mut self) -> Self {
+        self.h3 = true;
+        self
+    }
 }
 
 const ROWS: &[RowSpec] = &[
-    RowSpec {
-        id: "a",
-        label: "direct",
-        path: Route::Direct,
-    },
-    RowSpec {
-        id: "b",
-        label: "nginx",
-        path: Route::Nginx,
-    },
-    RowSpec {
-        id: "c",
-        label: "ptth proxy rh2",
-        path: Route::Proxy("rh2"),
-    },
-    RowSpec {
-        id: "c",
-        label: "ptth proxy upgrade-h2",
-        path: Route::Proxy("upgrade-h2"),
-    },
-    RowSpec {
-        id: "c",
-        label: "ptth proxy connect-h2",
-        path: Route::Proxy("connect-h2"),
-    },
-    RowSpec {
-        id: "c",
-        label: "ptth proxy rh1",
-        path: Route::Proxy("rh1"),
-    },
-    RowSpec {
-        id: "d",
-        label: "ptth library rh2",
-        path: Route::Library("rh2"),
-    },
-    RowSpec {
-        id: "e",
-        label: "rathole",
-        path: Route::Rathole,
-    },
+    RowSpec::new("a", "direct", Route::Direct),
+    RowSpec::new("b", "nginx", Route::Nginx),
+    RowSpec::new("c", "ptth proxy rh2", Route::Proxy("rh2")).h3(),
+    RowSpec::new("c", "ptth proxy upgrade-h2", Route::Proxy("upgrade-h2")),
+    RowSpec::new("c", "ptth proxy connect-h2", Route::Proxy("connect-h2")),
+    RowSpec::new("c", "ptth proxy rh1", Route::Proxy("rh1")),
+    RowSpec::new("c", "ptth proxy rh3", Route::Proxy("rh3")).h3(),
+    RowSpec::new("c", "ptth proxy rh2 --threads 1", Route::Proxy("rh2")).threads(1),
+    RowSpec::new("d", "ptth library rh2", Route::Library("rh2")).h3(),
+    RowSpec::new("d", "ptth library rh2 --threads 1", Route::Library("rh2")).threads(1),
+    RowSpec::new("e", "rathole", Route::Rathole),
 ];
 
 /// A process whose CPU time and peak RSS the row reports, on the public ("gateway") or the
@@ -143,6 +140,10 @@ struct Running {
     addr: SocketAddr,
     /// The h2c port when it differs from `addr` (nginx needs one port per protocol).
     h2c: Option<SocketAddr>,
+    /// The gateway's public HTTP/3 endpoint (UDP) and the CA its certificate chains to.
+    h3: Option<(SocketAddr, std::path::PathBuf)>,
+    /// `ptth-h3-client`.
+    h3_client: std::path::PathBuf,
     watched: Vec<Watched>,
     _children: Children,
 }
@@ -173,7 +174,8 @@ struct RowResult {
     error: Option<String>,
 }
 
-const HOST: &str = "bench.localhost";
+/// A name the dev certificate lists (rustls, like OpenSSL, will not match its `*.localhost`).
+const HOST: &str = "app.localhost";
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let smoke = args.iter().any(|a| a == "--smoke");
@@ -183,6 +185,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let plan = Plan::new(smoke);
     procs::require_tool("h2load", "apt-get install nghttp2-client")?;
     procs::require_tool("curl", "apt-get install curl")?;
+    let missing = ensure_baselines(smoke);
     crate::run(
         root,
         "cargo",
@@ -217,13 +220,20 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     for spec in ROWS {
         eprintln!("== ({}) {}", spec.id, spec.label);
         let mut result = RowResult::default();
-        match start_row(spec.path, &plan, &bin, &app, &dev, &tmp.0) {
+        match start_row(spec, &plan, &bin, &app, &dev, &tmp.0) {
             Ok(Some(row)) => {
                 if let Err(e) = measure_row(&row, &plan, &tmp.0, &mut result) {
                     result.error = Some(format!("{e:#}"));
                 }
             }
-            Ok(None) => result.error = Some("not installed".into()),
+            Ok(None) => {
+                result.error = Some(
+                    missing
+                        .get(spec.label)
+                        .cloned()
+                        .unwrap_or_else(|| "not installed".into()),
+                )
+            }
             Err(e) => result.error = Some(format!("{e:#}")),
         }
         if let Some(e) = &result.error {
@@ -254,7 +264,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         let broken: Vec<String> = results
             .iter()
             .filter(|(s, r)| {
-                r.error.as_deref().is_some_and(|e| e != "not installed")
+                r.error
+                    .as_deref()
+                    .is_some_and(|e| !e.starts_with("not installed"))
                     || (r.error.is_none() && r.loads.values().any(|l| l.requests == 0))
                     || matches!(s.path, Route::Proxy(_) | Route::Library(_))
                         && (r.error.is_some() || !r.notes.is_empty())
@@ -277,6 +289,67 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
 // ---------------------------------------------------------------------------------------
 // Setting rows up.
 
+/// Installs the baselines a user would otherwise pick when they are missing: nginx from
+/// Debian's packages, rathole with `cargo install` (without `--locked` when the locked build
+/// fails: rathole 0.5's lock file pins a `time` that no longer builds on current compilers).
+/// `--smoke` installs nginx only, so CI does not compile rathole on every run. Returns, per
+/// row label, why a baseline is still missing; the report shows it in the row.
+fn ensure_baselines(smoke: bool) -> BTreeMap<&'static str, String> {
+    let mut missing = BTreeMap::new();
+    if procs::require_tool("nginx", "").is_err() {
+        eprintln!("xtask bench: nginx is missing, installing Debian's package");
+        let sudo = if procs::output(Command::new("id").arg("-u")).is_ok_and(|u| u.trim() == "0") {
+            vec![]
+        } else {
+            vec!["sudo"]
+        };
+        let apt = |args: &[&str]| {
+            let mut argv = sudo.clone();
+            argv.push("apt-get");
+            argv.extend_from_slice(args);
+            Command::new(argv[0])
+                .args(&argv[1..])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !(apt(&["update", "-qq"]) && apt(&["install", "-y", "-qq", "nginx"]))
+            || procs::require_tool("nginx", "").is_err()
+        {
+            missing.insert(
+                "nginx",
+                "not installed: apt-get install nginx failed".to_string(),
+            );
+        }
+    }
+    if procs::require_tool("rathole", "").is_err() {
+        if smoke {
+            missing.insert(
+                "rathole",
+                "not installed (--smoke does not build it; the full run does)".to_string(),
+            );
+        } else {
+            eprintln!("xtask bench: rathole is missing, running cargo install rathole");
+            let install = |locked: bool| {
+                let mut cmd = Command::new("cargo");
+                cmd.args(["install", "rathole"]);
+                if locked {
+                    cmd.arg("--locked");
+                }
+                cmd.status().is_ok_and(|s| s.success())
+            };
+            if !(install(true) || install(false)) || procs::require_tool("rathole", "").is_err() {
+                missing.insert(
+                    "rathole",
+                    "not installed: cargo install rathole failed with and without --locked"
+                        .to_string(),
+                );
+            }
+        }
+    }
+    missing
+}
+
 /// Starts the app (`bench_app serve`) and returns its address.
 fn start_app(children: &mut Children, app: &Path) -> Result<SocketAddr> {
     let mut child = Command::new(app)
@@ -296,16 +369,18 @@ fn start_app(children: &mut Children, app: &Path) -> Result<SocketAddr> {
 }
 
 fn start_row(
-    path: Route,
+    spec: &RowSpec,
     plan: &Plan,
     bin: &Path,
     app: &Path,
     dev: &Path,
     tmp: &Path,
 ) -> Result<Option<Running>> {
+    let path = spec.path;
     let mut children = Children::default();
     let mut watched = Vec::new();
     let mut h2c = None;
+    let mut h3 = None;
     let addr = match path {
         Route::Direct => start_app(&mut children, app)?,
         Route::Nginx => {
@@ -380,7 +455,15 @@ fn start_row(
             SocketAddr::from(([127, 0, 0, 1], public))
         }
         Route::Proxy(m) | Route::Library(m) => {
-            let gw = procs::start_gateway(&mut children, bin, dev, "127.0.0.1:0", &[])?;
+            let threads = spec.threads.map(|n| n.to_string());
+            let gw_args: Vec<&str> = match &threads {
+                Some(n) => vec!["--threads", n],
+                None => vec![],
+            };
+            let gw = procs::start_gateway(&mut children, bin, dev, "127.0.0.1:0", &gw_args)?;
+            if spec.h3 {
+                h3 = Some((gw.listen_tls, dev.join("ca.pem")));
+            }
             watched.push(Watched {
                 side: Side::Gateway,
                 pid: gw.pid,
@@ -396,6 +479,10 @@ fn start_row(
                     procs::origin_command(bin, &gw, dev, m, HOST, procs::default_credential(m));
                 cmd.args(["--upstream", &format!("http://{upstream}")])
                     .args(["--connections", &connections.to_string()]);
+                if let Some(n) = &threads {
+                    // What `--threads` sets: tokio reads it when it builds the runtime.
+                    cmd.env("TOKIO_WORKER_THREADS", n);
+                }
                 children.spawn("ptth-origin", &mut cmd)?
             } else {
                 children.spawn(
@@ -406,6 +493,7 @@ fn start_row(
                         .arg(dev)
                         .args([m, HOST, &connections.to_string()])
                         .env("RUST_LOG", "error")
+                        .envs(threads.iter().map(|n| ("TOKIO_WORKER_THREADS", n)))
                         .stdout(Stdio::null()),
                 )?
             };
@@ -426,6 +514,8 @@ fn start_row(
     Ok(Some(Running {
         addr,
         h2c,
+        h3,
+        h3_client: bin.join("ptth-h3-client"),
         watched,
         _children: children,
     }))
@@ -573,14 +663,23 @@ fn side_hwm(watched: &[Watched], side: Side) -> Option<u64> {
 fn measure_row(row: &Running, plan: &Plan, tmp: &Path, result: &mut RowResult) -> Result<()> {
     // Warm up (connections, pools, allocator) outside the measurements.
     h2load(row, "h1", "1k", 16, 1, tmp)?;
+    let protos: &[&str] = if row.h3.is_some() {
+        &["h1", "h2", "h3"]
+    } else {
+        &["h1", "h2"]
+    };
     for body in &plan.bodies {
-        for proto in ["h1", "h2"] {
+        for &proto in protos {
             for &c in &plan.concurrency {
                 let before = (
                     side_cpu(&row.watched, Side::Gateway),
                     side_cpu(&row.watched, Side::Origin),
                 );
-                let mut load = h2load(row, proto, body, c, plan.seconds, tmp)?;
+                let mut load = if proto == "h3" {
+                    h3load(row, body, c, plan.seconds)?
+                } else {
+                    h2load(row, proto, body, c, plan.seconds, tmp)?
+                };
                 load.cpu_gateway = side_cpu(&row.watched, Side::Gateway) - before.0;
                 load.cpu_origin = side_cpu(&row.watched, Side::Origin) - before.1;
                 eprintln!(
@@ -695,6 +794,44 @@ fn h2load(
     load.p50_ms = pct(0.50);
     load.p99_ms = pct(0.99);
     Ok(load)
+}
+
+/// The HTTP/3 counterpart of [`h2load`]: `ptth-h3-client load` through the gateway's public
+/// HTTP/3 endpoint, `c` requests outstanding over up to 4 QUIC connections, as for h2c.
+fn h3load(row: &Running, body: &str, c: usize, seconds: u64) -> Result<Load> {
+    let Some((addr, ca)) = &row.h3 else {
+        bail!("this row has no public HTTP/3 endpoint");
+    };
+    let clients = c.min(4);
+    let streams = c.div_ceil(clients);
+    let out = procs::output(
+        Command::new(&row.h3_client)
+            .arg("load")
+            .args(["-c", &clients.to_string(), "-m", &streams.to_string()])
+            .args(["-D", &seconds.to_string(), "--warm-up", "1", "--json"])
+            .arg("--cacert")
+            .arg(ca)
+            .args(["--connect-to", &addr.to_string()])
+            .arg(format!("https://{HOST}/{body}")),
+    )?;
+    let field = |name: &str| -> f64 {
+        let key = format!("\"{name}\":");
+        out.find(&key)
+            .map(|i| &out[i + key.len()..])
+            .and_then(|rest| {
+                let end = rest.find([',', '}']).unwrap_or(rest.len());
+                rest[..end].trim().parse().ok()
+            })
+            .unwrap_or(0.0)
+    };
+    Ok(Load {
+        rps: field("rps"),
+        p50_ms: field("p50_ms"),
+        p99_ms: field("p99_ms"),
+        requests: field("succeeded") as u64,
+        failed: field("failed") as u64,
+        ..Load::default()
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -990,14 +1127,24 @@ fn render(
            defaults (proxy buffering on); HTTP/1.1 on one port and h2c on another) → `bench_app serve`.\n\
          - (c) ptth proxy mode: h2load → `ptth-gateway --dev` (cleartext listener) → origin \
            connection (TLS) → `ptth-origin --upstream http://APP` → `bench_app serve`; HTTP/2 \
-           mechanisms with one origin connection, rh1 with `--connections {}`.\n\
+           mechanisms with one origin connection, rh1 with `--connections {}`; rh3 is one \
+           QUIC connection.\n\
          - (d) ptth library mode: h2load → `ptth-gateway` → `bench_app origin` (the same \
            service inside `ptth_origin::Origin::serve`, one rh2 connection).\n\
+         - `--threads 1` rows: the same path with one runtime worker thread in the gateway \
+           (`--threads 1`) and in the origin process (`TOKIO_WORKER_THREADS=1`, which is what \
+           `--threads` sets); the other ptth rows use the default, one worker per CPU.\n\
+         - HTTP/3 runs (rows marked in the HTTP/3 tables): `ptth-h3-client load -c min(C,4) \
+           -m C/min(C,4) -D {s} --warm-up 1 --cacert DEV/ca.pem --connect-to \
+           127.0.0.1:TLSPORT https://app.localhost/1k|1m` against the gateway's public QUIC \
+           endpoint; percentiles from the client's own per-request times.\n\
          - (e) rathole: h2load → rathole server → rathole client (plain TCP transport, no \
-           encryption, unlike ptth's TLS tunnel) → `bench_app serve`.\n\
+           encryption, unlike ptth's TLS tunnel) → `bench_app serve`. The bench installs \
+           nginx (Debian's package) and rathole (`cargo install rathole`, without `--locked` \
+           when the locked build fails) when they are missing.\n\
          - Load: `h2load -D {s} -c C -m 1 --h1` (HTTP/1.1: C connections) and `h2load -D {s} \
            -c min(C,4) -m C/min(C,4)` (h2c), `--connect-to 127.0.0.1:PORT \
-           http://bench.localhost:PORT/1k|1m`, one h2load thread, after a 1 s warm-up; \
+           http://app.localhost:PORT/1k|1m`, one h2load thread, after a 1 s warm-up; \
            p50/p99 from h2load's `--log-file` (per-request times).\n\
          - CPU: utime + stime deltas from `/proc/PID/stat` over each run of the 1 KiB body, \
            per 100 000 requests. Gateway side: ptth-gateway, nginx master + workers, \
@@ -1060,23 +1207,31 @@ fn render(
 
     let _ = writeln!(d, "\n## All load runs\n");
     for body in &plan.bodies {
-        for proto in ["h1", "h2"] {
+        for proto in ["h1", "h2", "h3"] {
+            if proto == "h3" && !results.iter().any(|(s, _)| s.h3) {
+                continue;
+            }
             let _ = writeln!(
                 d,
                 "### {} body, {}\n\n\
                  | path | C | req/s | p50 ms | p99 ms | failed | vs (a) | vs (b) |\n\
                  |---|---|---|---|---|---|---|---|",
                 if *body == "1k" { "1 KiB" } else { "1 MiB" },
-                if proto == "h1" {
-                    "HTTP/1.1"
-                } else {
-                    "HTTP/2 (h2c)"
+                match proto {
+                    "h1" => "HTTP/1.1",
+                    "h2" => "HTTP/2 (h2c)",
+                    _ => "HTTP/3 (public QUIC endpoint, `ptth-h3-client load`; no baseline serves HTTP/3, so the ratios are against the HTTP/2 runs of (a) and (b))",
                 }
             );
             for (spec, r) in results {
                 for &c in &plan.concurrency {
                     let key = (body.to_string(), proto.to_string(), c);
                     let Some(l) = r.loads.get(&key) else { continue };
+                    let base = if proto == "h3" {
+                        (body.to_string(), "h2".to_string(), c)
+                    } else {
+                        key.clone()
+                    };
                     let _ = writeln!(
                         d,
                         "| {} | {c} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
@@ -1085,8 +1240,8 @@ fn render(
                         l.p50_ms,
                         l.p99_ms,
                         l.failed,
-                        ratio(l.rps, get("direct", &key).map(|l| l.rps)),
-                        ratio(l.rps, get("nginx", &key).map(|l| l.rps)),
+                        ratio(l.rps, get("direct", &base).map(|l| l.rps)),
+                        ratio(l.rps, get("nginx", &base).map(|l| l.rps)),
                     );
                 }
             }

@@ -19,7 +19,7 @@ fn main() -> Result<()> {
     let cmd = args.next().unwrap_or_else(|| "help".into());
     let rest: Vec<String> = args.collect();
     match cmd.as_str() {
-        "ci" => ci(),
+        "ci" => ci(&rest),
         "tidy" => tidy::run(&project_root()),
         "demo" => demo::run(&project_root(), &rest),
         "fuzz" => fuzz::run(&project_root(), &rest),
@@ -29,7 +29,9 @@ fn main() -> Result<()> {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
-                 ci     run exactly what CI runs: fmt --check, clippy -D warnings, tests, tidy\n  \
+                 ci     run exactly what CI runs: fmt --check, clippy -D warnings, tests, tidy,\n         \
+                        interop --quick, fuzz --time 3, bench --smoke\n         \
+                        (--tests-only: stop after tidy)\n  \
                  tidy   check the architecture rules (layering, sans-IO core, //! headers)\n  \
                  demo   start a gateway with dev certificates and one origin per mechanism\n         \
                         (--once: print the table and exit)\n  \
@@ -57,7 +59,12 @@ pub fn project_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn ci() -> Result<()> {
+fn ci(args: &[String]) -> Result<()> {
+    let tests_only = match args {
+        [] => false,
+        [a] if a == "--tests-only" => true,
+        _ => bail!("usage: cargo xtask ci [--tests-only]"),
+    };
     let root = project_root();
     run(&root, "cargo", &["fmt", "--all", "--check"])?;
     run(
@@ -76,6 +83,15 @@ fn ci() -> Result<()> {
     run(&root, "cargo", &["build", "--workspace", "--bins"])?;
     run(&root, "cargo", &["test", "--workspace", "--no-fail-fast"])?;
     tidy::run(&root)?;
+    if !tests_only {
+        // The conformance matrix's quick subset: real curl, h2load and our HTTP/3 client
+        // against real processes, and the request-smuggling battery.
+        interop::run(&root, &["--quick".to_string()])?;
+        // Every fuzz target, built with its sanitizer, a few seconds each from its seeds.
+        fuzz::run(&root, &["--time".to_string(), "3".to_string()])?;
+        // The benchmark harness, seconds long: every row still starts and measures.
+        bench::run(&root, &["--smoke".to_string()])?;
+    }
     eprintln!("xtask ci: all green");
     Ok(())
 }

@@ -343,7 +343,11 @@ threads = 3
         ])
         .unwrap();
         let cli = cli.merge_file().unwrap();
-        assert_eq!(cli.threads, Some(3), "the binary reads threads before resolving");
+        assert_eq!(
+            cli.threads,
+            Some(3),
+            "the binary reads threads before resolving"
+        );
         let (c, dev) = cli.resolve().unwrap();
         assert!(dev.is_none());
         assert_eq!(c.listen, "127.0.0.1:9090".parse().unwrap(), "the flag wins");
