@@ -104,6 +104,15 @@ pub struct Cli {
     /// Log format: human or json.
     #[arg(long)]
     pub log_format: Option<String>,
+    /// Worker threads of the binary's runtime (default: one per CPU). On a machine whose
+    /// CPUs are shared with the application or the gateway, fewer threads mean fewer
+    /// cross-thread wake-ups; see docs/operations.md.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
+    #[arg(skip)]
+    #[serde(skip)]
+    file_merged: bool,
 }
 
 /// What the origin serves.
@@ -116,15 +125,38 @@ pub enum Serve {
 }
 
 impl Cli {
-    /// Merges the `--config` file under the flags and checks everything.
-    pub fn resolve(mut self) -> Result<(OriginConfig, Serve)> {
-        if let Some(path) = self.config.clone() {
+    /// Merges the `--config` file under the flags (once); the binary reads `threads` from
+    /// the result before it builds its runtime.
+    ///
+    /// # Errors
+    ///
+    /// The file cannot be read or is not valid TOML for these settings.
+    pub fn merge_file(self) -> Result<Cli> {
+        if self.file_merged {
+            return Ok(self);
+        }
+        let mut this = self;
+        if let Some(path) = this.config.clone() {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading {}", path.display()))?;
             let file: Cli =
                 toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-            self = self.or(file);
+            this = this.or(file);
         }
+        this.file_merged = true;
+        Ok(this)
+    }
+
+    /// Merges the `--config` file under the flags and checks everything.
+    pub fn resolve(self) -> Result<(OriginConfig, Serve)> {
+        let this = self.merge_file()?;
+        if let Some(0) = this.threads {
+            bail!("--threads must be at least 1");
+        }
+        this.resolve_merged()
+    }
+
+    fn resolve_merged(self) -> Result<(OriginConfig, Serve)> {
         let gateway = self
             .gateway
             .ok_or_else(|| anyhow!("--gateway URL is required"))?
@@ -263,6 +295,8 @@ impl Cli {
             origin_frame: self.origin_frame,
             config: self.config,
             log_format: self.log_format.or(f.log_format),
+            threads: self.threads.or(f.threads),
+            file_merged: self.file_merged,
         }
     }
 }
@@ -468,5 +502,39 @@ mod tests {
         .unwrap();
         let e = resolve(&["--config", cfg]).unwrap_err().to_string();
         assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn threads_come_from_the_file_before_the_runtime_and_zero_is_refused() {
+        let d = dir("threads");
+        let config = d.join("origin.toml");
+        std::fs::write(
+            &config,
+            "threads = 2
+",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from(["ptth-origin", "--config", config.to_str().unwrap()])
+            .unwrap()
+            .merge_file()
+            .unwrap();
+        assert_eq!(cli.threads, Some(2));
+        let cli = Cli::try_parse_from([
+            "ptth-origin",
+            "--gateway",
+            "https://gw.example:4443",
+            "--mechanism",
+            "rh2",
+            "--host",
+            "a.example",
+            "--token",
+            "t",
+            "--hello",
+            "--threads",
+            "0",
+        ])
+        .unwrap();
+        let e = cli.resolve().unwrap_err().to_string();
+        assert!(e.contains("--threads"), "{e}");
     }
 }

@@ -5,11 +5,20 @@ use ptth_origin::config::{init_logging, Cli, Serve};
 use ptth_origin::service::{Hello, Proxy};
 use ptth_origin::Origin;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    init_logging(cli.log_format.clone().as_deref())?;
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse().merge_file()?;
+    init_logging(cli.log_format.as_deref())?;
+    let threads = cli.threads;
     let (config, serve) = cli.resolve()?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = threads {
+        runtime.worker_threads(n);
+    }
+    runtime.build()?.block_on(run(config, serve))
+}
+
+async fn run(config: ptth_origin::OriginConfig, serve: Serve) -> anyhow::Result<()> {
     let origin = Origin::new(config)?;
     match serve {
         Serve::Hello => origin.serve(Hello::new(), shutdown_signal()).await?,
