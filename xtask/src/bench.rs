@@ -480,8 +480,7 @@ fn start_row(
                 cmd.args(["--upstream", &format!("http://{upstream}")])
                     .args(["--connections", &connections.to_string()]);
                 if let Some(n) = &threads {
-                    // What `--threads` sets: tokio reads it when it builds the runtime.
-                    cmd.env("TOKIO_WORKER_THREADS", n);
+                    cmd.args(["--threads", n]);
                 }
                 children.spawn("ptth-origin", &mut cmd)?
             } else {
@@ -493,6 +492,7 @@ fn start_row(
                         .arg(dev)
                         .args([m, HOST, &connections.to_string()])
                         .env("RUST_LOG", "error")
+                        // The app's own runtime (`#[tokio::main]`) reads this.
                         .envs(threads.iter().map(|n| ("TOKIO_WORKER_THREADS", n)))
                         .stdout(Stdio::null()),
                 )?
@@ -1132,8 +1132,9 @@ fn render(
          - (d) ptth library mode: h2load → `ptth-gateway` → `bench_app origin` (the same \
            service inside `ptth_origin::Origin::serve`, one rh2 connection).\n\
          - `--threads 1` rows: the same path with one runtime worker thread in the gateway \
-           (`--threads 1`) and in the origin process (`TOKIO_WORKER_THREADS=1`, which is what \
-           `--threads` sets); the other ptth rows use the default, one worker per CPU.\n\
+           and `ptth-origin` (`--threads 1`; the library-mode app gets \
+           `TOKIO_WORKER_THREADS=1`, which its `#[tokio::main]` runtime reads); the other ptth \
+           rows use the default, one worker per CPU.\n\
          - HTTP/3 runs (rows marked in the HTTP/3 tables): `ptth-h3-client load -c min(C,4) \
            -m C/min(C,4) -D {s} --warm-up 1 --cacert DEV/ca.pem --connect-to \
            127.0.0.1:TLSPORT https://app.localhost/1k|1m` against the gateway's public QUIC \
