@@ -439,6 +439,60 @@ impl http_body::Body for Guarded {
     }
 }
 
+/// How much of an abandoned response the gateway still reads from a reversed HTTP/1.1
+/// connection, and for how long, to keep that connection instead of closing it.
+const DRAIN_LIMIT: u64 = 2 * 1024 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Drop for Guarded {
+    /// A public client that leaves mid-response drops this body. On HTTP/2 and HTTP/3 that
+    /// resets one stream; on HTTP/1.1 it would close the whole origin connection, and the
+    /// gateway cannot dial a new one: the origin must, after its backoff, so a burst of
+    /// departing clients (256 at the end of a bench run) emptied an rh1 pool and the next
+    /// requests found no origin (503). So the rest of a bounded response is read and
+    /// discarded, with the reservation held, and the connection goes back to the pool.
+    fn drop(&mut self) {
+        let Some(reservation) = self.reservation.take() else {
+            return;
+        };
+        let remaining = http_body::Body::size_hint(&self.inner).upper();
+        if !reservation.conn().sender.is_h1()
+            || http_body::Body::is_end_stream(&self.inner)
+            || remaining.is_some_and(|r| r > DRAIN_LIMIT)
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut body = std::mem::replace(&mut self.inner, crate::forward::empty());
+        runtime.spawn(async move {
+            let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                let mut read = 0u64;
+                while let Some(frame) = body.frame().await {
+                    let Ok(frame) = frame else { return false };
+                    if let Some(data) = frame.data_ref() {
+                        read += data.len() as u64;
+                        if read > DRAIN_LIMIT {
+                            return false;
+                        }
+                    }
+                }
+                true
+            })
+            .await;
+            if drained != Ok(true) {
+                tracing::debug!(
+                    conn = reservation.conn().id,
+                    "abandoned response too long to drain; the origin connection closes"
+                );
+            }
+            drop(body);
+            drop(reservation);
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
