@@ -92,6 +92,11 @@ async fn serve_conn<IO>(
         .max_frame_size(64 * 1024)
         .max_concurrent_streams(1024)
         .max_header_list_size(MAX_HEADER_BYTES)
+        // Response data queued per stream for a public client that reads slowly: hyper's
+        // default is 400 KiB, so a client holding 1 024 streams with closed windows could
+        // pin 400 MiB; the stream's window keeps a fast client's pipe full either way
+        // (1 MiB downloads over h2c at 256 concurrent ran as fast with 128 KiB).
+        .max_send_buf_size(ptth_h2::reversed::SEND_BUFFER)
         .enable_connect_protocol();
     if let Err(e) = builder
         .serve_connection_with_upgrades(TokioIo::new(io), svc)
