@@ -6,6 +6,7 @@
 mod bench;
 mod demo;
 mod fuzz;
+mod hostile;
 mod interop;
 mod procs;
 mod tidy;
@@ -25,6 +26,7 @@ fn main() -> Result<()> {
         "fuzz" => fuzz::run(&project_root(), &rest),
         "interop" => interop::run(&project_root(), &rest),
         "bench" => bench::run(&project_root(), &rest),
+        "hostile" => hostile::run(&project_root(), &rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -40,7 +42,10 @@ fn main() -> Result<()> {
                  interop  every mechanism x public client x origin auth, and the request-smuggling\n           \
                           battery; writes docs/interop.md (--quick: a subset, writes nothing)\n  \
                  bench    ptth vs direct, nginx and rathole: req/s, latency, bulk, RSS, CPU, idle\n           \
-                          connections; writes docs/benchmarks.md (--smoke: seconds, writes nothing)"
+                          connections; writes docs/benchmarks.md (--smoke: seconds, writes nothing)\n  \
+                 hostile  the edge battery: what an attacker does to the public and tunnel ports,\n           \
+                          against the release binaries (setup floods, slow headers, credential\n           \
+                          probes, spoofed forwarding fields, scope floods, rotation, pins)"
             );
             if cmd == "help" || cmd == "--help" {
                 Ok(())

@@ -194,16 +194,43 @@ pub fn start_gateway(
     tunnel: &str,
     extra: &[&str],
 ) -> Result<Gateway> {
-    let mut child = Command::new(bin.join("ptth-gateway"))
-        .args(["--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0"])
+    let mut cmd = gateway_command(bin, dev, tunnel, extra);
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("PTTH_XTASK_LOG").unwrap_or_else(|_| "error".into()),
+    );
+    spawn_gateway(children, &mut cmd)
+}
+
+/// Like [`start_gateway`], with the gateway's log (at `info`, which includes every
+/// refusal and drain) written to `log`, for probes that read it.
+pub fn start_gateway_logged(
+    children: &mut Children,
+    bin: &Path,
+    dev: &Path,
+    tunnel: &str,
+    extra: &[&str],
+    log: &Path,
+) -> Result<Gateway> {
+    let mut cmd = gateway_command(bin, dev, tunnel, extra);
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    cmd.env("RUST_LOG", "info").stderr(file);
+    spawn_gateway(children, &mut cmd)
+}
+
+fn gateway_command(bin: &Path, dev: &Path, tunnel: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(bin.join("ptth-gateway"));
+    cmd.args(["--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0"])
         .args(["--tunnel", tunnel])
         .arg("--dev")
         .arg(dev)
-        .args(extra)
-        .env(
-            "RUST_LOG",
-            std::env::var("PTTH_XTASK_LOG").unwrap_or_else(|_| "error".into()),
-        )
+        .args(extra);
+    cmd
+}
+
+/// Spawns a gateway command and waits for it to print its addresses.
+fn spawn_gateway(children: &mut Children, cmd: &mut Command) -> Result<Gateway> {
+    let mut child = cmd
         .stdout(Stdio::piped())
         .spawn()
         .context("starting ptth-gateway")?;
