@@ -58,6 +58,12 @@ pub enum ScopeError {
 }
 
 /// A routing scope: host, optional port, path prefix.
+///
+/// The host is a DNS name or IP literal, or a wildcard `*.parent` ([`Scope::wildcard`])
+/// that matches a request host with exactly one more label, as a certificate's wildcard
+/// name does (RFC 6125 §6.4.3: "the client SHOULD NOT attempt to match a presented
+/// identifier in which the wildcard character comprises a label other than the left-most
+/// label", and `*` matches one label only).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Scope {
     host: String,
@@ -65,10 +71,13 @@ pub struct Scope {
     path_prefix: String,
 }
 
-/// How specific a scope is; larger is more specific. Compare to prefer the longest
+/// How specific a scope is; larger is more specific. Compare to prefer an exact host over
+/// a wildcard host whatever the paths (exact names win over wildcards), then the longest
 /// matching path prefix, then a scope with an explicit port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Specificity {
+    // Field order is the comparison order (derived `Ord`).
+    exact_host: bool,
     path_len: usize,
     port_specific: bool,
 }
@@ -173,9 +182,29 @@ impl Scope {
         })
     }
 
-    /// The lowercase host (IPv6 in brackets).
+    /// A wildcard scope: every host that is one DNS label followed by `.parent`
+    /// (`parent_or_authority` is `example.com` or `example.com:8443`; not an IP literal).
+    /// Its [`Scope::host`] is `*.parent`.
+    pub fn wildcard(parent_or_authority: &str, path_prefix: &str) -> Result<Self, ScopeError> {
+        let (parent, port) = parse_authority(parent_or_authority)?;
+        if parent.starts_with('[') || parent.parse::<std::net::Ipv4Addr>().is_ok() {
+            return Err(ScopeError::BadHost(format!("*.{parent}")));
+        }
+        Ok(Self {
+            host: format!("*.{parent}"),
+            port,
+            path_prefix: normalize_prefix(path_prefix)?,
+        })
+    }
+
+    /// The lowercase host (IPv6 in brackets), or `*.parent` for a wildcard scope.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Whether the host is a wildcard (`*.parent`).
+    pub fn is_wildcard(&self) -> bool {
+        self.host.starts_with("*.")
     }
 
     /// The port, or `None` for any port.
@@ -190,7 +219,11 @@ impl Scope {
 
     /// Whether a request may be routed to this scope.
     pub fn matches(&self, target: &RequestTarget) -> bool {
-        if !self.host.eq_ignore_ascii_case(&target.host) {
+        let host_matches = match self.host.strip_prefix("*.") {
+            Some(parent) => one_label_under(&target.host, parent),
+            None => self.host.eq_ignore_ascii_case(&target.host),
+        };
+        if !host_matches {
             return false;
         }
         if let Some(port) = self.port {
@@ -205,6 +238,7 @@ impl Scope {
     /// How specific this scope is, for longest-prefix preference.
     pub fn specificity(&self) -> Specificity {
         Specificity {
+            exact_host: !self.is_wildcard(),
             path_len: if self.path_prefix == "/" {
                 0
             } else {
@@ -223,6 +257,19 @@ impl fmt::Display for Scope {
         }
         f.write_str(&self.path_prefix)
     }
+}
+
+/// Whether `host` is one non-empty DNS label followed by `.parent` (ASCII
+/// case-insensitive). An IP literal is never under a wildcard.
+fn one_label_under(host: &str, parent: &str) -> bool {
+    let Some((label, rest)) = host.split_once('.') else {
+        return false;
+    };
+    !label.is_empty()
+        && label != "*"
+        && !host.starts_with('[')
+        && rest.eq_ignore_ascii_case(parent)
+        && host.parse::<std::net::Ipv4Addr>().is_err()
 }
 
 fn normalize_prefix(prefix: &str) -> Result<String, ScopeError> {
@@ -518,6 +565,39 @@ mod tests {
         assert!(a.specificity() < b.specificity());
         assert!(b.specificity() < c.specificity());
         assert!(c.specificity() < d.specificity());
+    }
+
+    #[test]
+    fn a_wildcard_scope_matches_exactly_one_more_label() {
+        let s = Scope::wildcard("Example.COM", "/").unwrap();
+        assert_eq!(s.host(), "*.example.com");
+        assert!(s.is_wildcard());
+        assert_eq!(s.to_string(), "*.example.com/");
+        assert!(s.matches(&t("https://a.example.com/x")));
+        assert!(s.matches(&t("https://A.Example.Com/")));
+        assert!(!s.matches(&t("https://example.com/")));
+        assert!(!s.matches(&t("https://a.b.example.com/")));
+        assert!(!s.matches(&t("https://aexample.com/")));
+        assert!(!s.matches(&t("https://a.example.com.evil/")));
+        let ported = Scope::wildcard("example.com:8443", "/api").unwrap();
+        assert!(ported.matches(&t("https://a.example.com:8443/api/x")));
+        assert!(!ported.matches(&t("https://a.example.com/api/x")));
+        assert!(!ported.matches(&t("https://a.example.com:8443/")));
+        for bad in ["127.0.0.1", "[::1]", "a b", ""] {
+            assert!(Scope::wildcard(bad, "/").is_err(), "{bad}");
+        }
+        // Hosts from `new` are never wildcards, and `*` is not a host.
+        assert!(Scope::new("*.example.com", "/").is_err());
+        assert!(!Scope::new("a.example.com", "/").unwrap().is_wildcard());
+    }
+
+    #[test]
+    fn an_exact_host_outranks_a_wildcard_whatever_the_paths() {
+        let exact_root = Scope::new("a.example.com", "/").unwrap();
+        let wild_deep = Scope::wildcard("example.com:443", "/very/long/prefix").unwrap();
+        assert!(exact_root.specificity() > wild_deep.specificity());
+        let wild_root = Scope::wildcard("example.com", "/").unwrap();
+        assert!(wild_root.specificity() < wild_deep.specificity());
     }
 
     proptest! {

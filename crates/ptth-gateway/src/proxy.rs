@@ -64,9 +64,18 @@ impl Proxy {
             Ok(t) => t,
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot route: {e}")),
         };
+        if is_reserved_path(target.path()) {
+            // The authorisation exchange (draft-thomson-ptth-potato §5.2, "a request to a
+            // prearranged resource on the origin") belongs to the gateway's setup of a
+            // connection; a stranger asking for it would otherwise be handed the origin's
+            // credential.
+            return error(StatusCode::NOT_FOUND, RESERVED_REASON);
+        }
         let ws_key = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned();
         let received_version = parts.version;
         strip_hop_by_hop(&mut parts.headers);
+        // An origin must never read a gateway-only field from a stranger.
+        strip_ptth_fields(&mut parts.headers);
         append_via(&mut parts.headers, received_version, &self.config.via_name);
         append_forwarded(&mut parts.headers, client, &target);
         let scheme = if client.tls { "https" } else { "http" };
@@ -200,7 +209,7 @@ impl Proxy {
             *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let h = out.headers_mut();
             for (k, v) in response.headers() {
-                if !is_hop_by_hop(k) && k != header::SEC_WEBSOCKET_ACCEPT {
+                if !is_hop_by_hop(k) && k != header::SEC_WEBSOCKET_ACCEPT && !is_ptth_field(k) {
                     h.append(k.clone(), v.clone());
                 }
             }
@@ -222,6 +231,7 @@ impl Proxy {
         let version = response.version();
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        strip_ptth_fields(&mut parts.headers);
         append_via(&mut parts.headers, version, &self.config.via_name);
         if version == Version::HTTP_3 {
             // The public side writes its own version; hyper's HTTP/1.1 server refuses to
@@ -363,6 +373,57 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The path prefix the gateway keeps for itself: the authorisation resource
+/// ([`ptth_auth::AUTHORIZE_PATH`]) lives under it. Public requests for it are answered by the
+/// gateway and never forwarded.
+pub const RESERVED_PREFIX: &str = "/.well-known/ptth";
+
+/// The body of the 404 a public request for [`RESERVED_PREFIX`] gets.
+pub const RESERVED_REASON: &str =
+    "/.well-known/ptth/ is reserved by the gateway for its setup exchange with origins; it is never forwarded";
+
+/// Whether a normalised request path ([`RequestTarget::path`]: unreserved percent-encodings
+/// already decoded, dot segments already refused) is under [`RESERVED_PREFIX`]. Compared
+/// as conservatively as any upstream might read it: ASCII case-insensitively, with `%2F` and
+/// `%5C` as `/`, and runs of `/` as one. The query is not part of the path.
+fn is_reserved_path(path: &str) -> bool {
+    let lowered = path
+        .to_ascii_lowercase()
+        .replace("%2f", "/")
+        .replace("%5c", "/");
+    let mut view = String::with_capacity(lowered.len());
+    for c in lowered.chars() {
+        if !(c == '/' && view.ends_with('/')) {
+            view.push(c);
+        }
+    }
+    match view.strip_prefix(RESERVED_PREFIX) {
+        Some(rest) => rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// Whether a field is one of the gateway's own `ptth-*` fields (the authorisation answer's
+/// `ptth-authorization`, `ptth-origins`, `ptth-path-prefix`, the challenge fields): they
+/// belong to the exchange between gateway and origin and never cross to a public client,
+/// in either direction.
+fn is_ptth_field(name: &HeaderName) -> bool {
+    // Field names in `http` are always lowercase.
+    name.as_str().starts_with("ptth-")
+}
+
+/// Removes every `ptth-*` field (headers or trailers).
+pub fn strip_ptth_fields(headers: &mut HeaderMap) {
+    let names: Vec<HeaderName> = headers
+        .keys()
+        .filter(|k| is_ptth_field(k))
+        .cloned()
+        .collect();
+    for n in names {
+        headers.remove(n);
+    }
+}
+
 fn append_via(headers: &mut HeaderMap, version: Version, name: &str) {
     let v = match version {
         Version::HTTP_10 => "1.0",
@@ -420,7 +481,12 @@ impl http_body::Body for Guarded {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let r = Pin::new(&mut self.inner).poll_frame(cx);
+        let mut r = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &mut r {
+            if let Some(trailers) = frame.trailers_mut() {
+                strip_ptth_fields(trailers);
+            }
+        }
         match &r {
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
                 self.reservation = None;
@@ -516,6 +582,99 @@ mod tests {
         assert!(h.get("connection").is_none());
         assert_eq!(h.get("te").unwrap(), "trailers");
         assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn the_reserved_prefix_is_caught_however_it_is_spelled() {
+        assert!(ptth_auth::AUTHORIZE_PATH.starts_with(&format!("{RESERVED_PREFIX}/")));
+        let path = |uri: &str| {
+            let (parts, ()) = Request::get(uri)
+                .header("host", "app.localhost")
+                .body(())
+                .unwrap()
+                .into_parts();
+            RequestTarget::from_parts(&parts)
+                .unwrap()
+                .path()
+                .to_owned()
+        };
+        for reserved in [
+            "/.well-known/ptth/authorize",
+            "/.well-known/ptth/authorize?x=1",
+            "/.well-known/ptth/authorize/",
+            "/.well-known/ptth/",
+            "/.well-known/ptth",
+            "/.well-known/ptth/other",
+            "/.well-known/%70tth/authorize",
+            "/%2Ewell-known/ptth/authorize",
+            "/.WELL-KNOWN/PTTH/AUTHORIZE",
+            "/.well-known%2Fptth%2Fauthorize",
+            "/.well-known%2fptth/authorize",
+            "/.well-known%5Cptth/authorize",
+            "//.well-known//ptth/authorize",
+            "http://app.localhost/.well-known/ptth/authorize",
+        ] {
+            assert!(is_reserved_path(&path(reserved)), "{reserved}");
+        }
+        for public in [
+            "/",
+            "/.well-known/ptthx",
+            "/.well-known/ptth-other/x",
+            "/.well-known/acme-challenge/x",
+            "/app/.well-known/ptth/authorize",
+            "/.well-known/ptth%3F/x",
+        ] {
+            assert!(!is_reserved_path(&path(public)), "{public}");
+        }
+    }
+
+    #[test]
+    fn ptth_fields_are_stripped_from_heads() {
+        let mut h = HeaderMap::new();
+        h.insert("ptth-authorization", HeaderValue::from_static("Bearer t"));
+        h.insert("PTTH-Origins", HeaderValue::from_static("https://a"));
+        h.append("ptth-path-prefix", HeaderValue::from_static("/"));
+        h.append("ptth-path-prefix", HeaderValue::from_static("/x"));
+        h.insert("x-ptth-kept", HeaderValue::from_static("1"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_ptth_fields(&mut h);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["content-type", "x-ptth-kept"]);
+    }
+
+    /// A body that yields the given frames, for checking what `Guarded` lets through.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    #[tokio::test]
+    async fn ptth_fields_are_stripped_from_trailers() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("ptth-authorization", HeaderValue::from_static("Bearer t"));
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let frames = Frames(
+            [Frame::data(Bytes::from_static(b"hi")), Frame::trailers(trailers)].into(),
+        );
+        let body = Guarded {
+            inner: frames.boxed_unsync(),
+            reservation: None,
+        };
+        let collected = body.collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert!(trailers.get("ptth-authorization").is_none());
+        assert_eq!(trailers["grpc-status"], "0");
+        assert_eq!(collected.to_bytes(), "hi");
     }
 
     #[test]

@@ -52,8 +52,14 @@ pub struct Authorizer {
 /// to its authorisation request closes the connection without saying why (there is no
 /// setup response to carry a status), so a connection that ends right after the answer,
 /// with no other request, is the origin's only sign that it was refused.
+///
+/// It also keeps the authorisation exchange private to setup: the credential is answered
+/// only to the first request of the connection. Under HTTP/2 and HTTP/3 requests arrive
+/// concurrently, so "first" is one atomic swap: the request that flips `any_request` decides,
+/// and from then on the authoriser is off for the whole connection.
 #[derive(Debug, Default)]
 pub(crate) struct AuthorizeSeen {
+    any_request: std::sync::atomic::AtomicBool,
     answered: std::sync::atomic::AtomicBool,
     other_request: std::sync::atomic::AtomicBool,
 }
@@ -178,6 +184,9 @@ impl OriginService {
     }
 }
 
+/// The body of a 404 for the authorisation resource after the first request of a connection.
+pub(crate) const NOT_FIRST_REASON: &str = "the ptth authorisation resource is answered only as the first request of a connection, to the gateway's setup";
+
 fn text(status: StatusCode, reason: &str) -> Response<ResponseBody> {
     let mut res = Response::new(
         http_body_util::Full::new(Bytes::from(format!("{reason}\n")))
@@ -205,10 +214,19 @@ impl OriginService {
         req: Request<RequestBody>,
     ) -> Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>> {
         if let Some(authorizer) = &self.authorizer {
-            use std::sync::atomic::Ordering::Relaxed;
+            use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+            let first = !authorizer.seen.any_request.swap(true, AcqRel);
             if req.uri().path() == ptth_auth::AUTHORIZE_PATH {
-                let res = authorizer.answer(req.headers());
-                authorizer.seen.answered.store(true, Relaxed);
+                if first {
+                    let res = authorizer.answer(req.headers());
+                    authorizer.seen.answered.store(true, Relaxed);
+                    return Box::pin(async move { Ok(res) });
+                }
+                // The gateway asks this only as its first request; a later one is not the
+                // gateway's setup (a public client, if a gateway ever forwarded it), so it
+                // gets no credential and does not reach the application either.
+                authorizer.seen.other_request.store(true, Relaxed);
+                let res = text(StatusCode::NOT_FOUND, NOT_FIRST_REASON);
                 return Box::pin(async move { Ok(res) });
             }
             authorizer.seen.other_request.store(true, Relaxed);
@@ -265,5 +283,105 @@ where
             run!(ptth_h2::reversed::serve(io, service, options))
         }
         HttpVersion::Http3 => anyhow::bail!("HTTP/3 is not carried over a byte stream"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "origin-secret-token";
+
+    fn origin_service() -> OriginService {
+        let credential =
+            ptth_auth::OriginCredential::Bearer(ptth_auth::BearerToken::new(TOKEN).unwrap());
+        let authorizer = Authorizer {
+            credential: Some(credential),
+            signing_key: None,
+            key_id: String::new(),
+            exporter: None,
+            origins: vec!["https://app.localhost".parse().unwrap()],
+            path_prefixes: vec!["/".into()],
+            seen: Default::default(),
+        };
+        OriginService::new(crate::service::Hello).with_authorizer(authorizer)
+    }
+
+    fn request(path: &str) -> Request<RequestBody> {
+        Request::get(path)
+            .body(
+                http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+            )
+            .unwrap()
+    }
+
+    async fn call(service: &OriginService, path: &str) -> (http::response::Parts, String) {
+        let res = service.call_boxed(request(path)).await.unwrap();
+        let (parts, body) = res.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        (parts, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// Whether a response carries the credential anywhere (a field or the body).
+    fn leaks(parts: &http::response::Parts, body: &str) -> bool {
+        body.contains(TOKEN)
+            || parts.headers.iter().any(|(k, v)| {
+                k.as_str().starts_with("ptth-") || v.as_bytes().windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes())
+            })
+    }
+
+    #[tokio::test]
+    async fn the_credential_is_answered_only_to_the_first_request() {
+        let service = origin_service();
+        let (first, body) = call(&service, ptth_auth::AUTHORIZE_PATH).await;
+        assert_eq!(first.status, StatusCode::OK);
+        assert_eq!(
+            first.headers[ptth_auth::AUTHORIZATION_FIELD],
+            format!("Bearer {TOKEN}").as_str()
+        );
+        assert!(leaks(&first, &body), "the positive twin must see the credential");
+        let (again, body) = call(&service, ptth_auth::AUTHORIZE_PATH).await;
+        assert_eq!(again.status, StatusCode::NOT_FOUND);
+        assert!(body.contains(NOT_FIRST_REASON), "{body}");
+        assert!(!leaks(&again, &body), "{again:?} {body}");
+        // The connection still serves the application.
+        let (hello, _) = call(&service, "/").await;
+        assert_eq!(hello.status, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn any_earlier_request_turns_the_authoriser_off() {
+        let service = origin_service();
+        let (hello, _) = call(&service, "/").await;
+        assert_eq!(hello.status, StatusCode::OK);
+        let (late, body) = call(&service, ptth_auth::AUTHORIZE_PATH).await;
+        assert_eq!(late.status, StatusCode::NOT_FOUND);
+        assert!(body.contains(NOT_FIRST_REASON), "{body}");
+        assert!(!leaks(&late, &body));
+        // Each connection has its own authoriser: a fresh one still answers.
+        let (fresh, body) = call(&origin_service(), ptth_auth::AUTHORIZE_PATH).await;
+        assert!(leaks(&fresh, &body));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_requests_get_the_credential_at_most_once() {
+        for _ in 0..50 {
+            let service = origin_service();
+            let mut tasks = Vec::new();
+            for _ in 0..8 {
+                let service = service.clone();
+                tasks.push(tokio::spawn(async move {
+                    let (parts, body) = call(&service, ptth_auth::AUTHORIZE_PATH).await;
+                    leaks(&parts, &body)
+                }));
+            }
+            let mut leaked = 0;
+            for t in tasks {
+                leaked += usize::from(t.await.unwrap());
+            }
+            assert_eq!(leaked, 1, "exactly the first of concurrent requests answers");
+        }
     }
 }
