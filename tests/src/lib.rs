@@ -570,3 +570,147 @@ impl H3Client {
 pub fn h3_url(host: &str, path: &str) -> String {
     format!("https://{host}{path}")
 }
+
+/// Starts a gateway like [`Gateway::start`], with its stderr (at `rust_log`) written to
+/// `log` instead of inherited, so a test can wait for a log line or check there is none.
+pub async fn start_gateway_logging(
+    dev: &Path,
+    extra: &[&str],
+    log: &Path,
+    rust_log: &str,
+) -> Result<Gateway> {
+    let mut cmd = Command::new(bin("ptth-gateway"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tunnel",
+        "127.0.0.1:0",
+    ])
+    .arg("--dev")
+    .arg(dev)
+    .args(extra)
+    .env("RUST_LOG", rust_log)
+    .env("NO_COLOR", "1")
+    .stdout(Stdio::piped())
+    .stderr(std::fs::File::create(log)?)
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().context("starting ptth-gateway")?;
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut l, mut lt, mut t) = (None, None, None);
+    let read = async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(v) = line.strip_prefix("listen=") {
+                l = Some(v.parse()?);
+            } else if let Some(v) = line.strip_prefix("listen-tls=") {
+                lt = Some(v.parse()?);
+            } else if let Some(v) = line.strip_prefix("tunnel=") {
+                t = Some(v.parse()?);
+                break;
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .map_err(|_| anyhow!("gateway did not report its addresses"))??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Gateway {
+        child,
+        listen: l.ok_or_else(|| anyhow!("no listen address"))?,
+        listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
+        tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
+        dev: dev.to_path_buf(),
+    })
+}
+
+/// Waits until `log` holds at least `count` lines containing `needle`; returns its text.
+pub async fn wait_for_log(
+    log: &Path,
+    needle: &str,
+    count: usize,
+    within: Duration,
+) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.lines().filter(|l| l.contains(needle)).count() >= count {
+            return Ok(text);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            bail!("{count} log lines with {needle:?} did not appear within {within:?}; the log:\n{text}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A TCP connection to `to` from the loopback address `from` (any 127.0.0.0/8 address works
+/// on Linux), so a test can act as many source addresses.
+pub async fn tcp_from(from: std::net::IpAddr, to: SocketAddr) -> Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(from, 0))?;
+    Ok(socket.connect(to).await?)
+}
+
+/// A TLS connection to the tunnel listener from loopback address `from`, offering `alpn`.
+pub async fn tls_connect_from(
+    gw: &Gateway,
+    from: std::net::IpAddr,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(gw.dev.join("ca.pem"))?;
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c?)?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+    let tcp = tcp_from(from, gw.tunnel).await?;
+    let name = rustls::pki_types::ServerName::try_from("localhost")?;
+    Ok(
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await?,
+    )
+}
+
+/// A QUIC connection to `to` from loopback address `from`, offering `alpn`, trusting the dev
+/// CA; the endpoint is returned with it (dropping it ends the connection).
+pub async fn quic_connect_from(
+    gw: &Gateway,
+    from: std::net::IpAddr,
+    to: SocketAddr,
+    alpn: &[u8],
+) -> Result<(quinn::Endpoint, quinn::Connection)> {
+    let mut roots = rustls::RootCertStore::empty();
+    let pem = std::fs::read(gw.dev.join("ca.pem"))?;
+    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
+        roots.add(c?)?;
+    }
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![alpn.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(std::sync::Arc::new(tls))?;
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::new(from, 0))?;
+    let mut client = quinn::ClientConfig::new(std::sync::Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    // Our own idle timer must not be what closes the connection in a test.
+    transport.max_idle_timeout(Some(Duration::from_secs(60).try_into()?));
+    client.transport_config(std::sync::Arc::new(transport));
+    endpoint.set_default_client_config(client);
+    let conn = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(to, "localhost")?)
+        .await
+        .map_err(|_| anyhow!("QUIC handshake timed out"))??;
+    Ok((endpoint, conn))
+}

@@ -73,6 +73,23 @@ pub struct Cli {
     /// wake-ups; see docs/operations.md.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Seconds an origin connection may take from accept to registration: TLS or QUIC
+    /// handshake, setup request, authorisation exchange and ORIGIN frame (default 10).
+    /// A connection that has not been admitted by then is closed.
+    #[arg(long)]
+    pub setup_timeout: Option<f64>,
+    /// Origin connections that may be in setup at once (default 512); more are closed at
+    /// accept.
+    #[arg(long)]
+    pub max_pending_setups: Option<usize>,
+    /// Origin connections in setup at once from one source address (default 32).
+    #[arg(long)]
+    pub max_pending_setups_per_ip: Option<usize>,
+    /// Seconds a public client has to send a request's header section, counted from the
+    /// connection's start or the end of its last exchange; so also how long a public
+    /// connection may sit idle between requests (default 30).
+    #[arg(long)]
+    pub public_header_timeout: Option<f64>,
     /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
     #[arg(skip)]
     #[serde(skip)]
@@ -108,8 +125,16 @@ pub struct GatewayConfig {
     pub queue_timeout: Duration,
     /// Response-header timeout.
     pub request_timeout: Duration,
-    /// TLS handshake plus setup timeout.
-    pub handshake_timeout: Duration,
+    /// From accept to registration of an origin connection: handshake, setup request,
+    /// authorisation exchange, ORIGIN frame.
+    pub setup_timeout: Duration,
+    /// Origin connections in setup at once.
+    pub max_pending_setups: usize,
+    /// Origin connections in setup at once from one source address.
+    pub max_pending_setups_per_ip: usize,
+    /// How long a public client may take to send a request's headers, and how long a public
+    /// connection may sit idle between requests.
+    pub public_header_timeout: Duration,
     /// Pseudonym in `Via`.
     pub via_name: String,
 }
@@ -137,7 +162,10 @@ impl GatewayConfig {
             queue_limit: 1024,
             queue_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
-            handshake_timeout: Duration::from_secs(10),
+            setup_timeout: Duration::from_secs(10),
+            max_pending_setups: 512,
+            max_pending_setups_per_ip: 32,
+            public_header_timeout: Duration::from_secs(30),
             via_name: "ptth".to_string(),
         }
     }
@@ -224,6 +252,18 @@ impl Cli {
         if let Some(s) = self.request_timeout {
             c.request_timeout = secs(s, "--request-timeout")?;
         }
+        if let Some(s) = self.setup_timeout {
+            c.setup_timeout = positive_secs(s, "--setup-timeout")?;
+        }
+        if let Some(n) = self.max_pending_setups {
+            c.max_pending_setups = at_least_one(n, "--max-pending-setups")?;
+        }
+        if let Some(n) = self.max_pending_setups_per_ip {
+            c.max_pending_setups_per_ip = at_least_one(n, "--max-pending-setups-per-ip")?;
+        }
+        if let Some(s) = self.public_header_timeout {
+            c.public_header_timeout = positive_secs(s, "--public-header-timeout")?;
+        }
         Ok((c, dev_files))
     }
 
@@ -249,6 +289,12 @@ impl Cli {
             request_timeout: self.request_timeout.or(file.request_timeout),
             log_format: self.log_format.or(file.log_format),
             threads: self.threads.or(file.threads),
+            setup_timeout: self.setup_timeout.or(file.setup_timeout),
+            max_pending_setups: self.max_pending_setups.or(file.max_pending_setups),
+            max_pending_setups_per_ip: self
+                .max_pending_setups_per_ip
+                .or(file.max_pending_setups_per_ip),
+            public_header_timeout: self.public_header_timeout.or(file.public_header_timeout),
             file_merged: self.file_merged,
         }
     }
@@ -296,6 +342,21 @@ fn secs(s: f64, flag: &str) -> Result<Duration> {
         .map_err(|_| anyhow::anyhow!("{flag} must be a non-negative number of seconds"))
 }
 
+/// A timeout that must be longer than zero: a zero deadline would close every connection.
+fn positive_secs(s: f64, flag: &str) -> Result<Duration> {
+    match secs(s, flag)? {
+        d if d.is_zero() => bail!("{flag} must be more than 0 seconds"),
+        d => Ok(d),
+    }
+}
+
+fn at_least_one(n: usize, flag: &str) -> Result<usize> {
+    if n == 0 {
+        bail!("{flag} must be at least 1");
+    }
+    Ok(n)
+}
+
 /// Sets up `tracing` output: human-readable by default, JSON lines with `json`.
 pub fn init_logging(format: Option<&str>) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -331,6 +392,10 @@ tokens = ["from-file"]
 queue-limit = 7
 request-timeout = 2.5
 threads = 3
+setup-timeout = 4
+max-pending-setups = 100
+max-pending-setups-per-ip = 5
+public-header-timeout = 12.5
 "#,
         )
         .unwrap();
@@ -354,6 +419,10 @@ threads = 3
         assert_eq!(c.tunnel, "127.0.0.1:4443".parse().unwrap());
         assert_eq!(c.queue_limit, 7);
         assert_eq!(c.request_timeout, Duration::from_millis(2500));
+        assert_eq!(c.setup_timeout, Duration::from_secs(4));
+        assert_eq!(c.max_pending_setups, 100);
+        assert_eq!(c.max_pending_setups_per_ip, 5);
+        assert_eq!(c.public_header_timeout, Duration::from_millis(12500));
         assert_eq!(c.grants.len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -14,6 +14,7 @@
 pub mod config;
 pub mod dev;
 mod forward;
+mod pending;
 pub mod proxy;
 mod public;
 mod quic;
@@ -80,7 +81,11 @@ impl Gateway {
             grants: std::sync::RwLock::new(Arc::new(config.grants.clone())),
             tls: std::sync::RwLock::new(tunnel_tls),
             setup_tokens: ptth_core::SetupTokens::default(),
-            handshake_timeout: config.handshake_timeout,
+            setup_timeout: config.setup_timeout,
+            pending: pending::PendingSetups::new(
+                config.max_pending_setups,
+                config.max_pending_setups_per_ip,
+            ),
         });
 
         let tunnel_l = TcpListener::bind(config.tunnel)
@@ -108,19 +113,35 @@ impl Gateway {
                 .with_context(|| format!("binding the public TLS listener on {addr}"))?;
             let tls_addr = l.local_addr()?;
             listen_tls = Some(tls_addr);
-            let h3 = quic::public_endpoint(certs.clone(), key.clone_key(), tls_addr)?;
+            let h3 = quic::public_endpoint(
+                certs.clone(),
+                key.clone_key(),
+                tls_addr,
+                config.public_header_timeout,
+            )?;
             listen_h3 = Some(h3.local_addr()?);
             alt_svc = quic::alt_svc(tls_addr.port());
-            tasks.push(tokio::spawn(quic::serve_public(h3, proxy.clone())));
+            tasks.push(tokio::spawn(quic::serve_public(
+                h3,
+                proxy.clone(),
+                config.public_header_timeout,
+            )));
             let acceptor = TlsAcceptor::from(Arc::new(tls::public_config(certs, key)?));
             tasks.push(tokio::spawn(public::serve(
                 l,
                 Some(acceptor),
                 proxy.clone(),
                 alt_svc.clone(),
+                config.public_header_timeout,
             )));
         }
-        tasks.push(tokio::spawn(public::serve(public_l, None, proxy, alt_svc)));
+        tasks.push(tokio::spawn(public::serve(
+            public_l,
+            None,
+            proxy,
+            alt_svc,
+            config.public_header_timeout,
+        )));
         tracing::info!(%listen, ?listen_tls, ?listen_h3, %tunnel, "gateway listening");
         Ok(Self {
             listen,

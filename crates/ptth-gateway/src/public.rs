@@ -1,7 +1,14 @@
 //! Public listeners: cleartext HTTP/1.1 + h2c (prior knowledge), and TLS with `h2`/`http/1.1`.
 //! When the public HTTP/3 endpoint runs, every response advertises it in `alt-svc`.
+//!
+//! A public connection must send a request's header section within the header timeout
+//! (`--public-header-timeout`), counted from its start or from the end of its last exchange:
+//! a connection that sends nothing, never finishes its HTTP/2 preface, or sits idle between
+//! requests for that long is closed. Exchanges in flight (including a streaming response
+//! body) and extended CONNECT tunnels keep it open.
 
 use crate::proxy::{ClientInfo, Proxy};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -10,15 +17,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 /// Serves public clients on `listener`; TLS when `acceptor` is given. `alt_svc`, when
 /// given, is added to every response (RFC 7838) to advertise the HTTP/3 endpoint.
+/// `header_timeout` bounds the wait for each request's headers and idle time between requests.
 pub async fn serve(
     listener: TcpListener,
     acceptor: Option<TlsAcceptor>,
     proxy: Arc<Proxy>,
     alt_svc: Option<http::HeaderValue>,
+    header_timeout: Duration,
 ) {
     loop {
         let (tcp, addr) = match listener.accept().await {
@@ -35,12 +45,16 @@ pub async fn serve(
         let alt_svc = alt_svc.clone();
         tokio::spawn(async move {
             match acceptor {
-                None => serve_conn(tcp, ClientInfo { addr, tls: false }, proxy, alt_svc).await,
+                None => {
+                    let client = ClientInfo { addr, tls: false };
+                    serve_conn(tcp, client, proxy, alt_svc, header_timeout).await
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
                     {
                         Ok(Ok(tls)) => {
-                            serve_conn(tls, ClientInfo { addr, tls: true }, proxy, alt_svc).await
+                            let client = ClientInfo { addr, tls: true };
+                            serve_conn(tls, client, proxy, alt_svc, header_timeout).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%addr, error = %e, "public TLS handshake failed")
@@ -56,22 +70,88 @@ pub async fn serve(
 /// The largest header section a public client may send (and an origin may answer with).
 pub const MAX_HEADER_BYTES: u32 = ptth_h2::MAX_HEADER_LIST_SIZE;
 
+/// How long a connection told to shut down (idle past the header timeout) may take to close:
+/// an HTTP/2 graceful shutdown waits for a PING answer a silent client never sends.
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// What a public connection is doing, for its idle timer.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Activity {
+    /// Exchanges in flight: from the request's headers to the end of the response body.
+    exchanges: usize,
+    /// Exchanges started so far (so a request that came and went is seen).
+    started: u64,
+    /// An extended CONNECT tunnel (a WebSocket over HTTP/2) runs here: never idle.
+    tunnel: bool,
+}
+
+/// One exchange in flight on a public connection; dropping it ends the exchange.
+pub(crate) struct Exchange(Arc<watch::Sender<Activity>>);
+
+impl Exchange {
+    pub(crate) fn start(activity: &Arc<watch::Sender<Activity>>, tunnel: bool) -> Self {
+        activity.send_modify(|a| {
+            a.exchanges += 1;
+            a.started += 1;
+            a.tunnel |= tunnel;
+        });
+        Exchange(activity.clone())
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        self.0
+            .send_modify(|a| a.exchanges = a.exchanges.saturating_sub(1));
+    }
+}
+
+/// Resolves once the connection has had no exchange in flight for `timeout` (from its start,
+/// or from the end of its last exchange).
+pub(crate) async fn idle_for(mut activity: watch::Receiver<Activity>, timeout: Duration) {
+    loop {
+        let Ok(now) = activity
+            .wait_for(|a| a.exchanges == 0 && !a.tunnel)
+            .await
+            .map(|a| *a)
+        else {
+            return std::future::pending().await;
+        };
+        let busy = activity.wait_for(|a| a.exchanges > 0 || a.tunnel || a.started != now.started);
+        if tokio::time::timeout(timeout, busy).await.is_err() {
+            return;
+        }
+    }
+}
+
 async fn serve_conn<IO>(
     io: IO,
     client: ClientInfo,
     proxy: Arc<Proxy>,
     alt_svc: Option<http::HeaderValue>,
+    header_timeout: Duration,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let activity = Arc::new(watch::Sender::new(Activity::default()));
+    let idle = idle_for(activity.subscribe(), header_timeout);
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         let proxy = proxy.clone();
         let alt_svc = alt_svc.clone();
+        let exchange = Exchange::start(&activity, req.method() == http::Method::CONNECT);
         async move {
             let mut res = proxy.handle(req, client).await;
             if let Some(v) = alt_svc {
                 res.headers_mut().insert(http::header::ALT_SVC, v);
             }
+            // The exchange lasts until the response body has been sent (or dropped).
+            let res = res.map(|body| {
+                body.map_frame(move |frame| {
+                    let _in_flight = &exchange;
+                    frame
+                })
+                .boxed_unsync()
+            });
             Ok::<_, std::convert::Infallible>(res)
         }
     });
@@ -84,7 +164,7 @@ async fn serve_conn<IO>(
         // reversed HTTP/1.1 origins that reversed HTTP/2 origins refuse.
         .max_buf_size(MAX_HEADER_BYTES as usize)
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30));
+        .header_read_timeout(header_timeout);
     builder
         .http2()
         .initial_stream_window_size(windows.stream)
@@ -98,10 +178,22 @@ async fn serve_conn<IO>(
         // (1 MiB downloads over h2c at 256 concurrent ran as fast with 128 KiB).
         .max_send_buf_size(ptth_h2::reversed::SEND_BUFFER)
         .enable_connect_protocol();
-    if let Err(e) = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await
-    {
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn, idle);
+    let ended = tokio::select! {
+        ended = &mut conn => ended,
+        () = &mut idle => {
+            // No request (or its headers) within the header timeout: before the first
+            // request this also ends a connection still choosing between HTTP/1.1 and h2c.
+            tracing::debug!(client = %client.addr, timeout = ?header_timeout, "public connection closed: no request within the header timeout");
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut conn).await {
+                Ok(ended) => ended,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(client = %client.addr, error = %e, "public connection ended");
     }
 }

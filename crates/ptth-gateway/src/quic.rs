@@ -17,7 +17,8 @@
 
 use crate::forward::{empty, Body, Sender};
 use crate::proxy::{error, ClientInfo, Proxy};
-use crate::tunnel::{self, ReversedCandidate, TunnelContext};
+use crate::public::{idle_for, Activity, Exchange, SHUTDOWN_GRACE};
+use crate::tunnel::{self, ReversedCandidate, SetupFailure, SetupState, TunnelContext};
 use anyhow::{anyhow, Context, Result};
 use http::{Method, Request, Response, StatusCode};
 use ptth_core::{classify_alpn, AlpnRole, HttpVersion, Mechanism, Transport};
@@ -58,21 +59,36 @@ pub(crate) fn h3_gone(conn: &H3Connection, quic: &quinn::Connection) -> bool {
     conn.peer_goaway().is_some() || quic.close_reason().is_some()
 }
 
-fn server_config(tls: rustls::ServerConfig, what: &str) -> Result<quinn::ServerConfig> {
+/// The transport parameters of the public HTTP/3 endpoint. Unlike the tunnel's: no
+/// keep-alives of ours (an idle public client is not ours to keep alive), an idle timeout
+/// just past the header timeout (the HTTP/3 layer closes idle connections at the header
+/// timeout with a GOAWAY; this catches clients that vanished), and no datagram receive
+/// buffer, since nothing on the public endpoint reads datagrams.
+fn public_transport_config(header_timeout: Duration) -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_BIDI_STREAMS))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(16))
+        .keep_alive_interval(None)
+        .stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024))
+        .receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024))
+        .send_window(16 * 1024 * 1024)
+        .datagram_receive_buffer_size(None);
+    if let Ok(idle) = quinn::IdleTimeout::try_from(header_timeout + SHUTDOWN_GRACE) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+fn server_config(
+    tls: rustls::ServerConfig,
+    transport: quinn::TransportConfig,
+    what: &str,
+) -> Result<quinn::ServerConfig> {
     let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
         .map_err(|e| anyhow!("{what}: TLS config unusable for QUIC: {e}"))?;
     let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    server.transport_config(Arc::new(transport_config()));
+    server.transport_config(Arc::new(transport));
     Ok(server)
-}
-
-fn server_endpoint(
-    tls: rustls::ServerConfig,
-    addr: SocketAddr,
-    what: &str,
-) -> Result<quinn::Endpoint> {
-    quinn::Endpoint::server(server_config(tls, what)?, addr)
-        .with_context(|| format!("binding the {what} on UDP {addr}"))
 }
 
 /// Binds the QUIC tunnel endpoint on `addr` (UDP) with the tunnel's TLS settings.
@@ -94,7 +110,7 @@ pub(crate) fn tunnel_server_config(tls: &crate::tls::TunnelTls) -> Result<quinn:
     config.alpn_protocols = ptth_core::tunnel_alpn_protocols(Transport::Quic);
     // RFC 9001 §4.6.1: 0-RTT on QUIC needs max_early_data_size 0 or u32::MAX; we take none.
     config.max_early_data_size = 0;
-    server_config(config, "QUIC tunnel endpoint")
+    server_config(config, transport_config(), "QUIC tunnel endpoint")
 }
 
 /// Binds the public HTTP/3 endpoint on `addr` (UDP), ALPN `h3`.
@@ -102,23 +118,61 @@ pub(crate) fn public_endpoint(
     certs: Vec<CertificateDer<'static>>,
     key: rustls::pki_types::PrivateKeyDer<'static>,
     addr: SocketAddr,
+    header_timeout: Duration,
 ) -> Result<quinn::Endpoint> {
     let mut config = crate::tls::public_config(certs, key)?;
     config.alpn_protocols = vec![b"h3".to_vec()];
     config.max_early_data_size = 0;
-    server_endpoint(config, addr, "public HTTP/3 endpoint")
+    let what = "public HTTP/3 endpoint";
+    let server = server_config(config, public_transport_config(header_timeout), what)?;
+    quinn::Endpoint::server(server, addr)
+        .with_context(|| format!("binding the {what} on UDP {addr}"))
 }
 
 /// Accepts origin QUIC connections until the endpoint closes.
 pub(crate) async fn serve_tunnel(endpoint: quinn::Endpoint, ctx: Arc<TunnelContext>) {
     while let Some(incoming) = endpoint.accept().await {
         let peer = incoming.remote_address();
+        // A UDP source address can be spoofed: under pressure, a new peer first answers a
+        // Retry (RFC 9000 §8.1.2), which a spoofed source cannot, before it takes a place.
+        if ctx.pending.under_pressure() && !incoming.remote_address_validated() {
+            if incoming.may_retry() {
+                if let Err(e) = incoming.retry() {
+                    e.into_incoming().ignore();
+                }
+            } else {
+                incoming.ignore();
+            }
+            continue;
+        }
+        let setup = match ctx.start_setup(peer) {
+            Ok(s) => s,
+            Err(full) => {
+                // Refused before any handshake state exists (a CONNECTION_REFUSED close).
+                incoming.refuse();
+                tracing::debug!(%peer, reason = %full, refused = ctx.pending.refused(), "origin QUIC connection refused at accept");
+                continue;
+            }
+        };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(reason) = admit(incoming, peer, ctx).await {
-                tracing::warn!(%peer, %reason, "origin QUIC connection refused");
+            if let Err(failure) = admit(incoming, peer, setup, ctx).await {
+                failure.log(peer, "quic");
             }
         });
+    }
+}
+
+/// A failed QUIC handshake: a peer that left or went silent is quiet, a TLS or protocol
+/// failure (a bad certificate) is a refusal.
+fn handshake_failure(e: &quinn::ConnectionError) -> SetupFailure {
+    use quinn::ConnectionError::*;
+    let reason = format!("QUIC handshake failed: {e}");
+    match e {
+        TimedOut | Reset | LocallyClosed | ApplicationClosed(_) | ConnectionClosed(_) => {
+            SetupFailure::Quiet(reason)
+        }
+        _ => SetupFailure::Refused(reason),
     }
 }
 
@@ -132,20 +186,40 @@ impl Drop for CloseOnDrop {
     }
 }
 
+/// The QUIC close code for a connection the gateway refuses or gives up on during setup.
+const SETUP_CLOSE: u32 = 0x100;
+
 async fn admit(
     incoming: quinn::Incoming,
     peer: SocketAddr,
+    setup: SetupState,
     ctx: Arc<TunnelContext>,
-) -> Result<(), String> {
-    let quic = tokio::time::timeout(ctx.handshake_timeout, async {
+) -> Result<(), SetupFailure> {
+    let quic = tokio::time::timeout_at(setup.deadline, async {
         incoming
             .accept()
-            .map_err(|e| format!("QUIC accept failed: {e}"))?
+            .map_err(|e| handshake_failure(&e))?
             .await
-            .map_err(|e| format!("QUIC handshake failed: {e}"))
+            .map_err(|e| handshake_failure(&e))
     })
     .await
-    .map_err(|_| "QUIC handshake timed out".to_string())??;
+    .map_err(|_| SetupFailure::late("no QUIC handshake"))??;
+    let result = admit_connection(&quic, peer, setup, ctx).await;
+    if result.is_err() {
+        // Whatever still holds the connection (HTTP/3 tasks), a refused or timed-out setup
+        // ends it now.
+        quic.close(quinn::VarInt::from_u32(SETUP_CLOSE), b"setup refused");
+    }
+    result
+}
+
+async fn admit_connection(
+    quic: &quinn::Connection,
+    peer: SocketAddr,
+    setup: SetupState,
+    ctx: Arc<TunnelContext>,
+) -> Result<(), SetupFailure> {
+    let quic = quic.clone();
     let alpn = quic
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
@@ -176,23 +250,31 @@ async fn admit(
             // Potato §4.3: "the HTTP client (gateway) is the QUIC server", so requests ride
             // server-initiated bidirectional streams (1, 5, 9).
             let direction = RequestDirection::ServerSends;
-            let h3 = H3Connection::new(
-                quic.clone(),
-                H3Config::new(direction).enable_datagrams(true),
+            // Opening our control stream waits for the peer's stream credit: bounded too.
+            let h3 = tokio::time::timeout_at(
+                setup.deadline,
+                H3Connection::new(
+                    quic.clone(),
+                    H3Config::new(direction).enable_datagrams(true),
+                ),
             )
             .await
-            .map_err(|e| format!("HTTP/3 start: {e}"))?;
+            .map_err(|_| SetupFailure::late("HTTP/3 did not start"))?
+            .map_err(|e| SetupFailure::Quiet(format!("HTTP/3 start: {e}")))?;
             let h3 = Arc::new(h3);
             let origin_frame = if mechanism == Mechanism::H3Reverse {
                 // draft-bt §3: "the origin MUST immediately send an ORIGIN frame" (RFC 9412
                 // for HTTP/3); admit_reversed checks its entries against the certificate.
-                let waited =
-                    tokio::time::timeout(ctx.handshake_timeout, h3.peer_origin_frame()).await;
+                let waited = tokio::time::timeout_at(setup.deadline, h3.peer_origin_frame()).await;
                 match waited {
                     Ok(Some(frame)) => Some(frame),
-                    Ok(None) | Err(_) => {
-                        quic.close(quinn::VarInt::from_u32(0x100), b"no ORIGIN frame");
-                        return Err("no ORIGIN frame arrived in time (draft-bt)".into());
+                    Ok(None) => {
+                        quic.close(quinn::VarInt::from_u32(SETUP_CLOSE), b"no ORIGIN frame");
+                        return Err("no ORIGIN frame after SETTINGS (draft-bt)".into());
+                    }
+                    Err(_) => {
+                        quic.close(quinn::VarInt::from_u32(SETUP_CLOSE), b"no ORIGIN frame");
+                        return Err(SetupFailure::late("no ORIGIN frame (draft-bt)"));
                     }
                 }
             } else {
@@ -209,6 +291,7 @@ async fn admit(
                     peer_certs,
                     exporter,
                     origin_frame,
+                    deadline: setup.deadline,
                 },
                 &ctx,
             )
@@ -217,10 +300,10 @@ async fn admit(
         AlpnRole::Setup {
             version: HttpVersion::Http3,
         } => {
-            serve_setup(quic, peer, peer_certs, ctx).await;
+            serve_setup(quic, peer, peer_certs, ctx, setup).await;
             Ok(())
         }
-        AlpnRole::Setup { version } => Err(format!("no setup over {version:?} on QUIC")),
+        AlpnRole::Setup { version } => Err(format!("no setup over {version:?} on QUIC").into()),
     }
 }
 
@@ -239,21 +322,41 @@ async fn serve_setup(
     peer: SocketAddr,
     peer_certs: Option<Vec<CertificateDer<'static>>>,
     ctx: Arc<TunnelContext>,
+    setup: SetupState,
 ) {
     // PTTH -00 §3: after OPTIONS "the gateway starts sending requests on server-initiated
     // bidirectional streams" of the same connection, so both sides send requests.
     let config = H3Config::new(RequestDirection::Both)
         .enable_connect_protocol(true)
         .enable_datagrams(true);
-    let h3 = match H3Connection::new(quic.clone(), config).await {
-        Ok(h3) => Arc::new(h3),
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "HTTP/3 setup connection failed to start");
+    let started = tokio::time::timeout_at(setup.deadline, H3Connection::new(quic.clone(), config));
+    let h3 = match started.await {
+        Ok(Ok(h3)) => Arc::new(h3),
+        Ok(Err(e)) => {
+            SetupFailure::Quiet(format!("HTTP/3 start: {e}")).log(peer, "quic");
+            quic.close(quinn::VarInt::from_u32(SETUP_CLOSE), b"setup refused");
+            return;
+        }
+        Err(_) => {
+            SetupFailure::late("HTTP/3 did not start").log(peer, "quic");
+            quic.close(quinn::VarInt::from_u32(SETUP_CLOSE), b"setup timeout");
             return;
         }
     };
     let mut reversed = false;
-    while let Some((req, respond)) = h3.accept().await {
+    loop {
+        // Until a setup on it is registered, the connection lives only until the deadline;
+        // then it carries tunnels (or PTTH -00's reversed requests) for as long as it lasts.
+        let next = tokio::select! {
+            next = h3.accept() => next,
+            () = setup.expired() => {
+                SetupFailure::late("no setup admitted").log(peer, "quic");
+                // H3_NO_ERROR (RFC 9114 §8.1): nothing went wrong, the peer just sent nothing.
+                h3.close(0x100, "no PTTH setup before the deadline");
+                return;
+            }
+        };
+        let Some((req, respond)) = next else { break };
         if req.method() == Method::OPTIONS && !reversed {
             match admit_options(&ctx, &req, peer_certs.as_deref()) {
                 Ok((admission, scopes, response)) => {
@@ -272,6 +375,7 @@ async fn serve_setup(
                         sender,
                         task,
                     );
+                    setup.registered();
                 }
                 Err(res) => {
                     let _ = respond.send_response(*res).await;
@@ -280,8 +384,9 @@ async fn serve_setup(
         } else if req.method() == Method::CONNECT {
             let ctx = ctx.clone();
             let peer_certs = peer_certs.clone();
+            let setup = setup.clone();
             tokio::spawn(async move {
-                connect_setup(&ctx, req, respond, peer, peer_certs.as_deref()).await;
+                connect_setup(&ctx, req, respond, peer, peer_certs.as_deref(), setup).await;
             });
         } else if reversed {
             // PTTH -00 §3: once transposed, the gateway "MAY reset requests from the origin
@@ -342,6 +447,7 @@ async fn connect_setup(
     respond: ResponseSender,
     peer: SocketAddr,
     peer_certs: Option<&[CertificateDer<'static>]>,
+    setup: SetupState,
 ) {
     let protocol = req.extensions().get::<Protocol>().map(|p| p.0.clone());
     let (accepted, admission, scopes, response) =
@@ -358,32 +464,39 @@ async fn connect_setup(
         };
     let version = HttpVersion::from_alpn_id(&accepted.chosen).unwrap_or(HttpVersion::Http1);
     let (parts, _) = response.into_parts();
-    let stream = match respond
-        .send_connect_response(Response::from_parts(parts, ()))
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(%peer, error = %e, "CONNECT stream takeover failed");
-            return;
+    let started = tokio::time::timeout_at(setup.deadline, async {
+        let stream = respond
+            .send_connect_response(Response::from_parts(parts, ()))
+            .await
+            .map_err(|e| format!("CONNECT stream takeover failed: {e}"))?;
+        tunnel::start_client(stream, version).await
+    });
+    match started.await {
+        Ok(Ok((sender, task))) => {
+            tunnel::register(
+                ctx,
+                Mechanism::ConnectH3,
+                scopes,
+                admission,
+                peer,
+                sender,
+                task,
+            );
+            setup.registered();
         }
-    };
-    match tunnel::start_client(stream, version).await {
-        Ok((sender, task)) => tunnel::register(
-            ctx,
-            Mechanism::ConnectH3,
-            scopes,
-            admission,
-            peer,
-            sender,
-            task,
-        ),
-        Err(e) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
+        Ok(Err(e)) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
+        Err(_) => SetupFailure::late("the CONNECT stream was not taken over").log(peer, "quic"),
     }
 }
 
-/// Serves public HTTP/3 clients until the endpoint closes.
-pub(crate) async fn serve_public(endpoint: quinn::Endpoint, proxy: Arc<Proxy>) {
+/// Serves public HTTP/3 clients until the endpoint closes. A request stream must bring its
+/// HEADERS within `header_timeout`, and a connection with no request in flight for that long
+/// is shut down (GOAWAY), as on the TCP listeners.
+pub(crate) async fn serve_public(
+    endpoint: quinn::Endpoint,
+    proxy: Arc<Proxy>,
+    header_timeout: Duration,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let proxy = proxy.clone();
         tokio::spawn(async move {
@@ -407,17 +520,41 @@ pub(crate) async fn serve_public(endpoint: quinn::Endpoint, proxy: Arc<Proxy>) {
                     return;
                 }
             };
-            let h3 =
-                match H3Connection::new(quic, H3Config::new(RequestDirection::ClientSends)).await {
-                    Ok(h3) => h3,
-                    Err(e) => {
-                        tracing::debug!(%addr, error = %e, "public HTTP/3 failed to start");
+            let config =
+                H3Config::new(RequestDirection::ClientSends).request_header_timeout(header_timeout);
+            let started = tokio::time::timeout(header_timeout, H3Connection::new(quic, config));
+            let h3 = match started.await {
+                Ok(Ok(h3)) => h3,
+                Ok(Err(e)) => {
+                    tracing::debug!(%addr, error = %e, "public HTTP/3 failed to start");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%addr, "public HTTP/3 did not start in time");
+                    return;
+                }
+            };
+            let activity = Arc::new(tokio::sync::watch::Sender::new(Activity::default()));
+            let idle = idle_for(activity.subscribe(), header_timeout);
+            tokio::pin!(idle);
+            loop {
+                let next = tokio::select! {
+                    next = h3.accept() => next,
+                    () = &mut idle => {
+                        tracing::debug!(%addr, timeout = ?header_timeout, "public HTTP/3 connection closed: no request within the header timeout");
+                        if tokio::time::timeout(SHUTDOWN_GRACE, h3.graceful_shutdown()).await.is_err() {
+                            // H3_NO_ERROR: the client only stopped asking.
+                            h3.close(0x100, "idle");
+                        }
                         return;
                     }
                 };
-            while let Some((req, respond)) = h3.accept().await {
+                let Some((req, respond)) = next else { break };
                 let proxy = proxy.clone();
+                let exchange = Exchange::start(&activity, false);
                 tokio::spawn(async move {
+                    // The exchange lasts until the whole response was handed to QUIC.
+                    let _in_flight = exchange;
                     let res = if req.method() == Method::CONNECT {
                         error(
                             StatusCode::NOT_IMPLEMENTED,

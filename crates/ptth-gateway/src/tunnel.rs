@@ -7,6 +7,7 @@
 //! accepts the PTTH Upgrade, legacy PTTH/1.0 and extended CONNECT setup requests.
 
 use crate::forward::{empty, Body, Sender};
+use crate::pending::{PendingSetup, PendingSetups};
 use crate::proxy::error;
 use crate::registry::{Admission, OriginConn, Registry};
 use crate::tls::TunnelTls;
@@ -14,7 +15,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ptth_auth::{
     AuthError, Challenge, ChallengeAnswer, ChallengeProof, Grants, Presented, AUTHORIZE_PATH,
 };
@@ -25,10 +26,12 @@ use ptth_core::{
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// What the tunnel listener needs to admit origins.
 #[derive(Debug)]
@@ -41,8 +44,11 @@ pub struct TunnelContext {
     pub tls: RwLock<TunnelTls>,
     /// Negotiation tokens (Upgrade token, `:protocol`, well-known prefix).
     pub setup_tokens: SetupTokens,
-    /// How long a TLS handshake and setup exchange may take.
-    pub handshake_timeout: Duration,
+    /// From accept to registration: TLS or QUIC handshake, setup request, authorisation
+    /// exchange (with its body) and ORIGIN frame. Not admitted by then: closed.
+    pub setup_timeout: Duration,
+    /// Connections still in setup, capped in total and per source address (TCP and QUIC).
+    pub(crate) pending: PendingSetups,
 }
 
 impl TunnelContext {
@@ -56,6 +62,103 @@ impl TunnelContext {
 
     fn tls(&self) -> TunnelTls {
         self.tls.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Counts a connection just accepted from `peer` among those in setup and starts its
+    /// setup deadline; `Err` says which cap it would exceed (the caller closes it at once).
+    pub(crate) fn start_setup(&self, peer: SocketAddr) -> Result<SetupState, crate::pending::Full> {
+        let slot = self.pending.try_enter(peer.ip())?;
+        let (admitted, _) = watch::channel(false);
+        Ok(SetupState {
+            deadline: Instant::now() + self.setup_timeout,
+            slot: Arc::new(Mutex::new(Some(slot))),
+            admitted: Arc::new(admitted),
+        })
+    }
+}
+
+/// One origin connection's setup: its deadline, and its place among the connections in
+/// setup, given up when a setup on it is registered (or when every clone is dropped). A
+/// connection that carries tunnels (HTTP/2 or HTTP/3 extended CONNECT, PTTH -00) lives on
+/// after its first registration; the deadline no longer applies to it then.
+#[derive(Debug, Clone)]
+pub(crate) struct SetupState {
+    /// Accept + `--setup-timeout`.
+    pub deadline: Instant,
+    slot: Arc<Mutex<Option<PendingSetup>>>,
+    admitted: Arc<watch::Sender<bool>>,
+}
+
+impl SetupState {
+    /// A setup on this connection was registered: free its place, lift its deadline.
+    pub(crate) fn registered(&self) {
+        drop(self.slot.lock().unwrap_or_else(|e| e.into_inner()).take());
+        self.admitted.send_replace(true);
+    }
+
+    /// Resolves at the deadline unless a setup was registered by then; then never.
+    pub(crate) async fn expired(&self) {
+        let mut admitted = self.admitted.subscribe();
+        let registered = matches!(
+            tokio::time::timeout_at(self.deadline, admitted.wait_for(|a| *a)).await,
+            Ok(Ok(_))
+        );
+        if registered {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Why an origin connection ended before it was registered.
+#[derive(Debug)]
+pub(crate) enum SetupFailure {
+    /// The peer was silent, slow, or left (a load balancer's health check, a scanner, a
+    /// flood): closed and logged at debug, never warn.
+    Quiet(String),
+    /// A real refusal (a bad credential, a bad setup, an unknown protocol): logged at warn
+    /// with its reason.
+    Refused(String),
+}
+
+impl From<String> for SetupFailure {
+    fn from(reason: String) -> Self {
+        SetupFailure::Refused(reason)
+    }
+}
+
+impl From<&str> for SetupFailure {
+    fn from(reason: &str) -> Self {
+        SetupFailure::Refused(reason.to_string())
+    }
+}
+
+impl SetupFailure {
+    /// An I/O error from the peer: a peer that left is quiet, anything else a refusal.
+    pub(crate) fn io(what: &str, e: &std::io::Error) -> Self {
+        use std::io::ErrorKind::*;
+        let reason = format!("{what}: {e}");
+        match e.kind() {
+            UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut
+            | NotConnected => SetupFailure::Quiet(reason),
+            _ => SetupFailure::Refused(reason),
+        }
+    }
+
+    /// The deadline passed during `stage`.
+    pub(crate) fn late(stage: &str) -> Self {
+        SetupFailure::Quiet(format!("{stage} before the setup deadline"))
+    }
+
+    /// Logs the failure at the level its kind deserves.
+    pub(crate) fn log(&self, peer: SocketAddr, transport: &str) {
+        match self {
+            SetupFailure::Quiet(reason) => {
+                tracing::debug!(%peer, %transport, %reason, "origin connection closed during setup")
+            }
+            SetupFailure::Refused(reason) => {
+                tracing::warn!(%peer, %transport, %reason, "origin connection refused")
+            }
+        }
     }
 }
 
@@ -96,37 +199,50 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TunnelContext>) {
                 continue;
             }
         };
+        let setup = match ctx.start_setup(peer) {
+            Ok(s) => s,
+            Err(full) => {
+                // Closed at once: the socket is dropped before anything is read.
+                tracing::debug!(%peer, reason = %full, refused = ctx.pending.refused(), "origin connection closed at accept");
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(reason) = admit(tcp, peer, ctx).await {
-                tracing::warn!(%peer, %reason, "origin connection refused");
+            if let Err(failure) = admit(tcp, peer, setup, ctx).await {
+                failure.log(peer, "tcp");
             }
         });
     }
 }
 
-async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: Arc<TunnelContext>) -> Result<(), String> {
+async fn admit(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    setup: SetupState,
+    ctx: Arc<TunnelContext>,
+) -> Result<(), SetupFailure> {
     let handshake = async {
         // Read the ClientHello first: whether to ask for a client certificate follows the
         // ALPN the origin offers (draft-thomson-ptth-potato §5.1; draft-bt §3).
         let start = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp)
             .await
-            .map_err(|e| format!("reading the ClientHello: {e}"))?;
+            .map_err(|e| SetupFailure::io("reading the ClientHello", &e))?;
         let config = ctx
             .tls()
             .for_client_hello(start.client_hello().alpn())
-            .ok_or_else(|| {
+            .ok_or(SetupFailure::Refused(
                 "h2-reverse requires client certificates, but no --client-ca, --client-webpki or pinned key is configured".to_string()
-            })?;
+            ))?;
         start
             .into_stream(config)
             .await
-            .map_err(|e| format!("TLS handshake failed: {e}"))
+            .map_err(|e| SetupFailure::io("TLS handshake failed", &e))
     };
-    let tls = tokio::time::timeout(ctx.handshake_timeout, handshake)
+    let tls = tokio::time::timeout_at(setup.deadline, handshake)
         .await
-        .map_err(|_| "TLS handshake timed out".to_string())??;
+        .map_err(|_| SetupFailure::late("no TLS handshake"))??;
     let (_, session) = tls.get_ref();
     let alpn = session.alpn_protocol().map(<[u8]>::to_vec);
     let peer_certs: Option<Vec<CertificateDer<'static>>> =
@@ -151,14 +267,25 @@ async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: Arc<TunnelContext>) -> Res
             let (sender, task, origin_frame) = if mechanism == Mechanism::H2Reverse {
                 // draft-bt §3: "the origin MUST immediately send an ORIGIN frame".
                 let (tap, watch) = ptth_h2::OriginFrameTap::new(tls, 8);
-                let (s, t) = start_client(tap, version).await?;
-                let frame = tokio::time::timeout(ctx.handshake_timeout, watch.wait())
+                let (s, t) = tokio::time::timeout_at(setup.deadline, start_client(tap, version))
                     .await
-                    .map_err(|_| "no ORIGIN frame arrived in time (draft-bt)".to_string())?
-                    .map_err(|e| format!("ORIGIN frame: {e}"))?;
+                    .map_err(|_| SetupFailure::late("no HTTP/2 handshake"))??;
+                let frame = match tokio::time::timeout_at(setup.deadline, watch.wait()).await {
+                    Ok(Ok(frame)) => frame,
+                    Ok(Err(e)) => {
+                        t.abort();
+                        return Err(format!("ORIGIN frame: {e}").into());
+                    }
+                    Err(_) => {
+                        t.abort();
+                        return Err(SetupFailure::late("no ORIGIN frame (draft-bt)"));
+                    }
+                };
                 (s, t, Some(frame))
             } else {
-                let (s, t) = start_client(tls, version).await?;
+                let (s, t) = tokio::time::timeout_at(setup.deadline, start_client(tls, version))
+                    .await
+                    .map_err(|_| SetupFailure::late("no HTTP handshake"))??;
                 (s, t, None)
             };
             admit_reversed(
@@ -170,6 +297,7 @@ async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: Arc<TunnelContext>) -> Res
                     peer_certs,
                     exporter,
                     origin_frame,
+                    deadline: setup.deadline,
                 },
                 &ctx,
             )
@@ -178,16 +306,16 @@ async fn admit(tcp: TcpStream, peer: SocketAddr, ctx: Arc<TunnelContext>) -> Res
         AlpnRole::Setup {
             version: HttpVersion::Http1,
         } => {
-            serve_h1_setup(tls, peer, peer_certs, ctx).await;
+            serve_h1_setup(tls, peer, peer_certs, ctx, setup).await;
             Ok(())
         }
         AlpnRole::Setup {
             version: HttpVersion::Http2,
         } => {
-            serve_h2_setup(tls, peer, peer_certs, ctx).await;
+            serve_h2_setup(tls, peer, peer_certs, ctx, setup).await;
             Ok(())
         }
-        AlpnRole::Setup { version } => Err(format!("no setup over {version:?} on TCP")),
+        AlpnRole::Setup { version } => Err(format!("no setup over {version:?} on TCP").into()),
     }
 }
 
@@ -277,6 +405,8 @@ pub(crate) struct ReversedCandidate {
     pub exporter: Option<[u8; 32]>,
     /// draft-bt: the origin's ORIGIN frame (HTTP/2 or HTTP/3, same payload).
     pub origin_frame: Option<ptth_core::OriginFrame>,
+    /// The connection's setup deadline: the authorisation exchange must end by then.
+    pub deadline: Instant,
 }
 
 /// Potato and draft-bt: the connection is reversed as soon as the handshake completes. The
@@ -288,7 +418,7 @@ pub(crate) struct ReversedCandidate {
 pub(crate) async fn admit_reversed(
     c: ReversedCandidate,
     ctx: &TunnelContext,
-) -> Result<(), String> {
+) -> Result<(), SetupFailure> {
     let ReversedCandidate {
         sender,
         task,
@@ -297,10 +427,15 @@ pub(crate) async fn admit_reversed(
         peer_certs,
         exporter,
         origin_frame,
+        deadline,
     } = c;
     let fail = |why: String| {
         task.abort();
-        Err(why)
+        Err(SetupFailure::Refused(why))
+    };
+    let quiet = |failure: SetupFailure| {
+        task.abort();
+        Err(failure)
     };
     let challenge = Challenge::new(random_bytes());
     let mut req = Request::get(AUTHORIZE_PATH)
@@ -312,14 +447,28 @@ pub(crate) async fn admit_reversed(
         *req.uri_mut() = http::Uri::from_static("https://ptth-gateway/.well-known/ptth/authorize");
         req.headers_mut().remove(header::HOST);
     }
-    let res = match tokio::time::timeout(ctx.handshake_timeout, sender.send(req)).await {
+    let res = match tokio::time::timeout_at(deadline, sender.send(req)).await {
         Ok(Ok(r)) => r,
+        // A peer that hung up (a scanner, a health check) is not an origin being refused.
+        Ok(Err(_)) if sender.is_closed() => {
+            return quiet(SetupFailure::Quiet(
+                "the connection closed before the authorisation answer".into(),
+            ))
+        }
         Ok(Err(_)) => return fail("the origin failed the authorisation request".into()),
-        Err(_) => return fail("the authorisation request timed out".into()),
+        Err(_) => return quiet(SetupFailure::late("no answer to the authorisation request")),
     };
     let (parts, body) = res.into_parts();
-    // Finish the body so a reversed HTTP/1.1 connection is free for the next request.
-    drain(body, 64 * 1024).await;
+    // Finish the body so a reversed HTTP/1.1 connection is free for the next request; a
+    // body that trickles in slowly is bounded by the same deadline.
+    if tokio::time::timeout_at(deadline, drain(body, 64 * 1024))
+        .await
+        .is_err()
+    {
+        return quiet(SetupFailure::late(
+            "the authorisation answer's body did not end",
+        ));
+    }
     if parts.status != StatusCode::OK {
         return fail(format!(
             "the origin answered the authorisation request with {}",
@@ -524,19 +673,24 @@ fn mechanism_for(accepted: &ptth_core::AcceptedSetup, connect: bool) -> (Mechani
     (mechanism, version)
 }
 
-/// HTTP/1.1 setup connection: `Upgrade: ptth` or `Upgrade: PTTH/1.0`, then `101`.
+/// HTTP/1.1 setup connection: `Upgrade: ptth` or `Upgrade: PTTH/1.0`, then `101`. Closed at
+/// the setup deadline unless a setup was registered by then.
 async fn serve_h1_setup<IO>(
     io: IO,
     peer: SocketAddr,
     peer_certs: Option<Vec<CertificateDer<'static>>>,
     ctx: Arc<TunnelContext>,
+    setup: SetupState,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer_certs = Arc::new(peer_certs);
+    let deadline = setup.deadline;
+    let service_setup = setup.clone();
     let svc = service_fn(move |mut req: Request<Incoming>| {
         let ctx = ctx.clone();
         let peer_certs = peer_certs.clone();
+        let setup = service_setup.clone();
         async move {
             let (accepted, admission, scopes, response) =
                 match admit_setup(&ctx, &req, None, peer_certs.as_deref()) {
@@ -546,52 +700,90 @@ async fn serve_h1_setup<IO>(
             let (mechanism, version) = mechanism_for(&accepted, false);
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(reverse_after_upgrade(
-                on_upgrade, version, mechanism, scopes, admission, peer, ctx,
+                on_upgrade,
+                version,
+                mechanism,
+                Registration {
+                    scopes,
+                    admission,
+                    peer,
+                    setup,
+                },
+                ctx,
             ));
             Ok(response)
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(deadline.saturating_duration_since(Instant::now()))
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
-    if let Err(e) = conn.await {
-        tracing::debug!(%peer, error = %e, "setup connection ended");
+    tokio::pin!(conn);
+    tokio::select! {
+        // hyper's header timer runs to the same deadline.
+        ended = &mut conn => match ended {
+            Err(e) if e.is_timeout() => SetupFailure::late("no setup admitted").log(peer, "tcp"),
+            Err(e) => tracing::debug!(%peer, error = %e, "setup connection ended"),
+            Ok(()) => {}
+        },
+        () = setup.expired() => SetupFailure::late("no setup admitted").log(peer, "tcp"),
     }
 }
 
+/// What registering an admitted setup needs besides the connection itself.
+struct Registration {
+    scopes: Vec<Scope>,
+    admission: Admission,
+    peer: SocketAddr,
+    setup: SetupState,
+}
+
 /// Once a setup's stream is handed over (after the `101`, or the CONNECT's `2xx`), starts the
-/// gateway's HTTP client on it and registers the connection.
+/// gateway's HTTP client on it and registers the connection, by the setup deadline.
 async fn reverse_after_upgrade(
     on_upgrade: hyper::upgrade::OnUpgrade,
     version: HttpVersion,
     mechanism: Mechanism,
-    scopes: Vec<Scope>,
-    admission: Admission,
-    peer: SocketAddr,
+    r: Registration,
     ctx: Arc<TunnelContext>,
 ) {
-    match on_upgrade.await {
-        Ok(upgraded) => match start_client(TokioIo::new(upgraded), version).await {
-            Ok((sender, task)) => register(&ctx, mechanism, scopes, admission, peer, sender, task),
-            Err(e) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
-        },
-        Err(e) => tracing::warn!(%peer, error = %e, "taking over the setup stream failed"),
+    let peer = r.peer;
+    let started = tokio::time::timeout_at(r.setup.deadline, async {
+        let upgraded = on_upgrade
+            .await
+            .map_err(|e| format!("taking over the setup stream failed: {e}"))?;
+        start_client(TokioIo::new(upgraded), version).await
+    })
+    .await;
+    match started {
+        Ok(Ok((sender, task))) => {
+            register(&ctx, mechanism, r.scopes, r.admission, peer, sender, task);
+            r.setup.registered();
+        }
+        Ok(Err(e)) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
+        Err(_) => SetupFailure::late("the setup stream was not taken over").log(peer, "tcp"),
     }
 }
 
-/// HTTP/2 setup connection: extended CONNECT `:protocol = ptth` (RFC 8441), then `2xx`.
+/// HTTP/2 setup connection: extended CONNECT `:protocol = ptth` (RFC 8441), then `2xx`. The
+/// connection carries the tunnels and lives on once one is registered; until then it is
+/// closed at the setup deadline.
 async fn serve_h2_setup<IO>(
     io: IO,
     peer: SocketAddr,
     peer_certs: Option<Vec<CertificateDer<'static>>>,
     ctx: Arc<TunnelContext>,
+    setup: SetupState,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let peer_certs = Arc::new(peer_certs);
+    let service_setup = setup.clone();
     let svc = service_fn(move |mut req: Request<Incoming>| {
         let ctx = ctx.clone();
         let peer_certs = peer_certs.clone();
+        let setup = service_setup.clone();
         async move {
             let protocol = req
                 .extensions()
@@ -605,20 +797,38 @@ async fn serve_h2_setup<IO>(
             let (mechanism, version) = mechanism_for(&accepted, true);
             let on_upgrade = hyper::upgrade::on(&mut req);
             tokio::spawn(reverse_after_upgrade(
-                on_upgrade, version, mechanism, scopes, admission, peer, ctx,
+                on_upgrade,
+                version,
+                mechanism,
+                Registration {
+                    scopes,
+                    admission,
+                    peer,
+                    setup,
+                },
+                ctx,
             ));
             Ok(response)
         }
     });
     let windows = ptth_h2::Windows::default();
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        // An origin gone without a FIN (NAT, a pulled cable) leaves its carrier here: PINGs
+        // find it, as the reversed HTTP/2 client's do (ptth_h2::reversed::handshake).
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(20))
         .enable_connect_protocol()
         .initial_stream_window_size(windows.stream)
         .initial_connection_window_size(windows.connection)
         .max_frame_size(64 * 1024)
         .serve_connection(TokioIo::new(io), svc);
-    if let Err(e) = conn.await {
-        tracing::debug!(%peer, error = %e, "setup connection ended");
+    tokio::pin!(conn);
+    tokio::select! {
+        ended = &mut conn => if let Err(e) = ended {
+            tracing::debug!(%peer, error = %e, "setup connection ended");
+        },
+        () = setup.expired() => SetupFailure::late("no setup admitted").log(peer, "tcp"),
     }
 }
 

@@ -102,6 +102,9 @@ pub struct H3Config {
     /// Only an HTTP server sends it (in reversed mode, the QUIC client): it is not sent
     /// when this endpoint does not serve requests in [`H3Config::requests_from`].
     pub origin_frame: Option<ptth_core::OriginFrame>,
+    /// As an HTTP server: how long a peer's request stream may stay open without a complete
+    /// HEADERS frame before it is reset with H3_REQUEST_INCOMPLETE. `None`: no limit.
+    pub request_header_timeout: Option<std::time::Duration>,
 }
 
 impl H3Config {
@@ -114,7 +117,14 @@ impl H3Config {
             enable_datagrams: false,
             two_way_datagram_extension: false,
             origin_frame: None,
+            request_header_timeout: None,
         }
+    }
+
+    /// Sets [`H3Config::request_header_timeout`].
+    pub fn request_header_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.request_header_timeout = Some(timeout);
+        self
     }
 
     /// Sets [`H3Config::origin_frame`]: the origins this HTTP server claims (draft-bt

@@ -36,8 +36,17 @@ pub(crate) struct FrameReader {
     buf: BytesMut,
     decoder: FrameDecoder,
     eof: bool,
+    /// The read buffer for bodies and tunnels, allocated once the first HEADERS frame has
+    /// arrived: a stream the peer opens and leaves silent costs no buffer.
     scratch: Vec<u8>,
+    head_seen: bool,
 }
+
+/// What one read of a body or tunnel takes from the stream at most.
+const READ_CHUNK: usize = 32 * 1024;
+/// Before HEADERS, reads go through a small buffer on the stack: a request head is small,
+/// and a stream that never sends one must not cost a [`READ_CHUNK`].
+const HEAD_READ_CHUNK: usize = 2 * 1024;
 
 impl FrameReader {
     pub(crate) fn new(shared: Arc<Shared>, recv: quinn::RecvStream) -> Self {
@@ -50,7 +59,8 @@ impl FrameReader {
             buf: BytesMut::new(),
             decoder: FrameDecoder::new(limit),
             eof: false,
-            scratch: vec![0; 32 * 1024],
+            scratch: Vec::new(),
+            head_seen: false,
         }
     }
 
@@ -74,9 +84,26 @@ impl FrameReader {
                     Err(e) => Err(self.shared.fail(e.into())),
                 });
             }
-            match ready!(self.recv.poll_read(cx, &mut self.scratch)) {
+            let read = if self.head_seen {
+                if self.scratch.is_empty() {
+                    self.scratch = vec![0; READ_CHUNK];
+                }
+                let read = ready!(self.recv.poll_read(cx, &mut self.scratch));
+                if let Ok(n) = read {
+                    self.buf.extend_from_slice(&self.scratch[..n]);
+                }
+                read
+            } else {
+                let mut small = [0u8; HEAD_READ_CHUNK];
+                let read = ready!(self.recv.poll_read(cx, &mut small));
+                if let Ok(n) = read {
+                    self.buf.extend_from_slice(&small[..n]);
+                }
+                read
+            };
+            match read {
                 Ok(0) => self.eof = true,
-                Ok(n) => self.buf.extend_from_slice(&self.scratch[..n]),
+                Ok(_) => {}
                 Err(e) => return Poll::Ready(Err(self.shared.read_error(&e))),
             }
         }
@@ -120,7 +147,10 @@ impl FrameReader {
     /// Reads up to the first HEADERS frame. `Ok(None)` if the stream ended first.
     pub(crate) async fn read_head(&mut self, client: bool) -> Result<Option<Bytes>, H3Error> {
         match self.next_event().await? {
-            Some(Event::Frame(Frame::Headers(block))) => Ok(Some(block)),
+            Some(Event::Frame(Frame::Headers(block))) => {
+                self.head_seen = true;
+                Ok(Some(block))
+            }
             // RFC 9114 §4.1: "Receipt of an invalid sequence of frames MUST be treated as a
             // connection error of type H3_FRAME_UNEXPECTED." DATA before HEADERS is one.
             Some(Event::Data(_)) => Err(self.shared.fail(ProtocolError::UnexpectedFrame {
@@ -544,4 +574,50 @@ where
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::{quic_pair, TIMEOUT};
+    use crate::{H3Config, H3Connection, RequestDirection};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_stream_costs_no_read_buffer_before_its_headers() {
+        // A connection's shared state for the reader (its own connection is never used).
+        let (state_conn, _c, _ep1) = quic_pair(b"h3").await;
+        let h3 = H3Connection::new(state_conn, H3Config::new(RequestDirection::ClientSends))
+            .await
+            .unwrap();
+        let (server, client, _ep2) = quic_pair(b"h3").await;
+        let (mut send, _client_recv) = client.open_bi().await.unwrap();
+        // One byte of a HEADERS frame, then nothing.
+        send.write_all(&[0x01]).await.unwrap();
+        let (_server_send, recv) = server.accept_bi().await.unwrap();
+        let mut reader = FrameReader::new(h3.shared.clone(), recv);
+        let stalled = tokio::time::timeout(Duration::from_millis(200), reader.read_head(false));
+        assert!(stalled.await.is_err(), "no HEADERS yet");
+        assert_eq!(
+            reader.scratch.capacity(),
+            0,
+            "no read buffer before HEADERS"
+        );
+        // The rest of the HEADERS frame (any block: it is not decoded here), then a DATA frame.
+        send.write_all(&[0x03, 0x00, 0x00, 0xd1]).await.unwrap();
+        let head = tokio::time::timeout(TIMEOUT, reader.read_head(false))
+            .await
+            .unwrap();
+        assert_eq!(head.unwrap().unwrap().as_ref(), &[0x00, 0x00, 0xd1]);
+        send.write_all(&[0x00, 0x02, b'h', b'i']).await.unwrap();
+        let data = tokio::time::timeout(TIMEOUT, reader.next_event())
+            .await
+            .unwrap();
+        assert!(matches!(data, Ok(Some(Event::Data(_)))), "{data:?}");
+        assert_eq!(
+            reader.scratch.len(),
+            READ_CHUNK,
+            "bodies read in full chunks"
+        );
+    }
 }

@@ -63,7 +63,20 @@ async fn read_request(
 ) {
     let id = stream_id(send.id());
     let mut reader = FrameReader::new(shared.clone(), recv);
-    let block = match reader.read_head(false).await {
+    let head = match shared.config.request_header_timeout {
+        Some(limit) => match tokio::time::timeout(limit, reader.read_head(false)).await {
+            Ok(head) => head,
+            Err(_) => {
+                // RFC 9114 §4.1.1: a request stream without a full request is
+                // H3_REQUEST_INCOMPLETE; one that sends none in time gets the same answer.
+                tracing::debug!(%id, ?limit, "no request HEADERS in time");
+                message_error(&mut send, &mut reader, H3_REQUEST_INCOMPLETE);
+                return;
+            }
+        },
+        None => reader.read_head(false).await,
+    };
+    let block = match head {
         Ok(Some(block)) => block,
         Ok(None) => {
             // RFC 9114 §4.1.1: a stream that ends without a full request is

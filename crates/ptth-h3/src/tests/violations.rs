@@ -287,3 +287,39 @@ async fn malformed_request_is_a_stream_error_only() {
     );
     assert!(c.close_reason().is_none());
 }
+
+#[tokio::test]
+async fn a_request_stream_without_headers_in_time_is_incomplete() {
+    // With a request header timeout, a stream that sends part of a HEADERS frame and
+    // stalls is reset with H3_REQUEST_INCOMPLETE; a request sent in time on the same
+    // connection is accepted (the positive twin).
+    let (s, c, _ep) = quic_pair(b"h3").await;
+    let config = H3Config::new(RequestDirection::ClientSends)
+        .request_header_timeout(Duration::from_millis(300));
+    let conn = H3Connection::new(s, config).await.unwrap();
+    let mut control = c.open_uni().await.unwrap();
+    control.write_all(SETTINGS_EMPTY).await.unwrap();
+    let (mut stalled, mut stalled_recv) = c.open_bi().await.unwrap();
+    stalled.write_all(&[0x01]).await.unwrap();
+    let err = tokio::time::timeout(TIMEOUT, stalled_recv.read_to_end(1024))
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        matches!(err, quinn::ReadToEndError::Read(quinn::ReadError::Reset(code)) if code.into_inner() == H3_REQUEST_INCOMPLETE),
+        "{err:?}"
+    );
+    let (mut send, _recv) = c.open_bi().await.unwrap();
+    // Section prefix 00 00, then :method GET (static 17), :scheme https (23), :path / (1),
+    // :authority from the static table name (0) with a literal value "a".
+    send.write_all(&[0x01, 0x08, 0x00, 0x00, 0xd1, 0xd7, 0xc1, 0x50, 0x01, b'a'])
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let (req, _respond) = tokio::time::timeout(TIMEOUT, conn.accept())
+        .await
+        .unwrap()
+        .expect("the request sent in time is accepted");
+    assert_eq!(req.uri().path(), "/");
+    assert!(c.close_reason().is_none());
+}
