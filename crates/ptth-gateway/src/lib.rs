@@ -14,6 +14,7 @@
 pub mod config;
 pub mod dev;
 mod forward;
+pub mod forwarding;
 pub mod proxy;
 mod public;
 mod quic;
@@ -73,6 +74,7 @@ impl Gateway {
             proxy::ProxyConfig {
                 via_name: config.via_name.clone(),
                 request_timeout: config.request_timeout,
+                trusted_proxies: config.trusted_proxies.clone(),
             },
         );
         let ctx = Arc::new(tunnel::TunnelContext {
