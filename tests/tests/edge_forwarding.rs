@@ -153,7 +153,7 @@ async fn spoofed_forwarding_fields_are_replaced_unless_the_peer_is_a_trusted_pro
             assert_eq!(echoed(&body, "x-forwarded-proto"), [proto], "{what}");
             assert_eq!(
                 echoed(&body, "x-forwarded-host"),
-                [authority.clone()],
+                [authority.as_str()],
                 "{what}"
             );
             assert!(echoed(&body, "x-forwarded-port").is_empty(), "{what}");
