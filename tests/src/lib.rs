@@ -713,4 +713,144 @@ pub async fn quic_connect_from(
         .await
         .map_err(|_| anyhow!("QUIC handshake timed out"))??;
     Ok((endpoint, conn))
+/// The stderr of a process a test started, line by line, so a test can wait for the log line
+/// that proves why something happened. Every line is echoed to the test's own stderr.
+#[derive(Debug)]
+pub struct LogLines {
+    rx: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl LogLines {
+    /// Reads `stderr` in a task until it closes.
+    pub fn follow(stderr: tokio::process::ChildStderr, label: &str) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let label = label.to_string();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("[{label}] {line}");
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits up to `within` for a line containing `needle` (lines read earlier count too).
+    pub async fn wait_for(&mut self, needle: &str, within: Duration) -> Result<String> {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return Ok(l.clone());
+        }
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(line)) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Ok(None) => bail!("the process closed stderr without logging {needle:?}"),
+                Err(_) => bail!("no log line with {needle:?} within {within:?}"),
+            }
+        }
+    }
+
+    /// Every line read so far (those [`LogLines::wait_for`] went through).
+    pub fn seen(&self) -> &[String] {
+        &self.seen
+    }
+}
+
+impl Origin {
+    /// Like [`Origin::start`] (dev token, `--hello` unless `extra` has `--upstream`, the dev
+    /// CA unless `extra` has `--ca` or `--danger-accept-any-gateway`), with `RUST_LOG=info`
+    /// and its stderr handed back to read.
+    pub async fn start_logged(
+        gw: &Gateway,
+        mechanism: &str,
+        host: &str,
+        extra: &[&str],
+    ) -> Result<(Self, LogLines)> {
+        let mut cmd = Command::new(bin("ptth-origin"));
+        cmd.args([
+            "--gateway",
+            &gw.tunnel_url(),
+            "--mechanism",
+            mechanism,
+            "--host",
+            host,
+        ])
+        .arg("--token-file")
+        .arg(gw.dev.join("token"));
+        if !extra.contains(&"--ca") && !extra.contains(&"--danger-accept-any-gateway") {
+            cmd.arg("--ca").arg(gw.dev.join("ca.pem"));
+        }
+        if !extra.contains(&"--upstream") {
+            cmd.arg("--hello");
+        }
+        if needs_client_cert(mechanism) && !extra.contains(&"--cert") {
+            cmd.arg("--cert")
+                .arg(gw.dev.join("origin.pem"))
+                .arg("--key")
+                .arg(gw.dev.join("origin.key"));
+        }
+        cmd.args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().context("starting ptth-origin")?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        Ok((
+            Self { child },
+            LogLines::follow(stderr, &format!("origin {mechanism} {host}")),
+        ))
+    }
+}
+
+/// An HTTP/1.1 upstream on 127.0.0.1 that answers every request with `200` and a body of
+/// the request's header fields, one `name: value` line each, in the order received: what
+/// an application behind `ptth-origin --upstream` would see.
+pub async fn header_echo_upstream() -> Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        let mut text = String::new();
+                        for (name, value) in req.headers() {
+                            text.push_str(name.as_str());
+                            text.push_str(": ");
+                            text.push_str(&String::from_utf8_lossy(value.as_bytes()));
+                            text.push('\n');
+                        }
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from(
+                            text,
+                        ))))
+                    });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// The values of header `name` (lowercase) in a [`header_echo_upstream`] body, in order.
+pub fn echoed(body: &[u8], name: &str) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .lines()
+        .filter_map(|l| l.split_once(": "))
+        .filter(|(n, _)| *n == name)
+        .map(|(_, v)| v.to_string())
+        .collect()
 }

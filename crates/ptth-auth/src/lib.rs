@@ -65,5 +65,8 @@ pub use challenge::{
 pub use credential::{BasicCredentials, OriginCredential};
 pub use grant::{Grant, GrantError, GrantSpec, Grants, Identity, OriginPattern, PatternError};
 pub use policy::{authorize, check_origin_frame_against_cert, Forbidden};
-pub use tls::{client_verifier, danger_accept_any_gateway, gateway_verifier, TlsError};
+pub use tls::{
+    client_verifier, danger_accept_any_gateway, gateway_verifier, pinned_gateway_verifier,
+    GatewayPinMismatch, TlsError,
+};
 pub use token::{AuthError, BearerToken, TokenVerifier};

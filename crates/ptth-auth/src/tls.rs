@@ -212,13 +212,7 @@ impl ServerCertVerifier for GatewayCertVerifier {
             now,
         )?;
         if let Some(pin) = self.pinned_spki {
-            let leaf = Leaf::parse(end_entity)
-                .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
-            if leaf.spki_sha256 != pin {
-                return Err(rustls::Error::InvalidCertificate(
-                    CertificateError::ApplicationVerificationFailure,
-                ));
-            }
+            check_gateway_pin(end_entity, pin)?;
         }
         Ok(verified)
     }
@@ -246,6 +240,45 @@ impl ServerCertVerifier for GatewayCertVerifier {
     }
 }
 
+/// The gateway's leaf certificate does not hash to the pin the origin was given: the
+/// certificate error the origin's verifiers return (wrapped in
+/// `CertificateError::Other`), so the origin's log says why it refused the gateway.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the gateway's certificate key does not match --gateway-pin (its SPKI SHA-256 is {presented}, the pin is {pinned})")]
+pub struct GatewayPinMismatch {
+    /// Hex SHA-256 of the SubjectPublicKeyInfo the gateway presented.
+    pub presented: String,
+    /// Hex SHA-256 the origin pinned.
+    pub pinned: String,
+}
+
+// rustls prints a certificate error's `Other` cause with `Debug`: make that the sentence.
+impl std::fmt::Debug for GatewayPinMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The leaf's SubjectPublicKeyInfo must hash to `pin`. The handshake signature, which the
+/// verifiers check with this same leaf's key, then proves the gateway holds the pinned key.
+fn check_gateway_pin(end_entity: &CertificateDer<'_>, pin: [u8; 32]) -> Result<(), rustls::Error> {
+    let leaf = Leaf::parse(end_entity)
+        .map_err(|_| rustls::Error::InvalidCertificate(CertificateError::BadEncoding))?;
+    if leaf.spki_sha256 != pin {
+        return Err(rustls::Error::InvalidCertificate(CertificateError::Other(
+            rustls::OtherError(Arc::new(GatewayPinMismatch {
+                presented: hex(&leaf.spki_sha256),
+                pinned: hex(&pin),
+            })),
+        )));
+    }
+    Ok(())
+}
+
 /// Accepts any gateway certificate without checking chain, name or dates: for tests and
 /// private arrangements only (Potato §6 allows skipping gateway authentication only "if
 /// there is a private arrangement"). The handshake signature is still verified with the
@@ -253,23 +286,39 @@ impl ServerCertVerifier for GatewayCertVerifier {
 pub fn danger_accept_any_gateway() -> Arc<dyn ServerCertVerifier> {
     Arc::new(DangerAcceptAnyGateway {
         algorithms: provider().signature_verification_algorithms,
+        pinned_spki: None,
+    })
+}
+
+/// Accepts any chain, name and dates, but the leaf's SubjectPublicKeyInfo must hash to
+/// `pin`: what an origin with `--gateway-pin` and `--danger-accept-any-gateway` uses. A pin
+/// always holds; accepting any gateway only drops the checks the pin makes redundant
+/// (the handshake signature still proves the gateway holds the pinned key).
+pub fn pinned_gateway_verifier(pin: [u8; 32]) -> Arc<dyn ServerCertVerifier> {
+    Arc::new(DangerAcceptAnyGateway {
+        algorithms: provider().signature_verification_algorithms,
+        pinned_spki: Some(pin),
     })
 }
 
 #[derive(Debug)]
 struct DangerAcceptAnyGateway {
     algorithms: WebPkiSupportedAlgorithms,
+    pinned_spki: Option<[u8; 32]>,
 }
 
 impl ServerCertVerifier for DangerAcceptAnyGateway {
     fn verify_server_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
+        end_entity: &CertificateDer<'_>,
         _intermediates: &[CertificateDer<'_>],
         _server_name: &ServerName<'_>,
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(pin) = self.pinned_spki {
+            check_gateway_pin(end_entity, pin)?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
@@ -427,15 +476,63 @@ mod tests {
             assert!(handshake(client_config(v, None), server()).is_ok());
         }
         let v = gateway_verifier(roots(&pki.ca), Some([9; 32])).unwrap();
-        assert_eq!(
-            handshake(client_config(v, None), server()).unwrap_err(),
-            rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
+        let e = handshake(client_config(v, None), server()).unwrap_err();
+        assert!(
+            e.to_string().contains("does not match --gateway-pin"),
+            "{e}"
         );
         // Another CA's roots: refused; danger_accept_any_gateway: accepted.
         let v = gateway_verifier(roots(&ca()), None).unwrap();
         assert!(handshake(client_config(v, None), server()).is_err());
         assert!(handshake(client_config(danger_accept_any_gateway(), None), server()).is_ok());
         assert!(gateway_verifier(RootCertStore::empty(), None).is_err());
+    }
+
+    #[test]
+    fn a_pin_holds_even_when_any_gateway_is_accepted() {
+        let pki = pki();
+        let server = |gateway: &Issued| {
+            server_config(
+                client_verifier(Some(roots(&pki.ca)), vec![], false, false).unwrap(),
+                gateway,
+            )
+        };
+        // A self-signed gateway no CA vouches for: only the pin can accept it.
+        let stranger = self_signed(params("stranger", &["other.test"], false));
+        let pin = crate::spki_sha256(&stranger.der()).unwrap();
+        let gateway_pin = crate::spki_sha256(&pki.gateway.der()).unwrap();
+
+        // The right pin: accepted whatever the chain and name.
+        let ok = handshake(
+            client_config(pinned_gateway_verifier(pin), None),
+            server(&stranger),
+        );
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(handshake(
+            client_config(pinned_gateway_verifier(gateway_pin), None),
+            server(&pki.gateway)
+        )
+        .is_ok());
+
+        // A wrong pin: refused, and the error says it was the pin.
+        let e = handshake(
+            client_config(pinned_gateway_verifier(gateway_pin), None),
+            server(&stranger),
+        )
+        .unwrap_err();
+        let text = e.to_string();
+        assert!(text.contains("does not match --gateway-pin"), "{text}");
+        assert!(
+            text.contains(&hex(&pin)) && text.contains(&hex(&gateway_pin)),
+            "{text}"
+        );
+
+        // Without a pin, accept-any takes the stranger (the twin of the refusal above).
+        assert!(handshake(
+            client_config(danger_accept_any_gateway(), None),
+            server(&stranger)
+        )
+        .is_ok());
     }
 
     #[test]

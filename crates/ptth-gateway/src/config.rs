@@ -90,6 +90,13 @@ pub struct Cli {
     /// connection may sit idle between requests (default 30).
     #[arg(long)]
     pub public_header_timeout: Option<f64>,
+    /// A proxy in front of the gateway (CIDR, or one address) whose `X-Forwarded-For`,
+    /// `Forwarded`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Real-IP` are kept and
+    /// appended to (repeatable; config key `trusted-proxies = ["10.0.0.0/8"]`). From any
+    /// other peer those fields are replaced by what the gateway saw. Default: none.
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
     #[arg(skip)]
     #[serde(skip)]
@@ -137,6 +144,8 @@ pub struct GatewayConfig {
     pub public_header_timeout: Duration,
     /// Pseudonym in `Via`.
     pub via_name: String,
+    /// Proxies whose forwarding fields are kept (`--trusted-proxy`, `trusted-proxies`).
+    pub trusted_proxies: crate::forwarding::TrustedProxies,
 }
 
 impl GatewayConfig {
@@ -167,6 +176,7 @@ impl GatewayConfig {
             max_pending_setups_per_ip: 32,
             public_header_timeout: Duration::from_secs(30),
             via_name: "ptth".to_string(),
+            trusted_proxies: crate::forwarding::TrustedProxies::default(),
         }
     }
 }
@@ -264,6 +274,8 @@ impl Cli {
         if let Some(s) = self.public_header_timeout {
             c.public_header_timeout = positive_secs(s, "--public-header-timeout")?;
         }
+        c.trusted_proxies = crate::forwarding::TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| anyhow::anyhow!("--trusted-proxy (config key trusted-proxies): {e}"))?;
         Ok((c, dev_files))
     }
 
@@ -295,6 +307,11 @@ impl Cli {
                 .max_pending_setups_per_ip
                 .or(file.max_pending_setups_per_ip),
             public_header_timeout: self.public_header_timeout.or(file.public_header_timeout),
+            trusted_proxies: if self.trusted_proxies.is_empty() {
+                file.trusted_proxies
+            } else {
+                self.trusted_proxies
+            },
             file_merged: self.file_merged,
         }
     }
@@ -449,6 +466,61 @@ public-header-timeout = 12.5
         let err = cli.resolve().unwrap_err().to_string();
         assert!(
             err.contains("never accepts unauthenticated origins"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn trusted_proxies_come_from_flags_or_the_file_and_bad_cidrs_name_the_key() {
+        let base = [
+            "ptth-gateway",
+            "--listen",
+            "127.0.0.1:1",
+            "--tunnel",
+            "127.0.0.1:2",
+            "--cert",
+            "c",
+            "--key",
+            "k",
+            "--token",
+            "t",
+        ];
+        let (c, _) = Cli::try_parse_from(base).unwrap().resolve().unwrap();
+        assert!(
+            c.trusted_proxies.cidrs().is_empty(),
+            "nobody is trusted by default"
+        );
+
+        let mut args = base.to_vec();
+        args.extend(["--trusted-proxy", "10.0.0.0/8", "--trusted-proxy", "::1"]);
+        let (c, _) = Cli::try_parse_from(args).unwrap().resolve().unwrap();
+        let shown: Vec<String> = c
+            .trusted_proxies
+            .cidrs()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["10.0.0.0/8", "::1/128"]);
+
+        let file: Cli = toml::from_str("trusted-proxies = [\"192.0.2.0/24\"]\n").unwrap();
+        let (c, _) = Cli::try_parse_from(base)
+            .unwrap()
+            .or(file)
+            .resolve()
+            .unwrap();
+        assert!(c.trusted_proxies.contains("192.0.2.9".parse().unwrap()));
+
+        let mut args = base.to_vec();
+        args.extend(["--trusted-proxy", "10.0.0.1/8"]);
+        let err = Cli::try_parse_from(args)
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--trusted-proxy (config key trusted-proxies)")
+                && err.contains("host bits")
+                && err.contains("10.0.0.0/8"),
             "{err}"
         );
     }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod dev;
 mod forward;
 mod pending;
+pub mod forwarding;
 pub mod proxy;
 mod public;
 mod quic;
@@ -74,6 +75,7 @@ impl Gateway {
             proxy::ProxyConfig {
                 via_name: config.via_name.clone(),
                 request_timeout: config.request_timeout,
+                trusted_proxies: config.trusted_proxies.clone(),
             },
         );
         let ctx = Arc::new(tunnel::TunnelContext {

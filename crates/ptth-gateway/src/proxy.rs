@@ -1,11 +1,13 @@
 //! The public side: every public request is routed to an origin connection and streamed back.
 //!
 //! Standard reverse-proxy behaviour (RFC 9110 §7.6): hop-by-hop fields are removed in both
-//! directions, `Via` is added, and `Forwarded` (RFC 7239) records the client. Errors say who
+//! directions, `Via` is added, and the forwarding fields (`X-Forwarded-*`, `X-Real-IP`,
+//! RFC 7239 `Forwarded`) say what the gateway saw of the client ([`crate::forwarding`]). Errors say who
 //! caused them: 400 for a request the gateway cannot route, 502 when the origin failed it,
 //! 503 (with `Retry-After`) when no origin is there or the queue is full, 504 on timeout.
 
 use crate::forward::{Body, BoxError, SendError};
+use crate::forwarding::{self, TrustedProxies};
 use crate::registry::{Registry, Reservation, RouteError};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -26,6 +28,8 @@ pub struct ProxyConfig {
     pub via_name: String,
     /// How long an origin may take to send response headers.
     pub request_timeout: Duration,
+    /// Peers whose forwarding fields are kept and appended to (empty: nobody's).
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Routes public requests to origins.
@@ -73,11 +77,21 @@ impl Proxy {
         }
         let ws_key = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned();
         let received_version = parts.version;
+        // Read before hop-by-hop stripping, which may remove a `Host` named in `Connection`.
+        let authority = forwarding::requested_authority(&parts.uri, &parts.headers, &target);
         strip_hop_by_hop(&mut parts.headers);
         // An origin must never read a gateway-only field from a stranger.
         strip_ptth_fields(&mut parts.headers);
         append_via(&mut parts.headers, received_version, &self.config.via_name);
-        append_forwarded(&mut parts.headers, client, &target);
+        forwarding::set_forwarding_fields(
+            &mut parts.headers,
+            &forwarding::Hop {
+                peer: client.addr.ip(),
+                tls: client.tls,
+                authority: &authority,
+            },
+            &self.config.trusted_proxies,
+        );
         let scheme = if client.tls { "https" } else { "http" };
         let mut request = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
 
@@ -436,19 +450,6 @@ fn append_via(headers: &mut HeaderMap, version: Version, name: &str) {
     }
 }
 
-fn append_forwarded(headers: &mut HeaderMap, client: ClientInfo, target: &RequestTarget) {
-    // RFC 7239 §6: IPv6 addresses and anything with a colon must be quoted.
-    let for_ = match client.addr.ip() {
-        std::net::IpAddr::V4(ip) => ip.to_string(),
-        std::net::IpAddr::V6(ip) => format!("\"[{ip}]\""),
-    };
-    let proto = if client.tls { "https" } else { "http" };
-    let host = target.authority().replace(['"', '\\'], "");
-    if let Ok(v) = HeaderValue::from_str(&format!("for={for_};proto={proto};host=\"{host}\"")) {
-        headers.append(header::FORWARDED, v);
-    }
-}
-
 /// A plain-text error response whose body says what happened.
 pub fn error(status: StatusCode, reason: &str) -> Response<Body> {
     let mut res = Response::new(crate::forward::full(format!("{reason}\n")));
@@ -675,55 +676,5 @@ mod tests {
         assert!(trailers.get("ptth-authorization").is_none());
         assert_eq!(trailers["grpc-status"], "0");
         assert_eq!(collected.to_bytes(), "hi");
-    }
-
-    #[test]
-    fn an_ipv6_literal_authority_is_bracketed_once() {
-        let target = RequestTarget::from_parts(
-            &Request::get("http://[::1]:8080/x")
-                .body(())
-                .unwrap()
-                .into_parts()
-                .0,
-        )
-        .unwrap();
-        let mut h = HeaderMap::new();
-        append_forwarded(
-            &mut h,
-            ClientInfo {
-                addr: "127.0.0.1:5000".parse().unwrap(),
-                tls: false,
-            },
-            &target,
-        );
-        assert_eq!(
-            h.get("forwarded").unwrap(),
-            "for=127.0.0.1;proto=http;host=\"[::1]:8080\""
-        );
-    }
-
-    #[test]
-    fn forwarded_quotes_ipv6_and_host() {
-        let mut h = HeaderMap::new();
-        let target = RequestTarget::from_parts(
-            &Request::get("http://app.example:8080/x")
-                .body(())
-                .unwrap()
-                .into_parts()
-                .0,
-        )
-        .unwrap();
-        append_forwarded(
-            &mut h,
-            ClientInfo {
-                addr: "[::1]:5000".parse().unwrap(),
-                tls: true,
-            },
-            &target,
-        );
-        assert_eq!(
-            h.get("forwarded").unwrap(),
-            "for=\"[::1]\";proto=https;host=\"app.example:8080\""
-        );
     }
 }

@@ -66,11 +66,12 @@ pub struct Cli {
     /// CA certificate (PEM) that signs the gateway's certificate; WebPKI roots otherwise.
     #[arg(long)]
     pub ca: Option<PathBuf>,
-    /// Also require the gateway certificate's SPKI SHA-256 (hex) to be this.
+    /// Also require the gateway certificate's SPKI SHA-256 (hex) to be this. Always
+    /// enforced, with --danger-accept-any-gateway too.
     #[arg(long)]
     pub gateway_pin: Option<String>,
-    /// Do not verify the gateway's certificate at all. Dangerous: logged at start and on
-    /// every connection.
+    /// Do not verify the gateway's certificate chain, name or dates. Dangerous without
+    /// --gateway-pin (which still holds): logged at start and on every connection.
     #[arg(long)]
     #[serde(default)]
     pub danger_accept_any_gateway: bool,
@@ -502,6 +503,41 @@ mod tests {
         .unwrap();
         let e = resolve(&["--config", cfg]).unwrap_err().to_string();
         assert!(e.contains("not both"), "{e}");
+    }
+
+    #[test]
+    fn a_gateway_pin_survives_danger_accept_any_gateway_from_flags_and_file() {
+        let pin = "ab".repeat(32);
+        let c = resolve(&[
+            "--token",
+            "t",
+            "--danger-accept-any-gateway",
+            "--gateway-pin",
+            &pin,
+        ])
+        .unwrap();
+        assert!(c.danger_accept_any_gateway);
+        assert_eq!(
+            c.gateway_pin,
+            Some([0xab; 32]),
+            "the pin is kept, not dropped"
+        );
+
+        let d = dir("pin");
+        let config = d.join("origin.toml");
+        std::fs::write(
+            &config,
+            format!("token = \"t\"\ndanger-accept-any-gateway = true\ngateway-pin = \"{pin}\"\n"),
+        )
+        .unwrap();
+        let c = resolve(&["--config", config.to_str().unwrap()]).unwrap();
+        assert!(c.danger_accept_any_gateway);
+        assert_eq!(c.gateway_pin, Some([0xab; 32]));
+        // The TLS config builds with both: the pinned verifier, not an error.
+        crate::dial::tls_config(&c).unwrap();
+
+        let e = resolve(&["--token", "t", "--gateway-pin", "abc"]).unwrap_err();
+        assert!(e.to_string().contains("64 hex digits"), "{e}");
     }
 
     #[test]

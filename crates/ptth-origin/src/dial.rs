@@ -181,7 +181,7 @@ impl Dialer {
         if m.transport() == ptth_core::Transport::Quic {
             return crate::quic::connect_and_serve(self, slot, service, shutdown).await;
         }
-        if self.config.danger_accept_any_gateway {
+        if self.config.danger_accept_any_gateway && self.config.gateway_pin.is_none() {
             tracing::warn!(slot, "connecting WITHOUT verifying the gateway's certificate (--danger-accept-any-gateway)");
         }
         let tls = self.dial_tls().await?;
@@ -334,12 +334,13 @@ pub(crate) fn tls_config(config: &OriginConfig) -> Result<rustls::ClientConfig> 
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     // draft-thomson-ptth-potato §6: the origin "MUST NOT answer" a gateway it cannot
-    // establish as authoritative, so the gateway's chain (and pin) is always checked unless
-    // the operator explicitly opted out.
-    let verifier = if config.danger_accept_any_gateway {
-        ptth_auth::danger_accept_any_gateway()
-    } else {
-        ptth_auth::gateway_verifier(roots, config.gateway_pin)?
+    // establish as authoritative, so the gateway's chain is always checked unless the
+    // operator explicitly opted out, and a pin always holds: with the opt-out it is the one
+    // check left. TCP and QUIC mechanisms both build their TLS from here.
+    let verifier = match (config.danger_accept_any_gateway, config.gateway_pin) {
+        (true, Some(pin)) => ptth_auth::pinned_gateway_verifier(pin),
+        (true, None) => ptth_auth::danger_accept_any_gateway(),
+        (false, pin) => ptth_auth::gateway_verifier(roots, pin)?,
     };
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?

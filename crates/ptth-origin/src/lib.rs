@@ -47,10 +47,12 @@ pub struct OriginConfig {
     pub signing_key: Option<PathBuf>,
     /// The key id the gateway knows the signing key by.
     pub key_id: String,
-    /// SHA-256 of the gateway certificate's SubjectPublicKeyInfo, checked besides the chain.
+    /// SHA-256 of the gateway certificate's SubjectPublicKeyInfo, checked besides the chain,
+    /// and always checked: with `danger_accept_any_gateway` it is the only check.
     pub gateway_pin: Option<[u8; 32]>,
-    /// Accept any gateway certificate. Only for tests against throwaway gateways: an
-    /// origin that cannot authenticate its gateway hands responses to whoever answers.
+    /// Accept any gateway certificate chain, name and dates (a `gateway_pin` still holds).
+    /// Without a pin, only for tests against throwaway gateways: an origin that cannot
+    /// authenticate its gateway hands responses to whoever answers.
     pub danger_accept_any_gateway: bool,
     /// A private CA for the gateway's certificate; WebPKI roots when absent.
     pub ca: Option<PathBuf>,
@@ -158,10 +160,14 @@ impl Origin {
                 "give a credential: --token, --basic-user, --signing-key or --cert/--key"
             ));
         }
-        if config.danger_accept_any_gateway {
-            tracing::warn!(
+        match (config.danger_accept_any_gateway, config.gateway_pin) {
+            (true, None) => tracing::warn!(
                 "--danger-accept-any-gateway: the gateway's certificate is NOT verified; anyone on the path can receive this origin's responses"
-            );
+            ),
+            (true, Some(_)) => tracing::warn!(
+                "--danger-accept-any-gateway with --gateway-pin: the gateway's chain, name and dates are NOT verified; its key must still match the pin"
+            ),
+            (false, _) => {}
         }
         let tls = dial::tls_config(&config)?;
         Ok(Self {

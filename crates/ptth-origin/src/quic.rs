@@ -136,7 +136,7 @@ pub(crate) async fn connect_and_serve(
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let m = dialer.config.mechanism;
-    if dialer.config.danger_accept_any_gateway {
+    if dialer.config.danger_accept_any_gateway && dialer.config.gateway_pin.is_none() {
         tracing::warn!(
             slot,
             "connecting WITHOUT verifying the gateway's certificate (--danger-accept-any-gateway)"

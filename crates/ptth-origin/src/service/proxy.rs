@@ -5,10 +5,11 @@
 //! ```
 //!
 //! Bodies stream both ways frame by frame, trailers included. Hop-by-hop fields are removed
-//! in both directions; everything else, including `Host` and the `Via`/`Forwarded` fields the
-//! gateway added, reaches the upstream unchanged. Upgrades are tunnelled: an HTTP/1.1
-//! `Upgrade` is forwarded as one, and an RFC 8441 extended CONNECT for WebSocket arriving over
-//! HTTP/2 is turned into an HTTP/1.1 WebSocket upgrade towards the upstream.
+//! in both directions; everything else, including `Host` and the `Via`, `Forwarded`,
+//! `X-Forwarded-*` and `X-Real-IP` fields the gateway set, reaches the upstream unchanged.
+//! Upgrades are tunnelled: an HTTP/1.1 `Upgrade` is forwarded as one, and an RFC 8441
+//! extended CONNECT for WebSocket arriving over HTTP/2 is turned into an HTTP/1.1 WebSocket
+//! upgrade towards the upstream.
 //!
 //! Towards the upstream the proxy speaks HTTP/1.1, where hyper writes only the trailer fields
 //! that the request's `Trailer` field announced; an HTTP/2 caller that sends request trailers
@@ -521,10 +522,30 @@ mod tests {
         headers.insert("via", HeaderValue::from_static("1.1 gateway"));
         headers.insert("forwarded", HeaderValue::from_static("for=127.0.0.1"));
         headers.insert(HOST, HeaderValue::from_static("app.example"));
+        // The gateway's forwarding fields are end to end: proxy mode passes them on.
+        for name in [
+            "x-forwarded-for",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+            "x-real-ip",
+        ] {
+            headers.insert(name, HeaderValue::from_static("v"));
+        }
         strip_hop_by_hop(&mut headers);
         let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         left.sort_unstable();
-        assert_eq!(left, ["forwarded", "host", "via"]);
+        assert_eq!(
+            left,
+            [
+                "forwarded",
+                "host",
+                "via",
+                "x-forwarded-for",
+                "x-forwarded-host",
+                "x-forwarded-proto",
+                "x-real-ip"
+            ]
+        );
     }
 
     #[test]
