@@ -713,6 +713,8 @@ pub async fn quic_connect_from(
         .await
         .map_err(|_| anyhow!("QUIC handshake timed out"))??;
     Ok((endpoint, conn))
+}
+
 /// The stderr of a process a test started, line by line, so a test can wait for the log line
 /// that proves why something happened. Every line is echoed to the test's own stderr.
 #[derive(Debug)]
@@ -853,4 +855,108 @@ pub fn echoed(body: &[u8], name: &str) -> Vec<String> {
         .filter(|(n, _)| *n == name)
         .map(|(_, v)| v.to_string())
         .collect()
+}
+
+/// The log (stderr) of a gateway started with [`Gateway::start_logged`], kept line by line
+/// so a test can wait for the specific line that proves why something happened.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayLog {
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    added: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl GatewayLog {
+    /// Waits until a line containing every one of `needles` appears (at most `secs`
+    /// seconds) and returns it.
+    pub async fn wait_for(&self, needles: &[&str], secs: u64) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let added = self.added.notified();
+            tokio::pin!(added);
+            added.as_mut().enable();
+            if let Some(line) = self
+                .lines
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| needles.iter().all(|n| l.contains(n)))
+            {
+                return Ok(line.clone());
+            }
+            if tokio::time::timeout_at(deadline, added).await.is_err() {
+                bail!("no log line with {needles:?} within {secs} s");
+            }
+        }
+    }
+
+    fn push(&self, line: String) {
+        self.lines.lock().unwrap().push(line);
+        self.added.notify_waiters();
+    }
+}
+
+impl Gateway {
+    /// Like [`Gateway::start`], but logging at `info` as JSON into a [`GatewayLog`] the test
+    /// reads (each line is also echoed to the test's stderr).
+    pub async fn start_logged(dev: &Path, extra: &[&str]) -> Result<(Self, GatewayLog)> {
+        let mut cmd = Command::new(bin("ptth-gateway"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tunnel",
+            "127.0.0.1:0",
+            "--log-format",
+            "json",
+        ])
+        .arg("--dev")
+        .arg(dev)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+        let mut child = cmd.spawn().context("starting ptth-gateway")?;
+        let log = GatewayLog::default();
+        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
+        let sink = log.clone();
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                eprintln!("gateway: {line}");
+                sink.push(line);
+            }
+        });
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut l, mut lt, mut t) = (None, None, None);
+        let read = async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(v) = line.strip_prefix("listen=") {
+                    l = Some(v.parse()?);
+                } else if let Some(v) = line.strip_prefix("listen-tls=") {
+                    lt = Some(v.parse()?);
+                } else if let Some(v) = line.strip_prefix("tunnel=") {
+                    t = Some(v.parse()?);
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .map_err(|_| anyhow!("gateway did not report its addresses"))??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok((
+            Self {
+                child,
+                listen: l.ok_or_else(|| anyhow!("no listen address"))?,
+                listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
+                tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
+                dev: dev.to_path_buf(),
+            },
+            log,
+        ))
+    }
 }

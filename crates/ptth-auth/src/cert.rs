@@ -86,6 +86,29 @@ impl Leaf {
     }
 }
 
+/// The names a leaf certificate's subjectAltName carries, as hosts: DNS names in lowercase
+/// (a wildcard stays `*.parent`), IP addresses as literals (IPv6 in brackets), in
+/// certificate order, without duplicates. The subject CN is not read: RFC 6125 §6.4.4 falls
+/// back to it only when there are no SANs, and such certificates are not used here.
+///
+/// The certificate is one the TLS layer already verified (or whose key is pinned); this
+/// only reads it.
+pub fn certificate_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, CertError> {
+    let leaf = Leaf::parse(leaf)?;
+    let mut names: Vec<String> = Vec::with_capacity(leaf.dns_sans.len() + leaf.ip_sans.len());
+    let dns = leaf.dns_sans.into_iter();
+    let ips = leaf.ip_sans.iter().map(|ip| match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    });
+    for name in dns.chain(ips) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    Ok(names)
+}
+
 /// RFC 6125 §6.4: `reference` (a DNS name) against `presented` (maybe `*.parent`).
 pub(crate) fn dns_name_matches(presented: &str, reference: &str) -> bool {
     let presented = presented.strip_suffix('.').unwrap_or(presented);
@@ -119,6 +142,37 @@ mod tests {
         assert!(!dns_name_matches("*.example.com", "a.b.example.com"));
         assert!(!dns_name_matches("a*.example.com", "ab.example.com"));
         assert!(!dns_name_matches("*.example.com", "*.example.com.evil"));
+    }
+
+    #[test]
+    fn certificate_names_are_the_sans() {
+        use crate::testing::{ca, params, signed};
+        let ca = ca();
+        let leaf = signed(
+            &ca,
+            params(
+                "cn.example.com",
+                &[
+                    "App.Example.com",
+                    "*.edge.example.com",
+                    "127.0.0.1",
+                    "::1",
+                    "app.example.com",
+                ],
+                true,
+            ),
+        )
+        .der();
+        assert_eq!(
+            certificate_names(&leaf).unwrap(),
+            vec![
+                "app.example.com",
+                "*.edge.example.com",
+                "127.0.0.1",
+                "[::1]"
+            ]
+        );
+        assert!(certificate_names(&CertificateDer::from(vec![0u8; 4])).is_err());
     }
 
     #[test]

@@ -189,7 +189,7 @@ impl fmt::Display for OriginPattern {
     }
 }
 
-fn strip_root(host: &str) -> &str {
+pub(crate) fn strip_root(host: &str) -> &str {
     // FQDNs with and without the root label name the same host (RFC 1034 §3.1).
     match host.strip_suffix('.') {
         Some(h) if !h.is_empty() => h,

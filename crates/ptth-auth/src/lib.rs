@@ -56,7 +56,7 @@ pub use authorize::{
     path_prefixes, AuthorizeClaim, ClaimError, AUTHORIZATION_FIELD, AUTHORIZE_PATH, ORIGINS_FIELD,
     PATH_PREFIX_FIELD,
 };
-pub use cert::{spki_sha256, CertError};
+pub use cert::{certificate_names, spki_sha256, CertError};
 pub use challenge::{
     exporter_value, generate_ed25519_pkcs8, pkcs8_to_pem, public_key_from_pkcs8, Challenge,
     ChallengeAnswer, Ed25519SigningKey, KeyError, CHALLENGE_FIELD, EXPORTER_LABEL, EXPORTER_LEN,
@@ -64,7 +64,10 @@ pub use challenge::{
 };
 pub use credential::{BasicCredentials, OriginCredential};
 pub use grant::{Grant, GrantError, GrantSpec, Grants, Identity, OriginPattern, PatternError};
-pub use policy::{authorize, check_origin_frame_against_cert, Forbidden};
+pub use policy::{
+    authorize, check_origin_frame_against_cert, scopes_from_certificate, Forbidden,
+    MAX_CERTIFICATE_NAMES,
+};
 pub use tls::{
     client_verifier, danger_accept_any_gateway, gateway_verifier, pinned_gateway_verifier,
     GatewayPinMismatch, TlsError,

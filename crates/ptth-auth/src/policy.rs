@@ -4,7 +4,7 @@ use ptth_core::{Scope, SerializedOrigin};
 use rustls::pki_types::CertificateDer;
 
 use crate::cert::Leaf;
-use crate::grant::{normalize_prefix, Grant, OriginPattern};
+use crate::grant::{normalize_prefix, one_label_under, strip_root, Grant, OriginPattern};
 
 /// Why an authenticated origin may not have what it asked for: the gateway answers 403.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -41,7 +41,19 @@ pub enum Forbidden {
     /// The client certificate could not be read.
     #[error("{0}")]
     Certificate(String),
+    /// An origin that claimed no scope: no grant its certificate matched allows any origin
+    /// the certificate names.
+    #[error(
+        "no grant of this client certificate allows an origin it names (certificate names: {0})"
+    )]
+    NoCertificateOrigin(String),
+    /// An origin that claimed no scope presented a certificate with more names than are read.
+    #[error("the client certificate names {0} hosts; at most {MAX_CERTIFICATE_NAMES} are read to derive a scope")]
+    TooManyCertificateNames(usize),
 }
+
+/// At most this many certificate names are turned into scopes ([`scopes_from_certificate`]).
+pub const MAX_CERTIFICATE_NAMES: usize = 64;
 
 impl Forbidden {
     /// Always 403: the origin is authenticated but not allowed this.
@@ -106,6 +118,93 @@ pub fn authorize(
         }
     }
     Ok(scopes)
+}
+
+/// The scopes of an origin that authenticated with its client certificate alone and claimed
+/// none (it answered the authorisation request with 404, or 200 without `ptth-origins`).
+///
+/// draft-thomson-ptth-potato §5: "a client certificate ... can be used to authenticate the
+/// origin", and the scope of the authorisation follows from that credential. Each name the
+/// certificate carries ([`certificate_names`](crate::certificate_names): DNS SANs, `*.parent`
+/// wildcards, IP SANs) is intersected with the origins of every grant the certificate
+/// matched: a grant for `*` gives `https://name`; an exact grant origin is kept when the
+/// name is its host (or a wildcard name one label above it); a wildcard grant keeps an exact
+/// name one label under it, and a wildcard name with the same parent as a wildcard scope.
+/// The path prefixes are those of the grant that allowed the name (`/` unless the operator
+/// narrowed the grant). Nothing allowed is [`Forbidden::NoCertificateOrigin`].
+pub fn scopes_from_certificate(
+    grants: &[&Grant],
+    names: &[String],
+) -> Result<Vec<Scope>, Forbidden> {
+    if names.len() > MAX_CERTIFICATE_NAMES {
+        return Err(Forbidden::TooManyCertificateNames(names.len()));
+    }
+    let mut scopes: Vec<Scope> = Vec::new();
+    for name in names {
+        for grant in grants {
+            for pattern in &grant.origins {
+                for prefix in &grant.path_prefixes {
+                    if let Some(scope) = certificate_scope(name, pattern, prefix) {
+                        if !scopes.contains(&scope) {
+                            scopes.push(scope);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if scopes.is_empty() {
+        return Err(Forbidden::NoCertificateOrigin(names.join(", ")));
+    }
+    Ok(scopes)
+}
+
+/// One certificate name within one grant origin pattern, under `prefix`: the scope both
+/// allow, if any.
+fn certificate_scope(name: &str, pattern: &OriginPattern, prefix: &str) -> Option<Scope> {
+    // `scheme://host:port` as a scope authority: the scheme's default port routes on host
+    // alone, as `Scope::from_origin` does.
+    let authority = |host: &str, scheme: &str, port: u16| {
+        if ptth_core::default_port(scheme) == Some(port) {
+            host.to_owned()
+        } else {
+            format!("{host}:{port}")
+        }
+    };
+    match (name.strip_prefix("*."), pattern) {
+        (None, OriginPattern::Any) => Scope::new(name, prefix).ok(),
+        (Some(parent), OriginPattern::Any) => Scope::wildcard(parent, prefix).ok(),
+        (None, OriginPattern::Exact(o)) => strip_root(o.host())
+            .eq_ignore_ascii_case(name)
+            .then(|| Scope::from_origin(o, prefix).ok())
+            .flatten(),
+        (Some(parent), OriginPattern::Exact(o)) => one_label_under(strip_root(o.host()), parent)
+            .then(|| Scope::from_origin(o, prefix).ok())
+            .flatten(),
+        (
+            None,
+            OriginPattern::Wildcard {
+                scheme,
+                parent,
+                port,
+            },
+        ) => (name.parse::<std::net::Ipv4Addr>().is_err()
+            && !name.starts_with('[')
+            && one_label_under(name, parent))
+        .then(|| Scope::new(&authority(name, scheme, *port), prefix).ok())
+        .flatten(),
+        (
+            Some(name_parent),
+            OriginPattern::Wildcard {
+                scheme,
+                parent,
+                port,
+            },
+        ) => name_parent
+            .eq_ignore_ascii_case(parent)
+            .then(|| Scope::wildcard(&authority(parent, scheme, *port), prefix).ok())
+            .flatten(),
+    }
 }
 
 /// Checks every ORIGIN frame entry (`scheme://host[:port]`, wildcard `scheme://*.parent`
@@ -244,6 +343,89 @@ mod tests {
         assert!(authorize(&[], &origins(&["https://a.example"]), &prefixes(&["/"])).is_err());
         assert!(authorize(&[&a], &origins(&["https://a.example"]), &[]).is_err());
         assert!(authorize(&[&a], &origins(&["https://a.example"]), &prefixes(&["api"])).is_err());
+    }
+
+    fn shown(scopes: &[Scope]) -> Vec<String> {
+        scopes.iter().map(Scope::to_string).collect()
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn certificate_names_become_scopes_narrowed_by_the_grants() {
+        let dev_like = grant(&["https://*.localhost"], &["/"]);
+        let cert = names(&["localhost", "*.localhost"]);
+        // `localhost` is not one label under `localhost`: only the wildcard survives.
+        let scopes = scopes_from_certificate(&[&dev_like], &cert).unwrap();
+        assert_eq!(shown(&scopes), vec!["*.localhost/"]);
+        assert!(scopes[0].is_wildcard());
+
+        let any = grant(&["*"], &["/"]);
+        let scopes =
+            scopes_from_certificate(&[&any], &names(&["a.example", "*.b.example", "127.0.0.1"]))
+                .unwrap();
+        assert_eq!(
+            shown(&scopes),
+            vec!["a.example/", "*.b.example/", "127.0.0.1/"]
+        );
+
+        // An exact grant narrows a wildcard name to the one host, with the grant's port.
+        let exact = grant(
+            &["https://app.example:8443", "https://other.example"],
+            &["/api"],
+        );
+        let scopes = scopes_from_certificate(&[&exact], &names(&["*.example"])).unwrap();
+        assert_eq!(
+            shown(&scopes),
+            vec!["app.example:8443/api", "other.example/api"]
+        );
+
+        // A wildcard grant keeps exact names one label under it, on its port.
+        let wild = grant(&["https://*.example:8443"], &["/"]);
+        let scopes =
+            scopes_from_certificate(&[&wild], &names(&["a.example", "a.b.example", "example"]))
+                .unwrap();
+        assert_eq!(shown(&scopes), vec!["a.example:8443/"]);
+
+        // Several grants: the union, without duplicates.
+        let scopes = scopes_from_certificate(&[&dev_like, &any], &cert).unwrap();
+        assert_eq!(shown(&scopes), vec!["localhost/", "*.localhost/"]);
+    }
+
+    #[test]
+    fn a_certificate_no_grant_allows_is_refused() {
+        let g = grant(
+            &["https://app.example.com", "https://*.example.com"],
+            &["/"],
+        );
+        for cert in [
+            names(&["evil.example.org", "*.evil.example.org"]),
+            names(&["example.com", "a.b.example.com", "*.b.example.com"]),
+            names(&["127.0.0.1"]),
+            Vec::new(),
+        ] {
+            let r = scopes_from_certificate(&[&g], &cert);
+            assert_eq!(
+                r,
+                Err(Forbidden::NoCertificateOrigin(cert.join(", "))),
+                "{cert:?}"
+            );
+        }
+        assert!(scopes_from_certificate(&[], &names(&["app.example.com"])).is_err());
+        assert!(r_is_err_with_many_names(&g));
+        assert!(r_is_err_with_many_names(&grant(&["*"], &["/"])));
+    }
+
+    fn r_is_err_with_many_names(g: &Grant) -> bool {
+        let many: Vec<String> = (0..=MAX_CERTIFICATE_NAMES)
+            .map(|i| format!("h{i}.example.com"))
+            .collect();
+        matches!(
+            scopes_from_certificate(&[g], &many),
+            Err(Forbidden::TooManyCertificateNames(n)) if n == MAX_CERTIFICATE_NAMES + 1
+        )
     }
 
     #[test]

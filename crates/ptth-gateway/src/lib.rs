@@ -188,13 +188,22 @@ impl Gateway {
                     .iter()
                     .filter_map(|n| grants.get(n))
                     .collect();
-                !still.is_empty()
-                    && ptth_auth::authorize(
+                if still.is_empty() {
+                    return false;
+                }
+                if conn.admission.certificate_names.is_empty() {
+                    ptth_auth::authorize(
                         &still,
                         &conn.admission.origins,
                         &conn.admission.path_prefixes,
                     )
                     .is_ok()
+                } else {
+                    // Registered for what its certificate names: the new grants must still
+                    // give it every scope it holds.
+                    ptth_auth::scopes_from_certificate(&still, &conn.admission.certificate_names)
+                        .is_ok_and(|now| conn.scopes.iter().all(|s| now.contains(s)))
+                }
             },
             std::time::Duration::from_secs(30),
         );

@@ -594,10 +594,7 @@ mod tests {
                 .body(())
                 .unwrap()
                 .into_parts();
-            RequestTarget::from_parts(&parts)
-                .unwrap()
-                .path()
-                .to_owned()
+            RequestTarget::from_parts(&parts).unwrap().path().to_owned()
         };
         for reserved in [
             "/.well-known/ptth/authorize",
@@ -665,7 +662,11 @@ mod tests {
         trailers.insert("ptth-authorization", HeaderValue::from_static("Bearer t"));
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         let frames = Frames(
-            [Frame::data(Bytes::from_static(b"hi")), Frame::trailers(trailers)].into(),
+            [
+                Frame::data(Bytes::from_static(b"hi")),
+                Frame::trailers(trailers),
+            ]
+            .into(),
         );
         let body = Guarded {
             inner: frames.boxed_unsync(),

@@ -27,6 +27,10 @@ pub struct Admission {
     pub origins: Vec<ptth_core::SerializedOrigin>,
     /// The path prefixes it registered.
     pub path_prefixes: Vec<String>,
+    /// For an origin that claimed no scope and was registered for the names its client
+    /// certificate carries ([`ptth_auth::scopes_from_certificate`]): those names. Empty
+    /// otherwise.
+    pub certificate_names: Vec<String>,
 }
 
 /// One reversed connection to an origin, as routing sees it.

@@ -182,9 +182,60 @@ pub(crate) fn check_origin(
             grant_names: names,
             origins: origins.to_vec(),
             path_prefixes: path_prefixes.to_vec(),
+            certificate_names: Vec::new(),
         },
         scopes,
     ))
+}
+
+/// The scope of an origin that authenticated with its client certificate alone and claimed
+/// none: the names its certificate carries, narrowed by the grants the certificate matched
+/// ([`ptth_auth::scopes_from_certificate`]), under the path prefixes of those grants.
+///
+/// draft-thomson-ptth-potato §5 lets the scope follow from the credential: "a client
+/// certificate ... can be used to authenticate the origin". An origin written from the draft
+/// alone knows nothing of the authorisation resource, answers it 404 (or 200 without
+/// `ptth-origins`), and must still be able to register.
+pub(crate) fn scope_from_certificate(
+    grants: &Grants,
+    peer_certs: Option<&[CertificateDer<'static>]>,
+) -> Result<(Admission, Vec<Scope>), String> {
+    let Some(leaf) = peer_certs.and_then(<[_]>::first) else {
+        return Err("the origin claimed no scope (no ptth-origins) and presented no client certificate, so no scope follows from its credential".into());
+    };
+    let presented = Presented {
+        peer_certs,
+        ..Default::default()
+    };
+    let matched = grants
+        .authenticate(&presented)
+        .map_err(|e| format!("origin credential: {e}"))?;
+    let names =
+        ptth_auth::certificate_names(leaf).map_err(|e| format!("origin credential: {e}"))?;
+    let scopes = ptth_auth::scopes_from_certificate(&matched, &names)
+        .map_err(|e| format!("origin credential: {e}"))?;
+    let grant_names: Vec<String> = matched.iter().map(|g| g.name.clone()).collect();
+    Ok((
+        Admission {
+            identity: grant_names.join(","),
+            grant_names,
+            origins: Vec::new(),
+            path_prefixes: Vec::new(),
+            certificate_names: names,
+        },
+        scopes,
+    ))
+}
+
+/// Whether an answer to the authorisation request claims no scope and carries no credential:
+/// 404 (the origin does not know the resource), or 200 without `ptth-origins`, a signature
+/// or a secret. Only a client certificate can then say what the origin may serve.
+fn claims_nothing(status: StatusCode, headers: &http::HeaderMap) -> bool {
+    status == StatusCode::NOT_FOUND
+        || (status == StatusCode::OK
+            && !headers.contains_key(ptth_auth::ORIGINS_FIELD)
+            && !headers.contains_key(ptth_auth::SIGNATURE_FIELD)
+            && !headers.contains_key(ptth_auth::AUTHORIZATION_FIELD))
 }
 
 /// Accepts origin connections until the listener fails.
@@ -468,6 +519,27 @@ pub(crate) async fn admit_reversed(
         return quiet(SetupFailure::late(
             "the authorisation answer's body did not end",
         ));
+    }
+    if claims_nothing(parts.status, &parts.headers) {
+        let (admission, scopes) = match scope_from_certificate(&ctx.grants(), peer_certs.as_deref())
+        {
+            Ok(x) => x,
+            Err(e) => return fail(e),
+        };
+        if let (Some(frame), Some(leaf)) =
+            (&origin_frame, peer_certs.as_ref().and_then(|c| c.first()))
+        {
+            // draft-bt §3: "The intermediary MUST check the ORIGIN entries against the
+            // client certificate"; the scope already comes from that certificate.
+            let entries: Vec<&str> = frame.entries().iter().map(|e| e.as_str()).collect();
+            if let Err(e) = ptth_auth::check_origin_frame_against_cert(&entries, leaf) {
+                return fail(format!("ORIGIN frame: {e}"));
+            }
+        }
+        let shown: Vec<String> = scopes.iter().map(Scope::to_string).collect();
+        tracing::info!(%peer, %mechanism, identity = %admission.identity, scopes = %shown.join(" "), "the origin claimed no scope: registered for the names its client certificate carries");
+        register(ctx, mechanism, scopes, admission, peer, sender, task);
+        return Ok(());
     }
     if parts.status != StatusCode::OK {
         return fail(format!(

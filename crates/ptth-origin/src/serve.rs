@@ -328,7 +328,10 @@ mod tests {
     fn leaks(parts: &http::response::Parts, body: &str) -> bool {
         body.contains(TOKEN)
             || parts.headers.iter().any(|(k, v)| {
-                k.as_str().starts_with("ptth-") || v.as_bytes().windows(TOKEN.len()).any(|w| w == TOKEN.as_bytes())
+                k.as_str().starts_with("ptth-")
+                    || v.as_bytes()
+                        .windows(TOKEN.len())
+                        .any(|w| w == TOKEN.as_bytes())
             })
     }
 
@@ -341,7 +344,10 @@ mod tests {
             first.headers[ptth_auth::AUTHORIZATION_FIELD],
             format!("Bearer {TOKEN}").as_str()
         );
-        assert!(leaks(&first, &body), "the positive twin must see the credential");
+        assert!(
+            leaks(&first, &body),
+            "the positive twin must see the credential"
+        );
         let (again, body) = call(&service, ptth_auth::AUTHORIZE_PATH).await;
         assert_eq!(again.status, StatusCode::NOT_FOUND);
         assert!(body.contains(NOT_FIRST_REASON), "{body}");
@@ -381,7 +387,10 @@ mod tests {
             for t in tasks {
                 leaked += usize::from(t.await.unwrap());
             }
-            assert_eq!(leaked, 1, "exactly the first of concurrent requests answers");
+            assert_eq!(
+                leaked, 1,
+                "exactly the first of concurrent requests answers"
+            );
         }
     }
 }
