@@ -551,7 +551,7 @@ pub(crate) async fn serve_public(
                 };
                 let Some((req, respond)) = next else { break };
                 let proxy = proxy.clone();
-                let exchange = Exchange::start(&activity, false);
+                let exchange = Exchange::start(&activity);
                 tokio::spawn(async move {
                     // The exchange lasts until the whole response was handed to QUIC.
                     let _in_flight = exchange;
