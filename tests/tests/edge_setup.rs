@@ -475,3 +475,129 @@ async fn public_http3_bounds_streams_without_headers_and_idle_connections() {
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registered_connections_outlive_the_setup_deadline() {
+    // Carriers (HTTP/2 and HTTP/3 extended CONNECT, PTTH -00 OPTIONS) live on after their
+    // setup; upgraded HTTP/1.1 and ALPN-only connections are handed over. None of them may be
+    // closed by the setup deadline once registered.
+    let dir = TempDir::new("edge-setup-registered");
+    let log = dir.0.join("gateway.log");
+    let deadline = DEADLINE.to_string();
+    let gw = start_gateway_logging(&dir.0, &["--setup-timeout", &deadline], &log, LOG)
+        .await
+        .unwrap();
+    let mechanisms = [
+        "connect-h2",
+        "upgrade-h1",
+        "rh2",
+        "options-h3",
+        "connect-h3",
+        "rh3",
+    ];
+    let mut origins = Vec::new();
+    for m in mechanisms {
+        origins.push(
+            Origin::start(&gw, m, &format!("{m}.localhost"), &[])
+                .await
+                .unwrap(),
+        );
+    }
+    for m in mechanisms {
+        wait_ready(&gw, &format!("{m}.localhost")).await.unwrap();
+    }
+    // Well past every connection's setup deadline...
+    tokio::time::sleep(secs(DEADLINE) * 2).await;
+    // ...every origin still serves, and no connection was closed for its setup deadline
+    // (an origin would have reconnected, but the gateway would have logged the close).
+    let c = client(true);
+    for m in mechanisms {
+        let (res, _) = send(&c, get(&gw, &format!("{m}.localhost"), "/"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{m}");
+    }
+    let text = std::fs::read_to_string(&log).unwrap();
+    let closed: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("origin connection closed during setup") || l.contains("WARN"))
+        .collect();
+    assert!(closed.is_empty(), "{}", closed.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_slower_than_the_header_timeout_is_not_cut() {
+    use axum::routing::get as route_get;
+    let dir = TempDir::new("edge-setup-slow");
+    let log = dir.0.join("gateway.log");
+    let deadline = DEADLINE.to_string();
+    let gw = start_gateway_logging(&dir.0, &["--public-header-timeout", &deadline], &log, LOG)
+        .await
+        .unwrap();
+    // An application that takes longer to answer than the public header timeout plus the
+    // 5 s an idle connection's graceful shutdown may take, so an idle timer that ignored
+    // exchanges in flight would cut the answer.
+    let app = axum::Router::new().route(
+        "/slow",
+        route_get(|| async {
+            tokio::time::sleep(secs(DEADLINE) + secs(6)).await;
+            "slow but sure"
+        }),
+    );
+    let mut config = ptth_origin::OriginConfig::new(
+        gw.tunnel_url().parse().unwrap(),
+        "rh2".parse().unwrap(),
+        vec!["slow.localhost".to_string()],
+        Some(ptth_auth::BearerToken::new(gw.token()).unwrap()),
+    );
+    config.ca = Some(dir.0.join("ca.pem"));
+    let origin = ptth_origin::Origin::new(config).unwrap();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(origin.serve(app, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    wait_ready_path(&gw, "slow.localhost").await;
+
+    // An exchange in flight is not idle: HTTP/1.1, h2c and HTTP/3 all get the answer.
+    let h3 = h3_client(&gw).await.unwrap();
+    let (c1, c2) = (client(false), client(true));
+    let started = Instant::now();
+    let (h1, h2, h3) = tokio::join!(
+        send(&c1, get(&gw, "slow.localhost", "/slow")),
+        send(&c2, get(&gw, "slow.localhost", "/slow")),
+        h3.send(
+            http::Request::get(h3_url("slow.localhost", "/slow"))
+                .body(full(""))
+                .unwrap()
+        ),
+    );
+    assert!(
+        started.elapsed() > secs(DEADLINE) + secs(5),
+        "the answers were slow"
+    );
+    for (what, got) in [
+        ("HTTP/1.1", h1.map_err(|e| e.to_string())),
+        ("h2c", h2.map_err(|e| e.to_string())),
+        ("HTTP/3", h3.map_err(|e| e.to_string())),
+    ] {
+        let (res, body) = got.unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert_eq!(res.status(), 200, "{what}");
+        assert_eq!(&body[..], b"slow but sure", "{what}");
+    }
+    let _ = stop_tx.send(true);
+}
+
+/// Waits until `host` answers `GET /` with anything but 503 (the app has no `/` route).
+async fn wait_ready_path(gw: &Gateway, host: &str) {
+    let c = client(false);
+    let deadline = Instant::now() + secs(20);
+    loop {
+        if let Ok((res, _)) = send(&c, get(gw, host, "/")).await {
+            if res.status() != 503 {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "{host} never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

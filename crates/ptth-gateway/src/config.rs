@@ -445,6 +445,55 @@ public-header-timeout = 12.5
     }
 
     #[test]
+    fn setup_and_header_limits_default_and_refuse_zero() {
+        let base = [
+            "ptth-gateway",
+            "--listen",
+            "127.0.0.1:1",
+            "--tunnel",
+            "127.0.0.1:2",
+            "--cert",
+            "c",
+            "--key",
+            "k",
+            "--token",
+            "t",
+        ];
+        let (c, _) = Cli::try_parse_from(base).unwrap().resolve().unwrap();
+        assert_eq!(c.setup_timeout, Duration::from_secs(10));
+        assert_eq!(c.max_pending_setups, 512);
+        assert_eq!(c.max_pending_setups_per_ip, 32);
+        assert_eq!(c.public_header_timeout, Duration::from_secs(30));
+        for (flag, value, error) in [
+            (
+                "--setup-timeout",
+                "0",
+                "--setup-timeout must be more than 0 seconds",
+            ),
+            (
+                "--max-pending-setups",
+                "0",
+                "--max-pending-setups must be at least 1",
+            ),
+            (
+                "--max-pending-setups-per-ip",
+                "0",
+                "--max-pending-setups-per-ip must be at least 1",
+            ),
+            (
+                "--public-header-timeout",
+                "0",
+                "--public-header-timeout must be more than 0 seconds",
+            ),
+        ] {
+            let mut args = base.to_vec();
+            args.extend([flag, value]);
+            let err = Cli::try_parse_from(args).unwrap().resolve().unwrap_err();
+            assert_eq!(err.to_string(), error);
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_missing_credentials_are_errors() {
         let bad: Result<Cli, _> = toml::from_str("listen = \"127.0.0.1:1\"\nlisten_tls_typo = 1\n");
         assert!(

@@ -81,7 +81,9 @@ pub(crate) struct Activity {
     exchanges: usize,
     /// Exchanges started so far (so a request that came and went is seen).
     started: u64,
-    /// An extended CONNECT tunnel (a WebSocket over HTTP/2) runs here: never idle.
+    /// An extended CONNECT tunnel (a WebSocket over HTTP/2) was opened here: the origin
+    /// accepted it (2xx), and the gateway does not see when it ends, so the connection is
+    /// never idle from then on.
     tunnel: bool,
 }
 
@@ -89,13 +91,17 @@ pub(crate) struct Activity {
 pub(crate) struct Exchange(Arc<watch::Sender<Activity>>);
 
 impl Exchange {
-    pub(crate) fn start(activity: &Arc<watch::Sender<Activity>>, tunnel: bool) -> Self {
+    pub(crate) fn start(activity: &Arc<watch::Sender<Activity>>) -> Self {
         activity.send_modify(|a| {
             a.exchanges += 1;
             a.started += 1;
-            a.tunnel |= tunnel;
         });
         Exchange(activity.clone())
+    }
+
+    /// This exchange opened a tunnel that outlives its response.
+    fn opened_tunnel(&self) {
+        self.0.send_modify(|a| a.tunnel = true);
     }
 }
 
@@ -138,11 +144,15 @@ async fn serve_conn<IO>(
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         let proxy = proxy.clone();
         let alt_svc = alt_svc.clone();
-        let exchange = Exchange::start(&activity, req.method() == http::Method::CONNECT);
+        let exchange = Exchange::start(&activity);
+        let connect = req.method() == http::Method::CONNECT;
         async move {
             let mut res = proxy.handle(req, client).await;
             if let Some(v) = alt_svc {
                 res.headers_mut().insert(http::header::ALT_SVC, v);
+            }
+            if connect && res.status().is_success() {
+                exchange.opened_tunnel();
             }
             // The exchange lasts until the response body has been sent (or dropped).
             let res = res.map(|body| {

@@ -59,21 +59,26 @@ pub(crate) fn h3_gone(conn: &H3Connection, quic: &quinn::Connection) -> bool {
     conn.peer_goaway().is_some() || quic.close_reason().is_some()
 }
 
-/// The transport parameters of the public HTTP/3 endpoint. Unlike the tunnel's: no
-/// keep-alives of ours (an idle public client is not ours to keep alive), an idle timeout
-/// just past the header timeout (the HTTP/3 layer closes idle connections at the header
-/// timeout with a GOAWAY; this catches clients that vanished), and no datagram receive
-/// buffer, since nothing on the public endpoint reads datagrams.
+/// The transport parameters of the public HTTP/3 endpoint, its own, not the tunnel's:
+///
+/// - An idle timeout just past the header timeout. Idle connections (no request in flight)
+///   are closed by [`serve_public`] at the header timeout with a GOAWAY; the transport's
+///   timer catches clients that vanished.
+/// - Keep-alives at a third of that, so a response the origin takes long to produce (no
+///   packet either way) is not cut by the transport's idle timer; they cannot keep an idle
+///   client alive, since the HTTP/3 idle timer does not count them.
+/// - No datagram receive buffer: nothing on the public endpoint reads datagrams.
 fn public_transport_config(header_timeout: Duration) -> quinn::TransportConfig {
+    let idle = header_timeout + SHUTDOWN_GRACE;
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_BIDI_STREAMS))
         .max_concurrent_uni_streams(quinn::VarInt::from_u32(16))
-        .keep_alive_interval(None)
+        .keep_alive_interval(Some(idle / 3))
         .stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024))
         .receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024))
         .send_window(16 * 1024 * 1024)
         .datagram_receive_buffer_size(None);
-    if let Ok(idle) = quinn::IdleTimeout::try_from(header_timeout + SHUTDOWN_GRACE) {
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
     t
@@ -551,7 +556,7 @@ pub(crate) async fn serve_public(
                 };
                 let Some((req, respond)) = next else { break };
                 let proxy = proxy.clone();
-                let exchange = Exchange::start(&activity, false);
+                let exchange = Exchange::start(&activity);
                 tokio::spawn(async move {
                     // The exchange lasts until the whole response was handed to QUIC.
                     let _in_flight = exchange;
