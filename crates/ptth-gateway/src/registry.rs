@@ -3,15 +3,24 @@
 //! Every mechanism ends in a [`OriginConn`]: a connection over which the gateway can send
 //! HTTP requests to an authenticated origin, with the scopes it may serve and its capacity
 //! (the origin's HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`, or one for HTTP/1.1). Routing
-//! picks, among the connections whose scope matches the request, the most specific scope,
+//! picks, among the connections whose scope matches the request, the best-ranked scope
+//! ([`Scope::rank`]: the request's own scheme, the longest path prefix, an explicit port),
 //! then the least outstanding requests relative to capacity. When every matching connection
-//! is full, the request waits in a bounded queue.
+//! is full, the request waits in a queue bounded in total and per host.
+//!
+//! The router is an index by scope host: a connection sits in one bucket per host it
+//! registered (`scope.host()`, `*.parent` for a wildcard scope). A pick reads the bucket of
+//! the request's host, and only when nothing there matches (no usable connection, not
+//! merely busy ones) the wildcard bucket `*.<host minus its first label>`, so exact names
+//! win over wildcards and a pick costs the same however many origins other hosts have.
+//! The index sits behind a read-write lock: picks share it, only `add` and `remove` write.
 
 use crate::forward::Sender;
 use ptth_core::{Mechanism, RequestTarget, Scope, Specificity};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
 
@@ -118,11 +127,15 @@ impl OriginConn {
     }
 
     fn best_match(&self, target: &RequestTarget) -> Option<Specificity> {
-        self.scopes
-            .iter()
-            .filter(|s| s.matches(target))
-            .map(|s| s.specificity())
-            .max()
+        self.scopes.iter().filter_map(|s| s.rank(target)).max()
+    }
+
+    /// The index buckets this connection belongs in: its scope hosts, each once.
+    fn hosts(&self) -> Vec<&str> {
+        let mut hosts: Vec<&str> = self.scopes.iter().map(|s| s.host()).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        hosts
     }
 }
 
@@ -133,6 +146,9 @@ pub struct QueueLimits {
     pub max_waiting: usize,
     /// How long a request may wait for a free connection.
     pub max_wait: Duration,
+    /// Requests for one host that may wait at once, so one slow tenant cannot fill the
+    /// queue for all.
+    pub max_waiting_per_host: usize,
 }
 
 /// Why a request got no connection.
@@ -142,17 +158,48 @@ pub enum RouteError {
     NoOrigin,
     /// Every matching connection is busy and the queue is full.
     QueueFull,
+    /// Every matching connection is busy and this host's share of the queue is full.
+    HostQueueFull,
     /// Every matching connection stayed busy for the whole wait.
     QueueTimeout,
+}
+
+/// The router's index: connections by scope host.
+#[derive(Debug, Default)]
+struct Index {
+    /// Every registered connection, by id.
+    conns: HashMap<u64, Arc<OriginConn>>,
+    /// The connections with a scope on each host (`*.parent` for wildcard scopes).
+    by_host: HashMap<String, Vec<Arc<OriginConn>>>,
 }
 
 /// All reversed connections of this gateway.
 #[derive(Debug)]
 pub struct Registry {
-    conns: Mutex<Vec<Arc<OriginConn>>>,
+    index: RwLock<Index>,
     changed: Notify,
     queue: Semaphore,
     limits: QueueLimits,
+    /// Requests waiting in the queue, per request host (entries removed at zero).
+    waiting: Mutex<HashMap<String, usize>>,
+}
+
+/// One request's place in its host's share of the queue.
+struct HostSlot<'a> {
+    registry: &'a Registry,
+    host: String,
+}
+
+impl Drop for HostSlot<'_> {
+    fn drop(&mut self) {
+        let mut waiting = self.registry.waiting_lock();
+        if let Some(n) = waiting.get_mut(&self.host) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                waiting.remove(&self.host);
+            }
+        }
+    }
 }
 
 /// A slot on a connection, held until the response body ends.
@@ -186,17 +233,41 @@ impl Registry {
     /// An empty registry.
     pub fn new(limits: QueueLimits) -> Arc<Self> {
         Arc::new(Self {
-            conns: Mutex::new(Vec::new()),
+            index: RwLock::new(Index::default()),
             changed: Notify::new(),
             queue: Semaphore::new(limits.max_waiting),
             limits,
+            waiting: Mutex::new(HashMap::new()),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Arc<OriginConn>>> {
-        // A panic while holding this lock cannot leave the Vec half-updated (every critical
-        // section is a single push, retain or scan), so a poisoned lock is still consistent.
-        self.conns.lock().unwrap_or_else(|e| e.into_inner())
+    // A panic while holding these locks cannot leave the maps half-updated (nothing in a
+    // critical section panics between two related writes), so a poisoned lock is still
+    // consistent.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Index> {
+        self.index.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Index> {
+        self.index.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn waiting_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes a place in `host`'s share of the queue, if it has one left.
+    fn host_slot(&self, host: &str) -> Option<HostSlot<'_>> {
+        let mut waiting = self.waiting_lock();
+        let n = waiting.get(host).copied().unwrap_or(0);
+        if n >= self.limits.max_waiting_per_host {
+            return None;
+        }
+        waiting.insert(host.to_owned(), n + 1);
+        Some(HostSlot {
+            registry: self,
+            host: host.to_owned(),
+        })
     }
 
     /// Adds a connection; routing may use it at once.
@@ -210,21 +281,37 @@ impl Registry {
             capacity = conn.capacity(),
             "origin connection registered"
         );
-        self.lock().push(conn);
+        let mut index = self.write();
+        for host in conn.hosts() {
+            index
+                .by_host
+                .entry(host.to_owned())
+                .or_default()
+                .push(conn.clone());
+        }
+        index.conns.insert(conn.id, conn);
+        drop(index);
         self.changed.notify_waiters();
     }
 
     /// Removes a connection (it closed). Requests in flight on it fail on their own.
     pub fn remove(&self, id: u64) {
-        let mut conns = self.lock();
-        if let Some(c) = conns.iter().find(|c| c.id == id) {
+        let mut index = self.write();
+        if let Some(c) = index.conns.remove(&id) {
             c.mark_closed();
             c.removed.store(true, Ordering::Release);
             c.gone.notify_waiters();
+            for host in c.hosts() {
+                if let Some(bucket) = index.by_host.get_mut(host) {
+                    bucket.retain(|b| b.id != id);
+                    if bucket.is_empty() {
+                        index.by_host.remove(host);
+                    }
+                }
+            }
             tracing::info!(conn = id, "origin connection closed");
         }
-        conns.retain(|c| c.id != id);
-        drop(conns);
+        drop(index);
         self.changed.notify_waiters();
     }
 
@@ -232,8 +319,13 @@ impl Registry {
     /// in flight finish (for at most `grace`), then the connection is closed. Returns how
     /// many were drained.
     pub fn drain_unless(&self, keep: impl Fn(&OriginConn) -> bool, grace: Duration) -> usize {
-        let doomed: Vec<Arc<OriginConn>> =
-            self.lock().iter().filter(|c| !keep(c)).cloned().collect();
+        let doomed: Vec<Arc<OriginConn>> = self
+            .read()
+            .conns
+            .values()
+            .filter(|c| !keep(c))
+            .cloned()
+            .collect();
         for conn in &doomed {
             conn.mark_closed();
             tracing::warn!(
@@ -256,7 +348,7 @@ impl Registry {
 
     /// Number of registered connections.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.read().conns.len()
     }
 
     /// Whether no origin is connected.
@@ -266,41 +358,33 @@ impl Registry {
 
     /// A snapshot of the registered connections.
     pub fn snapshot(&self) -> Vec<Arc<OriginConn>> {
-        self.lock().clone()
+        let mut all: Vec<Arc<OriginConn>> = self.read().conns.values().cloned().collect();
+        all.sort_by_key(|c| c.id);
+        all
     }
 
+    /// The index bucket of the request's host, then, only if nothing there matches, the
+    /// wildcard bucket one label up.
     fn pick(&self, target: &RequestTarget, avoid: Option<u64>) -> Pick {
-        let conns = self.lock();
-        let mut best_spec = None;
-        for c in conns.iter() {
-            if !c.is_usable() || Some(c.id) == avoid {
-                continue;
-            }
-            if let Some(s) = c.best_match(target) {
-                best_spec = best_spec.max(Some(s));
+        let index = self.read();
+        let host = target.host();
+        if let Some(bucket) = index.by_host.get(host) {
+            match pick_in(bucket, target, avoid) {
+                Pick::NoRoute => {}
+                found => return found,
             }
         }
-        let Some(spec) = best_spec else {
-            return Pick::NoRoute;
-        };
-        // Least outstanding requests relative to capacity, over the most specific scope.
-        // Capacity is read once per candidate: for HTTP/2 it asks the connection.
-        let mut candidates: Vec<(&Arc<OriginConn>, usize, usize)> = conns
-            .iter()
-            .filter(|c| c.is_usable() && Some(c.id) != avoid)
-            .filter(|c| c.best_match(target) == Some(spec))
-            .map(|c| (c, c.outstanding(), c.capacity().max(1)))
-            .filter(|(_, out, cap)| out < cap)
-            .collect();
-        candidates.sort_by(|(_, oa, ca), (_, ob, cb)| {
-            (*oa as u128 * *cb as u128).cmp(&(*ob as u128 * *ca as u128))
-        });
-        for (c, _, _) in candidates {
-            if c.try_reserve() {
-                return Pick::Got(c.clone());
+        // `*.` + the parent domain: a wildcard covers exactly one label (draft-bt §3, like
+        // a certificate wildcard). IP literals have no wildcard bucket.
+        match host.split_once('.') {
+            Some((label, parent)) if !label.is_empty() && !host.starts_with('[') => {
+                match index.by_host.get(&format!("*.{parent}")) {
+                    Some(bucket) => pick_in(bucket, target, avoid),
+                    None => Pick::NoRoute,
+                }
             }
+            _ => Pick::NoRoute,
         }
-        Pick::Busy
     }
 
     /// Reserves a slot on the best connection for `target`, waiting in the queue if all are
@@ -329,15 +413,54 @@ impl Registry {
                 Pick::NoRoute | Pick::Busy => {}
             }
             if permit.is_none() {
-                permit = Some(
-                    self.queue
-                        .try_acquire()
-                        .map_err(|_| RouteError::QueueFull)?,
-                );
+                // The global limit first, then the host's share of it.
+                let global = self
+                    .queue
+                    .try_acquire()
+                    .map_err(|_| RouteError::QueueFull)?;
+                let host = self
+                    .host_slot(target.host())
+                    .ok_or(RouteError::HostQueueFull)?;
+                permit = Some((global, host));
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return Err(RouteError::QueueTimeout);
             }
         }
     }
+}
+
+/// The best connection for `target` in `bucket`: the best-ranked scope, then the least
+/// outstanding requests relative to capacity.
+fn pick_in(bucket: &[Arc<OriginConn>], target: &RequestTarget, avoid: Option<u64>) -> Pick {
+    let mut best_spec = None;
+    for c in bucket.iter() {
+        if !c.is_usable() || Some(c.id) == avoid {
+            continue;
+        }
+        if let Some(s) = c.best_match(target) {
+            best_spec = best_spec.max(Some(s));
+        }
+    }
+    let Some(spec) = best_spec else {
+        return Pick::NoRoute;
+    };
+    // Least outstanding requests relative to capacity, over the most specific scope.
+    // Capacity is read once per candidate: for HTTP/2 it asks the connection.
+    let mut candidates: Vec<(&Arc<OriginConn>, usize, usize)> = bucket
+        .iter()
+        .filter(|c| c.is_usable() && Some(c.id) != avoid)
+        .filter(|c| c.best_match(target) == Some(spec))
+        .map(|c| (c, c.outstanding(), c.capacity().max(1)))
+        .filter(|(_, out, cap)| out < cap)
+        .collect();
+    candidates.sort_by(|(_, oa, ca), (_, ob, cb)| {
+        (*oa as u128 * *cb as u128).cmp(&(*ob as u128 * *ca as u128))
+    });
+    for (c, _, _) in candidates {
+        if c.try_reserve() {
+            return Pick::Got(c.clone());
+        }
+    }
+    Pick::Busy
 }
