@@ -4,7 +4,15 @@ use ptth_core::{Scope, SerializedOrigin};
 use rustls::pki_types::CertificateDer;
 
 use crate::cert::Leaf;
-use crate::grant::{normalize_prefix, Grant, OriginPattern};
+use crate::grant::{normalize_prefix, Grant, Grants, OriginPattern};
+
+/// The most origins one connection may register (a setup request, an authorisation
+/// answer, a certificate).
+pub const MAX_ORIGINS_PER_CONNECTION: usize = 64;
+
+/// The most path prefixes one connection may register. With
+/// [`MAX_ORIGINS_PER_CONNECTION`], a connection has at most 64 × 16 = 1 024 scopes.
+pub const MAX_PREFIXES_PER_CONNECTION: usize = 16;
 
 /// Why an authenticated origin may not have what it asked for: the gateway answers 403.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,6 +21,20 @@ pub enum Forbidden {
     /// Nothing was asked for.
     #[error("no origin was requested")]
     NoOrigins,
+    /// More origins or path prefixes than one connection may register.
+    #[error("at most {limit} {what} per connection; {claimed} were claimed")]
+    TooMany {
+        /// `origins` or `path prefixes`.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+        /// How many the origin asked for.
+        claimed: usize,
+    },
+    /// A wildcard or any-origin grant allows the origin, but another grant names its host
+    /// exactly, and exact names win.
+    #[error("{0}: its host is named exactly by a grant, so only a grant that names it may register it (a wildcard or \"*\" grant may not)")]
+    NamedElsewhere(SerializedOrigin),
     /// No grant of this credential allows the origin.
     #[error("the credential may not register {0}")]
     Origin(SerializedOrigin),
@@ -51,16 +73,23 @@ impl Forbidden {
 }
 
 /// Checks a requested set of origins and path prefixes against the grants an origin's
-/// credentials proved, and returns the routing scopes (every origin × every prefix).
+/// credentials proved (`matched`, out of all the gateway's `grants`), and returns the
+/// routing scopes (every origin × every prefix).
 ///
-/// Each origin must be allowed by one grant that also covers every requested prefix; a
-/// requested prefix is covered if it equals or lies under a granted prefix on a segment
-/// boundary. Any miss rejects the whole set, naming the first origin or prefix outside.
+/// At most [`MAX_ORIGINS_PER_CONNECTION`] origins and [`MAX_PREFIXES_PER_CONNECTION`]
+/// prefixes, checked before anything else. Each origin must be allowed by one grant that
+/// also covers every requested prefix; a requested prefix is covered if it equals or lies
+/// under a granted prefix on a segment boundary. A host that any grant names exactly may
+/// be registered only through a grant that names it exactly: wildcard and `*` grants cover
+/// the other hosts. Any miss rejects the whole set, naming the first origin or prefix
+/// outside.
 pub fn authorize(
-    grants: &[&Grant],
+    grants: &Grants,
+    matched: &[&Grant],
     origins: &[SerializedOrigin],
     path_prefixes: &[String],
 ) -> Result<Vec<Scope>, Forbidden> {
+    check_claim_size(origins.len(), path_prefixes.len())?;
     if origins.is_empty() {
         return Err(Forbidden::NoOrigins);
     }
@@ -77,8 +106,21 @@ pub fn authorize(
     // draft-kazuho-ptth-ptth-01 §"Security Considerations": "the gateway MUST check that the
     // authenticated origin is allowed to register each requested origin".
     for origin in origins {
-        let allowing: Vec<&&Grant> = grants.iter().filter(|g| g.allows_origin(origin)).collect();
+        let named = grants.names_host(origin.host());
+        let allowing: Vec<&&Grant> = matched
+            .iter()
+            .filter(|g| {
+                if named {
+                    g.names_origin(origin)
+                } else {
+                    g.allows_origin(origin)
+                }
+            })
+            .collect();
         if allowing.is_empty() {
+            if named && matched.iter().any(|g| g.allows_origin(origin)) {
+                return Err(Forbidden::NamedElsewhere(origin.clone()));
+            }
             return Err(Forbidden::Origin(origin.clone()));
         }
         let one_covers_all = allowing
@@ -106,6 +148,26 @@ pub fn authorize(
         }
     }
     Ok(scopes)
+}
+
+/// Refuses a claim of more origins or path prefixes than one connection may register.
+/// Cheap: callers that count before parsing call it first.
+pub fn check_claim_size(origins: usize, path_prefixes: usize) -> Result<(), Forbidden> {
+    if origins > MAX_ORIGINS_PER_CONNECTION {
+        return Err(Forbidden::TooMany {
+            what: "origins",
+            limit: MAX_ORIGINS_PER_CONNECTION,
+            claimed: origins,
+        });
+    }
+    if path_prefixes > MAX_PREFIXES_PER_CONNECTION {
+        return Err(Forbidden::TooMany {
+            what: "path prefixes",
+            limit: MAX_PREFIXES_PER_CONNECTION,
+            claimed: path_prefixes,
+        });
+    }
+    Ok(())
 }
 
 /// Checks every ORIGIN frame entry (`scheme://host[:port]`, wildcard `scheme://*.parent`
@@ -158,6 +220,26 @@ mod tests {
         }
     }
 
+    /// `authorize` with `matched` as every grant the gateway has.
+    fn auth(
+        matched: &[&Grant],
+        origins: &[SerializedOrigin],
+        prefixes: &[String],
+    ) -> Result<Vec<Scope>, Forbidden> {
+        let all = Grants::new(
+            matched
+                .iter()
+                .enumerate()
+                .map(|(i, g)| Grant {
+                    name: format!("g{i}"),
+                    ..(*g).clone()
+                })
+                .collect(),
+        )
+        .unwrap();
+        authorize(&all, matched, origins, prefixes)
+    }
+
     fn origins(list: &[&str]) -> Vec<SerializedOrigin> {
         list.iter().map(|o| o.parse().unwrap()).collect()
     }
@@ -169,7 +251,7 @@ mod tests {
     #[test]
     fn an_origin_outside_the_grant_rejects_the_whole_set() {
         let g = grant(&["https://app.example.com"], &["/"]);
-        let r = authorize(
+        let r = auth(
             &[&g],
             &origins(&["https://app.example.com", "https://evil.example.com"]),
             &prefixes(&["/"]),
@@ -188,23 +270,23 @@ mod tests {
         let g = grant(&["https://app.example.com"], &["/api"]);
         let o = origins(&["https://app.example.com"]);
         assert_eq!(
-            authorize(&[&g], &o, &prefixes(&["/apix"])),
+            auth(&[&g], &o, &prefixes(&["/apix"])),
             Err(Forbidden::PathPrefix {
                 origin: o[0].clone(),
                 prefix: "/apix".into()
             })
         );
         assert!(matches!(
-            authorize(&[&g], &o, &prefixes(&["/"])),
+            auth(&[&g], &o, &prefixes(&["/"])),
             Err(Forbidden::PathPrefix { .. })
         ));
         assert!(matches!(
-            authorize(&[&g], &o, &prefixes(&["/api/../admin"])),
+            auth(&[&g], &o, &prefixes(&["/api/../admin"])),
             Err(Forbidden::BadPathPrefix(_))
         ));
-        let scopes = authorize(&[&g], &o, &prefixes(&["/api", "/api/v2/"])).unwrap();
+        let scopes = auth(&[&g], &o, &prefixes(&["/api", "/api/v2/"])).unwrap();
         let shown: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-        assert_eq!(shown, vec!["app.example.com/api", "app.example.com/api/v2"]);
+        assert_eq!(shown, vec!["https://app.example.com/api", "https://app.example.com/api/v2"]);
     }
 
     #[test]
@@ -212,9 +294,9 @@ mod tests {
         let a = grant(&["https://app.example.com"], &["/a"]);
         let b = grant(&["https://app.example.com"], &["/b"]);
         let o = origins(&["https://app.example.com"]);
-        assert!(authorize(&[&a, &b], &o, &prefixes(&["/a"])).is_ok());
+        assert!(auth(&[&a, &b], &o, &prefixes(&["/a"])).is_ok());
         assert!(matches!(
-            authorize(&[&a, &b], &o, &prefixes(&["/a", "/b"])),
+            auth(&[&a, &b], &o, &prefixes(&["/a", "/b"])),
             Err(Forbidden::PathPrefix { prefix, .. }) if prefix == "/b"
         ));
     }
@@ -223,7 +305,7 @@ mod tests {
     fn different_origins_may_come_from_different_grants() {
         let a = grant(&["https://a.example"], &["/"]);
         let b = grant(&["https://*.b.example"], &["/"]);
-        let scopes = authorize(
+        let scopes = auth(
             &[&a, &b],
             &origins(&["https://a.example", "https://x.b.example:443"]),
             &prefixes(&["/"]),
@@ -238,12 +320,86 @@ mod tests {
     fn nothing_requested_or_nothing_granted() {
         let a = grant(&["*"], &["/"]);
         assert_eq!(
-            authorize(&[&a], &[], &prefixes(&["/"])),
+            auth(&[&a], &[], &prefixes(&["/"])),
             Err(Forbidden::NoOrigins)
         );
-        assert!(authorize(&[], &origins(&["https://a.example"]), &prefixes(&["/"])).is_err());
-        assert!(authorize(&[&a], &origins(&["https://a.example"]), &[]).is_err());
-        assert!(authorize(&[&a], &origins(&["https://a.example"]), &prefixes(&["api"])).is_err());
+        assert!(auth(&[], &origins(&["https://a.example"]), &prefixes(&["/"])).is_err());
+        assert!(auth(&[&a], &origins(&["https://a.example"]), &[]).is_err());
+        assert!(auth(&[&a], &origins(&["https://a.example"]), &prefixes(&["api"])).is_err());
+    }
+
+    #[test]
+    fn claims_over_the_limits_are_refused_before_anything_else() {
+        let any = grant(&["*"], &["/"]);
+        let many: Vec<String> = (0..100).map(|i| format!("https://h{i}.example")).collect();
+        let many = origins(&many.iter().map(String::as_str).collect::<Vec<_>>());
+        let e = auth(&[&any], &many, &prefixes(&["/"])).unwrap_err();
+        assert_eq!(
+            e,
+            Forbidden::TooMany {
+                what: "origins",
+                limit: 64,
+                claimed: 100
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "at most 64 origins per connection; 100 were claimed"
+        );
+        // Refused before the prefixes are even read (this one is malformed).
+        assert!(matches!(
+            auth(&[&any], &many, &prefixes(&["no-slash"])),
+            Err(Forbidden::TooMany { .. })
+        ));
+        let p: Vec<String> = (0..17).map(|i| format!("/p{i}")).collect();
+        let one = origins(&["https://a.example"]);
+        assert_eq!(
+            auth(&[&any], &one, &p).unwrap_err().to_string(),
+            "at most 16 path prefixes per connection; 17 were claimed"
+        );
+        // At the limits: 64 x 16 = 1 024 scopes.
+        let at: Vec<SerializedOrigin> = many[..64].to_vec();
+        assert_eq!(auth(&[&any], &at, &p[..16]).unwrap().len(), 1024);
+    }
+
+    #[test]
+    fn exact_names_win_over_wildcards_and_any() {
+        let exact = Grant {
+            name: "exact".into(),
+            ..grant(&["https://app.example.com"], &["/"])
+        };
+        let wild = Grant {
+            name: "wild".into(),
+            ..grant(&["https://*.example.com"], &["/"])
+        };
+        let any = Grant {
+            name: "any".into(),
+            ..grant(&["*"], &["/"])
+        };
+        let all = Grants::new(vec![exact.clone(), wild.clone(), any.clone()]).unwrap();
+        let app = origins(&["https://app.example.com"]);
+        let deep = prefixes(&["/admin/longer"]);
+        for g in [&wild, &any] {
+            let e = authorize(&all, &[g], &app, &deep).unwrap_err();
+            assert_eq!(e, Forbidden::NamedElsewhere(app[0].clone()), "{}", g.name);
+            assert!(e.to_string().contains("named exactly"), "{e}");
+            // Any scheme or port of that host: the host is what is named.
+            for o in ["http://app.example.com", "https://app.example.com:8443"] {
+                assert!(authorize(&all, &[g], &origins(&[o]), &deep).is_err(), "{o}");
+            }
+            // Positive twin: the same grant still covers hosts nobody names exactly.
+            let other = origins(&["https://other.example.com"]);
+            assert!(authorize(&all, &[g], &other, &deep).is_ok(), "{}", g.name);
+        }
+        assert!(authorize(&all, &[&exact], &app, &deep).is_ok());
+        let e = authorize(&all, &[&any], &origins(&["http://app.example.com:81"]), &deep);
+        assert!(matches!(e, Err(Forbidden::NamedElsewhere(_))), "{e:?}");
+        // Proving both an exact and a wildcard grant: the exact one covers it.
+        assert!(authorize(&all, &[&wild, &exact], &app, &deep).is_ok());
+        // Without the exact grant in force, the wildcard covers the host again.
+        let without = Grants::new(vec![wild.clone(), any.clone()]).unwrap();
+        assert!(authorize(&without, &[&wild], &app, &deep).is_ok());
+        assert!(all.names_host("App.Example.com.") || all.names_host("app.example.com."));
     }
 
     #[test]
