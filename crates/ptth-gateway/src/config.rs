@@ -73,6 +73,15 @@ pub struct Cli {
     /// wake-ups; see docs/operations.md.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Requests for one host that may wait for a busy origin at once (default 256), so one
+    /// slow tenant cannot fill the whole `--queue-limit` queue.
+    #[arg(long)]
+    pub queue_limit_per_host: Option<usize>,
+    /// Whether a request on the cleartext listener may reach an `https://` origin when no
+    /// `http://` origin serves it (default true: a TLS terminator in front of the cleartext
+    /// listener, and development). Requests over TLS never reach `http://` origins.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub cleartext_https_fallback: Option<bool>,
     /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
     #[arg(skip)]
     #[serde(skip)]
@@ -112,6 +121,10 @@ pub struct GatewayConfig {
     pub handshake_timeout: Duration,
     /// Pseudonym in `Via`.
     pub via_name: String,
+    /// Wait-queue length per request host.
+    pub queue_limit_per_host: usize,
+    /// Whether cleartext requests may fall back to `https://` scopes.
+    pub cleartext_https_fallback: bool,
 }
 
 impl GatewayConfig {
@@ -139,6 +152,8 @@ impl GatewayConfig {
             request_timeout: Duration::from_secs(60),
             handshake_timeout: Duration::from_secs(10),
             via_name: "ptth".to_string(),
+            queue_limit_per_host: 256,
+            cleartext_https_fallback: true,
         }
     }
 }
@@ -224,6 +239,12 @@ impl Cli {
         if let Some(s) = self.request_timeout {
             c.request_timeout = secs(s, "--request-timeout")?;
         }
+        if let Some(n) = self.queue_limit_per_host {
+            c.queue_limit_per_host = n;
+        }
+        if let Some(b) = self.cleartext_https_fallback {
+            c.cleartext_https_fallback = b;
+        }
         Ok((c, dev_files))
     }
 
@@ -249,6 +270,10 @@ impl Cli {
             request_timeout: self.request_timeout.or(file.request_timeout),
             log_format: self.log_format.or(file.log_format),
             threads: self.threads.or(file.threads),
+            queue_limit_per_host: self.queue_limit_per_host.or(file.queue_limit_per_host),
+            cleartext_https_fallback: self
+                .cleartext_https_fallback
+                .or(file.cleartext_https_fallback),
             file_merged: self.file_merged,
         }
     }

@@ -67,12 +67,14 @@ impl Gateway {
         let registry = Registry::new(QueueLimits {
             max_waiting: config.queue_limit,
             max_wait: config.queue_timeout,
+            max_waiting_per_host: config.queue_limit_per_host,
         });
         let proxy = proxy::Proxy::new(
             registry.clone(),
             proxy::ProxyConfig {
                 via_name: config.via_name.clone(),
                 request_timeout: config.request_timeout,
+                cleartext_https_fallback: config.cleartext_https_fallback,
             },
         );
         let ctx = Arc::new(tunnel::TunnelContext {
@@ -167,6 +169,7 @@ impl Gateway {
                     .collect();
                 !still.is_empty()
                     && ptth_auth::authorize(
+                        &grants,
                         &still,
                         &conn.admission.origins,
                         &conn.admission.path_prefixes,

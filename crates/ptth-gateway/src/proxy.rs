@@ -12,7 +12,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use ptth_core::RequestTarget;
+use ptth_core::{Arrival, RequestTarget};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -26,6 +26,9 @@ pub struct ProxyConfig {
     pub via_name: String,
     /// How long an origin may take to send response headers.
     pub request_timeout: Duration,
+    /// Whether a cleartext request may reach an `https://` scope when no `http://` scope
+    /// serves it (`--cleartext-https-fallback`).
+    pub cleartext_https_fallback: bool,
 }
 
 /// Routes public requests to origins.
@@ -42,6 +45,9 @@ pub struct ClientInfo {
     pub addr: SocketAddr,
     /// Whether the public connection is TLS.
     pub tls: bool,
+    /// The local port of the listener it arrived on (routing accepts it for default-port
+    /// origins).
+    pub local_port: u16,
 }
 
 impl Proxy {
@@ -60,8 +66,13 @@ impl Proxy {
         let websocket = is_websocket_upgrade(&req);
         let public_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let arrival = Arrival {
+            secure: client.tls,
+            listener_port: Some(client.local_port),
+            https_fallback: self.config.cleartext_https_fallback,
+        };
         let target = match RequestTarget::from_parts(&parts) {
-            Ok(t) => t,
+            Ok(t) => t.arrived(arrival),
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot route: {e}")),
         };
         let ws_key = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned();
@@ -86,7 +97,16 @@ impl Proxy {
                     return unavailable("no origin is connected for this host and path", 5)
                 }
                 Err(RouteError::QueueFull) => {
-                    return unavailable("every origin connection is busy and the queue is full", 1)
+                    return unavailable(
+                        "every origin connection is busy and the queue is full (--queue-limit)",
+                        1,
+                    )
+                }
+                Err(RouteError::HostQueueFull) => {
+                    return unavailable(
+                        "every origin connection for this host is busy and the host's share of the queue is full (--queue-limit-per-host)",
+                        1,
+                    )
                 }
                 Err(RouteError::QueueTimeout) => {
                     return unavailable("every origin connection stayed busy for the whole wait", 1)
@@ -534,6 +554,7 @@ mod tests {
             ClientInfo {
                 addr: "127.0.0.1:5000".parse().unwrap(),
                 tls: false,
+                local_port: 8080,
             },
             &target,
         );
@@ -559,6 +580,7 @@ mod tests {
             ClientInfo {
                 addr: "[::1]:5000".parse().unwrap(),
                 tls: true,
+                local_port: 8443,
             },
             &target,
         );

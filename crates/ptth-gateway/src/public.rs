@@ -30,17 +30,26 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
+        let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
         let proxy = proxy.clone();
         let acceptor = acceptor.clone();
         let alt_svc = alt_svc.clone();
         tokio::spawn(async move {
             match acceptor {
-                None => serve_conn(tcp, ClientInfo { addr, tls: false }, proxy, alt_svc).await,
+                None => serve_conn(tcp, ClientInfo {
+                        addr,
+                        tls: false,
+                        local_port,
+                    }, proxy, alt_svc).await,
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
                     {
                         Ok(Ok(tls)) => {
-                            serve_conn(tls, ClientInfo { addr, tls: true }, proxy, alt_svc).await
+                            serve_conn(tls, ClientInfo {
+                                addr,
+                                tls: true,
+                                local_port,
+                            }, proxy, alt_svc).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%addr, error = %e, "public TLS handshake failed")

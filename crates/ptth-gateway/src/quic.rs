@@ -384,6 +384,9 @@ async fn connect_setup(
 
 /// Serves public HTTP/3 clients until the endpoint closes.
 pub(crate) async fn serve_public(endpoint: quinn::Endpoint, proxy: Arc<Proxy>) {
+    // Bound on the public TLS listener's port number, which is what clients name in the
+    // authority when alt-svc brought them here.
+    let local_port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
     while let Some(incoming) = endpoint.accept().await {
         let proxy = proxy.clone();
         tokio::spawn(async move {
@@ -424,7 +427,16 @@ pub(crate) async fn serve_public(endpoint: quinn::Endpoint, proxy: Arc<Proxy>) {
                             "CONNECT is not supported on the public HTTP/3 listener",
                         )
                     } else {
-                        proxy.handle(req, ClientInfo { addr, tls: true }).await
+                        proxy
+                            .handle(
+                                req,
+                                ClientInfo {
+                                    addr,
+                                    tls: true,
+                                    local_port,
+                                },
+                            )
+                            .await
                     };
                     if let Err(e) = respond.send_response(res).await {
                         tracing::debug!(%addr, error = %e, "public HTTP/3 response failed");

@@ -71,7 +71,7 @@ pub(crate) fn check_origin(
     path_prefixes: &[String],
 ) -> Result<(Admission, Vec<Scope>), AuthError> {
     let matched = grants.authenticate(presented)?;
-    let scopes = ptth_auth::authorize(&matched, origins, path_prefixes)?;
+    let scopes = ptth_auth::authorize(grants, &matched, origins, path_prefixes)?;
     let names: Vec<String> = matched.iter().map(|g| g.name.clone()).collect();
     Ok((
         Admission {
