@@ -150,7 +150,11 @@ async fn an_http_grantee_never_receives_a_request_that_came_over_tls() {
     )
     .await
     .unwrap();
-    assert_eq!(res.status(), http::StatusCode::SERVICE_UNAVAILABLE, "{body:?}");
+    assert_eq!(
+        res.status(),
+        http::StatusCode::SERVICE_UNAVAILABLE,
+        "{body:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -318,7 +322,10 @@ async fn one_slow_host_cannot_fill_the_queue_for_all() {
     };
     let (res, _) = queued.await.unwrap().unwrap();
     assert_eq!(res.status(), http::StatusCode::OK);
-    assert_eq!(calm_held.await.unwrap().unwrap().0.status(), http::StatusCode::OK);
+    assert_eq!(
+        calm_held.await.unwrap().unwrap().0.status(),
+        http::StatusCode::OK
+    );
     for h in held {
         h.abort();
     }

@@ -463,8 +463,7 @@ origins = ["https://seven.example.com"]
             let proved = g.authenticate(&proof(&challenge, &exporter)).unwrap();
             assert_eq!(proved[0].name, "signer");
             let scopes =
-                crate::authorize(&g, &proved, answer.origins(), answer.path_prefixes())
-                    .unwrap();
+                crate::authorize(&g, &proved, answer.origins(), answer.path_prefixes()).unwrap();
             assert_eq!(scopes[0].to_string(), "https://s.example.com/api/v1");
             assert_eq!(
                 g.authenticate(&proof(&replayed, &exporter)).unwrap_err(),

@@ -286,7 +286,13 @@ mod tests {
         ));
         let scopes = auth(&[&g], &o, &prefixes(&["/api", "/api/v2/"])).unwrap();
         let shown: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-        assert_eq!(shown, vec!["https://app.example.com/api", "https://app.example.com/api/v2"]);
+        assert_eq!(
+            shown,
+            vec![
+                "https://app.example.com/api",
+                "https://app.example.com/api/v2"
+            ]
+        );
     }
 
     #[test]
@@ -392,7 +398,12 @@ mod tests {
             assert!(authorize(&all, &[g], &other, &deep).is_ok(), "{}", g.name);
         }
         assert!(authorize(&all, &[&exact], &app, &deep).is_ok());
-        let e = authorize(&all, &[&any], &origins(&["http://app.example.com:81"]), &deep);
+        let e = authorize(
+            &all,
+            &[&any],
+            &origins(&["http://app.example.com:81"]),
+            &deep,
+        );
         assert!(matches!(e, Err(Forbidden::NamedElsewhere(_))), "{e:?}");
         // Proving both an exact and a wildcard grant: the exact one covers it.
         assert!(authorize(&all, &[&wild, &exact], &app, &deep).is_ok());

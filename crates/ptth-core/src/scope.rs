@@ -657,17 +657,26 @@ mod tests {
         let on_8443 = Scope::from_origin(&on_8443, "/").unwrap();
         // Default port: no port, the scheme's default, the listener's port (8080 here).
         for host in ["app.example", "app.example:443", "app.example:8080"] {
-            assert!(default.matches(&arrived("/", Some(host), true, false)), "{host}");
+            assert!(
+                default.matches(&arrived("/", Some(host), true, false)),
+                "{host}"
+            );
         }
         // Cleartext request for an https scope: port 80 is the request's default.
         assert!(default.matches(&arrived("/", Some("app.example:80"), false, true)));
         for host in ["app.example:8443", "app.example:9999", "app.example:80"] {
-            assert!(!default.matches(&arrived("/", Some(host), true, false)), "{host}");
+            assert!(
+                !default.matches(&arrived("/", Some(host), true, false)),
+                "{host}"
+            );
         }
         // An explicit port matches only itself, even on the listener it names.
         assert!(on_8443.matches(&arrived("/", Some("app.example:8443"), true, false)));
         for host in ["app.example", "app.example:443", "app.example:8080"] {
-            assert!(!on_8443.matches(&arrived("/", Some(host), true, false)), "{host}");
+            assert!(
+                !on_8443.matches(&arrived("/", Some(host), true, false)),
+                "{host}"
+            );
         }
     }
 

@@ -408,4 +408,38 @@ threads = 3
             "{err}"
         );
     }
+
+    #[test]
+    fn routing_keys_default_and_parse() {
+        let base = [
+            "ptth-gateway",
+            "--listen",
+            "127.0.0.1:1",
+            "--tunnel",
+            "127.0.0.1:2",
+            "--cert",
+            "c",
+            "--key",
+            "k",
+            "--token",
+            "t0ken-for-routing-keys",
+        ];
+        let (c, _) = Cli::try_parse_from(base).unwrap().resolve().unwrap();
+        assert_eq!(c.queue_limit_per_host, 256);
+        assert!(c.cleartext_https_fallback);
+        let mut args = base.to_vec();
+        args.extend([
+            "--queue-limit-per-host",
+            "3",
+            "--cleartext-https-fallback",
+            "false",
+        ]);
+        let (c, _) = Cli::try_parse_from(args).unwrap().resolve().unwrap();
+        assert_eq!(c.queue_limit_per_host, 3);
+        assert!(!c.cleartext_https_fallback);
+        let file: Cli =
+            toml::from_str("queue-limit-per-host = 9\ncleartext-https-fallback = false\n").unwrap();
+        assert_eq!(file.queue_limit_per_host, Some(9));
+        assert_eq!(file.cleartext_https_fallback, Some(false));
+    }
 }

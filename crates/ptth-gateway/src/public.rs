@@ -36,20 +36,34 @@ pub async fn serve(
         let alt_svc = alt_svc.clone();
         tokio::spawn(async move {
             match acceptor {
-                None => serve_conn(tcp, ClientInfo {
-                        addr,
-                        tls: false,
-                        local_port,
-                    }, proxy, alt_svc).await,
+                None => {
+                    serve_conn(
+                        tcp,
+                        ClientInfo {
+                            addr,
+                            tls: false,
+                            local_port,
+                        },
+                        proxy,
+                        alt_svc,
+                    )
+                    .await
+                }
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
                     {
                         Ok(Ok(tls)) => {
-                            serve_conn(tls, ClientInfo {
-                                addr,
-                                tls: true,
-                                local_port,
-                            }, proxy, alt_svc).await
+                            serve_conn(
+                                tls,
+                                ClientInfo {
+                                    addr,
+                                    tls: true,
+                                    local_port,
+                                },
+                                proxy,
+                                alt_svc,
+                            )
+                            .await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%addr, error = %e, "public TLS handshake failed")

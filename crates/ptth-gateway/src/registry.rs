@@ -549,11 +549,20 @@ mod tests {
         let mut c = Conns::new(limits(8, 8, Duration::from_secs(5)));
         let other = c.add("https://other.example", "/").await;
         let app = c.add("https://app.example", "/").await;
-        let r = c.registry.acquire(&target("https://app.example/x"), None).await;
+        let r = c
+            .registry
+            .acquire(&target("https://app.example/x"), None)
+            .await;
         assert_eq!(r.unwrap().conn().id, app.id);
-        let r = c.registry.acquire(&target("https://other.example/x"), None).await;
+        let r = c
+            .registry
+            .acquire(&target("https://other.example/x"), None)
+            .await;
         assert_eq!(r.unwrap().conn().id, other.id);
-        let r = c.registry.acquire(&target("https://nobody.example/"), None).await;
+        let r = c
+            .registry
+            .acquire(&target("https://nobody.example/"), None)
+            .await;
         assert_eq!(r.unwrap_err(), RouteError::NoOrigin);
 
         // The wildcard bucket is read only when the exact bucket has nothing that matches,
@@ -571,11 +580,15 @@ mod tests {
         drop(r);
         c.registry.remove(app.id);
         let r = c.registry.acquire(&longer, None).await.unwrap();
-        assert_eq!(r.conn().id, wild.id, "then the wildcard bucket one label up");
+        assert_eq!(
+            r.conn().id,
+            wild.id,
+            "then the wildcard bucket one label up"
+        );
         drop(r);
         assert_eq!(c.registry.len(), 1);
         c.registry.remove(other.id);
-        assert!(c.registry.read().by_host.get("other.example").is_none());
+        assert!(!c.registry.read().by_host.contains_key("other.example"));
     }
 
     #[tokio::test]
@@ -607,7 +620,8 @@ mod tests {
         // served when its connection frees up.
         let calm_target = target("https://calm.example/");
         let (r2, t2) = (r.clone(), calm_target.clone());
-        let calm_waiter = tokio::spawn(async move { r2.acquire(&t2, None).await.map(|x| x.conn().id) });
+        let calm_waiter =
+            tokio::spawn(async move { r2.acquire(&t2, None).await.map(|x| x.conn().id) });
         waiting(&c.registry, "calm.example", 1).await;
         // The global limit (3) is now reached: named as such.
         let fourth = c.registry.acquire(&calm_target, None).await;
