@@ -302,6 +302,7 @@ origins = ["https://other.example.com"]
         let v = HeaderValue::from_static("Bearer app-t0ken");
         let proved = g.authenticate(&with_auth(&v)).unwrap();
         let r = crate::authorize(
+            &g,
             &proved,
             &["https://ops.example.com".parse().unwrap()],
             &["/".to_string()],
@@ -462,8 +463,8 @@ origins = ["https://seven.example.com"]
             let proved = g.authenticate(&proof(&challenge, &exporter)).unwrap();
             assert_eq!(proved[0].name, "signer");
             let scopes =
-                crate::authorize(&proved, answer.origins(), answer.path_prefixes()).unwrap();
-            assert_eq!(scopes[0].to_string(), "s.example.com/api/v1");
+                crate::authorize(&g, &proved, answer.origins(), answer.path_prefixes()).unwrap();
+            assert_eq!(scopes[0].to_string(), "https://s.example.com/api/v1");
             assert_eq!(
                 g.authenticate(&proof(&replayed, &exporter)).unwrap_err(),
                 AuthError::SignatureInvalid

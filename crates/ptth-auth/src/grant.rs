@@ -253,6 +253,14 @@ impl Grant {
         self.origins.iter().any(|p| p.matches(origin))
     }
 
+    /// Whether this grant names `origin` exactly ([`OriginPattern::Exact`]), not through a
+    /// wildcard or `*`.
+    pub fn names_origin(&self, origin: &SerializedOrigin) -> bool {
+        self.origins
+            .iter()
+            .any(|p| matches!(p, OriginPattern::Exact(_)) && p.matches(origin))
+    }
+
     /// Whether a requested, normalised path prefix is at or under one of this grant's
     /// prefixes on a segment boundary: `/api` covers `/api` and `/api/v2`, not `/apix`.
     pub fn covers_prefix(&self, requested: &str) -> bool {
@@ -461,6 +469,9 @@ impl GrantSpec {
 #[derive(Debug, Clone, Default)]
 pub struct Grants {
     grants: Vec<Grant>,
+    /// Every host some grant names exactly (lowercase, no root label): only a grant that
+    /// names it may register it.
+    exact_hosts: HashSet<String>,
 }
 
 impl Grants {
@@ -495,7 +506,7 @@ impl Grants {
             g.path_prefixes = prefixes.map_err(|e| invalid(e, &g))?;
             out.push(g);
         }
-        Ok(Self { grants: out })
+        Ok(Self::indexed(out))
     }
 
     /// Parses a document of `[[grant]]` tables (and nothing else).
@@ -540,7 +551,35 @@ impl Grants {
                 }
             })
             .collect();
-        Self { grants }
+        Self::indexed(grants)
+    }
+
+    fn indexed(grants: Vec<Grant>) -> Self {
+        let exact_hosts = grants
+            .iter()
+            .flat_map(|g| &g.origins)
+            .filter_map(|p| match p {
+                OriginPattern::Exact(o) => Some(strip_root(o.host()).to_owned()),
+                _ => None,
+            })
+            .collect();
+        Self {
+            grants,
+            exact_hosts,
+        }
+    }
+
+    /// Whether some grant names `host` exactly (exact names win over wildcards and `*`).
+    pub fn names_host(&self, host: &str) -> bool {
+        self.exact_hosts.contains(strip_root(host))
+    }
+
+    /// Whether some grant names exactly a host one label under `parent` (so a wildcard
+    /// scope `*.parent` would overlap a name that only its exact grant may serve).
+    pub fn names_host_under(&self, parent: &str) -> bool {
+        self.exact_hosts
+            .iter()
+            .any(|h| one_label_under(h, strip_root(parent)))
     }
 
     /// The grants, in configuration order.

@@ -10,7 +10,7 @@
 //! gateway config ──▶ Grants::from_toml ──▶ Grants ─┐          (names, identities, origins, prefixes)
 //! TLS: client_verifier(CA, grants.pinned_spki()) ──┤
 //! setup: Authorization / peer certs / ChallengeAnswer ──▶ Grants::authenticate ──▶ Vec<&Grant>
-//! claimed origins + prefixes ──▶ authorize(&grants, ..) ──▶ Vec<Scope> ──▶ Registry
+//! claimed origins + prefixes ──▶ authorize(&grants, &proved, ..) ──▶ Vec<Scope> ──▶ Registry
 //! draft-bt ORIGIN entries ──▶ check_origin_frame_against_cert(entries, leaf)
 //! ```
 //!
@@ -31,9 +31,9 @@
 //!     .authenticate(&Presented { authorization: Some(&header), ..Default::default() })
 //!     .unwrap();
 //! let origins = ["https://app.example.com".parse().unwrap()];
-//! let scopes = authorize(&proved, &origins, &["/api/v2".to_string()]).unwrap();
-//! assert_eq!(scopes[0].to_string(), "app.example.com/api/v2");
-//! assert!(authorize(&proved, &origins, &["/apix".to_string()]).is_err());
+//! let scopes = authorize(&grants, &proved, &origins, &["/api/v2".to_string()]).unwrap();
+//! assert_eq!(scopes[0].to_string(), "https://app.example.com/api/v2");
+//! assert!(authorize(&grants, &proved, &origins, &["/apix".to_string()]).is_err());
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -65,8 +65,8 @@ pub use challenge::{
 pub use credential::{BasicCredentials, OriginCredential};
 pub use grant::{Grant, GrantError, GrantSpec, Grants, Identity, OriginPattern, PatternError};
 pub use policy::{
-    authorize, check_origin_frame_against_cert, scopes_from_certificate, Forbidden,
-    MAX_CERTIFICATE_NAMES,
+    authorize, check_claim_size, check_origin_frame_against_cert, scopes_from_certificate,
+    Forbidden, MAX_CERTIFICATE_NAMES, MAX_ORIGINS_PER_CONNECTION, MAX_PREFIXES_PER_CONNECTION,
 };
 pub use tls::{
     client_verifier, danger_accept_any_gateway, gateway_verifier, pinned_gateway_verifier,

@@ -4,7 +4,15 @@ use ptth_core::{Scope, SerializedOrigin};
 use rustls::pki_types::CertificateDer;
 
 use crate::cert::Leaf;
-use crate::grant::{normalize_prefix, one_label_under, strip_root, Grant, OriginPattern};
+use crate::grant::{normalize_prefix, one_label_under, strip_root, Grant, Grants, OriginPattern};
+
+/// The most origins one connection may register (a setup request, an authorisation
+/// answer, a certificate).
+pub const MAX_ORIGINS_PER_CONNECTION: usize = 64;
+
+/// The most path prefixes one connection may register. With
+/// [`MAX_ORIGINS_PER_CONNECTION`], a connection has at most 64 × 16 = 1 024 scopes.
+pub const MAX_PREFIXES_PER_CONNECTION: usize = 16;
 
 /// Why an authenticated origin may not have what it asked for: the gateway answers 403.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -13,6 +21,20 @@ pub enum Forbidden {
     /// Nothing was asked for.
     #[error("no origin was requested")]
     NoOrigins,
+    /// More origins or path prefixes than one connection may register.
+    #[error("at most {limit} {what} per connection; {claimed} were claimed")]
+    TooMany {
+        /// `origins` or `path prefixes`.
+        what: &'static str,
+        /// The limit.
+        limit: usize,
+        /// How many the origin asked for.
+        claimed: usize,
+    },
+    /// A wildcard or any-origin grant allows the origin, but another grant names its host
+    /// exactly, and exact names win.
+    #[error("{0}: its host is named exactly by a grant, so only a grant that names it may register it (a wildcard or \"*\" grant may not)")]
+    NamedElsewhere(SerializedOrigin),
     /// No grant of this credential allows the origin.
     #[error("the credential may not register {0}")]
     Origin(SerializedOrigin),
@@ -63,16 +85,23 @@ impl Forbidden {
 }
 
 /// Checks a requested set of origins and path prefixes against the grants an origin's
-/// credentials proved, and returns the routing scopes (every origin × every prefix).
+/// credentials proved (`matched`, out of all the gateway's `grants`), and returns the
+/// routing scopes (every origin × every prefix).
 ///
-/// Each origin must be allowed by one grant that also covers every requested prefix; a
-/// requested prefix is covered if it equals or lies under a granted prefix on a segment
-/// boundary. Any miss rejects the whole set, naming the first origin or prefix outside.
+/// At most [`MAX_ORIGINS_PER_CONNECTION`] origins and [`MAX_PREFIXES_PER_CONNECTION`]
+/// prefixes, checked before anything else. Each origin must be allowed by one grant that
+/// also covers every requested prefix; a requested prefix is covered if it equals or lies
+/// under a granted prefix on a segment boundary. A host that any grant names exactly may
+/// be registered only through a grant that names it exactly: wildcard and `*` grants cover
+/// the other hosts. Any miss rejects the whole set, naming the first origin or prefix
+/// outside.
 pub fn authorize(
-    grants: &[&Grant],
+    grants: &Grants,
+    matched: &[&Grant],
     origins: &[SerializedOrigin],
     path_prefixes: &[String],
 ) -> Result<Vec<Scope>, Forbidden> {
+    check_claim_size(origins.len(), path_prefixes.len())?;
     if origins.is_empty() {
         return Err(Forbidden::NoOrigins);
     }
@@ -89,8 +118,21 @@ pub fn authorize(
     // draft-kazuho-ptth-ptth-01 §"Security Considerations": "the gateway MUST check that the
     // authenticated origin is allowed to register each requested origin".
     for origin in origins {
-        let allowing: Vec<&&Grant> = grants.iter().filter(|g| g.allows_origin(origin)).collect();
+        let named = grants.names_host(origin.host());
+        let allowing: Vec<&&Grant> = matched
+            .iter()
+            .filter(|g| {
+                if named {
+                    g.names_origin(origin)
+                } else {
+                    g.allows_origin(origin)
+                }
+            })
+            .collect();
         if allowing.is_empty() {
+            if named && matched.iter().any(|g| g.allows_origin(origin)) {
+                return Err(Forbidden::NamedElsewhere(origin.clone()));
+            }
             return Err(Forbidden::Origin(origin.clone()));
         }
         let one_covers_all = allowing
@@ -132,7 +174,13 @@ pub fn authorize(
 /// name one label under it, and a wildcard name with the same parent as a wildcard scope.
 /// The path prefixes are those of the grant that allowed the name (`/` unless the operator
 /// narrowed the grant). Nothing allowed is [`Forbidden::NoCertificateOrigin`].
+///
+/// Exact names win over wildcards here as in [`authorize`]: a name only a wildcard or `*`
+/// grant allows is skipped when a grant in `all` names that host exactly, and a wildcard
+/// name (`*.parent`) through such a grant is skipped when any host under it is named
+/// exactly, since its scope would route that host whenever its own origin is away.
 pub fn scopes_from_certificate(
+    all: &Grants,
     grants: &[&Grant],
     names: &[String],
 ) -> Result<Vec<Scope>, Forbidden> {
@@ -143,6 +191,14 @@ pub fn scopes_from_certificate(
     for name in names {
         for grant in grants {
             for pattern in &grant.origins {
+                let named_elsewhere = !matches!(pattern, OriginPattern::Exact(_))
+                    && match name.strip_prefix("*.") {
+                        Some(parent) => all.names_host_under(parent),
+                        None => all.names_host(name),
+                    };
+                if named_elsewhere {
+                    continue;
+                }
                 for prefix in &grant.path_prefixes {
                     if let Some(scope) = certificate_scope(name, pattern, prefix) {
                         if !scopes.contains(&scope) {
@@ -191,7 +247,12 @@ fn certificate_scope(name: &str, pattern: &OriginPattern, prefix: &str) -> Optio
         ) => (name.parse::<std::net::Ipv4Addr>().is_err()
             && !name.starts_with('[')
             && one_label_under(name, parent))
-        .then(|| Scope::new(&authority(name, scheme, *port), prefix).ok())
+        .then(|| {
+            format!("{scheme}://{}", authority(name, scheme, *port))
+                .parse::<SerializedOrigin>()
+                .ok()
+                .and_then(|o| Scope::from_origin(&o, prefix).ok())
+        })
         .flatten(),
         (
             Some(name_parent),
@@ -205,6 +266,26 @@ fn certificate_scope(name: &str, pattern: &OriginPattern, prefix: &str) -> Optio
             .then(|| Scope::wildcard(&authority(parent, scheme, *port), prefix).ok())
             .flatten(),
     }
+}
+
+/// Refuses a claim of more origins or path prefixes than one connection may register.
+/// Cheap: callers that count before parsing call it first.
+pub fn check_claim_size(origins: usize, path_prefixes: usize) -> Result<(), Forbidden> {
+    if origins > MAX_ORIGINS_PER_CONNECTION {
+        return Err(Forbidden::TooMany {
+            what: "origins",
+            limit: MAX_ORIGINS_PER_CONNECTION,
+            claimed: origins,
+        });
+    }
+    if path_prefixes > MAX_PREFIXES_PER_CONNECTION {
+        return Err(Forbidden::TooMany {
+            what: "path prefixes",
+            limit: MAX_PREFIXES_PER_CONNECTION,
+            claimed: path_prefixes,
+        });
+    }
+    Ok(())
 }
 
 /// Checks every ORIGIN frame entry (`scheme://host[:port]`, wildcard `scheme://*.parent`
@@ -257,6 +338,26 @@ mod tests {
         }
     }
 
+    /// `authorize` with `matched` as every grant the gateway has.
+    fn auth(
+        matched: &[&Grant],
+        origins: &[SerializedOrigin],
+        prefixes: &[String],
+    ) -> Result<Vec<Scope>, Forbidden> {
+        let all = Grants::new(
+            matched
+                .iter()
+                .enumerate()
+                .map(|(i, g)| Grant {
+                    name: format!("g{i}"),
+                    ..(*g).clone()
+                })
+                .collect(),
+        )
+        .unwrap();
+        authorize(&all, matched, origins, prefixes)
+    }
+
     fn origins(list: &[&str]) -> Vec<SerializedOrigin> {
         list.iter().map(|o| o.parse().unwrap()).collect()
     }
@@ -268,7 +369,7 @@ mod tests {
     #[test]
     fn an_origin_outside_the_grant_rejects_the_whole_set() {
         let g = grant(&["https://app.example.com"], &["/"]);
-        let r = authorize(
+        let r = auth(
             &[&g],
             &origins(&["https://app.example.com", "https://evil.example.com"]),
             &prefixes(&["/"]),
@@ -287,23 +388,29 @@ mod tests {
         let g = grant(&["https://app.example.com"], &["/api"]);
         let o = origins(&["https://app.example.com"]);
         assert_eq!(
-            authorize(&[&g], &o, &prefixes(&["/apix"])),
+            auth(&[&g], &o, &prefixes(&["/apix"])),
             Err(Forbidden::PathPrefix {
                 origin: o[0].clone(),
                 prefix: "/apix".into()
             })
         );
         assert!(matches!(
-            authorize(&[&g], &o, &prefixes(&["/"])),
+            auth(&[&g], &o, &prefixes(&["/"])),
             Err(Forbidden::PathPrefix { .. })
         ));
         assert!(matches!(
-            authorize(&[&g], &o, &prefixes(&["/api/../admin"])),
+            auth(&[&g], &o, &prefixes(&["/api/../admin"])),
             Err(Forbidden::BadPathPrefix(_))
         ));
-        let scopes = authorize(&[&g], &o, &prefixes(&["/api", "/api/v2/"])).unwrap();
+        let scopes = auth(&[&g], &o, &prefixes(&["/api", "/api/v2/"])).unwrap();
         let shown: Vec<String> = scopes.iter().map(|s| s.to_string()).collect();
-        assert_eq!(shown, vec!["app.example.com/api", "app.example.com/api/v2"]);
+        assert_eq!(
+            shown,
+            vec![
+                "https://app.example.com/api",
+                "https://app.example.com/api/v2"
+            ]
+        );
     }
 
     #[test]
@@ -311,9 +418,9 @@ mod tests {
         let a = grant(&["https://app.example.com"], &["/a"]);
         let b = grant(&["https://app.example.com"], &["/b"]);
         let o = origins(&["https://app.example.com"]);
-        assert!(authorize(&[&a, &b], &o, &prefixes(&["/a"])).is_ok());
+        assert!(auth(&[&a, &b], &o, &prefixes(&["/a"])).is_ok());
         assert!(matches!(
-            authorize(&[&a, &b], &o, &prefixes(&["/a", "/b"])),
+            auth(&[&a, &b], &o, &prefixes(&["/a", "/b"])),
             Err(Forbidden::PathPrefix { prefix, .. }) if prefix == "/b"
         ));
     }
@@ -322,7 +429,7 @@ mod tests {
     fn different_origins_may_come_from_different_grants() {
         let a = grant(&["https://a.example"], &["/"]);
         let b = grant(&["https://*.b.example"], &["/"]);
-        let scopes = authorize(
+        let scopes = auth(
             &[&a, &b],
             &origins(&["https://a.example", "https://x.b.example:443"]),
             &prefixes(&["/"]),
@@ -337,12 +444,91 @@ mod tests {
     fn nothing_requested_or_nothing_granted() {
         let a = grant(&["*"], &["/"]);
         assert_eq!(
-            authorize(&[&a], &[], &prefixes(&["/"])),
+            auth(&[&a], &[], &prefixes(&["/"])),
             Err(Forbidden::NoOrigins)
         );
-        assert!(authorize(&[], &origins(&["https://a.example"]), &prefixes(&["/"])).is_err());
-        assert!(authorize(&[&a], &origins(&["https://a.example"]), &[]).is_err());
-        assert!(authorize(&[&a], &origins(&["https://a.example"]), &prefixes(&["api"])).is_err());
+        assert!(auth(&[], &origins(&["https://a.example"]), &prefixes(&["/"])).is_err());
+        assert!(auth(&[&a], &origins(&["https://a.example"]), &[]).is_err());
+        assert!(auth(&[&a], &origins(&["https://a.example"]), &prefixes(&["api"])).is_err());
+    }
+
+    #[test]
+    fn claims_over_the_limits_are_refused_before_anything_else() {
+        let any = grant(&["*"], &["/"]);
+        let many: Vec<String> = (0..100).map(|i| format!("https://h{i}.example")).collect();
+        let many = origins(&many.iter().map(String::as_str).collect::<Vec<_>>());
+        let e = auth(&[&any], &many, &prefixes(&["/"])).unwrap_err();
+        assert_eq!(
+            e,
+            Forbidden::TooMany {
+                what: "origins",
+                limit: 64,
+                claimed: 100
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "at most 64 origins per connection; 100 were claimed"
+        );
+        // Refused before the prefixes are even read (this one is malformed).
+        assert!(matches!(
+            auth(&[&any], &many, &prefixes(&["no-slash"])),
+            Err(Forbidden::TooMany { .. })
+        ));
+        let p: Vec<String> = (0..17).map(|i| format!("/p{i}")).collect();
+        let one = origins(&["https://a.example"]);
+        assert_eq!(
+            auth(&[&any], &one, &p).unwrap_err().to_string(),
+            "at most 16 path prefixes per connection; 17 were claimed"
+        );
+        // At the limits: 64 x 16 = 1 024 scopes.
+        let at: Vec<SerializedOrigin> = many[..64].to_vec();
+        assert_eq!(auth(&[&any], &at, &p[..16]).unwrap().len(), 1024);
+    }
+
+    #[test]
+    fn exact_names_win_over_wildcards_and_any() {
+        let exact = Grant {
+            name: "exact".into(),
+            ..grant(&["https://app.example.com"], &["/"])
+        };
+        let wild = Grant {
+            name: "wild".into(),
+            ..grant(&["https://*.example.com"], &["/"])
+        };
+        let any = Grant {
+            name: "any".into(),
+            ..grant(&["*"], &["/"])
+        };
+        let all = Grants::new(vec![exact.clone(), wild.clone(), any.clone()]).unwrap();
+        let app = origins(&["https://app.example.com"]);
+        let deep = prefixes(&["/admin/longer"]);
+        for g in [&wild, &any] {
+            let e = authorize(&all, &[g], &app, &deep).unwrap_err();
+            assert_eq!(e, Forbidden::NamedElsewhere(app[0].clone()), "{}", g.name);
+            assert!(e.to_string().contains("named exactly"), "{e}");
+            // Any scheme or port of that host: the host is what is named.
+            for o in ["http://app.example.com", "https://app.example.com:8443"] {
+                assert!(authorize(&all, &[g], &origins(&[o]), &deep).is_err(), "{o}");
+            }
+            // Positive twin: the same grant still covers hosts nobody names exactly.
+            let other = origins(&["https://other.example.com"]);
+            assert!(authorize(&all, &[g], &other, &deep).is_ok(), "{}", g.name);
+        }
+        assert!(authorize(&all, &[&exact], &app, &deep).is_ok());
+        let e = authorize(
+            &all,
+            &[&any],
+            &origins(&["http://app.example.com:81"]),
+            &deep,
+        );
+        assert!(matches!(e, Err(Forbidden::NamedElsewhere(_))), "{e:?}");
+        // Proving both an exact and a wildcard grant: the exact one covers it.
+        assert!(authorize(&all, &[&wild, &exact], &app, &deep).is_ok());
+        // Without the exact grant in force, the wildcard covers the host again.
+        let without = Grants::new(vec![wild.clone(), any.clone()]).unwrap();
+        assert!(authorize(&without, &[&wild], &app, &deep).is_ok());
+        assert!(all.names_host("App.Example.com.") || all.names_host("app.example.com."));
     }
 
     fn shown(scopes: &[Scope]) -> Vec<String> {
@@ -358,17 +544,17 @@ mod tests {
         let dev_like = grant(&["https://*.localhost"], &["/"]);
         let cert = names(&["localhost", "*.localhost"]);
         // `localhost` is not one label under `localhost`: only the wildcard survives.
-        let scopes = scopes_from_certificate(&[&dev_like], &cert).unwrap();
-        assert_eq!(shown(&scopes), vec!["*.localhost/"]);
+        let scopes = scopes_from_certificate(&Grants::default(), &[&dev_like], &cert).unwrap();
+        assert_eq!(shown(&scopes), vec!["https://*.localhost/"]);
         assert!(scopes[0].is_wildcard());
 
         let any = grant(&["*"], &["/"]);
         let scopes =
-            scopes_from_certificate(&[&any], &names(&["a.example", "*.b.example", "127.0.0.1"]))
+            scopes_from_certificate(&Grants::default(), &[&any], &names(&["a.example", "*.b.example", "127.0.0.1"]))
                 .unwrap();
         assert_eq!(
             shown(&scopes),
-            vec!["a.example/", "*.b.example/", "127.0.0.1/"]
+            vec!["https://a.example/", "https://*.b.example/", "https://127.0.0.1/"]
         );
 
         // An exact grant narrows a wildcard name to the one host, with the grant's port.
@@ -376,22 +562,22 @@ mod tests {
             &["https://app.example:8443", "https://other.example"],
             &["/api"],
         );
-        let scopes = scopes_from_certificate(&[&exact], &names(&["*.example"])).unwrap();
+        let scopes = scopes_from_certificate(&Grants::default(), &[&exact], &names(&["*.example"])).unwrap();
         assert_eq!(
             shown(&scopes),
-            vec!["app.example:8443/api", "other.example/api"]
+            vec!["https://app.example:8443/api", "https://other.example/api"]
         );
 
         // A wildcard grant keeps exact names one label under it, on its port.
         let wild = grant(&["https://*.example:8443"], &["/"]);
         let scopes =
-            scopes_from_certificate(&[&wild], &names(&["a.example", "a.b.example", "example"]))
+            scopes_from_certificate(&Grants::default(), &[&wild], &names(&["a.example", "a.b.example", "example"]))
                 .unwrap();
-        assert_eq!(shown(&scopes), vec!["a.example:8443/"]);
+        assert_eq!(shown(&scopes), vec!["https://a.example:8443/"]);
 
         // Several grants: the union, without duplicates.
-        let scopes = scopes_from_certificate(&[&dev_like, &any], &cert).unwrap();
-        assert_eq!(shown(&scopes), vec!["localhost/", "*.localhost/"]);
+        let scopes = scopes_from_certificate(&Grants::default(), &[&dev_like, &any], &cert).unwrap();
+        assert_eq!(shown(&scopes), vec!["https://localhost/", "https://*.localhost/"]);
     }
 
     #[test]
@@ -406,16 +592,42 @@ mod tests {
             names(&["127.0.0.1"]),
             Vec::new(),
         ] {
-            let r = scopes_from_certificate(&[&g], &cert);
+            let r = scopes_from_certificate(&Grants::default(), &[&g], &cert);
             assert_eq!(
                 r,
                 Err(Forbidden::NoCertificateOrigin(cert.join(", "))),
                 "{cert:?}"
             );
         }
-        assert!(scopes_from_certificate(&[], &names(&["app.example.com"])).is_err());
+        assert!(scopes_from_certificate(&Grants::default(), &[], &names(&["app.example.com"])).is_err());
         assert!(r_is_err_with_many_names(&g));
         assert!(r_is_err_with_many_names(&grant(&["*"], &["/"])));
+    }
+
+    #[test]
+    fn certificate_names_do_not_take_hosts_another_grant_names_exactly() {
+        let exact = Grant {
+            name: "exact".into(),
+            ..grant(&["https://app.example.com"], &["/"])
+        };
+        let any = Grant {
+            name: "any".into(),
+            ..grant(&["*"], &["/"])
+        };
+        let all = Grants::new(vec![exact.clone(), any.clone()]).unwrap();
+        let cert = names(&["app.example.com", "*.example.com", "other.example.org"]);
+        // Through `*`: neither the named host nor a wildcard over it; the rest stays.
+        let scopes = scopes_from_certificate(&all, &[&any], &cert).unwrap();
+        assert_eq!(shown(&scopes), vec!["https://other.example.org/"]);
+        // Positive twin: the exact grant itself still yields its host.
+        let scopes = scopes_from_certificate(&all, &[&exact], &cert).unwrap();
+        assert_eq!(shown(&scopes), vec!["https://app.example.com/"]);
+        // Without the exact grant in force, `*` covers them all again.
+        let without = Grants::new(vec![any.clone()]).unwrap();
+        assert_eq!(
+            scopes_from_certificate(&without, &[&any], &cert).unwrap().len(),
+            3
+        );
     }
 
     fn r_is_err_with_many_names(g: &Grant) -> bool {
@@ -423,7 +635,7 @@ mod tests {
             .map(|i| format!("h{i}.example.com"))
             .collect();
         matches!(
-            scopes_from_certificate(&[g], &many),
+            scopes_from_certificate(&Grants::default(), &[g], &many),
             Err(Forbidden::TooManyCertificateNames(n)) if n == MAX_CERTIFICATE_NAMES + 1
         )
     }

@@ -104,7 +104,7 @@ pub use mechanism::{
 };
 pub use origin::{default_port, OriginError, SerializedOrigin};
 pub use origin_frame::{OriginEntry, OriginFrame, OriginFrameError};
-pub use scope::{RequestTarget, Scope, ScopeError, Specificity};
+pub use scope::{Arrival, RequestTarget, Scope, ScopeError, Specificity};
 pub use setup::{
     connect_request, connect_response, legacy_request, legacy_response, options_request,
     options_response, upgrade_request, upgrade_response, validate_connect_request,

@@ -1,8 +1,18 @@
 //! Scopes: which public requests the gateway may route to a reversed connection.
 //!
 //! Routing model: the gateway routes on host name, like an nginx `server_name`, plus
-//! an optional port and a path prefix. A [`Scope`] comes from a grant (what the
-//! authenticated origin may serve); a [`RequestTarget`] from the public request.
+//! the scheme, an optional port and a path prefix. A [`Scope`] comes from a grant (what the
+//! authenticated origin may serve); a [`RequestTarget`] from the public request and the
+//! listener it arrived on ([`Arrival`]).
+//!
+//! Scheme and port rules (docs/operations.md "Routing"):
+//! - a request that arrived over TLS or QUIC (`https`) never matches an `http://` scope;
+//! - a request that arrived in cleartext (`http`) matches `http://` scopes, and `https://`
+//!   scopes only as a fallback ([`Arrival::https_fallback`]), ranked below every `http://`
+//!   match;
+//! - a scope with an explicit non-default port matches only requests for that port; a
+//!   default-port scope matches requests with no port, the default port of its scheme or
+//!   of the request's scheme, or the port of the listener the request arrived on.
 //!
 //! Paths are compared after a conservative normalisation: percent-encoded unreserved
 //! characters are decoded and other percent-encodings get uppercase hex (RFC 3986
@@ -57,7 +67,7 @@ pub enum ScopeError {
     BadPath(String),
 }
 
-/// A routing scope: host, optional port, path prefix.
+/// A routing scope: scheme, host, optional port, path prefix.
 ///
 /// The host is a DNS name or IP literal, or a wildcard `*.parent` ([`Scope::wildcard`])
 /// that matches a request host with exactly one more label, as a certificate's wildcard
@@ -66,20 +76,48 @@ pub enum ScopeError {
 /// label", and `*` matches one label only).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Scope {
+    scheme: String,
     host: String,
     port: Option<u16>,
     path_prefix: String,
 }
 
-/// How specific a scope is; larger is more specific. Compare to prefer an exact host over
-/// a wildcard host whatever the paths (exact names win over wildcards), then the longest
-/// matching path prefix, then a scope with an explicit port.
+/// How well a scope fits a request; larger is better. Compare to prefer an exact host over
+/// a wildcard host whatever the paths (exact names win over wildcards), then a scope of the
+/// request's own scheme (over an `https://` fallback for a cleartext request), then the
+/// longest matching path prefix, then a scope with an explicit port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Specificity {
     // Field order is the comparison order (derived `Ord`).
     exact_host: bool,
+    scheme_exact: bool,
     path_len: usize,
     port_specific: bool,
+}
+
+/// How a public request reached the gateway: what routing may rely on for its scheme and
+/// port. The request's own `:scheme` is not trusted for this.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Arrival {
+    /// Whether it arrived over TLS or QUIC (`https`) rather than cleartext (`http`).
+    pub secure: bool,
+    /// The port clients address the listener by (its local port).
+    pub listener_port: Option<u16>,
+    /// For a cleartext request: whether `https://` scopes serve it when no `http://`
+    /// scope does (a TLS terminator in front of the cleartext listener).
+    pub https_fallback: bool,
+}
+
+impl Default for Arrival {
+    /// Until told otherwise a request counts as `https`, the strict case: it never reaches
+    /// an `http://` scope.
+    fn default() -> Self {
+        Self {
+            secure: true,
+            listener_port: None,
+            https_fallback: false,
+        }
+    }
 }
 
 /// The routing-relevant part of a public request.
@@ -88,6 +126,7 @@ pub struct RequestTarget {
     host: String,
     port: Option<u16>,
     path: String,
+    arrival: Arrival,
 }
 
 fn parse_authority(text: &str) -> Result<(String, Option<u16>), ScopeError> {
@@ -162,9 +201,11 @@ impl Scope {
     /// A scope for `host_or_authority` (`app.example`, `app.example:8443`,
     /// `[::1]:8080`) under `path_prefix` (empty means `/`; a missing leading `/` is
     /// added; a trailing `/` is dropped, so `/api/` and `/api` are the same scope).
+    /// The scope is `https`.
     pub fn new(host_or_authority: &str, path_prefix: &str) -> Result<Self, ScopeError> {
         let (host, port) = parse_authority(host_or_authority)?;
         Ok(Self {
+            scheme: "https".to_owned(),
             host,
             port,
             path_prefix: normalize_prefix(path_prefix)?,
@@ -176,6 +217,7 @@ impl Scope {
     pub fn from_origin(origin: &SerializedOrigin, path_prefix: &str) -> Result<Self, ScopeError> {
         let (host, _) = parse_authority(origin.host())?;
         Ok(Self {
+            scheme: origin.scheme().to_owned(),
             host,
             port: (!origin.has_default_port()).then_some(origin.port()),
             path_prefix: normalize_prefix(path_prefix)?,
@@ -184,17 +226,24 @@ impl Scope {
 
     /// A wildcard scope: every host that is one DNS label followed by `.parent`
     /// (`parent_or_authority` is `example.com` or `example.com:8443`; not an IP literal).
-    /// Its [`Scope::host`] is `*.parent`.
+    /// Its [`Scope::host`] is `*.parent`; its scheme is `https` (wildcards come from
+    /// certificate names and `https://*.parent` grants).
     pub fn wildcard(parent_or_authority: &str, path_prefix: &str) -> Result<Self, ScopeError> {
         let (parent, port) = parse_authority(parent_or_authority)?;
         if parent.starts_with('[') || parent.parse::<std::net::Ipv4Addr>().is_ok() {
             return Err(ScopeError::BadHost(format!("*.{parent}")));
         }
         Ok(Self {
+            scheme: "https".to_string(),
             host: format!("*.{parent}"),
             port,
             path_prefix: normalize_prefix(path_prefix)?,
         })
+    }
+
+    /// The lowercase scheme of the origin (`https` for [`Scope::new`]).
+    pub fn scheme(&self) -> &str {
+        &self.scheme
     }
 
     /// The lowercase host (IPv6 in brackets), or `*.parent` for a wildcard scope.
@@ -207,7 +256,7 @@ impl Scope {
         self.host.starts_with("*.")
     }
 
-    /// The port, or `None` for any port.
+    /// The port, or `None` for the default port (see the module documentation).
     pub fn port(&self) -> Option<u16> {
         self.port
     }
@@ -219,26 +268,49 @@ impl Scope {
 
     /// Whether a request may be routed to this scope.
     pub fn matches(&self, target: &RequestTarget) -> bool {
+        self.rank(target).is_some()
+    }
+
+    /// How well this scope fits `target`, or `None` if it does not match at all.
+    pub fn rank(&self, target: &RequestTarget) -> Option<Specificity> {
+        let scheme_exact = match (target.arrival.secure, is_secure(&self.scheme)) {
+            // Never hand TLS traffic to an origin that registered a cleartext origin.
+            (true, false) => return None,
+            (false, true) if !target.arrival.https_fallback => return None,
+            (secure, scope_secure) => secure == scope_secure,
+        };
         let host_matches = match self.host.strip_prefix("*.") {
             Some(parent) => one_label_under(&target.host, parent),
             None => self.host.eq_ignore_ascii_case(&target.host),
         };
         if !host_matches {
-            return false;
+            return None;
         }
-        if let Some(port) = self.port {
+        let port_ok = match (self.port, target.port) {
             // An unknown request port never matches a port-specific scope.
-            if target.port != Some(port) {
-                return false;
+            (Some(port), requested) => requested == Some(port),
+            (None, None) => true,
+            (None, Some(p)) => {
+                Some(p) == origin::default_port(&self.scheme)
+                    || Some(p) == origin::default_port(target.scheme())
+                    || Some(p) == target.arrival.listener_port
             }
+        };
+        if !port_ok || !path_has_prefix(&target.path, &self.path_prefix) {
+            return None;
         }
-        path_has_prefix(&target.path, &self.path_prefix)
+        Some(Specificity {
+            scheme_exact,
+            ..self.specificity()
+        })
     }
 
-    /// How specific this scope is, for longest-prefix preference.
+    /// How specific this scope is, for longest-prefix preference (for a request of its
+    /// own scheme).
     pub fn specificity(&self) -> Specificity {
         Specificity {
             exact_host: !self.is_wildcard(),
+            scheme_exact: true,
             path_len: if self.path_prefix == "/" {
                 0
             } else {
@@ -249,9 +321,13 @@ impl Scope {
     }
 }
 
+fn is_secure(scheme: &str) -> bool {
+    matches!(scheme, "https" | "wss")
+}
+
 impl fmt::Display for Scope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.host)?;
+        write!(f, "{}://{}", self.scheme, self.host)?;
         if let Some(port) = self.port {
             write!(f, ":{port}")?;
         }
@@ -320,6 +396,26 @@ impl RequestTarget {
     pub fn with_default_port(mut self, port: u16) -> Self {
         self.port.get_or_insert(port);
         self
+    }
+
+    /// Records how the request reached the gateway (scheme and listener port for routing).
+    pub fn arrived(mut self, arrival: Arrival) -> Self {
+        self.arrival = arrival;
+        self
+    }
+
+    /// How the request reached the gateway.
+    pub fn arrival(&self) -> Arrival {
+        self.arrival
+    }
+
+    /// `https` or `http`, as the request reached the gateway.
+    pub fn scheme(&self) -> &'static str {
+        if self.arrival.secure {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The lowercase host (IPv6 in brackets).
@@ -397,6 +493,7 @@ fn from_uri_and_headers(uri: &Uri, headers: &HeaderMap) -> Result<RequestTarget,
         host,
         port: port.or(scheme_default),
         path,
+        arrival: Arrival::default(),
     })
 }
 
@@ -572,7 +669,7 @@ mod tests {
         let s = Scope::wildcard("Example.COM", "/").unwrap();
         assert_eq!(s.host(), "*.example.com");
         assert!(s.is_wildcard());
-        assert_eq!(s.to_string(), "*.example.com/");
+        assert_eq!(s.to_string(), "https://*.example.com/");
         assert!(s.matches(&t("https://a.example.com/x")));
         assert!(s.matches(&t("https://A.Example.Com/")));
         assert!(!s.matches(&t("https://example.com/")));
@@ -598,6 +695,71 @@ mod tests {
         assert!(exact_root.specificity() > wild_deep.specificity());
         let wild_root = Scope::wildcard("example.com", "/").unwrap();
         assert!(wild_root.specificity() < wild_deep.specificity());
+    }
+
+    fn arrived(uri: &str, host: Option<&str>, secure: bool, fallback: bool) -> RequestTarget {
+        target(uri, host).unwrap().arrived(Arrival {
+            secure,
+            listener_port: Some(8080),
+            https_fallback: fallback,
+        })
+    }
+
+    #[test]
+    fn scheme_is_part_of_the_match() {
+        let http: SerializedOrigin = "http://app.example".parse().unwrap();
+        let https: SerializedOrigin = "https://app.example".parse().unwrap();
+        let http = Scope::from_origin(&http, "/").unwrap();
+        let https = Scope::from_origin(&https, "/").unwrap();
+        assert_eq!(http.to_string(), "http://app.example/");
+        // TLS traffic never reaches an http:// scope.
+        let tls = arrived("/x", Some("app.example"), true, true);
+        assert_eq!(tls.scheme(), "https");
+        assert!(!http.matches(&tls));
+        assert!(https.matches(&tls));
+        // Cleartext: http:// scopes, and https:// only as a ranked-lower fallback.
+        let clear = arrived("/x", Some("app.example"), false, true);
+        assert_eq!(clear.scheme(), "http");
+        assert!(http.matches(&clear) && https.matches(&clear));
+        assert!(http.rank(&clear) > https.rank(&clear));
+        let longer = Scope::from_origin(&"https://app.example".parse().unwrap(), "/x").unwrap();
+        assert!(http.rank(&clear) > longer.rank(&clear));
+        let strict = arrived("/x", Some("app.example"), false, false);
+        assert!(http.matches(&strict));
+        assert!(!https.matches(&strict));
+        // A target nobody described counts as https.
+        assert!(!http.matches(&t("http://app.example/")));
+    }
+
+    #[test]
+    fn port_rules() {
+        let https: SerializedOrigin = "https://app.example".parse().unwrap();
+        let default = Scope::from_origin(&https, "/").unwrap();
+        let on_8443: SerializedOrigin = "https://app.example:8443".parse().unwrap();
+        let on_8443 = Scope::from_origin(&on_8443, "/").unwrap();
+        // Default port: no port, the scheme's default, the listener's port (8080 here).
+        for host in ["app.example", "app.example:443", "app.example:8080"] {
+            assert!(
+                default.matches(&arrived("/", Some(host), true, false)),
+                "{host}"
+            );
+        }
+        // Cleartext request for an https scope: port 80 is the request's default.
+        assert!(default.matches(&arrived("/", Some("app.example:80"), false, true)));
+        for host in ["app.example:8443", "app.example:9999", "app.example:80"] {
+            assert!(
+                !default.matches(&arrived("/", Some(host), true, false)),
+                "{host}"
+            );
+        }
+        // An explicit port matches only itself, even on the listener it names.
+        assert!(on_8443.matches(&arrived("/", Some("app.example:8443"), true, false)));
+        for host in ["app.example", "app.example:443", "app.example:8080"] {
+            assert!(
+                !on_8443.matches(&arrived("/", Some(host), true, false)),
+                "{host}"
+            );
+        }
     }
 
     proptest! {

@@ -97,6 +97,15 @@ pub struct Cli {
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Requests for one host that may wait for a busy origin at once (default 256), so one
+    /// slow tenant cannot fill the whole `--queue-limit` queue.
+    #[arg(long)]
+    pub queue_limit_per_host: Option<usize>,
+    /// Whether a request on the cleartext listener may reach an `https://` origin when no
+    /// `http://` origin serves it (default true: a TLS terminator in front of the cleartext
+    /// listener, and development). Requests over TLS never reach `http://` origins.
+    #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
+    pub cleartext_https_fallback: Option<bool>,
     /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
     #[arg(skip)]
     #[serde(skip)]
@@ -146,6 +155,10 @@ pub struct GatewayConfig {
     pub via_name: String,
     /// Proxies whose forwarding fields are kept (`--trusted-proxy`, `trusted-proxies`).
     pub trusted_proxies: crate::forwarding::TrustedProxies,
+    /// Wait-queue length per request host.
+    pub queue_limit_per_host: usize,
+    /// Whether cleartext requests may fall back to `https://` scopes.
+    pub cleartext_https_fallback: bool,
 }
 
 impl GatewayConfig {
@@ -177,6 +190,8 @@ impl GatewayConfig {
             public_header_timeout: Duration::from_secs(30),
             via_name: "ptth".to_string(),
             trusted_proxies: crate::forwarding::TrustedProxies::default(),
+            queue_limit_per_host: 256,
+            cleartext_https_fallback: true,
         }
     }
 }
@@ -276,6 +291,12 @@ impl Cli {
         }
         c.trusted_proxies = crate::forwarding::TrustedProxies::parse(&self.trusted_proxies)
             .map_err(|e| anyhow::anyhow!("--trusted-proxy (config key trusted-proxies): {e}"))?;
+        if let Some(n) = self.queue_limit_per_host {
+            c.queue_limit_per_host = n;
+        }
+        if let Some(b) = self.cleartext_https_fallback {
+            c.cleartext_https_fallback = b;
+        }
         Ok((c, dev_files))
     }
 
@@ -312,6 +333,10 @@ impl Cli {
             } else {
                 self.trusted_proxies
             },
+            queue_limit_per_host: self.queue_limit_per_host.or(file.queue_limit_per_host),
+            cleartext_https_fallback: self
+                .cleartext_https_fallback
+                .or(file.cleartext_https_fallback),
             file_merged: self.file_merged,
         }
     }
@@ -572,5 +597,39 @@ public-header-timeout = 12.5
                 && err.contains("10.0.0.0/8"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn routing_keys_default_and_parse() {
+        let base = [
+            "ptth-gateway",
+            "--listen",
+            "127.0.0.1:1",
+            "--tunnel",
+            "127.0.0.1:2",
+            "--cert",
+            "c",
+            "--key",
+            "k",
+            "--token",
+            "t0ken-for-routing-keys",
+        ];
+        let (c, _) = Cli::try_parse_from(base).unwrap().resolve().unwrap();
+        assert_eq!(c.queue_limit_per_host, 256);
+        assert!(c.cleartext_https_fallback);
+        let mut args = base.to_vec();
+        args.extend([
+            "--queue-limit-per-host",
+            "3",
+            "--cleartext-https-fallback",
+            "false",
+        ]);
+        let (c, _) = Cli::try_parse_from(args).unwrap().resolve().unwrap();
+        assert_eq!(c.queue_limit_per_host, 3);
+        assert!(!c.cleartext_https_fallback);
+        let file: Cli =
+            toml::from_str("queue-limit-per-host = 9\ncleartext-https-fallback = false\n").unwrap();
+        assert_eq!(file.queue_limit_per_host, Some(9));
+        assert_eq!(file.cleartext_https_fallback, Some(false));
     }
 }

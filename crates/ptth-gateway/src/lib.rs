@@ -69,6 +69,7 @@ impl Gateway {
         let registry = Registry::new(QueueLimits {
             max_waiting: config.queue_limit,
             max_wait: config.queue_timeout,
+            max_waiting_per_host: config.queue_limit_per_host,
         });
         let proxy = proxy::Proxy::new(
             registry.clone(),
@@ -76,6 +77,7 @@ impl Gateway {
                 via_name: config.via_name.clone(),
                 request_timeout: config.request_timeout,
                 trusted_proxies: config.trusted_proxies.clone(),
+                cleartext_https_fallback: config.cleartext_https_fallback,
             },
         );
         let ctx = Arc::new(tunnel::TunnelContext {
@@ -193,6 +195,7 @@ impl Gateway {
                 }
                 if conn.admission.certificate_names.is_empty() {
                     ptth_auth::authorize(
+                        &grants,
                         &still,
                         &conn.admission.origins,
                         &conn.admission.path_prefixes,
@@ -201,7 +204,7 @@ impl Gateway {
                 } else {
                     // Registered for what its certificate names: the new grants must still
                     // give it every scope it holds.
-                    ptth_auth::scopes_from_certificate(&still, &conn.admission.certificate_names)
+                    ptth_auth::scopes_from_certificate(&grants, &still, &conn.admission.certificate_names)
                         .is_ok_and(|now| conn.scopes.iter().all(|s| now.contains(s)))
                 }
             },

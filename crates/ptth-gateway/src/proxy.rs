@@ -14,7 +14,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use ptth_core::RequestTarget;
+use ptth_core::{Arrival, RequestTarget};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,6 +30,9 @@ pub struct ProxyConfig {
     pub request_timeout: Duration,
     /// Peers whose forwarding fields are kept and appended to (empty: nobody's).
     pub trusted_proxies: TrustedProxies,
+    /// Whether a cleartext request may reach an `https://` scope when no `http://` scope
+    /// serves it (`--cleartext-https-fallback`).
+    pub cleartext_https_fallback: bool,
 }
 
 /// Routes public requests to origins.
@@ -46,6 +49,9 @@ pub struct ClientInfo {
     pub addr: SocketAddr,
     /// Whether the public connection is TLS.
     pub tls: bool,
+    /// The local port of the listener it arrived on (routing accepts it for default-port
+    /// origins).
+    pub local_port: u16,
 }
 
 impl Proxy {
@@ -64,8 +70,13 @@ impl Proxy {
         let websocket = is_websocket_upgrade(&req);
         let public_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
+        let arrival = Arrival {
+            secure: client.tls,
+            listener_port: Some(client.local_port),
+            https_fallback: self.config.cleartext_https_fallback,
+        };
         let target = match RequestTarget::from_parts(&parts) {
-            Ok(t) => t,
+            Ok(t) => t.arrived(arrival),
             Err(e) => return error(StatusCode::BAD_REQUEST, &format!("cannot route: {e}")),
         };
         if is_reserved_path(target.path()) {
@@ -109,7 +120,16 @@ impl Proxy {
                     return unavailable("no origin is connected for this host and path", 5)
                 }
                 Err(RouteError::QueueFull) => {
-                    return unavailable("every origin connection is busy and the queue is full", 1)
+                    return unavailable(
+                        "every origin connection is busy and the queue is full (--queue-limit)",
+                        1,
+                    )
+                }
+                Err(RouteError::HostQueueFull) => {
+                    return unavailable(
+                        "every origin connection for this host is busy and the host's share of the queue is full (--queue-limit-per-host)",
+                        1,
+                    )
                 }
                 Err(RouteError::QueueTimeout) => {
                     return unavailable("every origin connection stayed busy for the whole wait", 1)

@@ -40,20 +40,29 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
+        let local_port = tcp.local_addr().map(|a| a.port()).unwrap_or(0);
         let proxy = proxy.clone();
         let acceptor = acceptor.clone();
         let alt_svc = alt_svc.clone();
         tokio::spawn(async move {
             match acceptor {
                 None => {
-                    let client = ClientInfo { addr, tls: false };
+                    let client = ClientInfo {
+                        addr,
+                        tls: false,
+                        local_port,
+                    };
                     serve_conn(tcp, client, proxy, alt_svc, header_timeout).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
                     {
                         Ok(Ok(tls)) => {
-                            let client = ClientInfo { addr, tls: true };
+                            let client = ClientInfo {
+                                addr,
+                                tls: true,
+                                local_port,
+                            };
                             serve_conn(tls, client, proxy, alt_svc, header_timeout).await
                         }
                         Ok(Err(e)) => {

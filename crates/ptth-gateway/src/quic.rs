@@ -502,6 +502,9 @@ pub(crate) async fn serve_public(
     proxy: Arc<Proxy>,
     header_timeout: Duration,
 ) {
+    // Bound on the public TLS listener's port number, which is what clients name in the
+    // authority when alt-svc brought them here.
+    let local_port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
     while let Some(incoming) = endpoint.accept().await {
         let proxy = proxy.clone();
         tokio::spawn(async move {
@@ -566,7 +569,16 @@ pub(crate) async fn serve_public(
                             "CONNECT is not supported on the public HTTP/3 listener",
                         )
                     } else {
-                        proxy.handle(req, ClientInfo { addr, tls: true }).await
+                        proxy
+                            .handle(
+                                req,
+                                ClientInfo {
+                                    addr,
+                                    tls: true,
+                                    local_port,
+                                },
+                            )
+                            .await
                     };
                     if let Err(e) = respond.send_response(res).await {
                         tracing::debug!(%addr, error = %e, "public HTTP/3 response failed");

@@ -174,7 +174,7 @@ pub(crate) fn check_origin(
     path_prefixes: &[String],
 ) -> Result<(Admission, Vec<Scope>), AuthError> {
     let matched = grants.authenticate(presented)?;
-    let scopes = ptth_auth::authorize(&matched, origins, path_prefixes)?;
+    let scopes = ptth_auth::authorize(grants, &matched, origins, path_prefixes)?;
     let names: Vec<String> = matched.iter().map(|g| g.name.clone()).collect();
     Ok((
         Admission {
@@ -212,7 +212,7 @@ pub(crate) fn scope_from_certificate(
         .map_err(|e| format!("origin credential: {e}"))?;
     let names =
         ptth_auth::certificate_names(leaf).map_err(|e| format!("origin credential: {e}"))?;
-    let scopes = ptth_auth::scopes_from_certificate(&matched, &names)
+    let scopes = ptth_auth::scopes_from_certificate(grants, &matched, &names)
         .map_err(|e| format!("origin credential: {e}"))?;
     let grant_names: Vec<String> = matched.iter().map(|g| g.name.clone()).collect();
     Ok((

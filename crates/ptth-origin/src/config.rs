@@ -26,7 +26,8 @@ pub struct Cli {
     /// OPTIONS), connect-h3 (PTTH -01 extended CONNECT over HTTP/3).
     #[arg(long)]
     pub mechanism: Option<String>,
-    /// Host name this origin serves (repeatable), optionally with :port.
+    /// Host name this origin serves (repeatable), optionally with :port; https unless given
+    /// as an origin (`http://host[:port]`).
     #[arg(long = "host")]
     #[serde(default)]
     pub hosts: Vec<String>,

@@ -135,7 +135,14 @@ impl Origin {
             .hosts
             .iter()
             .map(|h| {
-                format!("https://{h}")
+                // A bare host means https; `http://host` registers a cleartext origin,
+                // which the gateway never sends requests that arrived over TLS.
+                let origin = if h.contains("://") {
+                    h.clone()
+                } else {
+                    format!("https://{h}")
+                };
+                origin
                     .parse::<SerializedOrigin>()
                     .map_err(|e| anyhow!("--host {h:?}: {e}"))
             })
