@@ -10,6 +10,8 @@
 //! gateway config ──▶ Grants::from_toml ──▶ Grants ─┐          (names, identities, origins, prefixes)
 //! TLS: client_verifier(CA, grants.pinned_spki()) ──┤
 //! setup: Authorization / peer certs / ChallengeAnswer ──▶ Grants::authenticate ──▶ Vec<&Grant>
+//!        (Grants::authenticate_proven also returns a Proven, no secrets, for the connection)
+//! reload: Proven ──▶ new Grants::reauthenticate ──▶ Vec<&Grant> (by identity, not name)
 //! claimed origins + prefixes ──▶ authorize(&grants, ..) ──▶ Vec<Scope> ──▶ Registry
 //! draft-bt ORIGIN entries ──▶ check_origin_frame_against_cert(entries, leaf)
 //! ```
@@ -46,6 +48,7 @@ mod credential;
 pub mod fuzz_harness;
 mod grant;
 mod policy;
+mod proven;
 #[cfg(test)]
 mod testing;
 mod tls;
@@ -65,5 +68,6 @@ pub use challenge::{
 pub use credential::{BasicCredentials, OriginCredential};
 pub use grant::{Grant, GrantError, GrantSpec, Grants, Identity, OriginPattern, PatternError};
 pub use policy::{authorize, check_origin_frame_against_cert, Forbidden};
+pub use proven::Proven;
 pub use tls::{client_verifier, danger_accept_any_gateway, gateway_verifier, TlsError};
 pub use token::{AuthError, BearerToken, TokenVerifier};
