@@ -27,6 +27,9 @@ pub struct Admission {
     pub origins: Vec<ptth_core::SerializedOrigin>,
     /// The path prefixes it registered.
     pub path_prefixes: Vec<String>,
+    /// What its credentials proved (hashes, keys, certificate names; no secret): a reload
+    /// re-authenticates it with this against the new grants.
+    pub proven: ptth_auth::Proven,
 }
 
 /// One reversed connection to an origin, as routing sees it.

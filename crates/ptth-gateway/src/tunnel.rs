@@ -70,7 +70,7 @@ pub(crate) fn check_origin(
     origins: &[SerializedOrigin],
     path_prefixes: &[String],
 ) -> Result<(Admission, Vec<Scope>), AuthError> {
-    let matched = grants.authenticate(presented)?;
+    let (matched, proven) = grants.authenticate_proven(presented)?;
     let scopes = ptth_auth::authorize(&matched, origins, path_prefixes)?;
     let names: Vec<String> = matched.iter().map(|g| g.name.clone()).collect();
     Ok((
@@ -79,9 +79,40 @@ pub(crate) fn check_origin(
             grant_names: names,
             origins: origins.to_vec(),
             path_prefixes: path_prefixes.to_vec(),
+            proven,
         },
         scopes,
     ))
+}
+
+/// Why an admitted connection does not pass the grants in force now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Revoked {
+    /// The credential it presented matches no grant now (rotated, or its grant removed).
+    Credential(AuthError),
+    /// It still authenticates, but its grants no longer cover what it registered.
+    Narrowed(ptth_auth::Forbidden),
+}
+
+impl std::fmt::Display for Revoked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Revoked::Credential(e) => write!(f, "credential no longer accepted ({e})"),
+            Revoked::Narrowed(e) => write!(f, "grant narrowed ({e})"),
+        }
+    }
+}
+
+/// Checks an admitted connection again, against `grants`: the credential it presented,
+/// by identity ([`Grants::reauthenticate`]), then the origins and prefixes it registered
+/// ([`ptth_auth::authorize`]). A reload drains every connection this refuses.
+pub(crate) fn recheck(grants: &Grants, admission: &Admission) -> Result<(), Revoked> {
+    let matched = grants
+        .reauthenticate(&admission.proven)
+        .map_err(Revoked::Credential)?;
+    ptth_auth::authorize(&matched, &admission.origins, &admission.path_prefixes)
+        .map_err(Revoked::Narrowed)?;
+    Ok(())
 }
 
 /// Accepts origin connections until the listener fails.
@@ -243,6 +274,17 @@ pub(crate) fn register(
     sender: Sender,
     task: tokio::task::JoinHandle<()>,
 ) {
+    // A reload may have swapped the grants since `check_origin` ran (a setup registers only
+    // once its stream is handed over). Checking again under the grants' read lock closes
+    // the gap: either this connection is in the registry before the reload swaps the
+    // grants and looks at every connection, or it is checked here against the new ones.
+    let grants = ctx.grants.read().unwrap_or_else(|e| e.into_inner());
+    if let Err(why) = recheck(&grants, &admission) {
+        drop(grants);
+        tracing::warn!(%peer, origin = %admission.identity, "origin connection refused: the grants were reloaded during its setup: {why}");
+        task.abort();
+        return;
+    }
     let conn = Arc::new(OriginConn::new(
         mechanism,
         scopes,
@@ -253,6 +295,7 @@ pub(crate) fn register(
     ));
     let id = conn.id;
     ctx.registry.add(conn);
+    drop(grants);
     let registry = ctx.registry.clone();
     tokio::spawn(async move {
         let _ = task.await;
