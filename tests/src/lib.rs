@@ -960,3 +960,120 @@ impl Gateway {
         ))
     }
 }
+
+impl Gateway {
+    /// Starts a gateway like [`Gateway::start`], with its log (at `info`) written to `log`
+    /// instead of the test's stderr, so a test can wait for a line ([`wait_for_log_line`]).
+    pub async fn start_logging_to(dev: &Path, extra: &[&str], log: &Path) -> Result<Self> {
+        let mut cmd = Command::new(bin("ptth-gateway"));
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tunnel",
+            "127.0.0.1:0",
+        ])
+        .arg("--dev")
+        .arg(dev)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        // Plain `key=value` fields, without colour codes around them.
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log).context("creating the gateway log")?)
+        .kill_on_drop(true);
+        let mut child = cmd.spawn().context("starting ptth-gateway")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut l, mut lt, mut t) = (None, None, None);
+        let read = async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(v) = line.strip_prefix("listen=") {
+                    l = Some(v.parse()?);
+                } else if let Some(v) = line.strip_prefix("listen-tls=") {
+                    lt = Some(v.parse()?);
+                } else if let Some(v) = line.strip_prefix("tunnel=") {
+                    t = Some(v.parse()?);
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .map_err(|_| anyhow!("gateway did not report its addresses"))??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            listen: l.ok_or_else(|| anyhow!("no listen address"))?,
+            listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
+            tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
+            dev: dev.to_path_buf(),
+        })
+    }
+}
+
+/// The lines of the log file `log` that `pred` accepts, now.
+pub fn log_lines(log: &Path, pred: impl Fn(&str) -> bool) -> Vec<String> {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| pred(l))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Waits until the log file `log` holds a line `pred` accepts and returns it; fails after
+/// `secs` seconds, quoting the log.
+pub async fn wait_for_log_line(
+    log: &Path,
+    what: &str,
+    secs: u64,
+    pred: impl Fn(&str) -> bool,
+) -> Result<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(line) = log_lines(log, &pred).into_iter().next() {
+            return Ok(line);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "no log line {what} within {secs} s; the log:\n{}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Whether a `key=value` field of a human-format log line has exactly this value.
+pub fn log_field_is(line: &str, key: &str, value: &str) -> bool {
+    let want = format!("{key}={value}");
+    line.split_whitespace().any(|w| w == want)
+}
+
+/// Waits until `host` answers `GET /` with 200 through the gateway. Unlike [`wait_ready`]
+/// and [`status_after`], a transport error (the gateway gone, a broken connection) fails at
+/// once instead of counting as "not yet"; only a 503 means "not yet".
+pub async fn wait_serving(gw: &Gateway, host: &str, secs: u64) -> Result<()> {
+    let c = client(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (res, body) = send(&c, get(gw, host, "/"))
+            .await
+            .with_context(|| format!("GET http://{host}/ through the gateway"))?;
+        match res.status() {
+            StatusCode::OK => return Ok(()),
+            StatusCode::SERVICE_UNAVAILABLE => {}
+            other => bail!(
+                "{host} answered {other}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("{host} was not served within {secs} s");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -594,7 +594,7 @@ fn rotation(env: &Env, children: &mut Children) -> Result<String> {
     let log_before = log_len(env);
     procs::output(Command::new("kill").args(["-HUP", &env.gw.pid.to_string()]))?;
     let drained = wait_for_log(env, log_before, Duration::from_secs(10), |l| {
-        l.contains("draining")
+        l.contains("drained on reload") && l.contains("credential no longer accepted")
     })
     .context("SIGHUP after a rotation drained nothing")?;
     let deadline = Instant::now() + Duration::from_secs(40);

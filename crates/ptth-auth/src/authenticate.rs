@@ -14,10 +14,11 @@ use http::HeaderValue;
 use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
-use crate::cert::{dns_name_matches, Leaf};
+use crate::cert::Leaf;
 use crate::challenge::{Challenge, ChallengeAnswer, EXPORTER_LEN};
 use crate::grant::{Grant, Grants, Identity};
-use crate::token::{constant_time_eq, AuthError};
+use crate::proven::{Proven, ProvenCertificate, ProvenHttp, ProvenKey};
+use crate::token::AuthError;
 
 /// What an origin presented on one connection. Build it with struct update syntax:
 /// `Presented { authorization: Some(&v), ..Default::default() }`.
@@ -55,12 +56,7 @@ impl fmt::Debug for Presented<'_> {
     }
 }
 
-enum HttpCredential {
-    Bearer([u8; 32]),
-    Basic { user: [u8; 32], password: [u8; 32] },
-}
-
-fn parse_authorization(value: &HeaderValue) -> Result<HttpCredential, AuthError> {
+fn parse_authorization(value: &HeaderValue) -> Result<ProvenHttp, AuthError> {
     let text = value
         .to_str()
         .map_err(|_| AuthError::Malformed("Authorization is not visible ASCII"))?;
@@ -70,9 +66,7 @@ fn parse_authorization(value: &HeaderValue) -> Result<HttpCredential, AuthError>
         .ok_or(AuthError::Malformed("expected `<scheme> <credentials>`"))?;
     let rest = rest.trim();
     if scheme.eq_ignore_ascii_case("bearer") {
-        return Ok(HttpCredential::Bearer(
-            Sha256::digest(rest.as_bytes()).into(),
-        ));
+        return Ok(ProvenHttp::Bearer(Sha256::digest(rest.as_bytes()).into()));
     }
     if scheme.eq_ignore_ascii_case("basic") {
         // RFC 7617 §2: base64 of user-id ":" password; the user-id has no colon.
@@ -84,9 +78,10 @@ fn parse_authorization(value: &HeaderValue) -> Result<HttpCredential, AuthError>
             .position(|&b| b == b':')
             .ok_or(AuthError::Malformed("Basic credentials have no ':'"))?;
         let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
-        return Ok(HttpCredential::Basic {
-            user: Sha256::digest(user).into(),
-            password: Sha256::digest(password).into(),
+        return Ok(ProvenHttp::Basic {
+            user: String::from_utf8_lossy(user).into_owned(),
+            user_sha256: Sha256::digest(user).into(),
+            password_sha256: Sha256::digest(password).into(),
         });
     }
     Err(AuthError::Malformed(
@@ -109,95 +104,74 @@ impl Grants {
     /// when another credential succeeds: a wrong secret is never silently ignored. A
     /// certificate that matches no grant is not, since TLS may ask every client for one.
     pub fn authenticate(&self, presented: &Presented<'_>) -> Result<Vec<&Grant>, AuthError> {
-        let grants = self.grants();
-        let mut matched = vec![false; grants.len()];
-        let mut presented_any = false;
+        self.authenticate_proven(presented)
+            .map(|(grants, _)| grants)
+    }
 
-        if let Some(value) = presented.authorization {
-            presented_any = true;
-            let credential = parse_authorization(value)?;
-            let mut any = 0u8;
-            for (i, g) in grants.iter().enumerate() {
-                let hit = match (&g.identity, &credential) {
-                    (Identity::Token { sha256, .. }, HttpCredential::Bearer(h)) => {
-                        constant_time_eq(sha256, h)
-                    }
-                    (
-                        Identity::Basic {
-                            user,
-                            password_sha256,
-                        },
-                        HttpCredential::Basic {
-                            user: u,
-                            password: p,
-                        },
-                    ) => {
-                        let user_hash: [u8; 32] = Sha256::digest(user.as_bytes()).into();
-                        constant_time_eq(&user_hash, u) & constant_time_eq(password_sha256, p)
-                    }
-                    _ => 0,
-                };
-                matched[i] |= hit == 1;
-                any |= hit;
-            }
-            if any == 0 {
-                return Err(AuthError::Rejected);
-            }
-        }
+    /// [`authenticate`](Self::authenticate), and also what the credentials proved, in a form
+    /// without secrets to keep for the life of the connection and check again with
+    /// [`reauthenticate`](Self::reauthenticate) when the grants change.
+    pub fn authenticate_proven(
+        &self,
+        presented: &Presented<'_>,
+    ) -> Result<(Vec<&Grant>, Proven), AuthError> {
+        let proven = self.prove(presented)?;
+        let grants = self.reauthenticate(&proven)?;
+        Ok((grants, proven))
+    }
 
-        if let Some(leaf) = presented.peer_certs.and_then(<[_]>::first) {
-            presented_any = true;
-            let leaf = Leaf::parse(leaf).map_err(|e| AuthError::BadCertificate(e.to_string()))?;
-            let pinned = grants
-                .iter()
-                .any(|g| g.identity == Identity::Spki(leaf.spki_sha256));
-            for (i, g) in grants.iter().enumerate() {
-                matched[i] |= match &g.identity {
-                    Identity::Spki(h) => *h == leaf.spki_sha256,
-                    Identity::CertSubject(name) if !pinned => {
-                        leaf.common_names.iter().any(|cn| cn == name)
-                            || leaf.dns_sans.iter().any(|s| s.eq_ignore_ascii_case(name))
-                    }
-                    Identity::CertSan(pattern) if !pinned => leaf.dns_sans.iter().any(|san| {
-                        san.eq_ignore_ascii_case(pattern)
-                            || (!san.starts_with('*') && dns_name_matches(pattern, san))
-                    }),
-                    _ => false,
-                };
+    /// Reads what was presented into a [`Proven`]: secrets hashed, the certificate's names
+    /// and key hash read, and a challenge answer verified against every grant's key of that
+    /// id (a signature that fails any of them is an error).
+    fn prove(&self, presented: &Presented<'_>) -> Result<Proven, AuthError> {
+        let http = presented
+            .authorization
+            .map(parse_authorization)
+            .transpose()?;
+        let certificate = match presented.peer_certs.and_then(<[_]>::first) {
+            Some(leaf) => {
+                let leaf =
+                    Leaf::parse(leaf).map_err(|e| AuthError::BadCertificate(e.to_string()))?;
+                // The TLS verifier accepts a pinned key without looking at the chain; any
+                // other certificate got here only through a verified chain.
+                let pinned = self
+                    .grants()
+                    .iter()
+                    .any(|g| g.identity == Identity::Spki(leaf.spki_sha256));
+                Some(ProvenCertificate {
+                    spki_sha256: leaf.spki_sha256,
+                    common_names: leaf.common_names,
+                    dns_sans: leaf.dns_sans,
+                    chain_verified: !pinned,
+                })
             }
-        }
-
-        if let Some(proof) = &presented.challenge_answer {
-            presented_any = true;
-            let mut any = false;
-            for (i, g) in grants.iter().enumerate() {
-                if let Identity::Ed25519Key { id, public_key } = &g.identity {
-                    if id == proof.answer.key_id() {
-                        proof
-                            .answer
-                            .verify(proof.challenge, proof.exporter, public_key)?;
-                        matched[i] = true;
-                        any = true;
+            None => None,
+        };
+        let ed25519 = match &presented.challenge_answer {
+            Some(proof) => {
+                let mut verified = None;
+                for g in self.grants() {
+                    if let Identity::Ed25519Key { id, public_key } = &g.identity {
+                        if id == proof.answer.key_id() {
+                            proof
+                                .answer
+                                .verify(proof.challenge, proof.exporter, public_key)?;
+                            verified.get_or_insert(ProvenKey {
+                                id: id.clone(),
+                                public_key: *public_key,
+                            });
+                        }
                     }
                 }
+                Some(verified.ok_or(AuthError::Rejected)?)
             }
-            if !any {
-                return Err(AuthError::Rejected);
-            }
-        }
-
-        if !presented_any {
-            return Err(AuthError::Missing);
-        }
-        let out: Vec<&Grant> = grants
-            .iter()
-            .zip(matched)
-            .filter_map(|(g, m)| m.then_some(g))
-            .collect();
-        if out.is_empty() {
-            return Err(AuthError::Rejected);
-        }
-        Ok(out)
+            None => None,
+        };
+        Ok(Proven {
+            http,
+            certificate,
+            ed25519,
+        })
     }
 }
 

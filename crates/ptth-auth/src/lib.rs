@@ -10,6 +10,8 @@
 //! gateway config ──▶ Grants::from_toml ──▶ Grants ─┐          (names, identities, origins, prefixes)
 //! TLS: client_verifier(CA, grants.pinned_spki()) ──┤
 //! setup: Authorization / peer certs / ChallengeAnswer ──▶ Grants::authenticate ──▶ Vec<&Grant>
+//!        (Grants::authenticate_proven also returns a Proven, no secrets, for the connection)
+//! reload: Proven ──▶ new Grants::reauthenticate ──▶ Vec<&Grant> (by identity, not name)
 //! claimed origins + prefixes ──▶ authorize(&grants, &proved, ..) ──▶ Vec<Scope> ──▶ Registry
 //! draft-bt ORIGIN entries ──▶ check_origin_frame_against_cert(entries, leaf)
 //! ```
@@ -46,6 +48,7 @@ mod credential;
 pub mod fuzz_harness;
 mod grant;
 mod policy;
+mod proven;
 #[cfg(test)]
 mod testing;
 mod tls;
@@ -68,6 +71,7 @@ pub use policy::{
     authorize, check_claim_size, check_origin_frame_against_cert, scopes_from_certificate,
     Forbidden, MAX_CERTIFICATE_NAMES, MAX_ORIGINS_PER_CONNECTION, MAX_PREFIXES_PER_CONNECTION,
 };
+pub use proven::Proven;
 pub use tls::{
     client_verifier, danger_accept_any_gateway, gateway_verifier, pinned_gateway_verifier,
     GatewayPinMismatch, TlsError,

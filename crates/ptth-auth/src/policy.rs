@@ -549,12 +549,19 @@ mod tests {
         assert!(scopes[0].is_wildcard());
 
         let any = grant(&["*"], &["/"]);
-        let scopes =
-            scopes_from_certificate(&Grants::default(), &[&any], &names(&["a.example", "*.b.example", "127.0.0.1"]))
-                .unwrap();
+        let scopes = scopes_from_certificate(
+            &Grants::default(),
+            &[&any],
+            &names(&["a.example", "*.b.example", "127.0.0.1"]),
+        )
+        .unwrap();
         assert_eq!(
             shown(&scopes),
-            vec!["https://a.example/", "https://*.b.example/", "https://127.0.0.1/"]
+            vec![
+                "https://a.example/",
+                "https://*.b.example/",
+                "https://127.0.0.1/"
+            ]
         );
 
         // An exact grant narrows a wildcard name to the one host, with the grant's port.
@@ -562,7 +569,8 @@ mod tests {
             &["https://app.example:8443", "https://other.example"],
             &["/api"],
         );
-        let scopes = scopes_from_certificate(&Grants::default(), &[&exact], &names(&["*.example"])).unwrap();
+        let scopes =
+            scopes_from_certificate(&Grants::default(), &[&exact], &names(&["*.example"])).unwrap();
         assert_eq!(
             shown(&scopes),
             vec!["https://app.example:8443/api", "https://other.example/api"]
@@ -570,14 +578,21 @@ mod tests {
 
         // A wildcard grant keeps exact names one label under it, on its port.
         let wild = grant(&["https://*.example:8443"], &["/"]);
-        let scopes =
-            scopes_from_certificate(&Grants::default(), &[&wild], &names(&["a.example", "a.b.example", "example"]))
-                .unwrap();
+        let scopes = scopes_from_certificate(
+            &Grants::default(),
+            &[&wild],
+            &names(&["a.example", "a.b.example", "example"]),
+        )
+        .unwrap();
         assert_eq!(shown(&scopes), vec!["https://a.example:8443/"]);
 
         // Several grants: the union, without duplicates.
-        let scopes = scopes_from_certificate(&Grants::default(), &[&dev_like, &any], &cert).unwrap();
-        assert_eq!(shown(&scopes), vec!["https://localhost/", "https://*.localhost/"]);
+        let scopes =
+            scopes_from_certificate(&Grants::default(), &[&dev_like, &any], &cert).unwrap();
+        assert_eq!(
+            shown(&scopes),
+            vec!["https://localhost/", "https://*.localhost/"]
+        );
     }
 
     #[test]
@@ -599,7 +614,9 @@ mod tests {
                 "{cert:?}"
             );
         }
-        assert!(scopes_from_certificate(&Grants::default(), &[], &names(&["app.example.com"])).is_err());
+        assert!(
+            scopes_from_certificate(&Grants::default(), &[], &names(&["app.example.com"])).is_err()
+        );
         assert!(r_is_err_with_many_names(&g));
         assert!(r_is_err_with_many_names(&grant(&["*"], &["/"])));
     }
@@ -625,7 +642,9 @@ mod tests {
         // Without the exact grant in force, `*` covers them all again.
         let without = Grants::new(vec![any.clone()]).unwrap();
         assert_eq!(
-            scopes_from_certificate(&without, &[&any], &cert).unwrap().len(),
+            scopes_from_certificate(&without, &[&any], &cert)
+                .unwrap()
+                .len(),
             3
         );
     }

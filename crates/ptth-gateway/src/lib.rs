@@ -14,8 +14,8 @@
 pub mod config;
 pub mod dev;
 mod forward;
-mod pending;
 pub mod forwarding;
+mod pending;
 pub mod proxy;
 mod public;
 mod quic;
@@ -162,8 +162,12 @@ impl Gateway {
     }
 
     /// Puts new grants in force (SIGHUP): new origins are checked against them at once, and
-    /// every connected origin whose grant was removed or no longer covers what it
-    /// registered is drained. Healthy connections are untouched. Returns how many drained.
+    /// every connected origin is re-authenticated with the credential it presented (kept
+    /// without its secret, see [`ptth_auth::Proven`]) and re-authorised for what it
+    /// registered. Those whose credential no grant accepts any more (rotated, removed) or
+    /// whose grants no longer cover their scopes are drained: no new requests, requests in
+    /// flight finish (30 s at most), then the connection closes. Healthy connections are
+    /// untouched, whatever their grants are called now. Returns how many drained.
     pub fn reload(&self, grants: ptth_auth::Grants) -> Result<usize> {
         let certs = tls::load_certs(&self.config.cert)?;
         let key = tls::load_key(&self.config.key)?;
@@ -182,34 +186,32 @@ impl Gateway {
             .set_server_config(Some(quic_config));
         *self.ctx.tls.write().unwrap_or_else(|e| e.into_inner()) = tunnel_tls;
         *self.ctx.grants.write().unwrap_or_else(|e| e.into_inner()) = grants.clone();
+        // Every connection registered from here on was checked against the new grants
+        // (`tunnel::register`); every one registered before is in this snapshot.
+        let revoked: std::collections::HashMap<u64, (Arc<OriginConn>, tunnel::Revoked)> = self
+            .registry
+            .snapshot()
+            .into_iter()
+            .filter_map(|conn| {
+                tunnel::recheck(&grants, &conn.admission, &conn.scopes)
+                    .err()
+                    .map(|why| (conn.id, (conn, why)))
+            })
+            .collect();
         let drained = self.registry.drain_unless(
-            |conn| {
-                let still: Vec<&ptth_auth::Grant> = conn
-                    .admission
-                    .grant_names
-                    .iter()
-                    .filter_map(|n| grants.get(n))
-                    .collect();
-                if still.is_empty() {
-                    return false;
-                }
-                if conn.admission.certificate_names.is_empty() {
-                    ptth_auth::authorize(
-                        &grants,
-                        &still,
-                        &conn.admission.origins,
-                        &conn.admission.path_prefixes,
-                    )
-                    .is_ok()
-                } else {
-                    // Registered for what its certificate names: the new grants must still
-                    // give it every scope it holds.
-                    ptth_auth::scopes_from_certificate(&grants, &still, &conn.admission.certificate_names)
-                        .is_ok_and(|now| conn.scopes.iter().all(|s| now.contains(s)))
-                }
-            },
+            |conn| !revoked.contains_key(&conn.id),
             std::time::Duration::from_secs(30),
         );
+        for (conn, why) in revoked.values() {
+            tracing::warn!(
+                conn = conn.id,
+                mechanism = %conn.mechanism,
+                origin = %conn.admission.identity,
+                credential = %conn.admission.proven.describe(),
+                peer = %conn.peer,
+                "origin connection drained on reload: {why}"
+            );
+        }
         tracing::info!(grants = grants.len(), drained, "grants reloaded");
         Ok(drained)
     }

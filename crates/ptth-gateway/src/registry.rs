@@ -40,6 +40,9 @@ pub struct Admission {
     /// certificate carries ([`ptth_auth::scopes_from_certificate`]): those names. Empty
     /// otherwise.
     pub certificate_names: Vec<String>,
+    /// What its credentials proved (hashes, keys, certificate names; no secret): a reload
+    /// re-authenticates it with this against the new grants.
+    pub proven: ptth_auth::Proven,
 }
 
 /// One reversed connection to an origin, as routing sees it.
@@ -332,10 +335,11 @@ impl Registry {
             .collect();
         for conn in &doomed {
             conn.mark_closed();
-            tracing::warn!(
+            // The caller says why (a reload logs the reason per connection at warn).
+            tracing::debug!(
                 conn = conn.id,
                 origin = %conn.admission.identity,
-                "grant removed or narrowed: draining the connection"
+                "draining the connection"
             );
             let conn = conn.clone();
             tokio::spawn(async move {
@@ -515,6 +519,7 @@ mod tests {
                     origins: vec![origin],
                     path_prefixes: vec![prefix.into()],
                     certificate_names: Vec::new(),
+                    proven: ptth_auth::Proven::default(),
                 },
                 "127.0.0.1:1".parse().unwrap(),
                 sender,

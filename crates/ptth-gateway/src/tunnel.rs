@@ -173,7 +173,7 @@ pub(crate) fn check_origin(
     origins: &[SerializedOrigin],
     path_prefixes: &[String],
 ) -> Result<(Admission, Vec<Scope>), AuthError> {
-    let matched = grants.authenticate(presented)?;
+    let (matched, proven) = grants.authenticate_proven(presented)?;
     let scopes = ptth_auth::authorize(grants, &matched, origins, path_prefixes)?;
     let names: Vec<String> = matched.iter().map(|g| g.name.clone()).collect();
     Ok((
@@ -183,6 +183,7 @@ pub(crate) fn check_origin(
             origins: origins.to_vec(),
             path_prefixes: path_prefixes.to_vec(),
             certificate_names: Vec::new(),
+            proven,
         },
         scopes,
     ))
@@ -207,8 +208,8 @@ pub(crate) fn scope_from_certificate(
         peer_certs,
         ..Default::default()
     };
-    let matched = grants
-        .authenticate(&presented)
+    let (matched, proven) = grants
+        .authenticate_proven(&presented)
         .map_err(|e| format!("origin credential: {e}"))?;
     let names =
         ptth_auth::certificate_names(leaf).map_err(|e| format!("origin credential: {e}"))?;
@@ -222,6 +223,7 @@ pub(crate) fn scope_from_certificate(
             origins: Vec::new(),
             path_prefixes: Vec::new(),
             certificate_names: names,
+            proven,
         },
         scopes,
     ))
@@ -236,6 +238,58 @@ fn claims_nothing(status: StatusCode, headers: &http::HeaderMap) -> bool {
             && !headers.contains_key(ptth_auth::ORIGINS_FIELD)
             && !headers.contains_key(ptth_auth::SIGNATURE_FIELD)
             && !headers.contains_key(ptth_auth::AUTHORIZATION_FIELD))
+}
+
+/// Why an admitted connection does not pass the grants in force now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Revoked {
+    /// The credential it presented matches no grant now (rotated, or its grant removed).
+    Credential(AuthError),
+    /// It still authenticates, but its grants no longer cover what it registered.
+    Narrowed(ptth_auth::Forbidden),
+}
+
+impl std::fmt::Display for Revoked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Revoked::Credential(e) => write!(f, "credential no longer accepted ({e})"),
+            Revoked::Narrowed(e) => write!(f, "grant narrowed ({e})"),
+        }
+    }
+}
+
+/// Checks an admitted connection again, against `grants`: the credential it presented,
+/// by identity ([`Grants::reauthenticate`]), then the origins and prefixes it registered
+/// ([`ptth_auth::authorize`]), or, for an origin registered for the names its certificate
+/// carries, that those names still give it every scope it holds. A reload drains every
+/// connection this refuses.
+pub(crate) fn recheck(
+    grants: &Grants,
+    admission: &Admission,
+    scopes: &[Scope],
+) -> Result<(), Revoked> {
+    let matched = grants
+        .reauthenticate(&admission.proven)
+        .map_err(Revoked::Credential)?;
+    if admission.certificate_names.is_empty() {
+        ptth_auth::authorize(
+            grants,
+            &matched,
+            &admission.origins,
+            &admission.path_prefixes,
+        )
+        .map_err(Revoked::Narrowed)?;
+    } else {
+        let now =
+            ptth_auth::scopes_from_certificate(grants, &matched, &admission.certificate_names)
+                .map_err(Revoked::Narrowed)?;
+        if let Some(lost) = scopes.iter().find(|s| !now.contains(s)) {
+            return Err(Revoked::Narrowed(
+                ptth_auth::Forbidden::NoCertificateOrigin(lost.to_string()),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Accepts origin connections until the listener fails.
@@ -422,6 +476,17 @@ pub(crate) fn register(
     sender: Sender,
     task: tokio::task::JoinHandle<()>,
 ) {
+    // A reload may have swapped the grants since `check_origin` ran (a setup registers only
+    // once its stream is handed over). Checking again under the grants' read lock closes
+    // the gap: either this connection is in the registry before the reload swaps the
+    // grants and looks at every connection, or it is checked here against the new ones.
+    let grants = ctx.grants.read().unwrap_or_else(|e| e.into_inner());
+    if let Err(why) = recheck(&grants, &admission, &scopes) {
+        drop(grants);
+        tracing::warn!(%peer, origin = %admission.identity, "origin connection refused: the grants were reloaded during its setup: {why}");
+        task.abort();
+        return;
+    }
     let conn = Arc::new(OriginConn::new(
         mechanism,
         scopes,
@@ -432,6 +497,7 @@ pub(crate) fn register(
     ));
     let id = conn.id;
     ctx.registry.add(conn);
+    drop(grants);
     let registry = ctx.registry.clone();
     tokio::spawn(async move {
         let _ = task.await;
