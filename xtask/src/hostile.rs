@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 const SETUP_TIMEOUT: Duration = Duration::from_secs(2);
 /// The per-address cap on connections in setup this run gives the gateway.
 const SETUP_CAP_PER_IP: usize = 24;
-/// How long a public connection may take to send a request head (the gateway's default).
-const PUBLIC_HEADER_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a public connection may take to send a request head (`--public-header-timeout`
+/// in this run; 30 s by default).
+const PUBLIC_HEADER_DEADLINE: Duration = Duration::from_secs(5);
 
 /// The result of one probe.
 struct Row {
@@ -78,6 +79,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             &SETUP_TIMEOUT.as_secs().to_string(),
             "--max-pending-setups-per-ip",
             &SETUP_CAP_PER_IP.to_string(),
+            "--public-header-timeout",
+            &PUBLIC_HEADER_DEADLINE.as_secs().to_string(),
         ],
         &gateway_log,
     )?;
@@ -101,12 +104,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         std::thread::spawn(move || public_slow_header(listen))
     };
 
-    // Origins every probe can lean on: the ALPN-only mechanisms (the credential-leak probe),
+    // Origins every probe can lean on: the ALPN-only mechanisms (the credential-leak probe;
+    // named `<mechanism>.localhost`, which the dev certificate names for curl's sake),
     // an origin in proxy mode in front of a header-echoing upstream, and the origin whose
     // token the rotation probe replaces.
     let echo = EchoUpstream::start()?;
     for m in ["rh1", "rh2", "rh3", "h2-reverse", "h3-reverse"] {
-        let host = format!("leak-{m}.localhost");
+        let host = format!("{m}.localhost");
         let mut cmd = origin(&env, m, &host, procs::default_credential(m));
         cmd.arg("--hello");
         children.spawn(&host, &mut cmd)?;
@@ -117,11 +121,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let mut cmd = rot_origin(&env, "rot-one");
     children.spawn("rot.localhost", &mut cmd)?;
     for host in [
-        "leak-rh1.localhost",
-        "leak-rh2.localhost",
-        "leak-rh3.localhost",
-        "leak-h2-reverse.localhost",
-        "leak-h3-reverse.localhost",
+        "rh1.localhost",
+        "rh2.localhost",
+        "rh3.localhost",
+        "h2-reverse.localhost",
+        "h3-reverse.localhost",
         "fwd.localhost",
         "rot.localhost",
     ] {
@@ -257,7 +261,7 @@ fn credential_leak(env: &Env) -> Result<String> {
     ];
     let mut asked = 0;
     for m in ["rh1", "rh2", "rh3", "h2-reverse", "h3-reverse"] {
-        let host = format!("leak-{m}.localhost");
+        let host = format!("{m}.localhost");
         // The honest twin: the same host serves its pages.
         let page = raw_get(env.gw.listen, &host, "/", "")?;
         if status_of(&page) != 200 {
@@ -520,7 +524,7 @@ fn setup_cap(env: &Env) -> Result<String> {
 /// public cleartext listener: both are closed by the header deadline.
 fn public_slow_header(listen: SocketAddr) -> Result<String> {
     let started = Instant::now();
-    let limit = PUBLIC_HEADER_DEADLINE + Duration::from_secs(10);
+    let limit = PUBLIC_HEADER_DEADLINE + Duration::from_secs(5);
     let mut trickle = TcpStream::connect(listen)?;
     let mut silent = Silent {
         tcp: TcpStream::connect(listen)?,
@@ -609,7 +613,7 @@ fn rotation(env: &Env, children: &mut Children) -> Result<String> {
         std::thread::sleep(Duration::from_millis(100));
     }
     // The twin: an origin whose credential did not change still serves.
-    let s = procs::get_status(env.gw.listen, "leak-rh2.localhost", "/")?;
+    let s = procs::get_status(env.gw.listen, "rh2.localhost", "/")?;
     if s != 200 {
         bail!("an origin with an unchanged token answers {s} after the reload");
     }

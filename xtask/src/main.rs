@@ -32,7 +32,7 @@ fn main() -> Result<()> {
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  ci     run exactly what CI runs: fmt --check, clippy -D warnings, tests, tidy,\n         \
-                        interop --quick, fuzz --time 3, bench --smoke\n         \
+                        interop --quick, fuzz --time 3, bench --smoke, hostile\n         \
                         (--tests-only: stop after tidy)\n  \
                  tidy   check the architecture rules (layering, sans-IO core, //! headers)\n  \
                  demo   start a gateway with dev certificates and one origin per mechanism\n         \
@@ -96,6 +96,8 @@ fn ci(args: &[String]) -> Result<()> {
         fuzz::run(&root, &["--time".to_string(), "3".to_string()])?;
         // The benchmark harness, seconds long: every row still starts and measures.
         bench::run(&root, &["--smoke".to_string()])?;
+        // The edge battery, on the release binaries the bench just built.
+        hostile::run(&root, &[])?;
     }
     eprintln!("xtask ci: all green");
     Ok(())
