@@ -112,6 +112,8 @@ pub struct Gateway {
     pub tunnel: SocketAddr,
     /// The dev credentials directory.
     pub dev: PathBuf,
+    /// Everything the process wrote to stderr (also echoed to the test's stderr).
+    pub log: LogTap,
 }
 
 impl Gateway {
@@ -139,9 +141,10 @@ impl Gateway {
             std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
         let mut child = cmd.spawn().context("starting ptth-gateway")?;
+        let log = LogTap::capture("gateway", child.stderr.take());
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
         let (mut l, mut lt, mut t) = (None, None, None);
@@ -169,6 +172,7 @@ impl Gateway {
             listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
             tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
             dev: dev.to_path_buf(),
+            log,
         })
     }
 
@@ -204,6 +208,8 @@ impl Gateway {
 #[derive(Debug)]
 pub struct Origin {
     child: Child,
+    /// Everything the process wrote to stderr (also echoed to the test's stderr).
+    pub log: LogTap,
 }
 
 impl Origin {
@@ -242,7 +248,7 @@ impl Origin {
                 std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         if !extra.contains(&"--upstream") {
             cmd.arg("--hello");
@@ -256,9 +262,9 @@ impl Origin {
         if is_h1(mechanism) && !extra.contains(&"--connections") {
             cmd.args(["--connections", "4"]);
         }
-        Ok(Self {
-            child: cmd.spawn().context("starting ptth-origin")?,
-        })
+        let mut child = cmd.spawn().context("starting ptth-origin")?;
+        let log = LogTap::capture(&format!("origin {mechanism} {host}"), child.stderr.take());
+        Ok(Self { child, log })
     }
 
     /// Kills the process at once, as a crash would.
@@ -477,19 +483,18 @@ pub async fn raw_setup(gw: &Gateway, head: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// Sends `GET /` for `host` until `deadline_secs` pass; returns the last status seen.
+/// Sends `GET /` for `host` until `deadline_secs` pass (or a 200 comes); returns the last
+/// status seen. Panics on a transport error: a gateway that crashed or stopped answering is
+/// never mistaken for one that refused an origin.
 pub async fn status_after(gw: &Gateway, host: &str, deadline_secs: u64) -> StatusCode {
     let c = client(false);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(deadline_secs);
-    let mut last = StatusCode::SERVICE_UNAVAILABLE;
     loop {
-        if let Ok((res, _)) = send(&c, get(gw, host, "/")).await {
-            last = res.status();
-            if last == StatusCode::OK {
-                return last;
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
+        let last = match send(&c, get(gw, host, "/")).await {
+            Ok((res, _)) => res.status(),
+            Err(e) => panic!("GET http://{host}/ through the gateway failed: {e:#}"),
+        };
+        if last == StatusCode::OK || tokio::time::Instant::now() >= deadline {
             return last;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -569,4 +574,115 @@ impl H3Client {
 /// `https://<host><path>` for the public HTTP/3 client.
 pub fn h3_url(host: &str, path: &str) -> String {
     format!("https://{host}{path}")
+}
+
+/// The most lines a [`LogTap`] keeps; older ones are dropped.
+const LOG_TAP_LINES: usize = 20_000;
+
+/// The stderr of a child process, line by line with ANSI colours removed, kept so a test can
+/// wait for the log line that proves why something happened. Each line is echoed to the
+/// test's own stderr, prefixed with the process's name.
+#[derive(Debug, Clone, Default)]
+pub struct LogTap {
+    lines: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    grew: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl LogTap {
+    /// Reads `stderr` to its end in a task of its own.
+    pub fn capture(name: &str, stderr: Option<tokio::process::ChildStderr>) -> Self {
+        let tap = Self::default();
+        if let Some(stderr) = stderr {
+            let (tap, name) = (tap.clone(), name.to_string());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let line = strip_ansi(&line);
+                    eprintln!("[{name}] {line}");
+                    {
+                        let mut l = tap.lines.lock().unwrap();
+                        if l.len() == LOG_TAP_LINES {
+                            l.pop_front();
+                        }
+                        l.push_back(line);
+                    }
+                    tap.grew.notify_waiters();
+                }
+            });
+        }
+        tap
+    }
+
+    /// The lines that contain `needle`.
+    pub fn matching(&self, needle: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        let l = self.lines.lock().unwrap();
+        l.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Waits up to `secs` for a line containing `needle` and returns it.
+    pub async fn wait_for(&self, needle: &str, secs: u64) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let grew = self.grew.notified();
+            if let Some(line) = self.matching(needle).pop() {
+                return Ok(line);
+            }
+            if tokio::time::timeout_at(deadline, grew).await.is_err() {
+                bail!(
+                    "no log line with {needle:?} within {secs} s; the log:\n{}",
+                    self.text()
+                );
+            }
+        }
+    }
+}
+
+/// `line` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Sends `GET <path>` for `host` and returns the status and body, or panics with the
+/// transport error.
+pub async fn answer(gw: &Gateway, host: &str, path: &str) -> (StatusCode, String) {
+    match send(&client(false), get(gw, host, path)).await {
+        Ok((res, body)) => (res.status(), String::from_utf8_lossy(&body).into_owned()),
+        Err(e) => panic!("GET http://{host}{path} through the gateway failed: {e:#}"),
+    }
+}
+
+/// The reason the gateway gives when no origin connection serves a host and path.
+pub const NO_ORIGIN: &str = "no origin is connected";
+
+/// Asserts that `host` has no origin now: a 503 whose body gives [`NO_ORIGIN`] as the reason.
+pub async fn assert_no_origin(gw: &Gateway, host: &str, context: &str) {
+    let (status, body) = answer(gw, host, "/").await;
+    assert!(
+        status == StatusCode::SERVICE_UNAVAILABLE && body.contains(NO_ORIGIN),
+        "{context}: {host} must have no origin, got {status}: {body}"
+    );
 }
