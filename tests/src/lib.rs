@@ -686,3 +686,74 @@ pub async fn assert_no_origin(gw: &Gateway, host: &str, context: &str) {
         "{context}: {host} must have no origin, got {status}: {body}"
     );
 }
+
+/// How long a public client may wait for a streamed response's first event, counted from
+/// before it sends the request. `/sse?n=2&interval_ms=60000` holds its second event for a
+/// minute, so a gateway that buffered the response would miss this by 45 s.
+pub const FIRST_EVENT_WITHIN: Duration = Duration::from_secs(15);
+
+/// The status, `content-type` and first data frame of `res`.
+async fn first_data<B>(res: Response<B>) -> Result<(StatusCode, String, Bytes)>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let mut body = res.into_body();
+    loop {
+        match body.frame().await {
+            None => bail!("the body ended without data"),
+            Some(Err(e)) => bail!("the body failed: {e}"),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() {
+                        return Ok((status, content_type, data));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Asks `host` for `/sse?n=2&interval_ms=60000` from public HTTP/1.1, HTTP/2 (h2c) and
+/// HTTP/3 clients and asserts that each gets the response and its first event within
+/// [`FIRST_EVENT_WITHIN`], the request included: the gateway streams, it does not buffer.
+pub async fn assert_sse_streams(gw: &Gateway, host: &str, context: &str) {
+    const PATH: &str = "/sse?n=2&interval_ms=60000";
+    let h3 = h3_client(gw)
+        .await
+        .unwrap_or_else(|e| panic!("{context}: public HTTP/3 client: {e:#}"));
+    for proto in ["HTTP/1.1", "HTTP/2", "HTTP/3"] {
+        let started = tokio::time::Instant::now();
+        let first = tokio::time::timeout(FIRST_EVENT_WITHIN, async {
+            if proto == "HTTP/3" {
+                let req = Request::get(h3_url(host, PATH)).body(full(Bytes::new()))?;
+                first_data(h3.request(req).await?).await
+            } else {
+                let res = client(proto == "HTTP/2")
+                    .request(get(gw, host, PATH))
+                    .await?;
+                first_data(res).await
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{context} from {proto}: no first event within {FIRST_EVENT_WITHIN:?} of sending the request")
+        });
+        let (status, content_type, data) =
+            first.unwrap_or_else(|e| panic!("{context} from {proto}: {e:#}"));
+        assert_eq!(status, StatusCode::OK, "{context} from {proto}");
+        assert_eq!(content_type, "text/event-stream", "{context} from {proto}");
+        assert_eq!(data, "data: event 0\n\n", "{context} from {proto}");
+        eprintln!(
+            "{context} from {proto}: first event after {:?}",
+            started.elapsed()
+        );
+    }
+}

@@ -91,28 +91,13 @@ async fn bodies_of_every_size_round_trip_on_every_quic_mechanism() {
 async fn sse_and_trailers_stream_through_every_quic_mechanism() {
     let fleet = Fleet::start("h3stream", QUIC_MECHANISMS).await.unwrap();
     let gw = &fleet.gateway;
-    let h1 = client(false);
     let h2 = client(true);
     for m in QUIC_MECHANISMS {
         let host = format!("{m}.localhost");
-        let res = h1
-            .request(get(gw, &host, "/sse?n=2&interval_ms=60000"))
-            .await
-            .unwrap();
-        assert_eq!(res.status(), StatusCode::OK, "{m}");
-        assert_eq!(res.headers()["content-type"], "text/event-stream", "{m}");
-        let mut body = res.into_body();
-        let first = tokio::time::timeout(Duration::from_secs(5), body.frame())
-            .await
-            .unwrap_or_else(|_| panic!("{m}: the first event was held back"))
-            .unwrap()
-            .unwrap();
-        let data = first.into_data().unwrap();
-        assert!(
-            String::from_utf8_lossy(&data).contains("data: event 0"),
-            "{m}: {data:?}"
-        );
-        drop(body);
+        // SSE: the second event comes a minute after the first, so seeing the first one
+        // within seconds of sending the request, from each public HTTP version, proves the
+        // gateway streams instead of buffering the response.
+        assert_sse_streams(gw, &host, m).await;
 
         let mut req = get(gw, &host, "/trailers");
         req.headers_mut()
