@@ -757,3 +757,94 @@ pub async fn assert_sse_streams(gw: &Gateway, host: &str, context: &str) {
         );
     }
 }
+
+/// A request body the test holds open: each `Bytes` sent becomes a data frame, and the body
+/// ends when the sender is dropped.
+pub fn held_body() -> (tokio::sync::mpsc::Sender<Bytes>, TestBody) {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let frames = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let data = receiver.recv().await?;
+        Some((
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(data)),
+            receiver,
+        ))
+    });
+    (
+        sender,
+        BodyExt::boxed(http_body_util::StreamBody::new(frames)),
+    )
+}
+
+/// A request in flight on `host` for as long as the test wants: an upload to `/echo-body`
+/// from a public HTTP/2 client, the test holding the request body open and reading each
+/// chunk back.
+#[derive(Debug)]
+pub struct Neighbour {
+    host: String,
+    sender: tokio::sync::mpsc::Sender<Bytes>,
+    body: hyper::body::Incoming,
+}
+
+impl Neighbour {
+    /// Opens the request and waits until its first chunk came back through the gateway.
+    pub async fn open(gw: &Gateway, host: &str) -> Self {
+        let (sender, body) = held_body();
+        let req = Request::post(url(gw, host, "/echo-body"))
+            .body(body)
+            .unwrap();
+        let response = tokio::spawn(async move { client(true).request(req).await });
+        sender
+            .send(Bytes::from_static(b"before"))
+            .await
+            .unwrap_or_else(|_| panic!("{host}: the upload was dropped"));
+        let res = tokio::time::timeout(Duration::from_secs(30), response)
+            .await
+            .unwrap_or_else(|_| panic!("{host}: no answer while the upload is open"))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(res.status(), StatusCode::OK, "{host}");
+        let mut neighbour = Self {
+            host: host.to_string(),
+            sender,
+            body: res.into_body(),
+        };
+        neighbour.read_back("before").await;
+        neighbour
+    }
+
+    async fn read_back(&mut self, chunk: &str) {
+        let mut got = Vec::new();
+        while got.len() < chunk.len() {
+            let frame = tokio::time::timeout(Duration::from_secs(30), self.body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("{}: {chunk:?} did not come back", self.host))
+                .unwrap_or_else(|| panic!("{}: the echo ended early", self.host))
+                .unwrap_or_else(|e| panic!("{}: the echo failed: {e}", self.host));
+            if let Ok(data) = frame.into_data() {
+                got.extend_from_slice(&data);
+            }
+        }
+        assert_eq!(got, chunk.as_bytes(), "{}", self.host);
+    }
+
+    /// Sends one more chunk, reads it back, ends the upload and expects a clean end.
+    pub async fn finish(mut self) {
+        self.sender
+            .send(Bytes::from_static(b"after"))
+            .await
+            .unwrap_or_else(|_| panic!("{}: the upload was dropped", self.host));
+        self.read_back("after").await;
+        drop(self.sender);
+        loop {
+            let end = tokio::time::timeout(Duration::from_secs(30), self.body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("{}: the echo never ended", self.host));
+            match end {
+                None => return,
+                Some(Ok(frame)) if frame.is_trailers() => return,
+                Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => {}
+                other => panic!("{}: the echo did not end cleanly: {other:?}", self.host),
+            }
+        }
+    }
+}

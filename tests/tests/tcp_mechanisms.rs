@@ -183,6 +183,10 @@ async fn an_origin_dying_mid_request_costs_that_request_a_502_only() {
         let m = fleet.origins[i].0.clone();
         let host = format!("{m}.localhost");
         let gw = &fleet.gateway;
+        // A neighbour on another origin, in flight across the death: an upload the test
+        // holds open, echoed back chunk by chunk.
+        let other = fleet.origins[(i + 1) % fleet.origins.len()].0.clone();
+        let neighbour = Neighbour::open(gw, &format!("{other}.localhost")).await;
         let slow = tokio::spawn({
             let h1 = h1.clone();
             let req = get(gw, &host, "/slow?ms=10000");
@@ -197,14 +201,8 @@ async fn an_origin_dying_mid_request_costs_that_request_a_502_only() {
             "{m}: {}",
             String::from_utf8_lossy(&body)
         );
-        // Everyone else is unaffected.
-        let other = &fleet.origins[(i + 1) % fleet.origins.len()].0;
-        if (i + 1) % fleet.origins.len() > i {
-            let (res, _) = send(&h1, get(gw, &format!("{other}.localhost"), "/"))
-                .await
-                .unwrap();
-            assert_eq!(res.status(), StatusCode::OK, "{other} after {m} died");
-        }
+        // The neighbour was not disturbed: its upload goes on and ends cleanly.
+        neighbour.finish().await;
         // A new origin process connects and the next request succeeds.
         fleet.origins[i].1 = Origin::start(gw, &m, &host, &[]).await.unwrap();
         wait_ready(gw, &host).await.unwrap();
