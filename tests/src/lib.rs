@@ -848,3 +848,20 @@ impl Neighbour {
         }
     }
 }
+
+impl Gateway {
+    /// The process's peak resident set size so far (`VmHWM` in `/proc/<pid>/status`), in
+    /// bytes; `None` off Linux or once the process is gone.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+}
