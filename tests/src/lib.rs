@@ -112,6 +112,8 @@ pub struct Gateway {
     pub tunnel: SocketAddr,
     /// The dev credentials directory.
     pub dev: PathBuf,
+    /// Everything the process wrote to stderr (also echoed to the test's stderr).
+    pub log: LogTap,
 }
 
 impl Gateway {
@@ -139,9 +141,10 @@ impl Gateway {
             std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
         )
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .kill_on_drop(true);
         let mut child = cmd.spawn().context("starting ptth-gateway")?;
+        let log = LogTap::capture("gateway", child.stderr.take());
         let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
         let mut lines = BufReader::new(stdout).lines();
         let (mut l, mut lt, mut t) = (None, None, None);
@@ -169,6 +172,7 @@ impl Gateway {
             listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
             tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
             dev: dev.to_path_buf(),
+            log,
         })
     }
 
@@ -204,6 +208,8 @@ impl Gateway {
 #[derive(Debug)]
 pub struct Origin {
     child: Child,
+    /// Everything the process wrote to stderr (also echoed to the test's stderr).
+    pub log: LogTap,
 }
 
 impl Origin {
@@ -242,7 +248,7 @@ impl Origin {
                 std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
             )
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .kill_on_drop(true);
         if !extra.contains(&"--upstream") {
             cmd.arg("--hello");
@@ -256,9 +262,9 @@ impl Origin {
         if is_h1(mechanism) && !extra.contains(&"--connections") {
             cmd.args(["--connections", "4"]);
         }
-        Ok(Self {
-            child: cmd.spawn().context("starting ptth-origin")?,
-        })
+        let mut child = cmd.spawn().context("starting ptth-origin")?;
+        let log = LogTap::capture(&format!("origin {mechanism} {host}"), child.stderr.take());
+        Ok(Self { child, log })
     }
 
     /// Kills the process at once, as a crash would.
@@ -477,19 +483,18 @@ pub async fn raw_setup(gw: &Gateway, head: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
 }
 
-/// Sends `GET /` for `host` until `deadline_secs` pass; returns the last status seen.
+/// Sends `GET /` for `host` until `deadline_secs` pass (or a 200 comes); returns the last
+/// status seen. Panics on a transport error: a gateway that crashed or stopped answering is
+/// never mistaken for one that refused an origin.
 pub async fn status_after(gw: &Gateway, host: &str, deadline_secs: u64) -> StatusCode {
     let c = client(false);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(deadline_secs);
-    let mut last = StatusCode::SERVICE_UNAVAILABLE;
     loop {
-        if let Ok((res, _)) = send(&c, get(gw, host, "/")).await {
-            last = res.status();
-            if last == StatusCode::OK {
-                return last;
-            }
-        }
-        if tokio::time::Instant::now() >= deadline {
+        let last = match send(&c, get(gw, host, "/")).await {
+            Ok((res, _)) => res.status(),
+            Err(e) => panic!("GET http://{host}/ through the gateway failed: {e:#}"),
+        };
+        if last == StatusCode::OK || tokio::time::Instant::now() >= deadline {
             return last;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -571,6 +576,296 @@ pub fn h3_url(host: &str, path: &str) -> String {
     format!("https://{host}{path}")
 }
 
+/// The most lines a [`LogTap`] keeps; older ones are dropped.
+const LOG_TAP_LINES: usize = 20_000;
+
+/// The stderr of a child process, line by line with ANSI colours removed, kept so a test can
+/// wait for the log line that proves why something happened. Each line is echoed to the
+/// test's own stderr, prefixed with the process's name.
+#[derive(Debug, Clone, Default)]
+pub struct LogTap {
+    lines: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    grew: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl LogTap {
+    /// Reads `stderr` to its end in a task of its own.
+    pub fn capture(name: &str, stderr: Option<tokio::process::ChildStderr>) -> Self {
+        let tap = Self::default();
+        if let Some(stderr) = stderr {
+            let (tap, name) = (tap.clone(), name.to_string());
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let line = strip_ansi(&line);
+                    eprintln!("[{name}] {line}");
+                    {
+                        let mut l = tap.lines.lock().unwrap();
+                        if l.len() == LOG_TAP_LINES {
+                            l.pop_front();
+                        }
+                        l.push_back(line);
+                    }
+                    tap.grew.notify_waiters();
+                }
+            });
+        }
+        tap
+    }
+
+    /// The lines that contain `needle`.
+    pub fn matching(&self, needle: &str) -> Vec<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// Everything captured so far.
+    pub fn text(&self) -> String {
+        let l = self.lines.lock().unwrap();
+        l.iter().map(String::as_str).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Waits up to `secs` for a line containing `needle` and returns it.
+    pub async fn wait_for(&self, needle: &str, secs: u64) -> Result<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let grew = self.grew.notified();
+            if let Some(line) = self.matching(needle).pop() {
+                return Ok(line);
+            }
+            if tokio::time::timeout_at(deadline, grew).await.is_err() {
+                bail!(
+                    "no log line with {needle:?} within {secs} s; the log:\n{}",
+                    self.text()
+                );
+            }
+        }
+    }
+}
+
+/// `line` without ANSI escape sequences (`ESC [ ... letter`).
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// Sends `GET <path>` for `host` and returns the status and body, or panics with the
+/// transport error.
+pub async fn answer(gw: &Gateway, host: &str, path: &str) -> (StatusCode, String) {
+    match send(&client(false), get(gw, host, path)).await {
+        Ok((res, body)) => (res.status(), String::from_utf8_lossy(&body).into_owned()),
+        Err(e) => panic!("GET http://{host}{path} through the gateway failed: {e:#}"),
+    }
+}
+
+/// The reason the gateway gives when no origin connection serves a host and path.
+pub const NO_ORIGIN: &str = "no origin is connected";
+
+/// Asserts that `host` has no origin now: a 503 whose body gives [`NO_ORIGIN`] as the reason.
+pub async fn assert_no_origin(gw: &Gateway, host: &str, context: &str) {
+    let (status, body) = answer(gw, host, "/").await;
+    assert!(
+        status == StatusCode::SERVICE_UNAVAILABLE && body.contains(NO_ORIGIN),
+        "{context}: {host} must have no origin, got {status}: {body}"
+    );
+}
+
+/// How long a public client may wait for a streamed response's first event, counted from
+/// before it sends the request. `/sse?n=2&interval_ms=60000` holds its second event for a
+/// minute, so a gateway that buffered the response would miss this by 45 s.
+pub const FIRST_EVENT_WITHIN: Duration = Duration::from_secs(15);
+
+/// The status, `content-type` and first data frame of `res`.
+async fn first_data<B>(res: Response<B>) -> Result<(StatusCode, String, Bytes)>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let status = res.status();
+    let content_type = res
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let mut body = res.into_body();
+    loop {
+        match body.frame().await {
+            None => bail!("the body ended without data"),
+            Some(Err(e)) => bail!("the body failed: {e}"),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() {
+                        return Ok((status, content_type, data));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Asks `host` for `/sse?n=2&interval_ms=60000` from public HTTP/1.1, HTTP/2 (h2c) and
+/// HTTP/3 clients and asserts that each gets the response and its first event within
+/// [`FIRST_EVENT_WITHIN`], the request included: the gateway streams, it does not buffer.
+pub async fn assert_sse_streams(gw: &Gateway, host: &str, context: &str) {
+    const PATH: &str = "/sse?n=2&interval_ms=60000";
+    let h3 = h3_client(gw)
+        .await
+        .unwrap_or_else(|e| panic!("{context}: public HTTP/3 client: {e:#}"));
+    for proto in ["HTTP/1.1", "HTTP/2", "HTTP/3"] {
+        let started = tokio::time::Instant::now();
+        let first = tokio::time::timeout(FIRST_EVENT_WITHIN, async {
+            if proto == "HTTP/3" {
+                let req = Request::get(h3_url(host, PATH)).body(full(Bytes::new()))?;
+                first_data(h3.request(req).await?).await
+            } else {
+                let res = client(proto == "HTTP/2")
+                    .request(get(gw, host, PATH))
+                    .await?;
+                first_data(res).await
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            panic!("{context} from {proto}: no first event within {FIRST_EVENT_WITHIN:?} of sending the request")
+        });
+        let (status, content_type, data) =
+            first.unwrap_or_else(|e| panic!("{context} from {proto}: {e:#}"));
+        assert_eq!(status, StatusCode::OK, "{context} from {proto}");
+        assert_eq!(content_type, "text/event-stream", "{context} from {proto}");
+        assert_eq!(data, "data: event 0\n\n", "{context} from {proto}");
+        eprintln!(
+            "{context} from {proto}: first event after {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// A request body the test holds open: each `Bytes` sent becomes a data frame, and the body
+/// ends when the sender is dropped.
+pub fn held_body() -> (tokio::sync::mpsc::Sender<Bytes>, TestBody) {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Bytes>(1);
+    let frames = futures_util::stream::unfold(receiver, |mut receiver| async move {
+        let data = receiver.recv().await?;
+        Some((
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(data)),
+            receiver,
+        ))
+    });
+    (
+        sender,
+        BodyExt::boxed(http_body_util::StreamBody::new(frames)),
+    )
+}
+
+/// A request in flight on `host` for as long as the test wants: an upload to `/echo-body`
+/// from a public HTTP/2 client, the test holding the request body open and reading each
+/// chunk back.
+#[derive(Debug)]
+pub struct Neighbour {
+    host: String,
+    sender: tokio::sync::mpsc::Sender<Bytes>,
+    body: hyper::body::Incoming,
+}
+
+impl Neighbour {
+    /// Opens the request and waits until its first chunk came back through the gateway.
+    pub async fn open(gw: &Gateway, host: &str) -> Self {
+        let (sender, body) = held_body();
+        let req = Request::post(url(gw, host, "/echo-body"))
+            .body(body)
+            .unwrap();
+        let response = tokio::spawn(async move { client(true).request(req).await });
+        sender
+            .send(Bytes::from_static(b"before"))
+            .await
+            .unwrap_or_else(|_| panic!("{host}: the upload was dropped"));
+        let res = tokio::time::timeout(Duration::from_secs(30), response)
+            .await
+            .unwrap_or_else(|_| panic!("{host}: no answer while the upload is open"))
+            .unwrap()
+            .unwrap_or_else(|e| panic!("{host}: {e}"));
+        assert_eq!(res.status(), StatusCode::OK, "{host}");
+        let mut neighbour = Self {
+            host: host.to_string(),
+            sender,
+            body: res.into_body(),
+        };
+        neighbour.read_back("before").await;
+        neighbour
+    }
+
+    async fn read_back(&mut self, chunk: &str) {
+        let mut got = Vec::new();
+        while got.len() < chunk.len() {
+            let frame = tokio::time::timeout(Duration::from_secs(30), self.body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("{}: {chunk:?} did not come back", self.host))
+                .unwrap_or_else(|| panic!("{}: the echo ended early", self.host))
+                .unwrap_or_else(|e| panic!("{}: the echo failed: {e}", self.host));
+            if let Ok(data) = frame.into_data() {
+                got.extend_from_slice(&data);
+            }
+        }
+        assert_eq!(got, chunk.as_bytes(), "{}", self.host);
+    }
+
+    /// Sends one more chunk, reads it back, ends the upload and expects a clean end.
+    pub async fn finish(mut self) {
+        self.sender
+            .send(Bytes::from_static(b"after"))
+            .await
+            .unwrap_or_else(|_| panic!("{}: the upload was dropped", self.host));
+        self.read_back("after").await;
+        drop(self.sender);
+        loop {
+            let end = tokio::time::timeout(Duration::from_secs(30), self.body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("{}: the echo never ended", self.host));
+            match end {
+                None => return,
+                Some(Ok(frame)) if frame.is_trailers() => return,
+                Some(Ok(frame)) if frame.data_ref().is_some_and(Bytes::is_empty) => {}
+                other => panic!("{}: the echo did not end cleanly: {other:?}", self.host),
+            }
+        }
+    }
+}
+
+impl Gateway {
+    /// The process's peak resident set size so far (`VmHWM` in `/proc/<pid>/status`), in
+    /// bytes; `None` off Linux or once the process is gone.
+    pub fn peak_rss(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    }
+}
+
 /// Starts a gateway like [`Gateway::start`], with its stderr (at `rust_log`) written to
 /// `log` instead of inherited, so a test can wait for a log line or check there is none.
 pub async fn start_gateway_logging(
@@ -623,6 +918,8 @@ pub async fn start_gateway_logging(
         listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
         tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
         dev: dev.to_path_buf(),
+        // This start sends stderr elsewhere (a file or its own reader).
+        log: LogTap::default(),
     })
 }
 
@@ -810,7 +1107,10 @@ impl Origin {
         let mut child = cmd.spawn().context("starting ptth-origin")?;
         let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
         Ok((
-            Self { child },
+            Self {
+                child,
+                log: LogTap::default(),
+            },
             LogLines::follow(stderr, &format!("origin {mechanism} {host}")),
         ))
     }
@@ -955,6 +1255,8 @@ impl Gateway {
                 listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
                 tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
                 dev: dev.to_path_buf(),
+                // This start sends stderr elsewhere (a file or its own reader).
+                log: LogTap::default(),
             },
             log,
         ))
@@ -1010,6 +1312,8 @@ impl Gateway {
             listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
             tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
             dev: dev.to_path_buf(),
+            // This start sends stderr elsewhere (a file or its own reader).
+            log: LogTap::default(),
         })
     }
 }

@@ -3,7 +3,9 @@
 //! The targets need nightly-only compiler flags (`-Zsanitizer=address`, sancov passes). On a
 //! stable toolchain this sets `RUSTC_BOOTSTRAP=1`, which unlocks them; if the AddressSanitizer
 //! build still fails it falls back to `--sanitizer none` (coverage-guided fuzzing still works,
-//! only memory errors in unsafe dependencies go undetected).
+//! only memory errors in unsafe dependencies go undetected) — except with `--sanitizer
+//! address`, which `cargo xtask ci` passes: there a failed AddressSanitizer build fails the
+//! run instead of quietly fuzzing without it.
 //!
 //! Seeds come from `tests/data/fuzz/<target>/`, which the ordinary test suite replays
 //! (`tests/tests/fuzz_regressions.rs`). New corpus entries go to the git-ignored
@@ -17,21 +19,36 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Every fuzz target in `fuzz/fuzz_targets/`, in the order they run.
-pub const TARGETS: &[&str] = &[
-    "alpn_header",
-    "setup_request",
-    "setup_response",
-    "well_known_uri",
-    "quarter_stream_id",
-    "origin_frame",
-    "authorize_claim",
-    "bearer_token",
-    "challenge_answer",
-    "grants_toml",
-    "qpack_field_section",
-    "h3_frames",
-];
+/// Every fuzz target: each file in `fuzz/fuzz_targets/`, by name. Discovered rather than
+/// listed, so a new target cannot be left out of the run; each must also be declared as a
+/// `[[bin]]` in `fuzz/Cargo.toml` (cargo-fuzz builds only those), or the run fails.
+pub fn targets(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join("fuzz/fuzz_targets");
+    let mut names = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "rs") {
+            if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+                names.push(stem.to_string());
+            }
+        }
+    }
+    names.sort();
+    if names.is_empty() {
+        bail!("no fuzz targets in {}", dir.display());
+    }
+    let manifest = fs::read_to_string(root.join("fuzz/Cargo.toml"))?;
+    let undeclared: Vec<&String> = names
+        .iter()
+        .filter(|n| !manifest.contains(&format!("name = \"{n}\"\npath = \"fuzz_targets/{n}.rs\"")))
+        .collect();
+    if !undeclared.is_empty() {
+        bail!(
+            "fuzz targets without a [[bin]] (name and path) in fuzz/Cargo.toml, so cargo fuzz would never build them: {undeclared:?}"
+        );
+    }
+    Ok(names)
+}
 
 const USAGE: &str =
     "usage: cargo xtask fuzz [TARGET] [--time SECONDS] [--sanitizer address|none]\n       \
@@ -44,7 +61,7 @@ const DEFAULT_SECONDS: u64 = 10;
 const INPUT_TIMEOUT_SECONDS: u64 = 25;
 
 struct Options {
-    targets: Vec<&'static str>,
+    targets: Vec<String>,
     seconds: u64,
     build_only: bool,
     sanitizer: Option<String>,
@@ -52,7 +69,7 @@ struct Options {
 
 /// One line of the summary table.
 struct Outcome {
-    target: &'static str,
+    target: String,
     elapsed: Duration,
     execs: Option<u64>,
     verdict: Verdict,
@@ -70,7 +87,8 @@ enum Verdict {
 }
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let opts = parse_args(args)?;
+    let all = targets(root)?;
+    let opts = parse_args(args, &all)?;
     let fuzz_dir = root.join("fuzz");
     ensure_cargo_fuzz(&fuzz_dir)?;
     let bootstrap = needs_bootstrap(&fuzz_dir)?;
@@ -82,13 +100,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     if opts.build_only {
         eprintln!(
             "xtask fuzz: built {} targets (sanitizer {sanitizer})",
-            TARGETS.len()
+            all.len()
         );
         return Ok(());
     }
 
     let mut outcomes = Vec::new();
-    for &target in &opts.targets {
+    for target in &opts.targets {
         outcomes.push(run_target(
             root,
             &fuzz_dir,
@@ -126,9 +144,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
 }
 
-fn parse_args(args: &[String]) -> Result<Options> {
+fn parse_args(args: &[String], all: &[String]) -> Result<Options> {
     let mut opts = Options {
-        targets: TARGETS.to_vec(),
+        targets: all.to_vec(),
         seconds: DEFAULT_SECONDS,
         build_only: false,
         sanitizer: None,
@@ -157,17 +175,14 @@ fn parse_args(args: &[String]) -> Result<Options> {
             }
             "--sanitizer" | "-s" => opts.sanitizer = Some(value("--sanitizer")?),
             "-h" | "--help" => {
-                eprintln!("{USAGE}\n\ntargets: {}", TARGETS.join(", "));
+                eprintln!("{USAGE}\n\ntargets: {}", all.join(", "));
                 std::process::exit(0);
             }
             name if !name.starts_with('-') => {
-                let target = TARGETS.iter().find(|&&t| t == name).with_context(|| {
-                    format!(
-                        "unknown fuzz target {name:?}; targets: {}",
-                        TARGETS.join(", ")
-                    )
+                let target = all.iter().find(|t| *t == name).with_context(|| {
+                    format!("unknown fuzz target {name:?}; targets: {}", all.join(", "))
                 })?;
-                opts.targets = vec![*target];
+                opts.targets = vec![target.clone()];
             }
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
@@ -241,7 +256,7 @@ fn build(fuzz_dir: &Path, bootstrap: bool, sanitizer: Option<&str>) -> Result<St
 fn run_target(
     root: &Path,
     fuzz_dir: &Path,
-    target: &'static str,
+    target: &str,
     seconds: u64,
     bootstrap: bool,
     sanitizer: &str,
@@ -329,7 +344,7 @@ fn run_target(
         }
     };
     Ok(Outcome {
-        target,
+        target: target.to_string(),
         elapsed,
         execs,
         verdict,
@@ -433,14 +448,16 @@ mod tests {
 
     #[test]
     fn parses_arguments() {
-        let args = |a: &[&str]| parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let all = targets(&crate::project_root()).unwrap();
+        let args =
+            |a: &[&str]| parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>(), &all);
         let o = args(&["origin_frame", "--time", "20"]).unwrap();
         assert_eq!(o.targets, vec!["origin_frame"]);
         assert_eq!(o.seconds, 20);
         let o = args(&["--time=3", "--build"]).unwrap();
         assert_eq!(
             (o.seconds, o.build_only, o.targets.len()),
-            (3, true, TARGETS.len())
+            (3, true, all.len())
         );
         assert!(args(&["nope"]).is_err());
         assert!(args(&["--time", "0"]).is_err());
@@ -448,13 +465,29 @@ mod tests {
     }
 
     #[test]
-    fn every_target_has_a_file() {
-        let dir = crate::project_root().join("fuzz/fuzz_targets");
-        for t in TARGETS {
-            assert!(
-                dir.join(format!("{t}.rs")).is_file(),
-                "fuzz/fuzz_targets/{t}.rs"
-            );
+    fn targets_are_discovered_and_declared() {
+        let all = targets(&crate::project_root()).unwrap();
+        for t in ["origin_frame", "h3_frames", "setup_request"] {
+            assert!(all.iter().any(|a| a == t), "{t} not discovered in {all:?}");
         }
+        // A file without a [[bin]] is an error, not a target that silently never runs.
+        let dir = std::env::temp_dir().join(format!("ptth-fuzz-discover-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("fuzz/fuzz_targets")).unwrap();
+        fs::write(dir.join("fuzz/fuzz_targets/declared.rs"), "").unwrap();
+        fs::write(dir.join("fuzz/fuzz_targets/forgotten.rs"), "").unwrap();
+        fs::write(
+            dir.join("fuzz/Cargo.toml"),
+            "[[bin]]\nname = \"declared\"\npath = \"fuzz_targets/declared.rs\"\n",
+        )
+        .unwrap();
+        let err = targets(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("forgotten") && !err.contains("\"declared\""),
+            "{err}"
+        );
+        fs::remove_file(dir.join("fuzz/fuzz_targets/forgotten.rs")).unwrap();
+        assert_eq!(targets(&dir).unwrap(), vec!["declared".to_string()]);
+        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -92,8 +92,12 @@ fn ci(args: &[String]) -> Result<()> {
         // The conformance matrix's quick subset: real curl, h2load and our HTTP/3 client
         // against real processes, and the request-smuggling battery.
         interop::run(&root, &["--quick".to_string()])?;
-        // Every fuzz target, built with its sanitizer, a few seconds each from its seeds.
-        fuzz::run(&root, &["--time".to_string(), "3".to_string()])?;
+        // Every fuzz target (discovered from fuzz/fuzz_targets/), built with AddressSanitizer
+        // (a failed sanitizer build fails the run), a few seconds each from its seeds.
+        fuzz::run(
+            &root,
+            &["--time", "3", "--sanitizer", "address"].map(String::from),
+        )?;
         // The benchmark harness, seconds long: every row still starts and measures.
         bench::run(&root, &["--smoke".to_string()])?;
         // The edge battery, on the release binaries the bench just built.

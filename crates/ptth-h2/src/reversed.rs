@@ -300,6 +300,110 @@ mod tests {
         }
     }
 
+    /// The frames the gateway wrote, counted by type as they pass: HEADERS and RST_STREAM.
+    struct Written {
+        preface_left: usize,
+        buf: Vec<u8>,
+        headers: usize,
+        resets: usize,
+    }
+
+    impl Default for Written {
+        fn default() -> Self {
+            Self {
+                // RFC 9113 §3.4: the client preface is 24 octets, then frames.
+                preface_left: 24,
+                buf: Vec::new(),
+                headers: 0,
+                resets: 0,
+            }
+        }
+    }
+
+    impl Written {
+        fn feed(&mut self, bytes: &[u8]) {
+            self.buf.extend_from_slice(bytes);
+            let skip = self.preface_left.min(self.buf.len());
+            self.buf.drain(..skip);
+            self.preface_left -= skip;
+            // RFC 9113 §4.1: a 9-octet header (24-bit length, type, flags, stream id).
+            while self.buf.len() >= 9 {
+                let len = u32::from_be_bytes([0, self.buf[0], self.buf[1], self.buf[2]]) as usize;
+                if self.buf.len() < 9 + len {
+                    break;
+                }
+                match self.buf[3] {
+                    0x1 => self.headers += 1,
+                    0x3 => self.resets += 1,
+                    _ => {}
+                }
+                self.buf.drain(..9 + len);
+            }
+        }
+    }
+
+    /// The gateway's end of the pipe, counting what it writes.
+    struct Counted<IO> {
+        io: IO,
+        written: Arc<(Mutex<Written>, tokio::sync::Notify)>,
+    }
+
+    impl<IO: AsyncRead + Unpin> AsyncRead for Counted<IO> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl<IO: AsyncWrite + Unpin> AsyncWrite for Counted<IO> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            let poll = Pin::new(&mut self.io).poll_write(cx, buf);
+            if let Poll::Ready(Ok(n)) = poll {
+                self.written.0.lock().unwrap().feed(&buf[..n]);
+                self.written.1.notify_waiters();
+            }
+            poll
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// Waits up to 10 s until the gateway has written what `done` asks for.
+    async fn until(
+        written: &(Mutex<Written>, tokio::sync::Notify),
+        what: &str,
+        done: impl Fn(&Written) -> bool,
+    ) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let wrote = written.1.notified();
+            if done(&written.0.lock().unwrap()) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, wrote).await.is_err() {
+                let w = written.0.lock().unwrap();
+                panic!(
+                    "the gateway never wrote {what}: {} HEADERS, {} RST_STREAM",
+                    w.headers, w.resets
+                );
+            }
+        }
+    }
+
     async fn request(send: &mut Sender) -> hyper::Result<http::Response<Incoming>> {
         send.ready().await?;
         send.send_request(http::Request::new(empty())).await
@@ -321,6 +425,11 @@ mod tests {
             Ok::<_, std::convert::Infallible>(http::Response::new(empty()))
         });
         let origin = tokio::spawn(serve(origin_io, service, options));
+        let written = Arc::new((Mutex::new(Written::default()), tokio::sync::Notify::new()));
+        let gateway_io = Counted {
+            io: gateway_io,
+            written: written.clone(),
+        };
         let (send, conn) = handshake(gateway_io, Windows::default()).await.unwrap();
         let driven = tokio::spawn(drive(conn, Arc::new(PeerSettings::default())));
         // The handshake and one exchange, so both sides know each other's SETTINGS.
@@ -329,20 +438,30 @@ mod tests {
             http::StatusCode::OK
         );
 
-        // The origin stops reading; the gateway opens every stream it may, then cancels them.
+        // The origin stops reading; the gateway opens every stream it may (its HEADERS are
+        // all written), then cancels them (every RST_STREAM is written).
         set(&gate, true);
-        let inflight: Vec<_> = (0..options.max_concurrent_streams)
+        let burst = options.max_concurrent_streams as usize;
+        let inflight: Vec<_> = (0..burst)
             .map(|_| {
                 let mut send = send.clone();
                 tokio::spawn(async move { request(&mut send).await })
             })
             .collect();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        until(&written, "every HEADERS of the burst", |w| {
+            w.headers > burst
+        })
+        .await;
+        assert_eq!(written.0.lock().unwrap().resets, 0);
         for task in &inflight {
             task.abort();
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        // The origin reads the HEADERS and the RST_STREAMs in one go, before it accepted any.
+        until(&written, "every RST_STREAM of the burst", |w| {
+            w.resets >= burst
+        })
+        .await;
+        // The origin reads the HEADERS and the RST_STREAMs in one go, before it accepted any:
+        // far more than h2's default of 20 pending-accept resets.
         set(&gate, false);
 
         let answer = tokio::time::timeout(Duration::from_secs(10), request(&mut send.clone()))

@@ -467,7 +467,6 @@ mod tests {
     use super::*;
     use crate::service::test_support::{check_echo, connect_h2_websocket, serve, Server};
     use crate::service::Hello;
-    use futures_util::StreamExt;
     use http::header::TRANSFER_ENCODING;
     use http_body::Frame;
     use http_body_util::{Full, StreamBody};
@@ -597,36 +596,96 @@ mod tests {
         assert!(page.contains("<dd id=\"host\">h2.example</dd>"), "{page}");
     }
 
+    /// A request body the test holds open: frames go in through the sender, and the body ends
+    /// only when the sender is dropped.
+    fn held_body() -> (
+        tokio::sync::mpsc::Sender<Frame<Bytes>>,
+        impl http_body::Body<Data = Bytes, Error = Infallible> + Send + Unpin + 'static,
+    ) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        let frames = futures_util::stream::unfold(receiver, |mut receiver| async move {
+            let frame = receiver.recv().await?;
+            Some((Ok(frame), receiver))
+        });
+        (sender, StreamBody::new(Box::pin(frames)))
+    }
+
+    /// The next data frame of `body`, within 10 s; `None` when it ends.
+    async fn next_data(body: &mut Body) -> Option<Bytes> {
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(10), body.frame())
+                .await
+                .expect("no frame within 10 s: the body is not streamed")?
+                .expect("the body failed");
+            if let Ok(data) = frame.into_data() {
+                return Some(data);
+            }
+        }
+    }
+
     #[tokio::test]
     async fn post_echo_streams_five_mebibytes() {
+        // Through the proxy to the upstream's /echo-body and back, in lockstep: the test sends
+        // a 64 KiB chunk only after the previous one came back, with the request body still
+        // open. A proxy that read the whole request body before forwarding it (or the whole
+        // response before returning it) never gets past the first chunk.
         let (proxy, _) = proxy_to_hello().await;
-        let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i % 253) as u8).collect();
+        let chunk: Bytes = (0..64 * 1024).map(|i| (i % 253) as u8).collect();
         let chunks = 80;
-        let mut hasher = Sha256::new();
-        for _ in 0..chunks {
-            hasher.update(&chunk);
-        }
-        let expected: String = hasher
-            .finalize()
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
-        let chunk = Bytes::from(chunk);
-        // The frames are produced one at a time as the proxy pulls them, so the body is
-        // never whole in memory on the sending side either.
-        let frames = futures_util::stream::iter(0..chunks)
-            .map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone())));
-        let request = Request::post("/echo")
-            .body(StreamBody::new(frames))
+        let (sender, request_body) = held_body();
+        let request = Request::post("/echo-body").body(request_body).unwrap();
+        let response = tokio::spawn(proxy.oneshot(request));
+        sender.send(Frame::data(chunk.clone())).await.unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), response)
+            .await
+            .expect("no answer while the request body is open")
+            .unwrap()
             .unwrap();
-        let response = proxy.oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let (mut sent, mut received) = (Sha256::new(), Sha256::new());
+        sent.update(&chunk);
+        let (mut sent_len, mut received_len) = (chunk.len(), 0);
+        for i in 1..=chunks {
+            while received_len < sent_len {
+                let data = next_data(&mut body)
+                    .await
+                    .unwrap_or_else(|| panic!("the echo ended after {received_len} bytes"));
+                received_len += data.len();
+                received.update(&data);
+            }
+            if i < chunks {
+                sender.send(Frame::data(chunk.clone())).await.unwrap();
+                sent.update(&chunk);
+                sent_len += chunk.len();
+            }
+        }
+        drop(sender);
+        assert!(next_data(&mut body).await.is_none(), "more than was sent");
+        assert_eq!(received_len, 80 * 64 * 1024);
+        assert_eq!(received.finalize(), sent.finalize());
+    }
+
+    #[tokio::test]
+    async fn sse_events_stream_through_the_proxy() {
+        // The second event comes a minute after the first: seeing the first one within
+        // seconds shows the proxy does not wait for the upstream's body to end.
+        let (proxy, _) = proxy_to_hello().await;
+        let request = Request::get("/sse?n=2&interval_ms=60000")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = tokio::time::timeout(Duration::from_secs(10), proxy.oneshot(request))
+            .await
+            .expect("no answer within 10 s")
+            .unwrap();
         assert_eq!(
-            text(response).await,
-            format!(
-                "{{\"bytes\":{},\"sha256\":\"{expected}\"}}\n",
-                80 * 64 * 1024
-            )
+            response.headers()[http::header::CONTENT_TYPE],
+            "text/event-stream"
+        );
+        let mut body = response.into_body();
+        assert_eq!(
+            next_data(&mut body).await.expect("a first event"),
+            "data: event 0\n\n"
         );
     }
 
