@@ -483,7 +483,7 @@ async fn origins_refuse_a_gateway_they_cannot_authenticate() {
             (
                 wrongpin,
                 "wrongpin",
-                "invalid peer certificate: ApplicationVerificationFailure",
+                "the gateway's certificate key does not match --gateway-pin",
             ),
         ] {
             origin
