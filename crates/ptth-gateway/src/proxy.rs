@@ -421,6 +421,15 @@ pub const RESERVED_REASON: &str =
 /// as conservatively as any upstream might read it: ASCII case-insensitively, with `%2F` and
 /// `%5C` as `/`, and runs of `/` as one. The query is not part of the path.
 fn is_reserved_path(path: &str) -> bool {
+    // Every request passes here: most paths cannot be reserved, and saying so allocates
+    // nothing (`well-known` is unreserved characters, so the normalised path has it plain).
+    if !path
+        .as_bytes()
+        .windows(b"well-known".len())
+        .any(|w| w.eq_ignore_ascii_case(b"well-known"))
+    {
+        return false;
+    }
     let lowered = path
         .to_ascii_lowercase()
         .replace("%2f", "/")

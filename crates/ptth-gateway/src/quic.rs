@@ -542,8 +542,8 @@ pub(crate) async fn serve_public(
                     return;
                 }
             };
-            let activity = Arc::new(tokio::sync::watch::Sender::new(Activity::default()));
-            let idle = idle_for(activity.subscribe(), header_timeout);
+            let activity = Activity::new();
+            let idle = idle_for(activity.clone(), header_timeout);
             tokio::pin!(idle);
             loop {
                 let next = tokio::select! {
