@@ -124,56 +124,13 @@ impl Gateway {
 
     /// Starts a gateway on the given listen and tunnel addresses.
     pub async fn start_on(dev: &Path, listen: &str, tunnel: &str, extra: &[&str]) -> Result<Self> {
-        let mut cmd = Command::new(bin("ptth-gateway"));
-        cmd.args([
-            "--listen",
-            listen,
-            "--listen-tls",
-            "127.0.0.1:0",
-            "--tunnel",
-            tunnel,
-        ])
-        .arg("--dev")
-        .arg(dev)
-        .args(extra)
-        .env(
+        let mut cmd = gateway_command(dev, listen, tunnel, extra);
+        cmd.env(
             "RUST_LOG",
             std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
         )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-        let mut child = cmd.spawn().context("starting ptth-gateway")?;
-        let log = LogTap::capture("gateway", child.stderr.take());
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut l, mut lt, mut t) = (None, None, None);
-        let read = async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(v) = line.strip_prefix("listen=") {
-                    l = Some(v.parse()?);
-                } else if let Some(v) = line.strip_prefix("listen-tls=") {
-                    lt = Some(v.parse()?);
-                } else if let Some(v) = line.strip_prefix("tunnel=") {
-                    t = Some(v.parse()?);
-                    break;
-                }
-            }
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(Duration::from_secs(20), read)
-            .await
-            .map_err(|_| anyhow!("gateway did not report its addresses"))??;
-        // Keep draining stdout so the process never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self {
-            child,
-            listen: l.ok_or_else(|| anyhow!("no listen address"))?,
-            listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
-            tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
-            dev: dev.to_path_buf(),
-            log,
-        })
+        .stderr(Stdio::piped());
+        launch_gateway(cmd, dev, |stderr| LogTap::capture("gateway", stderr)).await
     }
 
     /// The origin-side `--gateway` URL.
@@ -579,6 +536,66 @@ pub fn h3_url(host: &str, path: &str) -> String {
 /// The most lines a [`LogTap`] keeps; older ones are dropped.
 const LOG_TAP_LINES: usize = 20_000;
 
+/// A `ptth-gateway --dev DIR` command on the given addresses (the TLS listener on an
+/// ephemeral port), stdout piped for [`launch_gateway`]; the caller sets the log level and
+/// where stderr goes.
+fn gateway_command(dev: &Path, listen: &str, tunnel: &str, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(bin("ptth-gateway"));
+    cmd.args([
+        "--listen",
+        listen,
+        "--listen-tls",
+        "127.0.0.1:0",
+        "--tunnel",
+        tunnel,
+    ])
+    .arg("--dev")
+    .arg(dev)
+    .args(extra)
+    .stdout(Stdio::piped())
+    .kill_on_drop(true);
+    cmd
+}
+
+/// Spawns a gateway command, hands its stderr (if piped) to `tap`, and waits for the
+/// addresses it prints on stdout (then keeps draining stdout so it never blocks).
+async fn launch_gateway(
+    mut cmd: Command,
+    dev: &Path,
+    tap: impl FnOnce(Option<tokio::process::ChildStderr>) -> LogTap,
+) -> Result<Gateway> {
+    let mut child = cmd.spawn().context("starting ptth-gateway")?;
+    let log = tap(child.stderr.take());
+    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    let (mut l, mut lt, mut t) = (None, None, None);
+    let read = async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(v) = line.strip_prefix("listen=") {
+                l = Some(v.parse()?);
+            } else if let Some(v) = line.strip_prefix("listen-tls=") {
+                lt = Some(v.parse()?);
+            } else if let Some(v) = line.strip_prefix("tunnel=") {
+                t = Some(v.parse()?);
+                break;
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .map_err(|_| anyhow!("gateway did not report its addresses"))??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(Gateway {
+        child,
+        listen: l.ok_or_else(|| anyhow!("no listen address"))?,
+        listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
+        tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
+        dev: dev.to_path_buf(),
+        log,
+    })
+}
+
 /// The stderr of a child process, line by line with ANSI colours removed, kept so a test can
 /// wait for the log line that proves why something happened. Each line is echoed to the
 /// test's own stderr, prefixed with the process's name.
@@ -874,53 +891,11 @@ pub async fn start_gateway_logging(
     log: &Path,
     rust_log: &str,
 ) -> Result<Gateway> {
-    let mut cmd = Command::new(bin("ptth-gateway"));
-    cmd.args([
-        "--listen",
-        "127.0.0.1:0",
-        "--listen-tls",
-        "127.0.0.1:0",
-        "--tunnel",
-        "127.0.0.1:0",
-    ])
-    .arg("--dev")
-    .arg(dev)
-    .args(extra)
-    .env("RUST_LOG", rust_log)
-    .env("NO_COLOR", "1")
-    .stdout(Stdio::piped())
-    .stderr(std::fs::File::create(log)?)
-    .kill_on_drop(true);
-    let mut child = cmd.spawn().context("starting ptth-gateway")?;
-    let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut l, mut lt, mut t) = (None, None, None);
-    let read = async {
-        while let Some(line) = lines.next_line().await? {
-            if let Some(v) = line.strip_prefix("listen=") {
-                l = Some(v.parse()?);
-            } else if let Some(v) = line.strip_prefix("listen-tls=") {
-                lt = Some(v.parse()?);
-            } else if let Some(v) = line.strip_prefix("tunnel=") {
-                t = Some(v.parse()?);
-                break;
-            }
-        }
-        anyhow::Ok(())
-    };
-    tokio::time::timeout(Duration::from_secs(20), read)
-        .await
-        .map_err(|_| anyhow!("gateway did not report its addresses"))??;
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    Ok(Gateway {
-        child,
-        listen: l.ok_or_else(|| anyhow!("no listen address"))?,
-        listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
-        tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
-        dev: dev.to_path_buf(),
-        // This start sends stderr elsewhere (a file or its own reader).
-        log: LogTap::default(),
-    })
+    let mut cmd = gateway_command(dev, "127.0.0.1:0", "127.0.0.1:0", extra);
+    cmd.env("RUST_LOG", rust_log)
+        .env("NO_COLOR", "1")
+        .stderr(std::fs::File::create(log)?);
+    launch_gateway(cmd, dev, |_| LogTap::default()).await
 }
 
 /// Waits until `log` holds at least `count` lines containing `needle`; returns its text.
@@ -1199,67 +1174,26 @@ impl Gateway {
     /// Like [`Gateway::start`], but logging at `info` as JSON into a [`GatewayLog`] the test
     /// reads (each line is also echoed to the test's stderr).
     pub async fn start_logged(dev: &Path, extra: &[&str]) -> Result<(Self, GatewayLog)> {
-        let mut cmd = Command::new(bin("ptth-gateway"));
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--listen-tls",
-            "127.0.0.1:0",
-            "--tunnel",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-        ])
-        .arg("--dev")
-        .arg(dev)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-        let mut child = cmd.spawn().context("starting ptth-gateway")?;
+        let mut extra = extra.to_vec();
+        extra.extend(["--log-format", "json"]);
+        let mut cmd = gateway_command(dev, "127.0.0.1:0", "127.0.0.1:0", &extra);
+        cmd.env("RUST_LOG", "info").stderr(Stdio::piped());
         let log = GatewayLog::default();
-        let stderr = child.stderr.take().ok_or_else(|| anyhow!("no stderr"))?;
         let sink = log.clone();
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("gateway: {line}");
-                sink.push(line);
+        let gw = launch_gateway(cmd, dev, move |stderr| {
+            if let Some(stderr) = stderr {
+                tokio::spawn(async move {
+                    let mut lines = BufReader::new(stderr).lines();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        eprintln!("gateway: {line}");
+                        sink.push(line);
+                    }
+                });
             }
-        });
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut l, mut lt, mut t) = (None, None, None);
-        let read = async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(v) = line.strip_prefix("listen=") {
-                    l = Some(v.parse()?);
-                } else if let Some(v) = line.strip_prefix("listen-tls=") {
-                    lt = Some(v.parse()?);
-                } else if let Some(v) = line.strip_prefix("tunnel=") {
-                    t = Some(v.parse()?);
-                    break;
-                }
-            }
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(Duration::from_secs(20), read)
-            .await
-            .map_err(|_| anyhow!("gateway did not report its addresses"))??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok((
-            Self {
-                child,
-                listen: l.ok_or_else(|| anyhow!("no listen address"))?,
-                listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
-                tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
-                dev: dev.to_path_buf(),
-                // This start sends stderr elsewhere (a file or its own reader).
-                log: LogTap::default(),
-            },
-            log,
-        ))
+            LogTap::default()
+        })
+        .await?;
+        Ok((gw, log))
     }
 }
 
@@ -1267,54 +1201,12 @@ impl Gateway {
     /// Starts a gateway like [`Gateway::start`], with its log (at `info`) written to `log`
     /// instead of the test's stderr, so a test can wait for a line ([`wait_for_log_line`]).
     pub async fn start_logging_to(dev: &Path, extra: &[&str], log: &Path) -> Result<Self> {
-        let mut cmd = Command::new(bin("ptth-gateway"));
-        cmd.args([
-            "--listen",
-            "127.0.0.1:0",
-            "--listen-tls",
-            "127.0.0.1:0",
-            "--tunnel",
-            "127.0.0.1:0",
-        ])
-        .arg("--dev")
-        .arg(dev)
-        .args(extra)
-        .env("RUST_LOG", "info")
-        // Plain `key=value` fields, without colour codes around them.
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).context("creating the gateway log")?)
-        .kill_on_drop(true);
-        let mut child = cmd.spawn().context("starting ptth-gateway")?;
-        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let (mut l, mut lt, mut t) = (None, None, None);
-        let read = async {
-            while let Some(line) = lines.next_line().await? {
-                if let Some(v) = line.strip_prefix("listen=") {
-                    l = Some(v.parse()?);
-                } else if let Some(v) = line.strip_prefix("listen-tls=") {
-                    lt = Some(v.parse()?);
-                } else if let Some(v) = line.strip_prefix("tunnel=") {
-                    t = Some(v.parse()?);
-                    break;
-                }
-            }
-            anyhow::Ok(())
-        };
-        tokio::time::timeout(Duration::from_secs(20), read)
-            .await
-            .map_err(|_| anyhow!("gateway did not report its addresses"))??;
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Self {
-            child,
-            listen: l.ok_or_else(|| anyhow!("no listen address"))?,
-            listen_tls: lt.ok_or_else(|| anyhow!("no listen-tls address"))?,
-            tunnel: t.ok_or_else(|| anyhow!("no tunnel address"))?,
-            dev: dev.to_path_buf(),
-            // This start sends stderr elsewhere (a file or its own reader).
-            log: LogTap::default(),
-        })
+        let mut cmd = gateway_command(dev, "127.0.0.1:0", "127.0.0.1:0", extra);
+        cmd.env("RUST_LOG", "info")
+            // Plain `key=value` fields, without colour codes around them.
+            .env("NO_COLOR", "1")
+            .stderr(std::fs::File::create(log).context("creating the gateway log")?);
+        launch_gateway(cmd, dev, |_| LogTap::default()).await
     }
 }
 
