@@ -385,19 +385,34 @@ pub async fn tls_connect(
     gw: &Gateway,
     alpn: &[&[u8]],
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(gw.tunnel).await?;
+    tls_over(gw, tcp, alpn).await
+}
+
+/// The dev CA of `gw`, as rustls trust anchors.
+pub fn dev_roots(gw: &Gateway) -> Result<rustls::RootCertStore> {
     let mut roots = rustls::RootCertStore::empty();
     let pem = std::fs::read(gw.dev.join("ca.pem"))?;
     for c in rustls_pemfile::certs(&mut pem.as_slice()) {
         roots.add(c?)?;
     }
+    Ok(roots)
+}
+
+/// A TLS client handshake on `tcp` to the gateway's tunnel (`localhost`), offering `alpn`,
+/// trusting the dev CA.
+async fn tls_over(
+    gw: &Gateway,
+    tcp: tokio::net::TcpStream,
+    alpn: &[&[u8]],
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
+    .with_root_certificates(dev_roots(gw)?)
     .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
-    let tcp = tokio::net::TcpStream::connect(gw.tunnel).await?;
     let name = rustls::pki_types::ServerName::try_from("localhost")?;
     Ok(
         tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
@@ -468,11 +483,7 @@ pub struct H3Client {
 
 /// Connects an [`H3Client`] to `gw`.
 pub async fn h3_client(gw: &Gateway) -> Result<H3Client> {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(gw.dev.join("ca.pem"))?;
-    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(c?)?;
-    }
+    let roots = dev_roots(gw)?;
     let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -932,25 +943,8 @@ pub async fn tls_connect_from(
     from: std::net::IpAddr,
     alpn: &[&[u8]],
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(gw.dev.join("ca.pem"))?;
-    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(c?)?;
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
     let tcp = tcp_from(from, gw.tunnel).await?;
-    let name = rustls::pki_types::ServerName::try_from("localhost")?;
-    Ok(
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-            .connect(name, tcp)
-            .await?,
-    )
+    tls_over(gw, tcp, alpn).await
 }
 
 /// A QUIC connection to `to` from loopback address `from`, offering `alpn`, trusting the dev
@@ -961,11 +955,7 @@ pub async fn quic_connect_from(
     to: SocketAddr,
     alpn: &[u8],
 ) -> Result<(quinn::Endpoint, quinn::Connection)> {
-    let mut roots = rustls::RootCertStore::empty();
-    let pem = std::fs::read(gw.dev.join("ca.pem"))?;
-    for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-        roots.add(c?)?;
-    }
+    let roots = dev_roots(gw)?;
     let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -811,6 +811,40 @@ fn mechanism_for(accepted: &ptth_core::AcceptedSetup, connect: bool) -> (Mechani
     (mechanism, version)
 }
 
+/// One setup request on an HTTP/1.1 or HTTP/2 (`connect`: extended CONNECT with
+/// `extended_protocol` as its `:protocol`) setup connection: admitted, its stream is taken
+/// over in a task of its own once the answer is sent; refused, the answer says why.
+fn take_over_setup(
+    req: &mut Request<Incoming>,
+    connect: bool,
+    extended_protocol: Option<&str>,
+    ctx: Arc<TunnelContext>,
+    peer: SocketAddr,
+    peer_certs: Option<&[CertificateDer<'static>]>,
+    setup: SetupState,
+) -> Response<Body> {
+    let (accepted, admission, scopes, response) =
+        match admit_setup(&ctx, req, extended_protocol, peer_certs) {
+            Ok(x) => x,
+            Err(res) => return *res,
+        };
+    let (mechanism, version) = mechanism_for(&accepted, connect);
+    let on_upgrade = hyper::upgrade::on(req);
+    tokio::spawn(reverse_after_upgrade(
+        on_upgrade,
+        version,
+        mechanism,
+        Registration {
+            scopes,
+            admission,
+            peer,
+            setup,
+        },
+        ctx,
+    ));
+    response
+}
+
 /// HTTP/1.1 setup connection: `Upgrade: ptth` or `Upgrade: PTTH/1.0`, then `101`. Closed at
 /// the setup deadline unless a setup was registered by then.
 async fn serve_h1_setup<IO>(
@@ -830,26 +864,15 @@ async fn serve_h1_setup<IO>(
         let peer_certs = peer_certs.clone();
         let setup = service_setup.clone();
         async move {
-            let (accepted, admission, scopes, response) =
-                match admit_setup(&ctx, &req, None, peer_certs.as_deref()) {
-                    Ok(x) => x,
-                    Err(res) => return Ok::<_, std::convert::Infallible>(*res),
-                };
-            let (mechanism, version) = mechanism_for(&accepted, false);
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(reverse_after_upgrade(
-                on_upgrade,
-                version,
-                mechanism,
-                Registration {
-                    scopes,
-                    admission,
-                    peer,
-                    setup,
-                },
+            Ok::<_, std::convert::Infallible>(take_over_setup(
+                &mut req,
+                false,
+                None,
                 ctx,
-            ));
-            Ok(response)
+                peer,
+                peer_certs.as_deref(),
+                setup,
+            ))
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -927,26 +950,15 @@ async fn serve_h2_setup<IO>(
                 .extensions()
                 .get::<hyper::ext::Protocol>()
                 .map(|p| p.as_str().to_string());
-            let (accepted, admission, scopes, response) =
-                match admit_setup(&ctx, &req, protocol.as_deref(), peer_certs.as_deref()) {
-                    Ok(x) => x,
-                    Err(res) => return Ok::<_, std::convert::Infallible>(*res),
-                };
-            let (mechanism, version) = mechanism_for(&accepted, true);
-            let on_upgrade = hyper::upgrade::on(&mut req);
-            tokio::spawn(reverse_after_upgrade(
-                on_upgrade,
-                version,
-                mechanism,
-                Registration {
-                    scopes,
-                    admission,
-                    peer,
-                    setup,
-                },
+            Ok::<_, std::convert::Infallible>(take_over_setup(
+                &mut req,
+                true,
+                protocol.as_deref(),
                 ctx,
-            ));
-            Ok(response)
+                peer,
+                peer_certs.as_deref(),
+                setup,
+            ))
         }
     });
     let windows = ptth_h2::Windows::default();
