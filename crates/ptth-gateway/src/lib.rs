@@ -13,13 +13,15 @@
 
 pub mod config;
 pub mod dev;
-mod forward;
 pub mod forwarding;
+mod message;
 mod pending;
 pub mod proxy;
 mod public;
+mod public_h3;
 mod quic;
 pub mod registry;
+mod sender;
 pub mod tls;
 mod tunnel;
 
@@ -117,15 +119,15 @@ impl Gateway {
                 .with_context(|| format!("binding the public TLS listener on {addr}"))?;
             let tls_addr = l.local_addr()?;
             listen_tls = Some(tls_addr);
-            let h3 = quic::public_endpoint(
+            let h3 = public_h3::endpoint(
                 certs.clone(),
                 key.clone_key(),
                 tls_addr,
                 config.public_header_timeout,
             )?;
             listen_h3 = Some(h3.local_addr()?);
-            alt_svc = quic::alt_svc(tls_addr.port());
-            tasks.push(tokio::spawn(quic::serve_public(
+            alt_svc = public_h3::alt_svc(tls_addr.port());
+            tasks.push(tokio::spawn(public_h3::serve(
                 h3,
                 proxy.clone(),
                 config.public_header_timeout,

@@ -6,9 +6,10 @@
 //! caused them: 400 for a request the gateway cannot route, 502 when the origin failed it,
 //! 503 (with `Retry-After`) when no origin is there or the queue is full, 504 on timeout.
 
-use crate::forward::{Body, BoxError, SendError};
 use crate::forwarding::{self, TrustedProxies};
+use crate::message::{error, unavailable, Body, BoxError};
 use crate::registry::{Registry, Reservation, RouteError};
+use crate::sender::SendError;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -239,7 +240,7 @@ impl Proxy {
                     }
                 });
             }
-            let mut out = Response::new(crate::forward::empty());
+            let mut out = Response::new(crate::message::empty());
             *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let h = out.headers_mut();
             for (k, v) in response.headers() {
@@ -479,24 +480,6 @@ fn append_via(headers: &mut HeaderMap, version: Version, name: &str) {
     }
 }
 
-/// A plain-text error response whose body says what happened.
-pub fn error(status: StatusCode, reason: &str) -> Response<Body> {
-    let mut res = Response::new(crate::forward::full(format!("{reason}\n")));
-    *res.status_mut() = status;
-    res.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    res
-}
-
-fn unavailable(reason: &str, retry_after: u32) -> Response<Body> {
-    let mut res = error(StatusCode::SERVICE_UNAVAILABLE, reason);
-    res.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
-    res
-}
-
 /// A response body that holds its connection's reservation until the body ends.
 struct Guarded {
     inner: Body,
@@ -561,7 +544,7 @@ impl Drop for Guarded {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let mut body = std::mem::replace(&mut self.inner, crate::forward::empty());
+        let mut body = std::mem::replace(&mut self.inner, crate::message::empty());
         runtime.spawn(async move {
             let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
                 let mut read = 0u64;

@@ -15,7 +15,7 @@
 //! win over wildcards and a pick costs the same however many origins other hosts have.
 //! The index sits behind a read-write lock: picks share it, only `add` and `remove` write.
 
-use crate::forward::Sender;
+use crate::sender::Sender;
 use ptth_core::{Mechanism, RequestTarget, Scope, Specificity};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -476,7 +476,7 @@ fn pick_in(bucket: &[Arc<OriginConn>], target: &RequestTarget, avoid: Option<u64
 #[cfg(test)]
 mod tests {
     //! The router over real reversed HTTP/1.1 connections on in-memory pipes: the gateway's
-    //! own client role (`tunnel::start_client`), the far end held open and idle.
+    //! own client role (`sender::start_client`), the far end held open and idle.
     use super::*;
     use ptth_core::{Arrival, HttpVersion, SerializedOrigin};
     use std::time::Instant;
@@ -505,7 +505,7 @@ mod tests {
         async fn conn(&mut self, origin: &str, prefix: &str) -> Arc<OriginConn> {
             let (near, far) = tokio::io::duplex(1024);
             self.far_ends.push(far);
-            let (sender, task) = crate::tunnel::start_client(near, HttpVersion::Http1)
+            let (sender, task) = crate::sender::start_client(near, HttpVersion::Http1)
                 .await
                 .unwrap();
             let origin: SerializedOrigin = origin.parse().unwrap();

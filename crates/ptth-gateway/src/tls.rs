@@ -155,3 +155,17 @@ pub fn public_config(
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }
+
+/// A quinn server config from a rustls config and transport parameters; `what` names the
+/// endpoint in the error.
+pub(crate) fn quic_server_config(
+    tls: rustls::ServerConfig,
+    transport: quinn::TransportConfig,
+    what: &str,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(Arc::new(tls))
+        .map_err(|e| anyhow::anyhow!("{what}: TLS config unusable for QUIC: {e}"))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(Arc::new(transport));
+    Ok(server)
+}

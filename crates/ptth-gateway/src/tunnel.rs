@@ -6,10 +6,10 @@
 //! connection at once; `http/1.1` (or no ALPN) and `h2` start an ordinary HTTP server that
 //! accepts the PTTH Upgrade, legacy PTTH/1.0 and extended CONNECT setup requests.
 
-use crate::forward::{empty, Body, Sender};
+use crate::message::{empty, error, Body};
 use crate::pending::{PendingSetup, PendingSetups};
-use crate::proxy::error;
 use crate::registry::{Admission, OriginConn, Registry};
+use crate::sender::{start_client, Sender};
 use crate::tls::TunnelTls;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
@@ -25,7 +25,6 @@ use ptth_core::{
 };
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -424,49 +423,6 @@ async fn admit(
     }
 }
 
-/// Starts the gateway's HTTP client role on `io` and returns the sender and a task handle
-/// that ends with the connection.
-pub(crate) async fn start_client<IO>(
-    io: IO,
-    version: HttpVersion,
-) -> Result<(Sender, tokio::task::JoinHandle<()>), String>
-where
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    match version {
-        HttpVersion::Http1 => {
-            let (send, conn) = ptth_h1::reversed::handshake(io)
-                .await
-                .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
-            let closed = Arc::new(AtomicBool::new(false));
-            let flag = closed.clone();
-            let task = tokio::spawn(async move {
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "reversed HTTP/1.1 connection ended");
-                }
-                flag.store(true, std::sync::atomic::Ordering::Release);
-            });
-            Ok((Sender::H1(tokio::sync::Mutex::new(send), closed), task))
-        }
-        HttpVersion::Http2 => {
-            let (send, conn) = ptth_h2::reversed::handshake(io, Default::default())
-                .await
-                .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-            let settings = Arc::new(ptth_h2::PeerSettings::default());
-            let s = settings.clone();
-            let task = tokio::spawn(async move {
-                if let Err(e) = ptth_h2::reversed::drive(conn, s).await {
-                    // Every request on it fails with the connection: say why, with the
-                    // causes (hyper's own text is only "http2 error").
-                    tracing::warn!(error = %error_chain(&e), "reversed HTTP/2 connection ended with an error");
-                }
-            });
-            Ok((Sender::H2(send, settings), task))
-        }
-        HttpVersion::Http3 => Err("HTTP/3 is not carried over TCP".into()),
-    }
-}
-
 pub(crate) fn register(
     ctx: &TunnelContext,
     mechanism: Mechanism,
@@ -692,7 +648,7 @@ fn random_bytes() -> [u8; 32] {
 
 pub(crate) fn reject(r: &SetupRejection) -> Response<Body> {
     let (parts, text) = r.to_response().into_parts();
-    Response::from_parts(parts, crate::forward::full(text))
+    Response::from_parts(parts, crate::message::full(text))
 }
 
 pub(crate) fn refuse(e: &AuthError) -> Response<Body> {
@@ -1017,16 +973,4 @@ async fn drain(mut body: Body, limit: usize) {
             }
         }
     }
-}
-
-/// `error: cause: cause …`, for errors whose own text hides the reason.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

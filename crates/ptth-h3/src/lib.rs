@@ -60,6 +60,7 @@ mod connection;
 mod error;
 pub mod frame;
 mod qpack_streams;
+pub mod transport;
 
 pub use connection::{
     serve, H3Config, H3Connection, H3Stream, Protocol, RecvBody, RequestDirection, RequestHandle,

@@ -21,14 +21,6 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Concurrent bidirectional streams the origin grants the gateway: the gateway's capacity
-/// on a reversed HTTP/3 connection (it uses the same number).
-const MAX_BIDI_STREAMS: u32 = 256;
-/// The gateway is gone after this much silence (a killed gateway sends no close).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
-/// Keeps NAT bindings and the idle timer alive.
-const KEEP_ALIVE: Duration = Duration::from_secs(2);
-
 /// The origin's QUIC client endpoint and config, made on first use and shared by every
 /// slot of one origin.
 #[derive(Debug, Default)]
@@ -47,7 +39,7 @@ impl QuicClient {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
             .map_err(|e| anyhow!("TLS config unusable for QUIC: {e}"))?;
         let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(Arc::new(transport_config()));
+        client.transport_config(Arc::new(ptth_h3::transport::tunnel_transport_config()));
         // A dual-stack socket reaches IPv4 and IPv6 gateways alike; fall back to IPv4.
         let endpoint = quinn::Endpoint::client(SocketAddr::from(([0u16; 8], 0)))
             .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0u8; 4], 0))))
@@ -57,21 +49,6 @@ impl QuicClient {
             .get()
             .ok_or_else(|| anyhow!("QUIC endpoint initialisation raced"))
     }
-}
-
-fn transport_config() -> quinn::TransportConfig {
-    let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_BIDI_STREAMS))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(16))
-        .keep_alive_interval(Some(KEEP_ALIVE))
-        .stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024))
-        .receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024))
-        .send_window(16 * 1024 * 1024)
-        .datagram_receive_buffer_size(Some(1024 * 1024));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
-        t.max_idle_timeout(Some(idle));
-    }
-    t
 }
 
 /// Dials the gateway over QUIC, trying its addresses in turn (IPv4 first: a gateway bound to

@@ -1,13 +1,12 @@
 //! Sending one request over a reversed connection, whatever its HTTP version.
 
-use bytes::Bytes;
+use crate::message::{Body, BoxError};
 use http::{Request, Response};
+use ptth_core::HttpVersion;
+use ptth_h3::H3Connection;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-
-/// Any error a body may produce.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The streaming body type every forwarded message uses.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The request-sending half of a reversed connection.
 #[derive(Debug)]
@@ -44,8 +43,8 @@ impl Sender {
             Sender::H1(..) => 1,
             Sender::H2(_, settings) => settings.max_send_streams().clamp(1, 1 << 16),
             // quinn does not expose the peer's MAX_STREAMS; both ends of a ptth QUIC
-            // connection grant `quic::MAX_BIDI_STREAMS`, and `open_bi` waits beyond it.
-            Sender::H3(..) => crate::quic::MAX_BIDI_STREAMS as usize,
+            // connection grant `ptth_h3::transport::MAX_BIDI_STREAMS`, and `open_bi` waits beyond it.
+            Sender::H3(..) => ptth_h3::transport::MAX_BIDI_STREAMS as usize,
         }
     }
 
@@ -55,7 +54,7 @@ impl Sender {
             Sender::H1(_, closed) => closed.load(std::sync::atomic::Ordering::Acquire),
             Sender::H2(s, _) => s.is_closed(),
             // A GOAWAY from the origin means no new request will be processed here.
-            Sender::H3(_, conn, quic) => crate::quic::h3_gone(conn, quic),
+            Sender::H3(_, conn, quic) => h3_gone(conn, quic),
         }
     }
 
@@ -109,7 +108,7 @@ impl Sender {
                     })
             }
             Sender::H3(s, conn, quic) => {
-                if crate::quic::h3_gone(conn, quic) {
+                if h3_gone(conn, quic) {
                     return Err(SendError::NotSent(
                         Box::new(req),
                         "the origin's HTTP/3 connection is closing".into(),
@@ -126,18 +125,63 @@ impl Sender {
     }
 }
 
-/// An empty body.
-pub fn empty() -> Body {
-    use http_body_util::BodyExt;
-    http_body_util::Empty::new()
-        .map_err(|never| match never {})
-        .boxed_unsync()
+/// Starts the gateway's HTTP client role on `io` and returns the sender and a task handle
+/// that ends with the connection.
+pub(crate) async fn start_client<IO>(
+    io: IO,
+    version: HttpVersion,
+) -> Result<(Sender, tokio::task::JoinHandle<()>), String>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    match version {
+        HttpVersion::Http1 => {
+            let (send, conn) = ptth_h1::reversed::handshake(io)
+                .await
+                .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
+            let closed = Arc::new(AtomicBool::new(false));
+            let flag = closed.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "reversed HTTP/1.1 connection ended");
+                }
+                flag.store(true, std::sync::atomic::Ordering::Release);
+            });
+            Ok((Sender::H1(tokio::sync::Mutex::new(send), closed), task))
+        }
+        HttpVersion::Http2 => {
+            let (send, conn) = ptth_h2::reversed::handshake(io, Default::default())
+                .await
+                .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+            let settings = Arc::new(ptth_h2::PeerSettings::default());
+            let s = settings.clone();
+            let task = tokio::spawn(async move {
+                if let Err(e) = ptth_h2::reversed::drive(conn, s).await {
+                    // Every request on it fails with the connection: say why, with the
+                    // causes (hyper's own text is only "http2 error").
+                    tracing::warn!(error = %error_chain(&e), "reversed HTTP/2 connection ended with an error");
+                }
+            });
+            Ok((Sender::H2(send, settings), task))
+        }
+        HttpVersion::Http3 => Err("HTTP/3 is not carried over TCP".into()),
+    }
 }
 
-/// A body holding `bytes`.
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    use http_body_util::BodyExt;
-    http_body_util::Full::new(bytes.into())
-        .map_err(|never| match never {})
-        .boxed_unsync()
+/// Whether a reversed HTTP/3 connection can take no new request: closed, or the origin
+/// sent GOAWAY (RFC 9114 §5.2: the client "MUST NOT initiate new requests").
+fn h3_gone(conn: &H3Connection, quic: &quinn::Connection) -> bool {
+    conn.peer_goaway().is_some() || quic.close_reason().is_some()
+}
+
+/// `error: cause: cause …`, for errors whose own text hides the reason.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

@@ -1,0 +1,153 @@
+//! The public HTTP/3 listener: forward HTTP/3 (`h3`) on the UDP port of the public TLS
+//! listener, advertised by `alt-svc`, handing every request to the same [`Proxy`] as the
+//! TCP listeners, with the same header and idle timeout.
+
+use crate::message::error;
+use crate::proxy::{ClientInfo, Proxy};
+use crate::public::{idle_for, Activity, Exchange, SHUTDOWN_GRACE};
+use anyhow::{Context, Result};
+use http::{Method, StatusCode};
+use ptth_h3::transport::MAX_BIDI_STREAMS;
+use ptth_h3::{H3Config, H3Connection, RequestDirection};
+use rustls::pki_types::CertificateDer;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The transport parameters of the public HTTP/3 endpoint, its own, not the tunnel's:
+///
+/// - An idle timeout just past the header timeout. Idle connections (no request in flight)
+///   are closed by [`serve_public`] at the header timeout with a GOAWAY; the transport's
+///   timer catches clients that vanished.
+/// - Keep-alives at a third of that, so a response the origin takes long to produce (no
+///   packet either way) is not cut by the transport's idle timer; they cannot keep an idle
+///   client alive, since the HTTP/3 idle timer does not count them.
+/// - No datagram receive buffer: nothing on the public endpoint reads datagrams.
+fn public_transport_config(header_timeout: Duration) -> quinn::TransportConfig {
+    let idle = header_timeout + SHUTDOWN_GRACE;
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_BIDI_STREAMS))
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(16))
+        .keep_alive_interval(Some(idle / 3))
+        .stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024))
+        .receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024))
+        .send_window(16 * 1024 * 1024)
+        .datagram_receive_buffer_size(None);
+    if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+/// Binds the public HTTP/3 endpoint on `addr` (UDP), ALPN `h3`.
+pub(crate) fn endpoint(
+    certs: Vec<CertificateDer<'static>>,
+    key: rustls::pki_types::PrivateKeyDer<'static>,
+    addr: SocketAddr,
+    header_timeout: Duration,
+) -> Result<quinn::Endpoint> {
+    let mut config = crate::tls::public_config(certs, key)?;
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    config.max_early_data_size = 0;
+    let what = "public HTTP/3 endpoint";
+    let server =
+        crate::tls::quic_server_config(config, public_transport_config(header_timeout), what)?;
+    quinn::Endpoint::server(server, addr)
+        .with_context(|| format!("binding the {what} on UDP {addr}"))
+}
+
+/// Serves public HTTP/3 clients until the endpoint closes. A request stream must bring its
+/// HEADERS within `header_timeout`, and a connection with no request in flight for that long
+/// is shut down (GOAWAY), as on the TCP listeners.
+pub(crate) async fn serve(endpoint: quinn::Endpoint, proxy: Arc<Proxy>, header_timeout: Duration) {
+    // Bound on the public TLS listener's port number, which is what clients name in the
+    // authority when alt-svc brought them here.
+    let local_port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
+    while let Some(incoming) = endpoint.accept().await {
+        let proxy = proxy.clone();
+        tokio::spawn(async move {
+            let addr = incoming.remote_address();
+            let quic = match tokio::time::timeout(Duration::from_secs(10), async {
+                incoming
+                    .accept()
+                    .map_err(|e| e.to_string())?
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await
+            {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => {
+                    tracing::debug!(%addr, error = %e, "public QUIC handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%addr, "public QUIC handshake timed out");
+                    return;
+                }
+            };
+            let config =
+                H3Config::new(RequestDirection::ClientSends).request_header_timeout(header_timeout);
+            let started = tokio::time::timeout(header_timeout, H3Connection::new(quic, config));
+            let h3 = match started.await {
+                Ok(Ok(h3)) => h3,
+                Ok(Err(e)) => {
+                    tracing::debug!(%addr, error = %e, "public HTTP/3 failed to start");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%addr, "public HTTP/3 did not start in time");
+                    return;
+                }
+            };
+            let activity = Activity::new();
+            let idle = idle_for(activity.clone(), header_timeout);
+            tokio::pin!(idle);
+            loop {
+                let next = tokio::select! {
+                    next = h3.accept() => next,
+                    () = &mut idle => {
+                        tracing::debug!(%addr, timeout = ?header_timeout, "public HTTP/3 connection closed: no request within the header timeout");
+                        if tokio::time::timeout(SHUTDOWN_GRACE, h3.graceful_shutdown()).await.is_err() {
+                            // H3_NO_ERROR: the client only stopped asking.
+                            h3.close(0x100, "idle");
+                        }
+                        return;
+                    }
+                };
+                let Some((req, respond)) = next else { break };
+                let proxy = proxy.clone();
+                let exchange = Exchange::start(&activity);
+                tokio::spawn(async move {
+                    // The exchange lasts until the whole response was handed to QUIC.
+                    let _in_flight = exchange;
+                    let res = if req.method() == Method::CONNECT {
+                        error(
+                            StatusCode::NOT_IMPLEMENTED,
+                            "CONNECT is not supported on the public HTTP/3 listener",
+                        )
+                    } else {
+                        proxy
+                            .handle(
+                                req,
+                                ClientInfo {
+                                    addr,
+                                    tls: true,
+                                    local_port,
+                                },
+                            )
+                            .await
+                    };
+                    if let Err(e) = respond.send_response(res).await {
+                        tracing::debug!(%addr, error = %e, "public HTTP/3 response failed");
+                    }
+                });
+            }
+        });
+    }
+}
+
+/// The `alt-svc` value that advertises HTTP/3 on `port` (RFC 7838, RFC 9114 §3.1.1).
+pub(crate) fn alt_svc(port: u16) -> Option<http::HeaderValue> {
+    http::HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400")).ok()
+}
