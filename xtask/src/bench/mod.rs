@@ -1,0 +1,148 @@
+//! `cargo xtask bench [--smoke]`: ptth against a direct connection, nginx and rathole, with
+//! the same load generator (h2load) and the same application; writes `docs/benchmarks.md`.
+//!
+//! Rows: (a) client → app; (b) nginx → app; (c) gateway → `ptth-origin --upstream` → app per
+//! mechanism; (d) gateway → the app embedded in an origin (library mode); (e) rathole →
+//! app. The app is `crates/ptth-origin/examples/bench_app.rs` (`/1k`, `/1m`, `/bytes/N`).
+//! Each row gets fresh processes, so peak RSS (VmHWM) is that row's; CPU time comes from
+//! `/proc/PID/stat` deltas of each side's process tree around each load run, and around
+//! fixed-count runs for CPU per request. Then the scale run: gateway RSS per idle origin
+//! connection, one host's latency with thousands of other hosts' connections registered,
+//! and how long 1 000 origin connections take to come back after a gateway restart. The
+//! report ends with issue 14's aims, each judged from this run. `--smoke` runs a
+//! seconds-long version that only proves the harness.
+//!
+//! The modules, in the order a run uses them: [`plan`] (rows, concurrencies), [`stack`]
+//! (starting a row's processes), [`measure`] (one row's runs) on [`load`] (h2load,
+//! `ptth-h3-client load`) and [`sample`] (`/proc`), [`scale`], then [`report`] and [`aims`].
+
+mod aims;
+mod load;
+mod measure;
+mod plan;
+mod report;
+mod sample;
+mod scale;
+mod stack;
+
+use crate::procs::{self, TempDir};
+use anyhow::{bail, Context, Result};
+use measure::RowResult;
+use plan::{Plan, Route, RowSpec, ROWS};
+use std::path::Path;
+use std::time::Instant;
+
+pub fn run(root: &Path, args: &[String]) -> Result<()> {
+    let smoke = args.iter().any(|a| a == "--smoke");
+    if let Some(a) = args.iter().find(|a| *a != "--smoke") {
+        bail!("unknown argument {a:?}; usage: cargo xtask bench [--smoke]");
+    }
+    let plan = Plan::new(smoke);
+    procs::require_tool("h2load", "apt-get install nghttp2-client")?;
+    procs::require_tool("curl", "apt-get install curl")?;
+    let missing = stack::ensure_baselines(smoke);
+    crate::run(
+        root,
+        "cargo",
+        &["build", "--release", "--workspace", "--bins"],
+    )?;
+    crate::run(
+        root,
+        "cargo",
+        &[
+            "build",
+            "--release",
+            "-p",
+            "ptth-origin",
+            "--example",
+            "bench_app",
+        ],
+    )?;
+    // Timed from here: the build is not part of the run.
+    let started = Instant::now();
+    if !smoke {
+        sample::wait_for_idle();
+    }
+    let bin = procs::target_dir(root).join("release");
+    let app = bin.join("examples").join("bench_app");
+    let tmp = TempDir::new("bench")?;
+    let dev = tmp.0.join("dev");
+    let load_before = sample::loadavg();
+    let machine = sample::machine();
+    eprintln!("{machine}; load average {load_before}");
+
+    let mut results: Vec<(RowSpec, RowResult)> = Vec::new();
+    for spec in ROWS {
+        eprintln!("== ({}) {}", spec.id, spec.label);
+        let mut result = RowResult::default();
+        match stack::start_row(spec, &plan, &bin, &app, &dev, &tmp.0) {
+            Ok(Some(row)) => {
+                if let Err(e) = measure::measure_row(&row, spec, &plan, &tmp.0, &mut result) {
+                    result.error = Some(format!("{e:#}"));
+                }
+            }
+            Ok(None) => {
+                result.error = Some(
+                    missing
+                        .get(spec.label)
+                        .cloned()
+                        .unwrap_or_else(|| "not installed".into()),
+                )
+            }
+            Err(e) => result.error = Some(format!("{e:#}")),
+        }
+        if let Some(e) = &result.error {
+            eprintln!("   {}: {e}", spec.label);
+        }
+        results.push((*spec, result));
+    }
+
+    eprintln!("== scale");
+    let scale = scale::scale_run(&plan, &bin, &dev, &tmp.0);
+    if let Err(e) = &scale {
+        eprintln!("   scale run: {e:#}");
+    }
+    let load_after = sample::loadavg();
+
+    let doc = report::render(&report::Run {
+        plan: &plan,
+        machine,
+        load_before,
+        load_after,
+        results: &results,
+        scale: &scale,
+        elapsed: started.elapsed(),
+    });
+    println!("{doc}");
+    if smoke {
+        eprintln!("(--smoke: docs/benchmarks.md not written)");
+        let broken: Vec<String> = results
+            .iter()
+            .filter(|(s, r)| smoke_broken(s, r))
+            .map(|(s, r)| format!("{}: {:?} {:?}", s.label, r.error, r.notes))
+            .collect();
+        if !broken.is_empty() {
+            bail!("bench harness broken: {broken:?}");
+        }
+        scale.context("scale run")?;
+        eprintln!("xtask bench --smoke: the harness works");
+    } else {
+        std::fs::write(root.join("docs").join("benchmarks.md"), &doc)
+            .context("writing docs/benchmarks.md")?;
+        eprintln!("wrote docs/benchmarks.md");
+    }
+    Ok(())
+}
+
+/// Whether a `--smoke` row shows the harness broken: any row that failed (only rathole,
+/// which `--smoke` does not build, may be missing: a smoke run without its nginx baseline
+/// proves nothing about the comparison), a run without a successful request, a CPU row
+/// without both fixed-count runs, or a ptth row with a note (a failed bulk transfer).
+fn smoke_broken(spec: &RowSpec, r: &RowResult) -> bool {
+    if let Some(e) = &r.error {
+        return !(spec.path == Route::Rathole && e.starts_with("not installed"));
+    }
+    r.loads.values().any(|l| l.requests == 0)
+        || spec.cpu && (r.cpu.len() < 2 || r.cpu.values().any(|l| l.requests == 0))
+        || matches!(spec.path, Route::Proxy(_) | Route::Library(_)) && !r.notes.is_empty()
+}
