@@ -34,7 +34,8 @@ fn main() -> Result<()> {
                  ci     run exactly what CI runs: fmt --check, clippy -D warnings, tests, tidy,\n         \
                         interop --quick, fuzz --time 3, bench --smoke, hostile\n         \
                         (--tests-only: stop after tidy)\n  \
-                 tidy   check the architecture rules (layering, sans-IO core, //! headers)\n  \
+                 tidy   check the architecture rules (layering, sans-IO core, no import circle\n         \
+                        inside a crate, //! headers)\n  \
                  demo   start a gateway with dev certificates and one origin per mechanism\n         \
                         (--once: print the table and exit)\n  \
                  fuzz   run the cargo-fuzz targets: fuzz [TARGET] [--time SECONDS] (default 10 each);\n         \

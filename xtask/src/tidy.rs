@@ -1,4 +1,7 @@
-//! Architecture checks: the sans-IO core, downward-only layering and `//!` file headers.
+//! Architecture checks: the sans-IO core, downward-only layering, no import circle inside a
+//! crate, and `//!` file headers.
+
+mod circles;
 
 use anyhow::{bail, Context, Result};
 use std::fs;
@@ -32,6 +35,7 @@ pub fn run(root: &Path) -> Result<()> {
     let mut problems = Vec::new();
     check_core_deps(root, &mut problems)?;
     check_layering(root, &mut problems)?;
+    circles::check(root, &mut problems)?;
     check_headers(root, &mut problems)?;
     if problems.is_empty() {
         eprintln!("xtask tidy: ok");

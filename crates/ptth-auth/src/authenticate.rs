@@ -16,9 +16,9 @@ use sha2::{Digest, Sha256};
 
 use crate::cert::Leaf;
 use crate::challenge::{Challenge, ChallengeAnswer, EXPORTER_LEN};
+use crate::error::AuthError;
 use crate::grant::{Grant, Grants, Identity};
 use crate::proven::{Proven, ProvenCertificate, ProvenHttp, ProvenKey};
-use crate::token::AuthError;
 
 /// What an origin presented on one connection. Build it with struct update syntax:
 /// `Presented { authorization: Some(&v), ..Default::default() }`.
@@ -415,7 +415,7 @@ origins = ["https://seven.example.com"]
             let key = Ed25519SigningKey::from_seed(&[5; 32]).unwrap();
             let g = Grants::from_toml(&format!(
                 "[[grant]]\nname = \"signer\"\ned25519 = \"{}\"\nkey-id = \"k1\"\norigins = [\"https://s.example.com\"]\npaths = [\"/api\"]\n",
-                crate::grant::hex(&key.public_key())
+                crate::encoding::hex(&key.public_key())
             ))
             .unwrap();
             let challenge = Challenge::new([7; 32]);

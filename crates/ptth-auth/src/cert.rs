@@ -9,7 +9,7 @@ use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
 
-use crate::grant::one_label_under;
+use crate::names::dns_name_matches;
 
 /// A certificate that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -109,21 +109,6 @@ pub fn certificate_names(leaf: &CertificateDer<'_>) -> Result<Vec<String>, CertE
     Ok(names)
 }
 
-/// RFC 6125 §6.4: `reference` (a DNS name) against `presented` (maybe `*.parent`).
-pub(crate) fn dns_name_matches(presented: &str, reference: &str) -> bool {
-    let presented = presented.strip_suffix('.').unwrap_or(presented);
-    let reference = reference.strip_suffix('.').unwrap_or(reference);
-    if presented.eq_ignore_ascii_case(reference) {
-        return true;
-    }
-    // RFC 6125 §6.4.3: the wildcard "*" is the complete left-most label, and matches one
-    // label only.
-    match presented.strip_prefix("*.") {
-        Some(parent) => !reference.starts_with('*') && one_label_under(reference, parent),
-        None => false,
-    }
-}
-
 /// SHA-256 of a certificate's SubjectPublicKeyInfo DER: the pin of a self-signed
 /// certificate (`openssl x509 -pubkey -noout | openssl pkey -pubin -outform der | sha256sum`).
 pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<[u8; 32], CertError> {
@@ -133,16 +118,6 @@ pub fn spki_sha256(cert: &CertificateDer<'_>) -> Result<[u8; 32], CertError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn dns_names_match_per_rfc_6125() {
-        assert!(dns_name_matches("a.example.com", "A.Example.com"));
-        assert!(dns_name_matches("*.example.com", "a.example.com"));
-        assert!(!dns_name_matches("*.example.com", "example.com"));
-        assert!(!dns_name_matches("*.example.com", "a.b.example.com"));
-        assert!(!dns_name_matches("a*.example.com", "ab.example.com"));
-        assert!(!dns_name_matches("*.example.com", "*.example.com.evil"));
-    }
 
     #[test]
     fn certificate_names_are_the_sans() {

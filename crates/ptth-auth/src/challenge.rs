@@ -38,7 +38,8 @@ use rustls::pki_types::PrivatePkcs8KeyDer;
 use crate::authorize::{
     parse_origins, path_prefixes, ClaimError, ORIGINS_FIELD, PATH_PREFIX_FIELD,
 };
-use crate::token::AuthError;
+use crate::encoding::{hex, parse_key32};
+use crate::error::AuthError;
 
 /// Request field carrying the gateway's challenge (base64url, no padding, 32 bytes).
 pub const CHALLENGE_FIELD: &str = "ptth-challenge";
@@ -155,7 +156,7 @@ pub struct Ed25519SigningKey(Ed25519KeyPair);
 impl fmt::Debug for Ed25519SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Ed25519SigningKey")
-            .field("public_key", &crate::grant::hex(&self.public_key()))
+            .field("public_key", &hex(&self.public_key()))
             .finish()
     }
 }
@@ -189,7 +190,7 @@ impl Ed25519SigningKey {
         }
         if let Some(seed) = std::str::from_utf8(bytes)
             .ok()
-            .and_then(|t| crate::grant::parse_key32(t).ok())
+            .and_then(|t| parse_key32(t).ok())
         {
             return Self::from_seed(&seed);
         }
@@ -569,16 +570,17 @@ mod tests {
             pk
         );
         // RFC 8032 §7.1 test 1: seed -> public key.
-        let seed =
-            crate::grant::unhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
-                .unwrap();
-        let expected =
-            crate::grant::unhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
-                .unwrap();
+        let seed = crate::encoding::unhex(
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+        )
+        .unwrap();
+        let expected = crate::encoding::unhex(
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+        )
+        .unwrap();
         let raw = Ed25519SigningKey::from_key_file(&seed).unwrap();
         assert_eq!(raw.public_key().to_vec(), expected);
-        let hex_text =
-            Ed25519SigningKey::from_key_file(crate::grant::hex(&seed).as_bytes()).unwrap();
+        let hex_text = Ed25519SigningKey::from_key_file(hex(&seed).as_bytes()).unwrap();
         assert_eq!(hex_text.public_key().to_vec(), expected);
         assert!(Ed25519SigningKey::from_key_file(b"nonsense").is_err());
         assert!(Ed25519SigningKey::from_key_file(
@@ -594,7 +596,7 @@ mod tests {
         let pem = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIJ1hsZ3v/VpguoRK9JLsLMREScVpezJpGXA7rAMcrn9g\n-----END PRIVATE KEY-----\n";
         let k = Ed25519SigningKey::from_key_file(pem.as_bytes()).unwrap();
         assert_eq!(
-            crate::grant::hex(&k.public_key()),
+            hex(&k.public_key()),
             "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
         );
     }

@@ -5,7 +5,8 @@ use base64::Engine as _;
 use http::HeaderValue;
 use std::fmt;
 
-use crate::token::{AuthError, BearerToken};
+use crate::error::AuthError;
+use crate::token::BearerToken;
 
 /// What an origin sends the gateway in a setup request's `Authorization` field, or in the
 /// `ptth-authorization` field of its secret answer to the authorisation request. Its

@@ -17,6 +17,8 @@ use ptth_core::{Scope, SerializedOrigin};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::encoding::{hex, parse_key32, unhex};
+use crate::names::{one_label_under, strip_root};
 use crate::token::BearerToken;
 
 /// Who a grant is for: one kind of credential.
@@ -189,14 +191,6 @@ impl fmt::Display for OriginPattern {
     }
 }
 
-pub(crate) fn strip_root(host: &str) -> &str {
-    // FQDNs with and without the root label name the same host (RFC 1034 §3.1).
-    match host.strip_suffix('.') {
-        Some(h) if !h.is_empty() => h,
-        _ => host,
-    }
-}
-
 impl OriginPattern {
     /// Whether `origin` is allowed by this pattern.
     pub fn matches(&self, origin: &SerializedOrigin) -> bool {
@@ -218,19 +212,6 @@ impl OriginPattern {
             }
         }
     }
-}
-
-/// Whether `host` is exactly one non-empty label followed by `.parent` (ASCII
-/// case-insensitive).
-pub(crate) fn one_label_under(host: &str, parent: &str) -> bool {
-    let Some(cut) = host.len().checked_sub(parent.len() + 1) else {
-        return false;
-    };
-    if cut == 0 || !host.is_char_boundary(cut) {
-        return false;
-    }
-    let (label, rest) = host.split_at(cut);
-    rest.starts_with('.') && rest[1..].eq_ignore_ascii_case(parent) && !label.contains('.')
 }
 
 /// One permission: an identity, the origins it may register and the path prefixes within
@@ -638,49 +619,10 @@ fn toml_error(text: &str, e: &toml::de::Error) -> GrantError {
     }
 }
 
-/// Lowercase hex of `bytes`.
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Decodes hex (either case; `:` separators allowed, as OpenSSL prints fingerprints).
-pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
-    let digits: Vec<u8> = text.bytes().filter(|&b| b != b':').collect();
-    if digits.len() % 2 != 0 {
-        return None;
-    }
-    digits
-        .chunks(2)
-        .map(|pair| {
-            let hi = char::from(pair[0]).to_digit(16)?;
-            let lo = char::from(pair[1]).to_digit(16)?;
-            u8::try_from(hi << 4 | lo).ok()
-        })
-        .collect()
-}
-
 fn parse_hash(text: &str) -> Result<[u8; 32], String> {
     unhex(text.trim())
         .and_then(|v| <[u8; 32]>::try_from(v).ok())
         .ok_or_else(|| "expected 64 hex digits (a SHA-256)".to_string())
-}
-
-/// A 32-byte key in hex or base64 (standard or URL-safe, padded or not).
-pub(crate) fn parse_key32(text: &str) -> Result<[u8; 32], String> {
-    use base64::Engine as _;
-    let text = text.trim();
-    let bytes = if text.len() == 64 {
-        unhex(text)
-    } else {
-        let t = text.trim_end_matches('=');
-        base64::engine::general_purpose::STANDARD_NO_PAD
-            .decode(t)
-            .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t))
-            .ok()
-    };
-    bytes
-        .and_then(|v| <[u8; 32]>::try_from(v).ok())
-        .ok_or_else(|| "expected a 32-byte key in hex (64 digits) or base64".to_string())
 }
 
 fn parse_dns_name(name: &str) -> Result<String, String> {
@@ -902,18 +844,5 @@ origins = ["https://a.example"]
         assert_eq!(g.len(), 2);
         assert_eq!(g.grants()[1].name, "token-2");
         assert!(g.grants()[0].allows_origin(&origin("http://[::1]:9")));
-    }
-
-    #[test]
-    fn hex_and_keys() {
-        assert_eq!(unhex("0aFF"), Some(vec![0x0a, 0xff]));
-        assert_eq!(unhex("0a:ff"), Some(vec![0x0a, 0xff]));
-        assert_eq!(unhex("0"), None);
-        assert_eq!(unhex("g0"), None);
-        assert_eq!(unhex("é0"), None);
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-        assert_eq!(parse_key32(&b64), Ok([7u8; 32]));
-        assert!(parse_key32("AAAA").is_err());
     }
 }

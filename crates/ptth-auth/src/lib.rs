@@ -44,9 +44,12 @@ mod authorize;
 mod cert;
 mod challenge;
 mod credential;
+mod encoding;
+mod error;
 #[doc(hidden)]
 pub mod fuzz_harness;
 mod grant;
+mod names;
 mod policy;
 mod proven;
 #[cfg(test)]
@@ -66,14 +69,15 @@ pub use challenge::{
     KEY_ID_FIELD, SIGNATURE_FIELD, TRANSCRIPT_CONTEXT,
 };
 pub use credential::{BasicCredentials, OriginCredential};
+pub use error::{AuthError, Forbidden, MAX_CERTIFICATE_NAMES};
 pub use grant::{Grant, GrantError, GrantSpec, Grants, Identity, OriginPattern, PatternError};
 pub use policy::{
     authorize, check_claim_size, check_origin_frame_against_cert, scopes_from_certificate,
-    Forbidden, MAX_CERTIFICATE_NAMES, MAX_ORIGINS_PER_CONNECTION, MAX_PREFIXES_PER_CONNECTION,
+    MAX_ORIGINS_PER_CONNECTION, MAX_PREFIXES_PER_CONNECTION,
 };
 pub use proven::Proven;
 pub use tls::{
     client_verifier, danger_accept_any_gateway, gateway_verifier, pinned_gateway_verifier,
     GatewayPinMismatch, TlsError,
 };
-pub use token::{AuthError, BearerToken, TokenVerifier};
+pub use token::{BearerToken, TokenVerifier};

@@ -4,7 +4,9 @@ use ptth_core::{Scope, SerializedOrigin};
 use rustls::pki_types::CertificateDer;
 
 use crate::cert::Leaf;
-use crate::grant::{normalize_prefix, one_label_under, strip_root, Grant, Grants, OriginPattern};
+use crate::error::{Forbidden, MAX_CERTIFICATE_NAMES};
+use crate::grant::{normalize_prefix, Grant, Grants, OriginPattern};
+use crate::names::{one_label_under, strip_root};
 
 /// The most origins one connection may register (a setup request, an authorisation
 /// answer, a certificate).
@@ -13,76 +15,6 @@ pub const MAX_ORIGINS_PER_CONNECTION: usize = 64;
 /// The most path prefixes one connection may register. With
 /// [`MAX_ORIGINS_PER_CONNECTION`], a connection has at most 64 × 16 = 1 024 scopes.
 pub const MAX_PREFIXES_PER_CONNECTION: usize = 16;
-
-/// Why an authenticated origin may not have what it asked for: the gateway answers 403.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum Forbidden {
-    /// Nothing was asked for.
-    #[error("no origin was requested")]
-    NoOrigins,
-    /// More origins or path prefixes than one connection may register.
-    #[error("at most {limit} {what} per connection; {claimed} were claimed")]
-    TooMany {
-        /// `origins` or `path prefixes`.
-        what: &'static str,
-        /// The limit.
-        limit: usize,
-        /// How many the origin asked for.
-        claimed: usize,
-    },
-    /// A wildcard or any-origin grant allows the origin, but another grant names its host
-    /// exactly, and exact names win.
-    #[error("{0}: its host is named exactly by a grant, so only a grant that names it may register it (a wildcard or \"*\" grant may not)")]
-    NamedElsewhere(SerializedOrigin),
-    /// No grant of this credential allows the origin.
-    #[error("the credential may not register {0}")]
-    Origin(SerializedOrigin),
-    /// Grants allow the origin, but none of them the path prefix (with the other prefixes).
-    #[error("the credential may not register path prefix {prefix:?} on {origin}")]
-    PathPrefix {
-        /// The origin.
-        origin: SerializedOrigin,
-        /// The requested prefix outside the grant.
-        prefix: String,
-    },
-    /// A requested path prefix is not a usable prefix (no leading `/`, a dot segment).
-    #[error("{0}")]
-    BadPathPrefix(String),
-    /// An ORIGIN frame entry that the client certificate does not cover.
-    #[error("the client certificate does not cover ORIGIN entry {0:?}")]
-    OriginEntry(String),
-    /// An ORIGIN frame entry that is not an origin.
-    #[error("invalid ORIGIN entry {entry:?}: {why}")]
-    BadOriginEntry {
-        /// The entry.
-        entry: String,
-        /// What is wrong with it.
-        why: String,
-    },
-    /// The client certificate could not be read.
-    #[error("{0}")]
-    Certificate(String),
-    /// An origin that claimed no scope: no grant its certificate matched allows any origin
-    /// the certificate names.
-    #[error(
-        "no grant of this client certificate allows an origin it names (certificate names: {0})"
-    )]
-    NoCertificateOrigin(String),
-    /// An origin that claimed no scope presented a certificate with more names than are read.
-    #[error("the client certificate names {0} hosts; at most {MAX_CERTIFICATE_NAMES} are read to derive a scope")]
-    TooManyCertificateNames(usize),
-}
-
-/// At most this many certificate names are turned into scopes ([`scopes_from_certificate`]).
-pub const MAX_CERTIFICATE_NAMES: usize = 64;
-
-impl Forbidden {
-    /// Always 403: the origin is authenticated but not allowed this.
-    pub fn status(&self) -> http::StatusCode {
-        http::StatusCode::FORBIDDEN
-    }
-}
 
 /// Checks a requested set of origins and path prefixes against the grants an origin's
 /// credentials proved (`matched`, out of all the gateway's `grants`), and returns the

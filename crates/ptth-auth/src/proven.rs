@@ -11,9 +11,11 @@
 
 use std::fmt;
 
-use crate::cert::dns_name_matches;
-use crate::grant::{hex, Grant, Grants, Identity};
-use crate::token::{constant_time_eq, AuthError};
+use crate::encoding::hex;
+use crate::error::AuthError;
+use crate::grant::{Grant, Grants, Identity};
+use crate::names::dns_name_matches;
+use crate::token::constant_time_eq;
 
 /// What one connection's credentials proved, without any secret: built by
 /// [`Grants::authenticate_proven`], checked again by [`Grants::reauthenticate`].

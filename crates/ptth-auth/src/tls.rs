@@ -22,6 +22,7 @@ use rustls::{
 };
 
 use crate::cert::Leaf;
+use crate::encoding::hex;
 
 /// Why a verifier could not be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -257,10 +258,6 @@ impl std::fmt::Debug for GatewayPinMismatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         std::fmt::Display::fmt(self, f)
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The leaf's SubjectPublicKeyInfo must hash to `pin`. The handshake signature, which the

@@ -4,41 +4,7 @@ use http::HeaderValue;
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-/// Why an origin's credential was not accepted.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum AuthError {
-    /// No credential at all: the gateway answers 401.
-    #[error("no credential was presented")]
-    Missing,
-    /// The credential is not of a form this gateway understands: 401.
-    #[error("the credential is malformed: {0}")]
-    Malformed(&'static str),
-    /// A well-formed credential that no grant accepts: 401.
-    #[error("the credential is not accepted")]
-    Rejected,
-    /// The answer to the authorisation challenge does not verify (a replay, another TLS
-    /// connection, an altered scope, or the wrong key): 401.
-    #[error("the challenge signature does not verify")]
-    SignatureInvalid,
-    /// The client certificate could not be read: 401.
-    #[error("the client certificate is unusable: {0}")]
-    BadCertificate(String),
-    /// The credential is valid but does not allow what was asked: 403.
-    #[error(transparent)]
-    Forbidden(#[from] crate::policy::Forbidden),
-}
-
-impl AuthError {
-    /// The HTTP status a gateway answers with: 401 when the origin is not authenticated,
-    /// 403 when it is but asked for more than its grants allow.
-    pub fn status(&self) -> http::StatusCode {
-        match self {
-            AuthError::Forbidden(_) => http::StatusCode::FORBIDDEN,
-            _ => http::StatusCode::UNAUTHORIZED,
-        }
-    }
-}
+use crate::error::AuthError;
 
 /// A secret token as the origin holds it. Its `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq)]

@@ -7,9 +7,10 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use crate::alpn::{self, ProtocolId};
 use crate::origin::SerializedOrigin;
 use crate::scope::{RequestTarget, Scope};
-use crate::setup::{self, SetupTokens};
+use crate::setup;
 use crate::stream_id::{decode_varint, encode_varint, QsidMapping};
 use crate::template::{self, UriTemplate};
+use crate::tokens::SetupTokens;
 
 /// Parses `data` as `ALPN` field lines (split on `\n`); re-encodes and re-parses what
 /// parses.

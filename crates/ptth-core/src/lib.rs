@@ -89,6 +89,7 @@ mod scope;
 mod setup;
 mod stream_id;
 mod template;
+mod tokens;
 
 #[doc(hidden)]
 pub mod fuzz_harness;
@@ -111,7 +112,7 @@ pub use setup::{
     validate_connect_response, validate_legacy_request, validate_legacy_response,
     validate_options_request, validate_options_response, validate_upgrade_request,
     validate_upgrade_response, AcceptedSetup, RejectionKind, RequestHead, ResponseHead, SetupError,
-    SetupRejection, SetupRequestParams, SetupTokens,
+    SetupRejection, SetupRequestParams,
 };
 pub use stream_id::{
     decode_varint, encode_varint, varint_len, Dir, OutOfRange, QsidError, QsidMapping,
@@ -122,3 +123,4 @@ pub use template::{
     expand_well_known, is_well_known, parse_origin_list, parse_well_known, TemplateError,
     UriTemplate, SERIALIZED_ORIGIN,
 };
+pub use tokens::SetupTokens;

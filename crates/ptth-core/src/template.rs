@@ -8,7 +8,7 @@ use std::fmt;
 
 use crate::origin::{OriginError, SerializedOrigin};
 use crate::pct;
-use crate::setup::SetupTokens;
+use crate::tokens::SetupTokens;
 
 /// The template variable PTTH defines.
 pub const SERIALIZED_ORIGIN: &str = "serialized_origin";

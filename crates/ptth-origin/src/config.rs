@@ -535,7 +535,7 @@ mod tests {
         assert!(c.danger_accept_any_gateway);
         assert_eq!(c.gateway_pin, Some([0xab; 32]));
         // The TLS config builds with both: the pinned verifier, not an error.
-        crate::dial::tls_config(&c).unwrap();
+        crate::dialer::tls_config(&c).unwrap();
 
         let e = resolve(&["--token", "t", "--gateway-pin", "abc"]).unwrap_err();
         assert!(e.to_string().contains("64 hex digits"), "{e}");

@@ -1,4 +1,4 @@
-//! The dialer: keeps N reversed connections to a gateway alive and serves each one.
+//! The dial loop: keeps N reversed connections to a gateway alive and serves each one.
 //!
 //! ```text
 //! loop per slot: TCP ─▶ TLS (ALPN of the mechanism; gateway verified) ─▶ setup exchange ─▶
@@ -7,62 +7,19 @@
 //!
 //! Reconnects use exponential backoff with jitter, reset once a connection has been set up,
 //! so a restarted gateway sees its origins return quickly but not all at the same instant.
+//!
+//! The TCP mechanisms are here; the QUIC ones are in `quic`. Both dial with what the
+//! [`Dialer`] holds.
 
+use crate::dialer::{warn_if_refused, Dialer, HEALTHY};
 use crate::serve::{serve_reversed, OriginService};
-use crate::OriginConfig;
 use anyhow::{anyhow, bail, Context, Result};
-use ptth_core::{
-    HttpVersion, Mechanism, ProtocolId, SerializedOrigin, SetupKind, SetupRequestParams,
-    SetupTokens,
-};
-use rustls::pki_types::ServerName;
+use ptth_core::{HttpVersion, Mechanism, ProtocolId, SetupKind};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
-
-/// Everything one dial needs, shared by all slots.
-pub(crate) struct Dialer {
-    pub(crate) config: OriginConfig,
-    pub(crate) connector: TlsConnector,
-    pub(crate) server_name: ServerName<'static>,
-    pub(crate) authority: http::uri::Authority,
-    pub(crate) origins: Vec<SerializedOrigin>,
-    pub(crate) tokens: SetupTokens,
-    pub(crate) signing_key: Option<Arc<ptth_auth::Ed25519SigningKey>>,
-    /// The QUIC endpoint, for mechanisms that dial over QUIC.
-    pub(crate) quic: crate::quic::QuicClient,
-}
-
-impl Dialer {
-    /// The draft-bt ORIGIN frame: our serialized origins, or the test-only override.
-    pub(crate) fn origin_frame(&self) -> Result<ptth_core::OriginFrame> {
-        let entries = match &self.config.origin_frame_override {
-            Some(texts) => texts
-                .iter()
-                .map(|t| ptth_core::OriginEntry::new(t))
-                .collect::<Result<Vec<_>, _>>()?,
-            None => self
-                .origins
-                .iter()
-                .map(|o| ptth_core::OriginEntry::new(&o.to_string()))
-                .collect::<Result<Vec<_>, _>>()?,
-        };
-        Ok(ptth_core::OriginFrame::new(entries)?)
-    }
-}
-
-impl std::fmt::Debug for Dialer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Dialer")
-            .field("gateway", &self.authority)
-            .field("mechanism", &self.config.mechanism)
-            .field("origins", &self.origins)
-            .finish()
-    }
-}
 
 /// Exponential backoff with jitter: 100 ms doubling to 30 s, each delay drawn from
 /// [half, full] of the current step so reconnecting origins spread out.
@@ -74,8 +31,6 @@ pub(crate) struct Backoff {
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(30);
-    /// A connection that lived this long resets the backoff.
-    const HEALTHY: Duration = Duration::from_secs(5);
 
     pub(crate) fn new() -> Self {
         Self { step: Self::FIRST }
@@ -116,7 +71,7 @@ impl Dialer {
                     // Only a connection that lasted counts as healthy: one the gateway
                     // drops at once (refused credential, TLS alert after the handshake)
                     // must not turn into a reconnect loop.
-                    if started.elapsed() >= Backoff::HEALTHY {
+                    if started.elapsed() >= HEALTHY {
                         backoff.reset();
                     }
                     if *shutdown.borrow() {
@@ -154,21 +109,6 @@ impl Dialer {
         .await
         .map_err(|_| anyhow!("TLS handshake with the gateway timed out"))?
         .context("TLS handshake with the gateway (is its certificate trusted? see --ca)")
-    }
-
-    pub(crate) fn params(&self, offered: Vec<ProtocolId>) -> SetupRequestParams {
-        SetupRequestParams {
-            gateway_authority: self.authority.clone(),
-            origins: self.origins.clone(),
-            offered,
-            authorization: self.config.credential.as_ref().map(|c| c.header_value()),
-        }
-    }
-
-    pub(crate) fn add_scope_fields(&self, req: &mut http::Request<()>) {
-        if let Ok(v) = http::HeaderValue::from_str(&self.config.path_prefixes.join(", ")) {
-            req.headers_mut().insert(ptth_auth::PATH_PREFIX_FIELD, v);
-        }
     }
 
     async fn connect_and_serve(
@@ -283,82 +223,4 @@ impl Dialer {
             SetupKind::Options => bail!("{m} runs over QUIC, which comes with the HTTP/3 work"),
         }
     }
-
-    /// What answers the gateway's authorisation request on one connection, bound to that
-    /// connection's TLS exporter value.
-    pub(crate) fn authorizer(&self, exporter: Option<[u8; 32]>) -> crate::serve::Authorizer {
-        crate::serve::Authorizer {
-            credential: self.config.credential.clone(),
-            signing_key: self.signing_key.clone(),
-            key_id: self.config.key_id.clone(),
-            exporter,
-            origins: self.origins.clone(),
-            path_prefixes: self.config.path_prefixes.clone(),
-            seen: Default::default(),
-        }
-    }
-}
-
-/// On an ALPN-only connection, a gateway that refuses the authorisation answer closes the
-/// connection without a reason; say so when that is what happened.
-pub(crate) fn warn_if_refused(
-    slot: usize,
-    mechanism: Mechanism,
-    seen: &crate::serve::AuthorizeSeen,
-    started: tokio::time::Instant,
-    stopping: &watch::Receiver<bool>,
-) {
-    if seen.only_the_authorisation_request()
-        && started.elapsed() < Backoff::HEALTHY
-        && !*stopping.borrow()
-    {
-        tracing::warn!(
-            slot,
-            %mechanism,
-            "the gateway closed the connection right after our answer to its authorisation request: it refused this origin's credential or the origins and paths it claims (the gateway's log says which)"
-        );
-    }
-}
-
-/// Builds the TLS client config: WebPKI roots by default, or a private CA.
-pub(crate) fn tls_config(config: &OriginConfig) -> Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &config.ca {
-        Some(path) => {
-            let pem = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            for c in rustls_pemfile::certs(&mut pem.as_slice()) {
-                roots.add(c.with_context(|| format!("parsing {}", path.display()))?)?;
-            }
-        }
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    // draft-thomson-ptth-potato §6: the origin "MUST NOT answer" a gateway it cannot
-    // establish as authoritative, so the gateway's chain is always checked unless the
-    // operator explicitly opted out, and a pin always holds: with the opt-out it is the one
-    // check left. TCP and QUIC mechanisms both build their TLS from here.
-    let verifier = match (config.danger_accept_any_gateway, config.gateway_pin) {
-        (true, Some(pin)) => ptth_auth::pinned_gateway_verifier(pin),
-        (true, None) => ptth_auth::danger_accept_any_gateway(),
-        (false, pin) => ptth_auth::gateway_verifier(roots, pin)?,
-    };
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
-    let mut tls = match (&config.client_cert, &config.client_key) {
-        (Some(cert), Some(key)) => {
-            let pem = std::fs::read(cert).with_context(|| format!("reading {}", cert.display()))?;
-            let chain =
-                rustls_pemfile::certs(&mut pem.as_slice()).collect::<Result<Vec<_>, _>>()?;
-            let pem = std::fs::read(key).with_context(|| format!("reading {}", key.display()))?;
-            let key = rustls_pemfile::private_key(&mut pem.as_slice())?
-                .ok_or_else(|| anyhow!("{} holds no private key", key.display()))?;
-            builder.with_client_auth_cert(chain, key)?
-        }
-        (None, None) => builder.with_no_client_auth(),
-        _ => bail!("--cert and --key go together"),
-    };
-    tls.alpn_protocols = vec![config.mechanism.tls_alpn(config.alpn_set).to_vec()];
-    Ok(tls)
 }

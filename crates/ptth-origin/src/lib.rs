@@ -12,6 +12,7 @@
 
 pub mod config;
 mod dial;
+mod dialer;
 mod quic;
 mod serve;
 pub mod service;
@@ -108,7 +109,7 @@ impl OriginConfig {
 /// An origin ready to dial.
 #[derive(Debug)]
 pub struct Origin {
-    dialer: Arc<dial::Dialer>,
+    dialer: Arc<dialer::Dialer>,
 }
 
 impl Origin {
@@ -176,9 +177,9 @@ impl Origin {
             ),
             (false, _) => {}
         }
-        let tls = dial::tls_config(&config)?;
+        let tls = dialer::tls_config(&config)?;
         Ok(Self {
-            dialer: Arc::new(dial::Dialer {
+            dialer: Arc::new(dialer::Dialer {
                 connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
                 server_name,
                 authority,

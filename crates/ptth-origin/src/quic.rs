@@ -10,51 +10,21 @@
 //!                    reversed HTTP/2 inside the stream
 //! ```
 
-use crate::dial::Dialer;
+use crate::dialer::{warn_if_refused, Dialer};
 use crate::serve::{serve_reversed, BoxError, OriginService};
 use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
 use ptth_core::{HttpVersion, Mechanism, SetupKind};
 use ptth_h3::{H3Config, H3Connection, Protocol, RecvBody, RequestDirection};
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// The origin's QUIC client endpoint and config, made on first use and shared by every
-/// slot of one origin.
-#[derive(Debug, Default)]
-pub(crate) struct QuicClient {
-    inner: OnceLock<(quinn::Endpoint, quinn::ClientConfig)>,
-}
-
-impl QuicClient {
-    fn get(&self, dialer: &Dialer) -> Result<&(quinn::Endpoint, quinn::ClientConfig)> {
-        if let Some(x) = self.inner.get() {
-            return Ok(x);
-        }
-        let mut tls = crate::dial::tls_config(&dialer.config)?;
-        // RFC 9001 §4.6.1: no early data from us.
-        tls.enable_early_data = false;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
-            .map_err(|e| anyhow!("TLS config unusable for QUIC: {e}"))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(Arc::new(ptth_h3::transport::tunnel_transport_config()));
-        // A dual-stack socket reaches IPv4 and IPv6 gateways alike; fall back to IPv4.
-        let endpoint = quinn::Endpoint::client(SocketAddr::from(([0u16; 8], 0)))
-            .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0u8; 4], 0))))
-            .context("binding a UDP socket for QUIC")?;
-        let _ = self.inner.set((endpoint, client));
-        self.inner
-            .get()
-            .ok_or_else(|| anyhow!("QUIC endpoint initialisation raced"))
-    }
-}
 
 /// Dials the gateway over QUIC, trying its addresses in turn (IPv4 first: a gateway bound to
 /// `127.0.0.1` is not reachable on `::1`, and QUIC learns that only by timing out).
 async fn dial(dialer: &Dialer) -> Result<quinn::Connection> {
-    let (endpoint, client) = dialer.quic.get(dialer)?;
+    let (endpoint, client) = dialer.quic.get(&dialer.config)?;
     let host = dialer
         .authority
         .host()
@@ -163,7 +133,7 @@ pub(crate) async fn connect_and_serve(
             let started = tokio::time::Instant::now();
             let stopping = shutdown.clone();
             let result = serve_h3(h3, service, dialer, shutdown).await;
-            crate::dial::warn_if_refused(slot, m, &seen, started, &stopping);
+            warn_if_refused(slot, m, &seen, started, &stopping);
             result
         }
         SetupKind::Options => {
