@@ -197,6 +197,12 @@ pub struct MechanismSpec {
     pub reversed_version: HttpVersion,
     /// Every HTTP version this setup exchange can carry (the mechanism picks one).
     pub carries: &'static [HttpVersion],
+    /// Whether the origin must present a client certificate (draft-bt §3: "the origin MUST
+    /// present a valid certificate chain").
+    pub client_certificate: bool,
+    /// Whether the origin must send an ORIGIN frame first (draft-bt §3: "the origin MUST
+    /// immediately send an ORIGIN frame").
+    pub origin_frame: bool,
     /// The draft section that defines it.
     pub draft: &'static str,
 }
@@ -214,6 +220,8 @@ static SPECS: [MechanismSpec; 11] = [
         setup_version: None,
         reversed_version: Http1,
         carries: &[Http1],
+        client_certificate: false,
+        origin_frame: false,
         draft: "draft-thomson-ptth-potato-02 §3 (reversed HTTP/1.1)",
     },
     MechanismSpec {
@@ -224,6 +232,8 @@ static SPECS: [MechanismSpec; 11] = [
         setup_version: None,
         reversed_version: Http2,
         carries: &[Http2],
+        client_certificate: false,
+        origin_frame: false,
         draft: "draft-thomson-ptth-potato-02 §3 (reversed HTTP/2)",
     },
     MechanismSpec {
@@ -234,6 +244,8 @@ static SPECS: [MechanismSpec; 11] = [
         setup_version: None,
         reversed_version: Http3,
         carries: &[Http3],
+        client_certificate: false,
+        origin_frame: false,
         draft: "draft-thomson-ptth-potato-02 §3, §4.3 (reversed HTTP/3)",
     },
     MechanismSpec {
@@ -244,6 +256,8 @@ static SPECS: [MechanismSpec; 11] = [
         setup_version: Some(Http1),
         reversed_version: Http1,
         carries: PTTH_CARRIES,
+        client_certificate: false,
+        origin_frame: false,
         draft: "draft-kazuho-ptth-ptth-01 §3 (HTTP/1.1 Upgrade)",
     },
     MechanismSpec {
@@ -254,6 +268,8 @@ static SPECS: [MechanismSpec; 11] = [
         setup_version: Some(Http1),
         reversed_version: Http2,
         carries: PTTH_CARRIES,
+        client_certificate: false,
+        origin_frame: false,
         draft: "draft-kazuho-ptth-ptth-01 §3 (HTTP/1.1 Upgrade)",
     },
     MechanismSpec {
@@ -264,6 +280,8 @@ static SPECS: [MechanismSpec; 11] = [
         setup_version: Some(Http2),
         reversed_version: Http2,
         carries: PTTH_CARRIES,
+        client_certificate: false,
+        origin_frame: false,
         draft: "draft-kazuho-ptth-ptth-01 §3 (HTTP/2 extended CONNECT, RFC 8441)",
     },
     MechanismSpec {
@@ -274,6 +292,8 @@ static SPECS: [MechanismSpec; 11] = [
         setup_version: Some(Http3),
         reversed_version: Http2,
         carries: PTTH_CARRIES,
+        client_certificate: false,
+        origin_frame: false,
         draft: "draft-kazuho-ptth-ptth-01 §3 (HTTP/3 extended CONNECT, RFC 9220)",
     },
     MechanismSpec {
@@ -284,6 +304,8 @@ static SPECS: [MechanismSpec; 11] = [
         setup_version: Some(Http3),
         reversed_version: Http3,
         carries: &[Http3],
+        client_certificate: false,
+        origin_frame: false,
         draft: "draft-kazuho-ptth-ptth-00 §3 (HTTP/3 OPTIONS)",
     },
     MechanismSpec {
@@ -294,6 +316,8 @@ static SPECS: [MechanismSpec; 11] = [
         setup_version: None,
         reversed_version: Http2,
         carries: &[Http2],
+        client_certificate: true,
+        origin_frame: true,
         draft: "draft-bt-httpbis-reverse-http-01 (h2-reverse)",
     },
     MechanismSpec {
@@ -304,6 +328,8 @@ static SPECS: [MechanismSpec; 11] = [
         setup_version: None,
         reversed_version: Http3,
         carries: &[Http3],
+        client_certificate: true,
+        origin_frame: true,
         draft: "draft-bt-httpbis-reverse-http-01 (h3-reverse)",
     },
     MechanismSpec {
@@ -314,6 +340,8 @@ static SPECS: [MechanismSpec; 11] = [
         setup_version: Some(Http1),
         reversed_version: Http1,
         carries: &[Http1],
+        client_certificate: false,
+        origin_frame: false,
         draft: "draft-lentczner-rhttp-00 (Upgrade: PTTH/1.0)",
     },
 ];
@@ -380,6 +408,51 @@ impl Mechanism {
     /// The HTTP version the gateway speaks to the origin.
     pub fn reversed_version(self) -> HttpVersion {
         self.spec().reversed_version
+    }
+
+    /// Whether the origin must present a client certificate (draft-bt).
+    pub fn requires_client_certificate(self) -> bool {
+        self.spec().client_certificate
+    }
+
+    /// Whether the origin must send an ORIGIN frame right after its SETTINGS (draft-bt).
+    pub fn sends_origin_frame(self) -> bool {
+        self.spec().origin_frame
+    }
+
+    /// The mechanism of a tunnel connection, from what a gateway negotiated and set up on
+    /// it: the transport, what its ALPN means ([`classify_alpn`]) and, on a forward
+    /// connection, the kind of setup request admitted and the protocol the gateway chose for
+    /// the reversed channel. Every mechanism a gateway registers comes from here.
+    ///
+    /// `None` when no catalogue row fits: a reversed role on the wrong transport, a forward
+    /// connection with no setup yet, or a setup its connection does not carry (an `Upgrade`
+    /// over HTTP/2, `OPTIONS` over TLS).
+    pub fn negotiated(
+        transport: Transport,
+        role: AlpnRole,
+        setup: Option<(SetupKind, &ProtocolId)>,
+    ) -> Option<Mechanism> {
+        match role {
+            // The ALPN alone reversed the connection (Potato, draft-bt).
+            AlpnRole::Reversed { mechanism, .. } => (mechanism.transport() == transport
+                && mechanism.setup() == SetupKind::AlpnOnly)
+                .then_some(mechanism),
+            AlpnRole::Setup { version } => {
+                let (kind, chosen) = setup?;
+                let chosen = HttpVersion::from_alpn_id(chosen)?;
+                let rows = SPECS.iter().filter(|s| {
+                    s.transport == transport && s.setup == kind && s.setup_version == Some(version)
+                });
+                // Rows that differ only in the reversed version (upgrade-h1, upgrade-h2):
+                // the chosen protocol picks one. Otherwise the row that carries it (PTTH -01
+                // extended CONNECT may carry HTTP/1.1 inside the stream).
+                rows.clone()
+                    .find(|s| s.reversed_version == chosen)
+                    .or_else(|| rows.clone().find(|s| s.carries.contains(&chosen)))
+                    .map(|s| s.mechanism)
+            }
+        }
     }
 
     /// The protocol the origin offers in the `ALPN` header of a setup request (and the
@@ -628,6 +701,88 @@ mod tests {
                 set: Some(AlpnSet::Potato00)
             })
         );
+    }
+
+    /// What a gateway sees on the wire for `m`: the transport, the ALPN its origin offers,
+    /// and, with a setup request, its kind and the protocol the gateway chooses.
+    fn negotiation_of(m: Mechanism, set: AlpnSet) -> (Transport, Option<AlpnRole>, ProtocolId) {
+        let transport = m.transport();
+        let role = classify_alpn(transport, m.tls_alpn(set));
+        (transport, role, m.reversed_version().alpn_id())
+    }
+
+    #[test]
+    fn every_mechanism_is_derived_from_what_was_negotiated() {
+        for &m in Mechanism::ALL {
+            for &set in AlpnSet::ALL {
+                let (transport, role, chosen) = negotiation_of(m, set);
+                let role = role.unwrap();
+                let setup = match m.setup() {
+                    SetupKind::AlpnOnly => None,
+                    kind => Some((kind, &chosen)),
+                };
+                assert_eq!(
+                    Mechanism::negotiated(transport, role, setup),
+                    Some(m),
+                    "{m} ({set})"
+                );
+                if let Some((kind, _)) = setup {
+                    // Until its setup request is admitted, a forward connection has none.
+                    assert_eq!(Mechanism::negotiated(transport, role, None), None, "{m}");
+                    // The same setup on the other transport's connection is no mechanism.
+                    let other = match transport {
+                        Transport::Tls => Transport::Quic,
+                        Transport::Quic => Transport::Tls,
+                    };
+                    assert_eq!(
+                        Mechanism::negotiated(other, role, Some((kind, &chosen))),
+                        None,
+                        "{m}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn setups_with_their_own_choice_of_protocol() {
+        use Mechanism::*;
+        let h1 = AlpnRole::Setup { version: Http1 };
+        let h2 = AlpnRole::Setup { version: Http2 };
+        let h3 = AlpnRole::Setup { version: Http3 };
+        let tls = Transport::Tls;
+        let quic = Transport::Quic;
+        let http11 = ProtocolId::http11();
+        let h2_id = ProtocolId::h2();
+        let n = Mechanism::negotiated;
+        // Extended CONNECT carrying HTTP/1.1 is still connect-h2 / connect-h3.
+        let connect = SetupKind::ExtendedConnect;
+        assert_eq!(n(tls, h2, Some((connect, &http11))), Some(ConnectH2));
+        assert_eq!(n(quic, h3, Some((connect, &http11))), Some(ConnectH3));
+        assert_eq!(n(quic, h3, Some((connect, &h2_id))), Some(ConnectH3));
+        // The Upgrade's chosen protocol picks the row.
+        let upgrade = SetupKind::Upgrade;
+        assert_eq!(n(tls, h1, Some((upgrade, &http11))), Some(UpgradeH1));
+        assert_eq!(n(tls, h1, Some((upgrade, &h2_id))), Some(UpgradeH2));
+        // A setup its connection does not carry, or a protocol no row carries.
+        assert_eq!(n(tls, h2, Some((upgrade, &h2_id))), None);
+        assert_eq!(n(tls, h1, Some((connect, &h2_id))), None);
+        assert_eq!(n(tls, h1, Some((SetupKind::Options, &http11))), None);
+        assert_eq!(n(tls, h1, Some((upgrade, &ProtocolId::h3()))), None);
+        assert_eq!(n(tls, h1, Some((upgrade, &ProtocolId::from("h2c")))), None);
+        // A reversed role belongs to its own transport.
+        let rh2 = classify_alpn(tls, b"rh2").unwrap();
+        assert_eq!(n(tls, rh2, None), Some(Rh2));
+        assert_eq!(n(quic, rh2, None), None);
+    }
+
+    #[test]
+    fn only_draft_bt_requires_a_certificate_and_an_origin_frame() {
+        for &m in Mechanism::ALL {
+            let bt = matches!(m, Mechanism::H2Reverse | Mechanism::H3Reverse);
+            assert_eq!(m.requires_client_certificate(), bt, "{m}");
+            assert_eq!(m.sends_origin_frame(), bt, "{m}");
+        }
     }
 
     #[test]

@@ -11,7 +11,9 @@
 //! [`Gateway::start`], and the returned handle reports the bound addresses.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod admission;
 pub mod config;
+mod credential;
 pub mod dev;
 pub mod forwarding;
 mod message;
@@ -22,6 +24,7 @@ mod public_h3;
 mod quic;
 pub mod registry;
 mod sender;
+mod setup_request;
 pub mod tls;
 mod tunnel;
 
@@ -50,7 +53,7 @@ pub struct Gateway {
     /// The connected origins.
     pub registry: Arc<Registry>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
-    ctx: Arc<tunnel::TunnelContext>,
+    ctx: Arc<admission::TunnelContext>,
     /// The QUIC tunnel endpoint, whose server config a reload replaces.
     tunnel_quic_endpoint: quinn::Endpoint,
     config: GatewayConfig,
@@ -82,7 +85,7 @@ impl Gateway {
                 cleartext_https_fallback: config.cleartext_https_fallback,
             },
         );
-        let ctx = Arc::new(tunnel::TunnelContext {
+        let ctx = Arc::new(admission::TunnelContext {
             registry: registry.clone(),
             grants: std::sync::RwLock::new(Arc::new(config.grants.clone())),
             tls: std::sync::RwLock::new(tunnel_tls),
@@ -189,13 +192,13 @@ impl Gateway {
         *self.ctx.tls.write().unwrap_or_else(|e| e.into_inner()) = tunnel_tls;
         *self.ctx.grants.write().unwrap_or_else(|e| e.into_inner()) = grants.clone();
         // Every connection registered from here on was checked against the new grants
-        // (`tunnel::register`); every one registered before is in this snapshot.
-        let revoked: std::collections::HashMap<u64, (Arc<OriginConn>, tunnel::Revoked)> = self
+        // (`admission::register`); every one registered before is in this snapshot.
+        let revoked: std::collections::HashMap<u64, (Arc<OriginConn>, credential::Revoked)> = self
             .registry
             .snapshot()
             .into_iter()
             .filter_map(|conn| {
-                tunnel::recheck(&grants, &conn.admission, &conn.scopes)
+                credential::recheck(&grants, &conn.admission, &conn.scopes)
                     .err()
                     .map(|why| (conn.id, (conn, why)))
             })

@@ -1,5 +1,6 @@
-//! The cap on origin connections still in setup (accepted, not yet registered), in total and
-//! per source address, shared by the TCP and QUIC tunnel listeners.
+//! Origin connections still in setup (accepted, not yet registered): the cap on them, in
+//! total and per source address, shared by the TCP and QUIC tunnel listeners; each one's
+//! place and deadline ([`SetupState`]); and how a setup that failed is told ([`SetupFailure`]).
 //!
 //! Anyone on the internet can open a connection to the tunnel port, and until a setup is
 //! admitted the gateway does not know who it is. A connection in setup holds a file
@@ -8,9 +9,11 @@
 //! peers is turned away at accept instead of starving honest origins and public clients.
 
 use std::collections::HashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+use tokio::time::Instant;
 
 /// Counts connections in setup; [`PendingSetups::try_enter`] hands out one
 /// [`PendingSetup`] guard per connection, released when it is dropped.
@@ -132,6 +135,101 @@ impl Drop for PendingSetup {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 st.per_ip.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// One origin connection's setup: its deadline, and its place among the connections in
+/// setup, given up when a setup on it is registered (or when every clone is dropped). A
+/// connection that carries tunnels (HTTP/2 or HTTP/3 extended CONNECT, PTTH -00) lives on
+/// after its first registration; the deadline no longer applies to it then.
+#[derive(Debug, Clone)]
+pub(crate) struct SetupState {
+    /// Accept + `--setup-timeout`.
+    pub deadline: Instant,
+    slot: Arc<Mutex<Option<PendingSetup>>>,
+    admitted: Arc<watch::Sender<bool>>,
+}
+
+impl SetupState {
+    /// The setup of the connection holding `slot`, to be registered by `deadline`.
+    pub(crate) fn new(slot: PendingSetup, deadline: Instant) -> Self {
+        let (admitted, _) = watch::channel(false);
+        SetupState {
+            deadline,
+            slot: Arc::new(Mutex::new(Some(slot))),
+            admitted: Arc::new(admitted),
+        }
+    }
+
+    /// A setup on this connection was registered: free its place, lift its deadline.
+    pub(crate) fn registered(&self) {
+        drop(self.slot.lock().unwrap_or_else(|e| e.into_inner()).take());
+        self.admitted.send_replace(true);
+    }
+
+    /// Resolves at the deadline unless a setup was registered by then; then never.
+    pub(crate) async fn expired(&self) {
+        let mut admitted = self.admitted.subscribe();
+        let registered = matches!(
+            tokio::time::timeout_at(self.deadline, admitted.wait_for(|a| *a)).await,
+            Ok(Ok(_))
+        );
+        if registered {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Why an origin connection ended before it was registered.
+#[derive(Debug)]
+pub(crate) enum SetupFailure {
+    /// The peer was silent, slow, or left (a load balancer's health check, a scanner, a
+    /// flood): closed and logged at debug, never warn.
+    Quiet(String),
+    /// A real refusal (a bad credential, a bad setup, an unknown protocol): logged at warn
+    /// with its reason.
+    Refused(String),
+}
+
+impl From<String> for SetupFailure {
+    fn from(reason: String) -> Self {
+        SetupFailure::Refused(reason)
+    }
+}
+
+impl From<&str> for SetupFailure {
+    fn from(reason: &str) -> Self {
+        SetupFailure::Refused(reason.to_string())
+    }
+}
+
+impl SetupFailure {
+    /// An I/O error from the peer: a peer that left is quiet, anything else a refusal.
+    pub(crate) fn io(what: &str, e: &std::io::Error) -> Self {
+        use std::io::ErrorKind::*;
+        let reason = format!("{what}: {e}");
+        match e.kind() {
+            UnexpectedEof | ConnectionReset | ConnectionAborted | BrokenPipe | TimedOut
+            | NotConnected => SetupFailure::Quiet(reason),
+            _ => SetupFailure::Refused(reason),
+        }
+    }
+
+    /// The deadline passed during `stage`.
+    pub(crate) fn late(stage: &str) -> Self {
+        SetupFailure::Quiet(format!("{stage} before the setup deadline"))
+    }
+
+    /// Logs the failure at the level its kind deserves.
+    pub(crate) fn log(&self, peer: SocketAddr, transport: &str) {
+        match self {
+            SetupFailure::Quiet(reason) => {
+                tracing::debug!(%peer, %transport, %reason, "origin connection closed during setup")
+            }
+            SetupFailure::Refused(reason) => {
+                tracing::warn!(%peer, %transport, %reason, "origin connection refused")
             }
         }
     }

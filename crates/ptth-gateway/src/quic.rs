@@ -1,4 +1,6 @@
-//! QUIC on the gateway's tunnel side: the endpoint origins dial for the HTTP/3 mechanisms.
+//! QUIC on the gateway's tunnel side: the endpoint origins dial for the HTTP/3 mechanisms,
+//! whose handshakes go to the one admission ([`crate::admission::admit`]), and the HTTP/3
+//! setup server.
 //!
 //! The tunnel endpoint listens on the UDP port with the number of the TCP tunnel listener
 //! and dispatches on the ALPN the handshake selected:
@@ -11,21 +13,23 @@
 //!       CONNECT :protocol=ptth (PTTH -01) ─▶ 200 + alpn ─▶ reversed HTTP/2 in the stream
 //! ```
 
-use crate::message::{empty, error, Body};
-use crate::sender::{start_client, Sender};
-use crate::tunnel::{self, ReversedCandidate, SetupFailure, SetupState, TunnelContext};
+use crate::admission::{self, Carrier, Closer, Handshake, Reversal, TunnelContext};
+use crate::message::error;
+use crate::pending::{SetupFailure, SetupState};
+use crate::sender::Sender;
+use crate::setup_request::{admit_options, admit_setup};
 use anyhow::{Context, Result};
 use http::{Method, Request, Response, StatusCode};
-use ptth_core::{classify_alpn, AlpnRole, HttpVersion, Mechanism, Transport};
+use ptth_core::{HttpVersion, Mechanism, Transport};
 use ptth_h3::{H3Config, H3Connection, Protocol, RecvBody, RequestDirection, ResponseSender};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use tokio::time::Instant;
 
 /// Binds the QUIC tunnel endpoint on `addr` (UDP) with the tunnel's TLS settings.
 pub(crate) fn tunnel_endpoint(ctx: &TunnelContext, addr: SocketAddr) -> Result<quinn::Endpoint> {
-    let tls = ctx.tls.read().unwrap_or_else(|e| e.into_inner()).clone();
-    let config = tunnel_server_config(&tls)?;
+    let config = tunnel_server_config(&ctx.tls())?;
     quinn::Endpoint::server(config, addr)
         .with_context(|| format!("binding the QUIC tunnel endpoint on UDP {addr}"))
 }
@@ -75,7 +79,11 @@ pub(crate) async fn serve_tunnel(endpoint: quinn::Endpoint, ctx: Arc<TunnelConte
         };
         let ctx = ctx.clone();
         tokio::spawn(async move {
-            if let Err(failure) = admit(incoming, peer, setup, ctx).await {
+            let admitted = match handshake(incoming, peer, &setup).await {
+                Ok(handshake) => admission::admit(handshake, setup, ctx).await,
+                Err(failure) => Err(failure),
+            };
+            if let Err(failure) = admitted {
                 failure.log(peer, "quic");
             }
         });
@@ -108,12 +116,12 @@ impl Drop for CloseOnDrop {
 /// The QUIC close code for a connection the gateway refuses or gives up on during setup.
 const SETUP_CLOSE: u32 = 0x100;
 
-async fn admit(
+/// The QUIC handshake, by the setup deadline, and what it settled.
+async fn handshake(
     incoming: quinn::Incoming,
     peer: SocketAddr,
-    setup: SetupState,
-    ctx: Arc<TunnelContext>,
-) -> Result<(), SetupFailure> {
+    setup: &SetupState,
+) -> Result<Handshake<quinn::Connection>, SetupFailure> {
     let quic = tokio::time::timeout_at(setup.deadline, async {
         incoming
             .accept()
@@ -123,106 +131,97 @@ async fn admit(
     })
     .await
     .map_err(|_| SetupFailure::late("no QUIC handshake"))??;
-    let result = admit_connection(&quic, peer, setup, ctx).await;
-    if result.is_err() {
-        // Whatever still holds the connection (HTTP/3 tasks), a refused or timed-out setup
-        // ends it now.
-        quic.close(quinn::VarInt::from_u32(SETUP_CLOSE), b"setup refused");
-    }
-    result
-}
-
-async fn admit_connection(
-    quic: &quinn::Connection,
-    peer: SocketAddr,
-    setup: SetupState,
-    ctx: Arc<TunnelContext>,
-) -> Result<(), SetupFailure> {
-    let quic = quic.clone();
     let alpn = quic
         .handshake_data()
         .and_then(|d| d.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|d| d.protocol)
-        .ok_or("no ALPN was negotiated")?;
-    let peer_certs: Option<Vec<CertificateDer<'static>>> = quic
+        .and_then(|d| d.protocol);
+    let peer_certs = quic
         .peer_identity()
         .and_then(|i| i.downcast::<Vec<CertificateDer<'static>>>().ok())
         .map(|c| *c);
-    let has_client_cert = peer_certs.as_ref().is_some_and(|c| !c.is_empty());
-    let role = classify_alpn(Transport::Quic, &alpn)
-        .ok_or_else(|| format!("unexpected ALPN {:?}", String::from_utf8_lossy(&alpn)))?;
-    match role {
-        AlpnRole::Reversed { mechanism, .. } => {
-            if mechanism == Mechanism::H3Reverse && !has_client_cert {
-                // draft-bt §3: "the origin MUST present a valid certificate chain".
-                quic.close(
-                    quinn::VarInt::from_u32(0x100),
-                    b"client certificate required",
-                );
-                return Err("h3-reverse requires a client certificate (draft-bt)".into());
-            }
-            let mut exporter = [0u8; ptth_auth::EXPORTER_LEN];
-            let exporter = quic
-                .export_keying_material(&mut exporter, ptth_auth::EXPORTER_LABEL, b"")
-                .ok()
-                .map(|()| exporter);
-            // Potato §4.3: "the HTTP client (gateway) is the QUIC server", so requests ride
-            // server-initiated bidirectional streams (1, 5, 9).
-            let direction = RequestDirection::ServerSends;
-            // Opening our control stream waits for the peer's stream credit: bounded too.
-            let h3 = tokio::time::timeout_at(
-                setup.deadline,
-                H3Connection::new(
-                    quic.clone(),
-                    H3Config::new(direction).enable_datagrams(true),
-                ),
-            )
-            .await
-            .map_err(|_| SetupFailure::late("HTTP/3 did not start"))?
-            .map_err(|e| SetupFailure::Quiet(format!("HTTP/3 start: {e}")))?;
-            let h3 = Arc::new(h3);
-            let origin_frame = if mechanism == Mechanism::H3Reverse {
-                // draft-bt §3: "the origin MUST immediately send an ORIGIN frame" (RFC 9412
-                // for HTTP/3); admit_reversed checks its entries against the certificate.
-                let waited = tokio::time::timeout_at(setup.deadline, h3.peer_origin_frame()).await;
-                match waited {
-                    Ok(Some(frame)) => Some(frame),
-                    Ok(None) => {
-                        quic.close(quinn::VarInt::from_u32(SETUP_CLOSE), b"no ORIGIN frame");
-                        return Err("no ORIGIN frame after SETTINGS (draft-bt)".into());
-                    }
-                    Err(_) => {
-                        quic.close(quinn::VarInt::from_u32(SETUP_CLOSE), b"no ORIGIN frame");
-                        return Err(SetupFailure::late("no ORIGIN frame (draft-bt)"));
-                    }
-                }
-            } else {
-                None
+    let mut exporter = [0u8; ptth_auth::EXPORTER_LEN];
+    let exporter = quic
+        .export_keying_material(&mut exporter, ptth_auth::EXPORTER_LABEL, b"")
+        .ok()
+        .map(|()| exporter);
+    Ok(Handshake {
+        carrier: quic,
+        peer,
+        alpn,
+        peer_certs,
+        exporter,
+    })
+}
+
+/// A QUIC connection carries reversed HTTP/3 itself, or is an HTTP/3 setup connection.
+impl Carrier for quinn::Connection {
+    const TRANSPORT: Transport = Transport::Quic;
+
+    type Closer = quinn::Connection;
+
+    fn closer(&self) -> quinn::Connection {
+        self.clone()
+    }
+
+    async fn start_client(
+        self,
+        mechanism: Mechanism,
+        deadline: Instant,
+    ) -> Result<Reversal, SetupFailure> {
+        // Potato §4.3: "the HTTP client (gateway) is the QUIC server", so requests ride
+        // server-initiated bidirectional streams (1, 5, 9).
+        let direction = RequestDirection::ServerSends;
+        // Opening our control stream waits for the peer's stream credit: bounded too.
+        let h3 = tokio::time::timeout_at(
+            deadline,
+            H3Connection::new(
+                self.clone(),
+                H3Config::new(direction).enable_datagrams(true),
+            ),
+        )
+        .await
+        .map_err(|_| SetupFailure::late("HTTP/3 did not start"))?
+        .map_err(|e| SetupFailure::Quiet(format!("HTTP/3 start: {e}")))?;
+        let h3 = Arc::new(h3);
+        // RFC 9412 carries the ORIGIN frame on HTTP/3's control stream.
+        let origin_frame = mechanism.sends_origin_frame().then(|| {
+            let h3 = h3.clone();
+            let wait = async move {
+                h3.peer_origin_frame()
+                    .await
+                    .ok_or_else(|| "no ORIGIN frame after SETTINGS (draft-bt)".to_string())
             };
-            let sender = Sender::H3(h3.sender(), h3.clone(), quic.clone());
-            let task = tokio::spawn(hold(quic, h3));
-            tunnel::admit_reversed(
-                ReversedCandidate {
-                    sender,
-                    task,
-                    mechanism,
-                    peer,
-                    peer_certs,
-                    exporter,
-                    origin_frame,
-                    deadline: setup.deadline,
-                },
-                &ctx,
-            )
-            .await
+            Box::pin(wait) as admission::OriginFrameWait
+        });
+        let sender = Sender::H3(h3.sender(), h3.clone(), self.clone());
+        let task = tokio::spawn(hold(self, h3));
+        Ok(Reversal {
+            sender,
+            task,
+            origin_frame,
+        })
+    }
+
+    async fn serve_setup(
+        self,
+        version: HttpVersion,
+        peer: SocketAddr,
+        peer_certs: Option<Vec<CertificateDer<'static>>>,
+        ctx: Arc<TunnelContext>,
+        setup: SetupState,
+    ) -> Result<(), SetupFailure> {
+        if version != HttpVersion::Http3 {
+            return Err(format!("no setup over {version:?} on QUIC").into());
         }
-        AlpnRole::Setup {
-            version: HttpVersion::Http3,
-        } => {
-            serve_setup(quic, peer, peer_certs, ctx, setup).await;
-            Ok(())
-        }
-        AlpnRole::Setup { version } => Err(format!("no setup over {version:?} on QUIC").into()),
+        serve_setup(self, peer, peer_certs, ctx, setup).await;
+        Ok(())
+    }
+}
+
+/// A QUIC connection in setup ends with a CONNECTION_CLOSE that says why.
+impl Closer for quinn::Connection {
+    fn close(&self, why: &'static [u8]) {
+        quinn::Connection::close(self, quinn::VarInt::from_u32(SETUP_CLOSE), why);
     }
 }
 
@@ -278,22 +277,14 @@ async fn serve_setup(
         let Some((req, respond)) = next else { break };
         if req.method() == Method::OPTIONS && !reversed {
             match admit_options(&ctx, &req, peer_certs.as_deref()) {
-                Ok((admission, scopes, response)) => {
+                Ok((admitted, response)) => {
                     if respond.send_response(response).await.is_err() {
                         return;
                     }
                     reversed = true;
                     let sender = Sender::H3(h3.sender(), h3.clone(), quic.clone());
                     let task = tokio::spawn(hold(quic.clone(), h3.clone()));
-                    tunnel::register(
-                        &ctx,
-                        Mechanism::OptionsH3,
-                        scopes,
-                        admission,
-                        peer,
-                        sender,
-                        task,
-                    );
+                    admission::register(&ctx, admitted, peer, sender, task);
                     setup.registered();
                 }
                 Err(res) => {
@@ -321,43 +312,6 @@ async fn serve_setup(
     }
 }
 
-/// An admitted `OPTIONS` setup: who it is, its scopes, and the answer.
-type OptionsAdmitted = (
-    crate::registry::Admission,
-    Vec<ptth_core::Scope>,
-    Response<Body>,
-);
-
-/// PTTH -00: validates and authenticates an `OPTIONS` setup request.
-fn admit_options(
-    ctx: &TunnelContext,
-    req: &Request<RecvBody>,
-    peer_certs: Option<&[CertificateDer<'static>]>,
-) -> Result<OptionsAdmitted, Box<Response<Body>>> {
-    // draft-kazuho-ptth-ptth-00 §3: "the client sends an OPTIONS request to the PTTH
-    // endpoint URI"; "OPTIONS * is never used".
-    let accepted = ptth_core::validate_options_request(req, &ctx.setup_tokens)
-        .map_err(|r| Box::new(tunnel::reject(&r)))?;
-    if accepted.origins.is_empty() {
-        return Err(Box::new(error(
-            StatusCode::NOT_FOUND,
-            "send OPTIONS to the well-known PTTH path naming the origins you serve",
-        )));
-    }
-    let prefixes = ptth_auth::path_prefixes(req.headers())
-        .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &e.to_string())))?;
-    let presented = ptth_auth::Presented {
-        authorization: accepted.authorization.as_ref(),
-        peer_certs,
-        challenge_answer: None,
-    };
-    let (admission, scopes) =
-        tunnel::check_origin(&ctx.grants(), &presented, &accepted.origins, &prefixes)
-            .map_err(|e| Box::new(tunnel::refuse(&e)))?;
-    let (parts, ()) = ptth_core::options_response().into_parts();
-    Ok((admission, scopes, Response::from_parts(parts, empty())))
-}
-
 /// PTTH -01 over HTTP/3: extended CONNECT `:protocol = ptth` (RFC 9220); the stream then
 /// carries reversed HTTP/2 (or HTTP/1.1), as over HTTP/2.
 async fn connect_setup(
@@ -369,41 +323,30 @@ async fn connect_setup(
     setup: SetupState,
 ) {
     let protocol = req.extensions().get::<Protocol>().map(|p| p.0.clone());
-    let (accepted, admission, scopes, response) =
-        match tunnel::admit_setup(ctx, &req, protocol.as_deref(), peer_certs) {
-            Ok(x) => x,
-            Err(res) => {
-                let (parts, body) = res.into_parts();
-                // A refused CONNECT gets its reason as the body of a normal response.
-                let _ = respond
-                    .send_response(Response::from_parts(parts, body))
-                    .await;
-                return;
-            }
-        };
-    let version = HttpVersion::from_alpn_id(&accepted.chosen).unwrap_or(HttpVersion::Http1);
+    let (admitted, response) = match admit_setup(
+        ctx,
+        &req,
+        Transport::Quic,
+        HttpVersion::Http3,
+        protocol.as_deref(),
+        peer_certs,
+    ) {
+        Ok(x) => x,
+        Err(res) => {
+            let (parts, body) = res.into_parts();
+            // A refused CONNECT gets its reason as the body of a normal response.
+            let _ = respond
+                .send_response(Response::from_parts(parts, body))
+                .await;
+            return;
+        }
+    };
     let (parts, _) = response.into_parts();
-    let started = tokio::time::timeout_at(setup.deadline, async {
-        let stream = respond
+    let handover = async {
+        respond
             .send_connect_response(Response::from_parts(parts, ()))
             .await
-            .map_err(|e| format!("CONNECT stream takeover failed: {e}"))?;
-        start_client(stream, version).await
-    });
-    match started.await {
-        Ok(Ok((sender, task))) => {
-            tunnel::register(
-                ctx,
-                Mechanism::ConnectH3,
-                scopes,
-                admission,
-                peer,
-                sender,
-                task,
-            );
-            setup.registered();
-        }
-        Ok(Err(e)) => tracing::warn!(%peer, error = %e, "reversed connection failed"),
-        Err(_) => SetupFailure::late("the CONNECT stream was not taken over").log(peer, "quic"),
-    }
+            .map_err(|e| format!("CONNECT stream takeover failed: {e}"))
+    };
+    admission::handed_over(handover, "CONNECT stream", admitted, peer, setup, ctx).await;
 }

@@ -67,10 +67,8 @@ impl TunnelTls {
         let requires_cert = selected.is_some_and(|p| {
             matches!(
                 ptth_core::classify_alpn(ptth_core::Transport::Tls, p),
-                Some(ptth_core::AlpnRole::Reversed {
-                    mechanism: ptth_core::Mechanism::H2Reverse,
-                    ..
-                })
+                Some(ptth_core::AlpnRole::Reversed { mechanism, .. })
+                    if mechanism.requires_client_certificate()
             )
         });
         if requires_cert {
