@@ -199,7 +199,7 @@ async fn admit_connection(
             } else {
                 None
             };
-            let sender = Sender::H3(h3.sender(), h3.clone(), quic.clone());
+            let sender = Sender::h3(h3.clone(), quic.clone());
             let task = tokio::spawn(hold(quic, h3));
             tunnel::admit_reversed(
                 ReversedCandidate {
@@ -283,7 +283,7 @@ async fn serve_setup(
                         return;
                     }
                     reversed = true;
-                    let sender = Sender::H3(h3.sender(), h3.clone(), quic.clone());
+                    let sender = Sender::h3(h3.clone(), quic.clone());
                     let task = tokio::spawn(hold(quic.clone(), h3.clone()));
                     tunnel::register(
                         &ctx,

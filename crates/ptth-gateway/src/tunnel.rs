@@ -511,15 +511,9 @@ pub(crate) async fn admit_reversed(
         Err(failure)
     };
     let challenge = Challenge::new(random_bytes());
-    let mut req = Request::get(AUTHORIZE_PATH)
-        .header(header::HOST, "ptth-gateway")
-        .header(ptth_auth::CHALLENGE_FIELD, challenge.header_value())
-        .body(empty())
-        .unwrap_or_else(|_| Request::new(empty()));
-    if !sender.is_h1() {
-        *req.uri_mut() = http::Uri::from_static("https://ptth-gateway/.well-known/ptth/authorize");
-        req.headers_mut().remove(header::HOST);
-    }
+    let mut req = sender.gateway_request(AUTHORIZE_PATH);
+    req.headers_mut()
+        .insert(ptth_auth::CHALLENGE_FIELD, challenge.header_value());
     let res = match tokio::time::timeout_at(deadline, sender.send(req)).await {
         Ok(Ok(r)) => r,
         // A peer that hung up (a scanner, a health check) is not an origin being refused.
