@@ -101,7 +101,11 @@ struct CloseOnDrop(quinn::Connection);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        self.0.close(quinn::VarInt::from_u32(0x100), b"");
+        // A connection that already closed keeps the reason it closed with (the origin
+        // connection's state reads it); quinn would replace it with a local close.
+        if self.0.close_reason().is_none() {
+            self.0.close(quinn::VarInt::from_u32(0x100), b"");
+        }
     }
 }
 

@@ -124,20 +124,21 @@ impl OriginConn {
         self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Applies one transition; `false` if `Lifecycle` refuses it in the current state.
+    /// Applies one transition, if `Lifecycle` allows it in the current state.
     fn transition(
         &self,
         step: impl FnOnce(&mut Lifecycle) -> Result<(), ptth_core::LifecycleError>,
-    ) -> bool {
+    ) {
         let mut lifecycle = self.lifecycle();
-        let applied = step(&mut lifecycle).is_ok();
-        self.phase
-            .store(phase_of(lifecycle.state()), Ordering::SeqCst);
+        let before = lifecycle.state();
+        // A refused step leaves the state as it was (a closed connection stays closed).
+        let _ = step(&mut lifecycle);
+        let after = lifecycle.state();
+        self.phase.store(phase_of(after), Ordering::SeqCst);
         drop(lifecycle);
-        if applied {
+        if after != before {
             self.changed.notify_waiters();
         }
-        applied
     }
 
     /// The connection's state: where it is, who started its drain, why it closed.
@@ -160,10 +161,11 @@ impl OriginConn {
     /// Brings the state up to what the sender knows: the origin sent GOAWAY (draining), or
     /// the connection ended (closed, with the sender's reason).
     fn observe_sender(&self) {
+        if self.sender.peer_draining() {
+            self.drain(DrainSource::Peer);
+        }
         if let Some(reason) = self.sender.ended() {
             self.close(reason);
-        } else if self.sender.peer_draining() {
-            self.drain(DrainSource::Peer);
         }
     }
 
@@ -428,7 +430,8 @@ impl Registry {
         if let Some(c) = index.conns.remove(&id) {
             // Closed for the reason its sender saw, unless something closed it first (a
             // drain, an upgrade). A driver that ended with no reason was stopped here.
-            c.close(c.sender.ended().unwrap_or(CloseReason::LocalError));
+            c.observe_sender();
+            c.close(CloseReason::LocalError);
             for host in c.hosts() {
                 if let Some(bucket) = index.by_host.get_mut(host) {
                     bucket.retain(|b| b.id != id);
