@@ -1,4 +1,10 @@
-//! The lifecycle of a reversed connection, shared by every mechanism.
+//! The lifecycle of a reversed connection, shared by every mechanism: where it is (setting
+//! up, taking requests, draining, closed), who started a drain, and why it closed.
+//!
+//! The gateway keeps one per registered origin connection (`OriginConn::state` in
+//! `ptth-gateway`): routing sends requests only to an `Active` one, and the log line that
+//! says a connection closed gives the [`CloseReason`] and, after a drain, its
+//! [`DrainSource`].
 
 use std::fmt;
 
@@ -17,11 +23,25 @@ pub enum ConnectionState {
 
 /// Who started a drain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DrainSource {
     /// We decided to drain (shutdown, rebalancing).
     Local,
     /// The peer sent GOAWAY or `Connection: close`.
     Peer,
+    /// The credential that admitted the connection no longer does: the grants were
+    /// reloaded and refuse it.
+    Revoked,
+}
+
+impl fmt::Display for DrainSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Local => "local",
+            Self::Peer => "peer",
+            Self::Revoked => "revoked",
+        })
+    }
 }
 
 /// Why a connection closed.
@@ -38,6 +58,11 @@ pub enum CloseReason {
     PeerError,
     /// The transport went away (reset, timeout, EOF without close).
     TransportLost,
+    /// An upgrade (a WebSocket after HTTP/1.1 `101`) took the connection over: it carries
+    /// that one exchange's bytes and no further requests.
+    Upgraded,
+    /// A drain's grace period ended with requests still in flight; they were cut.
+    DrainExpired,
 }
 
 impl fmt::Display for CloseReason {
@@ -48,6 +73,8 @@ impl fmt::Display for CloseReason {
             Self::LocalError => "local error",
             Self::PeerError => "peer error",
             Self::TransportLost => "transport lost",
+            Self::Upgraded => "upgraded",
+            Self::DrainExpired => "drain expired",
         })
     }
 }
@@ -65,7 +92,7 @@ pub struct LifecycleError {
 /// The state machine of one reversed connection.
 ///
 /// ```text
-///              handle_setup_complete
+///              handle_setup_complete       (or Lifecycle::active)
 ///    Setup ───────────────────────────▶ Active
 ///      │                                  │
 ///      │                                  │ handle_drain (local, or peer GOAWAY /
@@ -98,6 +125,16 @@ impl Lifecycle {
     pub fn new() -> Self {
         Self {
             state: ConnectionState::Setup,
+            drain_source: None,
+            close_reason: None,
+        }
+    }
+
+    /// A connection whose setup already completed: `Active`. (The gateway tracks a
+    /// connection from its registration on, which follows a completed setup.)
+    pub fn active() -> Self {
+        Self {
+            state: ConnectionState::Active,
             drain_source: None,
             close_reason: None,
         }
@@ -214,5 +251,22 @@ mod tests {
         let mut l = Lifecycle::new();
         l.handle_closed(CloseReason::SetupFailed).unwrap();
         assert_eq!(l.state(), ConnectionState::Closed);
+    }
+
+    #[test]
+    fn a_registered_connection_starts_active_and_keeps_its_first_drain_source() {
+        let mut l = Lifecycle::active();
+        assert!(l.can_accept_requests());
+        assert!(l.handle_setup_complete().is_err());
+        l.handle_drain(DrainSource::Revoked).unwrap();
+        l.handle_drain(DrainSource::Peer).unwrap();
+        assert_eq!(l.drain_source(), Some(DrainSource::Revoked));
+        l.handle_closed(CloseReason::DrainExpired).unwrap();
+        assert_eq!(l.close_reason(), Some(CloseReason::DrainExpired));
+        assert_eq!(l.drain_source(), Some(DrainSource::Revoked));
+        let mut u = Lifecycle::active();
+        u.handle_closed(CloseReason::Upgraded).unwrap();
+        assert_eq!(u.drain_source(), None);
+        assert_eq!(CloseReason::Upgraded.to_string(), "upgraded");
     }
 }

@@ -17,12 +17,12 @@
 //! registration) is here, once.
 
 use crate::credential::{self, check_origin, scope_from_certificate};
-use crate::message::{empty, Body};
+use crate::message::Body;
 use crate::pending::{Full, PendingSetups, SetupFailure, SetupState};
 use crate::registry::{Admission, OriginConn, Registry};
 use crate::sender::{start_client, Sender};
 use crate::tls::TunnelTls;
-use http::{header, Request, StatusCode};
+use http::StatusCode;
 use http_body_util::BodyExt;
 use ptth_auth::{Challenge, ChallengeAnswer, ChallengeProof, Grants, Presented, AUTHORIZE_PATH};
 use ptth_core::{
@@ -328,15 +328,9 @@ async fn authorize(
         scopes,
     };
     let challenge = Challenge::new(random_bytes());
-    let mut req = Request::get(AUTHORIZE_PATH)
-        .header(header::HOST, "ptth-gateway")
-        .header(ptth_auth::CHALLENGE_FIELD, challenge.header_value())
-        .body(empty())
-        .unwrap_or_else(|_| Request::new(empty()));
-    if !sender.is_h1() {
-        *req.uri_mut() = http::Uri::from_static("https://ptth-gateway/.well-known/ptth/authorize");
-        req.headers_mut().remove(header::HOST);
-    }
+    let mut req = sender.gateway_request(AUTHORIZE_PATH);
+    req.headers_mut()
+        .insert(ptth_auth::CHALLENGE_FIELD, challenge.header_value());
     let res = match tokio::time::timeout_at(deadline, sender.send(req)).await {
         Ok(Ok(r)) => r,
         // A peer that hung up (a scanner, a health check) is not an origin being refused.

@@ -205,6 +205,7 @@ impl Gateway {
             .collect();
         let drained = self.registry.drain_unless(
             |conn| !revoked.contains_key(&conn.id),
+            ptth_core::DrainSource::Revoked,
             std::time::Duration::from_secs(30),
         );
         for (conn, why) in revoked.values() {

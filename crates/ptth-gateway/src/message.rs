@@ -37,6 +37,7 @@ pub fn error(status: StatusCode, reason: &str) -> Response<Body> {
     res
 }
 
+/// A 503 saying why, with `Retry-After` in seconds (RFC 9110 §10.2.3).
 pub fn unavailable(reason: &str, retry_after: u32) -> Response<Body> {
     let mut res = error(StatusCode::SERVICE_UNAVAILABLE, reason);
     res.headers_mut()

@@ -9,13 +9,13 @@
 use crate::forwarding::{self, TrustedProxies};
 use crate::message::{error, unavailable, Body, BoxError};
 use crate::registry::{Registry, Reservation, RouteError};
-use crate::sender::SendError;
+use crate::sender::{Outbound, SendError, WebSocket};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Version};
 use http_body::Frame;
 use http_body_util::BodyExt;
-use ptth_core::{Arrival, RequestTarget};
+use ptth_core::{Arrival, CloseReason, RequestTarget};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -41,6 +41,8 @@ pub struct ProxyConfig {
 pub struct Proxy {
     registry: Arc<Registry>,
     config: ProxyConfig,
+    /// This gateway's `Via` entry for each HTTP version a message can arrive in, built once.
+    via: ViaValues,
 }
 
 /// Information about the public connection a request came on.
@@ -58,7 +60,12 @@ pub struct ClientInfo {
 impl Proxy {
     /// A proxy over `registry`.
     pub fn new(registry: Arc<Registry>, config: ProxyConfig) -> Arc<Self> {
-        Arc::new(Self { registry, config })
+        let via = ViaValues::new(&config.via_name);
+        Arc::new(Self {
+            registry,
+            config,
+            via,
+        })
     }
 
     /// Handles one public request, whatever listener it came from. Never fails: every error
@@ -68,8 +75,10 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let websocket = is_websocket_upgrade(&req);
-        let public_upgrade = websocket.then(|| hyper::upgrade::on(&mut req));
+        let websocket = is_websocket_upgrade(&req).then(|| WebSocket {
+            key: req.headers().get(header::SEC_WEBSOCKET_KEY).cloned(),
+        });
+        let public_upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut req));
         let (mut parts, body) = req.into_parts();
         let arrival = Arrival {
             secure: client.tls,
@@ -87,14 +96,13 @@ impl Proxy {
             // credential.
             return error(StatusCode::NOT_FOUND, RESERVED_REASON);
         }
-        let ws_key = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned();
         let received_version = parts.version;
         // Read before hop-by-hop stripping, which may remove a `Host` named in `Connection`.
         let authority = forwarding::requested_authority(&parts.uri, &parts.headers, &target);
         strip_hop_by_hop(&mut parts.headers);
         // An origin must never read a gateway-only field from a stranger.
         strip_ptth_fields(&mut parts.headers);
-        append_via(&mut parts.headers, received_version, &self.config.via_name);
+        self.via.append(&mut parts.headers, received_version);
         forwarding::set_forwarding_fields(
             &mut parts.headers,
             &forwarding::Hop {
@@ -104,8 +112,13 @@ impl Proxy {
             },
             &self.config.trusted_proxies,
         );
-        let scheme = if client.tls { "https" } else { "http" };
         let mut request = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        // The sender of whichever connection is picked shapes the request for its HTTP
+        // version (target form, WebSocket handshake), again if a retry picks another.
+        let outbound = Outbound {
+            target: &target,
+            websocket: websocket.as_ref(),
+        };
 
         let mut avoid = None;
         let (reservation, response) = loop {
@@ -136,52 +149,42 @@ impl Proxy {
                     return unavailable("every origin connection stayed busy for the whole wait", 1)
                 }
             };
-            let conn = reservation.conn().clone();
-            let h2 = conn.sender.is_h2();
-            if websocket && conn.sender.is_h3() {
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "the origin is reached over reversed HTTP/3, which does not carry WebSocket here (RFC 9220 is not wired in the gateway)",
-                );
+            let conn = reservation.conn();
+            if websocket.is_some() {
+                if let Err(why) = conn.sender.carries_websocket() {
+                    return error(StatusCode::BAD_GATEWAY, why);
+                }
             }
-            if websocket && h2 && !conn.sender.extended_connect() {
-                return error(
-                    StatusCode::BAD_GATEWAY,
-                    "the origin's HTTP/2 connection does not enable extended CONNECT (RFC 8441), so WebSocket cannot reach it",
+            let sent = {
+                // A request handed to a connection in the instant it dies may never be
+                // answered by the HTTP stack; the registry's "gone" signal fails it at once
+                // instead of after the whole request timeout.
+                let send = tokio::time::timeout(
+                    self.config.request_timeout,
+                    conn.sender.forward(request, &outbound),
                 );
-            }
-            // HTTP/2 and HTTP/3 both carry the target in pseudo-header fields.
-            fit_request(
-                &mut request,
-                !conn.sender.is_h1(),
-                scheme,
-                &target,
-                websocket,
-                ws_key.as_ref(),
-            );
-            // A request handed to a connection in the instant it dies may never be answered
-            // by the HTTP stack; the registry's "gone" signal fails it at once instead of
-            // after the whole request timeout.
-            let send = tokio::time::timeout(self.config.request_timeout, conn.sender.send(request));
-            tokio::pin!(send);
-            let sent = tokio::select! {
-                biased;
-                r = &mut send => r,
-                () = conn.gone() => {
-                    // The connection ended. An answer already on its way through the HTTP
-                    // stack's tasks may still land: give it a moment before calling it lost.
-                    match tokio::time::timeout(Duration::from_secs(1), &mut send).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            tracing::warn!(conn = conn.id, "origin connection closed before answering");
-                            return error(
-                                StatusCode::BAD_GATEWAY,
-                                "the origin connection closed before it answered",
-                            );
+                tokio::pin!(send);
+                tokio::select! {
+                    biased;
+                    r = &mut send => r,
+                    () = conn.gone() => {
+                        // The connection ended. An answer already on its way through the
+                        // HTTP stack's tasks may still land: give it a moment before calling
+                        // it lost.
+                        match tokio::time::timeout(Duration::from_secs(1), &mut send).await {
+                            Ok(r) => r,
+                            Err(_) => {
+                                tracing::warn!(conn = conn.id, "origin connection closed before answering");
+                                return error(
+                                    StatusCode::BAD_GATEWAY,
+                                    "the origin connection closed before it answered",
+                                );
+                            }
                         }
                     }
                 }
             };
+            let id = conn.id;
             match sent {
                 Err(_) => {
                     return error(
@@ -191,12 +194,12 @@ impl Proxy {
                 }
                 Ok(Ok(resp)) => break (reservation, resp),
                 Ok(Err(SendError::NotSent(req, e))) => {
-                    tracing::debug!(conn = conn.id, error = %e, "connection refused the request; retrying on another");
+                    tracing::debug!(conn = id, error = %e, "connection refused the request; retrying on another");
                     request = *req;
-                    avoid = Some(conn.id);
+                    avoid = Some(id);
                 }
                 Ok(Err(SendError::Failed(e))) => {
-                    tracing::warn!(conn = conn.id, error = %e, "origin failed the request");
+                    tracing::warn!(conn = id, error = %e, "origin failed the request");
                     return error(
                         StatusCode::BAD_GATEWAY,
                         &format!("the origin failed the request: {e}"),
@@ -204,7 +207,7 @@ impl Proxy {
                 }
             }
         };
-        self.finish(reservation, response, public_upgrade, ws_key)
+        self.finish(reservation, response, public_upgrade, websocket)
     }
 
     fn finish(
@@ -212,20 +215,17 @@ impl Proxy {
         reservation: Reservation,
         mut response: Response<Body>,
         public_upgrade: Option<hyper::upgrade::OnUpgrade>,
-        ws_key: Option<HeaderValue>,
+        websocket: Option<WebSocket>,
     ) -> Response<Body> {
-        let conn = reservation.conn().clone();
-        let status = response.status();
-        let upgraded = match (&public_upgrade, conn.sender.is_h2()) {
-            (Some(_), false) => status == StatusCode::SWITCHING_PROTOCOLS,
-            (Some(_), true) => status.is_success(),
-            (None, _) => false,
-        };
-        if upgraded {
+        let conn = reservation.conn();
+        let accepted = websocket
+            .as_ref()
+            .and_then(|ws| conn.sender.accepted_upgrade(&response, ws));
+        if let Some(accepted) = accepted {
             let origin_upgrade = hyper::upgrade::on(&mut response);
-            if !conn.sender.is_h2() {
-                // After a 101 the reversed HTTP/1.1 connection belongs to the WebSocket.
-                conn.mark_closed();
+            if accepted.consumes_connection {
+                // The connection belongs to the WebSocket now: no request is routed to it.
+                conn.close(CloseReason::Upgraded);
             }
             if let Some(public) = public_upgrade {
                 tokio::spawn(async move {
@@ -250,27 +250,18 @@ impl Proxy {
             }
             h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
             h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            let accept = match (response.headers().get(header::SEC_WEBSOCKET_ACCEPT), ws_key) {
-                (Some(a), _) if response.version() != Version::HTTP_2 => Some(a.clone()),
-                (_, Some(key)) => HeaderValue::from_str(
-                    &tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
-                )
-                .ok(),
-                _ => None,
-            };
-            if let Some(a) = accept {
+            if let Some(a) = accepted.accept {
                 h.insert(header::SEC_WEBSOCKET_ACCEPT, a);
             }
             return out;
         }
-        let version = response.version();
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         strip_ptth_fields(&mut parts.headers);
-        append_via(&mut parts.headers, version, &self.config.via_name);
-        if version == Version::HTTP_3 {
+        self.via.append(&mut parts.headers, parts.version);
+        if parts.version > Version::HTTP_2 {
             // The public side writes its own version; hyper's HTTP/1.1 server refuses to
-            // serialise an HTTP/3 response head.
+            // serialise a head labelled with a later one (an HTTP/3 origin's answer).
             parts.version = Version::HTTP_11;
         }
         let body = Guarded {
@@ -278,65 +269,6 @@ impl Proxy {
             reservation: Some(reservation),
         };
         Response::from_parts(parts, body.boxed_unsync())
-    }
-}
-
-/// Shapes a request for the HTTP version of the connection it goes to. Idempotent, so a
-/// request handed back by a connection that refused it can be shaped again for another.
-fn fit_request(
-    req: &mut Request<Body>,
-    h2: bool,
-    scheme: &str,
-    target: &RequestTarget,
-    websocket: bool,
-    ws_key: Option<&HeaderValue>,
-) {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".to_string());
-    let authority = target.authority();
-    if h2 {
-        if let Ok(uri) = Uri::builder()
-            .scheme(scheme)
-            .authority(authority.as_str())
-            .path_and_query(path.as_str())
-            .build()
-        {
-            *req.uri_mut() = uri;
-        }
-        req.headers_mut().remove(header::HOST);
-        *req.version_mut() = Version::HTTP_2;
-        if websocket {
-            // RFC 8441 §5: the WebSocket handshake becomes CONNECT with :protocol=websocket;
-            // Sec-WebSocket-Key and -Accept are not used.
-            *req.method_mut() = Method::CONNECT;
-            req.extensions_mut()
-                .insert(hyper::ext::Protocol::from_static("websocket"));
-            let h = req.headers_mut();
-            h.remove(header::UPGRADE);
-            h.remove(header::CONNECTION);
-            h.remove(header::SEC_WEBSOCKET_KEY);
-        }
-    } else {
-        if let Ok(uri) = path.parse::<Uri>() {
-            *req.uri_mut() = uri;
-        }
-        if let Ok(v) = HeaderValue::from_str(&authority) {
-            req.headers_mut().insert(header::HOST, v);
-        }
-        *req.version_mut() = Version::HTTP_11;
-        if websocket {
-            *req.method_mut() = Method::GET;
-            req.extensions_mut().remove::<hyper::ext::Protocol>();
-            let h = req.headers_mut();
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(k) = ws_key {
-                h.insert(header::SEC_WEBSOCKET_KEY, k.clone());
-            }
-        }
     }
 }
 
@@ -377,6 +309,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 /// RFC 9110 §7.6.1: remove the fields named in `Connection` and the hop-by-hop fields. `TE:
 /// trailers` survives (gRPC needs it end to end).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Every message passes here twice and most carry no hop-by-hop field (`Connection`
+    // among them, so no field is named either): one look at the names present is cheaper
+    // than eight removals by name.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = connection_tokens(headers)
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
@@ -468,15 +406,27 @@ pub fn strip_ptth_fields(headers: &mut HeaderMap) {
     }
 }
 
-fn append_via(headers: &mut HeaderMap, version: Version, name: &str) {
-    let v = match version {
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
-    };
-    if let Ok(value) = HeaderValue::from_str(&format!("{v} {name}")) {
-        headers.append(header::VIA, value);
+/// This gateway's `Via` entries (RFC 9110 §7.6.3: the received protocol, then the
+/// pseudonym), one per version a message can arrive in. `None` where the pseudonym cannot be
+/// a field value: nothing is appended then.
+#[derive(Debug)]
+struct ViaValues([Option<HeaderValue>; 4]);
+
+impl ViaValues {
+    fn new(name: &str) -> Self {
+        Self(["1.0", "1.1", "2", "3"].map(|v| HeaderValue::from_str(&format!("{v} {name}")).ok()))
+    }
+
+    fn append(&self, headers: &mut HeaderMap, version: Version) {
+        let i = match version {
+            Version::HTTP_10 => 0,
+            Version::HTTP_2 => 2,
+            Version::HTTP_3 => 3,
+            _ => 1,
+        };
+        if let Some(Some(value)) = self.0.get(i) {
+            headers.append(header::VIA, value.clone());
+        }
     }
 }
 
@@ -518,55 +468,27 @@ impl http_body::Body for Guarded {
     }
 }
 
-/// How much of an abandoned response the gateway still reads from a reversed HTTP/1.1
-/// connection, and for how long, to keep that connection instead of closing it.
-const DRAIN_LIMIT: u64 = 2 * 1024 * 1024;
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
 impl Drop for Guarded {
-    /// A public client that leaves mid-response drops this body. On HTTP/2 and HTTP/3 that
-    /// resets one stream; on HTTP/1.1 it would close the whole origin connection, and the
-    /// gateway cannot dial a new one: the origin must, after its backoff, so a burst of
-    /// departing clients (256 at the end of a bench run) emptied an rh1 pool and the next
-    /// requests found no origin (503). So the rest of a bounded response is read and
-    /// discarded, with the reservation held, and the connection goes back to the pool.
+    /// A public client that leaves mid-response drops this body. The connection's sender
+    /// says what becomes of the rest ([`crate::sender::Sender::drain_abandoned`]); a drain
+    /// holds the reservation until it ends.
     fn drop(&mut self) {
         let Some(reservation) = self.reservation.take() else {
             return;
         };
-        let remaining = http_body::Body::size_hint(&self.inner).upper();
-        if !reservation.conn().sender.is_h1()
-            || http_body::Body::is_end_stream(&self.inner)
-            || remaining.is_some_and(|r| r > DRAIN_LIMIT)
-        {
+        let Some(drain) = reservation.conn().sender.drain_abandoned(&mut self.inner) else {
             return;
-        }
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let mut body = std::mem::replace(&mut self.inner, crate::message::empty());
         runtime.spawn(async move {
-            let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
-                let mut read = 0u64;
-                while let Some(frame) = body.frame().await {
-                    let Ok(frame) = frame else { return false };
-                    if let Some(data) = frame.data_ref() {
-                        read += data.len() as u64;
-                        if read > DRAIN_LIMIT {
-                            return false;
-                        }
-                    }
-                }
-                true
-            })
-            .await;
-            if drained != Ok(true) {
+            if !drain.await {
                 tracing::debug!(
                     conn = reservation.conn().id,
                     "abandoned response too long to drain; the origin connection closes"
                 );
             }
-            drop(body);
             drop(reservation);
         });
     }

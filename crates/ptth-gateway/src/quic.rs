@@ -109,7 +109,11 @@ struct CloseOnDrop(quinn::Connection);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        self.0.close(quinn::VarInt::from_u32(0x100), b"");
+        // A connection that already closed keeps the reason it closed with (the origin
+        // connection's state reads it); quinn would replace it with a local close.
+        if self.0.close_reason().is_none() {
+            self.0.close(quinn::VarInt::from_u32(0x100), b"");
+        }
     }
 }
 
@@ -193,7 +197,7 @@ impl Carrier for quinn::Connection {
             };
             Box::pin(wait) as admission::OriginFrameWait
         });
-        let sender = Sender::H3(h3.sender(), h3.clone(), self.clone());
+        let sender = Sender::h3(h3.clone(), self.clone());
         let task = tokio::spawn(hold(self, h3));
         Ok(Reversal {
             sender,
@@ -282,7 +286,7 @@ async fn serve_setup(
                         return;
                     }
                     reversed = true;
-                    let sender = Sender::H3(h3.sender(), h3.clone(), quic.clone());
+                    let sender = Sender::h3(h3.clone(), quic.clone());
                     let task = tokio::spawn(hold(quic.clone(), h3.clone()));
                     admission::register(&ctx, admitted, peer, sender, task);
                     setup.registered();

@@ -14,12 +14,21 @@
 //! merely busy ones) the wildcard bucket `*.<host minus its first label>`, so exact names
 //! win over wildcards and a pick costs the same however many origins other hosts have.
 //! The index sits behind a read-write lock: picks share it, only `add` and `remove` write.
+//!
+//! Each connection's state is a [`Lifecycle`]: `Active` (routing may pick it) →
+//! `Draining` (a reload revoked its credential, or the origin sent GOAWAY: requests in
+//! flight finish, no new ones come) → `Closed` with a [`CloseReason`] (drained, the origin
+//! closed it, the transport was lost, a WebSocket took it over…), which the "origin
+//! connection closed" log line gives.
 
 use crate::sender::Sender;
-use ptth_core::{Mechanism, RequestTarget, Scope, Specificity};
+use ptth_core::{
+    CloseReason, ConnectionState, DrainSource, Lifecycle, Mechanism, RequestTarget, Scope,
+    Specificity,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -60,11 +69,29 @@ pub struct OriginConn {
     pub peer: SocketAddr,
     pub(crate) sender: Sender,
     outstanding: AtomicUsize,
-    closed: AtomicBool,
-    removed: AtomicBool,
-    gone: Notify,
+    /// Where the connection is in its life. Every transition happens under this lock and
+    /// follows `Lifecycle`'s rules.
+    lifecycle: Mutex<Lifecycle>,
+    /// `lifecycle`'s state, mirrored for the lock-free read every pick makes.
+    phase: AtomicU8,
+    /// Woken when the state changes, and when the last request of a draining connection
+    /// ends.
+    changed: Notify,
     driver: tokio::task::AbortHandle,
 }
+
+/// [`ConnectionState`] as the byte [`OriginConn`]'s `phase` mirror holds.
+fn phase_of(state: ConnectionState) -> u8 {
+    match state {
+        ConnectionState::Setup => 0,
+        ConnectionState::Active => 1,
+        ConnectionState::Draining => 2,
+        ConnectionState::Closed => 3,
+    }
+}
+
+const ACTIVE: u8 = 1;
+const CLOSED: u8 = 3;
 
 impl OriginConn {
     pub(crate) fn new(
@@ -84,10 +111,61 @@ impl OriginConn {
             peer,
             sender,
             outstanding: AtomicUsize::new(0),
-            closed: AtomicBool::new(false),
-            removed: AtomicBool::new(false),
-            gone: Notify::new(),
+            // Registered only once its setup completed.
+            lifecycle: Mutex::new(Lifecycle::active()),
+            phase: AtomicU8::new(ACTIVE),
+            changed: Notify::new(),
             driver,
+        }
+    }
+
+    fn lifecycle(&self) -> std::sync::MutexGuard<'_, Lifecycle> {
+        // Transitions are single assignments: a poisoned lock still holds a whole state.
+        self.lifecycle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies one transition, if `Lifecycle` allows it in the current state.
+    fn transition(
+        &self,
+        step: impl FnOnce(&mut Lifecycle) -> Result<(), ptth_core::LifecycleError>,
+    ) {
+        let mut lifecycle = self.lifecycle();
+        let before = lifecycle.state();
+        // A refused step leaves the state as it was (a closed connection stays closed).
+        let _ = step(&mut lifecycle);
+        let after = lifecycle.state();
+        self.phase.store(phase_of(after), Ordering::SeqCst);
+        drop(lifecycle);
+        if after != before {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// The connection's state: where it is, who started its drain, why it closed.
+    pub fn state(&self) -> Lifecycle {
+        self.observe_sender();
+        self.lifecycle().clone()
+    }
+
+    /// Stops routing new requests here; requests in flight finish. A second drain keeps
+    /// the first source; a closed connection stays closed.
+    pub fn drain(&self, source: DrainSource) {
+        self.transition(|l| l.handle_drain(source));
+    }
+
+    /// The connection takes no more requests, for `reason`. Only the first reason counts.
+    pub fn close(&self, reason: CloseReason) {
+        self.transition(|l| l.handle_closed(reason));
+    }
+
+    /// Brings the state up to what the sender knows: the origin sent GOAWAY (draining), or
+    /// the connection ended (closed, with the sender's reason).
+    fn observe_sender(&self) {
+        if self.sender.peer_draining() {
+            self.drain(DrainSource::Peer);
+        }
+        if let Some(reason) = self.sender.ended() {
+            self.close(reason);
         }
     }
 
@@ -98,36 +176,52 @@ impl OriginConn {
 
     /// Requests in flight (response body not yet finished).
     pub fn outstanding(&self) -> usize {
-        self.outstanding.load(Ordering::Acquire)
+        self.outstanding.load(Ordering::SeqCst)
     }
 
-    /// Whether the connection can take new requests.
+    /// Whether the connection can take new requests: `Active`, and its sender still open.
     pub fn is_usable(&self) -> bool {
-        !self.closed.load(Ordering::Acquire) && !self.sender.is_closed()
+        if self.phase.load(Ordering::Acquire) != ACTIVE {
+            return false;
+        }
+        if self.sender.is_closed() {
+            // Once: the state leaves `Active` (unless the sender cannot say why yet).
+            self.observe_sender();
+            return false;
+        }
+        true
     }
 
-    /// Stops routing new requests here (the connection is closing or draining).
-    pub fn mark_closed(&self) {
-        self.closed.store(true, Ordering::Release);
-    }
-
-    /// Resolves once the connection has ended (its driver task finished).
+    /// Resolves once the connection is closed.
     pub async fn gone(&self) {
         loop {
-            let notified = self.gone.notified();
+            let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            if self.removed.load(Ordering::Acquire) {
+            if self.phase.load(Ordering::Acquire) == CLOSED {
                 return;
             }
             notified.await;
         }
     }
 
-    fn try_reserve(&self) -> bool {
-        let cap = self.capacity();
+    /// Resolves once no request is in flight.
+    async fn idle(&self) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.outstanding() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Takes a slot if fewer than `cap` requests are in flight.
+    fn try_reserve(&self, cap: usize) -> bool {
         self.outstanding
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
                 (n < cap).then_some(n + 1)
             })
             .is_ok()
@@ -185,6 +279,9 @@ struct Index {
 pub struct Registry {
     index: RwLock<Index>,
     changed: Notify,
+    /// Requests waiting for `changed`: a finished request wakes them only when there are
+    /// some (a wake-up takes the `Notify`'s lock).
+    waiters: AtomicUsize,
     queue: Semaphore,
     limits: QueueLimits,
     /// Requests waiting in the queue, per request host (entries removed at zero).
@@ -225,8 +322,33 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.conn.outstanding.fetch_sub(1, Ordering::AcqRel);
-        self.registry.changed.notify_waiters();
+        let before = self.conn.outstanding.fetch_sub(1, Ordering::SeqCst);
+        // A drain waits for the last request (`OriginConn::idle`). SeqCst on both sides: a
+        // drain that starts after this load sees the count already down.
+        if before == 1 && self.conn.phase.load(Ordering::SeqCst) != ACTIVE {
+            self.conn.changed.notify_waiters();
+        }
+        // The same pairing with `Registry::acquire`: a request that starts waiting after
+        // this load picks again and sees the slot free.
+        if self.registry.waiters.load(Ordering::SeqCst) > 0 {
+            self.registry.changed.notify_waiters();
+        }
+    }
+}
+
+/// One request waiting in [`Registry::acquire`], counted in `Registry::waiters`.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn enter(waiters: &'a AtomicUsize) -> Self {
+        waiters.fetch_add(1, Ordering::SeqCst);
+        Self(waiters)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -242,6 +364,7 @@ impl Registry {
         Arc::new(Self {
             index: RwLock::new(Index::default()),
             changed: Notify::new(),
+            waiters: AtomicUsize::new(0),
             queue: Semaphore::new(limits.max_waiting),
             limits,
             waiting: Mutex::new(HashMap::new()),
@@ -301,13 +424,14 @@ impl Registry {
         self.changed.notify_waiters();
     }
 
-    /// Removes a connection (it closed). Requests in flight on it fail on their own.
+    /// Removes a connection (its driver ended). Requests in flight on it fail on their own.
     pub fn remove(&self, id: u64) {
         let mut index = self.write();
         if let Some(c) = index.conns.remove(&id) {
-            c.mark_closed();
-            c.removed.store(true, Ordering::Release);
-            c.gone.notify_waiters();
+            // Closed for the reason its sender saw, unless something closed it first (a
+            // drain, an upgrade). A driver that ended with no reason was stopped here.
+            c.observe_sender();
+            c.close(CloseReason::LocalError);
             for host in c.hosts() {
                 if let Some(bucket) = index.by_host.get_mut(host) {
                     bucket.retain(|b| b.id != id);
@@ -316,16 +440,27 @@ impl Registry {
                     }
                 }
             }
-            tracing::info!(conn = id, "origin connection closed");
+            let state = c.lifecycle().clone();
+            tracing::info!(
+                conn = id,
+                origin = %c.admission.identity,
+                "origin connection closed: {}",
+                why_closed(&state)
+            );
         }
         drop(index);
         self.changed.notify_waiters();
     }
 
-    /// Drains every connection `keep` rejects: no new requests are routed to it, requests
-    /// in flight finish (for at most `grace`), then the connection is closed. Returns how
-    /// many were drained.
-    pub fn drain_unless(&self, keep: impl Fn(&OriginConn) -> bool, grace: Duration) -> usize {
+    /// Drains every connection `keep` rejects, as started by `source`: no new requests are
+    /// routed to it, requests in flight finish (for at most `grace`), then the connection
+    /// is closed. Returns how many were drained.
+    pub fn drain_unless(
+        &self,
+        keep: impl Fn(&OriginConn) -> bool,
+        source: DrainSource,
+        grace: Duration,
+    ) -> usize {
         let doomed: Vec<Arc<OriginConn>> = self
             .read()
             .conns
@@ -334,7 +469,7 @@ impl Registry {
             .cloned()
             .collect();
         for conn in &doomed {
-            conn.mark_closed();
+            conn.drain(source);
             // The caller says why (a reload logs the reason per connection at warn).
             tracing::debug!(
                 conn = conn.id,
@@ -343,10 +478,12 @@ impl Registry {
             );
             let conn = conn.clone();
             tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now() + grace;
-                while conn.outstanding() > 0 && tokio::time::Instant::now() < deadline {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                let finished = tokio::time::timeout(grace, conn.idle()).await.is_ok();
+                conn.close(if finished {
+                    CloseReason::Graceful
+                } else {
+                    CloseReason::DrainExpired
+                });
                 conn.driver.abort();
             });
         }
@@ -402,19 +539,26 @@ impl Registry {
         target: &RequestTarget,
         avoid: Option<u64>,
     ) -> Result<Reservation, RouteError> {
+        let reserve = |conn| Reservation {
+            conn,
+            registry: self.clone(),
+        };
+        // Most requests find a free connection at once: no queue, no wake-up to arrange.
+        match self.pick(target, avoid) {
+            Pick::Got(conn) => return Ok(reserve(conn)),
+            Pick::NoRoute => return Err(RouteError::NoOrigin),
+            Pick::Busy => {}
+        }
         let deadline = tokio::time::Instant::now() + self.limits.max_wait;
+        // Counted before each pick below, so a slot freed after that pick wakes this one.
+        let _waiting = Waiting::enter(&self.waiters);
         let mut permit = None;
         loop {
             let notified = self.changed.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             match self.pick(target, avoid) {
-                Pick::Got(conn) => {
-                    return Ok(Reservation {
-                        conn,
-                        registry: self.clone(),
-                    })
-                }
+                Pick::Got(conn) => return Ok(reserve(conn)),
                 // A request that is already waiting keeps waiting when its origin's last
                 // connection drops: the origin reconnects, and the deadline still bounds it.
                 Pick::NoRoute if permit.is_none() => return Err(RouteError::NoOrigin),
@@ -438,36 +582,70 @@ impl Registry {
     }
 }
 
-/// The best connection for `target` in `bucket`: the best-ranked scope, then the least
-/// outstanding requests relative to capacity.
-fn pick_in(bucket: &[Arc<OriginConn>], target: &RequestTarget, avoid: Option<u64>) -> Pick {
-    let mut best_spec = None;
-    for c in bucket.iter() {
-        if !c.is_usable() || Some(c.id) == avoid {
-            continue;
+/// Why a connection closed, as the "origin connection closed" log line says it.
+fn why_closed(state: &Lifecycle) -> &'static str {
+    match (state.close_reason(), state.drain_source()) {
+        (Some(CloseReason::Graceful), Some(DrainSource::Revoked)) => "drained on reload",
+        (Some(CloseReason::DrainExpired), Some(DrainSource::Revoked)) => {
+            "drained on reload; the requests still in flight when the grace ended were cut"
         }
-        if let Some(s) = c.best_match(target) {
-            best_spec = best_spec.max(Some(s));
+        (Some(CloseReason::Graceful), Some(DrainSource::Peer)) => {
+            "the origin sent GOAWAY, finished its requests and closed it"
         }
+        (Some(CloseReason::Graceful), Some(_)) => "drained",
+        (Some(CloseReason::DrainExpired), _) => {
+            "drained; the requests still in flight when the grace ended were cut"
+        }
+        (Some(CloseReason::Graceful), None) => "the origin closed it",
+        (Some(CloseReason::Upgraded), _) => "consumed by a WebSocket",
+        (Some(CloseReason::TransportLost), _) => "transport lost",
+        (Some(CloseReason::PeerError), _) => "the origin closed it with an error",
+        (Some(CloseReason::LocalError), _) => {
+            "closed by the gateway (after an error, or a protocol violation by the origin)"
+        }
+        (Some(CloseReason::SetupFailed), _) => "its setup failed",
+        (Some(_), _) | (None, _) => "closed",
     }
-    let Some(spec) = best_spec else {
-        return Pick::NoRoute;
-    };
-    // Least outstanding requests relative to capacity, over the most specific scope.
-    // Capacity is read once per candidate: for HTTP/2 it asks the connection.
-    let mut candidates: Vec<(&Arc<OriginConn>, usize, usize)> = bucket
-        .iter()
-        .filter(|c| c.is_usable() && Some(c.id) != avoid)
-        .filter(|c| c.best_match(target) == Some(spec))
-        .map(|c| (c, c.outstanding(), c.capacity().max(1)))
-        .filter(|(_, out, cap)| out < cap)
-        .collect();
-    candidates.sort_by(|(_, oa, ca), (_, ob, cb)| {
-        (*oa as u128 * *cb as u128).cmp(&(*ob as u128 * *ca as u128))
-    });
-    for (c, _, _) in candidates {
-        if c.try_reserve() {
-            return Pick::Got(c.clone());
+}
+
+/// The best connection for `target` in `bucket`: the best-ranked scope, then the least
+/// outstanding requests relative to capacity (the first in the bucket on a tie).
+fn pick_in(bucket: &[Arc<OriginConn>], target: &RequestTarget, avoid: Option<u64>) -> Pick {
+    // A reservation lost to a concurrent request (the count moved between reading and
+    // taking) means another request got a slot: look again, at most once per connection.
+    for _ in 0..bucket.len().max(1) {
+        let mut best_spec = None;
+        let mut best: Option<(&Arc<OriginConn>, usize, usize)> = None;
+        for c in bucket.iter() {
+            if Some(c.id) == avoid || !c.is_usable() {
+                continue;
+            }
+            let Some(spec) = c.best_match(target) else {
+                continue;
+            };
+            if best_spec.is_some_and(|b| spec < b) {
+                continue;
+            }
+            if best_spec != Some(spec) {
+                best_spec = Some(spec);
+                best = None;
+            }
+            // Capacity is read once per candidate: for HTTP/2 it asks the connection.
+            let (out, cap) = (c.outstanding(), c.capacity().max(1));
+            let lighter = |(_, o, k): (&Arc<OriginConn>, usize, usize)| {
+                (out as u128 * k as u128) < (o as u128 * cap as u128)
+            };
+            if out < cap && best.is_none_or(lighter) {
+                best = Some((c, out, cap));
+            }
+        }
+        if best_spec.is_none() {
+            return Pick::NoRoute;
+        }
+        match best {
+            Some((c, _, cap)) if c.try_reserve(cap) => return Pick::Got(c.clone()),
+            Some(_) => continue,
+            None => return Pick::Busy,
         }
     }
     Pick::Busy
@@ -644,6 +822,114 @@ mod tests {
             assert!(w.await.unwrap().is_ok());
         }
         assert!(c.registry.waiting_lock().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_drained_connection_takes_no_new_request_and_closes_when_its_last_one_ends() {
+        let mut c = Conns::new(limits(8, 8, Duration::from_secs(5)));
+        let conn = c.add("https://app.example", "/").await;
+        assert_eq!(conn.state(), Lifecycle::active());
+        let app = target("https://app.example/");
+        let held = c.registry.acquire(&app, None).await.unwrap();
+        let drained =
+            c.registry
+                .drain_unless(|_| false, DrainSource::Revoked, Duration::from_secs(30));
+        assert_eq!(drained, 1);
+        let state = conn.state();
+        assert_eq!(state.state(), ConnectionState::Draining);
+        assert_eq!(state.drain_source(), Some(DrainSource::Revoked));
+        assert!(!conn.is_usable());
+        // Nothing else serves the host: a new request finds no origin.
+        let refused = c.registry.acquire(&app, None).await;
+        assert_eq!(refused.unwrap_err(), RouteError::NoOrigin);
+        // The request in flight ends while the drain waits for it: the drain closes the
+        // connection at once, long before its grace.
+        for _ in 0..3 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(conn.state().state(), ConnectionState::Draining);
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(10), conn.gone())
+            .await
+            .expect("the drain saw its last request end");
+        let state = conn.state();
+        assert_eq!(state.close_reason(), Some(CloseReason::Graceful));
+        assert_eq!(state.drain_source(), Some(DrainSource::Revoked));
+        assert_eq!(why_closed(&state), "drained on reload");
+        // Its driver was stopped: the origin's end of the pipe reads the close.
+        let mut far = c.far_ends.pop().unwrap();
+        let mut buf = [0u8; 1];
+        let read = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::io::AsyncReadExt::read(&mut far, &mut buf),
+        );
+        assert_eq!(read.await.unwrap().unwrap(), 0);
+        c.registry.remove(conn.id);
+        assert!(c.registry.is_empty());
+        assert_eq!(conn.state().close_reason(), Some(CloseReason::Graceful));
+    }
+
+    #[tokio::test]
+    async fn a_drain_cuts_what_outlasts_its_grace() {
+        let mut c = Conns::new(limits(8, 8, Duration::from_secs(5)));
+        let conn = c.add("https://app.example", "/").await;
+        let held = c
+            .registry
+            .acquire(&target("https://app.example/"), None)
+            .await
+            .unwrap();
+        c.registry
+            .drain_unless(|_| false, DrainSource::Local, Duration::from_millis(50));
+        tokio::time::timeout(Duration::from_secs(10), conn.gone())
+            .await
+            .unwrap();
+        let state = conn.state();
+        assert_eq!(state.close_reason(), Some(CloseReason::DrainExpired));
+        assert_eq!(
+            why_closed(&state),
+            "drained; the requests still in flight when the grace ended were cut"
+        );
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_origin_dropped_is_closed_for_that_reason() {
+        let mut c = Conns::new(limits(8, 8, Duration::from_secs(5)));
+        let conn = c.add("https://app.example", "/").await;
+        drop(c.far_ends.pop());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while conn.sender.ended().is_none() {
+            assert!(Instant::now() < deadline, "the driver never ended");
+            tokio::task::yield_now().await;
+        }
+        // Routing looks at it once more, sees it gone, and records why.
+        let r = c
+            .registry
+            .acquire(&target("https://app.example/"), None)
+            .await;
+        assert_eq!(r.unwrap_err(), RouteError::NoOrigin);
+        assert_eq!(conn.phase.load(Ordering::SeqCst), CLOSED);
+        tokio::time::timeout(Duration::from_secs(1), conn.gone())
+            .await
+            .unwrap();
+        // hyper reads an origin that leaves before its first answer as a lost transport.
+        assert_eq!(why_closed(&conn.state()), "transport lost");
+    }
+
+    #[tokio::test]
+    async fn the_first_close_reason_stays() {
+        let mut c = Conns::new(limits(8, 8, Duration::from_secs(5)));
+        let conn = c.add("https://app.example", "/").await;
+        conn.close(CloseReason::Upgraded);
+        conn.drain(DrainSource::Local);
+        conn.close(CloseReason::TransportLost);
+        c.registry.remove(conn.id);
+        let state = conn.state();
+        assert_eq!(state.state(), ConnectionState::Closed);
+        assert_eq!(state.close_reason(), Some(CloseReason::Upgraded));
+        assert_eq!(state.drain_source(), None);
+        assert_eq!(why_closed(&state), "consumed by a WebSocket");
+        conn.gone().await;
     }
 
     /// Figures for the report: the cost of a pick for one host with 1 and with 10 000

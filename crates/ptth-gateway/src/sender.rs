@@ -1,30 +1,55 @@
-//! Sending one request over a reversed connection, whatever its HTTP version.
+//! Sending requests over a reversed connection: the one place in the gateway that knows
+//! which HTTP version the origin's connection speaks.
+//!
+//! A [`Sender`] shapes a public request for its connection (origin-form and `Host` on
+//! HTTP/1.1, pseudo-header fields on HTTP/2 and HTTP/3, a WebSocket handshake as `Upgrade`
+//! or as RFC 8441 extended CONNECT), sends it, says whether it can carry a WebSocket and what
+//! an accepted one looks like, reports capacity and liveness (closed, GOAWAY, and why it
+//! ended), and decides what happens to a response body the public client abandoned. The
+//! proxy asks it; nothing else in the gateway branches on the origin connection's version.
 
-use crate::message::{Body, BoxError};
-use http::{Request, Response};
-use ptth_core::HttpVersion;
+use crate::message::{empty, Body, BoxError};
+use http::header::{self, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use ptth_core::{CloseReason, HttpVersion, RequestTarget};
 use ptth_h3::H3Connection;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// The request-sending half of a reversed connection.
 #[derive(Debug)]
-pub enum Sender {
-    /// Reversed HTTP/1.1: one request at a time.
-    H1(
-        tokio::sync::Mutex<ptth_h1::reversed::Sender>,
-        Arc<std::sync::atomic::AtomicBool>,
-    ),
+pub struct Sender {
+    inner: Inner,
+}
+
+#[derive(Debug)]
+enum Inner {
+    /// Reversed HTTP/1.1: one request at a time (the registry reserves it for one).
+    H1 {
+        send: Mutex<ptth_h1::reversed::Sender>,
+        ended: Arc<OnceLock<CloseReason>>,
+        /// A WebSocket handshake was sent and not refused: when the driver then ends
+        /// cleanly, the upgrade took the connection.
+        upgrading: Arc<AtomicBool>,
+    },
     /// Reversed HTTP/2: multiplexed; capacity from the origin's SETTINGS.
-    H2(ptth_h2::reversed::Sender, Arc<ptth_h2::PeerSettings>),
+    H2 {
+        send: ptth_h2::reversed::Sender,
+        settings: Arc<ptth_h2::PeerSettings>,
+        ended: Arc<OnceLock<CloseReason>>,
+    },
     /// Reversed HTTP/3 (Potato `rh3`, draft-bt `h3-reverse`, PTTH -00 `OPTIONS`):
     /// multiplexed on QUIC streams; capacity is the bidi stream limit the origin grants.
-    H3(
-        ptth_h3::SendRequest,
-        Arc<ptth_h3::H3Connection>,
-        quinn::Connection,
-    ),
+    H3 {
+        send: ptth_h3::SendRequest,
+        conn: Arc<H3Connection>,
+        quic: quinn::Connection,
+    },
 }
 
 /// How a send failed, and whether the request may go to another connection.
@@ -36,85 +61,209 @@ pub enum SendError {
     Failed(BoxError),
 }
 
+/// Where a public request goes, whatever version carries it to the origin.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Outbound<'a> {
+    /// The routed target: its authority and the scheme the request arrived with.
+    pub target: &'a RequestTarget,
+    /// The WebSocket opening handshake the public client sent, if it asked for one.
+    pub websocket: Option<&'a WebSocket>,
+}
+
+/// A public client's WebSocket opening handshake (RFC 6455 §4.1), as the proxy read it
+/// before stripping the hop-by-hop fields.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WebSocket {
+    /// Its `Sec-WebSocket-Key`.
+    pub key: Option<HeaderValue>,
+}
+
+/// An origin's acceptance of a WebSocket handshake, as the public client must see it.
+#[derive(Debug)]
+pub(crate) struct AcceptedUpgrade {
+    /// The `Sec-WebSocket-Accept` the public client checks.
+    pub accept: Option<HeaderValue>,
+    /// Whether the upgrade took the whole connection (HTTP/1.1), so it takes no further
+    /// request; an HTTP/2 stream leaves the connection to others.
+    pub consumes_connection: bool,
+}
+
+/// How a request's target is written on a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// HTTP/1.1: origin-form target and `Host` (RFC 9112 §3.2); a WebSocket handshake is a
+    /// `GET` with `Upgrade: websocket` (RFC 6455 §4.1).
+    Origin,
+    /// HTTP/2 and HTTP/3: the target in `:scheme`, `:authority` and `:path` (RFC 9113
+    /// §8.3.1, RFC 9114 §4.3.1); a WebSocket handshake is an extended CONNECT (RFC 8441 §4).
+    Pseudo(Version),
+}
+
+/// The refusal when a WebSocket would have to cross reversed HTTP/3.
+const NO_WEBSOCKET_OVER_H3: &str = "the origin is reached over reversed HTTP/3, which does not carry WebSocket here (RFC 9220 is not wired in the gateway)";
+/// The refusal when the origin's HTTP/2 connection did not enable extended CONNECT.
+const NO_EXTENDED_CONNECT: &str = "the origin's HTTP/2 connection does not enable extended CONNECT (RFC 8441), so WebSocket cannot reach it";
+
+/// How much of an abandoned response the gateway still reads from a reversed HTTP/1.1
+/// connection, and for how long, to keep that connection instead of closing it.
+const DRAIN_LIMIT: u64 = 2 * 1024 * 1024;
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Sender {
+    /// The sender of a reversed HTTP/3 connection (the caller keeps the connection alive).
+    pub(crate) fn h3(conn: Arc<H3Connection>, quic: quinn::Connection) -> Self {
+        Self {
+            inner: Inner::H3 {
+                send: conn.sender(),
+                conn,
+                quic,
+            },
+        }
+    }
+
+    fn form(&self) -> Form {
+        match self.inner {
+            Inner::H1 { .. } => Form::Origin,
+            Inner::H2 { .. } => Form::Pseudo(Version::HTTP_2),
+            Inner::H3 { .. } => Form::Pseudo(Version::HTTP_3),
+        }
+    }
+
     /// Requests this connection carries at once.
     pub fn capacity(&self) -> usize {
-        match self {
-            Sender::H1(..) => 1,
-            Sender::H2(_, settings) => settings.max_send_streams().clamp(1, 1 << 16),
+        match &self.inner {
+            Inner::H1 { .. } => 1,
+            Inner::H2 { settings, .. } => settings.max_send_streams().clamp(1, 1 << 16),
             // quinn does not expose the peer's MAX_STREAMS; both ends of a ptth QUIC
             // connection grant `ptth_h3::transport::MAX_BIDI_STREAMS`, and `open_bi` waits beyond it.
-            Sender::H3(..) => ptth_h3::transport::MAX_BIDI_STREAMS as usize,
+            Inner::H3 { .. } => ptth_h3::transport::MAX_BIDI_STREAMS as usize,
         }
     }
 
-    /// Whether the connection is gone.
+    /// Whether the connection can take no new request: it is gone, or (HTTP/3) the origin
+    /// sent GOAWAY.
     pub fn is_closed(&self) -> bool {
-        match self {
-            Sender::H1(_, closed) => closed.load(std::sync::atomic::Ordering::Acquire),
-            Sender::H2(s, _) => s.is_closed(),
-            // A GOAWAY from the origin means no new request will be processed here.
-            Sender::H3(_, conn, quic) => h3_gone(conn, quic),
+        match &self.inner {
+            Inner::H1 { ended, .. } => ended.get().is_some(),
+            Inner::H2 { send, ended, .. } => send.is_closed() || ended.get().is_some(),
+            Inner::H3 { conn, quic, .. } => h3_gone(conn, quic),
         }
     }
 
-    /// Whether the origin enabled RFC 8441 extended CONNECT (WebSocket over HTTP/2).
-    pub fn extended_connect(&self) -> bool {
-        match self {
-            Sender::H1(..) | Sender::H3(..) => false,
-            Sender::H2(_, settings) => settings.extended_connect(),
+    /// Whether the origin asked to wind the connection down (HTTP/3 GOAWAY, RFC 9114 §5.2)
+    /// while it still finishes the requests in flight.
+    pub fn peer_draining(&self) -> bool {
+        match &self.inner {
+            Inner::H3 { conn, .. } => conn.peer_goaway().is_some(),
+            // hyper ends an HTTP/1.1 `Connection: close` exchange and hides HTTP/2 GOAWAY:
+            // both show as the connection ending.
+            Inner::H1 { .. } | Inner::H2 { .. } => false,
         }
     }
 
-    /// Whether this is a reversed HTTP/1.1 connection.
-    pub fn is_h1(&self) -> bool {
-        matches!(self, Sender::H1(..))
+    /// Why the connection ended, once it has.
+    pub fn ended(&self) -> Option<CloseReason> {
+        match &self.inner {
+            Inner::H1 { ended, .. } | Inner::H2 { ended, .. } => ended.get().copied(),
+            Inner::H3 { quic, .. } => quic.close_reason().map(|e| quic_close_reason(&e)),
+        }
     }
 
-    /// Whether this is a reversed HTTP/2 connection.
-    pub fn is_h2(&self) -> bool {
-        matches!(self, Sender::H2(..))
+    /// Whether a WebSocket can reach the origin over this connection, and if not, why (the
+    /// proxy answers 502 with this reason).
+    pub(crate) fn carries_websocket(&self) -> Result<(), &'static str> {
+        match &self.inner {
+            Inner::H1 { .. } => Ok(()),
+            Inner::H2 { settings, .. } if settings.extended_connect() => Ok(()),
+            Inner::H2 { .. } => Err(NO_EXTENDED_CONNECT),
+            Inner::H3 { .. } => Err(NO_WEBSOCKET_OVER_H3),
+        }
     }
 
-    /// Whether this is a reversed HTTP/3 connection.
-    pub fn is_h3(&self) -> bool {
-        matches!(self, Sender::H3(..))
+    /// A `GET` for one of the gateway's own resources on the origin (the authorisation
+    /// exchange, draft-thomson-ptth-potato §5.2), written for this connection.
+    pub(crate) fn gateway_request(&self, path: &'static str) -> Request<Body> {
+        const AUTHORITY: &str = "ptth-gateway";
+        let mut req = Request::new(empty());
+        match self.form() {
+            Form::Origin => {
+                *req.uri_mut() = Uri::from(PathAndQuery::from_static(path));
+                req.headers_mut()
+                    .insert(header::HOST, HeaderValue::from_static(AUTHORITY));
+            }
+            Form::Pseudo(_) => {
+                let mut uri = http::uri::Parts::default();
+                uri.scheme = Some(Scheme::HTTPS);
+                uri.authority = Some(Authority::from_static(AUTHORITY));
+                uri.path_and_query = Some(PathAndQuery::from_static(path));
+                if let Ok(uri) = Uri::from_parts(uri) {
+                    *req.uri_mut() = uri;
+                }
+            }
+        }
+        req
     }
 
-    /// Sends `req`, returning the origin's response head and streaming body. An HTTP/1.1
-    /// or HTTP/2 upgrade stays reachable through `hyper::upgrade::on` on the response.
+    /// Shapes a public request for this connection and sends it (see [`Sender::send`]). A
+    /// request handed back as [`SendError::NotSent`] can be forwarded on another connection
+    /// as it is: shaping is idempotent.
+    pub(crate) async fn forward(
+        &self,
+        mut req: Request<Body>,
+        to: &Outbound<'_>,
+    ) -> Result<Response<Body>, SendError> {
+        shape(&mut req, self.form(), to);
+        match &self.inner {
+            Inner::H1 { upgrading, .. } if to.websocket.is_some() => {
+                upgrading.store(true, Ordering::Release);
+                let res = self.send(req).await;
+                if !res
+                    .as_ref()
+                    .is_ok_and(|r| r.status() == StatusCode::SWITCHING_PROTOCOLS)
+                {
+                    upgrading.store(false, Ordering::Release);
+                }
+                res
+            }
+            _ => self.send(req).await,
+        }
+    }
+
+    /// Sends `req` as it is, returning the origin's response head and streaming body. An
+    /// HTTP/1.1 or HTTP/2 upgrade stays reachable through `hyper::upgrade::on` on the
+    /// response.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
-        use http_body_util::BodyExt;
-        let res = match self {
-            Sender::H1(lock, _) => {
-                let mut s = lock.lock().await;
-                if let Err(e) = s.ready().await {
+        let res = match &self.inner {
+            Inner::H1 { send, .. } => {
+                let ready = std::future::poll_fn(|cx| h1_handle(send).poll_ready(cx)).await;
+                if let Err(e) = ready {
                     return Err(SendError::NotSent(Box::new(req), Box::new(e)));
                 }
-                let fut = s.try_send_request(req);
-                drop(s);
-                fut.await.map_err(|mut e| match e.take_message() {
+                // hyper queues nothing more until this exchange ends; the answer does not
+                // borrow the handle.
+                let answer = h1_handle(send).try_send_request(req);
+                answer.await.map_err(|mut e| match e.take_message() {
                     Some(req) => SendError::NotSent(Box::new(req), Box::new(e.into_error())),
                     None => SendError::Failed(Box::new(e.into_error())),
                 })
             }
-            Sender::H2(s, _) => {
-                let mut s = s.clone();
-                s.try_send_request(req)
+            Inner::H2 { send, .. } => {
+                let mut send = send.clone();
+                send.try_send_request(req)
                     .await
                     .map_err(|mut e| match e.take_message() {
                         Some(req) => SendError::NotSent(Box::new(req), Box::new(e.into_error())),
                         None => SendError::Failed(Box::new(e.into_error())),
                     })
             }
-            Sender::H3(s, conn, quic) => {
+            Inner::H3 { send, conn, quic } => {
                 if h3_gone(conn, quic) {
                     return Err(SendError::NotSent(
                         Box::new(req),
                         "the origin's HTTP/3 connection is closing".into(),
                     ));
                 }
-                let res = s
+                let res = send
                     .send_request(req)
                     .await
                     .map_err(|e| SendError::Failed(Box::new(e)))?;
@@ -123,6 +272,192 @@ impl Sender {
         }?;
         Ok(res.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
     }
+
+    /// Whether `response` accepts the WebSocket handshake the request carried: a `101` on
+    /// HTTP/1.1 (RFC 6455 §4.2.2), any 2xx to an extended CONNECT (RFC 8441 §5). `None`
+    /// means refused: the proxy forwards the answer as it is.
+    pub(crate) fn accepted_upgrade(
+        &self,
+        response: &Response<Body>,
+        ws: &WebSocket,
+    ) -> Option<AcceptedUpgrade> {
+        let derived = || {
+            ws.key.as_ref().and_then(|key| {
+                HeaderValue::from_str(
+                    &tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+                )
+                .ok()
+            })
+        };
+        match &self.inner {
+            Inner::H1 { .. } if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                Some(AcceptedUpgrade {
+                    accept: match response.headers().get(header::SEC_WEBSOCKET_ACCEPT) {
+                        Some(accept) => Some(accept.clone()),
+                        None => derived(),
+                    },
+                    consumes_connection: true,
+                })
+            }
+            // RFC 8441 §5: Sec-WebSocket-Key and -Accept are not used; the public client
+            // still expects the accept value its key implies.
+            Inner::H2 { .. } if response.status().is_success() => Some(AcceptedUpgrade {
+                accept: derived(),
+                consumes_connection: false,
+            }),
+            _ => None,
+        }
+    }
+
+    /// What becomes of a response body the public client abandoned. On HTTP/2 and HTTP/3
+    /// dropping it resets one stream: `None`, drop it. On HTTP/1.1 it would close the whole
+    /// origin connection, and the gateway cannot dial a new one: the origin must, after its
+    /// backoff, so a burst of departing clients (256 at the end of a bench run) emptied an
+    /// rh1 pool and the next requests found no origin (503). So the rest of a bounded
+    /// response ([`DRAIN_LIMIT`], [`DRAIN_TIMEOUT`]) is read and discarded: the returned
+    /// drain takes the body and says whether it ended within those bounds (the caller
+    /// holds the connection's reservation until it does).
+    pub(crate) fn drain_abandoned(
+        &self,
+        body: &mut Body,
+    ) -> Option<impl Future<Output = bool> + Send + 'static> {
+        let remaining = http_body::Body::size_hint(body).upper();
+        if !matches!(self.inner, Inner::H1 { .. })
+            || http_body::Body::is_end_stream(body)
+            || remaining.is_some_and(|r| r > DRAIN_LIMIT)
+        {
+            return None;
+        }
+        let mut body = std::mem::replace(body, empty());
+        Some(async move {
+            let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+                let mut read = 0u64;
+                while let Some(frame) = body.frame().await {
+                    let Ok(frame) = frame else { return false };
+                    if let Some(data) = frame.data_ref() {
+                        read += data.len() as u64;
+                        if read > DRAIN_LIMIT {
+                            return false;
+                        }
+                    }
+                }
+                true
+            })
+            .await;
+            drained == Ok(true)
+        })
+    }
+}
+
+/// Shapes `req` for a connection that writes targets in `form`. Idempotent: a request
+/// shaped for one connection can be shaped again for another.
+fn shape(req: &mut Request<Body>, form: Form, to: &Outbound<'_>) {
+    let target = to.target;
+    let path = req
+        .uri()
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    match form {
+        Form::Pseudo(version) => {
+            let scheme = if target.arrival().secure {
+                Scheme::HTTPS
+            } else {
+                Scheme::HTTP
+            };
+            let host = req.headers_mut().remove(header::HOST);
+            let uri = req.uri();
+            let same = uri.scheme() == Some(&scheme)
+                && uri.path_and_query() == Some(&path)
+                && uri
+                    .authority()
+                    .is_some_and(|a| is_authority_of(a.as_str(), target));
+            if !same {
+                // An HTTP/1.1 client's `Host` usually is the authority already: copied as
+                // it is rather than formatted again.
+                let authority = match host {
+                    Some(h) if h.to_str().is_ok_and(|h| is_authority_of(h, target)) => {
+                        Authority::try_from(h.as_bytes()).ok()
+                    }
+                    _ => Authority::try_from(target.authority()).ok(),
+                };
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(scheme);
+                parts.authority = authority;
+                parts.path_and_query = Some(path);
+                if let Ok(uri) = Uri::from_parts(parts) {
+                    *req.uri_mut() = uri;
+                }
+            }
+            *req.version_mut() = version;
+            if to.websocket.is_some() {
+                // RFC 8441 §5: the WebSocket handshake becomes CONNECT with
+                // :protocol=websocket; Sec-WebSocket-Key and -Accept are not used.
+                *req.method_mut() = Method::CONNECT;
+                req.extensions_mut()
+                    .insert(hyper::ext::Protocol::from_static("websocket"));
+                let h = req.headers_mut();
+                h.remove(header::UPGRADE);
+                h.remove(header::CONNECTION);
+                h.remove(header::SEC_WEBSOCKET_KEY);
+            }
+        }
+        Form::Origin => {
+            let uri = req.uri();
+            if uri.scheme().is_some() || uri.authority().is_some() || uri.path_and_query().is_none()
+            {
+                *req.uri_mut() = Uri::from(path);
+            }
+            let host_is_right = req
+                .headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .is_some_and(|h| is_authority_of(h, target));
+            if !host_is_right {
+                if let Ok(v) = HeaderValue::try_from(target.authority()) {
+                    req.headers_mut().insert(header::HOST, v);
+                }
+            }
+            *req.version_mut() = Version::HTTP_11;
+            if let Some(ws) = to.websocket {
+                *req.method_mut() = Method::GET;
+                req.extensions_mut().remove::<hyper::ext::Protocol>();
+                let h = req.headers_mut();
+                h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Some(k) = &ws.key {
+                    h.insert(header::SEC_WEBSOCKET_KEY, k.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Whether `text` is exactly [`RequestTarget::authority`] (`host`, or `host:port` when
+/// the port is known), without building that string.
+fn is_authority_of(text: &str, target: &RequestTarget) -> bool {
+    let Some(rest) = text.strip_prefix(target.host()) else {
+        return false;
+    };
+    match target.port() {
+        None => rest.is_empty(),
+        // Digits only, no leading zero: exactly how `authority` writes the port.
+        Some(port) => rest.strip_prefix(':').is_some_and(|p| {
+            !p.starts_with('0')
+                && p.bytes().all(|b| b.is_ascii_digit())
+                && p.parse::<u16>().ok() == Some(port)
+        }),
+    }
+}
+
+/// The HTTP/1.1 handle. The lock is held only inside one poll or one call, never across an
+/// await: the registry gives the connection to one request at a time, so it is never waited
+/// for.
+fn h1_handle(
+    slot: &Mutex<ptth_h1::reversed::Sender>,
+) -> std::sync::MutexGuard<'_, ptth_h1::reversed::Sender> {
+    // A poisoned lock only means a holder panicked; the handle in it is still whole.
+    slot.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Starts the gateway's HTTP client role on `io` and returns the sender and a task handle
@@ -139,30 +474,61 @@ where
             let (send, conn) = ptth_h1::reversed::handshake(io)
                 .await
                 .map_err(|e| format!("HTTP/1.1 handshake: {e}"))?;
-            let closed = Arc::new(AtomicBool::new(false));
-            let flag = closed.clone();
+            let ended = Arc::new(OnceLock::new());
+            let upgrading = Arc::new(AtomicBool::new(false));
+            let (end, upgraded) = (ended.clone(), upgrading.clone());
             let task = tokio::spawn(async move {
-                if let Err(e) = conn.await {
+                let outcome = conn.await;
+                if let Err(e) = &outcome {
                     tracing::debug!(error = %e, "reversed HTTP/1.1 connection ended");
                 }
-                flag.store(true, std::sync::atomic::Ordering::Release);
+                // The connection future also ends, cleanly, when a `101` hands the stream
+                // to the upgraded protocol.
+                let reason = match hyper_close_reason(&outcome) {
+                    CloseReason::Graceful if upgraded.load(Ordering::Acquire) => {
+                        CloseReason::Upgraded
+                    }
+                    reason => reason,
+                };
+                let _ = end.set(reason);
             });
-            Ok((Sender::H1(tokio::sync::Mutex::new(send), closed), task))
+            Ok((
+                Sender {
+                    inner: Inner::H1 {
+                        send: Mutex::new(send),
+                        ended,
+                        upgrading,
+                    },
+                },
+                task,
+            ))
         }
         HttpVersion::Http2 => {
             let (send, conn) = ptth_h2::reversed::handshake(io, Default::default())
                 .await
                 .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
             let settings = Arc::new(ptth_h2::PeerSettings::default());
-            let s = settings.clone();
+            let ended = Arc::new(OnceLock::new());
+            let (s, end) = (settings.clone(), ended.clone());
             let task = tokio::spawn(async move {
-                if let Err(e) = ptth_h2::reversed::drive(conn, s).await {
+                let outcome = ptth_h2::reversed::drive(conn, s).await;
+                if let Err(e) = &outcome {
                     // Every request on it fails with the connection: say why, with the
                     // causes (hyper's own text is only "http2 error").
-                    tracing::warn!(error = %error_chain(&e), "reversed HTTP/2 connection ended with an error");
+                    tracing::warn!(error = %error_chain(e), "reversed HTTP/2 connection ended with an error");
                 }
+                let _ = end.set(hyper_close_reason(&outcome));
             });
-            Ok((Sender::H2(send, settings), task))
+            Ok((
+                Sender {
+                    inner: Inner::H2 {
+                        send,
+                        settings,
+                        ended,
+                    },
+                },
+                task,
+            ))
         }
         HttpVersion::Http3 => Err("HTTP/3 is not carried over TCP".into()),
     }
@@ -172,6 +538,51 @@ where
 /// sent GOAWAY (RFC 9114 §5.2: the client "MUST NOT initiate new requests").
 fn h3_gone(conn: &H3Connection, quic: &quinn::Connection) -> bool {
     conn.peer_goaway().is_some() || quic.close_reason().is_some()
+}
+
+/// Why a reversed HTTP/1.1 or HTTP/2 connection's driver ended. hyper's HTTP/1.1 client
+/// hands a failure under a request (the origin hanging up mid-answer, an answer that is not
+/// HTTP) to that request, where the proxy reports it, and then ends the connection without
+/// an error of its own: such a connection reads as closed by the origin.
+fn hyper_close_reason(outcome: &hyper::Result<()>) -> CloseReason {
+    match outcome {
+        Ok(()) => CloseReason::Graceful,
+        Err(e) if e.is_incomplete_message() || e.is_timeout() || caused_by_io(e) => {
+            CloseReason::TransportLost
+        }
+        Err(_) => CloseReason::PeerError,
+    }
+}
+
+/// Whether an I/O error (reset, broken pipe) is among an error's causes.
+fn caused_by_io(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<std::io::Error>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
+/// Why a QUIC connection closed, from quinn's report.
+fn quic_close_reason(error: &quinn::ConnectionError) -> CloseReason {
+    use quinn::ConnectionError as E;
+    match error {
+        // RFC 9114 §8.1: H3_NO_ERROR, "the connection ... needs to be closed, but there is
+        // no error to signal".
+        E::ApplicationClosed(close)
+            if close.error_code.into_inner() == ptth_h3::frame::H3_NO_ERROR =>
+        {
+            CloseReason::Graceful
+        }
+        E::ConnectionClosed(close) if u64::from(close.error_code) == 0 => CloseReason::Graceful,
+        E::ApplicationClosed(_) | E::ConnectionClosed(_) => CloseReason::PeerError,
+        E::Reset | E::TimedOut => CloseReason::TransportLost,
+        // We closed it: after a violation by the peer, or because the gateway dropped it.
+        _ => CloseReason::LocalError,
+    }
 }
 
 /// `error: cause: cause …`, for errors whose own text hides the reason.
@@ -184,4 +595,511 @@ fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    //! Shaping as a function of the form, then over real reversed HTTP/1.1 (a scripted
+    //! origin writing bytes) and HTTP/2 (hyper's server, as the origin runs it) connections
+    //! on in-memory pipes.
+    use super::*;
+    use crate::message::full;
+    use http::HeaderMap;
+    use ptth_core::Arrival;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+    // RFC 6455 §1.3's example: the accept value of `KEY`.
+    const ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+    /// The target the proxy routes `req` by, arrived over TLS on port 8443.
+    fn target_of(req: &Request<Body>) -> RequestTarget {
+        let (parts, _) = Request::builder()
+            .uri(req.uri().clone())
+            .header(
+                header::HOST,
+                req.headers()
+                    .get(header::HOST)
+                    .cloned()
+                    .unwrap_or(HeaderValue::from_static("unused")),
+            )
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut parts = parts;
+        if req.headers().get(header::HOST).is_none() {
+            parts.headers.remove(header::HOST);
+        }
+        RequestTarget::from_parts(&parts).unwrap().arrived(Arrival {
+            secure: true,
+            listener_port: Some(8443),
+            https_fallback: false,
+        })
+    }
+
+    /// A public HTTP/1.1 request as the proxy hands it on (hop-by-hop fields stripped).
+    fn from_h1(path: &str, host: &str) -> Request<Body> {
+        Request::get(path)
+            .header(header::HOST, host)
+            .header("x-kept", "1")
+            .body(empty())
+            .unwrap()
+    }
+
+    /// A public HTTP/2 request: the target in the URI, no `Host`.
+    fn from_h2(uri: &str) -> Request<Body> {
+        let mut req = Request::get(uri)
+            .header("x-kept", "1")
+            .body(empty())
+            .unwrap();
+        *req.version_mut() = Version::HTTP_2;
+        req
+    }
+
+    /// What a shaped request says: method, target, version, fields, `:protocol`.
+    fn head(req: &Request<Body>) -> (Method, String, Version, HeaderMap, Option<String>) {
+        (
+            req.method().clone(),
+            req.uri().to_string(),
+            req.version(),
+            req.headers().clone(),
+            req.extensions()
+                .get::<hyper::ext::Protocol>()
+                .map(|p| p.as_str().to_owned()),
+        )
+    }
+
+    fn shaped(mut req: Request<Body>, form: Form, ws: Option<&WebSocket>) -> Request<Body> {
+        let target = target_of(&req);
+        shape(
+            &mut req,
+            form,
+            &Outbound {
+                target: &target,
+                websocket: ws,
+            },
+        );
+        req
+    }
+
+    const FORMS: [Form; 3] = [
+        Form::Origin,
+        Form::Pseudo(Version::HTTP_2),
+        Form::Pseudo(Version::HTTP_3),
+    ];
+
+    #[test]
+    fn each_form_writes_the_target_its_own_way() {
+        for public in [
+            from_h1("/p?q=1", "App.Example:8443"),
+            from_h2("https://app.example:8443/p?q=1"),
+        ] {
+            let public_head = head(&public);
+            let target = target_of(&public);
+            let mut h1 = shaped(clone(&public), Form::Origin, None);
+            assert_eq!(h1.uri(), "/p?q=1", "{public_head:?}");
+            // The authority as routing read it: the host lowercased.
+            assert_eq!(h1.headers()[header::HOST], "app.example:8443");
+            assert_eq!(h1.version(), Version::HTTP_11);
+            assert_eq!(h1.headers()["x-kept"], "1");
+            for (form, version) in [
+                (Form::Pseudo(Version::HTTP_2), Version::HTTP_2),
+                (Form::Pseudo(Version::HTTP_3), Version::HTTP_3),
+            ] {
+                let p = shaped(clone(&public), form, None);
+                assert_eq!(p.uri(), "https://app.example:8443/p?q=1");
+                assert!(p.headers().get(header::HOST).is_none());
+                assert_eq!(p.version(), version);
+                assert_eq!(p.method(), Method::GET);
+            }
+            // The request arrived on the TLS listener: `https`, whatever the URI said.
+            h1 = shaped(h1, Form::Pseudo(Version::HTTP_2), None);
+            assert_eq!(h1.uri().scheme(), Some(&Scheme::HTTPS));
+            assert_eq!(target.authority(), "app.example:8443");
+        }
+        // A cleartext arrival keeps `http`.
+        let mut req = from_h1("/", "app.example");
+        let target = target_of(&req).arrived(Arrival {
+            secure: false,
+            listener_port: Some(8080),
+            https_fallback: false,
+        });
+        shape(
+            &mut req,
+            Form::Pseudo(Version::HTTP_2),
+            &Outbound {
+                target: &target,
+                websocket: None,
+            },
+        );
+        assert_eq!(req.uri(), "http://app.example/");
+    }
+
+    #[test]
+    fn a_websocket_handshake_is_translated_both_ways() {
+        let ws = WebSocket {
+            key: Some(HeaderValue::from_static(KEY)),
+        };
+        // The public client's handshake, its Upgrade and Connection already stripped.
+        let public = || {
+            let mut req = from_h1("/chat", "app.example");
+            req.headers_mut()
+                .insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static(KEY));
+            req
+        };
+        let h1 = shaped(public(), Form::Origin, Some(&ws));
+        assert_eq!(h1.method(), Method::GET);
+        assert_eq!(h1.headers()[header::UPGRADE], "websocket");
+        assert_eq!(h1.headers()[header::CONNECTION], "upgrade");
+        assert_eq!(h1.headers()[header::SEC_WEBSOCKET_KEY], KEY);
+        // RFC 8441 §4 and §5: CONNECT with :protocol, no Upgrade, Connection or key.
+        let h2 = shaped(h1, Form::Pseudo(Version::HTTP_2), Some(&ws));
+        assert_eq!(h2.method(), Method::CONNECT);
+        assert_eq!(head(&h2).4.as_deref(), Some("websocket"));
+        for gone in [
+            header::UPGRADE,
+            header::CONNECTION,
+            header::SEC_WEBSOCKET_KEY,
+            header::HOST,
+        ] {
+            assert!(h2.headers().get(&gone).is_none(), "{gone}");
+        }
+        assert_eq!(h2.uri(), "https://app.example/chat");
+        // And back: the key comes from the public handshake, not from the request.
+        let back = shaped(h2, Form::Origin, Some(&ws));
+        assert_eq!(back.method(), Method::GET);
+        assert_eq!(head(&back).4, None);
+        assert_eq!(back.headers()[header::SEC_WEBSOCKET_KEY], KEY);
+        assert_eq!(back.headers()[header::UPGRADE], "websocket");
+        assert_eq!(back.uri(), "/chat");
+    }
+
+    /// A request handed back by a connection that refused it (`SendError::NotSent`) was
+    /// shaped for that connection; shaped again for another, it must be what shaping once
+    /// gives.
+    #[test]
+    fn shaping_again_for_another_connection_gives_what_shaping_once_does() {
+        let ws = WebSocket {
+            key: Some(HeaderValue::from_static(KEY)),
+        };
+        for websocket in [None, Some(&ws)] {
+            for public in [
+                || from_h1("/a/b?c", "app.example:8443"),
+                || from_h1("/a/b?c", "APP.example:8443"),
+                || from_h2("https://app.example:8443/a/b?c"),
+                || from_h2("http://app.example/a/b?c"),
+            ] {
+                for first in FORMS {
+                    for second in FORMS {
+                        let target = target_of(&public());
+                        let to = Outbound {
+                            target: &target,
+                            websocket,
+                        };
+                        let mut twice = public();
+                        shape(&mut twice, first, &to);
+                        shape(&mut twice, second, &to);
+                        let mut once = public();
+                        shape(&mut once, second, &to);
+                        assert_eq!(
+                            head(&twice),
+                            head(&once),
+                            "{first:?} then {second:?}, websocket {}",
+                            websocket.is_some()
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_field_is_the_authority_only_when_written_exactly_so() {
+        let target = |host: &str| target_of(&from_h1("/", host));
+        let t = target("app.example:8443");
+        assert!(is_authority_of("app.example:8443", &t));
+        for not in [
+            "app.example",
+            "App.example:8443",
+            "app.example:08443",
+            "app.example:+8443",
+            "app.example:8443 ",
+            "app.example:84430",
+            "app.example.:8443",
+        ] {
+            assert!(!is_authority_of(not, &t), "{not}");
+        }
+        let t = target("app.example");
+        assert!(is_authority_of("app.example", &t));
+        assert!(!is_authority_of("app.example:80", &t));
+    }
+
+    fn clone(req: &Request<Body>) -> Request<Body> {
+        let mut c = Request::new(empty());
+        *c.method_mut() = req.method().clone();
+        *c.uri_mut() = req.uri().clone();
+        *c.version_mut() = req.version();
+        *c.headers_mut() = req.headers().clone();
+        c
+    }
+
+    /// Reads one request head from a scripted origin's end of the pipe.
+    async fn read_head(far: &mut tokio::io::DuplexStream) -> String {
+        let mut buf = Vec::new();
+        while !buf.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8; 1];
+            let n = far.read(&mut byte).await.unwrap();
+            assert_eq!(n, 1, "the pipe closed after {buf:?}");
+            buf.push(byte[0]);
+        }
+        String::from_utf8(buf).unwrap()
+    }
+
+    async fn h1_pair() -> (Sender, tokio::task::JoinHandle<()>, tokio::io::DuplexStream) {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let (sender, task) = start_client(near, HttpVersion::Http1).await.unwrap();
+        (sender, task, far)
+    }
+
+    #[tokio::test]
+    async fn over_reversed_http1_the_origin_reads_origin_form_and_a_websocket_takes_the_connection()
+    {
+        let (sender, task, mut far) = h1_pair().await;
+        assert_eq!(sender.capacity(), 1);
+        assert_eq!(sender.carries_websocket(), Ok(()));
+        // The authorisation request the admission sends first.
+        let req = sender.gateway_request(ptth_auth::AUTHORIZE_PATH);
+        let answer = tokio::spawn(async move {
+            let head = read_head(&mut far).await;
+            far.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")
+                .await
+                .unwrap();
+            (head, far)
+        });
+        let res = sender.send(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::NO_CONTENT);
+        let (head, mut far) = answer.await.unwrap();
+        assert!(
+            head.starts_with("GET /.well-known/ptth/authorize HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("\r\nhost: ptth-gateway\r\n"),
+            "{head}"
+        );
+
+        // A WebSocket handshake, accepted with 101: the connection is the WebSocket's.
+        let ws = WebSocket {
+            key: Some(HeaderValue::from_static(KEY)),
+        };
+        let public = from_h1("/chat", "app.example");
+        let target = target_of(&public);
+        let origin = tokio::spawn(async move {
+            let head = read_head(&mut far).await;
+            far.write_all(
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            )
+            .await
+            .unwrap();
+            (head, far)
+        });
+        let to = Outbound {
+            target: &target,
+            websocket: Some(&ws),
+        };
+        let mut res = sender.forward(public, &to).await.unwrap();
+        let (head, _far) = origin.await.unwrap();
+        let lower = head.to_ascii_lowercase();
+        assert!(head.starts_with("GET /chat HTTP/1.1\r\n"), "{head}");
+        for line in [
+            "\r\nupgrade: websocket\r\n",
+            "\r\nconnection: upgrade\r\n",
+            "\r\nhost: app.example\r\n",
+        ] {
+            assert!(lower.contains(line), "{line:?} in {head}");
+        }
+        assert!(head.contains(KEY), "{head}");
+        // The origin sent no accept value: the gateway derives it from the public key.
+        let accepted = sender.accepted_upgrade(&res, &ws).unwrap();
+        assert_eq!(accepted.accept.unwrap(), ACCEPT);
+        assert!(accepted.consumes_connection);
+        let _upgraded = hyper::upgrade::on(&mut res).await.unwrap();
+        task.await.unwrap();
+        assert!(sender.is_closed());
+        assert_eq!(sender.ended(), Some(CloseReason::Upgraded));
+    }
+
+    #[tokio::test]
+    async fn an_http1_connection_says_why_it_ended() {
+        // The origin closes between requests: an orderly close.
+        let (sender, task, mut far) = h1_pair().await;
+        let origin = tokio::spawn(async move {
+            read_head(&mut far).await;
+            far.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+            far
+        });
+        let res = sender.send(from_h1("/", "app.example")).await.unwrap();
+        assert_eq!(res.into_body().collect().await.unwrap().to_bytes(), "ok");
+        assert!(!sender.is_closed());
+        assert_eq!(sender.ended(), None);
+        drop(origin.await.unwrap());
+        task.await.unwrap();
+        assert_eq!(sender.ended(), Some(CloseReason::Graceful));
+        assert!(sender.is_closed());
+
+        // The origin hangs up while the gateway waits for its answer. hyper reports that
+        // to the request (the proxy's "origin failed the request"), and the connection
+        // itself ends without an error of its own: the origin closed it.
+        let (sender, task, mut far) = h1_pair().await;
+        let origin = tokio::spawn(async move { read_head(&mut far).await });
+        let sent = sender.send(from_h1("/", "app.example")).await;
+        assert!(matches!(sent, Err(SendError::Failed(_))), "{sent:?}");
+        origin.await.unwrap();
+        task.await.unwrap();
+        assert_eq!(sender.ended(), Some(CloseReason::Graceful));
+
+        // The origin goes away before its first answer: the transport was lost.
+        let (sender, task, far) = h1_pair().await;
+        drop(far);
+        task.await.unwrap();
+        assert_eq!(sender.ended(), Some(CloseReason::TransportLost));
+
+        // A WebSocket the origin refused leaves the connection an ordinary one.
+        let (sender, task, mut far) = h1_pair().await;
+        let ws = WebSocket::default();
+        let public = from_h1("/chat", "app.example");
+        let target = target_of(&public);
+        let origin = tokio::spawn(async move {
+            read_head(&mut far).await;
+            far.write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .unwrap();
+            far
+        });
+        let to = Outbound {
+            target: &target,
+            websocket: Some(&ws),
+        };
+        let res = sender.forward(public, &to).await.unwrap();
+        assert!(sender.accepted_upgrade(&res, &ws).is_none());
+        drop(res);
+        drop(origin.await.unwrap());
+        task.await.unwrap();
+        assert_eq!(sender.ended(), Some(CloseReason::Graceful));
+    }
+
+    #[tokio::test]
+    async fn only_http1_drains_an_abandoned_body_and_only_a_bounded_one() {
+        let (h1, _task, _far) = h1_pair().await;
+        let mut small = full(vec![0u8; 1024]);
+        assert!(h1.drain_abandoned(&mut small).is_some());
+        assert!(http_body::Body::is_end_stream(&small), "the drain took it");
+        let mut big = full(vec![0u8; DRAIN_LIMIT as usize + 1]);
+        assert!(h1.drain_abandoned(&mut big).is_none());
+        let mut ended = empty();
+        assert!(h1.drain_abandoned(&mut ended).is_none());
+        let (h2, _h2_task, _origin) = h2_pair().await;
+        let mut small = full(vec![0u8; 1024]);
+        assert!(h2.drain_abandoned(&mut small).is_none());
+        let mut small = full(vec![0u8; 1024]);
+        assert!(h1.drain_abandoned(&mut small).unwrap().await);
+    }
+
+    /// A reversed HTTP/2 connection whose origin end is hyper's server (as `ptth-origin`
+    /// runs it), answering every request with what it received in `x-*` fields.
+    async fn h2_pair() -> (
+        Sender,
+        tokio::task::JoinHandle<()>,
+        tokio::task::JoinHandle<()>,
+    ) {
+        let (near, far) = tokio::io::duplex(64 * 1024);
+        let echo = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+            let mut res = Response::new(empty());
+            let h = res.headers_mut();
+            let text = |s: String| HeaderValue::from_str(&s).unwrap();
+            h.insert("x-method", text(req.method().to_string()));
+            h.insert("x-uri", text(req.uri().to_string()));
+            if let Some(p) = req.extensions().get::<hyper::ext::Protocol>() {
+                h.insert("x-protocol", text(p.as_str().to_owned()));
+            }
+            for name in [header::HOST, header::UPGRADE, header::SEC_WEBSOCKET_KEY] {
+                if let Some(v) = req.headers().get(&name) {
+                    h.insert(
+                        format!("x-{name}").parse::<http::HeaderName>().unwrap(),
+                        v.clone(),
+                    );
+                }
+            }
+            Ok::<_, std::convert::Infallible>(res)
+        });
+        let origin = tokio::spawn(async move {
+            let _ = ptth_h2::reversed::serve(far, echo, Default::default()).await;
+        });
+        let (sender, task) = start_client(near, HttpVersion::Http2).await.unwrap();
+        (sender, task, origin)
+    }
+
+    #[tokio::test]
+    async fn over_reversed_http2_the_origin_reads_pseudo_headers_and_extended_connect() {
+        let (sender, _task, origin) = h2_pair().await;
+        let req = sender.gateway_request(ptth_auth::AUTHORIZE_PATH);
+        let res = sender.send(req).await.unwrap();
+        assert_eq!(
+            res.headers()["x-uri"],
+            "https://ptth-gateway/.well-known/ptth/authorize"
+        );
+        assert!(res.headers().get("x-host").is_none());
+        // The origin's SETTINGS have arrived with that answer: extended CONNECT and its
+        // stream limit.
+        assert_eq!(sender.carries_websocket(), Ok(()));
+        assert_eq!(sender.capacity(), 256);
+
+        let public = from_h1("/p?q", "app.example:8443");
+        let target = target_of(&public);
+        let to = Outbound {
+            target: &target,
+            websocket: None,
+        };
+        let res = sender.forward(public, &to).await.unwrap();
+        assert_eq!(res.headers()["x-method"], "GET");
+        assert_eq!(res.headers()["x-uri"], "https://app.example:8443/p?q");
+
+        let ws = WebSocket {
+            key: Some(HeaderValue::from_static(KEY)),
+        };
+        let mut public = from_h1("/chat", "app.example");
+        public
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_KEY, HeaderValue::from_static(KEY));
+        let target = target_of(&public);
+        let to = Outbound {
+            target: &target,
+            websocket: Some(&ws),
+        };
+        let res = sender.forward(public, &to).await.unwrap();
+        assert_eq!(res.headers()["x-method"], "CONNECT");
+        assert_eq!(res.headers()["x-protocol"], "websocket");
+        assert!(res.headers().get("x-upgrade").is_none());
+        assert!(res.headers().get("x-sec-websocket-key").is_none());
+        // A 2xx accepts it; the public client still gets the accept value of its key, and
+        // the connection goes on serving other streams.
+        let accepted = sender.accepted_upgrade(&res, &ws).unwrap();
+        assert_eq!(accepted.accept.unwrap(), ACCEPT);
+        assert!(!accepted.consumes_connection);
+        assert!(!sender.is_closed());
+
+        origin.abort();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while sender.ended().is_none() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the end went unseen"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(sender.is_closed());
+    }
 }
