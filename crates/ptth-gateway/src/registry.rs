@@ -5,8 +5,9 @@
 //! (the origin's HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`, or one for HTTP/1.1). Routing
 //! picks, among the connections whose scope matches the request, the best-ranked scope
 //! ([`Scope::rank`]: the request's own scheme, the longest path prefix, an explicit port),
-//! then the least outstanding requests relative to capacity. When every matching connection
-//! is full, the request waits in a queue bounded in total and per host.
+//! then a connection on the request's own worker (`crate::workers`), then the least
+//! outstanding requests relative to capacity. When every matching connection is full, the
+//! request waits in a queue bounded in total and per host.
 //!
 //! The router is an index by scope host: a connection sits in one bucket per host it
 //! registered (`scope.host()`, `*.parent` for a wildcard scope). A pick reads the bucket of
@@ -64,6 +65,8 @@ pub struct OriginConn {
     removed: AtomicBool,
     gone: Notify,
     driver: tokio::task::AbortHandle,
+    /// The worker whose runtime drives this connection (the one that accepted it), if any.
+    worker: Option<usize>,
 }
 
 impl OriginConn {
@@ -88,7 +91,14 @@ impl OriginConn {
             removed: AtomicBool::new(false),
             gone: Notify::new(),
             driver,
+            // Built by the admission task, on the worker that accepted the connection.
+            worker: crate::workers::current(),
         }
+    }
+
+    /// The worker whose runtime drives this connection, if it runs on one.
+    pub fn worker(&self) -> Option<usize> {
+        self.worker
     }
 
     /// Requests this connection can carry at once.
@@ -286,6 +296,7 @@ impl Registry {
             peer = %conn.peer,
             scopes = ?conn.scopes,
             capacity = conn.capacity(),
+            worker = ?conn.worker,
             "origin connection registered"
         );
         let mut index = self.write();
@@ -438,8 +449,10 @@ impl Registry {
     }
 }
 
-/// The best connection for `target` in `bucket`: the best-ranked scope, then the least
-/// outstanding requests relative to capacity.
+/// The best connection for `target` in `bucket`: the best-ranked scope, then one on the
+/// caller's worker (no cross-thread hand-off for the request), then the least outstanding
+/// requests relative to capacity. Full connections are skipped, so a request crosses to
+/// another worker only when those on its own are full or none match.
 fn pick_in(bucket: &[Arc<OriginConn>], target: &RequestTarget, avoid: Option<u64>) -> Pick {
     let mut best_spec = None;
     for c in bucket.iter() {
@@ -462,8 +475,12 @@ fn pick_in(bucket: &[Arc<OriginConn>], target: &RequestTarget, avoid: Option<u64
         .map(|c| (c, c.outstanding(), c.capacity().max(1)))
         .filter(|(_, out, cap)| out < cap)
         .collect();
-    candidates.sort_by(|(_, oa, ca), (_, ob, cb)| {
-        (*oa as u128 * *cb as u128).cmp(&(*ob as u128 * *ca as u128))
+    let here = crate::workers::current();
+    let remote = |c: &OriginConn| here.is_none() || c.worker != here;
+    candidates.sort_by(|(a, oa, ca), (b, ob, cb)| {
+        remote(a)
+            .cmp(&remote(b))
+            .then_with(|| (*oa as u128 * *cb as u128).cmp(&(*ob as u128 * *ca as u128)))
     });
     for (c, _, _) in candidates {
         if c.try_reserve() {
@@ -644,6 +661,86 @@ mod tests {
             assert!(w.await.unwrap().is_ok());
         }
         assert!(c.registry.waiting_lock().is_empty());
+    }
+
+    /// A reversed HTTP/1.1 connection (capacity 1) for `https://app.example/` made on
+    /// worker `k`, as the tunnel listener of that worker would: its driver task and its
+    /// `OriginConn` are created there. Returns the origin end of the pipe with it.
+    async fn conn_on(
+        workers: &crate::workers::Workers,
+        k: usize,
+    ) -> (Arc<OriginConn>, tokio::io::DuplexStream) {
+        workers
+            .handle(k)
+            .spawn(async {
+                let mut c = Conns::new(limits(1, 1, Duration::from_secs(1)));
+                let conn = c.conn("https://app.example", "/").await;
+                (conn, c.far_ends.remove(0))
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Acquires a connection for `target` from a task on worker `k`, as a public request
+    /// accepted there would.
+    async fn acquire_on(
+        workers: &crate::workers::Workers,
+        k: usize,
+        registry: &Arc<Registry>,
+        target: &RequestTarget,
+    ) -> Result<Reservation, RouteError> {
+        let (r, t) = (registry.clone(), target.clone());
+        workers
+            .handle(k)
+            .spawn(async move { r.acquire(&t, None).await })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_takes_a_connection_on_its_own_worker_and_crosses_only_when_those_are_full() {
+        let workers = crate::workers::Workers::start(2).unwrap();
+        let registry = Registry::new(limits(8, 8, Duration::from_millis(200)));
+        // Registered so that the bucket's order (and least outstanding, all being idle)
+        // alone would give worker 0's requests the connection of worker 1 first.
+        let (on_1, _far_1) = conn_on(&workers, 1).await;
+        let (on_0, _far_0) = conn_on(&workers, 0).await;
+        let (on_0b, _far_0b) = conn_on(&workers, 0).await;
+        assert_eq!(
+            (on_1.worker(), on_0.worker(), on_0b.worker()),
+            (Some(1), Some(0), Some(0))
+        );
+        for c in [&on_1, &on_0, &on_0b] {
+            registry.add(c.clone());
+        }
+        let app = target("https://app.example/x");
+
+        // Worker 0's requests fill worker 0's connections first, least outstanding first...
+        let first = acquire_on(&workers, 0, &registry, &app).await.unwrap();
+        let second = acquire_on(&workers, 0, &registry, &app).await.unwrap();
+        let mut got = [first.conn().id, second.conn().id];
+        got.sort_unstable();
+        assert_eq!(got, [on_0.id, on_0b.id], "worker 0 stays on worker 0");
+        // ...then cross to worker 1's when both are full.
+        let crossed = acquire_on(&workers, 0, &registry, &app).await.unwrap();
+        assert_eq!(
+            crossed.conn().id,
+            on_1.id,
+            "crosses only when local ones are full"
+        );
+        drop(crossed);
+
+        // Worker 1's request takes worker 1's connection, once it is free again.
+        let local = acquire_on(&workers, 1, &registry, &app).await.unwrap();
+        assert_eq!(local.conn().id, on_1.id);
+        // Everything full: it waits, then times out, like any request.
+        let full = acquire_on(&workers, 1, &registry, &app).await;
+        assert_eq!(full.unwrap_err(), RouteError::QueueTimeout);
+        // One of worker 0's connections frees up: worker 1's next request crosses to it.
+        drop(second);
+        let crossed = acquire_on(&workers, 1, &registry, &app).await.unwrap();
+        assert_eq!(crossed.conn().worker(), Some(0));
+        drop((first, local, crossed));
     }
 
     /// Figures for the report: the cost of a pick for one host with 1 and with 10 000
