@@ -111,8 +111,9 @@ impl Gateway {
         let tunnel = first_addr(&tunnel_ls)?;
         let listen = first_addr(&public_ls)?;
         // The QUIC tunnel shares the TCP tunnel's port number, so origins dial one address
-        // whatever their mechanism's transport. One endpoint on the first worker: a UDP port
-        // split by SO_REUSEPORT loses a connection whose address changes (docs/performance.md).
+        // whatever their mechanism's transport. One endpoint, its socket read on the first
+        // worker: a UDP port split by SO_REUSEPORT loses a connection whose address changes
+        // (docs/performance.md).
         let quic_home = workers.handle(0);
         let tunnel_quic_ep = {
             let _on_worker = quic_home.enter();
@@ -123,7 +124,13 @@ impl Gateway {
         for (k, l) in tunnel_ls.into_iter().enumerate() {
             workers.handle(k).spawn(tunnel::serve(l, ctx.clone()));
         }
-        quic_home.spawn(quic::serve_tunnel(tunnel_quic_ep.clone(), ctx.clone()));
+        // Every worker accepts from the one QUIC endpoint: a connection is admitted, and its
+        // QUIC driver runs (quinn spawns it where `accept` runs), on the worker that took it.
+        for k in 0..workers.len() {
+            workers
+                .handle(k)
+                .spawn(quic::serve_tunnel(tunnel_quic_ep.clone(), ctx.clone()));
+        }
         let mut listen_tls = None;
         let mut listen_h3 = None;
         let mut alt_svc = None;
@@ -133,8 +140,9 @@ impl Gateway {
                 .with_context(|| format!("binding the public TLS listener on {addr}"))?;
             let tls_addr = first_addr(&tls_ls)?;
             listen_tls = Some(tls_addr);
-            // The public HTTP/3 endpoint on the last worker, away from the QUIC tunnel's
-            // (the same one when there is one worker).
+            // The public HTTP/3 endpoint's socket is read on the last worker, away from the
+            // QUIC tunnel's (the same one when there is one worker); its connections are
+            // handed to the workers in turn, and each is served where it was handed.
             let h3_home = workers.handle(workers.len() - 1);
             let h3 = {
                 let _on_worker = h3_home.enter();
@@ -151,6 +159,7 @@ impl Gateway {
                 h3,
                 proxy.clone(),
                 config.public_header_timeout,
+                workers.round_robin(),
             ));
             let acceptor = TlsAcceptor::from(Arc::new(tls::public_config(certs, key)?));
             for (k, l) in tls_ls.into_iter().enumerate() {

@@ -6,15 +6,18 @@
 //! the workers by their address and port, and nothing moves a connection afterwards. An
 //! origin connection's driver runs on the worker that accepted it, and the router prefers
 //! a connection on the request's own worker ([`current`], read by the registry), so in the
-//! common case a request crosses no thread. The QUIC endpoints each run on one worker
-//! (`docs/performance.md` says why they are not split).
+//! common case a request crosses no thread. Each QUIC endpoint keeps one UDP socket, read
+//! on one worker, and its connections are spread over the workers ([`RoundRobin`] for the
+//! public HTTP/3 endpoint; every worker accepting from the tunnel's); `docs/performance.md`
+//! says why the sockets are not split.
 //!
 //! A worker's runtime is dropped by its own thread, outside any async context, when the
 //! [`Workers`] are stopped or dropped.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpSocket};
 use tokio::runtime::Handle;
@@ -77,6 +80,14 @@ impl Workers {
         &self.workers[k % self.workers.len()].handle
     }
 
+    /// A spawner that hands each task to the next worker in turn.
+    pub(crate) fn round_robin(&self) -> RoundRobin {
+        RoundRobin {
+            handles: self.workers.iter().map(|w| w.handle.clone()).collect(),
+            next: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
     /// Binds one listening socket on `addr` per worker, each registered with its worker's
     /// runtime, all sharing the port with `SO_REUSEPORT`. With port 0 the first socket
     /// picks the port and the others bind to it. Returns the listeners in worker order (only
@@ -115,6 +126,27 @@ impl Workers {
     pub(crate) fn stop(&self) {
         for worker in &self.workers {
             worker.stop.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
+    }
+}
+
+/// Spreads tasks over the workers, one after the other: for the connections of a QUIC
+/// endpoint, which all arrive on the one worker that reads its socket.
+#[derive(Debug, Clone)]
+pub(crate) struct RoundRobin {
+    handles: Arc<[Handle]>,
+    next: Arc<AtomicUsize>,
+}
+
+impl RoundRobin {
+    /// Runs `task` on the next worker. On a stopped worker it never runs.
+    pub(crate) fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let k = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len().max(1);
+        if let Some(handle) = self.handles.get(k) {
+            handle.spawn(task);
         }
     }
 }
@@ -241,6 +273,22 @@ fn new_socket(addr: SocketAddr) -> std::io::Result<TcpSocket> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn round_robin_hands_tasks_to_each_worker_in_turn() {
+        let workers = Workers::start(3).unwrap();
+        let spread = workers.round_robin();
+        let mut ran_on = Vec::new();
+        for _ in 0..6 {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            spread.spawn(async move {
+                let _ = tx.send(current());
+            });
+            ran_on.push(rx.await.unwrap());
+        }
+        let expected: Vec<_> = [0, 1, 2, 0, 1, 2].into_iter().map(Some).collect();
+        assert_eq!(ran_on, expected);
+    }
 
     #[tokio::test]
     async fn each_worker_accepts_on_its_own_socket_of_one_port_and_stops() {
