@@ -68,9 +68,10 @@ pub struct Cli {
     /// Log format: human or json.
     #[arg(long)]
     pub log_format: Option<String>,
-    /// Worker threads of the binary's runtime (default: one per CPU). On a machine whose
-    /// CPUs are shared with the origins or the load, fewer threads mean fewer cross-thread
-    /// wake-ups; see docs/operations.md.
+    /// Workers (default: one per CPU). Each is a thread with its own single-threaded
+    /// runtime and its own socket on every TCP listener, so a connection and the work it
+    /// causes stay on one thread, and requests prefer origin connections on their own
+    /// worker. `--threads 1` runs the whole gateway on one thread; see docs/operations.md.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Seconds an origin connection may take from accept to registration: TLS or QUIC
@@ -159,6 +160,9 @@ pub struct GatewayConfig {
     pub queue_limit_per_host: usize,
     /// Whether cleartext requests may fall back to `https://` scopes.
     pub cleartext_https_fallback: bool,
+    /// Worker threads, each with its own runtime and listening sockets (`--threads`;
+    /// default one per CPU).
+    pub workers: usize,
 }
 
 impl GatewayConfig {
@@ -192,6 +196,7 @@ impl GatewayConfig {
             trusted_proxies: crate::forwarding::TrustedProxies::default(),
             queue_limit_per_host: 256,
             cleartext_https_fallback: true,
+            workers: std::thread::available_parallelism().map_or(1, usize::from),
         }
     }
 }
@@ -207,8 +212,8 @@ impl Cli {
         this.resolve_merged()
     }
 
-    /// Merges the `--config` file under the flags (once); the binary reads `threads` from
-    /// the result before it builds its runtime.
+    /// Merges the `--config` file under the flags (once), so the binary sees the file's
+    /// settings (`log-format`) before it resolves the rest.
     ///
     /// # Errors
     ///
@@ -296,6 +301,9 @@ impl Cli {
         }
         if let Some(b) = self.cleartext_https_fallback {
             c.cleartext_https_fallback = b;
+        }
+        if let Some(n) = self.threads {
+            c.workers = at_least_one(n, "--threads")?;
         }
         Ok((c, dev_files))
     }
@@ -460,6 +468,7 @@ public-header-timeout = 12.5
         assert_eq!(c.listen, "127.0.0.1:9090".parse().unwrap(), "the flag wins");
         assert_eq!(c.tunnel, "127.0.0.1:4443".parse().unwrap());
         assert_eq!(c.queue_limit, 7);
+        assert_eq!(c.workers, 3, "threads = 3 means three workers");
         assert_eq!(c.request_timeout, Duration::from_millis(2500));
         assert_eq!(c.setup_timeout, Duration::from_secs(4));
         assert_eq!(c.max_pending_setups, 100);

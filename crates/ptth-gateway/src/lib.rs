@@ -8,7 +8,10 @@
 //! ```
 //!
 //! The library is what the `ptth-gateway` binary runs: build a [`GatewayConfig`], call
-//! [`Gateway::start`], and the returned handle reports the bound addresses.
+//! [`Gateway::start`], and the returned handle reports the bound addresses. The gateway runs
+//! on its own worker threads ([`GatewayConfig::workers`], one per CPU by default), each with
+//! its own runtime and its own socket on every TCP listener; the caller's runtime only
+//! starts it.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod admission;
@@ -27,6 +30,7 @@ mod sender;
 mod setup_request;
 pub mod tls;
 mod tunnel;
+mod workers;
 
 pub use config::GatewayConfig;
 pub use registry::{OriginConn, QueueLimits, Registry};
@@ -34,7 +38,6 @@ pub use registry::{OriginConn, QueueLimits, Registry};
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
 /// A running gateway.
@@ -52,11 +55,12 @@ pub struct Gateway {
     pub listen_h3: Option<SocketAddr>,
     /// The connected origins.
     pub registry: Arc<Registry>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
     ctx: Arc<admission::TunnelContext>,
     /// The QUIC tunnel endpoint, whose server config a reload replaces.
     tunnel_quic_endpoint: quinn::Endpoint,
     config: GatewayConfig,
+    /// Last, so the registry and the endpoint above are dropped after the workers stopped.
+    workers: workers::Workers,
 }
 
 impl Gateway {
@@ -97,60 +101,89 @@ impl Gateway {
             ),
         });
 
-        let tunnel_l = TcpListener::bind(config.tunnel)
-            .await
+        let workers = workers::Workers::start(config.workers)
+            .context("starting the gateway's worker threads")?;
+        // Every TCP listener is one socket per worker, so a connection (public or origin)
+        // and every task it spawns stay on the worker that accepted it.
+        let tunnel_ls = workers
+            .listen_each(config.tunnel)
             .with_context(|| format!("binding the tunnel listener on {}", config.tunnel))?;
-        let public_l = TcpListener::bind(config.listen)
-            .await
+        let public_ls = workers
+            .listen_each(config.listen)
             .with_context(|| format!("binding the public listener on {}", config.listen))?;
-        let tunnel = tunnel_l.local_addr()?;
-        let listen = public_l.local_addr()?;
+        let tunnel = first_addr(&tunnel_ls)?;
+        let listen = first_addr(&public_ls)?;
         // The QUIC tunnel shares the TCP tunnel's port number, so origins dial one address
-        // whatever their mechanism's transport.
-        let tunnel_quic_ep = quic::tunnel_endpoint(&ctx, tunnel)?;
+        // whatever their mechanism's transport. One endpoint, its socket read on the first
+        // worker: a UDP port split by SO_REUSEPORT loses a connection whose address changes
+        // (docs/performance.md).
+        let quic_home = workers.handle(0);
+        let tunnel_quic_ep = {
+            let _on_worker = quic_home.enter();
+            quic::tunnel_endpoint(&ctx, tunnel)?
+        };
         let tunnel_quic = tunnel_quic_ep.local_addr()?;
-        let mut tasks = vec![
-            tokio::spawn(tunnel::serve(tunnel_l, ctx.clone())),
-            tokio::spawn(quic::serve_tunnel(tunnel_quic_ep.clone(), ctx.clone())),
-        ];
+        // Each listener is registered with its worker's runtime and served there.
+        for (k, l) in tunnel_ls.into_iter().enumerate() {
+            workers.handle(k).spawn(tunnel::serve(l, ctx.clone()));
+        }
+        // Every worker accepts from the one QUIC endpoint: a connection is admitted, and its
+        // QUIC driver runs (quinn spawns it where `accept` runs), on the worker that took it.
+        for k in 0..workers.len() {
+            workers
+                .handle(k)
+                .spawn(quic::serve_tunnel(tunnel_quic_ep.clone(), ctx.clone()));
+        }
         let mut listen_tls = None;
         let mut listen_h3 = None;
         let mut alt_svc = None;
         if let Some(addr) = config.listen_tls {
-            let l = TcpListener::bind(addr)
-                .await
+            let tls_ls = workers
+                .listen_each(addr)
                 .with_context(|| format!("binding the public TLS listener on {addr}"))?;
-            let tls_addr = l.local_addr()?;
+            let tls_addr = first_addr(&tls_ls)?;
             listen_tls = Some(tls_addr);
-            let h3 = public_h3::endpoint(
-                certs.clone(),
-                key.clone_key(),
-                tls_addr,
-                config.public_header_timeout,
-            )?;
+            // The public HTTP/3 endpoint's socket is read on the last worker, away from the
+            // QUIC tunnel's (the same one when there is one worker); its connections are
+            // handed to the workers in turn, and each is served where it was handed.
+            let h3_home = workers.handle(workers.len() - 1);
+            let h3 = {
+                let _on_worker = h3_home.enter();
+                public_h3::endpoint(
+                    certs.clone(),
+                    key.clone_key(),
+                    tls_addr,
+                    config.public_header_timeout,
+                )?
+            };
             listen_h3 = Some(h3.local_addr()?);
             alt_svc = public_h3::alt_svc(tls_addr.port());
-            tasks.push(tokio::spawn(public_h3::serve(
+            h3_home.spawn(public_h3::serve(
                 h3,
                 proxy.clone(),
                 config.public_header_timeout,
-            )));
+                workers.round_robin(),
+            ));
             let acceptor = TlsAcceptor::from(Arc::new(tls::public_config(certs, key)?));
-            tasks.push(tokio::spawn(public::serve(
+            for (k, l) in tls_ls.into_iter().enumerate() {
+                workers.handle(k).spawn(public::serve(
+                    l,
+                    Some(acceptor.clone()),
+                    proxy.clone(),
+                    alt_svc.clone(),
+                    config.public_header_timeout,
+                ));
+            }
+        }
+        for (k, l) in public_ls.into_iter().enumerate() {
+            workers.handle(k).spawn(public::serve(
                 l,
-                Some(acceptor),
+                None,
                 proxy.clone(),
                 alt_svc.clone(),
                 config.public_header_timeout,
-            )));
+            ));
         }
-        tasks.push(tokio::spawn(public::serve(
-            public_l,
-            None,
-            proxy,
-            alt_svc,
-            config.public_header_timeout,
-        )));
         tracing::info!(%listen, ?listen_tls, ?listen_h3, %tunnel, "gateway listening");
         Ok(Self {
             listen,
@@ -159,10 +192,10 @@ impl Gateway {
             tunnel_quic,
             listen_h3,
             registry,
-            tasks,
             ctx,
             tunnel_quic_endpoint: tunnel_quic_ep,
             config: config.clone(),
+            workers,
         })
     }
 
@@ -203,6 +236,9 @@ impl Gateway {
                     .map(|why| (conn.id, (conn, why)))
             })
             .collect();
+        // The drains run on a worker (their tasks wait out requests in flight, then close
+        // the connection), whatever runtime, if any, the caller has.
+        let _on_worker = self.workers.handle(0).enter();
         let drained = self.registry.drain_unless(
             |conn| !revoked.contains_key(&conn.id),
             ptth_core::DrainSource::Revoked,
@@ -227,16 +263,92 @@ impl Gateway {
         &self.config
     }
 
-    /// Stops every listener. Connections already accepted end with their tasks.
+    /// How many workers serve (threads, each with its own runtime and listening sockets).
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Stops every worker: listeners close, and every connection and task on a worker ends
+    /// with its runtime, which the worker's own thread drops. Returns at once; dropping the
+    /// `Gateway` also waits for the worker threads to finish.
     pub fn stop(&self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.workers.stop();
     }
 }
 
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// The address the listeners of one [`workers::Workers::listen_each`] share.
+fn first_addr(listeners: &[tokio::net::TcpListener]) -> Result<SocketAddr> {
+    let first = listeners.first().context("no listening socket was bound")?;
+    Ok(first.local_addr()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The status line of a `GET /` for a host no origin serves, over a fresh connection.
+    async fn status_line(addr: SocketAddr) -> String {
+        let exchange = async {
+            let mut tcp = tokio::net::TcpStream::connect(addr).await?;
+            tcp.write_all(b"GET / HTTP/1.1\r\nHost: nobody.example\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut answer = Vec::new();
+            tcp.read_to_end(&mut answer).await?;
+            std::io::Result::Ok(answer)
+        };
+        let answer = tokio::time::timeout(std::time::Duration::from_secs(10), exchange)
+            .await
+            .expect("every worker's socket is served")
+            .unwrap();
+        let text = String::from_utf8_lossy(&answer);
+        text.lines().next().unwrap_or_default().to_owned()
+    }
+
+    #[tokio::test]
+    async fn a_gateway_serves_on_every_worker_reloads_and_stops() {
+        let dir = std::env::temp_dir().join(format!("ptth-gw-workers-{}", std::process::id()));
+        let (config, _dev) = config::Cli::try_parse_from([
+            "ptth-gateway",
+            "--dev",
+            dir.to_str().unwrap(),
+            "--listen",
+            "127.0.0.1:0",
+            "--listen-tls",
+            "127.0.0.1:0",
+            "--tunnel",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+        ])
+        .unwrap()
+        .resolve()
+        .unwrap();
+        let gateway = Gateway::start(&config).await.unwrap();
+        assert_eq!(gateway.workers(), 2);
+        // Enough connections that both workers' sockets get some (the kernel spreads them
+        // by source port); a socket nobody served would leave its connections unanswered.
+        for _ in 0..32 {
+            let line = status_line(gateway.listen).await;
+            assert!(line.starts_with("HTTP/1.1 50"), "{line}");
+        }
+        // A reload spawns its drains on a worker: none here, and it still works.
+        assert_eq!(gateway.reload(config.grants.clone()).unwrap(), 0);
+        let (listen, tunnel, tls) = (gateway.listen, gateway.tunnel, gateway.listen_tls);
+        drop(gateway);
+        for addr in [Some(listen), Some(tunnel), tls].into_iter().flatten() {
+            assert!(
+                tokio::net::TcpStream::connect(addr).await.is_err(),
+                "{addr} still listens after the gateway was dropped"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -7,14 +7,13 @@ use ptth_gateway::Gateway;
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse().merge_file()?;
     init_logging(cli.log_format.as_deref())?;
-    let threads = cli.threads;
     let (config, dev) = cli.resolve()?;
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(n) = threads {
-        runtime.worker_threads(n);
-    }
-    runtime.build()?.block_on(serve(config, dev))
+    // The gateway serves on its own workers (`--threads`, one runtime per thread); this
+    // thread only starts it, waits for signals and reloads the grants.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(serve(config, dev))
 }
 
 async fn serve(

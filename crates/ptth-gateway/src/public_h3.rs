@@ -58,14 +58,22 @@ pub(crate) fn endpoint(
 
 /// Serves public HTTP/3 clients until the endpoint closes. A request stream must bring its
 /// HEADERS within `header_timeout`, and a connection with no request in flight for that long
-/// is shut down (GOAWAY), as on the TCP listeners.
-pub(crate) async fn serve(endpoint: quinn::Endpoint, proxy: Arc<Proxy>, header_timeout: Duration) {
+/// is shut down (GOAWAY), as on the TCP listeners. Each connection is served on the worker
+/// `spread` hands it to: its QUIC driver and its requests run there.
+pub(crate) async fn serve(
+    endpoint: quinn::Endpoint,
+    proxy: Arc<Proxy>,
+    header_timeout: Duration,
+    spread: crate::workers::RoundRobin,
+) {
     // Bound on the public TLS listener's port number, which is what clients name in the
     // authority when alt-svc brought them here.
     let local_port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
     while let Some(incoming) = endpoint.accept().await {
         let proxy = proxy.clone();
-        tokio::spawn(async move {
+        // Accepting on that worker spawns the connection's driver there (quinn spawns it
+        // on the runtime current at `accept`).
+        spread.spawn(async move {
             let addr = incoming.remote_address();
             let quic = match tokio::time::timeout(Duration::from_secs(10), async {
                 incoming

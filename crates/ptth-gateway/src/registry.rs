@@ -5,8 +5,9 @@
 //! (the origin's HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`, or one for HTTP/1.1). Routing
 //! picks, among the connections whose scope matches the request, the best-ranked scope
 //! ([`Scope::rank`]: the request's own scheme, the longest path prefix, an explicit port),
-//! then the least outstanding requests relative to capacity. When every matching connection
-//! is full, the request waits in a queue bounded in total and per host.
+//! then a connection on the request's own worker (`crate::workers`), then the least
+//! outstanding requests relative to capacity. When every matching connection is full, the
+//! request waits in a queue bounded in total and per host.
 //!
 //! The router is an index by scope host: a connection sits in one bucket per host it
 //! registered (`scope.host()`, `*.parent` for a wildcard scope). A pick reads the bucket of
@@ -78,6 +79,8 @@ pub struct OriginConn {
     /// ends.
     changed: Notify,
     driver: tokio::task::AbortHandle,
+    /// The worker whose runtime drives this connection (the one that accepted it), if any.
+    worker: Option<usize>,
 }
 
 /// [`ConnectionState`] as the byte [`OriginConn`]'s `phase` mirror holds.
@@ -116,6 +119,8 @@ impl OriginConn {
             phase: AtomicU8::new(ACTIVE),
             changed: Notify::new(),
             driver,
+            // Built by the admission task, on the worker that accepted the connection.
+            worker: crate::workers::current(),
         }
     }
 
@@ -167,6 +172,11 @@ impl OriginConn {
         if let Some(reason) = self.sender.ended() {
             self.close(reason);
         }
+    }
+
+    /// The worker whose runtime drives this connection, if it runs on one.
+    pub fn worker(&self) -> Option<usize> {
+        self.worker
     }
 
     /// Requests this connection can carry at once.
@@ -409,6 +419,7 @@ impl Registry {
             peer = %conn.peer,
             scopes = ?conn.scopes,
             capacity = conn.capacity(),
+            worker = ?conn.worker,
             "origin connection registered"
         );
         let mut index = self.write();
@@ -608,14 +619,18 @@ fn why_closed(state: &Lifecycle) -> &'static str {
     }
 }
 
-/// The best connection for `target` in `bucket`: the best-ranked scope, then the least
-/// outstanding requests relative to capacity (the first in the bucket on a tie).
+/// The best connection for `target` in `bucket`: the best-ranked scope, then one on the
+/// caller's worker (no cross-thread hand-off for the request), then the least outstanding
+/// requests relative to capacity (the first in the bucket on a tie). Full connections are
+/// skipped, so a request crosses to another worker only when those on its own are full or
+/// none match.
 fn pick_in(bucket: &[Arc<OriginConn>], target: &RequestTarget, avoid: Option<u64>) -> Pick {
     // A reservation lost to a concurrent request (the count moved between reading and
     // taking) means another request got a slot: look again, at most once per connection.
+    let here = crate::workers::current();
     for _ in 0..bucket.len().max(1) {
         let mut best_spec = None;
-        let mut best: Option<(&Arc<OriginConn>, usize, usize)> = None;
+        let mut best: Option<(&Arc<OriginConn>, bool, usize, usize)> = None;
         for c in bucket.iter() {
             if Some(c.id) == avoid || !c.is_usable() {
                 continue;
@@ -632,18 +647,20 @@ fn pick_in(bucket: &[Arc<OriginConn>], target: &RequestTarget, avoid: Option<u64
             }
             // Capacity is read once per candidate: for HTTP/2 it asks the connection.
             let (out, cap) = (c.outstanding(), c.capacity().max(1));
-            let lighter = |(_, o, k): (&Arc<OriginConn>, usize, usize)| {
-                (out as u128 * k as u128) < (o as u128 * cap as u128)
+            let local = here.is_some() && c.worker == here;
+            let better = |(_, l, o, k): (&Arc<OriginConn>, bool, usize, usize)| {
+                (local && !l)
+                    || (local == l && (out as u128 * k as u128) < (o as u128 * cap as u128))
             };
-            if out < cap && best.is_none_or(lighter) {
-                best = Some((c, out, cap));
+            if out < cap && best.is_none_or(better) {
+                best = Some((c, local, out, cap));
             }
         }
         if best_spec.is_none() {
             return Pick::NoRoute;
         }
         match best {
-            Some((c, _, cap)) if c.try_reserve(cap) => return Pick::Got(c.clone()),
+            Some((c, _, _, cap)) if c.try_reserve(cap) => return Pick::Got(c.clone()),
             Some(_) => continue,
             None => return Pick::Busy,
         }
@@ -930,6 +947,86 @@ mod tests {
         assert_eq!(state.drain_source(), None);
         assert_eq!(why_closed(&state), "consumed by a WebSocket");
         conn.gone().await;
+    }
+
+    /// A reversed HTTP/1.1 connection (capacity 1) for `https://app.example/` made on
+    /// worker `k`, as the tunnel listener of that worker would: its driver task and its
+    /// `OriginConn` are created there. Returns the origin end of the pipe with it.
+    async fn conn_on(
+        workers: &crate::workers::Workers,
+        k: usize,
+    ) -> (Arc<OriginConn>, tokio::io::DuplexStream) {
+        workers
+            .handle(k)
+            .spawn(async {
+                let mut c = Conns::new(limits(1, 1, Duration::from_secs(1)));
+                let conn = c.conn("https://app.example", "/").await;
+                (conn, c.far_ends.remove(0))
+            })
+            .await
+            .unwrap()
+    }
+
+    /// Acquires a connection for `target` from a task on worker `k`, as a public request
+    /// accepted there would.
+    async fn acquire_on(
+        workers: &crate::workers::Workers,
+        k: usize,
+        registry: &Arc<Registry>,
+        target: &RequestTarget,
+    ) -> Result<Reservation, RouteError> {
+        let (r, t) = (registry.clone(), target.clone());
+        workers
+            .handle(k)
+            .spawn(async move { r.acquire(&t, None).await })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_request_takes_a_connection_on_its_own_worker_and_crosses_only_when_those_are_full() {
+        let workers = crate::workers::Workers::start(2).unwrap();
+        let registry = Registry::new(limits(8, 8, Duration::from_millis(200)));
+        // Registered so that the bucket's order (and least outstanding, all being idle)
+        // alone would give worker 0's requests the connection of worker 1 first.
+        let (on_1, _far_1) = conn_on(&workers, 1).await;
+        let (on_0, _far_0) = conn_on(&workers, 0).await;
+        let (on_0b, _far_0b) = conn_on(&workers, 0).await;
+        assert_eq!(
+            (on_1.worker(), on_0.worker(), on_0b.worker()),
+            (Some(1), Some(0), Some(0))
+        );
+        for c in [&on_1, &on_0, &on_0b] {
+            registry.add(c.clone());
+        }
+        let app = target("https://app.example/x");
+
+        // Worker 0's requests fill worker 0's connections first, least outstanding first...
+        let first = acquire_on(&workers, 0, &registry, &app).await.unwrap();
+        let second = acquire_on(&workers, 0, &registry, &app).await.unwrap();
+        let mut got = [first.conn().id, second.conn().id];
+        got.sort_unstable();
+        assert_eq!(got, [on_0.id, on_0b.id], "worker 0 stays on worker 0");
+        // ...then cross to worker 1's when both are full.
+        let crossed = acquire_on(&workers, 0, &registry, &app).await.unwrap();
+        assert_eq!(
+            crossed.conn().id,
+            on_1.id,
+            "crosses only when local ones are full"
+        );
+        drop(crossed);
+
+        // Worker 1's request takes worker 1's connection, once it is free again.
+        let local = acquire_on(&workers, 1, &registry, &app).await.unwrap();
+        assert_eq!(local.conn().id, on_1.id);
+        // Everything full: it waits, then times out, like any request.
+        let full = acquire_on(&workers, 1, &registry, &app).await;
+        assert_eq!(full.unwrap_err(), RouteError::QueueTimeout);
+        // One of worker 0's connections frees up: worker 1's next request crosses to it.
+        drop(second);
+        let crossed = acquire_on(&workers, 1, &registry, &app).await.unwrap();
+        assert_eq!(crossed.conn().worker(), Some(0));
+        drop((first, local, crossed));
     }
 
     /// Figures for the report: the cost of a pick for one host with 1 and with 10 000
