@@ -180,9 +180,14 @@ async fn silent_tunnel_peers_are_closed_at_the_setup_deadline_while_honest_origi
 async fn the_pending_setup_caps_close_the_excess_at_once() {
     let dir = TempDir::new("edge-setup-caps");
     let log = dir.0.join("gateway.log");
+    // One worker, so one listening socket accepts in arrival order: with a socket per worker
+    // the kernel may queue the fifth connection on a worker that accepts it before another
+    // worker accepted one of the first four, and then one of those is the excess instead.
     let gw = start_gateway_logging(
         &dir.0,
         &[
+            "--threads",
+            "1",
             "--setup-timeout",
             "60",
             "--max-pending-setups",
