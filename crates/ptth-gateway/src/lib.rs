@@ -2,9 +2,11 @@
 //! to them.
 //!
 //! ```text
-//! public client ─▶ public listener ─▶ Proxy ─▶ Registry (scope → least outstanding) ─▶
-//!     OriginConn (reversed HTTP/1.1 or HTTP/2) ─▶ origin
-//! origin ─▶ tunnel listener (TLS; ALPN dispatch) ─▶ setup + authentication ─▶ Registry
+//! public client ─▶ public listener (HTTP/1.1, h2c, TLS, HTTP/3) ─▶ Proxy ─▶
+//!     Registry (scope → own worker → least outstanding) ─▶ Sender (reversed HTTP/1.1,
+//!     HTTP/2 or HTTP/3) ─▶ origin
+//! origin ─▶ tunnel listener (TLS over TCP, or QUIC) ─▶ admission (ALPN, setup,
+//!     authentication, one path for both transports) ─▶ Registry
 //! ```
 //!
 //! The library is what the `ptth-gateway` binary runs: build a [`GatewayConfig`], call
