@@ -233,7 +233,7 @@ impl Sender {
     /// HTTP/1.1 or HTTP/2 upgrade stays reachable through `hyper::upgrade::on` on the
     /// response.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
-        let res = match &self.inner {
+        match &self.inner {
             Inner::H1 { send, .. } => {
                 let ready = std::future::poll_fn(|cx| h1_handle(send).poll_ready(cx)).await;
                 if let Err(e) = ready {
@@ -242,19 +242,14 @@ impl Sender {
                 // hyper queues nothing more until this exchange ends; the answer does not
                 // borrow the handle.
                 let answer = h1_handle(send).try_send_request(req);
-                answer.await.map_err(|mut e| match e.take_message() {
-                    Some(req) => SendError::NotSent(Box::new(req), Box::new(e.into_error())),
-                    None => SendError::Failed(Box::new(e.into_error())),
-                })
+                answer.await.map(boxed).map_err(refused_or_failed)
             }
             Inner::H2 { send, .. } => {
                 let mut send = send.clone();
                 send.try_send_request(req)
                     .await
-                    .map_err(|mut e| match e.take_message() {
-                        Some(req) => SendError::NotSent(Box::new(req), Box::new(e.into_error())),
-                        None => SendError::Failed(Box::new(e.into_error())),
-                    })
+                    .map(boxed)
+                    .map_err(refused_or_failed)
             }
             Inner::H3 { send, conn, quic } => {
                 if h3_gone(conn, quic) {
@@ -263,14 +258,12 @@ impl Sender {
                         "the origin's HTTP/3 connection is closing".into(),
                     ));
                 }
-                let res = send
-                    .send_request(req)
+                send.send_request(req)
                     .await
-                    .map_err(|e| SendError::Failed(Box::new(e)))?;
-                return Ok(res.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()));
+                    .map(boxed)
+                    .map_err(|e| SendError::Failed(Box::new(e)))
             }
-        }?;
-        Ok(res.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
+        }
     }
 
     /// Whether `response` accepts the WebSocket handshake the request carried: a `101` on
@@ -346,6 +339,24 @@ impl Sender {
             .await;
             drained == Ok(true)
         })
+    }
+}
+
+/// A response with its body boxed into the one forwarded body type.
+fn boxed<B>(res: Response<B>) -> Response<Body>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    res.map(|b| b.map_err(Into::into).boxed_unsync())
+}
+
+/// hyper hands back a request it refused before sending any of it (retry it elsewhere);
+/// anything else failed on the wire.
+fn refused_or_failed(mut e: hyper::client::conn::TrySendError<Request<Body>>) -> SendError {
+    match e.take_message() {
+        Some(req) => SendError::NotSent(Box::new(req), Box::new(e.into_error())),
+        None => SendError::Failed(Box::new(e.into_error())),
     }
 }
 
