@@ -80,11 +80,13 @@
 #![warn(missing_docs)]
 
 mod alpn;
+mod capsule;
 mod lifecycle;
 mod mechanism;
 mod origin;
 mod origin_frame;
 mod pct;
+mod reverse_connect;
 mod scope;
 mod setup;
 mod stream_id;
@@ -98,6 +100,10 @@ pub use alpn::{
     encode_list, encode_single, parse_list, parse_single, parse_str as parse_alpn_str,
     parse_values as parse_alpn_values, AlpnError, ProtocolId, ALPN, SELECTED_ALPN,
 };
+pub use capsule::{
+    encode_header as encode_capsule_header, Capsule, CapsuleDecoder, CapsuleError, CapsuleType,
+    DatagramError, Decoded, UdpProxyingPayload,
+};
 pub use lifecycle::{CloseReason, ConnectionState, DrainSource, Lifecycle, LifecycleError};
 pub use mechanism::{
     classify_alpn, tunnel_alpn_protocols, AlpnRole, AlpnSet, HttpVersion, Mechanism, MechanismSpec,
@@ -105,6 +111,13 @@ pub use mechanism::{
 };
 pub use origin::{default_port, OriginError, SerializedOrigin};
 pub use origin_frame::{OriginEntry, OriginFrame, OriginFrameError};
+pub use reverse_connect::{
+    AvailableServices, ChannelError, ConnectionRequest, ConnectionRequestDeclined, ControlCapsule,
+    ControlCapsuleError, Destination, GatewayChannel, GatewayEvent, Hostname, IpProtocol,
+    MalformedCapsule, OriginChannel, OriginEvent, Peer, RequestId, RequestIdSequence, Service,
+    ServicePort, DEFAULT_ID_MEMORY, DEFAULT_MAX_CONTROL_CAPSULE, DEFAULT_MAX_SERVICES,
+    MAX_HOSTNAME_LEN,
+};
 pub use scope::{Arrival, RequestTarget, Scope, ScopeError, Specificity};
 pub use setup::{
     connect_request, connect_response, legacy_request, legacy_response, options_request,
