@@ -87,6 +87,8 @@ mod origin;
 mod origin_frame;
 mod pct;
 mod reverse_connect;
+mod reverse_setup;
+mod reverse_template;
 mod scope;
 mod setup;
 mod stream_id;
@@ -117,6 +119,17 @@ pub use reverse_connect::{
     MalformedCapsule, OriginChannel, OriginEvent, Peer, RequestId, RequestIdSequence, Service,
     ServicePort, DEFAULT_ID_MEMORY, DEFAULT_MAX_CONTROL_CAPSULE, DEFAULT_MAX_SERVICES,
     MAX_HOSTNAME_LEN,
+};
+pub use reverse_setup::{
+    capsule_protocol, reverse_connect_request, reverse_exchange_for_path, reverse_response,
+    reverse_upgrade_request, validate_accept_request, validate_listen_request,
+    validate_reverse_response, AcceptSetup, ListenSetup, ReverseRejection, ReverseRejectionKind,
+    ReverseSetupError, SetupForm, CAPSULE_PROTOCOL,
+};
+pub use reverse_template::{
+    parse_accept_path, parse_listen_path, parse_request_id, IpProtoScope, ListenScope,
+    ListenTarget, ReverseExchange, ReverseTemplate, ReverseTemplateError, ACCEPT_PREFIX, IPPROTO,
+    LISTEN_PREFIX, REQUEST_ID, TARGET,
 };
 pub use scope::{Arrival, RequestTarget, Scope, ScopeError, Specificity};
 pub use setup::{

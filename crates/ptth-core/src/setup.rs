@@ -479,7 +479,7 @@ pub fn legacy_request(
 }
 
 /// Iterates the comma-separated elements of every line of a list field.
-fn list_elements<'a>(
+pub(crate) fn list_elements<'a>(
     headers: &'a HeaderMap,
     name: &header::HeaderName,
 ) -> impl Iterator<Item = &'a str> {
@@ -493,12 +493,12 @@ fn list_elements<'a>(
 }
 
 /// The first `Upgrade` element equal (ASCII case-insensitively) to one of `tokens`.
-fn find_upgrade<'a>(headers: &'a HeaderMap, tokens: &[&str]) -> Option<&'a str> {
+pub(crate) fn find_upgrade<'a>(headers: &'a HeaderMap, tokens: &[&str]) -> Option<&'a str> {
     list_elements(headers, &header::UPGRADE)
         .find(|e| tokens.iter().any(|t| e.eq_ignore_ascii_case(t)))
 }
 
-fn has_connection_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn has_connection_upgrade(headers: &HeaderMap) -> bool {
     // RFC 9110 §7.8: "A sender of Upgrade MUST also send an "Upgrade" connection option in
     // the Connection header field".
     list_elements(headers, &header::CONNECTION).any(|e| e.eq_ignore_ascii_case("upgrade"))

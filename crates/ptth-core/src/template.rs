@@ -75,7 +75,7 @@ pub enum TemplateError {
 
 /// RFC 6570 simple-string / form-style encoding of one value: everything outside
 /// `unreserved` is percent-encoded (RFC 6570 §3.2.1, "allow U").
-fn encode_value(value: &str) -> String {
+pub(crate) fn encode_value(value: &str) -> String {
     pct::encode(value.as_bytes(), pct::is_unreserved)
 }
 
@@ -140,7 +140,7 @@ pub fn parse_origin_list(list: &str) -> Result<Vec<SerializedOrigin>, TemplateEr
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Operator {
+pub(crate) enum Operator {
     /// `{var}`: simple string expansion.
     Simple,
     /// `{?var}`: form-style query.
@@ -150,14 +150,14 @@ enum Operator {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct VarSpec {
-    name: String,
-    explode: bool,
-    prefix: Option<u16>,
+pub(crate) struct VarSpec {
+    pub(crate) name: String,
+    pub(crate) explode: bool,
+    pub(crate) prefix: Option<u16>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Part {
+pub(crate) enum Part {
     Literal(String),
     Expression { op: Operator, vars: Vec<VarSpec> },
 }
@@ -305,7 +305,7 @@ fn expand_expression(out: &mut String, op: Operator, vars: &[VarSpec], values: &
     }
 }
 
-fn parse_literal(text: &str) -> Result<String, TemplateError> {
+pub(crate) fn parse_literal(text: &str) -> Result<String, TemplateError> {
     // RFC 6570 §2.1: literals are any Unicode character except CTL, SP, DQUOTE, "'", "%"
     // (aside from pct-encoded), "<", ">", "\", "^", "`", "{", "|", "}".
     let bytes = text.as_bytes();
@@ -333,7 +333,7 @@ fn parse_literal(text: &str) -> Result<String, TemplateError> {
     Ok(text.to_owned())
 }
 
-fn parse_expression(body: &str) -> Result<Part, TemplateError> {
+pub(crate) fn parse_expression(body: &str) -> Result<Part, TemplateError> {
     let bad = || TemplateError::BadExpression(body.to_owned());
     let mut chars = body.chars();
     let (op, list) = match chars.next() {
@@ -405,7 +405,7 @@ fn parse_varspec(spec: &str) -> Option<VarSpec> {
 /// Checks "absolute, with non-empty scheme, authority and path starting with '/'" and
 /// "variables only in the path or query", using the literal text before the first
 /// expression.
-fn check_placement(parts: &[Part]) -> Result<(), TemplateError> {
+pub(crate) fn check_placement(parts: &[Part]) -> Result<(), TemplateError> {
     let head = match parts.first() {
         Some(Part::Literal(text)) => text.as_str(),
         _ => "",
