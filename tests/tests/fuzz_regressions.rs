@@ -18,6 +18,15 @@ const TARGETS: &[(&str, Harness)] = &[
     ),
     ("well_known_uri", ptth_core::fuzz_harness::fuzz_well_known),
     ("quarter_stream_id", ptth_core::fuzz_harness::fuzz_qsid),
+    ("capsule_stream", ptth_core::fuzz_harness::fuzz_capsules),
+    (
+        "reverse_connect_capsule",
+        ptth_core::fuzz_harness::fuzz_reverse_connect_capsule,
+    ),
+    (
+        "reverse_connect_setup",
+        ptth_core::fuzz_harness::fuzz_reverse_setup,
+    ),
     ("origin_frame", ptth_h2::fuzz_harness::fuzz_origin_frame),
     (
         "authorize_claim",

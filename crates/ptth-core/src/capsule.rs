@@ -39,9 +39,8 @@ impl CapsuleType {
     /// RFC 9297 §3.5: `DATAGRAM` (0x00), an HTTP datagram carried as a capsule.
     pub const DATAGRAM: Self = Self(0x00);
     /// draft-ietf-httpbis-connect-tcp (IANA Considerations, "Interop testing"): "the
-    /// Capsule Type values
-    /// `0x2028d7f2` and `0x2028d7f3` shall be used provisionally for testing, under the
-    /// names "DATA-12" and "FINAL_DATA-12"". TCP payload.
+    /// Capsule Type values `0x2028d7f2` and `0x2028d7f3` shall be used provisionally for
+    /// testing, under the names "DATA-12" and "FINAL_DATA-12"". TCP payload.
     pub const DATA: Self = Self(0x2028_d7f2);
     /// `FINAL_DATA-12` (see [`CapsuleType::DATA`]): TCP payload and then the sender's FIN.
     pub const FINAL_DATA: Self = Self(0x2028_d7f3);

@@ -4,8 +4,17 @@
 use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
+use bytes::BytesMut;
+
 use crate::alpn::{self, ProtocolId};
+use crate::capsule::{Capsule, CapsuleDecoder, CapsuleType, Decoded, UdpProxyingPayload};
 use crate::origin::SerializedOrigin;
+use crate::reverse_connect::{
+    ControlCapsule, GatewayChannel, IpProtocol, OriginChannel, OriginEvent, RequestId, Service,
+    ServicePort,
+};
+use crate::reverse_setup;
+use crate::reverse_template::{self, ReverseExchange, ReverseTemplate};
 use crate::scope::{RequestTarget, Scope};
 use crate::setup;
 use crate::stream_id::{decode_varint, encode_varint, QsidMapping};
@@ -203,6 +212,195 @@ pub fn fuzz_qsid(data: &[u8]) {
     }
 }
 
+/// Decodes `data` as a capsule stream twice, in one piece and in chunks of a size taken
+/// from the first byte, under a bound also taken from it; both runs must agree on every
+/// whole capsule, on the `DATA`/`FINAL_DATA` payload bytes and on the outcome, and every
+/// whole capsule must respect the bound and re-encode to the bytes it came from. The
+/// value of each `DATAGRAM` capsule is parsed as an RFC 9298 payload.
+pub fn fuzz_capsules(data: &[u8]) {
+    let Some((&control, stream)) = data.split_first() else {
+        return;
+    };
+    let max_len = usize::from(control & 0x3f);
+    let chunk = usize::from(control >> 6) * 7 + 1;
+    let run = |chunk: usize| {
+        let mut decoder = CapsuleDecoder::new(max_len);
+        let mut buf = BytesMut::new();
+        let mut capsules = Vec::new();
+        let mut payload = Vec::new();
+        let mut fins = 0;
+        for piece in stream.chunks(chunk) {
+            buf.extend_from_slice(piece);
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(Decoded::Capsule(c))) => {
+                        assert!(c.value.len() <= max_len, "{} over the bound", c.kind);
+                        if c.kind == CapsuleType::DATAGRAM {
+                            if let Ok(p) = UdpProxyingPayload::parse(c.value.clone()) {
+                                let mut again = BytesMut::new();
+                                p.encode(&mut again);
+                                let back = UdpProxyingPayload::parse(again.freeze());
+                                assert_eq!(back.ok(), Some(p));
+                            }
+                        }
+                        capsules.push(c);
+                    }
+                    Ok(Some(Decoded::Data { payload: p, fin })) => {
+                        payload.extend_from_slice(&p);
+                        fins += usize::from(fin);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return (capsules, payload, fins, Err(e)),
+                }
+            }
+        }
+        let end = decoder.finish(&buf);
+        (capsules, payload, fins, end)
+    };
+    let whole = run(stream.len().max(1));
+    let chunked = run(chunk);
+    assert_eq!(whole, chunked, "chunking changed the decoding");
+    assert!(whole.2 <= 1, "more than one FIN");
+    for c in &whole.0 {
+        let bytes = c.to_bytes();
+        let mut d = CapsuleDecoder::new(max_len);
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert_eq!(
+            d.decode(&mut buf).ok(),
+            Some(Some(Decoded::Capsule(c.clone())))
+        );
+    }
+}
+
+/// Parses `data` (after a first byte that picks the capsule type) as the value of each
+/// reverse-connect control capsule; what parses must re-encode and parse to the same
+/// thing. Both ends' state machines take the capsule, and after a request the gateway's
+/// answer, without panicking.
+pub fn fuzz_reverse_connect_capsule(data: &[u8]) {
+    let Some((&pick, value)) = data.split_first() else {
+        return;
+    };
+    let kind = [
+        CapsuleType::AVAILABLE_SERVICES,
+        CapsuleType::CONNECTION_REQUEST,
+        CapsuleType::CONNECTION_REQUEST_DECLINED,
+    ][usize::from(pick % 3)];
+    let capsule = Capsule::new(kind, bytes::Bytes::copy_from_slice(value));
+    if let Ok(Some(parsed)) = ControlCapsule::parse(&capsule, 16) {
+        let again = ControlCapsule::parse(&parsed.to_capsule(), 16);
+        assert_eq!(again.ok(), Some(Some(parsed)));
+    }
+    let mut gateway = GatewayChannel::new([pick; 16], 4);
+    let mut origin = OriginChannel::new(2);
+    if let Ok(Some(OriginEvent::Requested(r))) = origin.on_capsule(&capsule) {
+        assert_eq!(origin.pending(), 1);
+        if let Ok(decline) = origin.decline(r.id) {
+            // A decline for a request this gateway never made is the origin's error.
+            assert!(gateway.on_capsule(&decline).is_err());
+        }
+    }
+    let _ = gateway.on_capsule(&capsule);
+    let ssh = ServicePort::new(22).map(|port| Service::local(IpProtocol::Tcp, port));
+    if let Some(Ok((id, request))) = ssh.map(|s| gateway.request(s)) {
+        let mut origin = OriginChannel::new(2);
+        assert!(origin.on_capsule(&request).is_ok());
+        assert!(origin.accepting(id).is_ok());
+        assert!(gateway.accept(id).is_some());
+    }
+}
+
+/// Splits `data` on `\n` into method, path, Upgrade, Connection, Host, Authorization,
+/// `:protocol` and a template; runs both gateway validators, checks that every accepted
+/// setup's answer passes the origin's check and every refusal is a 4xx/5xx; parses the
+/// template as both kinds and expands it; parses the path as both default paths and
+/// checks that what parses expands back to the same values.
+pub fn fuzz_reverse_setup(data: &[u8]) {
+    let mut fields = data.split(|&b| b == b'\n');
+    let mut next = || fields.next().unwrap_or_default();
+    let method = next();
+    let path = next();
+    let mut builder = http::Request::builder()
+        .method(http::Method::from_bytes(method).unwrap_or(http::Method::GET))
+        .uri(std::str::from_utf8(path).unwrap_or("/"));
+    for name in [
+        http::header::UPGRADE,
+        http::header::CONNECTION,
+        http::header::HOST,
+        http::header::AUTHORIZATION,
+    ] {
+        if let Ok(value) = HeaderValue::from_bytes(next()) {
+            builder = builder.header(name, value);
+        }
+    }
+    let protocol = std::str::from_utf8(next()).ok().filter(|p| !p.is_empty());
+    let template_text = String::from_utf8_lossy(next()).into_owned();
+    let path_text = String::from_utf8_lossy(path).into_owned();
+
+    if let Ok(request) = builder.body(()) {
+        let (parts, ()) = request.into_parts();
+        match reverse_setup::validate_listen_request(&parts, protocol) {
+            Ok(setup) => {
+                let response = reverse_setup::reverse_response(ReverseExchange::Listen, setup.form);
+                assert!(reverse_setup::validate_reverse_response(
+                    &response,
+                    ReverseExchange::Listen,
+                    setup.form
+                )
+                .is_ok());
+            }
+            Err(rejection) => {
+                let status = rejection.to_response().status();
+                assert!(status.is_client_error() || status.is_server_error());
+            }
+        }
+        match reverse_setup::validate_accept_request(&parts, protocol) {
+            Ok(setup) => {
+                let response = reverse_setup::reverse_response(ReverseExchange::Accept, setup.form);
+                assert!(reverse_setup::validate_reverse_response(
+                    &response,
+                    ReverseExchange::Accept,
+                    setup.form
+                )
+                .is_ok());
+            }
+            Err(rejection) => {
+                let status = rejection.to_response().status();
+                assert!(status.is_client_error() || status.is_server_error());
+            }
+        }
+    }
+    let authority: http::uri::Authority = http::uri::Authority::from_static("gw.example");
+    if let Ok(scope) = reverse_template::parse_listen_path(&path_text) {
+        if let Ok(t) = ReverseTemplate::default_for(ReverseExchange::Listen, &authority) {
+            let uri = t.expand_listen(scope.target.as_ref(), scope.ipproto);
+            let back = uri.map(|u| reverse_template::parse_listen_path(u.path()));
+            assert_eq!(back.ok().and_then(Result::ok), Some(scope));
+        }
+    }
+    if let Ok(id) = reverse_template::parse_accept_path(&path_text) {
+        if let Ok(t) = ReverseTemplate::default_for(ReverseExchange::Accept, &authority) {
+            let back = t
+                .expand_accept(id)
+                .map(|u| reverse_template::parse_accept_path(u.path()));
+            assert_eq!(back.ok().and_then(Result::ok), Some(id));
+        }
+    }
+    if let Ok(t) = ReverseTemplate::listen(&template_text) {
+        let _ = t.expand_listen(
+            Some(&reverse_template::ListenTarget::LocalOnly),
+            Some(reverse_template::IpProtoScope::Any),
+        );
+    }
+    if let Ok(t) = ReverseTemplate::accept(&template_text) {
+        if let Some(id) = RequestId::new(u64::from(data.len() as u32)) {
+            let _ = t.expand_accept(id);
+        }
+    }
+    if let Ok(target) = template_text.parse::<reverse_template::ListenTarget>() {
+        assert_eq!(target.to_string().parse().ok(), Some(target));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +420,16 @@ mod tests {
         );
         fuzz_well_known(b"https://p.example/{?serialized_origin*}");
         fuzz_qsid(&[0xe0, 0, 0, 0, 0, 0, 0, 1, 0x44, 0x00, 0x25]);
+        fuzz_capsules(b"\x10\x00\x03\x00ab\xa0\x28\xd7\xf2\x02hi\xa0\x28\xd7\xf3\x00");
+        fuzz_reverse_connect_capsule(&[1, 0x01, 0x00, 0x06, 0x00, 0x16]);
+        fuzz_reverse_connect_capsule(&[
+            0, 0x01, 0x0b, b'd', b'b', b'.', b'i', b'n', b't', b'e', b'r', b'n', b'a', b'l', 0x06,
+            0x15, 0x38,
+        ]);
+        fuzz_reverse_setup(
+            b"GET\n/.well-known/masque/listen/./%2A/\nconnect-listen\nUpgrade\ngw.example\n\n\n",
+        );
+        fuzz_reverse_setup(b"CONNECT\nhttps://gw.example/.well-known/masque/accept/1/\n\n\n\n\nconnect-accept\nhttps://gw.example/a/{request_id}/");
     }
 
     proptest! {
@@ -254,6 +462,32 @@ mod tests {
         #[test]
         fn well_known_text_never_panics(data in "/\\.well-known/ptth/[a-zA-Z0-9%,:.\\[\\]]{0,60}/?") {
             fuzz_well_known(data.as_bytes());
+        }
+
+        #[test]
+        fn capsules_never_panic(data in proptest::collection::vec(any::<u8>(), 0..96)) {
+            fuzz_capsules(&data);
+        }
+
+        #[test]
+        fn reverse_connect_capsules_never_panic(data in proptest::collection::vec(any::<u8>(), 0..48)) {
+            fuzz_reverse_connect_capsule(&data);
+        }
+
+        #[test]
+        fn reverse_setup_never_panics(data in proptest::collection::vec(any::<u8>(), 0..128)) {
+            fuzz_reverse_setup(&data);
+        }
+
+        #[test]
+        fn reverse_setup_structured_never_panics(
+            method in prop_oneof![Just("GET"), Just("CONNECT"), Just("POST")],
+            path in "/\\.well-known/masque/(listen|accept)/[a-zA-Z0-9%.*:/]{0,24}",
+            upgrade in prop_oneof![Just("connect-listen"), Just("connect-accept"), Just("x"), Just("")],
+            protocol in prop_oneof![Just("connect-listen"), Just("connect-accept"), Just("")],
+        ) {
+            let data = format!("{method}\n{path}\n{upgrade}\nupgrade\ngw.example\n\n{protocol}\n{path}");
+            fuzz_reverse_setup(data.as_bytes());
         }
 
         #[test]

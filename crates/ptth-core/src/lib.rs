@@ -18,6 +18,11 @@
 //! - The RFC 8336 ORIGIN frame payload shared by HTTP/2 and HTTP/3 ([`OriginFrame`],
 //!   [`OriginEntry`]).
 //! - Routing scopes ([`Scope`], [`RequestTarget`]) and the connection [`Lifecycle`].
+//! - Reverse CONNECT (draft-rosomakho-masque-reverse-connect): RFC 9297 capsules
+//!   ([`CapsuleDecoder`], [`Capsule`], [`UdpProxyingPayload`]), the control capsules and
+//!   each end's channel state ([`ControlCapsule`], [`GatewayChannel`], [`OriginChannel`]),
+//!   the `connect-listen`/`connect-accept` templates ([`ReverseTemplate`]) and setup heads
+//!   ([`validate_listen_request`], [`validate_accept_request`], [`ReverseRejection`]).
 //!
 //! What it does **not** do: any I/O. No sockets, no TLS, no QUIC, no HTTP framing, no
 //! clock, no tasks. The protocol crates (`ptth-h1`, `ptth-h2`, `ptth-h3`) drive real

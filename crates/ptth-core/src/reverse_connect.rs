@@ -652,6 +652,9 @@ impl GatewayChannel {
     /// Handles one capsule from the origin. `Ok(None)`: nothing to do (unknown types are
     /// skipped). An error is the origin's: abort the channel (RFC 9297 §3.3).
     pub fn on_capsule(&mut self, capsule: &Capsule) -> Result<Option<GatewayEvent>, ChannelError> {
+        if capsule.kind == CapsuleType::CONNECTION_REQUEST {
+            return Err(ChannelError::WrongDirection(capsule.kind, Peer::Origin));
+        }
         let parsed = ControlCapsule::parse(capsule, self.max_services)
             .map_err(|e| ChannelError::Malformed(e, Peer::Origin))?;
         match parsed {
@@ -742,6 +745,11 @@ impl OriginChannel {
 
     /// Handles one capsule from the gateway. An error is the gateway's: abort the channel.
     pub fn on_capsule(&mut self, capsule: &Capsule) -> Result<Option<OriginEvent>, ChannelError> {
+        if capsule.kind == CapsuleType::AVAILABLE_SERVICES
+            || capsule.kind == CapsuleType::CONNECTION_REQUEST_DECLINED
+        {
+            return Err(ChannelError::WrongDirection(capsule.kind, Peer::Gateway));
+        }
         let parsed = ControlCapsule::parse(capsule, 0)
             .map_err(|e| ChannelError::Malformed(e, Peer::Gateway))?;
         match parsed {
@@ -1035,9 +1043,15 @@ mod tests {
         );
         let mut origin = OriginChannel::new(1);
         let err = origin
-            .on_capsule(&OriginChannel::advertise(&[]))
+            .on_capsule(&OriginChannel::advertise(&[Service::local(
+                IpProtocol::Tcp,
+                port(22),
+            )]))
             .unwrap_err();
-        assert!(err.is_peer_error());
+        assert_eq!(
+            err,
+            ChannelError::WrongDirection(CapsuleType::AVAILABLE_SERVICES, Peer::Gateway)
+        );
         let malformed = Capsule::new(CapsuleType::CONNECTION_REQUEST_DECLINED, Bytes::new());
         assert_eq!(
             gateway.on_capsule(&malformed).unwrap_err().to_string(),

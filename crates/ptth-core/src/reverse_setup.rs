@@ -15,7 +15,7 @@
 //! business; this module checks the heads.
 //!
 //! The gateway validators serve the default templates' paths
-//! ([`crate::reverse_template::LISTEN_PREFIX`], [`crate::reverse_template::ACCEPT_PREFIX`]).
+//! ([`crate::LISTEN_PREFIX`], [`crate::ACCEPT_PREFIX`]).
 //! Every refusal is a [`ReverseRejection`] whose status comes from one function,
 //! [`ReverseRejectionKind::status`].
 

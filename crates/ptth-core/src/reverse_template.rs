@@ -14,7 +14,7 @@
 //! in Section 3 of CONNECT-IP apply here", and for the accept template the same list): a
 //! level 3 template or lower; absolute with non-empty scheme, authority and a path starting
 //! with `/`; variables only in the path or query; ASCII 0x21–0x7E only; no `+`, `#`, `.`,
-//! `/` or `;` operators. The RFC 6570 parsing is [`crate::template`]'s.
+//! `/` or `;` operators. The RFC 6570 parsing is the PTTH template's (`template.rs`).
 
 use std::fmt;
 use std::net::IpAddr;

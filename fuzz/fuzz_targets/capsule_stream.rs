@@ -1,0 +1,4 @@
+//! RFC 9297 capsule streams: the bounded decoder, DATA/FINAL_DATA streaming and RFC 9298 UDP payloads.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| ptth_core::fuzz_harness::fuzz_capsules(data));
