@@ -12,11 +12,12 @@
 //! ```
 //!
 //! The decoder ([`CapsuleDecoder`]) holds no buffer of its own: it reads from the
-//! caller's [`BytesMut`] and consumes only what it returns. Every capsule it hands back
-//! whole is at most the caller's `max_len` bytes, checked from the header alone, so a peer
-//! cannot make the caller buffer more than that plus one header. `DATA` and `FINAL_DATA`
-//! (draft-ietf-httpbis-connect-tcp) are the exception: their payload is returned in
-//! chunks as it arrives, whatever the capsule's length, because the draft says
+//! caller's [`BytesMut`] and consumes only what it has decoded (a `DATA` or `FINAL_DATA`
+//! header as soon as it is whole; any other capsule when it returns it). Every capsule it
+//! hands back whole is at most the caller's `max_len` bytes, checked from the header
+//! alone, so a peer cannot make the caller buffer more than that plus one header. `DATA`
+//! and `FINAL_DATA` (draft-ietf-httpbis-connect-tcp) are the exception: their payload is
+//! returned in chunks as it arrives, whatever the capsule's length, because the draft says
 //! "Recipients SHOULD begin forwarding payload from a DATA or FINAL_DATA capsule without
 //! waiting to receive the entire capsule".
 //!
@@ -233,7 +234,9 @@ impl CapsuleDecoder {
         self.fin_seen
     }
 
-    /// Decodes the next item from the front of `buf`, consuming exactly what it returns.
+    /// Decodes the next item from the front of `buf`, consuming what it decodes (whole
+    /// capsules as it returns them; `DATA`/`FINAL_DATA` headers as soon as they are whole,
+    /// their payload as it returns it).
     /// `Ok(None)`: more bytes are needed (the buffer then holds less than one header plus
     /// `max_len` bytes of a capsule, or nothing of a streamed payload).
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, CapsuleError> {
