@@ -418,7 +418,7 @@ impl Cli {
             c.public_header_timeout = positive_secs(s, "--public-header-timeout")?;
         }
         c.trusted_proxies = crate::forwarding::TrustedProxies::parse(&self.trusted_proxies)
-            .map_err(|e| anyhow::anyhow!("--trusted-proxy (config key trusted-proxies): {e}"))?;
+            .map_err(|e| anyhow::anyhow!("--trusted-proxy (config key trusted-proxy): {e}"))?;
         if let Some(n) = self.queue_limit_per_host {
             c.queue_limit_per_host = n;
         }
@@ -1172,7 +1172,7 @@ public-header-timeout = 12.5
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--trusted-proxy (config key trusted-proxies)")
+            err.contains("--trusted-proxy (config key trusted-proxy)")
                 && err.contains("host bits")
                 && err.contains("10.0.0.0/8"),
             "{err}"
