@@ -140,6 +140,22 @@ async fn https_connection(
     Ok(send)
 }
 
+/// Whether a QUIC handshake for `host` with ALPN `h3` on the public HTTP/3 endpoint (the TLS
+/// listener's UDP port) verifies against the public CA alone.
+async fn h3_handshake(ca: &PublicCa, addr: SocketAddr, host: &str) -> Result<()> {
+    let mut tls = (*ca.client_config()).clone();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))?;
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let conn = tokio::time::timeout(Duration::from_secs(10), endpoint.connect(addr, host)?)
+        .await
+        .map_err(|_| anyhow!("QUIC handshake for {host} timed out"))??;
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+    Ok(())
+}
+
 async fn status_and_body(
     send: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
     host: &str,
@@ -225,6 +241,9 @@ origins = ["https://a.test", "https://b.test", "https://c.test"]
         refused.is_err(),
         "c.test verified before it had a certificate"
     );
+    // Public HTTP/3 picks by SNI the same way.
+    h3_handshake(&ca, gw.listen_tls, "b.test").await.unwrap();
+    assert!(h3_handshake(&ca, gw.listen_tls, "c.test").await.is_err());
 
     // Add c.test's certificate and change a setting that needs a restart; SIGHUP.
     ca.issue(&public, "c", "c.test");
@@ -238,6 +257,7 @@ origins = ["https://a.test", "https://b.test", "https://c.test"]
         .await
         .unwrap();
     assert_eq!(status_and_body(&mut c, "c.test").await.unwrap().0, 503);
+    h3_handshake(&ca, gw.listen_tls, "c.test").await.unwrap();
     // The connection opened before the reload still works.
     let (status, body) = status_and_body(&mut kept, "a.test").await.unwrap();
     assert_eq!((status, body.contains("host a.test")), (503, true));
