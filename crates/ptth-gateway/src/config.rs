@@ -332,11 +332,13 @@ impl Cli {
         }
         // Name a setting as the operator gave it: the key when a file is in use.
         let in_file = self.config.is_some();
-        let name = |flag: &str| {
+        // Keys `a` and `b` (flags --a, --b), or the flags alone without a file.
+        let name = |keys: &[&str], joint: &str| {
+            let flags: Vec<String> = keys.iter().map(|k| format!("--{k}")).collect();
             if in_file {
-                format!("{} (--{flag})", flag)
+                format!("{} ({})", keys.join(joint), flags.join(", "))
             } else {
-                format!("--{flag}")
+                flags.join(joint)
             }
         };
         let mut dev_files = None;
@@ -356,20 +358,18 @@ impl Cli {
         let mut missing = Vec::new();
         if self.listen.is_none() && self.listen_tls.is_none() {
             missing.push(format!(
-                "{} or {} (a public listener address)",
-                name("listen"),
-                name("listen-tls")
+                "{}: a public listener address",
+                name(&["listen", "listen-tls"], " or ")
             ));
         }
         if self.tunnel.is_none() {
-            missing.push(format!("{} (where origins connect)", name("tunnel")));
+            missing.push(format!("{}: where origins connect", name(&["tunnel"], "")));
         }
         if self.cert.is_none() || self.key.is_none() {
             missing.push(format!(
-                "{} and {} (or {} DIR to generate them)",
-                name("cert"),
-                name("key"),
-                name("dev")
+                "{}: the gateway's certificate, or {} DIR to generate one",
+                name(&["cert", "key"], " and "),
+                name(&["dev"], "")
             ));
         }
         let (Some(tunnel), Some(cert), Some(key), true) =
@@ -732,7 +732,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "missing settings: --listen or --listen-tls (a public listener address); --tunnel (where origins connect); --cert and --key (or --dev DIR to generate them)"
+            "missing settings: --listen or --listen-tls: a public listener address; --tunnel: where origins connect; --cert and --key: the gateway's certificate, or --dev DIR to generate one"
         );
         // A config file in use: named by key, with the flag.
         let dir = temp_dir("keys");
@@ -749,7 +749,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "missing settings: listen (--listen) or listen-tls (--listen-tls) (a public listener address)"
+            "missing settings: listen or listen-tls (--listen, --listen-tls): a public listener address"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -764,7 +764,7 @@ mod tests {
             .to_string();
         assert_eq!(
             err,
-            "missing settings: --listen or --listen-tls (a public listener address); --tunnel (where origins connect)"
+            "missing settings: --listen or --listen-tls: a public listener address; --tunnel: where origins connect"
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
