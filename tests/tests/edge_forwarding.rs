@@ -236,7 +236,7 @@ async fn a_bad_trusted_proxy_cidr_stops_the_gateway_at_start_naming_the_key() {
     let (ok, err) = gateway_exit(&args).await;
     assert!(!ok, "started with a bad CIDR: {err}");
     assert!(
-        err.contains("--trusted-proxy (config key trusted-proxies)")
+        err.contains("--trusted-proxy (config key trusted-proxy)")
             && err.contains("host bits")
             && err.contains("10.0.0.0/8"),
         "{err}"

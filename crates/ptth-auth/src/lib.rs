@@ -77,7 +77,7 @@ pub use policy::{
 };
 pub use proven::Proven;
 pub use tls::{
-    client_verifier, danger_accept_any_gateway, gateway_verifier, pinned_gateway_verifier,
-    GatewayPinMismatch, TlsError,
+    client_verifier, danger_accept_any_gateway, gateway_handshake_hint, gateway_verifier,
+    pinned_gateway_verifier, GatewayPinMismatch, TlsError,
 };
 pub use token::{BearerToken, TokenVerifier};

@@ -260,6 +260,20 @@ impl std::fmt::Debug for GatewayPinMismatch {
     }
 }
 
+/// What an origin should add to a failed TLS or QUIC handshake with the gateway, given the
+/// error's text (`{:#}`, which carries the certificate error's sentence): a pin mismatch
+/// ([`GatewayPinMismatch`]) is named as such, anything else points at the trust anchors.
+pub fn gateway_handshake_hint(error_text: &str) -> &'static str {
+    if error_text.contains(PIN_MISMATCH_SENTENCE) {
+        "pin mismatch: the gateway presented a key other than the one --gateway-pin names (its SPKI SHA-256 is in the error); pin the gateway's current key, see docs/troubleshooting.md"
+    } else {
+        "is the gateway's certificate trusted? see --ca"
+    }
+}
+
+/// The part of [`GatewayPinMismatch`]'s sentence [`gateway_handshake_hint`] looks for.
+const PIN_MISMATCH_SENTENCE: &str = "does not match --gateway-pin";
+
 /// The leaf's SubjectPublicKeyInfo must hash to `pin`. The handshake signature, which the
 /// verifiers check with this same leaf's key, then proves the gateway holds the pinned key.
 fn check_gateway_pin(end_entity: &CertificateDer<'_>, pin: [u8; 32]) -> Result<(), rustls::Error> {
@@ -563,5 +577,32 @@ mod tests {
             Ok(())
         );
         assert!(answer.verify(&challenge, &e2, &key.public_key()).is_err());
+    }
+}
+
+#[cfg(test)]
+mod hint_tests {
+    use super::*;
+
+    #[test]
+    fn a_pin_mismatch_is_named_and_other_failures_point_at_the_ca() {
+        let mismatch = rustls::Error::InvalidCertificate(CertificateError::Other(
+            rustls::OtherError(Arc::new(GatewayPinMismatch {
+                presented: "ab".repeat(32),
+                pinned: "cd".repeat(32),
+            })),
+        ));
+        // As the origin sees it: an I/O error from tokio-rustls around the rustls error.
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, mismatch);
+        let hint = gateway_handshake_hint(&format!("{io:#}"));
+        assert!(hint.starts_with("pin mismatch"), "{hint}");
+        let unknown = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer),
+        );
+        assert_eq!(
+            gateway_handshake_hint(&format!("{unknown:#}")),
+            "is the gateway's certificate trusted? see --ca"
+        );
     }
 }

@@ -7,8 +7,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Command-line flags. Every flag may also be set in the `--config` TOML file (same names,
-/// with `-` or `_`); flags given on the command line win.
+/// Command-line flags. Every flag may also be set in the `--config` TOML file under the
+/// flag's own name (`--trusted-proxy` is `trusted-proxy = [...]`; docs/configuration.md lists
+/// them all); flags given on the command line win. Relative paths in the file are relative to
+/// the file's directory.
 #[derive(Debug, Parser, Default, Deserialize)]
 #[command(
     name = "ptth-gateway",
@@ -17,30 +19,36 @@ use std::time::Duration;
 )]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Cli {
-    /// Public cleartext listener: HTTP/1.1 and HTTP/2 with prior knowledge (h2c).
+    /// Public cleartext listener: HTTP/1.1 and HTTP/2 with prior knowledge (h2c). At least
+    /// one of listen and listen-tls is required (default: none).
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Public TLS listener (ALPN h2, http/1.1), with the gateway certificate.
+    /// Public TLS listener (ALPN h2, http/1.1) and HTTP/3 on the same UDP port; certificates
+    /// per host from `[[certificate]]` tables, else the gateway certificate (default: none).
     #[arg(long)]
     pub listen_tls: Option<SocketAddr>,
-    /// Tunnel listener where origins connect (TLS; every TCP mechanism on one port).
+    /// Tunnel listener where origins connect (TLS; every TCP mechanism on one port; QUIC on
+    /// the same UDP port). Required.
     #[arg(long)]
     pub tunnel: Option<SocketAddr>,
-    /// The gateway's certificate chain (PEM).
+    /// The gateway's certificate chain (PEM): the tunnel's, and the public listeners' for
+    /// hosts no `[[certificate]]` covers. Required unless --dev.
     #[arg(long)]
     pub cert: Option<PathBuf>,
-    /// The gateway's private key (PEM).
+    /// The private key of --cert (PEM). Required unless --dev.
     #[arg(long)]
     pub key: Option<PathBuf>,
-    /// A bearer token origins may present (repeatable). Only its hash is kept in memory.
-    #[arg(long = "token", env = "PTTH_TOKEN")]
-    #[serde(default, alias = "token")]
+    /// A bearer token origins may present, for any host (repeatable). Only its hash is kept
+    /// in memory. Prefer a `[[grant]]` with `token-sha256`: a flag shows in `ps` (default:
+    /// none).
+    #[arg(long = "token", env = "PTTH_TOKEN", hide_env_values = true)]
+    #[serde(default, rename = "token", alias = "tokens")]
     pub tokens: Vec<String>,
     /// CA (PEM) whose client certificates origins may present (grants with `cert-san`,
-    /// `cert-subject`); h2-reverse needs client certificates.
+    /// `cert-subject`); h2-reverse needs client certificates (default: none).
     #[arg(long)]
     pub client_ca: Option<PathBuf>,
-    /// Also accept client certificates chaining to the WebPKI roots.
+    /// Also accept client certificates chaining to the WebPKI roots (default false).
     #[arg(long)]
     #[serde(default)]
     pub client_webpki: bool,
@@ -48,24 +56,28 @@ pub struct Cli {
     #[arg(skip)]
     #[serde(default, rename = "grant")]
     pub grants: Vec<ptth_auth::GrantSpec>,
+    /// Public certificates per host (`[[certificate]]` tables in the config file).
+    #[arg(skip)]
+    #[serde(default, rename = "certificate")]
+    pub certificates: Vec<crate::tls::CertificateSpec>,
     /// Generate (or reuse) dev credentials in DIR: a CA, a localhost certificate, an origin
-    /// client certificate and a token, and use them.
+    /// client certificate and a token, and use them (default: none; for development only).
     #[arg(long)]
     pub dev: Option<PathBuf>,
     /// Read settings from a TOML file.
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Requests that may wait for a busy origin at once.
+    /// Requests that may wait for a busy origin at once (default 1024).
     #[arg(long)]
     pub queue_limit: Option<usize>,
-    /// Seconds a request may wait for a busy origin before 503.
+    /// Seconds a request may wait for a busy origin before 503 (default 10).
     #[arg(long)]
     pub queue_timeout: Option<f64>,
-    /// Seconds an origin may take to send response headers before 504.
+    /// Seconds an origin may take to send response headers before 504 (default 60).
     #[arg(long)]
     pub request_timeout: Option<f64>,
-    /// Log format: human or json.
+    /// Log format: human or json (default human).
     #[arg(long)]
     pub log_format: Option<String>,
     /// Workers (default: one per CPU). Each is a thread with its own single-threaded
@@ -93,10 +105,10 @@ pub struct Cli {
     pub public_header_timeout: Option<f64>,
     /// A proxy in front of the gateway (CIDR, or one address) whose `X-Forwarded-For`,
     /// `Forwarded`, `X-Forwarded-Proto`, `X-Forwarded-Host` and `X-Real-IP` are kept and
-    /// appended to (repeatable; config key `trusted-proxies = ["10.0.0.0/8"]`). From any
+    /// appended to (repeatable; config key `trusted-proxy = ["10.0.0.0/8"]`). From any
     /// other peer those fields are replaced by what the gateway saw. Default: none.
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
-    #[serde(default)]
+    #[serde(default, rename = "trusted-proxy", alias = "trusted-proxies")]
     pub trusted_proxies: Vec<String>,
     /// Requests for one host that may wait for a busy origin at once (default 256), so one
     /// slow tenant cannot fill the whole `--queue-limit` queue.
@@ -111,13 +123,87 @@ pub struct Cli {
     #[arg(skip)]
     #[serde(skip)]
     file_merged: bool,
+    /// What the config file said, for warnings once logging is up and for SIGHUP.
+    #[arg(skip)]
+    #[serde(skip)]
+    file: Option<FileRead>,
+}
+
+/// Keys renamed to their flag's name; the old name still works, with a warning.
+const RENAMED_KEYS: &[(&str, &str)] = &[("tokens", "token"), ("trusted-proxies", "trusted-proxy")];
+
+/// Keys that are tables in the file (`[[grant]]`, `[[certificate]]`), not flags.
+const TABLE_KEYS: &[&str] = &["grant", "certificate"];
+
+/// Settings a SIGHUP cannot change: every key but the grants and the certificates.
+const RELOADED_KEYS: &[&str] = TABLE_KEYS;
+
+/// The config file as read: its settings (for SIGHUP to compare) and the deprecation notes.
+#[derive(Debug, Clone, Default)]
+pub struct FileRead {
+    /// The file's top-level settings, without the tables a SIGHUP reloads.
+    settings: toml::Table,
+    /// Renamed keys the file still uses.
+    notes: Vec<String>,
+}
+
+/// Reads and parses a gateway config file: the settings (line and column on errors), with
+/// relative paths made relative to the file's directory.
+fn read_file(path: &std::path::Path) -> Result<(Cli, FileRead)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut file: Cli =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    for p in [
+        &mut file.cert,
+        &mut file.key,
+        &mut file.client_ca,
+        &mut file.dev,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+    for c in &mut file.certificates {
+        c.rebase(base);
+    }
+    let mut settings: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let notes = RENAMED_KEYS
+        .iter()
+        .filter(|(old, _)| settings.contains_key(*old))
+        .map(|(old, new)| {
+            format!("{name}: key {old} is deprecated; call it {new} (the flag's name)")
+        })
+        .collect();
+    for (old, new) in RENAMED_KEYS {
+        if let Some(v) = settings.remove(*old) {
+            settings.insert((*new).to_string(), v);
+        }
+    }
+    for k in RELOADED_KEYS {
+        settings.remove(*k);
+    }
+    Ok((file, FileRead { settings, notes }))
 }
 
 /// The gateway's settled configuration.
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
-    /// Public cleartext listener.
-    pub listen: SocketAddr,
+    /// Public cleartext listener, if any (at least one public listener is configured).
+    pub listen: Option<SocketAddr>,
     /// Public TLS listener.
     pub listen_tls: Option<SocketAddr>,
     /// Tunnel listener.
@@ -163,12 +249,17 @@ pub struct GatewayConfig {
     /// Worker threads, each with its own runtime and listening sockets (`--threads`;
     /// default one per CPU).
     pub workers: usize,
+    /// Public certificates per host (`[[certificate]]`), reloaded on SIGHUP.
+    pub certificates: Vec<crate::tls::CertificateSpec>,
+    /// The config file's settings at start, so a SIGHUP can name those that changed but
+    /// need a restart.
+    pub file_settings: Option<toml::Table>,
 }
 
 impl GatewayConfig {
     /// A configuration with defaults around the required parts.
     pub fn new(
-        listen: SocketAddr,
+        listen: Option<SocketAddr>,
         tunnel: SocketAddr,
         cert: PathBuf,
         key: PathBuf,
@@ -197,6 +288,8 @@ impl GatewayConfig {
             queue_limit_per_host: 256,
             cleartext_https_fallback: true,
             workers: std::thread::available_parallelism().map_or(1, usize::from),
+            certificates: Vec::new(),
+            file_settings: None,
         }
     }
 }
@@ -224,17 +317,30 @@ impl Cli {
         }
         let mut this = self;
         if let Some(path) = this.config.clone() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let file: Cli =
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            let (file, read) = read_file(&path)?;
             this = this.or(file);
+            this.file = Some(read);
         }
         this.file_merged = true;
         Ok(this)
     }
 
     fn resolve_merged(mut self) -> Result<(GatewayConfig, Option<crate::dev::DevFiles>)> {
+        let file = self.file.take();
+        for note in file.iter().flat_map(|f| &f.notes) {
+            tracing::warn!("{note}");
+        }
+        // Name a setting as the operator gave it: the key when a file is in use.
+        let in_file = self.config.is_some();
+        // Keys `a` and `b` (flags --a, --b), or the flags alone without a file.
+        let name = |keys: &[&str], joint: &str| {
+            let flags: Vec<String> = keys.iter().map(|k| format!("--{k}")).collect();
+            if in_file {
+                format!("{} ({})", keys.join(joint), flags.join(", "))
+            } else {
+                flags.join(joint)
+            }
+        };
         let mut dev_files = None;
         let mut tokens = self.tokens.clone();
         let mut extra_grants = Vec::new();
@@ -248,15 +354,30 @@ impl Cli {
             extra_grants = crate::dev::grants(&files)?;
             dev_files = Some(files);
         }
-        let Some(listen) = self.listen else {
-            bail!("--listen is required (the public listener address)")
+        // Every missing setting at once, so a first run needs one correction, not three.
+        let mut missing = Vec::new();
+        if self.listen.is_none() && self.listen_tls.is_none() {
+            missing.push(format!(
+                "{}: a public listener address",
+                name(&["listen", "listen-tls"], " or ")
+            ));
+        }
+        if self.tunnel.is_none() {
+            missing.push(format!("{}: where origins connect", name(&["tunnel"], "")));
+        }
+        if self.cert.is_none() || self.key.is_none() {
+            missing.push(format!(
+                "{}: the gateway's certificate, or {} DIR to generate one",
+                name(&["cert", "key"], " and "),
+                name(&["dev"], "")
+            ));
+        }
+        let (Some(tunnel), Some(cert), Some(key), true) =
+            (self.tunnel, self.cert, self.key, missing.is_empty())
+        else {
+            bail!("missing settings: {}", missing.join("; "))
         };
-        let Some(tunnel) = self.tunnel else {
-            bail!("--tunnel is required (where origins connect)")
-        };
-        let (Some(cert), Some(key)) = (self.cert, self.key) else {
-            bail!("--cert and --key are required (or --dev DIR to generate them)")
-        };
+        let listen = self.listen;
         let tokens = tokens
             .into_iter()
             .map(|t| ptth_auth::BearerToken::new(t).map_err(|e| anyhow::anyhow!("--token: {e}")))
@@ -273,6 +394,8 @@ impl Cli {
         c.client_webpki = self.client_webpki;
         c.config_file = self.config;
         c.flag_grants = flag_grants;
+        c.certificates = self.certificates;
+        c.file_settings = file.map(|f| f.settings);
         if let Some(n) = self.queue_limit {
             c.queue_limit = n;
         }
@@ -295,7 +418,7 @@ impl Cli {
             c.public_header_timeout = positive_secs(s, "--public-header-timeout")?;
         }
         c.trusted_proxies = crate::forwarding::TrustedProxies::parse(&self.trusted_proxies)
-            .map_err(|e| anyhow::anyhow!("--trusted-proxy (config key trusted-proxies): {e}"))?;
+            .map_err(|e| anyhow::anyhow!("--trusted-proxy (config key trusted-proxy): {e}"))?;
         if let Some(n) = self.queue_limit_per_host {
             c.queue_limit_per_host = n;
         }
@@ -323,6 +446,7 @@ impl Cli {
             client_ca: self.client_ca.or(file.client_ca),
             client_webpki: self.client_webpki || file.client_webpki,
             grants: file.grants,
+            certificates: file.certificates,
             dev: self.dev.or(file.dev),
             config: self.config,
             queue_limit: self.queue_limit.or(file.queue_limit),
@@ -346,6 +470,7 @@ impl Cli {
                 .cleartext_https_fallback
                 .or(file.cleartext_https_fallback),
             file_merged: self.file_merged,
+            file: self.file,
         }
     }
 }
@@ -372,10 +497,7 @@ fn merge_grants(
 pub fn reload_grants(config: &GatewayConfig) -> Result<ptth_auth::Grants> {
     let mut all = config.flag_grants.clone();
     if let Some(path) = &config.config_file {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let file: Cli =
-            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let (file, _) = read_file(path)?;
         all.extend(
             ptth_auth::Grants::from_specs(file.grants)
                 .map_err(|e| anyhow::anyhow!("[[grant]]: {e}"))?
@@ -385,6 +507,92 @@ pub fn reload_grants(config: &GatewayConfig) -> Result<ptth_auth::Grants> {
         );
     }
     ptth_auth::Grants::new(all).map_err(|e| anyhow::anyhow!("grants: {e}"))
+}
+
+/// What a SIGHUP re-reads besides the grants: the public certificates, and the names of the
+/// settings that changed in the file but only take effect on a restart.
+#[derive(Debug)]
+pub struct Reread {
+    /// The `[[certificate]]` tables now in the file (the ones from start without a file).
+    pub certificates: Vec<crate::tls::CertificateSpec>,
+    /// Lines to log at warn: `listen changed in gateway.toml; restart to apply`.
+    pub restart_needed: Vec<String>,
+}
+
+/// Re-reads the config file (if any) for SIGHUP: see [`Reread`].
+pub fn reread(config: &GatewayConfig) -> Result<Reread> {
+    let Some(path) = &config.config_file else {
+        return Ok(Reread {
+            certificates: config.certificates.clone(),
+            restart_needed: Vec::new(),
+        });
+    };
+    let (file, read) = read_file(path)?;
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let before = config.file_settings.clone().unwrap_or_default();
+    let mut keys: Vec<&String> = before.keys().chain(read.settings.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let restart_needed = keys
+        .into_iter()
+        .filter(|k| before.get(*k) != read.settings.get(*k))
+        .map(|k| format!("{k} changed in {name}; restart to apply"))
+        .collect();
+    Ok(Reread {
+        certificates: file.certificates,
+        restart_needed,
+    })
+}
+
+/// Warnings about settings that start but cannot work as the operator meant: grants that
+/// authenticate by certificate with no CA to verify one, and granted `https` hosts the
+/// public TLS listener has no certificate for. Logged at start and after every reload.
+pub fn operator_warnings(
+    config: &GatewayConfig,
+    grants: &ptth_auth::Grants,
+    certs: &crate::tls::PublicCerts,
+) -> Vec<String> {
+    use ptth_auth::{Identity, OriginPattern};
+    let mut out = Vec::new();
+    let verifies_chains = config.client_ca.is_some() || config.client_webpki;
+    for g in grants.grants() {
+        let key = match &g.identity {
+            Identity::CertSan(_) => "cert-san",
+            Identity::CertSubject(_) => "cert-subject",
+            _ => continue,
+        };
+        if !verifies_chains {
+            out.push(format!(
+                "grant {:?} authenticates by client certificate ({key}) but no client-ca (--client-ca) or client-webpki is set, so no certificate can be verified and its origins will be refused; set client-ca to the CA that signs the origins' certificates",
+                g.name
+            ));
+        }
+    }
+    if config.listen_tls.is_some() {
+        let default_names = certs.default_names();
+        let mut seen = std::collections::BTreeSet::new();
+        for g in grants.grants() {
+            for pattern in &g.origins {
+                let host = match pattern {
+                    OriginPattern::Exact(o) if o.scheme() == "https" => o.host().to_string(),
+                    OriginPattern::Wildcard { scheme, parent, .. } if scheme == "https" => {
+                        format!("*.{parent}")
+                    }
+                    _ => continue,
+                };
+                if !certs.covers(&host, &default_names) && seen.insert(host.clone()) {
+                    out.push(format!(
+                        "granted host {host} (grant {:?}) has no public certificate: public TLS and HTTP/3 clients will get the default certificate and fail to verify it; add a [[certificate]] that covers it",
+                        g.name
+                    ));
+                }
+            }
+        }
+    }
+    out
 }
 
 fn secs(s: f64, flag: &str) -> Result<Duration> {
@@ -422,9 +630,368 @@ pub fn init_logging(format: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// The settings reference docs/configuration.md shows for this binary: one row per flag with
+/// its config key and help, read from the flag definitions, so the page cannot drift from
+/// the code (a unit test compares them).
+pub fn reference() -> String {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let mut out = String::from("| config key | flag | what it sets |\n|---|---|---|\n");
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if arg.is_hide_set() || matches!(long, "help" | "version") {
+            continue;
+        }
+        let key = if long == "config" {
+            "(none)".to_string()
+        } else {
+            format!("`{long}`")
+        };
+        let value = match arg.get_action() {
+            clap::ArgAction::Append => " …` (repeatable; a list in the file)",
+            a if a.takes_values() => " …`",
+            _ => "`",
+        };
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace('|', "\\|");
+        out.push_str(&format!("| {key} | `--{long}{value} | {help} |\n"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The generated part of docs/configuration.md for this binary: between these lines.
+    const DOC_START: &str = "<!-- generated: ptth-gateway settings (cargo test -p ptth-gateway reference; PTTH_BLESS_DOCS=1 rewrites) -->";
+    const DOC_END: &str = "<!-- end of generated ptth-gateway settings -->";
+
+    #[test]
+    fn the_configuration_page_lists_every_flag_as_the_code_defines_it() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let page = std::fs::read_to_string(&path).unwrap();
+        let start = page.find(DOC_START).expect("the start marker") + DOC_START.len();
+        let end = page.find(DOC_END).expect("the end marker");
+        let shown = page[start..end].trim();
+        let generated = reference();
+        if std::env::var_os("PTTH_BLESS_DOCS").is_some() {
+            let page = format!(
+                "{}\n\n{}\n{}",
+                &page[..start],
+                generated.trim(),
+                &page[end..]
+            );
+            std::fs::write(&path, page).unwrap();
+            return;
+        }
+        assert_eq!(
+            shown,
+            generated.trim(),
+            "docs/configuration.md is out of date: run PTTH_BLESS_DOCS=1 cargo test -p ptth-gateway reference"
+        );
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("ptth-gw-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn either_public_listener_alone_is_enough_and_none_is_named_by_key() {
+        let base = [
+            "ptth-gateway",
+            "--tunnel",
+            "127.0.0.1:2",
+            "--cert",
+            "c",
+            "--key",
+            "k",
+        ];
+        let mut tls_only = base.to_vec();
+        tls_only.extend(["--listen-tls", "127.0.0.1:3", "--token", "t0ken-tls-only"]);
+        let (c, _) = Cli::try_parse_from(tls_only).unwrap().resolve().unwrap();
+        assert_eq!(c.listen, None);
+        assert_eq!(c.listen_tls, Some("127.0.0.1:3".parse().unwrap()));
+
+        // Flags only: every missing one at once, as flags.
+        let err = Cli::try_parse_from(["ptth-gateway", "--token", "t0ken-missing"])
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "missing settings: --listen or --listen-tls: a public listener address; --tunnel: where origins connect; --cert and --key: the gateway's certificate, or --dev DIR to generate one"
+        );
+        // A config file in use: named by key, with the flag.
+        let dir = temp_dir("keys");
+        let file = dir.join("gateway.toml");
+        std::fs::write(
+            &file,
+            "tunnel = \"127.0.0.1:2\"\ncert = \"c\"\nkey = \"k\"\ntoken = [\"t0ken-in-file\"]\n",
+        )
+        .unwrap();
+        let err = Cli::try_parse_from(["ptth-gateway", "--config", file.to_str().unwrap()])
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "missing settings: listen or listen-tls (--listen, --listen-tls): a public listener address"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dev_mode_reports_every_missing_setting_at_once() {
+        let dir = temp_dir("dev-missing");
+        let err = Cli::try_parse_from(["ptth-gateway", "--dev", dir.to_str().unwrap()])
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "missing settings: --listen or --listen-tls: a public listener address; --tunnel: where origins connect"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn paths_in_a_file_are_relative_to_it_and_renamed_keys_still_work() {
+        let dir = temp_dir("relative");
+        let file = dir.join("gateway.toml");
+        std::fs::write(
+            &file,
+            r#"
+listen-tls = "127.0.0.1:0"
+tunnel = "127.0.0.1:0"
+cert = "tls/gateway.pem"
+key = "/abs/gateway.key"
+client-ca = "ca.pem"
+tokens = ["t0ken-old-key"]
+trusted-proxies = ["10.0.0.0/8"]
+
+[[certificate]]
+cert = "public/app.crt"
+key = "public/app.key"
+
+[[certificate]]
+dir = "public"
+"#,
+        )
+        .unwrap();
+        // Resolved from elsewhere: the working directory does not matter.
+        let cli = Cli::try_parse_from(["ptth-gateway", "--config", file.to_str().unwrap()])
+            .unwrap()
+            .merge_file()
+            .unwrap();
+        let notes = cli.file.as_ref().unwrap().notes.clone();
+        assert_eq!(
+            notes,
+            [
+                "gateway.toml: key tokens is deprecated; call it token (the flag's name)",
+                "gateway.toml: key trusted-proxies is deprecated; call it trusted-proxy (the flag's name)"
+            ]
+        );
+        let (c, _) = cli.resolve().unwrap();
+        assert_eq!(c.cert, dir.join("tls/gateway.pem"));
+        assert_eq!(c.key, PathBuf::from("/abs/gateway.key"));
+        assert_eq!(c.client_ca, Some(dir.join("ca.pem")));
+        assert_eq!(c.certificates[0].cert, Some(dir.join("public/app.crt")));
+        assert_eq!(c.certificates[1].dir, Some(dir.join("public")));
+        assert_eq!(c.grants.len(), 1, "the old key tokens still counts");
+        assert!(c.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_reread_names_the_settings_that_need_a_restart() {
+        let dir = temp_dir("reread");
+        let file = dir.join("gateway.toml");
+        let first = "listen = \"127.0.0.1:1\"\ntunnel = \"127.0.0.1:2\"\ncert = \"c\"\nkey = \"k\"\ntoken = [\"t0ken-reread\"]\n";
+        std::fs::write(&file, first).unwrap();
+        let (c, _) = Cli::try_parse_from(["ptth-gateway", "--config", file.to_str().unwrap()])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert!(reread(&c).unwrap().restart_needed.is_empty());
+        // Grants and certificates reload; listen and queue-limit do not.
+        std::fs::write(
+            &file,
+            format!("{}queue-limit = 5\n[[grant]]\nname = \"g\"\ntoken = \"t0ken-new-grant\"\norigins = [\"*\"]\n", first.replace("127.0.0.1:1", "127.0.0.1:9")),
+        )
+        .unwrap();
+        assert_eq!(
+            reread(&c).unwrap().restart_needed,
+            [
+                "listen changed in gateway.toml; restart to apply",
+                "queue-limit changed in gateway.toml; restart to apply"
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn certificate_grants_without_a_client_ca_and_uncovered_hosts_are_warned_about() {
+        let dir = temp_dir("warnings");
+        let dev = crate::dev::ensure(&dir.join("dev")).unwrap();
+        let file = dir.join("gateway.toml");
+        std::fs::write(
+            &file,
+            r#"
+listen-tls = "127.0.0.1:0"
+tunnel = "127.0.0.1:0"
+cert = "dev/gateway.pem"
+key = "dev/gateway.key"
+
+[[grant]]
+name = "by-cert"
+cert-san = "origin.internal"
+origins = ["https://app.localhost"]
+
+[[grant]]
+name = "by-token"
+token-sha256 = "0000000000000000000000000000000000000000000000000000000000000001"
+origins = ["https://app.example", "http://plain.example", "https://*.apps.example"]
+"#,
+        )
+        .unwrap();
+        let (c, _) = Cli::try_parse_from(["ptth-gateway", "--config", file.to_str().unwrap()])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        let certs = crate::tls::PublicCerts::load(&c.cert, &c.key, &c.certificates).unwrap();
+        let warnings = operator_warnings(&c, &c.grants, &certs);
+        assert_eq!(warnings.len(), 3, "{warnings:#?}");
+        assert!(
+            warnings[0].starts_with(
+                "grant \"by-cert\" authenticates by client certificate (cert-san) but no client-ca"
+            ),
+            "{}",
+            warnings[0]
+        );
+        // app.localhost is in the dev certificate (*.localhost); plain.example is http.
+        assert!(
+            warnings[1].starts_with(
+                "granted host app.example (grant \"by-token\") has no public certificate"
+            ),
+            "{}",
+            warnings[1]
+        );
+        assert!(
+            warnings[2].starts_with("granted host *.apps.example"),
+            "{}",
+            warnings[2]
+        );
+        let mut with_ca = c.clone();
+        with_ca.client_ca = Some(dev.ca.clone());
+        assert_eq!(operator_warnings(&with_ca, &c.grants, &certs).len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn the_contrib_example_parses_and_shows_every_key() {
+        use clap::CommandFactory;
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/gateway.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        read_file(&path).unwrap();
+        for arg in Cli::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if arg.is_hide_set() || matches!(long, "help" | "version" | "config") {
+                continue;
+            }
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start_matches("# ").starts_with(&format!("{long} ="))),
+                "contrib/gateway.toml does not show {long}"
+            );
+        }
+        let (c, _) = Cli::try_parse_from(["ptth-gateway", "--config", path.to_str().unwrap()])
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_eq!(c.grants.len(), 2);
+        assert_eq!(c.certificates.len(), 2);
+        assert_eq!(c.listen, None, "the example is TLS-only");
+    }
+
+    #[test]
+    fn help_shows_every_default() {
+        use clap::CommandFactory;
+        for arg in Cli::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if arg.is_hide_set() || matches!(long, "help" | "version" | "config") {
+                continue;
+            }
+            let help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(|h| h.to_string().to_lowercase())
+                .unwrap_or_default();
+            assert!(
+                help.contains("default") || help.contains("required"),
+                "--{long}'s help says neither its default nor that it is required: {help}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_flag_is_a_config_key_and_every_key_a_flag() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let flags: Vec<String> = command
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .filter(|l| !matches!(l.as_str(), "help" | "version" | "config"))
+            .collect();
+        for flag in &flags {
+            // A value of the wrong type is an error too, but never "unknown field".
+            let err = toml::from_str::<Cli>(&format!("{flag} = 0\n"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                !err.contains("unknown field"),
+                "--{flag} has no config key {flag}: {err}"
+            );
+        }
+        // serde lists the keys it knows in its unknown-field error.
+        let err = toml::from_str::<Cli>("no-such-key = 0\n")
+            .unwrap_err()
+            .to_string();
+        let known = err.split("expected one of").nth(1).expect("the key list");
+        let keys: Vec<&str> = known
+            .split(',')
+            .map(|k| k.trim().trim_matches('`'))
+            .map(|k| k.trim_end_matches('`'))
+            .filter(|k| !k.is_empty())
+            .map(|k| k.split('`').next().unwrap_or(k))
+            .collect();
+        for key in keys {
+            if TABLE_KEYS.contains(&key) || RENAMED_KEYS.iter().any(|(old, _)| *old == key) {
+                continue;
+            }
+            assert!(
+                flags.iter().any(|f| f == key),
+                "config key {key} has no flag --{key}"
+            );
+        }
+    }
 
     #[test]
     fn the_config_file_sets_what_flags_do_and_flags_win() {
@@ -465,7 +1032,11 @@ public-header-timeout = 12.5
         );
         let (c, dev) = cli.resolve().unwrap();
         assert!(dev.is_none());
-        assert_eq!(c.listen, "127.0.0.1:9090".parse().unwrap(), "the flag wins");
+        assert_eq!(
+            c.listen,
+            Some("127.0.0.1:9090".parse().unwrap()),
+            "the flag wins"
+        );
         assert_eq!(c.tunnel, "127.0.0.1:4443".parse().unwrap());
         assert_eq!(c.queue_limit, 7);
         assert_eq!(c.workers, 3, "threads = 3 means three workers");
@@ -601,7 +1172,7 @@ public-header-timeout = 12.5
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("--trusted-proxy (config key trusted-proxies)")
+            err.contains("--trusted-proxy (config key trusted-proxy)")
                 && err.contains("host bits")
                 && err.contains("10.0.0.0/8"),
             "{err}"

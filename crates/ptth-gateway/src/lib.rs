@@ -45,8 +45,8 @@ use tokio_rustls::TlsAcceptor;
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
-    /// Where public cleartext clients connect.
-    pub listen: SocketAddr,
+    /// Where public cleartext clients connect, if enabled.
+    pub listen: Option<SocketAddr>,
     /// Where public TLS clients connect, if enabled.
     pub listen_tls: Option<SocketAddr>,
     /// Where origins connect.
@@ -60,6 +60,8 @@ pub struct Gateway {
     ctx: Arc<admission::TunnelContext>,
     /// The QUIC tunnel endpoint, whose server config a reload replaces.
     tunnel_quic_endpoint: quinn::Endpoint,
+    /// The public listeners' certificates by SNI, which a reload replaces.
+    public_certs: Arc<tls::PublicResolver>,
     config: GatewayConfig,
     /// Last, so the registry and the endpoint above are dropped after the workers stopped.
     workers: workers::Workers,
@@ -70,9 +72,17 @@ impl Gateway {
     pub async fn start(config: &GatewayConfig) -> Result<Self> {
         let certs = tls::load_certs(&config.cert)?;
         let key = tls::load_key(&config.key)?;
+        let public_certs = tls::PublicResolver::new(tls::PublicCerts::load(
+            &config.cert,
+            &config.key,
+            &config.certificates,
+        )?);
+        for warning in config::operator_warnings(config, &config.grants, &public_certs.current()) {
+            tracing::warn!("{warning}");
+        }
         let tunnel_tls = tls::tunnel_config(
-            certs.clone(),
-            key.clone_key(),
+            certs,
+            key,
             config.client_ca.as_deref(),
             config.client_webpki,
             &config.grants,
@@ -110,11 +120,17 @@ impl Gateway {
         let tunnel_ls = workers
             .listen_each(config.tunnel)
             .with_context(|| format!("binding the tunnel listener on {}", config.tunnel))?;
-        let public_ls = workers
-            .listen_each(config.listen)
-            .with_context(|| format!("binding the public listener on {}", config.listen))?;
+        let public_ls = match config.listen {
+            Some(addr) => workers
+                .listen_each(addr)
+                .with_context(|| format!("binding the public listener on {addr}"))?,
+            None => Vec::new(),
+        };
         let tunnel = first_addr(&tunnel_ls)?;
-        let listen = first_addr(&public_ls)?;
+        let listen = match config.listen {
+            Some(_) => Some(first_addr(&public_ls)?),
+            None => None,
+        };
         // The QUIC tunnel shares the TCP tunnel's port number, so origins dial one address
         // whatever their mechanism's transport. One endpoint, its socket read on the first
         // worker: a UDP port split by SO_REUSEPORT loses a connection whose address changes
@@ -151,12 +167,7 @@ impl Gateway {
             let h3_home = workers.handle(workers.len() - 1);
             let h3 = {
                 let _on_worker = h3_home.enter();
-                public_h3::endpoint(
-                    certs.clone(),
-                    key.clone_key(),
-                    tls_addr,
-                    config.public_header_timeout,
-                )?
+                public_h3::endpoint(public_certs.clone(), tls_addr, config.public_header_timeout)?
             };
             listen_h3 = Some(h3.local_addr()?);
             alt_svc = public_h3::alt_svc(tls_addr.port());
@@ -166,7 +177,7 @@ impl Gateway {
                 config.public_header_timeout,
                 workers.round_robin(),
             ));
-            let acceptor = TlsAcceptor::from(Arc::new(tls::public_config(certs, key)?));
+            let acceptor = TlsAcceptor::from(Arc::new(tls::public_config(public_certs.clone())?));
             for (k, l) in tls_ls.into_iter().enumerate() {
                 workers.handle(k).spawn(public::serve(
                     l,
@@ -186,7 +197,13 @@ impl Gateway {
                 config.public_header_timeout,
             ));
         }
-        tracing::info!(%listen, ?listen_tls, ?listen_h3, %tunnel, "gateway listening");
+        tracing::info!(
+            listen = %display_or_none(listen),
+            listen_tls = %display_or_none(listen_tls),
+            listen_h3 = %display_or_none(listen_h3),
+            %tunnel,
+            "gateway listening"
+        );
         Ok(Self {
             listen,
             listen_tls,
@@ -196,6 +213,7 @@ impl Gateway {
             registry,
             ctx,
             tunnel_quic_endpoint: tunnel_quic_ep,
+            public_certs,
             config: config.clone(),
             workers,
         })
@@ -208,7 +226,14 @@ impl Gateway {
     /// whose grants no longer cover their scopes are drained: no new requests, requests in
     /// flight finish (30 s at most), then the connection closes. Healthy connections are
     /// untouched, whatever their grants are called now. Returns how many drained.
+    ///
+    /// The public certificates (`cert`/`key` and `[[certificate]]`) are re-read too: new
+    /// handshakes get the new ones, established connections keep theirs. Settings of the
+    /// config file that changed but only apply on a restart are logged by name.
     pub fn reload(&self, grants: ptth_auth::Grants) -> Result<usize> {
+        let reread = config::reread(&self.config)?;
+        let public_certs =
+            tls::PublicCerts::load(&self.config.cert, &self.config.key, &reread.certificates)?;
         let certs = tls::load_certs(&self.config.cert)?;
         let key = tls::load_key(&self.config.key)?;
         let tunnel_tls = tls::tunnel_config(
@@ -226,6 +251,13 @@ impl Gateway {
             .set_server_config(Some(quic_config));
         *self.ctx.tls.write().unwrap_or_else(|e| e.into_inner()) = tunnel_tls;
         *self.ctx.grants.write().unwrap_or_else(|e| e.into_inner()) = grants.clone();
+        for warning in config::operator_warnings(&self.config, &grants, &public_certs) {
+            tracing::warn!("{warning}");
+        }
+        self.public_certs.replace(public_certs);
+        for line in &reread.restart_needed {
+            tracing::warn!("{line}");
+        }
         // Every connection registered from here on was checked against the new grants
         // (`admission::register`); every one registered before is in this snapshot.
         let revoked: std::collections::HashMap<u64, (Arc<OriginConn>, credential::Revoked)> = self
@@ -284,6 +316,11 @@ impl Drop for Gateway {
     }
 }
 
+/// An optional address for the log: the address, or `none`.
+fn display_or_none(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "none".to_string(), |a| a.to_string())
+}
+
 /// The address the listeners of one [`workers::Workers::listen_each`] share.
 fn first_addr(listeners: &[tokio::net::TcpListener]) -> Result<SocketAddr> {
     let first = listeners.first().context("no listening socket was bound")?;
@@ -338,14 +375,14 @@ mod tests {
         // Enough connections that both workers' sockets get some (the kernel spreads them
         // by source port); a socket nobody served would leave its connections unanswered.
         for _ in 0..32 {
-            let line = status_line(gateway.listen).await;
+            let line = status_line(gateway.listen.unwrap()).await;
             assert!(line.starts_with("HTTP/1.1 50"), "{line}");
         }
         // A reload spawns its drains on a worker: none here, and it still works.
         assert_eq!(gateway.reload(config.grants.clone()).unwrap(), 0);
         let (listen, tunnel, tls) = (gateway.listen, gateway.tunnel, gateway.listen_tls);
         drop(gateway);
-        for addr in [Some(listen), Some(tunnel), tls].into_iter().flatten() {
+        for addr in [listen, Some(tunnel), tls].into_iter().flatten() {
             assert!(
                 tokio::net::TcpStream::connect(addr).await.is_err(),
                 "{addr} still listens after the gateway was dropped"

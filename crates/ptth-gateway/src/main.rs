@@ -32,7 +32,9 @@ async fn serve(
         );
     }
     // Print the bound addresses on stdout, machine-readable, for scripts and tests.
-    println!("listen={}", gateway.listen);
+    if let Some(a) = gateway.listen {
+        println!("listen={a}");
+    }
     if let Some(a) = gateway.listen_tls {
         println!("listen-tls={a}");
     }

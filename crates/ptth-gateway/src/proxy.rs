@@ -131,7 +131,7 @@ impl Proxy {
                     )
                 }
                 Err(RouteError::NoOrigin) => {
-                    return unavailable("no origin is connected for this host and path", 5)
+                    return unavailable(&crate::message::no_origin_reason(target.host()), 5)
                 }
                 Err(RouteError::QueueFull) => {
                     return unavailable(
@@ -200,10 +200,7 @@ impl Proxy {
                 }
                 Ok(Err(SendError::Failed(e))) => {
                     tracing::warn!(conn = id, error = %e, "origin failed the request");
-                    return error(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("the origin failed the request: {e}"),
-                    );
+                    return crate::message::bad_gateway("the origin failed the request", &e);
                 }
             }
         };

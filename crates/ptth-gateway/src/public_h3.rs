@@ -9,7 +9,6 @@ use anyhow::{Context, Result};
 use http::{Method, StatusCode};
 use ptth_h3::transport::MAX_BIDI_STREAMS;
 use ptth_h3::{H3Config, H3Connection, RequestDirection};
-use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,12 +40,11 @@ fn public_transport_config(header_timeout: Duration) -> quinn::TransportConfig {
 
 /// Binds the public HTTP/3 endpoint on `addr` (UDP), ALPN `h3`.
 pub(crate) fn endpoint(
-    certs: Vec<CertificateDer<'static>>,
-    key: rustls::pki_types::PrivateKeyDer<'static>,
+    certs: Arc<crate::tls::PublicResolver>,
     addr: SocketAddr,
     header_timeout: Duration,
 ) -> Result<quinn::Endpoint> {
-    let mut config = crate::tls::public_config(certs, key)?;
+    let mut config = crate::tls::public_config(certs)?;
     config.alpn_protocols = vec![b"h3".to_vec()];
     config.max_early_data_size = 0;
     let what = "public HTTP/3 endpoint";

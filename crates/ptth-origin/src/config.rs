@@ -7,8 +7,10 @@ use serde::Deserialize;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Command-line flags. Every flag may also be set in the `--config` TOML file; flags given on
-/// the command line win.
+/// Command-line flags. Every flag may also be set in the `--config` TOML file under the
+/// flag's own name (`--host` is `host = [...]`; docs/configuration.md lists them all); flags
+/// given on the command line win. Relative paths in the file are relative to the file's
+/// directory.
 #[derive(Debug, Parser, Default, Deserialize)]
 #[command(
     name = "ptth-origin",
@@ -17,81 +19,89 @@ use std::time::Duration;
 )]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Cli {
-    /// The gateway's tunnel URL, e.g. https://gateway.example:4443
+    /// The gateway's tunnel URL, e.g. https://gateway.example:4443 (required).
     #[arg(long)]
     pub gateway: Option<String>,
     /// Mechanism. Over TLS/TCP: rh1, rh2 (Potato), upgrade-h1, upgrade-h2 (PTTH Upgrade),
     /// connect-h2 (PTTH -01 extended CONNECT), h2-reverse (draft-bt), ptth10 (legacy
     /// PTTH/1.0). Over QUIC: rh3 (Potato), h3-reverse (draft-bt), options-h3 (PTTH -00
-    /// OPTIONS), connect-h3 (PTTH -01 extended CONNECT over HTTP/3).
+    /// OPTIONS), connect-h3 (PTTH -01 extended CONNECT over HTTP/3). Required.
     #[arg(long)]
     pub mechanism: Option<String>,
     /// Host name this origin serves (repeatable), optionally with :port; https unless given
-    /// as an origin (`http://host[:port]`).
+    /// as an origin (`http://host[:port]`). Required.
     #[arg(long = "host")]
-    #[serde(default)]
+    #[serde(default, rename = "host", alias = "hosts")]
     pub hosts: Vec<String>,
     /// Path prefix this origin serves (repeatable; default /).
     #[arg(long = "path")]
-    #[serde(default)]
+    #[serde(default, rename = "path", alias = "paths")]
     pub paths: Vec<String>,
-    /// Forward every request to this local HTTP service (proxy mode).
+    /// Forward every request to this local HTTP service (proxy mode). This or --hello is
+    /// required.
     #[arg(long, conflicts_with = "hello")]
     pub upstream: Option<String>,
-    /// Serve the built-in demo service.
+    /// Serve the built-in demo service (default false).
     #[arg(long)]
     #[serde(default)]
     pub hello: bool,
-    /// Bearer token presented to the gateway.
-    #[arg(long, env = "PTTH_TOKEN")]
+    /// Bearer token presented to the gateway (prefer --token-file or PTTH_TOKEN: a flag
+    /// shows in `ps`; default: none).
+    #[arg(long, env = "PTTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Read the token from a file (e.g. the gateway's dev DIR/token).
+    /// Read the token from a file (e.g. the gateway's dev DIR/token; default: none).
     #[arg(long)]
     pub token_file: Option<PathBuf>,
     /// HTTP Basic (RFC 7617) user name presented to the gateway instead of a token; needs
-    /// --basic-password-file or --basic-password.
+    /// --basic-password-file or --basic-password (default: none).
     #[arg(long)]
     pub basic_user: Option<String>,
-    /// The HTTP Basic password (prefer --basic-password-file: a flag shows in `ps`).
+    /// The HTTP Basic password (prefer --basic-password-file: a flag shows in `ps`; default:
+    /// none).
     #[arg(long, env = "PTTH_BASIC_PASSWORD", hide_env_values = true)]
     pub basic_password: Option<String>,
-    /// Read the HTTP Basic password from a file (trailing CR/LF removed).
+    /// Read the HTTP Basic password from a file (trailing CR/LF removed; default: none).
     #[arg(long)]
     pub basic_password_file: Option<PathBuf>,
-    /// Ed25519 key (PKCS#8 PEM) that signs the gateway's challenge on ALPN-only mechanisms.
+    /// Ed25519 key (PKCS#8 PEM) that signs the gateway's challenge on ALPN-only mechanisms
+    /// (default: none).
     #[arg(long)]
     pub signing_key: Option<PathBuf>,
-    /// The id the gateway's grant knows the signing key by.
+    /// The id the gateway's grant knows the signing key by (default origin).
     #[arg(long)]
     pub key_id: Option<String>,
-    /// CA certificate (PEM) that signs the gateway's certificate; WebPKI roots otherwise.
+    /// CA certificate (PEM) that signs the gateway's certificate (default: the WebPKI
+    /// roots).
     #[arg(long)]
     pub ca: Option<PathBuf>,
     /// Also require the gateway certificate's SPKI SHA-256 (hex) to be this. Always
-    /// enforced, with --danger-accept-any-gateway too.
+    /// enforced, with --danger-accept-any-gateway too (default: none).
     #[arg(long)]
     pub gateway_pin: Option<String>,
     /// Do not verify the gateway's certificate chain, name or dates. Dangerous without
-    /// --gateway-pin (which still holds): logged at start and on every connection.
+    /// --gateway-pin (which still holds): logged at start and on every connection (default
+    /// false).
     #[arg(long)]
     #[serde(default)]
     pub danger_accept_any_gateway: bool,
-    /// Client certificate chain (PEM) presented to the gateway (required by h2-reverse).
+    /// Client certificate chain (PEM) presented to the gateway (required by h2-reverse;
+    /// default: none).
     #[arg(long)]
     pub cert: Option<PathBuf>,
-    /// Private key of --cert.
+    /// Private key of --cert (default: none).
     #[arg(long)]
     pub key: Option<PathBuf>,
-    /// Reversed connections kept open.
+    /// Reversed connections kept open (default 1).
     #[arg(long)]
     pub connections: Option<usize>,
-    /// Potato ALPN token set: potato-00 (rh*), potato-01 (ph*), potato-02 (UTF-8 tokens).
+    /// Potato ALPN token set: potato-00 (rh*), potato-01 (ph*), potato-02 (UTF-8 tokens)
+    /// (default potato-00).
     #[arg(long)]
     pub alpn_set: Option<String>,
-    /// SETTINGS_MAX_CONCURRENT_STREAMS on reversed HTTP/2.
+    /// SETTINGS_MAX_CONCURRENT_STREAMS on reversed HTTP/2 (default 256).
     #[arg(long)]
     pub max_concurrent_streams: Option<u32>,
-    /// Seconds requests in flight may run after SIGTERM or Ctrl-C.
+    /// Seconds requests in flight may run after SIGTERM or Ctrl-C (default 30).
     #[arg(long)]
     pub shutdown_grace: Option<f64>,
     /// For tests only (hidden): send these entries in the draft-bt ORIGIN frame instead
@@ -103,7 +113,7 @@ pub struct Cli {
     #[arg(long)]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Log format: human or json.
+    /// Log format: human or json (default human).
     #[arg(long)]
     pub log_format: Option<String>,
     /// Worker threads of the binary's runtime (default: one per CPU). On a machine whose
@@ -115,6 +125,60 @@ pub struct Cli {
     #[arg(skip)]
     #[serde(skip)]
     file_merged: bool,
+    /// Renamed keys the config file still uses, warned about once logging is up.
+    #[arg(skip)]
+    #[serde(skip)]
+    notes: Vec<String>,
+}
+
+/// Keys that are tables in the file, not flags.
+#[cfg(test)]
+const TABLE_KEYS: &[&str] = &[];
+
+/// Keys renamed to their flag's name; the old name still works, with a warning.
+const RENAMED_KEYS: &[(&str, &str)] = &[("hosts", "host"), ("paths", "path")];
+
+/// Reads and parses an origin config file (line and column on errors), with relative paths
+/// made relative to the file's directory; also returns notes on renamed keys it uses.
+fn read_file(path: &std::path::Path) -> Result<(Cli, Vec<String>)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut file: Cli =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let base = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    for p in [
+        &mut file.token_file,
+        &mut file.basic_password_file,
+        &mut file.signing_key,
+        &mut file.ca,
+        &mut file.cert,
+        &mut file.key,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if p.is_relative() {
+            *p = base.join(&*p);
+        }
+    }
+    let table: toml::Table = text
+        .parse()
+        .with_context(|| format!("parsing {}", path.display()))?;
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let notes = RENAMED_KEYS
+        .iter()
+        .filter(|(old, _)| table.contains_key(*old))
+        .map(|(old, new)| {
+            format!("{name}: key {old} is deprecated; call it {new} (the flag's name)")
+        })
+        .collect();
+    Ok((file, notes))
 }
 
 /// What the origin serves.
@@ -139,11 +203,9 @@ impl Cli {
         }
         let mut this = self;
         if let Some(path) = this.config.clone() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let file: Cli =
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+            let (file, notes) = read_file(&path)?;
             this = this.or(file);
+            this.notes = notes;
         }
         this.file_merged = true;
         Ok(this)
@@ -159,6 +221,9 @@ impl Cli {
     }
 
     fn resolve_merged(self) -> Result<(OriginConfig, Serve)> {
+        for note in &self.notes {
+            tracing::warn!("{note}");
+        }
         let gateway = self
             .gateway
             .ok_or_else(|| anyhow!("--gateway URL is required"))?
@@ -299,6 +364,7 @@ impl Cli {
             log_format: self.log_format.or(f.log_format),
             threads: self.threads.or(f.threads),
             file_merged: self.file_merged,
+            notes: self.notes,
         }
     }
 }
@@ -383,9 +449,159 @@ pub fn init_logging(format: Option<&str>) -> Result<()> {
     Ok(())
 }
 
+/// The settings reference docs/configuration.md shows for this binary: one row per flag with
+/// its config key and help, read from the flag definitions, so the page cannot drift from
+/// the code (a unit test compares them).
+pub fn reference() -> String {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let mut out = String::from("| config key | flag | what it sets |\n|---|---|---|\n");
+    for arg in command.get_arguments() {
+        let Some(long) = arg.get_long() else { continue };
+        if arg.is_hide_set() || matches!(long, "help" | "version") {
+            continue;
+        }
+        let key = if long == "config" {
+            "(none)".to_string()
+        } else {
+            format!("`{long}`")
+        };
+        let value = match arg.get_action() {
+            clap::ArgAction::Append => " …` (repeatable; a list in the file)",
+            a if a.takes_values() => " …`",
+            _ => "`",
+        };
+        let help = arg
+            .get_long_help()
+            .or(arg.get_help())
+            .map(|h| h.to_string())
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .replace('|', "\\|");
+        out.push_str(&format!("| {key} | `--{long}{value} | {help} |\n"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The generated part of docs/configuration.md for this binary: between these lines.
+    const DOC_START: &str = "<!-- generated: ptth-origin settings (cargo test -p ptth-origin reference; PTTH_BLESS_DOCS=1 rewrites) -->";
+    const DOC_END: &str = "<!-- end of generated ptth-origin settings -->";
+
+    #[test]
+    fn the_configuration_page_lists_every_flag_as_the_code_defines_it() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/configuration.md");
+        let page = std::fs::read_to_string(&path).unwrap();
+        let start = page.find(DOC_START).expect("the start marker") + DOC_START.len();
+        let end = page.find(DOC_END).expect("the end marker");
+        let shown = page[start..end].trim();
+        let generated = reference();
+        if std::env::var_os("PTTH_BLESS_DOCS").is_some() {
+            let page = format!(
+                "{}\n\n{}\n{}",
+                &page[..start],
+                generated.trim(),
+                &page[end..]
+            );
+            std::fs::write(&path, page).unwrap();
+            return;
+        }
+        assert_eq!(
+            shown,
+            generated.trim(),
+            "docs/configuration.md is out of date: run PTTH_BLESS_DOCS=1 cargo test -p ptth-origin reference"
+        );
+    }
+
+    #[test]
+    fn the_contrib_example_parses_and_shows_every_key() {
+        use clap::CommandFactory;
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../contrib/origin.toml");
+        let text = std::fs::read_to_string(&path).unwrap();
+        read_file(&path).unwrap();
+        for arg in Cli::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if arg.is_hide_set() || matches!(long, "help" | "version" | "config") {
+                continue;
+            }
+            assert!(
+                text.lines()
+                    .any(|l| l.trim_start_matches("# ").starts_with(&format!("{long} ="))),
+                "contrib/origin.toml does not show {long}"
+            );
+        }
+    }
+
+    #[test]
+    fn help_shows_every_default() {
+        use clap::CommandFactory;
+        for arg in Cli::command().get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if arg.is_hide_set() || matches!(long, "help" | "version" | "config") {
+                continue;
+            }
+            let help = arg
+                .get_long_help()
+                .or(arg.get_help())
+                .map(|h| h.to_string().to_lowercase())
+                .unwrap_or_default();
+            assert!(
+                help.contains("default") || help.contains("required"),
+                "--{long}'s help says neither its default nor that it is required: {help}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_flag_is_a_config_key_and_every_key_a_flag() {
+        use clap::CommandFactory;
+        let command = Cli::command();
+        let flags: Vec<String> = command
+            .get_arguments()
+            .filter(|a| !a.is_hide_set())
+            .filter_map(|a| a.get_long().map(str::to_string))
+            .filter(|l| !matches!(l.as_str(), "help" | "version" | "config"))
+            .collect();
+        for flag in &flags {
+            // A value of the wrong type is an error too, but never "unknown field".
+            let err = toml::from_str::<Cli>(&format!("{flag} = 0\n"))
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default();
+            assert!(
+                !err.contains("unknown field"),
+                "--{flag} has no config key {flag}: {err}"
+            );
+        }
+        // serde lists the keys it knows in its unknown-field error.
+        let err = toml::from_str::<Cli>("no-such-key = 0\n")
+            .unwrap_err()
+            .to_string();
+        let known = err.split("expected one of").nth(1).expect("the key list");
+        let keys: Vec<&str> = known
+            .split(',')
+            .map(|k| k.trim().trim_matches('`'))
+            .map(|k| k.trim_end_matches('`'))
+            .filter(|k| !k.is_empty())
+            .map(|k| k.split('`').next().unwrap_or(k))
+            .collect();
+        for key in keys {
+            if TABLE_KEYS.contains(&key) || RENAMED_KEYS.iter().any(|(old, _)| *old == key) {
+                continue;
+            }
+            assert!(
+                flags.iter().any(|f| f == key),
+                "config key {key} has no flag --{key}"
+            );
+        }
+    }
 
     fn dir(name: &str) -> PathBuf {
         let d =

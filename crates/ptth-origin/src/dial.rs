@@ -108,7 +108,10 @@ impl Dialer {
         )
         .await
         .map_err(|_| anyhow!("TLS handshake with the gateway timed out"))?
-        .context("TLS handshake with the gateway (is its certificate trusted? see --ca)")
+        .map_err(|e| {
+            let hint = ptth_auth::gateway_handshake_hint(&format!("{e:#}"));
+            anyhow::Error::new(e).context(format!("TLS handshake with the gateway ({hint})"))
+        })
     }
 
     async fn connect_and_serve(

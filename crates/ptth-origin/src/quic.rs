@@ -48,9 +48,8 @@ async fn dial(dialer: &Dialer) -> Result<quinn::Connection> {
         match tokio::time::timeout(Duration::from_secs(5), connecting).await {
             Ok(Ok(c)) => return Ok(c),
             Ok(Err(e)) => {
-                last = anyhow!(
-                "QUIC handshake with {addr}: {e} (is the gateway's certificate trusted? see --ca)"
-            )
+                let hint = ptth_auth::gateway_handshake_hint(&e.to_string());
+                last = anyhow!("QUIC handshake with {addr}: {e} ({hint})")
             }
             Err(_) => last = anyhow!("QUIC handshake with {addr} timed out"),
         }
