@@ -814,8 +814,39 @@ mod tests {
             req.headers().clone(),
             req.extensions()
                 .get::<hyper::ext::Protocol>()
-                .map(|p| p.as_str().to_owned()),
+                .map(|p| p.as_str().to_owned())
+                .or_else(|| {
+                    req.extensions()
+                        .get::<ptth_h3::Protocol>()
+                        .map(|p| format!("h3:{}", p.0))
+                }),
         )
+    }
+
+    /// RFC 9220 §3: towards reversed HTTP/3 the handshake is an extended CONNECT carried as
+    /// ptth-h3's `:protocol`; from an HTTP/3 public request back to HTTP/1.1 it is an
+    /// `Upgrade` again, with the key the gateway generated.
+    #[test]
+    fn a_websocket_towards_http3_is_an_rfc9220_extended_connect() {
+        let ws = WebSocket {
+            key: Some(HeaderValue::from_static(KEY)),
+            public: PublicForm::ExtendedConnect,
+        };
+        let h3 = shaped(
+            from_h1("/chat", "app.example"),
+            Form::Pseudo(Version::HTTP_3),
+            Some(&ws),
+        );
+        assert_eq!(h3.method(), Method::CONNECT);
+        assert_eq!(h3.version(), Version::HTTP_3);
+        assert_eq!(head(&h3).4.as_deref(), Some("h3:websocket"));
+        assert!(h3.headers().get(header::SEC_WEBSOCKET_KEY).is_none());
+        assert_eq!(h3.uri(), "https://app.example/chat");
+        let h1 = shaped(h3, Form::Origin, Some(&ws));
+        assert_eq!(h1.method(), Method::GET);
+        assert_eq!(head(&h1).4, None);
+        assert_eq!(h1.headers()[header::SEC_WEBSOCKET_KEY], KEY);
+        assert_eq!(h1.headers()[header::UPGRADE], "websocket");
     }
 
     fn shaped(mut req: Request<Body>, form: Form, ws: Option<&WebSocket>) -> Request<Body> {
@@ -888,6 +919,7 @@ mod tests {
     fn a_websocket_handshake_is_translated_both_ways() {
         let ws = WebSocket {
             key: Some(HeaderValue::from_static(KEY)),
+            ..Default::default()
         };
         // The public client's handshake, its Upgrade and Connection already stripped.
         let public = || {
@@ -930,6 +962,7 @@ mod tests {
     fn shaping_again_for_another_connection_gives_what_shaping_once_does() {
         let ws = WebSocket {
             key: Some(HeaderValue::from_static(KEY)),
+            ..Default::default()
         };
         for websocket in [None, Some(&ws)] {
             for public in [
@@ -981,6 +1014,13 @@ mod tests {
         let t = target("app.example");
         assert!(is_authority_of("app.example", &t));
         assert!(!is_authority_of("app.example:80", &t));
+    }
+
+    fn accepted(answer: UpgradeAnswer) -> AcceptedUpgrade {
+        match answer {
+            UpgradeAnswer::Accepted(a) => a,
+            other => panic!("not accepted: {other:?}"),
+        }
     }
 
     fn clone(req: &Request<Body>) -> Request<Body> {
@@ -1041,6 +1081,7 @@ mod tests {
         // A WebSocket handshake, accepted with 101: the connection is the WebSocket's.
         let ws = WebSocket {
             key: Some(HeaderValue::from_static(KEY)),
+            ..Default::default()
         };
         let public = from_h1("/chat", "app.example");
         let target = target_of(&public);
@@ -1070,13 +1111,52 @@ mod tests {
         }
         assert!(head.contains(KEY), "{head}");
         // The origin sent no accept value: the gateway derives it from the public key.
-        let accepted = sender.accepted_upgrade(&res, &ws).unwrap();
+        let accepted = accepted(sender.accepted_upgrade(&res, &ws));
         assert_eq!(accepted.accept.unwrap(), ACCEPT);
         assert!(accepted.consumes_connection);
         let _upgraded = hyper::upgrade::on(&mut res).await.unwrap();
         task.await.unwrap();
         assert!(sender.is_closed());
         assert_eq!(sender.ended(), Some(CloseReason::Upgraded));
+    }
+
+    /// A public extended CONNECT carries no key, so the gateway is the WebSocket client of
+    /// an HTTP/1.1 origin: a `101` whose accept value is missing or is not its key's fails
+    /// (RFC 6455 §4.1), and still took the connection.
+    #[tokio::test]
+    async fn an_http1_origin_must_answer_the_gateways_own_key() {
+        let ws = WebSocket {
+            key: Some(HeaderValue::from_static(KEY)),
+            public: PublicForm::ExtendedConnect,
+        };
+        let (sender, _task, _far) = h1_pair().await;
+        let answer = |accept: Option<&'static str>| {
+            let mut res = Response::new(empty());
+            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            if let Some(a) = accept {
+                res.headers_mut()
+                    .insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_static(a));
+            }
+            res
+        };
+        for wrong in [None, Some("AAAAAAAAAAAAAAAAAAAAAAAAAAA=")] {
+            assert!(matches!(
+                sender.accepted_upgrade(&answer(wrong), &ws),
+                UpgradeAnswer::Invalid {
+                    consumes_connection: true,
+                    ..
+                }
+            ));
+        }
+        let ok = accepted(sender.accepted_upgrade(&answer(Some(ACCEPT)), &ws));
+        assert_eq!(ok.accept.unwrap(), ACCEPT);
+        // A public HTTP/1.1 client checks its own key: a missing value is derived for it.
+        let public_h1 = WebSocket {
+            key: Some(HeaderValue::from_static(KEY)),
+            public: PublicForm::Upgrade,
+        };
+        let ok = accepted(sender.accepted_upgrade(&answer(None), &public_h1));
+        assert_eq!(ok.accept.unwrap(), ACCEPT);
     }
 
     #[tokio::test]
@@ -1133,7 +1213,10 @@ mod tests {
             websocket: Some(&ws),
         };
         let res = sender.forward(public, &to).await.unwrap();
-        assert!(sender.accepted_upgrade(&res, &ws).is_none());
+        assert!(matches!(
+            sender.accepted_upgrade(&res, &ws),
+            UpgradeAnswer::Refused
+        ));
         drop(res);
         drop(origin.await.unwrap());
         task.await.unwrap();
@@ -1218,6 +1301,7 @@ mod tests {
 
         let ws = WebSocket {
             key: Some(HeaderValue::from_static(KEY)),
+            ..Default::default()
         };
         let mut public = from_h1("/chat", "app.example");
         public
@@ -1235,7 +1319,7 @@ mod tests {
         assert!(res.headers().get("x-sec-websocket-key").is_none());
         // A 2xx accepts it; the public client still gets the accept value of its key, and
         // the connection goes on serving other streams.
-        let accepted = sender.accepted_upgrade(&res, &ws).unwrap();
+        let accepted = accepted(sender.accepted_upgrade(&res, &ws));
         assert_eq!(accepted.accept.unwrap(), ACCEPT);
         assert!(!accepted.consumes_connection);
         assert!(!sender.is_closed());

@@ -205,6 +205,10 @@ pub(crate) async fn open_and_bridge(public: PublicTunnel, origin: OriginTunnel) 
 /// end of stream) and the other direction gets [`CLOSE_GRACE`] to finish; when one fails
 /// (reset, connection lost) both are dropped at once, which resets the other side.
 pub(crate) async fn bridge(public: BoxIo, origin: BoxIo) {
+    bridge_with_grace(public, origin, CLOSE_GRACE).await;
+}
+
+async fn bridge_with_grace(public: BoxIo, origin: BoxIo, grace: Duration) {
     let (pr, pw) = tokio::io::split(public);
     let (or, ow) = tokio::io::split(origin);
     let up = pump(pr, ow);
@@ -216,7 +220,7 @@ pub(crate) async fn bridge(public: BoxIo, origin: BoxIo) {
     };
     match first.1 {
         Ok(_) => {
-            if tokio::time::timeout(CLOSE_GRACE, rest).await.is_err() {
+            if tokio::time::timeout(grace, rest).await.is_err() {
                 tracing::debug!(
                     ended = first.0,
                     "websocket: the other direction did not end within the close grace"
@@ -365,16 +369,17 @@ mod tests {
             .unwrap();
     }
 
-    #[tokio::test(start_paused = true)]
+    #[tokio::test]
     async fn a_side_that_never_ends_is_dropped_after_the_close_grace() {
+        const GRACE: Duration = Duration::from_millis(300);
         let (public, mut client) = tokio::io::duplex(1024);
         let (origin, server) = tokio::io::duplex(1024);
-        let bridge = tokio::spawn(bridge(Box::new(public), Box::new(origin)));
+        let bridge = tokio::spawn(bridge_with_grace(Box::new(public), Box::new(origin), GRACE));
         drop(server);
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).await.unwrap();
         // The client never ends its side; the bridge lets go after the grace.
-        tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(1), bridge)
+        tokio::time::timeout(GRACE + Duration::from_secs(5), bridge)
             .await
             .expect("the bridge ended after the grace")
             .unwrap();
