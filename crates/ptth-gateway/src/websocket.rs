@@ -35,6 +35,9 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// long the other direction may still run before both are dropped.
 pub(crate) const CLOSE_GRACE: Duration = Duration::from_secs(10);
 
+/// How long a failed bridge still tries to flush what it already read to the other side.
+const FLUSH_ON_ERROR: Duration = Duration::from_secs(2);
+
 /// A tunnel's byte stream, whatever carries it.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -236,9 +239,18 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let n = tokio::io::copy(&mut from, &mut to).await?;
-    to.shutdown().await?;
-    Ok(n)
+    match tokio::io::copy(&mut from, &mut to).await {
+        Ok(n) => {
+            to.shutdown().await?;
+            Ok(n)
+        }
+        Err(e) => {
+            // What was already read (a close frame just before a reset) still goes out
+            // before both sides are dropped.
+            let _ = tokio::time::timeout(FLUSH_ON_ERROR, to.flush()).await;
+            Err(e)
+        }
+    }
 }
 
 /// A tunnel stream that keeps something alive (the public HTTP/3 connection's exchange)

@@ -350,6 +350,10 @@ where
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
         }
     }
+    // End the tunnel cleanly (FIN, END_STREAM): dropping it could reset an HTTP/2 or
+    // HTTP/3 stream and discard the close reply still queued on it.
+    use tokio::io::AsyncWriteExt;
+    socket.get_mut().shutdown().await?;
     Ok(())
 }
 
