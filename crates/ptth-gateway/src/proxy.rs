@@ -9,7 +9,8 @@
 use crate::forwarding::{self, TrustedProxies};
 use crate::message::{error, unavailable, Body, BoxError};
 use crate::registry::{Registry, Reservation, RouteError};
-use crate::sender::{Outbound, PublicForm, SendError, UpgradeAnswer, WebSocket};
+use crate::sender::{Outbound, SendError, UpgradeAnswer};
+use crate::websocket::{PublicForm, WebSocket};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};

@@ -3,13 +3,14 @@
 //!
 //! A [`Sender`] shapes a public request for its connection (origin-form and `Host` on
 //! HTTP/1.1, pseudo-header fields on HTTP/2 and HTTP/3, a WebSocket handshake as `Upgrade`
-//! or as RFC 8441 extended CONNECT), sends it, says whether it can carry a WebSocket and what
-//! an accepted one looks like, reports capacity and liveness (closed, GOAWAY, and why it
-//! ended), and decides what happens to a response body the public client abandoned. The
-//! proxy asks it; nothing else in the gateway branches on the origin connection's version.
+//! or as RFC 8441 / RFC 9220 extended CONNECT), sends it, says whether it can carry a
+//! WebSocket, what an accepted one looks like and where its tunnel is, reports capacity and
+//! liveness (closed, GOAWAY, and why it ended), and decides what happens to a response body
+//! the public client abandoned. The proxy asks it; nothing else in the gateway branches on
+//! the origin connection's version.
 
 use crate::message::{empty, Body, BoxError};
-use crate::websocket::OriginTunnel;
+use crate::websocket::{OriginTunnel, PublicForm, WebSocket};
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -69,30 +70,6 @@ pub(crate) struct Outbound<'a> {
     pub target: &'a RequestTarget,
     /// The WebSocket opening handshake the public client sent, if it asked for one.
     pub websocket: Option<&'a WebSocket>,
-}
-
-/// A public client's WebSocket opening handshake, as the proxy read it before stripping
-/// the hop-by-hop fields ([`crate::websocket::public_request`]).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct WebSocket {
-    /// The `Sec-WebSocket-Key` for an origin reached over HTTP/1.1: the public client's
-    /// (RFC 6455 §4.1), or one the gateway generated for a public extended CONNECT, which
-    /// carries none (RFC 8441 §5).
-    pub key: Option<HeaderValue>,
-    /// How the public client asked, so how it is answered.
-    pub public: PublicForm,
-}
-
-/// How a public client asked for a WebSocket.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) enum PublicForm {
-    /// HTTP/1.1 `GET` with `Upgrade: websocket` (RFC 6455 §4.1), answered with `101`.
-    #[default]
-    Upgrade,
-    /// HTTP/2 or HTTP/3 extended CONNECT with `:protocol = websocket` (RFC 8441 §4,
-    /// RFC 9220 §3), answered with `200`. The key above is the gateway's own, so the
-    /// gateway checks an HTTP/1.1 origin's `Sec-WebSocket-Accept` itself.
-    ExtendedConnect,
 }
 
 /// What an origin's answer to a WebSocket handshake means.

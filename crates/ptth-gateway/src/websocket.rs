@@ -13,7 +13,6 @@
 //! The [`crate::sender::Sender`] alone knows the origin connection's form; this module alone
 //! knows the public client's.
 
-use crate::sender::{PublicForm, WebSocket};
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Version};
 use std::io;
@@ -23,6 +22,30 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::oneshot;
+
+/// A public client's WebSocket opening handshake, as the proxy read it before stripping
+/// the hop-by-hop fields ([`public_request`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct WebSocket {
+    /// The `Sec-WebSocket-Key` for an origin reached over HTTP/1.1: the public client's
+    /// (RFC 6455 §4.1), or one the gateway generated for a public extended CONNECT, which
+    /// carries none (RFC 8441 §5).
+    pub key: Option<HeaderValue>,
+    /// How the public client asked, so how it is answered.
+    pub public: PublicForm,
+}
+
+/// How a public client asked for a WebSocket.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum PublicForm {
+    /// HTTP/1.1 `GET` with `Upgrade: websocket` (RFC 6455 §4.1), answered with `101`.
+    #[default]
+    Upgrade,
+    /// HTTP/2 or HTTP/3 extended CONNECT with `:protocol = websocket` (RFC 8441 §4,
+    /// RFC 9220 §3), answered with `200`. The key above is the gateway's own, so the
+    /// gateway checks an HTTP/1.1 origin's `Sec-WebSocket-Accept` itself.
+    ExtendedConnect,
+}
 
 /// The `:protocol` value and `Upgrade` token of WebSocket (RFC 8441 §4, RFC 6455 §4.1).
 pub(crate) const WEBSOCKET: &str = "websocket";
