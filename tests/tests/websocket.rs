@@ -367,3 +367,87 @@ async fn an_origin_dying_mid_socket_closes_the_public_side() {
         );
     }
 }
+
+/// An extended CONNECT over h2c to `host`'s `path`: the answer's status and body.
+async fn h2c_websocket_answer(gw: &Gateway, host: &str, path: &str) -> (StatusCode, String) {
+    let tcp = tokio::net::TcpStream::connect(gw.listen).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let port = gw.listen.port();
+    let warm = Request::get(format!("http://{host}:{port}/"))
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    send.send_request(warm).await.unwrap();
+    let mut req = Request::connect(format!("http://{host}:{port}{path}"))
+        .header("sec-websocket-version", "13")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("websocket"));
+    let res = tokio::time::timeout(STEP, send.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    let status = res.status();
+    let body = http_body_util::BodyExt::collect(res.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Refusals say why and who: an origin's refusal of a WebSocket handshake reaches a public
+/// HTTP/2 client with its status and reason, whichever HTTP version carried it (an HTTP/3
+/// origin's refusal body is read from the CONNECT stream); the public HTTP/3 listener
+/// answers a CONNECT that is not an extended CONNECT for websocket with 501 and a reason;
+/// and the positive twin of the same setup opens a WebSocket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_refusals_say_why() {
+    let fleet = Fleet::start("ws-refusals", &["rh1", "rh2", "rh3"])
+        .await
+        .unwrap();
+    let gw = &fleet.gateway;
+    for m in ["rh1", "rh2", "rh3"] {
+        let host = format!("{m}.localhost");
+        let (status, body) = h2c_websocket_answer(gw, &host, "/no-such-socket").await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{m}: {body}");
+        assert!(
+            body.contains("no such endpoint: /no-such-socket"),
+            "{m}: {body:?}"
+        );
+        // Positive twin: the same client and origin, the echo path.
+        let mut ws = open(gw, Public::H2c, &host).await;
+        ws.send(Message::text("twin")).await.unwrap();
+        assert_eq!(next(&mut ws, m).await, Message::text("twin"));
+    }
+    let h3 = h3_client(gw).await.unwrap();
+    for protocol in [None, Some("connect-udp")] {
+        let mut req = Request::connect(h3_url("rh3.localhost", "/ws"))
+            .body(())
+            .unwrap();
+        if let Some(p) = protocol {
+            req.extensions_mut().insert(ptth_h3::Protocol(p.into()));
+        } else {
+            *req.uri_mut() = "rh3.localhost:443".parse().unwrap();
+        }
+        let (res, mut stream) = h3.connect(req).await.unwrap();
+        assert_eq!(res.status(), StatusCode::NOT_IMPLEMENTED, "{protocol:?}");
+        let mut body = String::new();
+        tokio::time::timeout(
+            STEP,
+            tokio::io::AsyncReadExt::read_to_string(&mut stream, &mut body),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        assert!(
+            body.contains("only as an extended CONNECT for websocket"),
+            "{protocol:?}: {body:?}"
+        );
+    }
+}
