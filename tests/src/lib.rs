@@ -530,6 +530,17 @@ impl H3Client {
         .map_err(|_| anyhow!("HTTP/3 request timed out"))??)
     }
 
+    /// Sends a CONNECT or extended CONNECT (put a `ptth_h3::Protocol` in its extensions)
+    /// and returns the answer and the request stream as a byte stream.
+    pub async fn connect(&self, req: Request<()>) -> Result<(Response<()>, ptth_h3::H3Stream)> {
+        Ok(tokio::time::timeout(
+            Duration::from_secs(60),
+            self.conn.sender().send_connect(req),
+        )
+        .await
+        .map_err(|_| anyhow!("HTTP/3 CONNECT timed out"))??)
+    }
+
     /// Sends `req` and collects the body.
     pub async fn send(&self, req: Request<TestBody>) -> Result<(Response<()>, Bytes)> {
         let res = self.request(req).await?;

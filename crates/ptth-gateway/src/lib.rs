@@ -32,6 +32,7 @@ mod sender;
 mod setup_request;
 pub mod tls;
 mod tunnel;
+mod websocket;
 mod workers;
 
 pub use config::GatewayConfig;

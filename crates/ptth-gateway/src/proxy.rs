@@ -9,7 +9,8 @@
 use crate::forwarding::{self, TrustedProxies};
 use crate::message::{error, unavailable, Body, BoxError};
 use crate::registry::{Registry, Reservation, RouteError};
-use crate::sender::{Outbound, SendError, WebSocket};
+use crate::sender::{Outbound, SendError, UpgradeAnswer};
+use crate::websocket::{PublicForm, WebSocket};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
@@ -75,10 +76,11 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
-        let websocket = is_websocket_upgrade(&req).then(|| WebSocket {
-            key: req.headers().get(header::SEC_WEBSOCKET_KEY).cloned(),
-        });
-        let public_upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut req));
+        // An HTTP/1.1 Upgrade, or an HTTP/2 or HTTP/3 extended CONNECT, for a WebSocket.
+        let (websocket, public_upgrade) = match crate::websocket::public_request(&mut req) {
+            Some((ws, tunnel)) => (Some(ws), Some(tunnel)),
+            None => (None, None),
+        };
         let (mut parts, body) = req.into_parts();
         let arrival = Arrival {
             secure: client.tls,
@@ -211,47 +213,84 @@ impl Proxy {
         &self,
         reservation: Reservation,
         mut response: Response<Body>,
-        public_upgrade: Option<hyper::upgrade::OnUpgrade>,
+        public_upgrade: Option<crate::websocket::PublicTunnel>,
         websocket: Option<WebSocket>,
     ) -> Response<Body> {
         let conn = reservation.conn();
-        let accepted = websocket
-            .as_ref()
-            .and_then(|ws| conn.sender.accepted_upgrade(&response, ws));
-        if let Some(accepted) = accepted {
-            let origin_upgrade = hyper::upgrade::on(&mut response);
+        if let Some(ws) = &websocket {
+            let accepted = match conn.sender.accepted_upgrade(&response, ws) {
+                UpgradeAnswer::Accepted(accepted) => accepted,
+                UpgradeAnswer::Invalid {
+                    reason,
+                    consumes_connection,
+                } => {
+                    if consumes_connection {
+                        conn.close(CloseReason::Upgraded);
+                    }
+                    tracing::warn!(conn = conn.id, reason, "origin's WebSocket answer refused");
+                    return error(StatusCode::BAD_GATEWAY, reason);
+                }
+                // A 2xx to a public extended CONNECT opens the public tunnel (RFC 8441 §5):
+                // only an accepted origin tunnel may be answered so.
+                UpgradeAnswer::Refused
+                    if ws.public == PublicForm::ExtendedConnect
+                        && response.status().is_success() =>
+                {
+                    return error(
+                        StatusCode::BAD_GATEWAY,
+                        &format!(
+                            "the origin answered the WebSocket handshake with {} without opening a WebSocket",
+                            response.status()
+                        ),
+                    );
+                }
+                UpgradeAnswer::Refused => return self.forward_answer(reservation, response),
+            };
+            let origin_tunnel = conn.sender.origin_tunnel(&mut response);
             if accepted.consumes_connection {
                 // The connection belongs to the WebSocket now: no request is routed to it.
                 conn.close(CloseReason::Upgraded);
             }
             if let Some(public) = public_upgrade {
                 tokio::spawn(async move {
+                    // The origin stream (HTTP/2, HTTP/3) stays counted as in use until the
+                    // tunnel ends.
                     let _hold = reservation;
-                    match tokio::try_join!(public, origin_upgrade) {
-                        Ok((a, b)) => {
-                            let mut a = hyper_util::rt::TokioIo::new(a);
-                            let mut b = hyper_util::rt::TokioIo::new(b);
-                            let _ = tokio::io::copy_bidirectional(&mut a, &mut b).await;
-                        }
-                        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
-                    }
+                    crate::websocket::open_and_bridge(public, origin_tunnel).await;
                 });
             }
             let mut out = Response::new(crate::message::empty());
-            *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
             let h = out.headers_mut();
             for (k, v) in response.headers() {
-                if !is_hop_by_hop(k) && k != header::SEC_WEBSOCKET_ACCEPT && !is_ptth_field(k) {
+                if !is_hop_by_hop(k)
+                    && k != header::SEC_WEBSOCKET_ACCEPT
+                    && k != header::CONTENT_LENGTH
+                    && !is_ptth_field(k)
+                {
                     h.append(k.clone(), v.clone());
                 }
             }
-            h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(a) = accepted.accept {
-                h.insert(header::SEC_WEBSOCKET_ACCEPT, a);
+            match ws.public {
+                PublicForm::Upgrade => {
+                    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    let h = out.headers_mut();
+                    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+                    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    if let Some(a) = accepted.accept {
+                        h.insert(header::SEC_WEBSOCKET_ACCEPT, a);
+                    }
+                }
+                // RFC 8441 §5, RFC 9220 §3: a 2xx opens the stream; no accept value.
+                PublicForm::ExtendedConnect => *out.status_mut() = StatusCode::OK,
             }
             return out;
         }
+        self.forward_answer(reservation, response)
+    }
+
+    /// Forwards an origin's answer as it is (less hop-by-hop and gateway fields), its body
+    /// holding the connection's reservation until it ends.
+    fn forward_answer(&self, reservation: Reservation, response: Response<Body>) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         strip_ptth_fields(&mut parts.headers);
@@ -267,16 +306,6 @@ impl Proxy {
         };
         Response::from_parts(parts, body.boxed_unsync())
     }
-}
-
-fn is_websocket_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() <= Version::HTTP_11
-        && req
-            .headers()
-            .get(header::UPGRADE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.eq_ignore_ascii_case("websocket"))
-        && connection_tokens(req.headers()).any(|t| t.eq_ignore_ascii_case("upgrade"))
 }
 
 fn connection_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {

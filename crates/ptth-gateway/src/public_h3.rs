@@ -1,10 +1,12 @@
 //! The public HTTP/3 listener: forward HTTP/3 (`h3`) on the UDP port of the public TLS
 //! listener, advertised by `alt-svc`, handing every request to the same [`Proxy`] as the
-//! TCP listeners, with the same header and idle timeout.
+//! TCP listeners, with the same header and idle timeout, and WebSocket by extended CONNECT
+//! (RFC 9220).
 
 use crate::message::error;
 use crate::proxy::{ClientInfo, Proxy};
 use crate::public::{idle_for, Activity, Exchange, SHUTDOWN_GRACE};
+use crate::websocket::{H3PublicTunnel, Holding, WEBSOCKET};
 use anyhow::{Context, Result};
 use http::{Method, StatusCode};
 use ptth_h3::transport::MAX_BIDI_STREAMS;
@@ -92,8 +94,10 @@ pub(crate) async fn serve(
                     return;
                 }
             };
-            let config =
-                H3Config::new(RequestDirection::ClientSends).request_header_timeout(header_timeout);
+            // RFC 9220 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 lets clients open WebSockets.
+            let config = H3Config::new(RequestDirection::ClientSends)
+                .request_header_timeout(header_timeout)
+                .enable_connect_protocol(true);
             let started = tokio::time::timeout(header_timeout, H3Connection::new(quic, config));
             let h3 = match started.await {
                 Ok(Ok(h3)) => h3,
@@ -124,32 +128,78 @@ pub(crate) async fn serve(
                 let Some((req, respond)) = next else { break };
                 let proxy = proxy.clone();
                 let exchange = Exchange::start(&activity);
+                let client = ClientInfo {
+                    addr,
+                    tls: true,
+                    local_port,
+                };
                 tokio::spawn(async move {
+                    if req.method() == Method::CONNECT {
+                        return extended_connect(req, respond, &proxy, client, exchange).await;
+                    }
                     // The exchange lasts until the whole response was handed to QUIC.
                     let _in_flight = exchange;
-                    let res = if req.method() == Method::CONNECT {
-                        error(
-                            StatusCode::NOT_IMPLEMENTED,
-                            "CONNECT is not supported on the public HTTP/3 listener",
-                        )
-                    } else {
-                        proxy
-                            .handle(
-                                req,
-                                ClientInfo {
-                                    addr,
-                                    tls: true,
-                                    local_port,
-                                },
-                            )
-                            .await
-                    };
+                    let res = proxy.handle(req, client).await;
                     if let Err(e) = respond.send_response(res).await {
                         tracing::debug!(%addr, error = %e, "public HTTP/3 response failed");
                     }
                 });
             }
         });
+    }
+}
+
+/// A CONNECT on the public HTTP/3 listener. An extended CONNECT for a WebSocket (RFC 9220
+/// §3: `:protocol = websocket`) goes to the proxy like any request; when the proxy answers
+/// 2xx the stream becomes the public side of the tunnel, and the connection counts the
+/// exchange in flight (so is not idle) until the tunnel ends. Any other CONNECT gets 501.
+async fn extended_connect(
+    mut req: http::Request<ptth_h3::RecvBody>,
+    respond: ptth_h3::ResponseSender,
+    proxy: &Proxy,
+    client: ClientInfo,
+    exchange: Exchange,
+) {
+    let websocket = req
+        .extensions()
+        .get::<ptth_h3::Protocol>()
+        .is_some_and(|p| p.0.eq_ignore_ascii_case(WEBSOCKET));
+    if !websocket {
+        let res = error(
+            StatusCode::NOT_IMPLEMENTED,
+            "the public HTTP/3 listener serves CONNECT only as an extended CONNECT for websocket (RFC 9220)",
+        );
+        if let Err(e) = respond.send_response(res).await {
+            tracing::debug!(addr = %client.addr, error = %e, "public HTTP/3 response failed");
+        }
+        return;
+    }
+    let (slot, tunnel) = H3PublicTunnel::new();
+    req.extensions_mut().insert(slot);
+    let res = proxy.handle(req, client).await;
+    if !res.status().is_success() {
+        let _in_flight = exchange;
+        if let Err(e) = respond.send_response(res).await {
+            tracing::debug!(addr = %client.addr, error = %e, "public HTTP/3 response failed");
+        }
+        return;
+    }
+    let (parts, _) = res.into_parts();
+    match respond
+        .send_connect_response(http::Response::from_parts(parts, ()))
+        .await
+    {
+        Ok(stream) => {
+            let held = Holding {
+                io: stream,
+                _guard: exchange,
+            };
+            // The proxy's bridge waits for it; if it is gone, dropping the stream ends it.
+            let _ = tunnel.send(Box::new(held));
+        }
+        Err(e) => {
+            tracing::debug!(addr = %client.addr, error = %e, "public HTTP/3 CONNECT answer failed")
+        }
     }
 }
 

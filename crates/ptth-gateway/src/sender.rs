@@ -3,12 +3,14 @@
 //!
 //! A [`Sender`] shapes a public request for its connection (origin-form and `Host` on
 //! HTTP/1.1, pseudo-header fields on HTTP/2 and HTTP/3, a WebSocket handshake as `Upgrade`
-//! or as RFC 8441 extended CONNECT), sends it, says whether it can carry a WebSocket and what
-//! an accepted one looks like, reports capacity and liveness (closed, GOAWAY, and why it
-//! ended), and decides what happens to a response body the public client abandoned. The
-//! proxy asks it; nothing else in the gateway branches on the origin connection's version.
+//! or as RFC 8441 / RFC 9220 extended CONNECT), sends it, says whether it can carry a
+//! WebSocket, what an accepted one looks like and where its tunnel is, reports capacity and
+//! liveness (closed, GOAWAY, and why it ended), and decides what happens to a response body
+//! the public client abandoned. The proxy asks it; nothing else in the gateway branches on
+//! the origin connection's version.
 
 use crate::message::{empty, Body, BoxError};
+use crate::websocket::{OriginTunnel, PublicForm, WebSocket};
 use http::header::{self, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -70,12 +72,23 @@ pub(crate) struct Outbound<'a> {
     pub websocket: Option<&'a WebSocket>,
 }
 
-/// A public client's WebSocket opening handshake (RFC 6455 §4.1), as the proxy read it
-/// before stripping the hop-by-hop fields.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct WebSocket {
-    /// Its `Sec-WebSocket-Key`.
-    pub key: Option<HeaderValue>,
+/// What an origin's answer to a WebSocket handshake means.
+#[derive(Debug)]
+pub(crate) enum UpgradeAnswer {
+    /// The origin accepted it: bridge the tunnels.
+    Accepted(AcceptedUpgrade),
+    /// The origin refused it with an ordinary answer: forward that answer.
+    Refused,
+    /// The origin switched protocols but not to a WebSocket of this handshake (RFC 6455
+    /// §4.1: "If the response lacks a |Sec-WebSocket-Accept| header field or the
+    /// |Sec-WebSocket-Accept| contains a value other than the base64-encoded SHA-1 of the
+    /// concatenation of the |Sec-WebSocket-Key| ... the client MUST _Fail the WebSocket
+    /// Connection_"): answer 502 with the reason.
+    Invalid {
+        reason: &'static str,
+        /// The `101` took the HTTP/1.1 connection all the same.
+        consumes_connection: bool,
+    },
 }
 
 /// An origin's acceptance of a WebSocket handshake, as the public client must see it.
@@ -99,8 +112,15 @@ enum Form {
     Pseudo(Version),
 }
 
-/// The refusal when a WebSocket would have to cross reversed HTTP/3.
-const NO_WEBSOCKET_OVER_H3: &str = "the origin is reached over reversed HTTP/3, which does not carry WebSocket here (RFC 9220 is not wired in the gateway)";
+/// The refusal when the origin's HTTP/3 connection did not enable extended CONNECT.
+const NO_EXTENDED_CONNECT_H3: &str = "the origin's HTTP/3 connection does not enable extended CONNECT (RFC 9220), so WebSocket cannot reach it";
+/// The failure when an HTTP/1.1 origin's `101` does not carry the accept value of the
+/// gateway's key.
+const WRONG_ACCEPT: &str = "the origin switched protocols with a missing or wrong Sec-WebSocket-Accept, so it is not speaking WebSocket to this handshake";
+/// How much of an HTTP/3 origin's refusal of an extended CONNECT is read to forward it,
+/// and for how long.
+const REFUSAL_LIMIT: usize = 16 * 1024;
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The refusal when the origin's HTTP/2 connection did not enable extended CONNECT.
 const NO_EXTENDED_CONNECT: &str = "the origin's HTTP/2 connection does not enable extended CONNECT (RFC 8441), so WebSocket cannot reach it";
 
@@ -176,7 +196,17 @@ impl Sender {
             Inner::H1 { .. } => Ok(()),
             Inner::H2 { settings, .. } if settings.extended_connect() => Ok(()),
             Inner::H2 { .. } => Err(NO_EXTENDED_CONNECT),
-            Inner::H3 { .. } => Err(NO_WEBSOCKET_OVER_H3),
+            // RFC 9220 §3: extended CONNECT only once the server's SETTINGS enabled it
+            // (they arrive before the answer to the authorisation request that admitted
+            // the connection).
+            Inner::H3 { conn, .. }
+                if conn
+                    .peer_settings_now()
+                    .is_some_and(|s| s.enable_connect_protocol) =>
+            {
+                Ok(())
+            }
+            Inner::H3 { .. } => Err(NO_EXTENDED_CONNECT_H3),
         }
     }
 
@@ -225,7 +255,49 @@ impl Sender {
                 }
                 res
             }
+            Inner::H3 { send, conn, quic } if to.websocket.is_some() => {
+                if h3_gone(conn, quic) {
+                    return Err(SendError::NotSent(
+                        Box::new(req),
+                        "the origin's HTTP/3 connection is closing".into(),
+                    ));
+                }
+                // The request of an extended CONNECT has no body: the stream becomes the
+                // tunnel (RFC 9220 §3, RFC 8441 §4).
+                let (parts, _) = req.into_parts();
+                let (res, stream) = send
+                    .send_connect(Request::from_parts(parts, ()))
+                    .await
+                    .map_err(|e| SendError::Failed(Box::new(e)))?;
+                if res.status().is_success() {
+                    let mut res = res.map(|()| empty());
+                    res.extensions_mut()
+                        .insert(H3OriginTunnel(Arc::new(Mutex::new(Some(stream)))));
+                    Ok(res)
+                } else {
+                    // A refusal's body is read (bounded) so the public client sees why.
+                    let body = read_refusal(stream).await;
+                    Ok(res.map(|()| body))
+                }
+            }
             _ => self.send(req).await,
+        }
+    }
+
+    /// The origin's side of an accepted WebSocket's tunnel, from its response.
+    pub(crate) fn origin_tunnel(&self, response: &mut Response<Body>) -> OriginTunnel {
+        match &self.inner {
+            Inner::H1 { .. } | Inner::H2 { .. } => {
+                OriginTunnel::Hyper(hyper::upgrade::on(response))
+            }
+            Inner::H3 { .. } => match response
+                .extensions_mut()
+                .remove::<H3OriginTunnel>()
+                .and_then(|t| t.0.lock().unwrap_or_else(|e| e.into_inner()).take())
+            {
+                Some(stream) => OriginTunnel::Ready(Box::new(stream)),
+                None => OriginTunnel::Missing,
+            },
         }
     }
 
@@ -273,7 +345,7 @@ impl Sender {
         &self,
         response: &Response<Body>,
         ws: &WebSocket,
-    ) -> Option<AcceptedUpgrade> {
+    ) -> UpgradeAnswer {
         let derived = || {
             ws.key.as_ref().and_then(|key| {
                 HeaderValue::from_str(
@@ -284,21 +356,35 @@ impl Sender {
         };
         match &self.inner {
             Inner::H1 { .. } if response.status() == StatusCode::SWITCHING_PROTOCOLS => {
-                Some(AcceptedUpgrade {
-                    accept: match response.headers().get(header::SEC_WEBSOCKET_ACCEPT) {
+                let sent = response.headers().get(header::SEC_WEBSOCKET_ACCEPT);
+                if ws.public == PublicForm::ExtendedConnect {
+                    // The key is the gateway's: the gateway is the WebSocket client that
+                    // RFC 6455 §4.1 tells to check the answer.
+                    let expected = derived();
+                    if sent.is_none() || sent != expected.as_ref() {
+                        return UpgradeAnswer::Invalid {
+                            reason: WRONG_ACCEPT,
+                            consumes_connection: true,
+                        };
+                    }
+                }
+                UpgradeAnswer::Accepted(AcceptedUpgrade {
+                    accept: match sent {
                         Some(accept) => Some(accept.clone()),
                         None => derived(),
                     },
                     consumes_connection: true,
                 })
             }
-            // RFC 8441 §5: Sec-WebSocket-Key and -Accept are not used; the public client
-            // still expects the accept value its key implies.
-            Inner::H2 { .. } if response.status().is_success() => Some(AcceptedUpgrade {
-                accept: derived(),
-                consumes_connection: false,
-            }),
-            _ => None,
+            // RFC 8441 §5 and RFC 9220 §3: Sec-WebSocket-Key and -Accept are not used; a
+            // public HTTP/1.1 client still expects the accept value its key implies.
+            Inner::H2 { .. } | Inner::H3 { .. } if response.status().is_success() => {
+                UpgradeAnswer::Accepted(AcceptedUpgrade {
+                    accept: derived(),
+                    consumes_connection: false,
+                })
+            }
+            _ => UpgradeAnswer::Refused,
         }
     }
 
@@ -340,6 +426,26 @@ impl Sender {
             drained == Ok(true)
         })
     }
+}
+
+/// A reversed HTTP/3 origin's extended CONNECT stream, carried from [`Sender::forward`] to
+/// [`Sender::origin_tunnel`] in the response's extensions (which must be `Clone`).
+#[derive(Clone)]
+struct H3OriginTunnel(Arc<Mutex<Option<ptth_h3::H3Stream>>>);
+
+/// The body of an HTTP/3 origin's non-2xx answer to an extended CONNECT: what arrives of
+/// it within [`REFUSAL_LIMIT`] and [`REFUSAL_TIMEOUT`].
+async fn read_refusal(mut stream: ptth_h3::H3Stream) -> Body {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(
+        REFUSAL_TIMEOUT,
+        (&mut stream)
+            .take(REFUSAL_LIMIT as u64)
+            .read_to_end(&mut buf),
+    )
+    .await;
+    crate::message::full(buf)
 }
 
 /// A response with its body boxed into the one forwarded body type.
@@ -402,11 +508,19 @@ fn shape(req: &mut Request<Body>, form: Form, to: &Outbound<'_>) {
             }
             *req.version_mut() = version;
             if to.websocket.is_some() {
-                // RFC 8441 §5: the WebSocket handshake becomes CONNECT with
-                // :protocol=websocket; Sec-WebSocket-Key and -Accept are not used.
+                // RFC 8441 §5 (and RFC 9220 §3 for HTTP/3): the WebSocket handshake becomes
+                // CONNECT with :protocol=websocket; Sec-WebSocket-Key and -Accept are not
+                // used.
                 *req.method_mut() = Method::CONNECT;
-                req.extensions_mut()
-                    .insert(hyper::ext::Protocol::from_static("websocket"));
+                if version == Version::HTTP_3 {
+                    req.extensions_mut().remove::<hyper::ext::Protocol>();
+                    req.extensions_mut()
+                        .insert(ptth_h3::Protocol(crate::websocket::WEBSOCKET.into()));
+                } else {
+                    req.extensions_mut().remove::<ptth_h3::Protocol>();
+                    req.extensions_mut()
+                        .insert(hyper::ext::Protocol::from_static("websocket"));
+                }
                 let h = req.headers_mut();
                 h.remove(header::UPGRADE);
                 h.remove(header::CONNECTION);
@@ -433,6 +547,7 @@ fn shape(req: &mut Request<Body>, form: Form, to: &Outbound<'_>) {
             if let Some(ws) = to.websocket {
                 *req.method_mut() = Method::GET;
                 req.extensions_mut().remove::<hyper::ext::Protocol>();
+                req.extensions_mut().remove::<ptth_h3::Protocol>();
                 let h = req.headers_mut();
                 h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
                 h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -676,8 +791,39 @@ mod tests {
             req.headers().clone(),
             req.extensions()
                 .get::<hyper::ext::Protocol>()
-                .map(|p| p.as_str().to_owned()),
+                .map(|p| p.as_str().to_owned())
+                .or_else(|| {
+                    req.extensions()
+                        .get::<ptth_h3::Protocol>()
+                        .map(|p| format!("h3:{}", p.0))
+                }),
         )
+    }
+
+    /// RFC 9220 §3: towards reversed HTTP/3 the handshake is an extended CONNECT carried as
+    /// ptth-h3's `:protocol`; from an HTTP/3 public request back to HTTP/1.1 it is an
+    /// `Upgrade` again, with the key the gateway generated.
+    #[test]
+    fn a_websocket_towards_http3_is_an_rfc9220_extended_connect() {
+        let ws = WebSocket {
+            key: Some(HeaderValue::from_static(KEY)),
+            public: PublicForm::ExtendedConnect,
+        };
+        let h3 = shaped(
+            from_h1("/chat", "app.example"),
+            Form::Pseudo(Version::HTTP_3),
+            Some(&ws),
+        );
+        assert_eq!(h3.method(), Method::CONNECT);
+        assert_eq!(h3.version(), Version::HTTP_3);
+        assert_eq!(head(&h3).4.as_deref(), Some("h3:websocket"));
+        assert!(h3.headers().get(header::SEC_WEBSOCKET_KEY).is_none());
+        assert_eq!(h3.uri(), "https://app.example/chat");
+        let h1 = shaped(h3, Form::Origin, Some(&ws));
+        assert_eq!(h1.method(), Method::GET);
+        assert_eq!(head(&h1).4, None);
+        assert_eq!(h1.headers()[header::SEC_WEBSOCKET_KEY], KEY);
+        assert_eq!(h1.headers()[header::UPGRADE], "websocket");
     }
 
     fn shaped(mut req: Request<Body>, form: Form, ws: Option<&WebSocket>) -> Request<Body> {
@@ -750,6 +896,7 @@ mod tests {
     fn a_websocket_handshake_is_translated_both_ways() {
         let ws = WebSocket {
             key: Some(HeaderValue::from_static(KEY)),
+            ..Default::default()
         };
         // The public client's handshake, its Upgrade and Connection already stripped.
         let public = || {
@@ -792,6 +939,7 @@ mod tests {
     fn shaping_again_for_another_connection_gives_what_shaping_once_does() {
         let ws = WebSocket {
             key: Some(HeaderValue::from_static(KEY)),
+            ..Default::default()
         };
         for websocket in [None, Some(&ws)] {
             for public in [
@@ -843,6 +991,13 @@ mod tests {
         let t = target("app.example");
         assert!(is_authority_of("app.example", &t));
         assert!(!is_authority_of("app.example:80", &t));
+    }
+
+    fn accepted(answer: UpgradeAnswer) -> AcceptedUpgrade {
+        match answer {
+            UpgradeAnswer::Accepted(a) => a,
+            other => panic!("not accepted: {other:?}"),
+        }
     }
 
     fn clone(req: &Request<Body>) -> Request<Body> {
@@ -903,6 +1058,7 @@ mod tests {
         // A WebSocket handshake, accepted with 101: the connection is the WebSocket's.
         let ws = WebSocket {
             key: Some(HeaderValue::from_static(KEY)),
+            ..Default::default()
         };
         let public = from_h1("/chat", "app.example");
         let target = target_of(&public);
@@ -932,13 +1088,52 @@ mod tests {
         }
         assert!(head.contains(KEY), "{head}");
         // The origin sent no accept value: the gateway derives it from the public key.
-        let accepted = sender.accepted_upgrade(&res, &ws).unwrap();
+        let accepted = accepted(sender.accepted_upgrade(&res, &ws));
         assert_eq!(accepted.accept.unwrap(), ACCEPT);
         assert!(accepted.consumes_connection);
         let _upgraded = hyper::upgrade::on(&mut res).await.unwrap();
         task.await.unwrap();
         assert!(sender.is_closed());
         assert_eq!(sender.ended(), Some(CloseReason::Upgraded));
+    }
+
+    /// A public extended CONNECT carries no key, so the gateway is the WebSocket client of
+    /// an HTTP/1.1 origin: a `101` whose accept value is missing or is not its key's fails
+    /// (RFC 6455 §4.1), and still took the connection.
+    #[tokio::test]
+    async fn an_http1_origin_must_answer_the_gateways_own_key() {
+        let ws = WebSocket {
+            key: Some(HeaderValue::from_static(KEY)),
+            public: PublicForm::ExtendedConnect,
+        };
+        let (sender, _task, _far) = h1_pair().await;
+        let answer = |accept: Option<&'static str>| {
+            let mut res = Response::new(empty());
+            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            if let Some(a) = accept {
+                res.headers_mut()
+                    .insert(header::SEC_WEBSOCKET_ACCEPT, HeaderValue::from_static(a));
+            }
+            res
+        };
+        for wrong in [None, Some("AAAAAAAAAAAAAAAAAAAAAAAAAAA=")] {
+            assert!(matches!(
+                sender.accepted_upgrade(&answer(wrong), &ws),
+                UpgradeAnswer::Invalid {
+                    consumes_connection: true,
+                    ..
+                }
+            ));
+        }
+        let ok = accepted(sender.accepted_upgrade(&answer(Some(ACCEPT)), &ws));
+        assert_eq!(ok.accept.unwrap(), ACCEPT);
+        // A public HTTP/1.1 client checks its own key: a missing value is derived for it.
+        let public_h1 = WebSocket {
+            key: Some(HeaderValue::from_static(KEY)),
+            public: PublicForm::Upgrade,
+        };
+        let ok = accepted(sender.accepted_upgrade(&answer(None), &public_h1));
+        assert_eq!(ok.accept.unwrap(), ACCEPT);
     }
 
     #[tokio::test]
@@ -995,7 +1190,10 @@ mod tests {
             websocket: Some(&ws),
         };
         let res = sender.forward(public, &to).await.unwrap();
-        assert!(sender.accepted_upgrade(&res, &ws).is_none());
+        assert!(matches!(
+            sender.accepted_upgrade(&res, &ws),
+            UpgradeAnswer::Refused
+        ));
         drop(res);
         drop(origin.await.unwrap());
         task.await.unwrap();
@@ -1080,6 +1278,7 @@ mod tests {
 
         let ws = WebSocket {
             key: Some(HeaderValue::from_static(KEY)),
+            ..Default::default()
         };
         let mut public = from_h1("/chat", "app.example");
         public
@@ -1097,7 +1296,7 @@ mod tests {
         assert!(res.headers().get("x-sec-websocket-key").is_none());
         // A 2xx accepts it; the public client still gets the accept value of its key, and
         // the connection goes on serving other streams.
-        let accepted = sender.accepted_upgrade(&res, &ws).unwrap();
+        let accepted = accepted(sender.accepted_upgrade(&res, &ws));
         assert_eq!(accepted.accept.unwrap(), ACCEPT);
         assert!(!accepted.consumes_connection);
         assert!(!sender.is_closed());

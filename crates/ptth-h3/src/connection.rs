@@ -549,6 +549,11 @@ impl H3Connection {
         self.shared.peer_settings().await
     }
 
+    /// The peer's SETTINGS if they have arrived, without waiting.
+    pub fn peer_settings_now(&self) -> Option<Settings> {
+        self.shared.peer_settings_now()
+    }
+
     /// The peer's first ORIGIN frame (RFC 9412), waiting for it if needed.
     ///
     /// `None` if the peer's control stream or the connection ended first, or if

@@ -12,6 +12,7 @@
 
 use crate::dialer::{warn_if_refused, Dialer};
 use crate::serve::{serve_reversed, BoxError, OriginService};
+use crate::service::websocket::serve_h3_connect;
 use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
 use ptth_core::{HttpVersion, Mechanism, SetupKind};
@@ -57,21 +58,26 @@ async fn dial(dialer: &Dialer) -> Result<quinn::Connection> {
     Err(last)
 }
 
-/// The origin's service as an HTTP/3 service: request bodies boxed like every other
-/// version's.
-fn h3_service(
-    service: OriginService,
-) -> impl hyper::service::Service<
-    http::Request<RecvBody>,
-    Response = http::Response<crate::serve::ResponseBody>,
-    Error = std::convert::Infallible,
-    Future = impl Send,
-> + Send
-       + Sync
-       + 'static {
-    hyper::service::service_fn(move |req: http::Request<RecvBody>| {
-        service.call_boxed(req.map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync()))
-    })
+/// Serves every request the gateway sends on `h3`, each in its own task, request bodies
+/// boxed like every other version's; a CONNECT goes to the WebSocket handshake (RFC 9220).
+async fn serve_requests(h3: &H3Connection, service: OriginService) {
+    while let Some((req, respond)) = h3.accept().await {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let req =
+                req.map(|b: RecvBody| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync());
+            if req.method() == http::Method::CONNECT {
+                return serve_h3_connect(req, respond, |r| service.call_boxed(r)).await;
+            }
+            let res = match service.call_boxed(req).await {
+                Ok(res) => res,
+                Err(never) => match never {},
+            };
+            if let Err(error) = respond.send_response(res).await {
+                tracing::debug!(%error, "sending response failed");
+            }
+        });
+    }
 }
 
 /// One QUIC connection: dial, set up per the mechanism, serve until it ends or `shutdown`.
@@ -107,7 +113,11 @@ pub(crate) async fn connect_and_serve(
     let Some(direction) = RequestDirection::for_mechanism(m) else {
         bail!("{m} does not run over QUIC");
     };
-    let mut config = H3Config::new(direction).enable_datagrams(true);
+    // RFC 9220 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 lets the gateway open WebSockets
+    // to this origin's service with extended CONNECT.
+    let mut config = H3Config::new(direction)
+        .enable_datagrams(true)
+        .enable_connect_protocol(direction.sends_requests(ptth_core::Side::Server));
     if m == Mechanism::H3Reverse {
         // draft-bt §3: "the origin MUST immediately send an ORIGIN frame (RFC 9412 for
         // HTTP/3)"; ptth-h3 sends it right after our SETTINGS on the control stream.
@@ -193,7 +203,7 @@ async fn serve_h3(
 ) -> Result<()> {
     let serving = {
         let h3 = h3.clone();
-        tokio::spawn(async move { ptth_h3::serve(&h3, h3_service(service)).await })
+        tokio::spawn(async move { serve_requests(&h3, service).await })
     };
     let abort = serving.abort_handle();
     let stop = tokio::select! {

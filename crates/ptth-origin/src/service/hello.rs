@@ -7,12 +7,13 @@
 //! | endpoint | answer |
 //! |---|---|
 //! | `GET /` | HTML page showing the method, path, `Host`, `Via` and `Forwarded` it received |
+//! | `GET /app` | HTML page whose script fetches `/bytes/1000`, reads three events of `/sse` and echoes a message over `/ws`, writing what it saw into the page (the browser test reads it) |
 //! | `/echo` | `{"bytes":N,"sha256":"..","trailers":{..}}` of the request body |
 //! | `/echo-body` | the request body and trailers, streamed back |
 //! | `GET /bytes/{n}` | `n` bytes where byte `i` is `i % 251`, in 64 KiB chunks |
 //! | `GET /sse?n=5&interval_ms=100` | `n` server-sent events |
 //! | `GET /trailers` | `hello trailers` followed by gRPC-style trailers |
-//! | `/ws` | WebSocket echo, over HTTP/1.1 Upgrade or HTTP/2 extended CONNECT |
+//! | `/ws` | WebSocket echo, over HTTP/1.1 Upgrade or HTTP/2 and HTTP/3 extended CONNECT |
 //! | `GET /status/{code}` | an empty answer with that status |
 //! | `GET /slow?ms=N` | an answer after `N` milliseconds |
 
@@ -31,7 +32,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
 
-use super::websocket::{spawn_echo, Handshake};
+use super::websocket::{on_upgrade, spawn_echo, Handshake};
 use super::{empty, full, sync_boxed, text_response, Body, BoxError, Refusal, ResponseFuture};
 
 /// The largest body `/bytes/{n}` will generate.
@@ -109,7 +110,7 @@ where
         "/ws" => {
             return match Handshake::from_request(&request) {
                 Ok(handshake) => {
-                    spawn_echo(hyper::upgrade::on(&mut request));
+                    spawn_echo(on_upgrade(&mut request));
                     handshake.response()
                 }
                 Err(error) => error.response(),
@@ -119,6 +120,7 @@ where
     }
 
     let known = path == "/"
+        || path == "/app"
         || path == "/sse"
         || path == "/trailers"
         || path == "/slow"
@@ -141,6 +143,14 @@ where
     if path == "/" {
         return index(&request);
     }
+    if path == "/app" {
+        let mut response = Response::new(full(APP_PAGE));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        return response;
+    }
     if path == "/sse" {
         return sse(&query);
     }
@@ -158,6 +168,58 @@ where
     }
     text_response(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"))
 }
+
+/// `GET /app`: a page that uses what a browser application uses through a gateway (a
+/// fetch, an `EventSource`, a `WebSocket`) and writes each result into an element of its
+/// own, then `done` into `#done`.
+const APP_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>ptth app check</title></head>
+<body>
+<p>fetch: <span id="fetch">pending</span></p>
+<p>sse: <span id="sse">pending</span></p>
+<p>ws: <span id="ws">pending</span></p>
+<p>protocol: <span id="proto">pending</span></p>
+<p id="done"></p>
+<script>
+const out = (id, text) => { document.getElementById(id).textContent = text; };
+const within = (ms, what) => new Promise(r => setTimeout(() => r(what + " timed out"), ms));
+async function checkFetch() {
+  const r = await fetch("/bytes/1000");
+  const b = new Uint8Array(await r.arrayBuffer());
+  return "status " + r.status + " bytes " + b.length + " last " + b[999];
+}
+function checkSse() {
+  return new Promise(resolve => {
+    const es = new EventSource("/sse?n=3&interval_ms=50");
+    const got = [];
+    es.onmessage = e => {
+      got.push(e.data);
+      if (got.length === 3) { es.close(); resolve("events " + got.join("|")); }
+    };
+    es.onerror = () => { if (got.length < 3) { es.close(); resolve("error after " + got.length); } };
+  });
+}
+function checkWs() {
+  return new Promise(resolve => {
+    const ws = new WebSocket(location.origin.replace(/^http/, "ws") + "/ws");
+    ws.onopen = () => ws.send("ping from the browser");
+    ws.onmessage = e => { resolve("echo " + e.data); ws.close(); };
+    ws.onerror = () => resolve("error");
+  });
+}
+async function run() {
+  for (const [id, check] of [["fetch", checkFetch], ["sse", checkSse], ["ws", checkWs]]) {
+    try { out(id, await Promise.race([check(), within(15000, id)])); }
+    catch (e) { out(id, "error " + e); }
+  }
+  const nav = performance.getEntriesByType("navigation")[0];
+  out("proto", (nav && nav.nextHopProtocol) || "unknown");
+  out("done", "done");
+}
+run();
+</script>
+</body></html>
+"#;
 
 /// `GET /`: shows what the request looked like on arrival, so a demo can see what the
 /// gateway added (`Via`, `Forwarded`) and that `Host` survived the trip.

@@ -43,7 +43,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::websocket::{header_has_token, WEBSOCKET_PROTOCOL};
+use super::websocket::{header_has_token, on_upgrade, OnTunnel, WEBSOCKET_PROTOCOL};
 use super::{text_response, Body, BoxError, Refusal, ResponseFuture};
 
 /// How long the proxy waits for a TCP connection to the upstream before answering `502`.
@@ -228,9 +228,7 @@ impl Proxy {
         // The caller's side of a tunnel must be claimed before the answer goes back to hyper.
         let caller_upgrade = match mode {
             Mode::Plain => None,
-            Mode::Upgrade { .. } | Mode::ExtendedConnect { .. } => {
-                Some(hyper::upgrade::on(&mut request))
-            }
+            Mode::Upgrade { .. } | Mode::ExtendedConnect { .. } => Some(on_upgrade(&mut request)),
         };
         let upstream_request = match self.upstream_request(request, &mode) {
             Ok(upstream_request) => upstream_request,
@@ -445,16 +443,16 @@ fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// Copies bytes between the caller's and the upstream's upgraded connections until both close.
-fn spawn_tunnel(caller: OnUpgrade, upstream: OnUpgrade) {
+fn spawn_tunnel(caller: OnTunnel, upstream: OnUpgrade) {
     tokio::spawn(async move {
-        let (caller, upstream) = match tokio::try_join!(caller, upstream) {
+        let upstream = async { upstream.await.map_err(std::io::Error::other) };
+        let (mut caller, upstream) = match tokio::try_join!(caller, upstream) {
             Ok(pair) => pair,
             Err(error) => {
                 tracing::debug!(%error, "upgrade did not complete");
                 return;
             }
         };
-        let mut caller = TokioIo::new(caller);
         let mut upstream = TokioIo::new(upstream);
         if let Err(error) = tokio::io::copy_bidirectional(&mut caller, &mut upstream).await {
             tracing::debug!(%error, "tunnel ended with an error");

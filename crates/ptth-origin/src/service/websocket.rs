@@ -1,10 +1,12 @@
-//! WebSocket opening handshakes for both HTTP versions (RFC 6455 Upgrade, RFC 8441 extended CONNECT) and the echo loop.
+//! WebSocket opening handshakes for every HTTP version (RFC 6455 Upgrade, RFC 8441 and RFC 9220 extended CONNECT), the tunnel a service takes after it, and the echo loop.
 //!
 //! A gateway may reach the origin over HTTP/1.1, where a WebSocket starts as a `GET` with
-//! `Upgrade: websocket` and ends in `101 Switching Protocols`, or over HTTP/2, where it starts
-//! as an extended `CONNECT` with `:protocol = websocket` and ends in `200`. [`Handshake`]
-//! validates either form and builds the matching answer; the caller then takes the upgraded
-//! IO from hyper and runs the WebSocket protocol over it.
+//! `Upgrade: websocket` and ends in `101 Switching Protocols`, or over HTTP/2 or HTTP/3,
+//! where it starts as an extended `CONNECT` with `:protocol = websocket` and ends in `200`.
+//! [`Handshake`] validates either form and builds the matching answer; the caller then takes
+//! the tunnel with [`on_upgrade`] (hyper's upgrade on HTTP/1.1 and HTTP/2, the request
+//! stream on HTTP/3, handed over by [`serve_h3_connect`]) and runs the WebSocket protocol
+//! over it.
 
 use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
@@ -13,7 +15,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 use tokio_tungstenite::tungstenite::Message;
@@ -180,15 +184,147 @@ fn is_valid_key(key: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
 }
 
-/// Waits for hyper to hand over the upgraded connection, then echoes WebSocket messages on it.
+/// A tunnel's byte stream, whatever carries it.
+pub trait TunnelIo: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> TunnelIo for T {}
+
+/// The byte stream of an accepted upgrade or extended CONNECT.
+pub type Tunnel = Box<dyn TunnelIo>;
+
+/// Where [`serve_h3_connect`] hands over an HTTP/3 extended CONNECT stream once the 2xx is
+/// sent: hyper has no upgrade for HTTP/3, so it rides in the request's extensions (which
+/// must be `Clone`).
+#[derive(Clone)]
+struct H3TunnelSlot(Arc<Mutex<Option<oneshot::Receiver<Tunnel>>>>);
+
+/// The tunnel a service takes for a request it answers with `101` (HTTP/1.1) or `2xx` to an
+/// extended CONNECT; it opens once that answer has been sent.
+pub enum OnTunnel {
+    /// HTTP/1.1 and HTTP/2: hyper's upgrade.
+    Hyper(OnUpgrade),
+    /// HTTP/3: the request stream.
+    H3(oneshot::Receiver<Tunnel>),
+}
+
+impl std::fmt::Debug for OnTunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OnTunnel::Hyper(_) => "OnTunnel::Hyper",
+            OnTunnel::H3(_) => "OnTunnel::H3",
+        })
+    }
+}
+
+impl std::future::Future for OnTunnel {
+    type Output = std::io::Result<Tunnel>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        use std::task::Poll;
+        match self.get_mut() {
+            OnTunnel::Hyper(on) => match std::pin::Pin::new(on).poll(cx) {
+                Poll::Ready(Ok(upgraded)) => Poll::Ready(Ok(Box::new(TokioIo::new(upgraded)))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(std::io::Error::other(e))),
+                Poll::Pending => Poll::Pending,
+            },
+            OnTunnel::H3(rx) => match std::pin::Pin::new(rx).poll(cx) {
+                Poll::Ready(Ok(io)) => Poll::Ready(Ok(io)),
+                Poll::Ready(Err(_)) => Poll::Ready(Err(std::io::Error::other(
+                    "the HTTP/3 stream closed before the tunnel opened",
+                ))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+}
+
+/// Claims the tunnel of `request`: the HTTP/3 stream if the request came over HTTP/3,
+/// hyper's upgrade otherwise. Call it before returning the answer.
+pub fn on_upgrade<B>(request: &mut Request<B>) -> OnTunnel {
+    if let Some(rx) = request
+        .extensions()
+        .get::<H3TunnelSlot>()
+        .and_then(|slot| slot.0.lock().unwrap_or_else(|e| e.into_inner()).take())
+    {
+        return OnTunnel::H3(rx);
+    }
+    OnTunnel::Hyper(hyper::upgrade::on(request))
+}
+
+/// Serves an HTTP/3 CONNECT from the gateway. RFC 9220 §3: an extended CONNECT with
+/// `:protocol = websocket` is the WebSocket handshake; it is handed to `service` as the
+/// same request an HTTP/2 one would be (`hyper::ext::Protocol`), and when the service
+/// answers 2xx the request stream becomes the tunnel it claimed with [`on_upgrade`]. Any
+/// other CONNECT is refused with 501 and a reason.
+pub(crate) async fn serve_h3_connect<F>(
+    mut request: Request<crate::serve::RequestBody>,
+    respond: ptth_h3::ResponseSender,
+    service: F,
+) where
+    F: FnOnce(
+        Request<crate::serve::RequestBody>,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<
+                    Output = Result<Response<crate::serve::ResponseBody>, std::convert::Infallible>,
+                > + Send,
+        >,
+    >,
+{
+    let websocket = request
+        .extensions()
+        .get::<ptth_h3::Protocol>()
+        .is_some_and(|p| p.0.eq_ignore_ascii_case(WEBSOCKET_PROTOCOL));
+    if !websocket {
+        let refusal = text_response(
+            StatusCode::NOT_IMPLEMENTED,
+            "this origin serves CONNECT over HTTP/3 only as an extended CONNECT for websocket (RFC 9220)",
+        );
+        if let Err(error) = respond.send_response(refusal).await {
+            tracing::debug!(%error, "HTTP/3 CONNECT refusal failed");
+        }
+        return;
+    }
+    request.extensions_mut().remove::<ptth_h3::Protocol>();
+    request
+        .extensions_mut()
+        .insert(Protocol::from_static(WEBSOCKET_PROTOCOL));
+    let (tx, rx) = oneshot::channel();
+    request
+        .extensions_mut()
+        .insert(H3TunnelSlot(Arc::new(Mutex::new(Some(rx)))));
+    let response = match service(request).await {
+        Ok(response) => response,
+        Err(never) => match never {},
+    };
+    if !response.status().is_success() {
+        if let Err(error) = respond.send_response(response).await {
+            tracing::debug!(%error, "HTTP/3 CONNECT answer failed");
+        }
+        return;
+    }
+    let (parts, _) = response.into_parts();
+    match respond
+        .send_connect_response(Response::from_parts(parts, ()))
+        .await
+    {
+        // The service's tunnel task waits for it; if that is gone, dropping ends the stream.
+        Ok(stream) => drop(tx.send(Box::new(stream))),
+        Err(error) => tracing::debug!(%error, "HTTP/3 CONNECT answer failed"),
+    }
+}
+
+/// Waits for the tunnel to open, then echoes WebSocket messages on it.
 ///
-/// This must be called before the handshake response is returned to hyper, because the
-/// upgrade completes only after that response is written.
-pub(crate) fn spawn_echo(on_upgrade: OnUpgrade) {
+/// The tunnel must be claimed ([`on_upgrade`]) before the handshake response is returned,
+/// because the upgrade completes only after that response is written.
+pub(crate) fn spawn_echo(on_upgrade: OnTunnel) {
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                if let Err(error) = echo(TokioIo::new(upgraded)).await {
+            Ok(tunnel) => {
+                if let Err(error) = echo(tunnel).await {
                     tracing::debug!(%error, "websocket echo ended with an error");
                 }
             }
@@ -214,6 +350,10 @@ where
             Message::Ping(_) | Message::Pong(_) | Message::Close(_) | Message::Frame(_) => {}
         }
     }
+    // End the tunnel cleanly (FIN, END_STREAM): dropping it could reset an HTTP/2 or
+    // HTTP/3 stream and discard the close reply still queued on it.
+    use tokio::io::AsyncWriteExt;
+    socket.get_mut().shutdown().await?;
     Ok(())
 }
 
