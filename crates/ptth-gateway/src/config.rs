@@ -107,6 +107,19 @@ pub struct Cli {
     /// listener, and development). Requests over TLS never reach `http://` origins.
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub cleartext_https_fallback: Option<bool>,
+    /// Seconds a stopping gateway (SIGTERM) gives requests in flight and its origin
+    /// connections to finish before it exits anyway (default 30).
+    #[arg(long)]
+    pub shutdown_grace: Option<f64>,
+    /// Seconds after start during which a request for a host with no origin yet waits
+    /// (within the queue limits) for one to register instead of getting 503 (default 5).
+    #[arg(long)]
+    pub startup_grace: Option<f64>,
+    /// Load and check the configuration (files readable, certificates and key parse, grants
+    /// valid), print `config ok` or the error, and exit 0 or 1.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
     /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
     #[arg(skip)]
     #[serde(skip)]
@@ -163,6 +176,12 @@ pub struct GatewayConfig {
     /// Worker threads, each with its own runtime and listening sockets (`--threads`;
     /// default one per CPU).
     pub workers: usize,
+    /// How long a stopping gateway waits for requests in flight and for its origin
+    /// connections to close (`--shutdown-grace`).
+    pub shutdown_grace: Duration,
+    /// How long after start a request for a host with no origin waits for one
+    /// (`--startup-grace`).
+    pub startup_grace: Duration,
 }
 
 impl GatewayConfig {
@@ -197,6 +216,8 @@ impl GatewayConfig {
             queue_limit_per_host: 256,
             cleartext_https_fallback: true,
             workers: std::thread::available_parallelism().map_or(1, usize::from),
+            shutdown_grace: Duration::from_secs(30),
+            startup_grace: Duration::from_secs(5),
         }
     }
 }
@@ -305,6 +326,12 @@ impl Cli {
         if let Some(n) = self.threads {
             c.workers = at_least_one(n, "--threads")?;
         }
+        if let Some(s) = self.shutdown_grace {
+            c.shutdown_grace = secs(s, "--shutdown-grace")?;
+        }
+        if let Some(s) = self.startup_grace {
+            c.startup_grace = secs(s, "--startup-grace")?;
+        }
         Ok((c, dev_files))
     }
 
@@ -345,6 +372,9 @@ impl Cli {
             cleartext_https_fallback: self
                 .cleartext_https_fallback
                 .or(file.cleartext_https_fallback),
+            shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
+            startup_grace: self.startup_grace.or(file.startup_grace),
+            check_config: self.check_config,
             file_merged: self.file_merged,
         }
     }

@@ -1,12 +1,20 @@
 //! The `ptth-gateway` binary: a thin shell over the `ptth_gateway` library.
+//!
+//! Under systemd (`Type=notify`, `NOTIFY_SOCKET` set) it says `READY=1` once every listener
+//! is bound, `RELOADING=1` then `READY=1` around a SIGHUP reload, and `STOPPING=1` on
+//! SIGTERM; elsewhere those notifications are skipped.
 
 use clap::Parser;
 use ptth_gateway::config::{init_logging, Cli};
 use ptth_gateway::Gateway;
+use sd_notify::NotifyState;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse().merge_file()?;
     init_logging(cli.log_format.as_deref())?;
+    if cli.check_config {
+        return check_config(cli);
+    }
     let (config, dev) = cli.resolve()?;
     // The gateway serves on its own workers (`--threads`, one runtime per thread); this
     // thread only starts it, waits for signals and reloads the grants.
@@ -14,6 +22,31 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?
         .block_on(serve(config, dev))
+}
+
+/// `--check-config`: loads and checks the configuration, says `config ok` or why not, and
+/// exits 0 or 1. Binds nothing.
+fn check_config(cli: Cli) -> anyhow::Result<()> {
+    let checked = cli
+        .resolve()
+        .and_then(|(config, _dev)| ptth_gateway::check_config(&config));
+    match checked {
+        Ok(()) => {
+            println!("config ok");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("config error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Tells systemd (when it started us with `NOTIFY_SOCKET`) where the service is.
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "could not notify the service manager");
+    }
 }
 
 async fn serve(
@@ -37,8 +70,14 @@ async fn serve(
         println!("listen-tls={a}");
     }
     println!("tunnel={}", gateway.tunnel);
+    notify(&[NotifyState::Ready]);
     reload_on_sighup(&gateway).await;
-    tracing::info!("shutting down");
+    notify(&[NotifyState::Stopping]);
+    // Ctrl-C or SIGTERM again during the grace: stop at once.
+    tokio::select! {
+        _ = gateway.shutdown(config.shutdown_grace) => {}
+        _ = shutdown_signal() => tracing::warn!("second stop signal: stopping at once"),
+    }
     gateway.stop();
     Ok(())
 }
@@ -55,12 +94,18 @@ async fn reload_on_sighup(gateway: &Gateway) {
                 tokio::select! {
                     _ = &mut stop => return,
                     _ = hup.recv() => {
+                        // systemd 253 and later want the monotonic time with RELOADING=1.
+                        match NotifyState::monotonic_usec_now() {
+                            Ok(now) => notify(&[NotifyState::Reloading, now]),
+                            Err(_) => notify(&[NotifyState::Reloading]),
+                        }
                         match ptth_gateway::config::reload_grants(gateway.config())
                             .and_then(|g| gateway.reload(g))
                         {
                             Ok(_) => {}
                             Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; the old grants stay in force"),
                         }
+                        notify(&[NotifyState::Ready]);
                     }
                 }
             }

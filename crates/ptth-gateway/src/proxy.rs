@@ -318,7 +318,9 @@ fn is_safe(method: &http::Method) -> bool {
 /// Whether the connection a request failed on is closed (now, or within [`DEATH_NOTICE`]:
 /// its driver ends a moment after the request hears of it).
 async fn connection_died(conn: &crate::registry::OriginConn) -> bool {
-    tokio::time::timeout(DEATH_NOTICE, conn.gone()).await.is_ok()
+    tokio::time::timeout(DEATH_NOTICE, conn.gone())
+        .await
+        .is_ok()
 }
 
 /// The head of a bodiless safe request, kept to send it again on another connection.

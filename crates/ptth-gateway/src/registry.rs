@@ -394,9 +394,7 @@ impl Registry {
     /// and gets [`RouteError::NoOrigin`] only when the grace ends without one. Origins
     /// reconnecting to a restarted gateway come back within it. Only the first call counts.
     pub fn start_grace(&self, grace: Duration) {
-        let _ = self
-            .startup_until
-            .set(tokio::time::Instant::now() + grace);
+        let _ = self.startup_until.set(tokio::time::Instant::now() + grace);
     }
 
     /// The end of the start-up grace, while it runs.
