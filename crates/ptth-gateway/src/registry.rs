@@ -675,6 +675,9 @@ fn why_closed(state: &Lifecycle) -> &'static str {
         (Some(CloseReason::Graceful), Some(DrainSource::Peer)) => {
             "the origin sent GOAWAY, finished its requests and closed it"
         }
+        (Some(CloseReason::Graceful), Some(DrainSource::Local)) => {
+            "drained: the gateway is stopping, and the origin reconnects (to its replacement)"
+        }
         (Some(CloseReason::Graceful), Some(_)) => "drained",
         (Some(CloseReason::DrainExpired), _) => {
             "drained; the requests still in flight when the grace ended were cut"
