@@ -13,7 +13,8 @@
 //! [`Gateway::start`], and the returned handle reports the bound addresses. The gateway runs
 //! on its own worker threads ([`GatewayConfig::workers`], one per CPU by default), each with
 //! its own runtime and its own socket on every TCP listener; the caller's runtime only
-//! starts it.
+//! starts it. [`Gateway::shutdown`] stops it without losing requests, beside a new process
+//! that shares its ports (`docs/operations.md`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod admission;

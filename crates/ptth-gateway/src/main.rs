@@ -53,6 +53,9 @@ async fn serve(
     config: ptth_gateway::config::GatewayConfig,
     dev: Option<ptth_gateway::dev::DevFiles>,
 ) -> anyhow::Result<()> {
+    // Before anything can say READY: a SIGHUP or SIGTERM that came before its handler would
+    // end the process (their default action).
+    let mut signals = Signals::new()?;
     let gateway = Gateway::start(&config).await?;
     if let Some(dev) = dev {
         let token = std::fs::read_to_string(&dev.token)?;
@@ -71,66 +74,87 @@ async fn serve(
     }
     println!("tunnel={}", gateway.tunnel);
     notify(&[NotifyState::Ready]);
-    reload_on_sighup(&gateway).await;
+    // Serves until SIGTERM or Ctrl-C; on SIGHUP re-reads the grants from the config file.
+    while let Signal::Reload = signals.next().await {
+        // systemd 253 and later want the monotonic time with RELOADING=1.
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => notify(&[NotifyState::Reloading, now]),
+            Err(_) => notify(&[NotifyState::Reloading]),
+        }
+        match ptth_gateway::config::reload_grants(gateway.config()).and_then(|g| gateway.reload(g))
+        {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reload failed; the old grants stay in force")
+            }
+        }
+        notify(&[NotifyState::Ready]);
+    }
     notify(&[NotifyState::Stopping]);
     // Ctrl-C or SIGTERM again during the grace: stop at once.
     tokio::select! {
         _ = gateway.shutdown(config.shutdown_grace) => {}
-        _ = shutdown_signal() => tracing::warn!("second stop signal: stopping at once"),
+        Signal::Stop = signals.next_stop() => tracing::warn!("second stop signal: stopping at once"),
     }
     gateway.stop();
     Ok(())
 }
 
-/// Serves until SIGTERM or Ctrl-C; on SIGHUP re-reads the grants from the config file.
-async fn reload_on_sighup(gateway: &Gateway) {
+/// What a signal asks for.
+enum Signal {
+    /// SIGHUP: re-read the grants.
+    Reload,
+    /// SIGTERM or Ctrl-C (SIGINT): stop gracefully.
+    Stop,
+}
+
+/// The signals the gateway acts on, registered once at start.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut hup) = signal(SignalKind::hangup()) {
-            let stop = shutdown_signal();
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = hup.recv() => {
-                        // systemd 253 and later want the monotonic time with RELOADING=1.
-                        match NotifyState::monotonic_usec_now() {
-                            Ok(now) => notify(&[NotifyState::Reloading, now]),
-                            Err(_) => notify(&[NotifyState::Reloading]),
-                        }
-                        match ptth_gateway::config::reload_grants(gateway.config())
-                            .and_then(|g| gateway.reload(g))
-                        {
-                            Ok(_) => {}
-                            Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; the old grants stay in force"),
-                        }
-                        notify(&[NotifyState::Ready]);
-                    }
-                }
+    hup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                hup: signal(SignalKind::hangup())?,
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.hup.recv() => Signal::Reload,
+                _ = self.term.recv() => Signal::Stop,
+                _ = self.int.recv() => Signal::Stop,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
+    }
+
+    /// The next stop signal (a reload is ignored while stopping).
+    async fn next_stop(&mut self) -> Signal {
+        loop {
+            if let Signal::Stop = self.next().await {
+                return Signal::Stop;
             }
         }
     }
-    shutdown_signal().await;
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -872,6 +872,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn in_the_startup_grace_a_request_waits_for_an_origin_then_no_longer() {
+        let mut c = Conns::new(limits(8, 8, Duration::from_secs(30)));
+        c.registry.start_grace(Duration::from_millis(1500));
+        let registry = c.registry.clone();
+        let early = tokio::spawn(async move {
+            registry
+                .acquire(&target("https://late.example/"), None)
+                .await
+                .map(|r| r.conn().id)
+        });
+        waiting(&c.registry, "late.example", 1).await;
+        let late = c.add("https://late.example", "/").await;
+        assert_eq!(
+            early.await.unwrap(),
+            Ok(late.id),
+            "it waited and got the origin"
+        );
+
+        // A host nobody serves: 503 "no origin" when the grace ends, not at once and not
+        // after the queue's 30 s.
+        let asked = Instant::now();
+        let r = c
+            .registry
+            .acquire(&target("https://nobody.example/"), None)
+            .await;
+        assert_eq!(r.unwrap_err(), RouteError::NoOrigin);
+        let took = asked.elapsed();
+        assert!(took > Duration::from_millis(500), "it waited: {took:?}");
+        assert!(
+            took < Duration::from_secs(10),
+            "the grace bounded it: {took:?}"
+        );
+        // After the grace: at once.
+        let asked = Instant::now();
+        let r = c
+            .registry
+            .acquire(&target("https://nobody.example/"), None)
+            .await;
+        assert_eq!(r.unwrap_err(), RouteError::NoOrigin);
+        assert!(asked.elapsed() < Duration::from_millis(200));
+    }
+
+    #[tokio::test]
     async fn one_host_cannot_fill_the_queue_for_all() {
         let wait = Duration::from_secs(30);
         let mut c = Conns::new(limits(3, 2, wait));

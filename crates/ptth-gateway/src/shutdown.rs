@@ -12,15 +12,17 @@
 //!            ─▶ Shutdown::until_closed ─▶ origins drained ─▶ workers stopped
 //! ```
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use tokio::sync::{watch, Notify};
 
-/// Public connections still open.
+/// Public connections still open, and the stop flag as one atomic read (every HTTP/1.1
+/// answer asks it).
 #[derive(Debug, Default)]
 struct Open {
     count: AtomicUsize,
     closed: Notify,
+    stopping: AtomicBool,
 }
 
 /// The stopping side, held by the [`crate::Gateway`].
@@ -67,6 +69,7 @@ impl Shutdown {
 
     /// Tells every listener and public connection to stop. Idempotent.
     pub(crate) fn signal(&self) {
+        self.open.stopping.store(true, Ordering::Release);
         self.signal.send_replace(true);
     }
 
@@ -99,7 +102,7 @@ impl Stopping {
 
     /// Whether the gateway is stopping.
     pub(crate) fn is_set(&self) -> bool {
-        *self.signal.borrow()
+        self.open.stopping.load(Ordering::Acquire)
     }
 
     /// Counts one public connection until the returned guard drops.

@@ -69,8 +69,11 @@ fn notify(state: &[NotifyState<'_>]) {
 
 async fn run(config: ptth_origin::OriginConfig, serve: Serve) -> anyhow::Result<()> {
     let origin = Origin::new(config)?;
+    // Registered before READY: a SIGTERM that came before its handler would end the
+    // process at once (the signal's default action) instead of draining it.
+    let stopped = shutdown_signal()?;
     let stop = async {
-        shutdown_signal().await;
+        stopped.await;
         notify(&[NotifyState::Stopping]);
     };
     match serve {
@@ -88,21 +91,22 @@ async fn run(config: ptth_origin::OriginConfig, serve: Serve) -> anyhow::Result<
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or Ctrl-C; the handlers are in place when this returns.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = ctrl_c.await;
-            return;
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
