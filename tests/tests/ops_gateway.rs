@@ -374,3 +374,201 @@ async fn systemd_hears_ready_reloading_and_stopping() {
         .unwrap();
     assert!(exit.success(), "{exit}");
 }
+
+/// An HTTP/1.1 upstream for `ptth-origin --upstream` that records `<METHOD> <path>` of every
+/// request and holds each one until the test releases this upstream.
+#[derive(Clone)]
+struct Holding {
+    addr: std::net::SocketAddr,
+    seen: Arc<Mutex<Vec<String>>>,
+    arrived: Arc<tokio::sync::Notify>,
+    release: tokio::sync::watch::Sender<bool>,
+}
+
+impl Holding {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let this = Self {
+            addr: listener.local_addr().unwrap(),
+            seen: Arc::default(),
+            arrived: Arc::default(),
+            release: tokio::sync::watch::Sender::new(false),
+        };
+        let me = this.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let me = me.clone();
+                let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                    let me = me.clone();
+                    async move {
+                        let what = format!("{} {}", req.method(), req.uri().path());
+                        me.seen.lock().unwrap().push(what);
+                        me.arrived.notify_waiters();
+                        let mut released = me.release.subscribe();
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(60),
+                            released.wait_for(|r| *r),
+                        )
+                        .await;
+                        Ok::<_, std::convert::Infallible>(http::Response::new(
+                            http_body_util::Full::new(Bytes::from_static(b"released")),
+                        ))
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+        this
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn seen(&self) -> Vec<String> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// Waits (20 s at most) until one of `upstreams` has seen `what`, and returns which.
+async fn arrival(upstreams: &[&Holding], what: &str) -> usize {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let waits: Vec<_> = upstreams.iter().map(|u| u.arrived.notified()).collect();
+        let mut waits: Vec<_> = waits.into_iter().map(Box::pin).collect();
+        for w in &mut waits {
+            w.as_mut().enable();
+        }
+        if let Some(k) = upstreams
+            .iter()
+            .position(|u| u.seen().iter().any(|s| s == what))
+        {
+            return k;
+        }
+        let any = futures_util::future::select_all(waits);
+        assert!(
+            tokio::time::timeout_at(deadline, any).await.is_ok(),
+            "no upstream saw {what:?}"
+        );
+    }
+}
+
+/// An origin for `retry.localhost` proxying to `upstream`.
+async fn retry_origin(gw: &Gateway, upstream: &Holding) -> Origin {
+    Origin::start(
+        gw,
+        "rh2",
+        "retry.localhost",
+        &["--upstream", &upstream.url(), "--connections", "1"],
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_get_whose_origin_dies_before_answering_is_retried_and_a_post_is_not() {
+    let dir = TempDir::new("ops-retry");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let ups = [Holding::start().await, Holding::start().await];
+    let mut origins = vec![
+        retry_origin(&gw, &ups[0]).await,
+        retry_origin(&gw, &ups[1]).await,
+    ];
+    // Both origins registered: two requests held at once reach both upstreams.
+    let c = client(false);
+    let probe = |path: &str| {
+        let (c, req) = (c.clone(), get(&gw, "retry.localhost", path));
+        tokio::spawn(async move { send(&c, req).await })
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut k = 0;
+    while ups.iter().any(|u| u.seen().is_empty()) {
+        assert!(Instant::now() < deadline, "both origins never served");
+        k += 1;
+        let held = [probe(&format!("/probe{k}")), probe(&format!("/probe{k}"))];
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for u in &ups {
+            u.release.send_replace(true);
+        }
+        for h in held {
+            let _ = h.await;
+        }
+        for u in &ups {
+            u.release.send_replace(false);
+        }
+    }
+
+    // A GET reaches one origin; that origin dies before any answer; the gateway sends the
+    // GET to the other one, which answers.
+    let get_task = probe("/get");
+    let first = arrival(&[&ups[0], &ups[1]], "GET /get").await;
+    let other = 1 - first;
+    origins[first].kill().await;
+    assert_eq!(arrival(&[&ups[other]], "GET /get").await, 0);
+    ups[other].release.send_replace(true);
+    let (res, body) = tokio::time::timeout(Duration::from_secs(30), get_task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (res.status(), &body[..]),
+        (StatusCode::OK, &b"released"[..])
+    );
+    ups[other].release.send_replace(false);
+
+    // Negative twin: the same with a POST that has a body: a 502, and the other origin
+    // never sees it.
+    origins[first] = retry_origin(&gw, &ups[first]).await;
+    let before = ups[first].seen().len();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    // The restarted origin serves again: a probe held at the other upstream makes the next
+    // one go to it.
+    while ups[first].seen().len() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted origin never served"
+        );
+        let held = [probe("/again"), probe("/again")];
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        for u in &ups {
+            u.release.send_replace(true);
+        }
+        for h in held {
+            let _ = h.await;
+        }
+        for u in &ups {
+            u.release.send_replace(false);
+        }
+    }
+    let post = Request::post(url(&gw, "retry.localhost", "/post"))
+        .body(full(Bytes::from_static(b"not twice")))
+        .unwrap();
+    let post_task = {
+        let c = c.clone();
+        tokio::spawn(async move { send(&c, post).await })
+    };
+    let hit = arrival(&[&ups[0], &ups[1]], "POST /post").await;
+    origins[hit].kill().await;
+    let (res, body) = tokio::time::timeout(Duration::from_secs(30), post_task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::BAD_GATEWAY,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !ups[1 - hit].seen().iter().any(|s| s == "POST /post"),
+        "the POST must not be sent to the other origin: {:?}",
+        ups[1 - hit].seen()
+    );
+}
