@@ -474,7 +474,7 @@ async fn a_get_whose_origin_dies_before_answering_is_retried_and_a_post_is_not()
     let dir = TempDir::new("ops-retry");
     let gw = Gateway::start(&dir.0, &[]).await.unwrap();
     let ups = [Holding::start().await, Holding::start().await];
-    let mut origins = vec![
+    let mut origins = [
         retry_origin(&gw, &ups[0]).await,
         retry_origin(&gw, &ups[1]).await,
     ];
