@@ -82,6 +82,9 @@ pub(crate) async fn serve(
                 // New connections are refused from now on (clients fall back to TCP, which
                 // the new process serves); those open are wound down one by one below.
                 endpoint.set_server_config(None);
+                // The endpoint stays open, and with it the I/O of the connections still
+                // winding down, until the worker stops.
+                std::future::pending::<()>().await;
                 return;
             }
         };
