@@ -119,6 +119,19 @@ pub struct Cli {
     /// listener, and development). Requests over TLS never reach `http://` origins.
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub cleartext_https_fallback: Option<bool>,
+    /// Seconds a stopping gateway (SIGTERM) gives requests in flight and its origin
+    /// connections to finish before it exits anyway (default 30).
+    #[arg(long)]
+    pub shutdown_grace: Option<f64>,
+    /// Seconds after start during which a request for a host with no origin yet waits
+    /// (within the queue limits) for one to register instead of getting 503 (default 5).
+    #[arg(long)]
+    pub startup_grace: Option<f64>,
+    /// Load and check the configuration (files readable, certificates and key parse, grants
+    /// valid), print `config ok` or the error, and exit 0 or 1.
+    #[arg(long)]
+    #[serde(skip)]
+    pub check_config: bool,
     /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
     #[arg(skip)]
     #[serde(skip)]
@@ -254,6 +267,12 @@ pub struct GatewayConfig {
     /// The config file's settings at start, so a SIGHUP can name those that changed but
     /// need a restart.
     pub file_settings: Option<toml::Table>,
+    /// How long a stopping gateway waits for requests in flight and for its origin
+    /// connections to close (`--shutdown-grace`).
+    pub shutdown_grace: Duration,
+    /// How long after start a request for a host with no origin waits for one
+    /// (`--startup-grace`).
+    pub startup_grace: Duration,
 }
 
 impl GatewayConfig {
@@ -290,6 +309,8 @@ impl GatewayConfig {
             workers: std::thread::available_parallelism().map_or(1, usize::from),
             certificates: Vec::new(),
             file_settings: None,
+            shutdown_grace: Duration::from_secs(30),
+            startup_grace: Duration::from_secs(5),
         }
     }
 }
@@ -428,6 +449,12 @@ impl Cli {
         if let Some(n) = self.threads {
             c.workers = at_least_one(n, "--threads")?;
         }
+        if let Some(s) = self.shutdown_grace {
+            c.shutdown_grace = secs(s, "--shutdown-grace")?;
+        }
+        if let Some(s) = self.startup_grace {
+            c.startup_grace = secs(s, "--startup-grace")?;
+        }
         Ok((c, dev_files))
     }
 
@@ -469,6 +496,9 @@ impl Cli {
             cleartext_https_fallback: self
                 .cleartext_https_fallback
                 .or(file.cleartext_https_fallback),
+            shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
+            startup_grace: self.startup_grace.or(file.startup_grace),
+            check_config: self.check_config,
             file_merged: self.file_merged,
             file: self.file,
         }
@@ -642,7 +672,7 @@ pub fn reference() -> String {
         if arg.is_hide_set() || matches!(long, "help" | "version") {
             continue;
         }
-        let key = if long == "config" {
+        let key = if matches!(long, "config" | "check-config") {
             "(none)".to_string()
         } else {
             format!("`{long}`")
@@ -911,7 +941,7 @@ origins = ["https://app.example", "http://plain.example", "https://*.apps.exampl
         read_file(&path).unwrap();
         for arg in Cli::command().get_arguments() {
             let Some(long) = arg.get_long() else { continue };
-            if arg.is_hide_set() || matches!(long, "help" | "version" | "config") {
+            if arg.is_hide_set() || matches!(long, "help" | "version" | "config" | "check-config") {
                 continue;
             }
             assert!(
@@ -934,7 +964,7 @@ origins = ["https://app.example", "http://plain.example", "https://*.apps.exampl
         use clap::CommandFactory;
         for arg in Cli::command().get_arguments() {
             let Some(long) = arg.get_long() else { continue };
-            if arg.is_hide_set() || matches!(long, "help" | "version" | "config") {
+            if arg.is_hide_set() || matches!(long, "help" | "version" | "config" | "check-config") {
                 continue;
             }
             let help = arg
@@ -957,7 +987,7 @@ origins = ["https://app.example", "http://plain.example", "https://*.apps.exampl
             .get_arguments()
             .filter(|a| !a.is_hide_set())
             .filter_map(|a| a.get_long().map(str::to_string))
-            .filter(|l| !matches!(l.as_str(), "help" | "version" | "config"))
+            .filter(|l| !matches!(l.as_str(), "help" | "version" | "config" | "check-config"))
             .collect();
         for flag in &flags {
             // A value of the wrong type is an error too, but never "unknown field".

@@ -13,7 +13,8 @@
 //! [`Gateway::start`], and the returned handle reports the bound addresses. The gateway runs
 //! on its own worker threads ([`GatewayConfig::workers`], one per CPU by default), each with
 //! its own runtime and its own socket on every TCP listener; the caller's runtime only
-//! starts it.
+//! starts it. [`Gateway::shutdown`] stops it without losing requests, beside a new process
+//! that shares its ports (`docs/operations.md`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod admission;
@@ -30,6 +31,7 @@ mod quic;
 pub mod registry;
 mod sender;
 mod setup_request;
+mod shutdown;
 pub mod tls;
 mod tunnel;
 mod websocket;
@@ -40,8 +42,13 @@ pub use registry::{OriginConn, QueueLimits, Registry};
 
 use anyhow::{Context, Result};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio_rustls::TlsAcceptor;
+
+/// A QUIC endpoint that may come up after [`Gateway::start`] returned: while the gateway it
+/// replaces still holds the UDP port (see [`bind_udp`]).
+type LateEndpoint = Arc<Mutex<Option<quinn::Endpoint>>>;
 
 /// A running gateway.
 #[derive(Debug)]
@@ -52,15 +59,19 @@ pub struct Gateway {
     pub listen_tls: Option<SocketAddr>,
     /// Where origins connect.
     pub tunnel: SocketAddr,
-    /// Where origins connect over QUIC (UDP, the tunnel's port number).
+    /// Where origins connect over QUIC (UDP, the tunnel's port number). While the process
+    /// this gateway replaces still holds that port, the endpoint binds once it is free.
     pub tunnel_quic: SocketAddr,
-    /// Where public HTTP/3 clients connect (UDP, the TLS listener's port number).
+    /// Where public HTTP/3 clients connect (UDP, the TLS listener's port number); bound
+    /// late like [`Gateway::tunnel_quic`].
     pub listen_h3: Option<SocketAddr>,
     /// The connected origins.
     pub registry: Arc<Registry>,
     ctx: Arc<admission::TunnelContext>,
     /// The QUIC tunnel endpoint, whose server config a reload replaces.
-    tunnel_quic_endpoint: quinn::Endpoint,
+    tunnel_quic_endpoint: LateEndpoint,
+    /// What the listeners and public connections watch to stop.
+    shutdown: shutdown::Shutdown,
     /// The public listeners' certificates by SNI, which a reload replaces.
     public_certs: Arc<tls::PublicResolver>,
     config: GatewayConfig,
@@ -93,6 +104,7 @@ impl Gateway {
             max_wait: config.queue_timeout,
             max_waiting_per_host: config.queue_limit_per_host,
         });
+        registry.start_grace(config.startup_grace);
         let proxy = proxy::Proxy::new(
             registry.clone(),
             proxy::ProxyConfig {
@@ -113,6 +125,7 @@ impl Gateway {
                 config.max_pending_setups_per_ip,
             ),
         });
+        let shutdown = shutdown::Shutdown::new();
 
         let workers = workers::Workers::start(config.workers)
             .context("starting the gateway's worker threads")?;
@@ -127,57 +140,33 @@ impl Gateway {
                 .with_context(|| format!("binding the public listener on {addr}"))?,
             None => Vec::new(),
         };
+        let tls_ls = match config.listen_tls {
+            Some(addr) => Some(
+                workers
+                    .listen_each(addr)
+                    .with_context(|| format!("binding the public TLS listener on {addr}"))?,
+            ),
+            None => None,
+        };
         let tunnel = first_addr(&tunnel_ls)?;
         let listen = match config.listen {
             Some(_) => Some(first_addr(&public_ls)?),
             None => None,
         };
-        // The QUIC tunnel shares the TCP tunnel's port number, so origins dial one address
-        // whatever their mechanism's transport. One endpoint, its socket read on the first
-        // worker: a UDP port split by SO_REUSEPORT loses a connection whose address changes
-        // (docs/performance.md).
-        let quic_home = workers.handle(0);
-        let tunnel_quic_ep = {
-            let _on_worker = quic_home.enter();
-            quic::tunnel_endpoint(&ctx, tunnel)?
-        };
-        let tunnel_quic = tunnel_quic_ep.local_addr()?;
-        // Each listener is registered with its worker's runtime and served there.
+        let listen_tls = tls_ls.as_deref().map(first_addr).transpose()?;
+        // Each listener is registered with its worker's runtime and served there; it stops
+        // accepting (its socket closes) when the gateway stops.
         for (k, l) in tunnel_ls.into_iter().enumerate() {
-            workers.handle(k).spawn(tunnel::serve(l, ctx.clone()));
+            let (ctx, stopping) = (ctx.clone(), shutdown.stopping());
+            workers.handle(k).spawn(async move {
+                tokio::select! {
+                    () = tunnel::serve(l, ctx) => {}
+                    () = stopping.signalled() => {}
+                }
+            });
         }
-        // Every worker accepts from the one QUIC endpoint: a connection is admitted, and its
-        // QUIC driver runs (quinn spawns it where `accept` runs), on the worker that took it.
-        for k in 0..workers.len() {
-            workers
-                .handle(k)
-                .spawn(quic::serve_tunnel(tunnel_quic_ep.clone(), ctx.clone()));
-        }
-        let mut listen_tls = None;
-        let mut listen_h3 = None;
-        let mut alt_svc = None;
-        if let Some(addr) = config.listen_tls {
-            let tls_ls = workers
-                .listen_each(addr)
-                .with_context(|| format!("binding the public TLS listener on {addr}"))?;
-            let tls_addr = first_addr(&tls_ls)?;
-            listen_tls = Some(tls_addr);
-            // The public HTTP/3 endpoint's socket is read on the last worker, away from the
-            // QUIC tunnel's (the same one when there is one worker); its connections are
-            // handed to the workers in turn, and each is served where it was handed.
-            let h3_home = workers.handle(workers.len() - 1);
-            let h3 = {
-                let _on_worker = h3_home.enter();
-                public_h3::endpoint(public_certs.clone(), tls_addr, config.public_header_timeout)?
-            };
-            listen_h3 = Some(h3.local_addr()?);
-            alt_svc = public_h3::alt_svc(tls_addr.port());
-            h3_home.spawn(public_h3::serve(
-                h3,
-                proxy.clone(),
-                config.public_header_timeout,
-                workers.round_robin(),
-            ));
+        let alt_svc = listen_tls.and_then(|a| public_h3::alt_svc(a.port()));
+        if let (Some(tls_ls), Some(_)) = (tls_ls, listen_tls) {
             let acceptor = TlsAcceptor::from(Arc::new(tls::public_config(public_certs.clone())?));
             for (k, l) in tls_ls.into_iter().enumerate() {
                 workers.handle(k).spawn(public::serve(
@@ -186,6 +175,7 @@ impl Gateway {
                     proxy.clone(),
                     alt_svc.clone(),
                     config.public_header_timeout,
+                    shutdown.stopping(),
                 ));
             }
         }
@@ -196,7 +186,74 @@ impl Gateway {
                 proxy.clone(),
                 alt_svc.clone(),
                 config.public_header_timeout,
+                shutdown.stopping(),
             ));
+        }
+
+        // The QUIC tunnel shares the TCP tunnel's port number, so origins dial one address
+        // whatever their mechanism's transport. One endpoint, its socket read on the first
+        // worker: a UDP port split by SO_REUSEPORT loses a connection whose address changes
+        // (docs/performance.md), and one shared with another process would take flows of
+        // that process's connections (see `bind_udp`).
+        let tunnel_quic_endpoint: LateEndpoint = Arc::default();
+        let tunnel_quic = {
+            let quic_home = workers.handle(0).clone();
+            let every_worker: Vec<tokio::runtime::Handle> = (0..workers.len())
+                .map(|k| workers.handle(k).clone())
+                .collect();
+            let (bind_ctx, serve_ctx, slot) =
+                (ctx.clone(), ctx.clone(), tunnel_quic_endpoint.clone());
+            let stopping = shutdown.stopping();
+            bind_udp(
+                quic_home,
+                "QUIC tunnel endpoint",
+                tunnel,
+                move || quic::tunnel_endpoint(&bind_ctx, tunnel),
+                move |endpoint| {
+                    // Every worker accepts from the one QUIC endpoint: a connection is
+                    // admitted, and its QUIC driver runs (quinn spawns it where `accept`
+                    // runs), on the worker that took it. A stopping gateway refuses new
+                    // origin connections: they reconnect to the process that replaces it.
+                    for handle in &every_worker {
+                        let (endpoint, ctx, stopping) =
+                            (endpoint.clone(), serve_ctx.clone(), stopping.clone());
+                        handle.spawn(async move {
+                            tokio::select! {
+                                () = quic::serve_tunnel(endpoint.clone(), ctx) => {}
+                                () = stopping.signalled() => endpoint.set_server_config(None),
+                            }
+                        });
+                    }
+                    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(endpoint);
+                },
+            )?
+        };
+        let mut listen_h3 = None;
+        if let Some(tls_addr) = listen_tls {
+            // The public HTTP/3 endpoint's socket is read on the last worker, away from the
+            // QUIC tunnel's (the same one when there is one worker); its connections are
+            // handed to the workers in turn, and each is served where it was handed.
+            let h3_home = workers.handle(workers.len() - 1).clone();
+            let certs = public_certs.clone();
+            let header_timeout = config.public_header_timeout;
+            let (spread, proxy) = (workers.round_robin(), proxy.clone());
+            let (serve_home, stopping) = (h3_home.clone(), shutdown.stopping());
+            listen_h3 = Some(bind_udp(
+                h3_home,
+                "public HTTP/3 endpoint",
+                tls_addr,
+                move || public_h3::endpoint(certs.clone(), tls_addr, header_timeout),
+                move |endpoint| {
+                    // It refuses new connections itself when the gateway stops.
+                    serve_home.spawn(public_h3::serve(
+                        endpoint,
+                        proxy,
+                        header_timeout,
+                        spread,
+                        stopping,
+                    ));
+                },
+            )?);
         }
         tracing::info!(
             listen = %display_or_none(listen),
@@ -213,7 +270,8 @@ impl Gateway {
             listen_h3,
             registry,
             ctx,
-            tunnel_quic_endpoint: tunnel_quic_ep,
+            tunnel_quic_endpoint,
+            shutdown,
             public_certs,
             config: config.clone(),
             workers,
@@ -248,8 +306,14 @@ impl Gateway {
         // one too, for connections accepted from now on.
         let quic_config = quic::tunnel_server_config(&tunnel_tls)?;
         let grants = Arc::new(grants);
-        self.tunnel_quic_endpoint
-            .set_server_config(Some(quic_config));
+        if let Some(endpoint) = self
+            .tunnel_quic_endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            endpoint.set_server_config(Some(quic_config));
+        }
         *self.ctx.tls.write().unwrap_or_else(|e| e.into_inner()) = tunnel_tls;
         *self.ctx.grants.write().unwrap_or_else(|e| e.into_inner()) = grants.clone();
         for warning in config::operator_warnings(&self.config, &grants, &public_certs) {
@@ -303,6 +367,84 @@ impl Gateway {
         self.workers.len()
     }
 
+    /// Stops gracefully (SIGTERM), within `grace`:
+    ///
+    /// 1. Stops accepting: every listening socket closes, so the kernel hands new
+    ///    connections to a new gateway process sharing the ports (`SO_REUSEPORT`), and the
+    ///    QUIC endpoints refuse new connections.
+    /// 2. Winds down the public connections: HTTP/1.1 answers carry `Connection: close`,
+    ///    then (after [`public::LINGER`]) HTTP/2 and HTTP/3 clients get GOAWAY and idle
+    ///    HTTP/1.1 connections close; exchanges in flight finish.
+    /// 3. Once no public connection is left (or [`public::LINGER`] plus
+    ///    [`ORIGINS_AFTER`] passed), drains every origin connection: no new requests, and
+    ///    each closes as soon as its requests in flight finished (HTTP/3 with H3_NO_ERROR;
+    ///    HTTP/1.1 and HTTP/2 by closing the connection), so its origin reconnects, to the
+    ///    new process.
+    /// 4. Returns when no origin connection is left, or when `grace` ends; then
+    ///    [`Gateway::stop`] ends whatever is still running.
+    ///
+    /// Returns whether everything finished within the grace.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + grace;
+        tracing::info!(
+            ?grace,
+            public_connections = self.shutdown.open(),
+            origin_connections = self.registry.len(),
+            "stopping: listeners closed; public connections and origins are wound down"
+        );
+        self.shutdown.signal();
+        if let Some(endpoint) = self
+            .tunnel_quic_endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            endpoint.set_server_config(None);
+        }
+        let settle = (tokio::time::Instant::now() + public::LINGER + ORIGINS_AFTER).min(deadline);
+        let _ = tokio::time::timeout_at(settle, self.shutdown.until_closed()).await;
+        // Origins registering from here on (a setup that was under way) are drained too.
+        let mut drained = std::collections::HashSet::new();
+        let finished = loop {
+            let fresh: Vec<u64> = self
+                .registry
+                .snapshot()
+                .into_iter()
+                .map(|c| c.id)
+                .filter(|id| !drained.contains(id))
+                .collect();
+            if !fresh.is_empty() {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let _on_worker = self.workers.handle(0).enter();
+                self.registry.drain_unless(
+                    |conn| !fresh.contains(&conn.id),
+                    ptth_core::DrainSource::Local,
+                    left,
+                );
+                drained.extend(fresh);
+            }
+            let empty = self.registry.until_empty();
+            let next_check =
+                (tokio::time::Instant::now() + Duration::from_millis(200)).min(deadline);
+            match tokio::time::timeout_at(next_check, empty).await {
+                Ok(()) => break true,
+                Err(_) if tokio::time::Instant::now() >= deadline => break false,
+                Err(_) => {}
+            }
+        };
+        let public_left = self.shutdown.open();
+        if finished && public_left == 0 {
+            tracing::info!("stopped: every request finished and every origin connection closed");
+        } else {
+            tracing::warn!(
+                public_connections = public_left,
+                origin_connections = self.registry.len(),
+                "the shutdown grace ended with work still running; it is cut"
+            );
+        }
+        finished && public_left == 0
+    }
+
     /// Stops every worker: listeners close, and every connection and task on a worker ends
     /// with its runtime, which the worker's own thread drops. Returns at once; dropping the
     /// `Gateway` also waits for the worker threads to finish.
@@ -315,6 +457,97 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// How long after [`public::LINGER`] a stopping gateway waits for its public connections to
+/// end before it lets its origins go anyway (long responses still finish: a draining origin
+/// connection keeps its requests in flight).
+const ORIGINS_AFTER: Duration = Duration::from_secs(2);
+
+/// Binds a QUIC endpoint with `bind` and hands it to `serve`, now; or, when its UDP port is
+/// in use, on `home` as soon as the port is free, and returns the address it will have.
+///
+/// The port is not shared with `SO_REUSEPORT`, unlike the TCP listeners: Linux picks the
+/// socket of a UDP datagram by a hash of its addresses over the sockets sharing the port,
+/// so a new process joining the port would receive part of the datagrams of the QUIC
+/// connections the old process still serves, and those connections would stall. A new
+/// gateway therefore waits for the old one to exit (which releases the port) before it
+/// serves QUIC; until then its origins and public clients use TCP.
+fn bind_udp(
+    home: tokio::runtime::Handle,
+    what: &'static str,
+    addr: SocketAddr,
+    bind: impl Fn() -> Result<quinn::Endpoint> + Send + 'static,
+    serve: impl FnOnce(quinn::Endpoint) + Send + 'static,
+) -> Result<SocketAddr> {
+    let first = {
+        let _on_worker = home.enter();
+        bind()
+    };
+    match first {
+        Ok(endpoint) => {
+            let bound = endpoint.local_addr()?;
+            serve(endpoint);
+            Ok(bound)
+        }
+        Err(e) if addr.port() != 0 && in_use(&e) => {
+            tracing::warn!(%addr, "the {what}'s UDP port is in use (the gateway this one replaces?): it binds once the port is free; QUIC waits until then");
+            home.spawn(async move {
+                let mut waited = 0u32;
+                loop {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    match bind() {
+                        Ok(endpoint) => {
+                            tracing::info!(%addr, "the {what} is bound");
+                            serve(endpoint);
+                            return;
+                        }
+                        Err(e) if in_use(&e) => {
+                            waited += 1;
+                            if waited % 100 == 0 {
+                                tracing::warn!(%addr, "the {what}'s UDP port is still in use; waiting for it");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(%addr, error = %format!("{e:#}"), "the {what} cannot be bound; the gateway runs without it");
+                            return;
+                        }
+                    }
+                }
+            });
+            Ok(addr)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether binding failed because the address is taken.
+fn in_use(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+    })
+}
+
+/// Checks a configuration without starting anything (`--check-config`): the certificate
+/// chain and key parse, the tunnel's TLS settings (client CA, grants' pinned keys) build,
+/// and so does the public TLS config. The grants were checked when the config resolved.
+pub fn check_config(config: &GatewayConfig) -> Result<()> {
+    let certs = tls::load_certs(&config.cert)?;
+    let key = tls::load_key(&config.key)?;
+    tls::tunnel_config(
+        certs.clone(),
+        key.clone_key(),
+        config.client_ca.as_deref(),
+        config.client_webpki,
+        &config.grants,
+    )?;
+    tls::public_config(tls::PublicResolver::new(tls::PublicCerts::load(
+        &config.cert,
+        &config.key,
+        &config.certificates,
+    )?))?;
+    Ok(())
 }
 
 /// An optional address for the log: the address, or `none`.
@@ -367,6 +600,8 @@ mod tests {
             "127.0.0.1:0",
             "--threads",
             "2",
+            "--startup-grace",
+            "0",
         ])
         .unwrap()
         .resolve()

@@ -1,12 +1,20 @@
 //! The `ptth-gateway` binary: a thin shell over the `ptth_gateway` library.
+//!
+//! Under systemd (`Type=notify`, `NOTIFY_SOCKET` set) it says `READY=1` once every listener
+//! is bound, `RELOADING=1` then `READY=1` around a SIGHUP reload, and `STOPPING=1` on
+//! SIGTERM; elsewhere those notifications are skipped.
 
 use clap::Parser;
 use ptth_gateway::config::{init_logging, Cli};
 use ptth_gateway::Gateway;
+use sd_notify::NotifyState;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse().merge_file()?;
     init_logging(cli.log_format.as_deref())?;
+    if cli.check_config {
+        return check_config(cli);
+    }
     let (config, dev) = cli.resolve()?;
     // The gateway serves on its own workers (`--threads`, one runtime per thread); this
     // thread only starts it, waits for signals and reloads the grants.
@@ -16,10 +24,38 @@ fn main() -> anyhow::Result<()> {
         .block_on(serve(config, dev))
 }
 
+/// `--check-config`: loads and checks the configuration, says `config ok` or why not, and
+/// exits 0 or 1. Binds nothing.
+fn check_config(cli: Cli) -> anyhow::Result<()> {
+    let checked = cli
+        .resolve()
+        .and_then(|(config, _dev)| ptth_gateway::check_config(&config));
+    match checked {
+        Ok(()) => {
+            println!("config ok");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("config error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Tells systemd (when it started us with `NOTIFY_SOCKET`) where the service is.
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "could not notify the service manager");
+    }
+}
+
 async fn serve(
     config: ptth_gateway::config::GatewayConfig,
     dev: Option<ptth_gateway::dev::DevFiles>,
 ) -> anyhow::Result<()> {
+    // Before anything can say READY: a SIGHUP or SIGTERM that came before its handler would
+    // end the process (their default action).
+    let mut signals = Signals::new()?;
     let gateway = Gateway::start(&config).await?;
     if let Some(dev) = dev {
         let token = std::fs::read_to_string(&dev.token)?;
@@ -39,55 +75,88 @@ async fn serve(
         println!("listen-tls={a}");
     }
     println!("tunnel={}", gateway.tunnel);
-    reload_on_sighup(&gateway).await;
-    tracing::info!("shutting down");
+    notify(&[NotifyState::Ready]);
+    // Serves until SIGTERM or Ctrl-C; on SIGHUP re-reads the grants from the config file.
+    while let Signal::Reload = signals.next().await {
+        // systemd 253 and later want the monotonic time with RELOADING=1.
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => notify(&[NotifyState::Reloading, now]),
+            Err(_) => notify(&[NotifyState::Reloading]),
+        }
+        match ptth_gateway::config::reload_grants(gateway.config()).and_then(|g| gateway.reload(g))
+        {
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "reload failed; the old grants stay in force")
+            }
+        }
+        notify(&[NotifyState::Ready]);
+    }
+    notify(&[NotifyState::Stopping]);
+    // Ctrl-C or SIGTERM again during the grace: stop at once.
+    tokio::select! {
+        _ = gateway.shutdown(config.shutdown_grace) => {}
+        Signal::Stop = signals.next_stop() => tracing::warn!("second stop signal: stopping at once"),
+    }
     gateway.stop();
     Ok(())
 }
 
-/// Serves until SIGTERM or Ctrl-C; on SIGHUP re-reads the grants from the config file.
-async fn reload_on_sighup(gateway: &Gateway) {
+/// What a signal asks for.
+enum Signal {
+    /// SIGHUP: re-read the grants.
+    Reload,
+    /// SIGTERM or Ctrl-C (SIGINT): stop gracefully.
+    Stop,
+}
+
+/// The signals the gateway acts on, registered once at start.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut hup) = signal(SignalKind::hangup()) {
-            let stop = shutdown_signal();
-            tokio::pin!(stop);
-            loop {
-                tokio::select! {
-                    _ = &mut stop => return,
-                    _ = hup.recv() => {
-                        match ptth_gateway::config::reload_grants(gateway.config())
-                            .and_then(|g| gateway.reload(g))
-                        {
-                            Ok(_) => {}
-                            Err(e) => tracing::error!(error = %format!("{e:#}"), "reload failed; the old grants stay in force"),
-                        }
-                    }
-                }
+    hup: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok(Self {
+                hup: signal(SignalKind::hangup())?,
+                term: signal(SignalKind::terminate())?,
+                int: signal(SignalKind::interrupt())?,
+            })
+        }
+        #[cfg(not(unix))]
+        Ok(Self {})
+    }
+
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            tokio::select! {
+                _ = self.hup.recv() => Signal::Reload,
+                _ = self.term.recv() => Signal::Stop,
+                _ = self.int.recv() => Signal::Stop,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Stop
+        }
+    }
+
+    /// The next stop signal (a reload is ignored while stopping).
+    async fn next_stop(&mut self) -> Signal {
+        loop {
+            if let Signal::Stop = self.next().await {
+                return Signal::Stop;
             }
         }
     }
-    shutdown_signal().await;
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -114,6 +114,14 @@ impl Proxy {
             },
             &self.config.trusted_proxies,
         );
+        // A safe request without a body can be sent again if its connection dies before
+        // answering (RFC 9110 §9.2.2: safe methods are idempotent, so "the request can be
+        // repeated automatically if a communication failure occurs before the client is able
+        // to read the server's response"). Its head is kept for that; nothing else is.
+        let mut replay = (websocket.is_none()
+            && is_safe(&parts.method)
+            && (body.is_end_stream() || body.size_hint().exact() == Some(0)))
+        .then(|| Replay::of(&parts));
         let mut request = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
         // The sender of whichever connection is picked shapes the request for its HTTP
         // version (target form, WebSocket handshake), again if a retry picks another.
@@ -123,9 +131,16 @@ impl Proxy {
         };
 
         let mut avoid = None;
+        // Why the first connection failed a request now being retried: the answer if no
+        // other connection takes it.
+        let mut retrying: Option<String> = None;
         let (reservation, response) = loop {
             let reservation = match self.registry.acquire(&target, avoid).await {
                 Ok(r) => r,
+                Err(RouteError::NoOrigin) if retrying.is_some() => {
+                    let why = retrying.unwrap_or_default();
+                    return crate::message::bad_gateway("the origin failed the request", &why);
+                }
                 Err(RouteError::NoOrigin) if avoid.is_some() => {
                     return error(
                         StatusCode::BAD_GATEWAY,
@@ -177,10 +192,7 @@ impl Proxy {
                             Ok(r) => r,
                             Err(_) => {
                                 tracing::warn!(conn = conn.id, "origin connection closed before answering");
-                                return error(
-                                    StatusCode::BAD_GATEWAY,
-                                    "the origin connection closed before it answered",
-                                );
+                                Ok(Err(SendError::Failed(CLOSED_BEFORE_ANSWER.into())))
                             }
                         }
                     }
@@ -201,8 +213,23 @@ impl Proxy {
                     avoid = Some(id);
                 }
                 Ok(Err(SendError::Failed(e))) => {
-                    tracing::warn!(conn = id, error = %e, "origin failed the request");
-                    return crate::message::bad_gateway("the origin failed the request", &e);
+                    // The detail for the log; the public body stays generic.
+                    let why = e.to_string();
+                    // Once, and only when the connection itself died: an origin that
+                    // answered the stream with an error on a live connection meant it.
+                    let again = match replay.take() {
+                        Some(head) if connection_died(conn).await => Some(head),
+                        _ => None,
+                    };
+                    let Some(head) = again else {
+                        tracing::warn!(conn = id, error = %e, "origin failed the request");
+                        return crate::message::bad_gateway("the origin failed the request", &why);
+                    };
+                    tracing::info!(conn = id, error = %e, method = %head.method, "origin connection died before answering a safe request; retrying it once on another connection");
+                    self.registry.count_retry();
+                    request = head.request();
+                    avoid = Some(id);
+                    retrying = Some(why);
                 }
             }
         };
@@ -305,6 +332,59 @@ impl Proxy {
             reservation: Some(reservation),
         };
         Response::from_parts(parts, body.boxed_unsync())
+    }
+}
+
+/// The 502 reason when a connection closed under a request and nothing came back.
+const CLOSED_BEFORE_ANSWER: &str = "the origin connection closed before it answered";
+
+/// How long a request that failed waits for its connection to be seen closed before the
+/// failure is taken as the origin's answer rather than the connection's death.
+const DEATH_NOTICE: Duration = Duration::from_millis(500);
+
+/// Whether a request's method is safe, so the gateway may send it twice: GET, HEAD and
+/// OPTIONS (RFC 9110 §9.2.1; TRACE is safe too, but the gateway never retries it).
+fn is_safe(method: &http::Method) -> bool {
+    matches!(
+        *method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    )
+}
+
+/// Whether the connection a request failed on is closed (now, or within [`DEATH_NOTICE`]:
+/// its driver ends a moment after the request hears of it).
+async fn connection_died(conn: &crate::registry::OriginConn) -> bool {
+    tokio::time::timeout(DEATH_NOTICE, conn.gone())
+        .await
+        .is_ok()
+}
+
+/// The head of a bodiless safe request, kept to send it again on another connection.
+struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    version: Version,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(parts: &http::request::Parts) -> Self {
+        Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+        }
+    }
+
+    /// The request again, with an empty body; the sender shapes it for its connection.
+    fn request(self) -> Request<Body> {
+        let mut req = Request::new(crate::message::empty());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.version_mut() = self.version;
+        *req.headers_mut() = self.headers;
+        req
     }
 }
 
@@ -637,5 +717,217 @@ mod tests {
         assert!(trailers.get("ptth-authorization").is_none());
         assert_eq!(trailers["grpc-status"], "0");
         assert_eq!(collected.to_bytes(), "hi");
+    }
+
+    /// Retries over real reversed HTTP/1.1 connections on in-memory pipes: the gateway's
+    /// own client role on one end, the test playing the origin on the other.
+    mod retries {
+        use super::*;
+        use crate::registry::{Admission, OriginConn, QueueLimits};
+        use http_body_util::{Empty, Full};
+        use ptth_core::{HttpVersion, Mechanism, Scope, SerializedOrigin};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+        /// Registers a reversed HTTP/1.1 connection for `https://app.example` and returns
+        /// it, the origin's end of the pipe, and its driver (not watched: the caller decides
+        /// whether the registry hears of its end).
+        async fn connection(
+            registry: &Arc<Registry>,
+        ) -> (Arc<OriginConn>, DuplexStream, tokio::task::JoinHandle<()>) {
+            let (near, far) = tokio::io::duplex(64 * 1024);
+            let (sender, task) = crate::sender::start_client(near, HttpVersion::Http1)
+                .await
+                .unwrap();
+            let origin: SerializedOrigin = "https://app.example".parse().unwrap();
+            let conn = Arc::new(OriginConn::new(
+                Mechanism::Rh1,
+                vec![Scope::from_origin(&origin, "/").unwrap()],
+                Admission {
+                    identity: "test".into(),
+                    grant_names: vec!["test".into()],
+                    origins: vec![origin],
+                    path_prefixes: vec!["/".into()],
+                    certificate_names: Vec::new(),
+                    proven: ptth_auth::Proven::default(),
+                },
+                "127.0.0.1:1".parse().unwrap(),
+                sender,
+                task.abort_handle(),
+            ));
+            registry.add(conn.clone());
+            (conn, far, task)
+        }
+
+        /// As the gateway's admission does: the connection leaves the registry when its
+        /// driver ends.
+        fn watch(registry: &Arc<Registry>, id: u64, task: tokio::task::JoinHandle<()>) {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                let _ = task.await;
+                registry.remove(id);
+            });
+        }
+
+        fn setup() -> (Arc<Registry>, Arc<Proxy>) {
+            let registry = Registry::new(QueueLimits {
+                max_waiting: 8,
+                max_wait: Duration::from_secs(5),
+                max_waiting_per_host: 8,
+            });
+            let proxy = Proxy::new(
+                registry.clone(),
+                ProxyConfig {
+                    via_name: "test".into(),
+                    request_timeout: Duration::from_secs(10),
+                    trusted_proxies: TrustedProxies::default(),
+                    cleartext_https_fallback: false,
+                },
+            );
+            (registry, proxy)
+        }
+
+        const CLIENT: ClientInfo = ClientInfo {
+            addr: SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9),
+            tls: true,
+            local_port: 443,
+        };
+
+        /// Reads one request head from the origin's end (what the gateway sent).
+        async fn head(far: &mut DuplexStream) -> String {
+            let mut seen = Vec::new();
+            let mut byte = [0u8; 1];
+            while !seen.ends_with(b"\r\n\r\n") {
+                let n = tokio::time::timeout(Duration::from_secs(10), far.read(&mut byte))
+                    .await
+                    .expect("the gateway sends a request")
+                    .unwrap();
+                assert_eq!(n, 1, "the gateway closed mid-head: {seen:?}");
+                seen.push(byte[0]);
+            }
+            String::from_utf8_lossy(&seen).into_owned()
+        }
+
+        /// Whether anything arrives at the origin's end within a moment.
+        async fn anything(far: &mut DuplexStream) -> bool {
+            let mut byte = [0u8; 1];
+            matches!(
+                tokio::time::timeout(Duration::from_millis(500), far.read(&mut byte)).await,
+                Ok(Ok(1))
+            )
+        }
+
+        async fn respond_ok(far: &mut DuplexStream) {
+            far.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await
+                .unwrap();
+        }
+
+        async fn run(proxy: &Proxy, req: Request<Body>) -> (StatusCode, String) {
+            let res = tokio::time::timeout(Duration::from_secs(20), proxy.handle(req, CLIENT))
+                .await
+                .expect("the proxy answers");
+            let status = res.status();
+            let body = res.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+
+        fn get() -> Request<Body> {
+            Request::get("https://app.example/x")
+                .body(Empty::<Bytes>::new().map_err(|e| match e {}).boxed_unsync())
+                .unwrap()
+        }
+
+        fn post() -> Request<Body> {
+            Request::post("https://app.example/x")
+                .body(
+                    Full::new(Bytes::from_static(b"hello"))
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                )
+                .unwrap()
+        }
+
+        #[tokio::test]
+        async fn a_get_whose_connection_dies_before_answering_is_answered_by_another() {
+            let (registry, proxy) = setup();
+            let (a, mut far_a, task_a) = connection(&registry).await;
+            watch(&registry, a.id, task_a);
+            let (b, mut far_b, task_b) = connection(&registry).await;
+            watch(&registry, b.id, task_b);
+            let origin = tokio::spawn(async move {
+                // The first connection (the router's pick on a tie) takes the request and
+                // dies before any answer.
+                let seen_a = head(&mut far_a).await;
+                drop(far_a);
+                let seen_b = head(&mut far_b).await;
+                respond_ok(&mut far_b).await;
+                (seen_a, seen_b, far_b)
+            });
+            let (status, body) = run(&proxy, get()).await;
+            let (seen_a, seen_b, _far_b) = origin.await.unwrap();
+            assert!(seen_a.starts_with("GET /x HTTP/1.1"), "{seen_a}");
+            assert!(seen_b.starts_with("GET /x HTTP/1.1"), "{seen_b}");
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+            assert_eq!(registry.retries(), 1, "the retry is counted");
+        }
+
+        #[tokio::test]
+        async fn a_post_whose_connection_dies_is_a_502_and_never_sent_again() {
+            let (registry, proxy) = setup();
+            let (a, mut far_a, task_a) = connection(&registry).await;
+            watch(&registry, a.id, task_a);
+            let (b, mut far_b, task_b) = connection(&registry).await;
+            watch(&registry, b.id, task_b);
+            let origin = tokio::spawn(async move {
+                let seen_a = head(&mut far_a).await;
+                drop(far_a);
+                seen_a
+            });
+            let (status, body) = run(&proxy, post()).await;
+            let seen_a = origin.await.unwrap();
+            assert!(seen_a.starts_with("POST /x HTTP/1.1"), "{seen_a}");
+            assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+            assert!(
+                !anything(&mut far_b).await,
+                "the second origin connection must never see the POST"
+            );
+            assert_eq!(registry.retries(), 0);
+            // Positive twin on the same setup: the second connection still serves.
+            let serve = tokio::spawn(async move {
+                head(&mut far_b).await;
+                respond_ok(&mut far_b).await;
+                far_b
+            });
+            assert_eq!(run(&proxy, get()).await.0, StatusCode::OK);
+            let _far_b = serve.await.unwrap();
+        }
+
+        #[tokio::test]
+        async fn a_request_a_connection_refused_before_sending_moves_to_another() {
+            let (registry, proxy) = setup();
+            // The first connection died an instant ago: its driver is gone, and the
+            // registry has not heard yet (nothing watches it), so routing still picks it
+            // and its sender refuses the request before writing any of it.
+            let (a, _far_a, task_a) = connection(&registry).await;
+            task_a.abort();
+            let _ = task_a.await;
+            let (b, mut far_b, task_b) = connection(&registry).await;
+            watch(&registry, b.id, task_b);
+            assert!(a.is_usable(), "the router still sees the first connection");
+            let origin = tokio::spawn(async move {
+                let seen = head(&mut far_b).await;
+                let mut body = [0u8; 5];
+                far_b.read_exact(&mut body).await.unwrap();
+                respond_ok(&mut far_b).await;
+                (seen, body, far_b)
+            });
+            // A POST with a body: only a request never sent may move, and this one does.
+            let (status, body) = run(&proxy, post()).await;
+            let (seen, sent_body, _far_b) = origin.await.unwrap();
+            assert!(seen.starts_with("POST /x HTTP/1.1"), "{seen}");
+            assert_eq!(&sent_body, b"hello");
+            assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
+            assert_eq!(registry.retries(), 0, "a request never sent is not a retry");
+        }
     }
 }

@@ -6,8 +6,15 @@
 //! a connection that sends nothing, never finishes its HTTP/2 preface, or sits idle between
 //! requests for that long is closed. Exchanges in flight (including a streaming response
 //! body) and extended CONNECT tunnels keep it open.
+//!
+//! When the gateway stops ([`crate::shutdown`]), the accept loop ends at once (its socket
+//! closes, so new connections go to a new process sharing the port), HTTP/1.1 responses
+//! carry `Connection: close` from then on, and after [`LINGER`] every connection is shut
+//! down gracefully: GOAWAY on HTTP/2, idle HTTP/1.1 connections closed; exchanges in
+//! flight finish.
 
 use crate::proxy::{ClientInfo, Proxy};
+use crate::shutdown::Stopping;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -29,9 +36,16 @@ pub async fn serve(
     proxy: Arc<Proxy>,
     alt_svc: Option<http::HeaderValue>,
     header_timeout: Duration,
+    stopping: Stopping,
 ) {
     loop {
-        let (tcp, addr) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Dropping the listener closes its socket: the kernel hands new connections to
+            // the other sockets sharing the port (a new gateway process), if any.
+            () = stopping.signalled() => return,
+        };
+        let (tcp, addr) = match accepted {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(error = %e, "public accept failed");
@@ -44,7 +58,9 @@ pub async fn serve(
         let proxy = proxy.clone();
         let acceptor = acceptor.clone();
         let alt_svc = alt_svc.clone();
+        let stopping = stopping.clone();
         tokio::spawn(async move {
+            let _open = stopping.hold();
             match acceptor {
                 None => {
                     let client = ClientInfo {
@@ -52,7 +68,7 @@ pub async fn serve(
                         tls: false,
                         local_port,
                     };
-                    serve_conn(tcp, client, proxy, alt_svc, header_timeout).await
+                    serve_conn(tcp, client, proxy, alt_svc, header_timeout, stopping).await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
@@ -63,7 +79,7 @@ pub async fn serve(
                                 tls: true,
                                 local_port,
                             };
-                            serve_conn(tls, client, proxy, alt_svc, header_timeout).await
+                            serve_conn(tls, client, proxy, alt_svc, header_timeout, stopping).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%addr, error = %e, "public TLS handshake failed")
@@ -82,6 +98,13 @@ pub const MAX_HEADER_BYTES: u32 = ptth_h2::MAX_HEADER_LIST_SIZE;
 /// How long a connection told to shut down (idle past the header timeout) may take to close:
 /// an HTTP/2 graceful shutdown waits for a PING answer a silent client never sends.
 pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a stopping gateway keeps its public connections as they are, answering HTTP/1.1
+/// requests with `Connection: close`, before it shuts them down. A keep-alive connection
+/// closed the instant its client sends the next request loses that request (RFC 9112
+/// §9.3.1 lets a client retry it, but not every client does): a busy client gets its
+/// `Connection: close` on an answer instead, and reconnects.
+pub(crate) const LINGER: Duration = Duration::from_secs(1);
 
 /// What a public connection is doing, for its idle timer. An exchange costs two atomic
 /// updates and wakes nobody: the timer alone reads this, once per timeout period (a
@@ -170,20 +193,32 @@ async fn serve_conn<IO>(
     proxy: Arc<Proxy>,
     alt_svc: Option<http::HeaderValue>,
     header_timeout: Duration,
+    stopping: Stopping,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let activity = Activity::new();
     let idle = idle_for(activity.clone(), header_timeout);
+    let watching = stopping.clone();
     let svc = service_fn(move |req: hyper::Request<Incoming>| {
         let proxy = proxy.clone();
         let alt_svc = alt_svc.clone();
         let exchange = Exchange::start(&activity);
         let connect = req.method() == http::Method::CONNECT;
+        let http1 = req.version() <= http::Version::HTTP_11;
+        let stopping = watching.clone();
         async move {
             let mut res = proxy.handle(req, client).await;
             if let Some(v) = alt_svc {
                 res.headers_mut().insert(http::header::ALT_SVC, v);
+            }
+            // The gateway is stopping: this exchange is the connection's last (hyper closes
+            // it after a response that says so), and the client reconnects elsewhere.
+            if http1 && stopping.is_set() && res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+                res.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
             }
             if connect && res.status().is_success() {
                 exchange.opened_tunnel();
@@ -222,17 +257,31 @@ async fn serve_conn<IO>(
         .max_send_buf_size(ptth_h2::reversed::SEND_BUFFER)
         .enable_connect_protocol();
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn, idle);
-    let ended = tokio::select! {
-        ended = &mut conn => ended,
-        () = &mut idle => {
-            // No request (or its headers) within the header timeout: before the first
-            // request this also ends a connection still choosing between HTTP/1.1 and h2c.
-            tracing::debug!(client = %client.addr, timeout = ?header_timeout, "public connection closed: no request within the header timeout");
-            conn.as_mut().graceful_shutdown();
-            match tokio::time::timeout(SHUTDOWN_GRACE, &mut conn).await {
-                Ok(ended) => ended,
-                Err(_) => return,
+    // After the stop signal and the linger: GOAWAY, or close when idle.
+    let stop = async {
+        stopping.signalled().await;
+        tokio::time::sleep(LINGER).await;
+    };
+    let mut told_to_stop = false;
+    tokio::pin!(conn, idle, stop);
+    let ended = loop {
+        tokio::select! {
+            ended = &mut conn => break ended,
+            () = &mut stop, if !told_to_stop => {
+                // The gateway is stopping: exchanges in flight finish (bounded by its
+                // shutdown grace, after which the worker ends), then the connection closes.
+                told_to_stop = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            () = &mut idle => {
+                // No request (or its headers) within the header timeout: before the first
+                // request this also ends a connection still choosing between HTTP/1.1 and h2c.
+                tracing::debug!(client = %client.addr, timeout = ?header_timeout, "public connection closed: no request within the header timeout");
+                conn.as_mut().graceful_shutdown();
+                break match tokio::time::timeout(SHUTDOWN_GRACE, &mut conn).await {
+                    Ok(ended) => ended,
+                    Err(_) => return,
+                };
             }
         }
     };

@@ -2,10 +2,15 @@
 //! listener, advertised by `alt-svc`, handing every request to the same [`Proxy`] as the
 //! TCP listeners, with the same header and idle timeout, and WebSocket by extended CONNECT
 //! (RFC 9220).
+//!
+//! When the gateway stops, the endpoint refuses new connections and every connection gets
+//! a GOAWAY (RFC 9114 §5.2) after [`LINGER`]: requests in flight finish, then it closes
+//! with H3_NO_ERROR.
 
 use crate::message::error;
 use crate::proxy::{ClientInfo, Proxy};
-use crate::public::{idle_for, Activity, Exchange, SHUTDOWN_GRACE};
+use crate::public::{idle_for, Activity, Exchange, LINGER, SHUTDOWN_GRACE};
+use crate::shutdown::Stopping;
 use crate::websocket::{H3PublicTunnel, Holding, WEBSOCKET};
 use anyhow::{Context, Result};
 use http::{Method, StatusCode};
@@ -65,15 +70,31 @@ pub(crate) async fn serve(
     proxy: Arc<Proxy>,
     header_timeout: Duration,
     spread: crate::workers::RoundRobin,
+    stopping: Stopping,
 ) {
     // Bound on the public TLS listener's port number, which is what clients name in the
     // authority when alt-svc brought them here.
     let local_port = endpoint.local_addr().map(|a| a.port()).unwrap_or(0);
-    while let Some(incoming) = endpoint.accept().await {
+    loop {
+        let incoming = tokio::select! {
+            incoming = endpoint.accept() => incoming,
+            () = stopping.signalled() => {
+                // New connections are refused from now on (clients fall back to TCP, which
+                // the new process serves); those open are wound down one by one below.
+                endpoint.set_server_config(None);
+                // The endpoint stays open, and with it the I/O of the connections still
+                // winding down, until the worker stops.
+                std::future::pending::<()>().await;
+                return;
+            }
+        };
+        let Some(incoming) = incoming else { break };
         let proxy = proxy.clone();
+        let stopping = stopping.clone();
         // Accepting on that worker spawns the connection's driver there (quinn spawns it
         // on the runtime current at `accept`).
         spread.spawn(async move {
+            let _open = stopping.hold();
             let addr = incoming.remote_address();
             let quic = match tokio::time::timeout(Duration::from_secs(10), async {
                 incoming
@@ -112,10 +133,20 @@ pub(crate) async fn serve(
             };
             let activity = Activity::new();
             let idle = idle_for(activity.clone(), header_timeout);
-            tokio::pin!(idle);
+            let stop = async {
+                stopping.signalled().await;
+                tokio::time::sleep(LINGER).await;
+            };
+            tokio::pin!(idle, stop);
             loop {
                 let next = tokio::select! {
                     next = h3.accept() => next,
+                    () = &mut stop => {
+                        // GOAWAY, the requests in flight finish (their tasks hold the
+                        // connection), then H3_NO_ERROR; the shutdown grace bounds it.
+                        h3.graceful_shutdown().await;
+                        return;
+                    }
                     () = &mut idle => {
                         tracing::debug!(%addr, timeout = ?header_timeout, "public HTTP/3 connection closed: no request within the header timeout");
                         if tokio::time::timeout(SHUTDOWN_GRACE, h3.graceful_shutdown()).await.is_err() {

@@ -296,6 +296,12 @@ pub struct Registry {
     limits: QueueLimits,
     /// Requests waiting in the queue, per request host (entries removed at zero).
     waiting: Mutex<HashMap<String, usize>>,
+    /// Until when a request for a host no origin serves waits for one to register (the
+    /// start-up grace, [`Registry::start_grace`]) instead of failing at once.
+    startup_until: std::sync::OnceLock<tokio::time::Instant>,
+    /// Requests the proxy sent a second time after their connection died before any
+    /// response header (safe methods without a body; `crate::proxy`), for metrics.
+    retries: AtomicU64,
 }
 
 /// One request's place in its host's share of the queue.
@@ -378,7 +384,50 @@ impl Registry {
             queue: Semaphore::new(limits.max_waiting),
             limits,
             waiting: Mutex::new(HashMap::new()),
+            startup_until: std::sync::OnceLock::new(),
+            retries: AtomicU64::new(0),
         })
+    }
+
+    /// Starts the start-up grace: for `grace` from now, a request for a host no origin
+    /// serves waits in the queue (within its limits and deadline) for an origin to register,
+    /// and gets [`RouteError::NoOrigin`] only when the grace ends without one. Origins
+    /// reconnecting to a restarted gateway come back within it. Only the first call counts.
+    pub fn start_grace(&self, grace: Duration) {
+        let _ = self.startup_until.set(tokio::time::Instant::now() + grace);
+    }
+
+    /// The end of the start-up grace, while it runs.
+    fn in_startup_grace(&self) -> Option<tokio::time::Instant> {
+        self.startup_until
+            .get()
+            .copied()
+            .filter(|until| tokio::time::Instant::now() < *until)
+    }
+
+    /// Counts one request sent again on another connection after its first one died before
+    /// answering ([`Registry::retries`]).
+    pub fn count_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Requests sent again on another connection after theirs died before any response
+    /// header (GET, HEAD or OPTIONS without a body; at most once each), since start.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once no origin connection is registered.
+    pub async fn until_empty(&self) {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.is_empty() {
+                return;
+            }
+            notified.await;
+        }
     }
 
     // A panic while holding these locks cannot leave the maps half-updated (nothing in a
@@ -555,12 +604,24 @@ impl Registry {
             registry: self.clone(),
         };
         // Most requests find a free connection at once: no queue, no wake-up to arrange.
-        match self.pick(target, avoid) {
+        let starting = self.in_startup_grace();
+        let no_route = match self.pick(target, avoid) {
             Pick::Got(conn) => return Ok(reserve(conn)),
-            Pick::NoRoute => return Err(RouteError::NoOrigin),
-            Pick::Busy => {}
+            Pick::NoRoute if starting.is_none() => return Err(RouteError::NoOrigin),
+            Pick::NoRoute => true,
+            Pick::Busy => false,
+        };
+        let queue_deadline = tokio::time::Instant::now() + self.limits.max_wait;
+        let mut deadline = queue_deadline;
+        // In the start-up grace, a request nobody serves yet waits for an origin to
+        // register, but no longer than the grace: then it fails as it would have at once.
+        let mut grace_ends = None;
+        if let (true, Some(until)) = (no_route, starting) {
+            if until < deadline {
+                deadline = until;
+                grace_ends = Some(until);
+            }
         }
-        let deadline = tokio::time::Instant::now() + self.limits.max_wait;
         // Counted before each pick below, so a slot freed after that pick wakes this one.
         let _waiting = Waiting::enter(&self.waiters);
         let mut permit = None;
@@ -572,7 +633,11 @@ impl Registry {
                 Pick::Got(conn) => return Ok(reserve(conn)),
                 // A request that is already waiting keeps waiting when its origin's last
                 // connection drops: the origin reconnects, and the deadline still bounds it.
-                Pick::NoRoute if permit.is_none() => return Err(RouteError::NoOrigin),
+                Pick::NoRoute if permit.is_none() && starting.is_none() => {
+                    return Err(RouteError::NoOrigin)
+                }
+                // An origin came in the grace, busy: wait for it as for any busy origin.
+                Pick::Busy if grace_ends.take().is_some() => deadline = queue_deadline,
                 Pick::NoRoute | Pick::Busy => {}
             }
             if permit.is_none() {
@@ -587,6 +652,13 @@ impl Registry {
                 permit = Some((global, host));
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                if grace_ends.is_some() {
+                    match self.pick(target, avoid) {
+                        Pick::Got(conn) => return Ok(reserve(conn)),
+                        Pick::NoRoute => return Err(RouteError::NoOrigin),
+                        Pick::Busy => {}
+                    }
+                }
                 return Err(RouteError::QueueTimeout);
             }
         }
@@ -602,6 +674,9 @@ fn why_closed(state: &Lifecycle) -> &'static str {
         }
         (Some(CloseReason::Graceful), Some(DrainSource::Peer)) => {
             "the origin sent GOAWAY, finished its requests and closed it"
+        }
+        (Some(CloseReason::Graceful), Some(DrainSource::Local)) => {
+            "drained: the gateway is stopping, and the origin reconnects (to its replacement)"
         }
         (Some(CloseReason::Graceful), Some(_)) => "drained",
         (Some(CloseReason::DrainExpired), _) => {
@@ -794,6 +869,49 @@ mod tests {
         assert_eq!(c.registry.len(), 1);
         c.registry.remove(other.id);
         assert!(!c.registry.read().by_host.contains_key("other.example"));
+    }
+
+    #[tokio::test]
+    async fn in_the_startup_grace_a_request_waits_for_an_origin_then_no_longer() {
+        let mut c = Conns::new(limits(8, 8, Duration::from_secs(30)));
+        c.registry.start_grace(Duration::from_millis(1500));
+        let registry = c.registry.clone();
+        let early = tokio::spawn(async move {
+            registry
+                .acquire(&target("https://late.example/"), None)
+                .await
+                .map(|r| r.conn().id)
+        });
+        waiting(&c.registry, "late.example", 1).await;
+        let late = c.add("https://late.example", "/").await;
+        assert_eq!(
+            early.await.unwrap(),
+            Ok(late.id),
+            "it waited and got the origin"
+        );
+
+        // A host nobody serves: 503 "no origin" when the grace ends, not at once and not
+        // after the queue's 30 s.
+        let asked = Instant::now();
+        let r = c
+            .registry
+            .acquire(&target("https://nobody.example/"), None)
+            .await;
+        assert_eq!(r.unwrap_err(), RouteError::NoOrigin);
+        let took = asked.elapsed();
+        assert!(took > Duration::from_millis(500), "it waited: {took:?}");
+        assert!(
+            took < Duration::from_secs(10),
+            "the grace bounded it: {took:?}"
+        );
+        // After the grace: at once.
+        let asked = Instant::now();
+        let r = c
+            .registry
+            .acquire(&target("https://nobody.example/"), None)
+            .await;
+        assert_eq!(r.unwrap_err(), RouteError::NoOrigin);
+        assert!(asked.elapsed() < Duration::from_millis(200));
     }
 
     #[tokio::test]

@@ -93,16 +93,13 @@ impl Workers {
     /// picks the port and the others bind to it. Returns the listeners in worker order (only
     /// the first worker's where the platform cannot share a port).
     ///
-    /// `SO_REUSEPORT` lets any socket of the same user join a port. So that a second
-    /// gateway started on the same address fails to bind, as it did with one socket,
-    /// instead of quietly taking part of the traffic, a named port is first bound by a
-    /// socket without the option, which fails if anything listens there.
+    /// A named port another gateway process of the same user already listens on is joined,
+    /// not refused: that is how a new gateway starts beside the one it replaces (the kernel
+    /// spreads new connections over both until the old one closes its sockets on SIGTERM;
+    /// `docs/operations.md`). Linux lets only sockets of the same effective user join a
+    /// port, and a port held by a socket without `SO_REUSEPORT` (any other program) is still
+    /// refused.
     pub(crate) fn listen_each(&self, addr: SocketAddr) -> std::io::Result<Vec<TcpListener>> {
-        if addr.port() != 0 {
-            let probe = new_socket(addr)?;
-            probe.set_reuseaddr(true)?;
-            probe.bind(addr)?;
-        }
         let mut addr = addr;
         let sockets = if REUSEPORT { self.workers.len() } else { 1 };
         let mut listeners = Vec::with_capacity(sockets);
@@ -323,9 +320,16 @@ mod tests {
             }
         }
         assert_eq!(seen, [true, true], "connections reach both workers");
-        // A named port already in use is refused, as with one socket.
-        let taken = workers.listen_each(addr).unwrap_err();
+        // A second set of workers (a new gateway process started beside this one) joins
+        // the named port; a port held by a socket without SO_REUSEPORT is refused.
+        let beside = Workers::start(1).unwrap();
+        let joined = beside.listen_each(addr).unwrap();
+        assert_eq!(joined[0].local_addr().unwrap(), addr);
+        let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = beside.listen_each(plain.local_addr().unwrap()).unwrap_err();
         assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse, "{taken}");
+        drop(joined);
+        drop(beside);
         drop(workers);
         // Stopped: the runtimes, their listeners with them, are gone.
         let refused = tokio::net::TcpStream::connect(addr).await;

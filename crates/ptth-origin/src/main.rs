@@ -1,13 +1,34 @@
 //! The `ptth-origin` binary: a thin shell over the `ptth_origin` library.
+//!
+//! Under systemd (`Type=notify`, `NOTIFY_SOCKET` set) it says `READY=1` once its
+//! configuration is checked and it starts dialling (not when a connection registers: an
+//! origin whose gateway is down is still a running service that keeps dialling), and
+//! `STOPPING=1` on SIGTERM. It has nothing to reload, so it never says `RELOADING=1`.
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use ptth_origin::config::{init_logging, Cli, Serve};
 use ptth_origin::service::{Hello, Proxy};
 use ptth_origin::Origin;
+use sd_notify::NotifyState;
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse().merge_file()?;
+    // `--check-config` belongs to the binary, not to the library's settings.
+    let matches = Cli::command()
+        .arg(
+            clap::Arg::new("check-config")
+                .long("check-config")
+                .action(clap::ArgAction::SetTrue)
+                .help("Load and check the configuration (files readable, credential and certificates parse), print `config ok` or the error, and exit 0 or 1"),
+        )
+        .get_matches();
+    let check = matches.get_flag("check-config");
+    let cli = Cli::from_arg_matches(&matches)
+        .unwrap_or_else(|e| e.exit())
+        .merge_file()?;
     init_logging(cli.log_format.as_deref())?;
+    if check {
+        return check_config(cli);
+    }
     let threads = cli.threads;
     let (config, serve) = cli.resolve()?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -18,31 +39,74 @@ fn main() -> anyhow::Result<()> {
     runtime.build()?.block_on(run(config, serve))
 }
 
+/// `--check-config`: resolves the configuration and prepares TLS and the credential as a
+/// start would, without dialling; says `config ok` or why not, and exits 0 or 1.
+fn check_config(cli: Cli) -> anyhow::Result<()> {
+    let checked = cli.resolve().and_then(|(config, serve)| {
+        if let Serve::Upstream(uri) = serve {
+            Proxy::new(uri)?;
+        }
+        Origin::new(config).map(drop)
+    });
+    match checked {
+        Ok(()) => {
+            println!("config ok");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("config error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// Tells systemd (when it started us with `NOTIFY_SOCKET`) where the service is.
+fn notify(state: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::warn!(error = %e, "could not notify the service manager");
+    }
+}
+
 async fn run(config: ptth_origin::OriginConfig, serve: Serve) -> anyhow::Result<()> {
     let origin = Origin::new(config)?;
+    // Registered before READY: a SIGTERM that came before its handler would end the
+    // process at once (the signal's default action) instead of draining it.
+    let stopped = shutdown_signal()?;
+    let stop = async {
+        stopped.await;
+        notify(&[NotifyState::Stopping]);
+    };
     match serve {
-        Serve::Hello => origin.serve(Hello::new(), shutdown_signal()).await?,
-        Serve::Upstream(uri) => origin.serve(Proxy::new(uri)?, shutdown_signal()).await?,
+        Serve::Hello => {
+            notify(&[NotifyState::Ready]);
+            origin.serve(Hello::new(), stop).await?
+        }
+        Serve::Upstream(uri) => {
+            let proxy = Proxy::new(uri)?;
+            notify(&[NotifyState::Ready]);
+            origin.serve(proxy, stop).await?
+        }
     }
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on SIGTERM or Ctrl-C; the handlers are in place when this returns.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            let _ = ctrl_c.await;
-            return;
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        Ok(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        })
     }
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+    Ok(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
 }
