@@ -222,6 +222,9 @@ fn gateway_command(bin: &Path, dev: &Path, tunnel: &str, extra: &[&str]) -> Comm
     let mut cmd = Command::new(bin.join("ptth-gateway"));
     cmd.args(["--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0"])
         .args(["--tunnel", tunnel])
+        // Probes that expect a 503 for a host nobody serves get it at once, not after the
+        // start-up grace.
+        .args(["--startup-grace", "0"])
         .arg("--dev")
         .arg(dev)
         .args(extra);
