@@ -1,5 +1,6 @@
 //! Origin configuration: command-line flags, optionally a TOML file with the same names.
 
+use crate::service::{HostPattern, Proxy, ProxyOptions, Route, Routes, UpstreamTls};
 use crate::OriginConfig;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
@@ -35,9 +36,30 @@ pub struct Cli {
     #[arg(long = "path")]
     #[serde(default)]
     pub paths: Vec<String>,
-    /// Forward every request to this local HTTP service (proxy mode).
+    /// Forward every request to this local service (proxy mode): http://host:port
+    /// (HTTP/1.1), h2c://host:port (HTTP/2 cleartext), https://host:port (TLS, ALPN h2 or
+    /// http/1.1), unix:/path or unix+h2c:/path. One-route shorthand for a `[[route]]`.
     #[arg(long, conflicts_with = "hello")]
     pub upstream: Option<String>,
+    /// CA certificate (PEM) that signs an https:// upstream's certificate; WebPKI roots
+    /// otherwise.
+    #[arg(long)]
+    pub upstream_ca: Option<PathBuf>,
+    /// Name checked against an https:// upstream's certificate (and sent as SNI); the
+    /// upstream URL's host otherwise.
+    #[arg(long)]
+    pub upstream_server_name: Option<String>,
+    /// DANGEROUS: do not verify an https:// upstream's certificate at all (anyone who can
+    /// answer on its address reads the requests); logged as a warning at start.
+    #[arg(long)]
+    #[serde(default)]
+    pub upstream_insecure: bool,
+    /// Ingress routes, config file only: `[[route]]` tables with `host` (exact, `*.suffix`
+    /// or absent for any), optional `path` prefix, `upstream`, `upstream-ca`,
+    /// `upstream-server-name`, `upstream-insecure` and `proxy-protocol`; first match wins.
+    #[arg(skip)]
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
     /// Serve the built-in demo service.
     #[arg(long)]
     #[serde(default)]
@@ -117,11 +139,66 @@ pub struct Cli {
     file_merged: bool,
 }
 
+/// One `[[route]]` table of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RouteConfig {
+    /// The hosts it takes: a name, `*.suffix`, or `*`/absent for any.
+    pub host: Option<String>,
+    /// The path prefix it takes (segment-wise); every path when absent.
+    pub path: Option<String>,
+    /// Where its requests go (any `--upstream` form).
+    pub upstream: String,
+    /// As `--upstream-ca`, for this route.
+    pub upstream_ca: Option<PathBuf>,
+    /// As `--upstream-server-name`, for this route.
+    pub upstream_server_name: Option<String>,
+    /// As `--upstream-insecure` (DANGEROUS), for this route.
+    #[serde(default)]
+    pub upstream_insecure: bool,
+    /// Start each upstream connection with a PROXY protocol v2 header naming the public
+    /// client; such connections are not pooled.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl RouteConfig {
+    /// The route this table describes.
+    ///
+    /// # Errors
+    ///
+    /// The host pattern, path or upstream is not valid.
+    pub fn build(&self) -> Result<Route> {
+        let host = match &self.host {
+            Some(host) => HostPattern::parse(host).map_err(|e| anyhow!(e))?,
+            None => HostPattern::Any,
+        };
+        if let Some(path) = &self.path {
+            if !path.starts_with('/') {
+                bail!("route path {path:?} must start with /");
+            }
+        }
+        let options = ProxyOptions {
+            tls: UpstreamTls {
+                ca: self.upstream_ca.clone(),
+                server_name: self.upstream_server_name.clone(),
+                insecure: self.upstream_insecure,
+            },
+            proxy_protocol: self.proxy_protocol,
+        };
+        Ok(Route {
+            host,
+            path: self.path.clone(),
+            proxy: Proxy::with_options(&self.upstream, &options)?,
+        })
+    }
+}
+
 /// What the origin serves.
 #[derive(Debug, Clone)]
 pub enum Serve {
-    /// `--upstream URL`.
-    Upstream(http::Uri),
+    /// `--upstream URL` (one catch-all route) or `[[route]]` tables.
+    Upstream(Routes),
     /// `--hello`.
     Hello,
 }
@@ -179,12 +256,45 @@ impl Cli {
         if credential.is_none() && self.signing_key.is_none() && self.cert.is_none() {
             bail!("give a credential the gateway accepts: --token, --basic-user, --signing-key or --cert/--key");
         }
-        let serve = match (self.upstream, self.hello) {
-            (Some(u), false) => Serve::Upstream(u.parse().context("--upstream is not a URL")?),
-            (None, true) => Serve::Hello,
-            _ => bail!("give exactly one of --upstream URL or --hello"),
+        let serve = match (self.upstream, self.routes.is_empty(), self.hello) {
+            (Some(upstream), true, false) => {
+                let shorthand = RouteConfig {
+                    upstream,
+                    upstream_ca: self.upstream_ca,
+                    upstream_server_name: self.upstream_server_name,
+                    upstream_insecure: self.upstream_insecure,
+                    ..RouteConfig::default()
+                };
+                Serve::Upstream(Routes::new(vec![shorthand
+                    .build()
+                    .context("--upstream")?]))
+            }
+            (None, false, false) => {
+                let routes = self
+                    .routes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, route)| {
+                        route
+                            .build()
+                            .with_context(|| format!("[[route]] {}", i + 1))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Serve::Upstream(Routes::new(routes))
+            }
+            (None, true, true) => Serve::Hello,
+            _ => bail!("give exactly one of --upstream URL, [[route]] tables or --hello"),
         };
-        let mut c = OriginConfig::new(gateway, mechanism, self.hosts, None);
+        // The origin asks the gateway for every host it names and every host a route takes.
+        let mut hosts = self.hosts;
+        if let Serve::Upstream(routes) = &serve {
+            for host in routes.hosts() {
+                if !hosts.contains(&host) {
+                    hosts.push(host);
+                }
+            }
+        }
+        let mut c = OriginConfig::new(gateway, mechanism, hosts, None);
         c.credential = credential;
         c.signing_key = self.signing_key;
         if let Some(id) = self.key_id {
@@ -276,6 +386,14 @@ impl Cli {
                 self.paths
             },
             upstream: self.upstream.or(f.upstream),
+            upstream_ca: self.upstream_ca.or(f.upstream_ca),
+            upstream_server_name: self.upstream_server_name.or(f.upstream_server_name),
+            upstream_insecure: self.upstream_insecure || f.upstream_insecure,
+            routes: if self.routes.is_empty() {
+                f.routes
+            } else {
+                self.routes
+            },
             hello: self.hello || f.hello,
             token,
             token_file,

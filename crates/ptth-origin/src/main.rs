@@ -2,7 +2,7 @@
 
 use clap::Parser;
 use ptth_origin::config::{init_logging, Cli, Serve};
-use ptth_origin::service::{Hello, Proxy};
+use ptth_origin::service::Hello;
 use ptth_origin::Origin;
 
 fn main() -> anyhow::Result<()> {
@@ -22,7 +22,7 @@ async fn run(config: ptth_origin::OriginConfig, serve: Serve) -> anyhow::Result<
     let origin = Origin::new(config)?;
     match serve {
         Serve::Hello => origin.serve(Hello::new(), shutdown_signal()).await?,
-        Serve::Upstream(uri) => origin.serve(Proxy::new(uri)?, shutdown_signal()).await?,
+        Serve::Upstream(routes) => origin.serve(routes, shutdown_signal()).await?,
     }
     tracing::info!("stopped");
     Ok(())
