@@ -6,8 +6,9 @@
 //!                    └──(no match)──▶ 404 with the host and path that matched nothing
 //! ```
 //!
-//! The origin registers the union of the routes' hosts with the gateway ([`Routes::hosts`]);
-//! a route without a host (a catch-all) adds none and serves whatever `--host` names.
+//! The origin registers the union of `--host` and the routes' exact hosts with the gateway
+//! ([`Routes::hosts`]); a catch-all route or a `*.suffix` route adds none and serves the
+//! hosts `--host` names (the setup registers exact hosts only).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -75,13 +76,13 @@ impl HostPattern {
         }
     }
 
-    /// How the pattern is registered with the gateway: the name, `*.suffix`, or nothing
-    /// for [`HostPattern::Any`].
+    /// How the pattern is registered with the gateway: an exact name as itself. The
+    /// origin's setup registers only exact hosts (`--host`), so the hosts under `*.suffix`
+    /// and [`HostPattern::Any`] are the ones `--host` names.
     pub fn registration(&self) -> Option<String> {
         match self {
-            HostPattern::Any => None,
+            HostPattern::Any | HostPattern::Suffix(_) => None,
             HostPattern::Exact(name) => Some(name.clone()),
-            HostPattern::Suffix(suffix) => Some(format!("*{suffix}")),
         }
     }
 }
@@ -213,7 +214,7 @@ mod tests {
         assert!(suffix.matches("a.b.example.com"));
         assert!(!suffix.matches("example.com"));
         assert!(!suffix.matches("badexample.com"));
-        assert_eq!(suffix.registration().as_deref(), Some("*.example.com"));
+        assert_eq!(suffix.registration(), None);
         let exact = HostPattern::parse("app.example.").unwrap();
         assert!(exact.matches("app.example"));
         assert!(!exact.matches("x.app.example"));
@@ -252,7 +253,7 @@ mod tests {
             "unix:/run/apps.sock"
         );
         assert_eq!(upstream("other.example", "/"), None);
-        assert_eq!(routes.hosts(), ["api.example", "*.apps.example"]);
+        assert_eq!(routes.hosts(), ["api.example"]);
     }
 
     #[tokio::test]
