@@ -6,6 +6,8 @@
 //!
 //! The messages are written by hand with prost's derive, so no `protoc` is needed.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// tonic's API fixes `Result<_, tonic::Status>`, whose size is tonic's choice.
+#![allow(clippy::result_large_err)]
 
 use std::convert::Infallible;
 use std::future::Future;
