@@ -692,4 +692,103 @@ mod tests {
         let e = cli.resolve().unwrap_err().to_string();
         assert!(e.contains("--threads"), "{e}");
     }
+
+    #[test]
+    fn routes_from_the_file_register_their_hosts_and_exclude_upstream_and_hello() {
+        let d = dir("routes");
+        let config = d.join("origin.toml");
+        std::fs::write(
+            &config,
+            "token = \"t\"\n\
+             [[route]]\nhost = \"api.example.com\"\npath = \"/v2\"\nupstream = \"h2c://127.0.0.1:50051\"\n\
+             [[route]]\nhost = \"*.apps.example.com\"\nupstream = \"unix:/run/apps.sock\"\nproxy-protocol = true\n\
+             [[route]]\nhost = \"app.example.com\"\nupstream = \"http://127.0.0.1:3000\"\n",
+        )
+        .unwrap();
+        let cfg = config.to_str().unwrap();
+        let base = [
+            "ptth-origin",
+            "--gateway",
+            "https://gw.example:4443",
+            "--mechanism",
+            "rh2",
+            "--host",
+            "app.example.com",
+            "--config",
+            cfg,
+        ];
+        let (c, serve) = Cli::try_parse_from(base).unwrap().resolve().unwrap();
+        assert_eq!(c.hosts, ["app.example.com", "api.example.com"]);
+        let Serve::Upstream(routes) = serve else {
+            panic!("routes serve upstreams")
+        };
+        let upstream = |host: &str, path: &str| {
+            routes
+                .route(host, path)
+                .map(|r| r.proxy.upstream().text.clone())
+        };
+        assert_eq!(
+            upstream("api.example.com", "/v2/x").unwrap(),
+            "h2c://127.0.0.1:50051"
+        );
+        assert_eq!(upstream("api.example.com", "/v1"), None);
+        assert_eq!(
+            upstream("x.apps.example.com", "/").unwrap(),
+            "unix:/run/apps.sock"
+        );
+
+        let mut with_upstream = base.to_vec();
+        with_upstream.extend(["--upstream", "http://127.0.0.1:1"]);
+        let e = Cli::try_parse_from(with_upstream)
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("exactly one of"), "{e}");
+        let mut with_hello = base.to_vec();
+        with_hello.push("--hello");
+        let e = Cli::try_parse_from(with_hello)
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("exactly one of"), "{e}");
+
+        std::fs::write(
+            &config,
+            "token = \"t\"\n[[route]]\npath = \"v2\"\nupstream = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let e = Cli::try_parse_from(base).unwrap().resolve().unwrap_err();
+        assert!(format!("{e:#}").contains("must start with /"), "{e:#}");
+        std::fs::write(
+            &config,
+            "token = \"t\"\n[[route]]\nupstream = \"ftp://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let e = Cli::try_parse_from(base).unwrap().resolve().unwrap_err();
+        assert!(format!("{e:#}").contains("[[route]] 1"), "{e:#}");
+    }
+
+    #[test]
+    fn upstream_tls_flags_reach_the_shorthand_route() {
+        let all = [
+            "ptth-origin",
+            "--gateway",
+            "https://gw.example:4443",
+            "--mechanism",
+            "rh2",
+            "--host",
+            "app.example.com",
+            "--token",
+            "t",
+            "--upstream",
+            "https://127.0.0.1:8443",
+            "--upstream-ca",
+            "/nonexistent/upstream-ca.pem",
+        ];
+        let e = Cli::try_parse_from(all).unwrap().resolve().unwrap_err();
+        assert!(
+            format!("{e:#}").contains("/nonexistent/upstream-ca.pem"),
+            "{e:#}"
+        );
+    }
 }

@@ -32,11 +32,47 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 
-use super::proxy::ProxyError;
-
 /// How long one dial to the upstream may take, TCP or Unix connect and TLS handshake
 /// together, before the request is answered `502`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why an upstream cannot be proxied to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProxyError {
+    /// The URL is none of the supported forms.
+    #[error("upstream {uri} must be http://host:port, h2c://host:port, https://host:port, unix:/path or unix+h2c:/path")]
+    UnsupportedScheme {
+        /// The rejected upstream, as given.
+        uri: String,
+    },
+    /// The URI names no host to connect to (or carries user information).
+    #[error("upstream {uri} has no host")]
+    MissingHost {
+        /// The rejected upstream, as given.
+        uri: String,
+    },
+    /// Requests keep their own path, so a path prefix on the upstream would be ignored.
+    #[error("upstream {uri} must not have a path or query: requests keep their own path")]
+    HasPath {
+        /// The rejected upstream, as given.
+        uri: String,
+    },
+    /// A Unix socket upstream must name an absolute path.
+    #[error("upstream {uri} must name an absolute socket path, e.g. unix:/run/app.sock")]
+    UnixPath {
+        /// The rejected upstream, as given.
+        uri: String,
+    },
+    /// The TLS settings of an `https://` upstream cannot be used.
+    #[error("upstream {uri}: {reason}")]
+    Tls {
+        /// The upstream, as given.
+        uri: String,
+        /// What is wrong (an unreadable CA file, an invalid server name).
+        reason: String,
+    },
+}
 
 /// TLS settings of an `https://` upstream.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
