@@ -177,6 +177,29 @@ async fn check_upstream(gw: &Gateway, host: &str, name: &str, version: Version, 
         "{host}: {body:?}"
     );
 
+    // Request trailers reach the upstream (announced in `Trailer`, which an HTTP/1.1
+    // upstream needs; HTTP/2 upstreams get them regardless).
+    let mut sent = http::HeaderMap::new();
+    sent.insert("x-sum", http::HeaderValue::from_static("abc"));
+    let frames: Vec<Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = vec![
+        Ok(http_body::Frame::data(Bytes::from_static(b"abc"))),
+        Ok(http_body::Frame::trailers(sent)),
+    ];
+    let with_trailers = Request::post(url(gw, host, "/echo"))
+        .header("te", "trailers")
+        .header("trailer", "x-sum")
+        .body(BodyExt::boxed(http_body_util::StreamBody::new(
+            futures_util::stream::iter(frames),
+        )))
+        .unwrap();
+    let (res, body) = send(&h2, with_trailers).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{host}");
+    let json = String::from_utf8_lossy(&body);
+    assert!(
+        json.contains("\"trailers\":{\"x-sum\":\"abc\"}"),
+        "{host}: request trailers reach the upstream: {json}"
+    );
+
     let trailers = Request::get(url(gw, host, "/trailers"))
         .header("te", "trailers")
         .body(full(Bytes::new()))
