@@ -22,8 +22,11 @@
 //! `TE: trailers` is kept so the upstream knows it may send response trailers.
 //!
 //! Connections are pooled per requested host (at most [`POOL_MAX_IDLE`] idle ones each,
-//! closed after [`POOL_IDLE_TIMEOUT`]); a route with `proxy-protocol = true` dials one
-//! connection per request instead, because its PROXY header describes one client. Every
+//! closed after [`POOL_IDLE_TIMEOUT`]) by hyper-util's legacy client over our own
+//! [`super::upstream`] connector: it already keeps HTTP/1.1 connections one request at a
+//! time and shares one HTTP/2 connection, and it picks HTTP/2 when TLS negotiated `h2`, so
+//! no pool of our own is needed. A route with `proxy-protocol = true` dials one connection
+//! per request with hyper's conn API instead, because its PROXY header describes one client. Every
 //! failure to reach or hear the upstream is a `502` whose body, and the origin's log, say
 //! why. The proxy does not retry and sets no timeouts beyond the connect timeout; the
 //! gateway owns those policies.
