@@ -216,7 +216,9 @@ impl Origin {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if !extra.contains(&"--upstream") {
+        // An origin given an upstream, or a config file (which may hold `[[route]]`s), serves
+        // what those say instead of the demo.
+        if !extra.contains(&"--upstream") && !extra.contains(&"--config") {
             cmd.arg("--hello");
         }
         if needs_client_cert(mechanism) && !extra.contains(&"--cert") {
@@ -906,17 +908,29 @@ impl Gateway {
     /// The process's peak resident set size so far (`VmHWM` in `/proc/<pid>/status`), in
     /// bytes; `None` off Linux or once the process is gone.
     pub fn peak_rss(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()?)).ok()?;
-        let kib: u64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib * 1024)
+        peak_rss_of(self.child.id()?)
     }
+}
+
+impl Origin {
+    /// The process's peak resident set size so far, as [`Gateway::peak_rss`].
+    pub fn peak_rss(&self) -> Option<u64> {
+        peak_rss_of(self.child.id()?)
+    }
+}
+
+/// `VmHWM` of process `pid`, in bytes.
+fn peak_rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
 }
 
 /// Starts a gateway like [`Gateway::start`], with its stderr (at `rust_log`) written to
@@ -1080,7 +1094,9 @@ impl Origin {
         if !extra.contains(&"--ca") && !extra.contains(&"--danger-accept-any-gateway") {
             cmd.arg("--ca").arg(gw.dev.join("ca.pem"));
         }
-        if !extra.contains(&"--upstream") {
+        // An origin given an upstream, or a config file (which may hold `[[route]]`s), serves
+        // what those say instead of the demo.
+        if !extra.contains(&"--upstream") && !extra.contains(&"--config") {
             cmd.arg("--hello");
         }
         if needs_client_cert(mechanism) && !extra.contains(&"--cert") {

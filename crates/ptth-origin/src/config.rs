@@ -1,5 +1,6 @@
 //! Origin configuration: command-line flags, optionally a TOML file with the same names.
 
+use crate::service::{HostPattern, Proxy, ProxyOptions, Route, Routes, UpstreamTls};
 use crate::OriginConfig;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
@@ -37,10 +38,32 @@ pub struct Cli {
     #[arg(long = "path")]
     #[serde(default, rename = "path", alias = "paths")]
     pub paths: Vec<String>,
-    /// Forward every request to this local HTTP service (proxy mode). This or --hello is
-    /// required.
+    /// Forward every request to this local service (proxy mode): http://host:port
+    /// (HTTP/1.1), h2c://host:port (HTTP/2 cleartext), https://host:port (TLS, ALPN h2 or
+    /// http/1.1), unix:/path or unix+h2c:/path. One-route shorthand for a `[[route]]`. This,
+    /// `[[route]]` tables or --hello is required.
     #[arg(long, conflicts_with = "hello")]
     pub upstream: Option<String>,
+    /// CA certificate (PEM) that signs an https:// upstream's certificate (default: the
+    /// WebPKI roots).
+    #[arg(long)]
+    pub upstream_ca: Option<PathBuf>,
+    /// Name checked against an https:// upstream's certificate and sent as SNI (default: the
+    /// upstream URL's host).
+    #[arg(long)]
+    pub upstream_server_name: Option<String>,
+    /// DANGEROUS: do not verify an https:// upstream's certificate at all (anyone who can
+    /// answer on its address reads the requests); logged as a warning at start (default
+    /// false).
+    #[arg(long)]
+    #[serde(default)]
+    pub upstream_insecure: bool,
+    /// Ingress routes, config file only: `[[route]]` tables with `host` (exact, `*.suffix`
+    /// or absent for any), optional `path` prefix, `upstream`, `upstream-ca`,
+    /// `upstream-server-name`, `upstream-insecure` and `proxy-protocol`; first match wins.
+    #[arg(skip)]
+    #[serde(default, rename = "route")]
+    pub routes: Vec<RouteConfig>,
     /// Serve the built-in demo service (default false).
     #[arg(long)]
     #[serde(default)]
@@ -133,7 +156,7 @@ pub struct Cli {
 
 /// Keys that are tables in the file, not flags.
 #[cfg(test)]
-const TABLE_KEYS: &[&str] = &[];
+const TABLE_KEYS: &[&str] = &["route"];
 
 /// Keys renamed to their flag's name; the old name still works, with a warning.
 const RENAMED_KEYS: &[(&str, &str)] = &[("hosts", "host"), ("paths", "path")];
@@ -156,8 +179,10 @@ fn read_file(path: &std::path::Path) -> Result<(Cli, Vec<String>)> {
         &mut file.ca,
         &mut file.cert,
         &mut file.key,
+        &mut file.upstream_ca,
     ]
     .into_iter()
+    .chain(file.routes.iter_mut().map(|r| &mut r.upstream_ca))
     .flatten()
     {
         if p.is_relative() {
@@ -181,11 +206,66 @@ fn read_file(path: &std::path::Path) -> Result<(Cli, Vec<String>)> {
     Ok((file, notes))
 }
 
+/// One `[[route]]` table of the config file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct RouteConfig {
+    /// The hosts it takes: a name, `*.suffix`, or `*`/absent for any.
+    pub host: Option<String>,
+    /// The path prefix it takes (segment-wise); every path when absent.
+    pub path: Option<String>,
+    /// Where its requests go (any `--upstream` form).
+    pub upstream: String,
+    /// As `--upstream-ca`, for this route.
+    pub upstream_ca: Option<PathBuf>,
+    /// As `--upstream-server-name`, for this route.
+    pub upstream_server_name: Option<String>,
+    /// As `--upstream-insecure` (DANGEROUS), for this route.
+    #[serde(default)]
+    pub upstream_insecure: bool,
+    /// Start each upstream connection with a PROXY protocol v2 header naming the public
+    /// client; such connections are not pooled.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+}
+
+impl RouteConfig {
+    /// The route this table describes.
+    ///
+    /// # Errors
+    ///
+    /// The host pattern, path or upstream is not valid.
+    pub fn build(&self) -> Result<Route> {
+        let host = match &self.host {
+            Some(host) => HostPattern::parse(host).map_err(|e| anyhow!(e))?,
+            None => HostPattern::Any,
+        };
+        if let Some(path) = &self.path {
+            if !path.starts_with('/') {
+                bail!("route path {path:?} must start with /");
+            }
+        }
+        let options = ProxyOptions {
+            tls: UpstreamTls {
+                ca: self.upstream_ca.clone(),
+                server_name: self.upstream_server_name.clone(),
+                insecure: self.upstream_insecure,
+            },
+            proxy_protocol: self.proxy_protocol,
+        };
+        Ok(Route {
+            host,
+            path: self.path.clone(),
+            proxy: Proxy::with_options(&self.upstream, &options)?,
+        })
+    }
+}
+
 /// What the origin serves.
 #[derive(Debug, Clone)]
 pub enum Serve {
-    /// `--upstream URL`.
-    Upstream(http::Uri),
+    /// `--upstream URL` (one catch-all route) or `[[route]]` tables.
+    Upstream(Routes),
     /// `--hello`.
     Hello,
 }
@@ -244,12 +324,45 @@ impl Cli {
         if credential.is_none() && self.signing_key.is_none() && self.cert.is_none() {
             bail!("give a credential the gateway accepts: --token, --basic-user, --signing-key or --cert/--key");
         }
-        let serve = match (self.upstream, self.hello) {
-            (Some(u), false) => Serve::Upstream(u.parse().context("--upstream is not a URL")?),
-            (None, true) => Serve::Hello,
-            _ => bail!("give exactly one of --upstream URL or --hello"),
+        let serve = match (self.upstream, self.routes.is_empty(), self.hello) {
+            (Some(upstream), true, false) => {
+                let shorthand = RouteConfig {
+                    upstream,
+                    upstream_ca: self.upstream_ca,
+                    upstream_server_name: self.upstream_server_name,
+                    upstream_insecure: self.upstream_insecure,
+                    ..RouteConfig::default()
+                };
+                Serve::Upstream(Routes::new(vec![shorthand
+                    .build()
+                    .context("--upstream")?]))
+            }
+            (None, false, false) => {
+                let routes = self
+                    .routes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, route)| {
+                        route
+                            .build()
+                            .with_context(|| format!("[[route]] {}", i + 1))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                Serve::Upstream(Routes::new(routes))
+            }
+            (None, true, true) => Serve::Hello,
+            _ => bail!("give exactly one of --upstream URL, [[route]] tables or --hello"),
         };
-        let mut c = OriginConfig::new(gateway, mechanism, self.hosts, None);
+        // The origin asks the gateway for every host it names and every host a route takes.
+        let mut hosts = self.hosts;
+        if let Serve::Upstream(routes) = &serve {
+            for host in routes.hosts() {
+                if !hosts.contains(&host) {
+                    hosts.push(host);
+                }
+            }
+        }
+        let mut c = OriginConfig::new(gateway, mechanism, hosts, None);
         c.credential = credential;
         c.signing_key = self.signing_key;
         if let Some(id) = self.key_id {
@@ -341,6 +454,14 @@ impl Cli {
                 self.paths
             },
             upstream: self.upstream.or(f.upstream),
+            upstream_ca: self.upstream_ca.or(f.upstream_ca),
+            upstream_server_name: self.upstream_server_name.or(f.upstream_server_name),
+            upstream_insecure: self.upstream_insecure || f.upstream_insecure,
+            routes: if self.routes.is_empty() {
+                f.routes
+            } else {
+                self.routes
+            },
             hello: self.hello || f.hello,
             token,
             token_file,
@@ -789,5 +910,104 @@ mod tests {
         .unwrap();
         let e = cli.resolve().unwrap_err().to_string();
         assert!(e.contains("--threads"), "{e}");
+    }
+
+    #[test]
+    fn routes_from_the_file_register_their_hosts_and_exclude_upstream_and_hello() {
+        let d = dir("routes");
+        let config = d.join("origin.toml");
+        std::fs::write(
+            &config,
+            "token = \"t\"\n\
+             [[route]]\nhost = \"api.example.com\"\npath = \"/v2\"\nupstream = \"h2c://127.0.0.1:50051\"\n\
+             [[route]]\nhost = \"*.apps.example.com\"\nupstream = \"unix:/run/apps.sock\"\nproxy-protocol = true\n\
+             [[route]]\nhost = \"app.example.com\"\nupstream = \"http://127.0.0.1:3000\"\n",
+        )
+        .unwrap();
+        let cfg = config.to_str().unwrap();
+        let base = [
+            "ptth-origin",
+            "--gateway",
+            "https://gw.example:4443",
+            "--mechanism",
+            "rh2",
+            "--host",
+            "app.example.com",
+            "--config",
+            cfg,
+        ];
+        let (c, serve) = Cli::try_parse_from(base).unwrap().resolve().unwrap();
+        assert_eq!(c.hosts, ["app.example.com", "api.example.com"]);
+        let Serve::Upstream(routes) = serve else {
+            panic!("routes serve upstreams")
+        };
+        let upstream = |host: &str, path: &str| {
+            routes
+                .route(host, path)
+                .map(|r| r.proxy.upstream().text.clone())
+        };
+        assert_eq!(
+            upstream("api.example.com", "/v2/x").unwrap(),
+            "h2c://127.0.0.1:50051"
+        );
+        assert_eq!(upstream("api.example.com", "/v1"), None);
+        assert_eq!(
+            upstream("x.apps.example.com", "/").unwrap(),
+            "unix:/run/apps.sock"
+        );
+
+        let mut with_upstream = base.to_vec();
+        with_upstream.extend(["--upstream", "http://127.0.0.1:1"]);
+        let e = Cli::try_parse_from(with_upstream)
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("exactly one of"), "{e}");
+        let mut with_hello = base.to_vec();
+        with_hello.push("--hello");
+        let e = Cli::try_parse_from(with_hello)
+            .unwrap()
+            .resolve()
+            .unwrap_err();
+        assert!(e.to_string().contains("exactly one of"), "{e}");
+
+        std::fs::write(
+            &config,
+            "token = \"t\"\n[[route]]\npath = \"v2\"\nupstream = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let e = Cli::try_parse_from(base).unwrap().resolve().unwrap_err();
+        assert!(format!("{e:#}").contains("must start with /"), "{e:#}");
+        std::fs::write(
+            &config,
+            "token = \"t\"\n[[route]]\nupstream = \"ftp://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let e = Cli::try_parse_from(base).unwrap().resolve().unwrap_err();
+        assert!(format!("{e:#}").contains("[[route]] 1"), "{e:#}");
+    }
+
+    #[test]
+    fn upstream_tls_flags_reach_the_shorthand_route() {
+        let all = [
+            "ptth-origin",
+            "--gateway",
+            "https://gw.example:4443",
+            "--mechanism",
+            "rh2",
+            "--host",
+            "app.example.com",
+            "--token",
+            "t",
+            "--upstream",
+            "https://127.0.0.1:8443",
+            "--upstream-ca",
+            "/nonexistent/upstream-ca.pem",
+        ];
+        let e = Cli::try_parse_from(all).unwrap().resolve().unwrap_err();
+        assert!(
+            format!("{e:#}").contains("/nonexistent/upstream-ca.pem"),
+            "{e:#}"
+        );
     }
 }

@@ -7,7 +7,7 @@
 
 use clap::{CommandFactory, FromArgMatches};
 use ptth_origin::config::{init_logging, Cli, Serve};
-use ptth_origin::service::{Hello, Proxy};
+use ptth_origin::service::Hello;
 use ptth_origin::Origin;
 use sd_notify::NotifyState;
 
@@ -42,12 +42,10 @@ fn main() -> anyhow::Result<()> {
 /// `--check-config`: resolves the configuration and prepares TLS and the credential as a
 /// start would, without dialling; says `config ok` or why not, and exits 0 or 1.
 fn check_config(cli: Cli) -> anyhow::Result<()> {
-    let checked = cli.resolve().and_then(|(config, serve)| {
-        if let Serve::Upstream(uri) = serve {
-            Proxy::new(uri)?;
-        }
-        Origin::new(config).map(drop)
-    });
+    // Resolving builds the routes too (upstream URLs parsed, TLS settings loaded).
+    let checked = cli
+        .resolve()
+        .and_then(|(config, _serve)| Origin::new(config).map(drop));
     match checked {
         Ok(()) => {
             println!("config ok");
@@ -81,10 +79,9 @@ async fn run(config: ptth_origin::OriginConfig, serve: Serve) -> anyhow::Result<
             notify(&[NotifyState::Ready]);
             origin.serve(Hello::new(), stop).await?
         }
-        Serve::Upstream(uri) => {
-            let proxy = Proxy::new(uri)?;
+        Serve::Upstream(routes) => {
             notify(&[NotifyState::Ready]);
-            origin.serve(proxy, stop).await?
+            origin.serve(routes, stop).await?
         }
     }
     tracing::info!("stopped");

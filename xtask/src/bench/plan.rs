@@ -88,6 +88,8 @@ pub struct RowSpec {
     /// Also run a fixed number of requests at [`Plan::aim_c`] and take the CPU time the
     /// row's processes spent on them.
     pub cpu: bool,
+    /// Proxy mode's upstream is `h2c://` (HTTP/2 with prior knowledge) instead of `http://`.
+    pub h2c_upstream: bool,
 }
 
 impl RowSpec {
@@ -99,7 +101,13 @@ impl RowSpec {
             threads: None,
             h3: false,
             cpu: false,
+            h2c_upstream: false,
         }
+    }
+
+    const fn h2c_upstream(mut self) -> Self {
+        self.h2c_upstream = true;
+        self
     }
 
     const fn threads(mut self, n: usize) -> Self {
@@ -122,9 +130,10 @@ impl RowSpec {
         format!("({}) {}", self.id, self.label)
     }
 
-    /// Whether this row is `path` with the default number of threads.
+    /// Whether this row is `path` with the default number of threads (and, for proxy mode,
+    /// the HTTP/1.1 upstream).
     pub fn is(&self, path: Route) -> bool {
-        self.path == path && self.threads.is_none()
+        self.path == path && self.threads.is_none() && !self.h2c_upstream
     }
 }
 
@@ -134,6 +143,7 @@ pub const ROWS: &[RowSpec] = &[
     RowSpec::new("c", "ptth proxy rh2", Route::Proxy("rh2"))
         .h3()
         .cpu(),
+    RowSpec::new("c", "ptth proxy rh2, h2c:// upstream", Route::Proxy("rh2")).h2c_upstream(),
     RowSpec::new("c", "ptth proxy upgrade-h2", Route::Proxy("upgrade-h2")),
     RowSpec::new("c", "ptth proxy connect-h2", Route::Proxy("connect-h2")),
     RowSpec::new("c", "ptth proxy rh1", Route::Proxy("rh1")),

@@ -224,7 +224,9 @@ pub fn start_row(
                 let upstream = start_app(&mut children, app)?;
                 let mut cmd =
                     procs::origin_command(bin, &gw, dev, m, HOST, procs::default_credential(m));
-                cmd.args(["--upstream", &format!("http://{upstream}")])
+                // bench_app serves HTTP/1.1 and HTTP/2 with prior knowledge on one port.
+                let scheme = if spec.h2c_upstream { "h2c" } else { "http" };
+                cmd.args(["--upstream", &format!("{scheme}://{upstream}")])
                     .args(["--connections", &connections.to_string()]);
                 if let Some(n) = &threads {
                     cmd.args(["--threads", n]);

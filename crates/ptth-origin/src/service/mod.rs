@@ -23,10 +23,14 @@ use sync_wrapper::SyncWrapper;
 
 pub mod hello;
 pub mod proxy;
+pub mod routes;
+pub mod upstream;
 pub mod websocket;
 
 pub use hello::Hello;
-pub use proxy::{Proxy, ProxyError};
+pub use proxy::{Proxy, ProxyError, ProxyOptions};
+pub use routes::{HostPattern, Route, Routes};
+pub use upstream::{Upstream, UpstreamTls};
 
 /// The error type carried by every body these services produce.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

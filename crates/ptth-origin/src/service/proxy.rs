@@ -1,26 +1,40 @@
-//! Proxy mode (`ptth-origin --upstream http://..`): forwards every reversed request to a local HTTP/1.1 upstream.
+//! Proxy mode (`ptth-origin --upstream URL`): forwards every reversed request to one local
+//! upstream over HTTP/1.1 or HTTP/2, on TCP, TLS or a Unix socket ([`super::upstream`]).
 //!
 //! ```text
-//! gateway ──(reversed HTTP/1.1 or HTTP/2)──▶ Proxy ──(pooled HTTP/1.1)──▶ upstream
+//! gateway ──(reversed HTTP/1.1, HTTP/2 or HTTP/3)──▶ Proxy ──(pooled HTTP/1.1 or HTTP/2)──▶ upstream
 //! ```
 //!
 //! Bodies stream both ways frame by frame, trailers included. Hop-by-hop fields are removed
 //! in both directions; everything else, including `Host` and the `Via`, `Forwarded`,
 //! `X-Forwarded-*` and `X-Real-IP` fields the gateway set, reaches the upstream unchanged.
+//! The request URI's authority is the host the public client asked for, so an HTTP/2
+//! upstream sees it as `:authority` and an HTTP/1.1 one as `Host`.
 //! Upgrades are tunnelled: an HTTP/1.1 `Upgrade` is forwarded as one, and an RFC 8441
 //! extended CONNECT for WebSocket arriving over HTTP/2 is turned into an HTTP/1.1 WebSocket
-//! upgrade towards the upstream.
+//! upgrade towards the upstream. Upgrades need an HTTP/1.1 upstream: an `https://` one is
+//! dialled offering only `http/1.1` for them, and `h2c://`/`unix+h2c:` upstreams refuse
+//! them with `501`.
 //!
-//! Towards the upstream the proxy speaks HTTP/1.1, where hyper writes only the trailer fields
-//! that the request's `Trailer` field announced; an HTTP/2 caller that sends request trailers
-//! must therefore announce them for them to reach the upstream. `TE: trailers` is kept so
-//! the upstream knows it may send response trailers.
+//! Towards an HTTP/1.1 upstream hyper writes only the trailer fields that the request's
+//! `Trailer` field announced; an HTTP/2 caller that sends request trailers must therefore
+//! announce them for them to reach such an upstream (HTTP/2 upstreams get them all).
+//! `TE: trailers` is kept so the upstream knows it may send response trailers.
 //!
-//! The proxy does not speak TLS to the upstream, does not retry, and sets no timeouts beyond
-//! the connect timeout; the gateway owns those policies.
+//! Connections are pooled per requested host (at most [`POOL_MAX_IDLE`] idle ones each,
+//! closed after [`POOL_IDLE_TIMEOUT`]) by hyper-util's legacy client over our own
+//! [`super::upstream`] connector: it already keeps HTTP/1.1 connections one request at a
+//! time and shares one HTTP/2 connection, and it picks HTTP/2 when TLS negotiated `h2`, so
+//! no pool of our own is needed. A route with `proxy-protocol = true` dials one connection
+//! per request with hyper's conn API instead, because its PROXY header describes one client. Every
+//! failure to reach or hear the upstream is a `502` whose body, and the origin's log, say
+//! why. The proxy does not retry and sets no timeouts beyond the connect timeout; the
+//! gateway owns those policies.
 
 use std::convert::Infallible;
 use std::error::Error as _;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,29 +42,32 @@ use bytes::Bytes;
 use http::header::{
     CONNECTION, COOKIE, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, TE, UPGRADE,
 };
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 use http_body::Body as HttpBody;
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper::ext::Protocol;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::upstream::{Alpn, Connector, ProxyHeader, Upstream, UpstreamTls, Wire};
 use super::websocket::{header_has_token, on_upgrade, OnTunnel, WEBSOCKET_PROTOCOL};
 use super::{text_response, Body, BoxError, Refusal, ResponseFuture};
 
-/// How long the proxy waits for a TCP connection to the upstream before answering `502`.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub use super::upstream::{ProxyError, CONNECT_TIMEOUT};
 
 /// How long an idle pooled upstream connection is kept.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The most idle connections kept per requested host.
+pub const POOL_MAX_IDLE: usize = 64;
 
 /// The largest read buffer of one upstream connection: the project's 64 KiB header limit plus
 /// room for a body read. hyper's default (about 400 KiB) grows on every connection that
@@ -69,84 +86,98 @@ const HOP_BY_HOP: [&str; 6] = [
     "upgrade",
 ];
 
-/// Why an upstream address cannot be proxied to.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ProxyError {
-    /// Only plain `http://` upstreams are supported; the origin and upstream share a host.
-    #[error("upstream {uri} must be an http:// URI (https and other schemes are not supported)")]
-    UnsupportedScheme {
-        /// The rejected upstream, as given.
-        uri: String,
-    },
-    /// The URI names no host to connect to.
-    #[error("upstream {uri} has no host")]
-    MissingHost {
-        /// The rejected upstream, as given.
-        uri: String,
-    },
-    /// Requests keep their own path, so a path prefix on the upstream would be ignored.
-    #[error("upstream {uri} must not have a path or query: requests keep their own path")]
-    HasPath {
-        /// The rejected upstream, as given.
-        uri: String,
-    },
+/// How one route reaches its upstream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProxyOptions {
+    /// TLS settings, used by `https://` upstreams only.
+    pub tls: UpstreamTls,
+    /// Start every upstream connection with a PROXY protocol v2 header naming the public
+    /// client (from the gateway's `X-Real-IP`); such connections are not pooled.
+    pub proxy_protocol: bool,
 }
 
 /// The proxy service: one per upstream, cheap to clone, sharing one connection pool.
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    upstream: Authority,
-    client: Client<HttpConnector, UpstreamBody>,
+    upstream: Arc<Upstream>,
+    connector: Connector,
+    client: Client<Connector, UpstreamBody>,
+    /// For WebSocket and other upgrades to an `https://` upstream: a client and connector
+    /// that offer only `http/1.1`.
+    upgrade_client: Option<(Client<Connector, UpstreamBody>, Connector)>,
+    proxy_protocol: bool,
 }
 
 /// The body type sent to the upstream. It need not be `Sync`, so request bodies that are only
 /// `Send` are boxed without wrapping.
 type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// A pooled client over `connector`, speaking only HTTP/2 when `h2_only`.
+fn pooled_client(connector: Connector, h2_only: bool) -> Client<Connector, UpstreamBody> {
+    Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE)
+        .http1_max_buf_size(UPSTREAM_READ_BUFFER)
+        .http2_only(h2_only)
+        .build(connector)
+}
+
 impl Proxy {
-    /// A proxy to `upstream`, which must be `http://host[:port]` with at most `/` as path.
+    /// A proxy to `upstream` (any form [`Upstream::parse`] takes) with default options.
     ///
     /// # Errors
     ///
-    /// [`ProxyError`] names what is wrong with `upstream`: a scheme other than `http`, no
-    /// host, or a path or query. No connection is attempted here; an unreachable upstream
-    /// shows up later as `502` answers.
-    pub fn new(upstream: Uri) -> Result<Self, ProxyError> {
-        let uri = upstream.to_string();
-        if upstream.scheme() != Some(&Scheme::HTTP) {
-            return Err(ProxyError::UnsupportedScheme { uri });
-        }
-        let Some(authority) = upstream.authority().cloned() else {
-            return Err(ProxyError::MissingHost { uri });
-        };
-        if authority.host().is_empty() {
-            return Err(ProxyError::MissingHost { uri });
-        }
-        let path_is_root = upstream
-            .path_and_query()
-            .is_none_or(|path| path.as_str() == "/" || path.as_str().is_empty());
-        if !path_is_root {
-            return Err(ProxyError::HasPath { uri });
-        }
+    /// [`ProxyError`] names what is wrong with `upstream`. No connection is attempted here;
+    /// an unreachable upstream shows up later as `502` answers.
+    pub fn new(upstream: &str) -> Result<Self, ProxyError> {
+        Self::with_options(upstream, &ProxyOptions::default())
+    }
 
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .http1_max_buf_size(UPSTREAM_READ_BUFFER)
-            .build(connector);
+    /// A proxy to `upstream` with TLS and PROXY protocol `options`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Proxy::new`], and [`ProxyError::Tls`] when the CA file cannot be read or the
+    /// server name is not one.
+    pub fn with_options(upstream: &str, options: &ProxyOptions) -> Result<Self, ProxyError> {
+        let upstream = Upstream::parse(upstream)?;
+        let connector = Connector::new(&upstream, &options.tls, Alpn::H2OrHttp1)?;
+        let client = pooled_client(connector.clone(), upstream.wire == Wire::H2c);
+        let upgrade_client = match upstream.wire {
+            Wire::Tls => {
+                let connector = Connector::new(&upstream, &options.tls, Alpn::Http1Only)?;
+                Some((pooled_client(connector.clone(), false), connector))
+            }
+            Wire::Http1 | Wire::H2c => None,
+        };
+        if options.tls.insecure && upstream.wire == Wire::Tls {
+            tracing::warn!(
+                upstream = %upstream,
+                "--upstream-insecure: the upstream's certificate is NOT verified; anyone who can answer on its address reads the requests"
+            );
+        }
         Ok(Proxy {
-            upstream: authority,
+            upstream: Arc::new(upstream),
+            connector,
             client,
+            upgrade_client,
+            proxy_protocol: options.proxy_protocol,
         })
     }
 
-    /// The `host:port` requests are forwarded to.
-    pub fn upstream(&self) -> &Authority {
+    /// The upstream requests are forwarded to.
+    pub fn upstream(&self) -> &Upstream {
         &self.upstream
     }
+}
+
+/// Why one exchange with the upstream failed: before a connection stood, or after.
+#[derive(Debug)]
+enum SendError {
+    Connect(std::io::Error),
+    Pooled(hyper_util::client::legacy::Error),
+    Exchange(hyper::Error),
 }
 
 impl<B> tower::Service<Request<B>> for Proxy
@@ -225,6 +256,20 @@ impl Proxy {
             Ok(mode) => mode,
             Err(refusal) => return refusal.into_response(),
         };
+        if self.upstream.wire == Wire::H2c && !matches!(mode, Mode::Plain) {
+            // An HTTP/2 upstream would need RFC 8441 extended CONNECT, which hyper's pooled
+            // client does not send; refusing is honest where a half-open tunnel is not.
+            return text_response(
+                StatusCode::NOT_IMPLEMENTED,
+                format!(
+                    "upstream {} speaks HTTP/2 with prior knowledge; the proxy forwards upgrades (WebSocket) only to HTTP/1.1 upstreams",
+                    self.upstream
+                ),
+            );
+        }
+        let client_addr = self
+            .proxy_protocol
+            .then(|| client_address(request.headers()));
         // The caller's side of a tunnel must be claimed before the answer goes back to hyper.
         let caller_upgrade = match mode {
             Mode::Plain => None,
@@ -234,7 +279,7 @@ impl Proxy {
             Ok(upstream_request) => upstream_request,
             Err(refusal) => return refusal.into_response(),
         };
-        let mut response = match self.client.request(upstream_request).await {
+        let mut response = match self.send(upstream_request, &mode, client_addr).await {
             Ok(response) => response,
             Err(error) => return self.bad_gateway(&error),
         };
@@ -319,9 +364,15 @@ impl Proxy {
             .path_and_query()
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        // The authority the public client asked for keys the pool and becomes HTTP/2's
+        // `:authority`; the upstream's own address is only the fallback (the connector
+        // dials the upstream whatever the URI says).
+        let authority = headers_host(&parts.headers)
+            .or_else(|| parts.uri.authority().cloned())
+            .unwrap_or_else(|| self.upstream.authority());
         let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.upstream.clone())
+            .scheme(self.upstream.scheme())
+            .authority(authority)
             .path_and_query(path)
             .build()
             .map_err(|error| {
@@ -388,22 +439,126 @@ impl Proxy {
         Ok(Request::from_parts(parts, body))
     }
 
-    /// The `502` sent when the upstream cannot be reached or fails mid-exchange.
-    fn bad_gateway(&self, error: &hyper_util::client::legacy::Error) -> Response<Body> {
-        let mut reason = if error.is_connect() {
+    /// Sends `request` over a pooled connection, or over a connection of its own that
+    /// starts with a PROXY header naming `client` when the route asks for one.
+    async fn send(
+        &self,
+        request: Request<UpstreamBody>,
+        mode: &Mode,
+        client: Option<Option<SocketAddr>>,
+    ) -> Result<Response<Incoming>, SendError> {
+        let upgrade = !matches!(mode, Mode::Plain);
+        let Some(client) = client else {
+            let pooled = match (&self.upgrade_client, upgrade) {
+                (Some((upgrade_client, _)), true) => upgrade_client,
+                _ => &self.client,
+            };
+            return pooled.request(request).await.map_err(SendError::Pooled);
+        };
+        let connector = match (&self.upgrade_client, upgrade) {
+            // A tunnel needs HTTP/1.1, so its dial offers nothing else.
+            (Some((_, connector)), true) => connector,
+            _ => &self.connector,
+        };
+        let io = connector
+            .connect(Some(ProxyHeader { client }))
+            .await
+            .map_err(SendError::Connect)?;
+        send_unpooled(io, request, self.upstream.wire == Wire::H2c)
+            .await
+            .map_err(SendError::Exchange)
+    }
+
+    /// The `502` sent when the upstream cannot be reached or fails mid-exchange. The public
+    /// body says only which of the two happened: the upstream's address and the error chain
+    /// are internals, and go to the origin's log (`upstream failure`, warn).
+    fn bad_gateway(&self, error: &SendError) -> Response<Body> {
+        let (connect, mut source): (bool, Option<&(dyn std::error::Error + 'static)>) = match error
+        {
+            SendError::Connect(error) => (true, Some(error)),
+            SendError::Pooled(error) => (error.is_connect(), error.source()),
+            SendError::Exchange(error) => (false, Some(error)),
+        };
+        let mut reason = if connect {
             format!("could not connect to upstream {}", self.upstream)
         } else {
             format!("request to upstream {} failed", self.upstream)
         };
-        let mut source = error.source();
         while let Some(cause) = source {
             reason.push_str(": ");
             reason.push_str(&cause.to_string());
             source = cause.source();
         }
-        tracing::debug!(upstream = %self.upstream, %reason, "upstream failure");
-        text_response(StatusCode::BAD_GATEWAY, reason)
+        tracing::warn!(upstream = %self.upstream, %reason, "upstream failure");
+        text_response(
+            StatusCode::BAD_GATEWAY,
+            if connect {
+                PUBLIC_UNREACHABLE
+            } else {
+                PUBLIC_FAILED
+            },
+        )
     }
+}
+
+/// The public 502 body when the upstream could not be reached.
+const PUBLIC_UNREACHABLE: &str = "the origin could not reach its upstream service";
+/// The public 502 body when the upstream failed a request it had taken.
+const PUBLIC_FAILED: &str = "the origin's upstream service failed the request";
+
+/// One exchange on a fresh connection: HTTP/2 when the upstream speaks it with prior
+/// knowledge or TLS negotiated it, HTTP/1.1 (with upgrades) otherwise.
+async fn send_unpooled(
+    io: super::upstream::Io,
+    mut request: Request<UpstreamBody>,
+    h2c: bool,
+) -> Result<Response<Incoming>, hyper::Error> {
+    if h2c || io.negotiated_h2() {
+        let (mut sender, connection) =
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream HTTP/2 connection ended");
+            }
+        });
+        return sender.send_request(request).await;
+    }
+    // HTTP/1.1 sends the origin form; the authority is in `Host`.
+    if let Some(path) = request.uri().path_and_query().cloned() {
+        *request.uri_mut() = Uri::from(path);
+    }
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(UPSTREAM_READ_BUFFER)
+        .handshake(io)
+        .await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.with_upgrades().await {
+            tracing::debug!(%error, "upstream HTTP/1.1 connection ended");
+        }
+    });
+    sender.send_request(request).await
+}
+
+/// The public client's address as the gateway saw it: its `X-Real-IP`, which it sets from
+/// the peer (or its trusted proxies' view) and never passes on from a client. The gateway
+/// sends no client port, so the port is 0.
+fn client_address(headers: &HeaderMap) -> Option<SocketAddr> {
+    let ip: IpAddr = headers
+        .get("x-real-ip")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(SocketAddr::new(ip, 0))
+}
+
+/// The request's `Host`, when it is a valid authority.
+fn headers_host(headers: &HeaderMap) -> Option<Authority> {
+    Authority::try_from(headers.get(HOST)?.as_bytes()).ok()
 }
 
 /// Removes the fields that describe one connection rather than the message, including any
@@ -474,7 +629,7 @@ mod tests {
 
     async fn proxy_to_hello() -> (Proxy, SocketAddr) {
         let upstream = serve(Hello, Server::Http1).await;
-        let proxy = Proxy::new(format!("http://{upstream}").parse().unwrap()).unwrap();
+        let proxy = Proxy::new(&format!("http://{upstream}")).unwrap();
         (proxy, upstream)
     }
 
@@ -484,23 +639,40 @@ mod tests {
     }
 
     #[test]
-    fn only_plain_http_upstreams() {
+    fn upstream_forms_are_checked_when_the_proxy_is_built() {
         assert!(matches!(
-            Proxy::new(Uri::from_static("https://127.0.0.1:3000")),
+            Proxy::new("ftp://127.0.0.1:3000"),
             Err(ProxyError::UnsupportedScheme { .. })
         ));
         assert!(matches!(
-            Proxy::new(Uri::from_static("/just/a/path")),
+            Proxy::new("/just/a/path"),
             Err(ProxyError::UnsupportedScheme { .. })
         ));
         assert!(matches!(
-            Proxy::new(Uri::from_static("http://127.0.0.1:3000/prefix")),
+            Proxy::new("http://127.0.0.1:3000/prefix"),
             Err(ProxyError::HasPath { .. })
         ));
-        let error = Proxy::new(Uri::from_static("ws://127.0.0.1:3000")).unwrap_err();
-        assert!(error.to_string().contains("must be an http:// URI"));
-        let proxy = Proxy::new(Uri::from_static("http://127.0.0.1:3000/")).unwrap();
-        assert_eq!(proxy.upstream().as_str(), "127.0.0.1:3000");
+        let error = Proxy::new("ws://127.0.0.1:3000").unwrap_err();
+        assert!(error.to_string().contains("must be http://"));
+        let missing_ca = ProxyOptions {
+            tls: UpstreamTls {
+                ca: Some("/nonexistent/ca.pem".into()),
+                ..UpstreamTls::default()
+            },
+            proxy_protocol: false,
+        };
+        let error = Proxy::with_options("https://127.0.0.1:3000", &missing_ca).unwrap_err();
+        assert!(error.to_string().contains("/nonexistent/ca.pem"), "{error}");
+        let proxy = Proxy::new("http://127.0.0.1:3000/").unwrap();
+        assert_eq!(proxy.upstream().authority().as_str(), "127.0.0.1:3000");
+        for form in [
+            "h2c://127.0.0.1:1",
+            "https://localhost",
+            "unix:/tmp/x.sock",
+            "unix+h2c:/tmp/y.sock",
+        ] {
+            assert!(Proxy::new(form).is_ok(), "{form}");
+        }
     }
 
     #[test]
@@ -766,14 +938,15 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let proxy = Proxy::new(format!("http://{addr}").parse().unwrap()).unwrap();
+        let proxy = Proxy::new(&format!("http://{addr}")).unwrap();
         let request = Request::get("/").body(Full::new(Bytes::new())).unwrap();
         let response = proxy.oneshot(request).await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
-        let reason = text(response).await;
+        let body = text(response).await;
+        assert_eq!(body.trim_end(), PUBLIC_UNREACHABLE);
         assert!(
-            reason.starts_with(&format!("could not connect to upstream {addr}")),
-            "{reason}"
+            !body.contains(&addr.port().to_string()),
+            "the public body names no upstream address: {body}"
         );
     }
 }

@@ -1,0 +1,277 @@
+//! Ingress routes (`[[route]]` in the origin's config): which upstream serves a request, by
+//! host (exact, `*.suffix` or any) and optional path prefix; the first route that matches wins.
+//!
+//! ```text
+//! request ──▶ Routes ──(first host + path match)──▶ Proxy(upstream) ──▶ upstream
+//!                    └──(no match)──▶ 404 with the host and path that matched nothing
+//! ```
+//!
+//! The origin registers the union of `--host` and the routes' exact hosts with the gateway
+//! ([`Routes::hosts`]); a catch-all route or a `*.suffix` route adds none and serves the
+//! hosts `--host` names (the setup registers exact hosts only).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::uri::Authority;
+use http::{Request, StatusCode};
+use http_body::Body as HttpBody;
+
+use super::{text_response, BoxError, Proxy, ResponseFuture};
+
+/// Which request hosts a route takes. Matching ignores case, a port and a trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// Every host (`*`, or no `host` key).
+    Any,
+    /// Exactly this host.
+    Exact(String),
+    /// Every host below this suffix (`*.example.com` is stored as `.example.com`); the
+    /// suffix itself is not matched, as in TLS wildcard names.
+    Suffix(String),
+}
+
+impl HostPattern {
+    /// Parses `*`, `*.suffix` or an exact host name.
+    ///
+    /// # Errors
+    ///
+    /// The pattern is empty, has a wildcard elsewhere than a leading `*.`, or holds a port,
+    /// path or space.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim().to_ascii_lowercase();
+        if text == "*" {
+            return Ok(HostPattern::Any);
+        }
+        let (suffix, name) = match text.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, text.as_str()),
+        };
+        // A fully qualified name's trailing dot names the same host.
+        let name = name.strip_suffix('.').unwrap_or(name);
+        let valid = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
+        if !valid {
+            return Err(format!(
+                "route host {text:?} must be a host name, *.suffix or *"
+            ));
+        }
+        Ok(if suffix {
+            HostPattern::Suffix(format!(".{name}"))
+        } else {
+            HostPattern::Exact(name.to_string())
+        })
+    }
+
+    /// Whether `host` (already lower-case, without port) is one this pattern takes.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(name) => host == name,
+            HostPattern::Suffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        }
+    }
+
+    /// How the pattern is registered with the gateway: an exact name as itself. The
+    /// origin's setup registers only exact hosts (`--host`), so the hosts under `*.suffix`
+    /// and [`HostPattern::Any`] are the ones `--host` names.
+    pub fn registration(&self) -> Option<String> {
+        match self {
+            HostPattern::Any | HostPattern::Suffix(_) => None,
+            HostPattern::Exact(name) => Some(name.clone()),
+        }
+    }
+}
+
+/// One route: the requests it takes and the proxy that serves them.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// The hosts it takes.
+    pub host: HostPattern,
+    /// The path prefix it takes (segment-wise: `/api` takes `/api` and `/api/x`, not
+    /// `/apix`); every path when `None`.
+    pub path: Option<String>,
+    /// Where its requests go.
+    pub proxy: Proxy,
+}
+
+impl Route {
+    fn matches(&self, host: &str, path: &str) -> bool {
+        self.host.matches(host)
+            && self
+                .path
+                .as_deref()
+                .is_none_or(|p| path_has_prefix(path, p))
+    }
+}
+
+/// Whether `path` lies under `prefix`, segment by segment.
+fn path_has_prefix(path: &str, prefix: &str) -> bool {
+    match path.strip_prefix(prefix) {
+        Some(rest) => prefix.ends_with('/') || rest.is_empty() || rest.starts_with('/'),
+        None => false,
+    }
+}
+
+/// The routing service: cheap to clone, the routes shared.
+#[derive(Debug, Clone)]
+pub struct Routes {
+    routes: Arc<[Route]>,
+}
+
+impl Routes {
+    /// Routes tried in the given order.
+    pub fn new(routes: Vec<Route>) -> Self {
+        Routes {
+            routes: routes.into(),
+        }
+    }
+
+    /// The hosts to register with the gateway, in route order without repeats.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> = Vec::new();
+        for host in self.routes.iter().filter_map(|r| r.host.registration()) {
+            if !hosts.contains(&host) {
+                hosts.push(host);
+            }
+        }
+        hosts
+    }
+
+    /// The first route taking `host` (as the request named it, port allowed) and `path`.
+    pub fn route(&self, host: &str, path: &str) -> Option<&Route> {
+        let host = normalise_host(host);
+        self.routes.iter().find(|route| route.matches(&host, path))
+    }
+}
+
+/// Lower-case, without port or trailing dot.
+fn normalise_host(host: &str) -> String {
+    let name = match Authority::try_from(host) {
+        Ok(authority) => authority.host().to_string(),
+        Err(_) => host.to_string(),
+    };
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+impl<B> tower::Service<Request<B>> for Routes
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<super::Body>;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| request.uri().authority().map(|a| a.as_str().to_string()))
+            .unwrap_or_default();
+        let path = request.uri().path().to_string();
+        match self.route(&host, &path) {
+            Some(route) => tower::Service::call(&mut route.proxy.clone(), request),
+            None => {
+                tracing::debug!(%host, %path, "no route matches");
+                let response = text_response(
+                    StatusCode::NOT_FOUND,
+                    format!("no route of this origin matches host {host:?} and path {path:?}"),
+                );
+                Box::pin(async move { Ok(response) })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(host: &str, path: Option<&str>, upstream: &str) -> Route {
+        Route {
+            host: HostPattern::parse(host).unwrap(),
+            path: path.map(str::to_string),
+            proxy: Proxy::new(upstream).unwrap(),
+        }
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(HostPattern::parse("*").unwrap(), HostPattern::Any);
+        let suffix = HostPattern::parse("*.Example.COM").unwrap();
+        assert!(suffix.matches("a.example.com"));
+        assert!(suffix.matches("a.b.example.com"));
+        assert!(!suffix.matches("example.com"));
+        assert!(!suffix.matches("badexample.com"));
+        assert_eq!(suffix.registration(), None);
+        let exact = HostPattern::parse("app.example.").unwrap();
+        assert!(exact.matches("app.example"));
+        assert!(!exact.matches("x.app.example"));
+        for bad in ["", "a*.example", "a.example:443", "a b", "*.", "a/b"] {
+            assert!(HostPattern::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn first_match_wins_and_paths_match_by_segment() {
+        let routes = Routes::new(vec![
+            route("api.example", Some("/v1"), "http://127.0.0.1:1"),
+            route("api.example", None, "h2c://127.0.0.1:2"),
+            route("*.apps.example", None, "unix:/run/apps.sock"),
+            route("api.example", None, "http://127.0.0.1:3"),
+        ]);
+        let upstream = |host: &str, path: &str| {
+            routes
+                .route(host, path)
+                .map(|r| r.proxy.upstream().text.clone())
+        };
+        assert_eq!(
+            upstream("api.example", "/v1").unwrap(),
+            "http://127.0.0.1:1"
+        );
+        assert_eq!(
+            upstream("API.example:8443", "/v1/x").unwrap(),
+            "http://127.0.0.1:1"
+        );
+        assert_eq!(
+            upstream("api.example", "/v10").unwrap(),
+            "h2c://127.0.0.1:2"
+        );
+        assert_eq!(
+            upstream("a.apps.example", "/").unwrap(),
+            "unix:/run/apps.sock"
+        );
+        assert_eq!(upstream("other.example", "/"), None);
+        assert_eq!(routes.hosts(), ["api.example"]);
+    }
+
+    #[tokio::test]
+    async fn a_request_no_route_takes_is_404_with_the_reason() {
+        use http_body_util::BodyExt;
+        use tower::ServiceExt;
+        let routes = Routes::new(vec![route("a.example", None, "http://127.0.0.1:1")]);
+        let request = Request::get("/x")
+            .header(http::header::HOST, "b.example")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = routes.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("\"b.example\"") && text.contains("\"/x\""),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,664 @@
+//! Every upstream form of `ptth-origin` end to end: `http://`, `h2c://`, `https://` (with a
+//! private CA, a server name, and the insecure opt-out), `unix:` and `unix+h2c:`; `[[route]]`
+//! tables; PROXY protocol v2; and uploads of a few hundred MiB with bounded memory.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use bytes::Bytes;
+use futures_util::{SinkExt, StreamExt};
+use http::{Request, Response, StatusCode, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ptth_origin::service::hello::pattern_sha256;
+use ptth_origin::service::Hello;
+use ptth_tests::*;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Which HTTP a test upstream's connections speak.
+#[derive(Debug, Clone, Copy)]
+enum Speaks {
+    Http1,
+    Http2,
+    /// What TLS ALPN chose.
+    Alpn,
+}
+
+/// The demo service as an upstream: every answer says which upstream (`x-upstream`) and
+/// which HTTP version (`x-upstream-version`) served it.
+async fn serve_hello<I>(io: I, name: &'static str, speaks: Speaks)
+where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let service = hyper::service::service_fn(move |request: Request<Incoming>| async move {
+        let version = format!("{:?}", request.version());
+        let mut response = tower_service::Service::call(&mut Hello::new(), request).await?;
+        let headers = response.headers_mut();
+        headers.insert("x-upstream", http::HeaderValue::from_static(name));
+        headers.insert("x-upstream-version", version.parse().unwrap());
+        Ok::<_, std::convert::Infallible>(response)
+    });
+    let io = TokioIo::new(io);
+    let result = match speaks {
+        Speaks::Http1 => hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await
+            .map_err(|e| e.to_string()),
+        Speaks::Http2 | Speaks::Alpn => {
+            hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(io, service)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    if let Err(error) = result {
+        eprintln!("upstream {name}: {error}");
+    }
+}
+
+/// A TCP upstream on 127.0.0.1 speaking `speaks` in cleartext.
+async fn tcp_upstream(name: &'static str, speaks: Speaks) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(serve_hello(tcp, name, speaks));
+        }
+    });
+    addr
+}
+
+/// A Unix socket upstream at `path`.
+async fn unix_upstream(path: &Path, name: &'static str, speaks: Speaks) {
+    let listener = tokio::net::UnixListener::bind(path).unwrap();
+    tokio::spawn(async move {
+        while let Ok((unix, _)) = listener.accept().await {
+            tokio::spawn(serve_hello(unix, name, speaks));
+        }
+    });
+}
+
+/// A TLS upstream on 127.0.0.1 with the gateway's dev certificate (names `localhost` and
+/// `127.0.0.1`, signed by the dev CA), offering ALPN `h2` and `http/1.1`.
+async fn tls_upstream(dev: &Path, name: &'static str) -> SocketAddr {
+    let pem = std::fs::read(dev.join("gateway.pem")).unwrap();
+    let chain = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let pem = std::fs::read(dev.join("gateway.key")).unwrap();
+    let key = rustls_pemfile::private_key(&mut pem.as_slice())
+        .unwrap()
+        .unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let speaks = if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    Speaks::Alpn
+                } else {
+                    Speaks::Http1
+                };
+                serve_hello(tls, name, speaks).await;
+            });
+        }
+    });
+    addr
+}
+
+/// A lazily generated request body of `n` pattern bytes (byte i = i % 251), in 64 KiB chunks.
+fn pattern_body(n: u64) -> TestBody {
+    const CHUNK: u64 = 64 * 1024;
+    let stream = futures_util::stream::iter((0..n.div_ceil(CHUNK)).map(move |c| {
+        let start = c * CHUNK;
+        let len = CHUNK.min(n - start);
+        let data: Vec<u8> = (start..start + len).map(|i| (i % 251) as u8).collect();
+        Ok::<_, Box<dyn std::error::Error + Send + Sync>>(http_body::Frame::data(Bytes::from(data)))
+    }));
+    BodyExt::boxed(http_body_util::StreamBody::new(stream))
+}
+
+fn echo_json(n: u64) -> String {
+    format!("\"bytes\":{n},\"sha256\":\"{}\"", pattern_sha256(n))
+}
+
+fn header<'a>(response: &'a Response<()>, name: &str) -> &'a str {
+    response
+        .headers()
+        .get(name)
+        .map(|v| v.to_str().unwrap())
+        .unwrap_or("")
+}
+
+/// `GET /`, an echoed 1 MiB upload, response trailers and a WebSocket (or its refusal),
+/// all through the gateway to `host`, which `name` must serve over `version`.
+async fn check_upstream(gw: &Gateway, host: &str, name: &str, version: Version, mechanism: &str) {
+    let h2 = client(true);
+    let (res, body) = send(&h2, get(gw, host, "/")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{host}: {body:?}");
+    assert_eq!(header(&res, "x-upstream"), name, "{host}");
+    assert_eq!(
+        header(&res, "x-upstream-version"),
+        format!("{version:?}"),
+        "{host}"
+    );
+    let page = String::from_utf8_lossy(&body);
+    assert!(
+        page.contains(&format!("<dd id=\"host\">{host}:")),
+        "{host}: the upstream sees the public host: {page}"
+    );
+
+    let n = 1u64 << 20;
+    let upload = Request::post(url(gw, host, "/echo"))
+        .body(pattern_body(n))
+        .unwrap();
+    let (res, body) = send(&h2, upload).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{host}");
+    assert!(
+        String::from_utf8_lossy(&body).contains(&echo_json(n)),
+        "{host}: {body:?}"
+    );
+
+    // Request trailers reach the upstream (announced in `Trailer`, which an HTTP/1.1
+    // upstream needs; HTTP/2 upstreams get them regardless).
+    let mut sent = http::HeaderMap::new();
+    sent.insert("x-sum", http::HeaderValue::from_static("abc"));
+    let frames: Vec<Result<http_body::Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>> = vec![
+        Ok(http_body::Frame::data(Bytes::from_static(b"abc"))),
+        Ok(http_body::Frame::trailers(sent)),
+    ];
+    let with_trailers = Request::post(url(gw, host, "/echo"))
+        .header("te", "trailers")
+        .header("trailer", "x-sum")
+        .body(BodyExt::boxed(http_body_util::StreamBody::new(
+            futures_util::stream::iter(frames),
+        )))
+        .unwrap();
+    let (res, body) = send(&h2, with_trailers).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{host}");
+    let json = String::from_utf8_lossy(&body);
+    assert!(
+        json.contains("\"trailers\":{\"x-sum\":\"abc\"}"),
+        "{host}: request trailers reach the upstream: {json}"
+    );
+
+    let trailers = Request::get(url(gw, host, "/trailers"))
+        .header("te", "trailers")
+        .body(full(Bytes::new()))
+        .unwrap();
+    let res = h2.request(trailers).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK, "{host}");
+    let collected = res.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().unwrap_or_default();
+    assert_eq!(
+        trailers.get("grpc-status").map(|v| v.to_str().unwrap()),
+        Some("0"),
+        "{host}: trailers {trailers:?}"
+    );
+
+    // WebSocket needs HTTP/1.1 upstream: https:// upstreams are dialled offering only
+    // http/1.1 for it, and HTTP/2-only (h2c) upstreams refuse it with 501. (The gateway
+    // itself refuses WebSocket towards HTTP/3 origins, before the upstream matters.)
+    if mechanism == "rh3" {
+        return;
+    }
+    let url = format!("ws://{}/ws", gw.listen);
+    let mut request =
+        tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+            .unwrap();
+    request
+        .headers_mut()
+        .insert("host", http::HeaderValue::from_str(host).unwrap());
+    let handshake = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(request),
+    )
+    .await
+    .unwrap();
+    if version == Version::HTTP_2 && name != "https" {
+        match handshake {
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED, "{host}");
+            }
+            other => panic!("{host}: a WebSocket to an h2c upstream: {other:?}"),
+        }
+    } else {
+        let (mut ws, _) = handshake.unwrap_or_else(|e| panic!("{host}: websocket handshake: {e}"));
+        let message = tokio_tungstenite::tungstenite::Message::text(format!("hi {host}"));
+        ws.send(message.clone()).await.unwrap();
+        let echo = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echo, message, "{host}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_upstream_form_serves_through_the_gateway() {
+    let dir = TempDir::new("upstream-forms");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let http = tcp_upstream("http", Speaks::Http1).await;
+    let h2c = tcp_upstream("h2c", Speaks::Http2).await;
+    let https = tls_upstream(&gw.dev, "https").await;
+    let unix = dir.0.join("http.sock");
+    unix_upstream(&unix, "unix", Speaks::Http1).await;
+    let unix_h2c = dir.0.join("h2c.sock");
+    unix_upstream(&unix_h2c, "unix+h2c", Speaks::Http2).await;
+    let ca = gw.dev.join("ca.pem");
+    let ca = ca.to_str().unwrap();
+
+    let forms: Vec<(&str, &str, String, Vec<&str>, Version)> = vec![
+        (
+            "http",
+            "rh2",
+            format!("http://{http}"),
+            vec![],
+            Version::HTTP_11,
+        ),
+        (
+            "h2c",
+            "rh2",
+            format!("h2c://{h2c}"),
+            vec![],
+            Version::HTTP_2,
+        ),
+        (
+            "h2c-rh1",
+            "rh1",
+            format!("h2c://{h2c}"),
+            vec![],
+            Version::HTTP_2,
+        ),
+        (
+            "h2c-rh3",
+            "rh3",
+            format!("h2c://{h2c}"),
+            vec![],
+            Version::HTTP_2,
+        ),
+        (
+            "https",
+            "rh2",
+            format!("https://localhost:{}", https.port()),
+            vec!["--upstream-ca", ca],
+            Version::HTTP_2,
+        ),
+        (
+            "https-name",
+            "rh2",
+            format!("https://{https}"),
+            vec!["--upstream-ca", ca, "--upstream-server-name", "localhost"],
+            Version::HTTP_2,
+        ),
+        (
+            "unix",
+            "rh2",
+            format!("unix:{}", unix.display()),
+            vec![],
+            Version::HTTP_11,
+        ),
+        (
+            "unix-h2c",
+            "rh2",
+            format!("unix+h2c:{}", unix_h2c.display()),
+            vec![],
+            Version::HTTP_2,
+        ),
+    ];
+    let mut origins = Vec::new();
+    for (label, mechanism, upstream, extra, _) in &forms {
+        let mut args = vec!["--upstream", upstream.as_str()];
+        args.extend(extra);
+        let host = format!("{label}.localhost");
+        origins.push(Origin::start(&gw, mechanism, &host, &args).await.unwrap());
+    }
+    for (label, mechanism, _, _, version) in &forms {
+        let host = format!("{label}.localhost");
+        wait_ready(&gw, &host).await.unwrap();
+        let name = match *label {
+            "unix-h2c" => "unix+h2c",
+            other => other.split('-').next().unwrap(),
+        };
+        check_upstream(&gw, &host, name, *version, mechanism).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_upstreams_are_verified_unless_declared_insecure() {
+    let dir = TempDir::new("upstream-tls");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let https = tls_upstream(&gw.dev, "https").await;
+    let upstream = format!("https://{https}");
+    // The dev CA is not among the WebPKI roots, so a default origin refuses the upstream.
+    let strict = Origin::start(&gw, "rh2", "strict.localhost", &["--upstream", &upstream])
+        .await
+        .unwrap();
+    let insecure = Origin::start(
+        &gw,
+        "rh2",
+        "insecure.localhost",
+        &["--upstream", &upstream, "--upstream-insecure"],
+    )
+    .await
+    .unwrap();
+    wait_ready(&gw, "insecure.localhost").await.unwrap();
+    assert!(
+        !insecure
+            .log
+            .matching("--upstream-insecure: the upstream's certificate is NOT verified")
+            .is_empty(),
+        "the insecure opt-out is logged: {}",
+        insecure.log.text()
+    );
+    let (status, body) = loop {
+        let (status, body) = answer(&gw, "strict.localhost", "/").await;
+        if status != StatusCode::SERVICE_UNAVAILABLE && !body.contains(NO_ORIGIN) {
+            break (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    // The public body is generic; the address and the certificate error are the log's.
+    assert!(
+        body.contains("could not reach its upstream")
+            && !body.contains(&upstream.to_string())
+            && !body.contains("certificate"),
+        "the 502 is generic: {body}"
+    );
+    strict
+        .log
+        .wait_for(&format!("could not connect to upstream {upstream}"), 10)
+        .await
+        .expect("the origin logs the reason");
+    assert!(
+        strict.log.text().contains("certificate"),
+        "the origin's log says why: {}",
+        strict.log.text()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_pick_the_first_matching_upstream_and_register_their_hosts() {
+    let dir = TempDir::new("upstream-routes");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let a = tcp_upstream("a", Speaks::Http1).await;
+    let b = tcp_upstream("b", Speaks::Http2).await;
+    let api = tcp_upstream("api", Speaks::Http1).await;
+    let socket = dir.0.join("w.sock");
+    unix_upstream(&socket, "wild", Speaks::Http1).await;
+    let config = dir.0.join("origin.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[route]]
+host = "b.localhost"
+path = "/api"
+upstream = "http://{api}"
+
+[[route]]
+host = "b.localhost"
+upstream = "h2c://{b}"
+
+[[route]]
+host = "*.w.localhost"
+upstream = "unix:{socket}"
+
+[[route]]
+host = "a.localhost"
+path = "/only"
+upstream = "http://{a}"
+"#,
+            socket = socket.display()
+        ),
+    )
+    .unwrap();
+    // The routes register b.localhost and a.localhost; the hosts under the wildcard route
+    // are named with --host.
+    let _origin = Origin::start(
+        &gw,
+        "rh2",
+        "one.w.localhost",
+        &[
+            "--host",
+            "two.three.w.localhost",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+    )
+    .await
+    .unwrap();
+    wait_ready(&gw, "b.localhost").await.unwrap();
+    let h1 = client(false);
+    for (host, path, name) in [
+        ("b.localhost", "/api", "api"),
+        ("b.localhost", "/api/x", "api"),
+        ("b.localhost", "/apix", "b"),
+        ("b.localhost", "/", "b"),
+        ("one.w.localhost", "/", "wild"),
+        ("two.three.w.localhost", "/", "wild"),
+        ("a.localhost", "/only", "a"),
+    ] {
+        let (res, body) = send(&h1, get(&gw, host, path)).await.unwrap();
+        assert_eq!(header(&res, "x-upstream"), name, "{host}{path}: {body:?}");
+    }
+    // a.localhost is registered by its route, but only /only is routed.
+    let (res, body) = send(&h1, get(&gw, "a.localhost", "/other")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("no route of this origin matches host") && text.contains("/other"),
+        "{text}"
+    );
+}
+
+/// An upstream that reads a PROXY v2 header, then one HTTP/1.1 request head, and answers
+/// with the header's source address, destination address and command as plain text.
+async fn proxy_protocol_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut fixed = [0u8; 16];
+                if tcp.read_exact(&mut fixed).await.is_err() {
+                    return;
+                }
+                let mut text = String::new();
+                if &fixed[..12] != b"\r\n\r\n\0\r\nQUIT\n" {
+                    text.push_str("no PROXY v2 signature");
+                } else {
+                    let len = usize::from(u16::from_be_bytes([fixed[14], fixed[15]]));
+                    let mut addresses = vec![0u8; len];
+                    if tcp.read_exact(&mut addresses).await.is_err() {
+                        return;
+                    }
+                    text.push_str(&format!(
+                        "command {:#04x} family {:#04x}",
+                        fixed[12], fixed[13]
+                    ));
+                    if fixed[13] == 0x11 && len >= 12 {
+                        let ip = |b: &[u8]| std::net::Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+                        let port = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+                        text.push_str(&format!(
+                            " source {}:{} destination {}:{}",
+                            ip(&addresses[0..4]),
+                            port(&addresses[8..10]),
+                            ip(&addresses[4..8]),
+                            port(&addresses[10..12])
+                        ));
+                    }
+                }
+                // The request head follows; read until its blank line.
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && head.len() < 65536 {
+                    if tcp.read_exact(&mut byte).await.is_err() {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let starts_http = head.starts_with(b"GET / HTTP/1.1\r\n");
+                text.push_str(&format!(" then-http {starts_http}"));
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                    text.len()
+                );
+                let _ = tcp.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v2_names_the_public_client() {
+    let dir = TempDir::new("upstream-proxy-protocol");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let upstream = proxy_protocol_upstream().await;
+    let config = dir.0.join("origin.toml");
+    std::fs::write(
+        &config,
+        format!("[[route]]\nhost = \"pp.localhost\"\nupstream = \"http://{upstream}\"\nproxy-protocol = true\n"),
+    )
+    .unwrap();
+    let _origin = Origin::start(
+        &gw,
+        "rh2",
+        "pp.localhost",
+        &["--config", config.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    // The public client comes from 127.0.0.2, which is what the gateway sees and names.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let tcp = tcp_from("127.0.0.2".parse().unwrap(), gw.listen)
+            .await
+            .unwrap();
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(connection);
+        let request = Request::get("/")
+            .header("host", "pp.localhost")
+            .body(http_body_util::Empty::<Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&body).to_string();
+        if status == StatusCode::OK {
+            break text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{status}: {text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        text,
+        format!(
+            "command 0x21 family 0x11 source 127.0.0.2:0 destination {upstream} then-http true"
+        )
+    );
+}
+
+/// Uploads `n` bytes to `/echo` on `host` through the public HTTP/2 (or HTTP/3) client and
+/// checks the upstream hashed all of it.
+async fn upload(gw: &Gateway, host: &str, n: u64, h3: bool) {
+    let json = if h3 {
+        let client = h3_client(gw).await.unwrap();
+        let request = Request::post(h3_url(host, "/echo"))
+            .body(pattern_body(n))
+            .unwrap();
+        let (res, body) = tokio::time::timeout(Duration::from_secs(300), client.send(request))
+            .await
+            .expect("HTTP/3 upload within 300 s")
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{host} over HTTP/3");
+        body
+    } else {
+        let request = Request::post(url(gw, host, "/echo"))
+            .body(pattern_body(n))
+            .unwrap();
+        let res = tokio::time::timeout(Duration::from_secs(300), client(true).request(request))
+            .await
+            .expect("HTTP/2 upload answered within 300 s")
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{host}");
+        res.into_body().collect().await.unwrap().to_bytes()
+    };
+    assert!(
+        String::from_utf8_lossy(&json).contains(&echo_json(n)),
+        "{host}: {json:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_of_hundreds_of_mebibytes_stream_with_bounded_memory() {
+    const N: u64 = 300 << 20;
+    const GROWTH: u64 = 64 << 20;
+    let dir = TempDir::new("upstream-upload");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let http = tcp_upstream("http", Speaks::Http1).await;
+    let h2c = tcp_upstream("h2c", Speaks::Http2).await;
+    let mut cases = Vec::new();
+    for (mechanism, upstream) in [
+        ("rh2", format!("http://{http}")),
+        ("rh2", format!("h2c://{h2c}")),
+        ("rh3", format!("http://{http}")),
+        ("rh3", format!("h2c://{h2c}")),
+    ] {
+        let kind = upstream.split(':').next().unwrap().to_string();
+        let host = format!("{mechanism}-{kind}.localhost");
+        let origin = Origin::start(&gw, mechanism, &host, &["--upstream", &upstream])
+            .await
+            .unwrap();
+        cases.push((mechanism, host, origin));
+    }
+    for (_, host, _) in &cases {
+        wait_ready(&gw, host).await.unwrap();
+    }
+    // A small upload first, so the baselines include every lazily allocated buffer.
+    for (mechanism, host, _) in &cases {
+        upload(&gw, host, 1 << 20, *mechanism == "rh3").await;
+    }
+    let gateway_before = gw.peak_rss().unwrap();
+    for (mechanism, host, origin) in &cases {
+        let origin_before = origin.peak_rss().unwrap();
+        upload(&gw, host, N, *mechanism == "rh3").await;
+        let origin_growth = origin.peak_rss().unwrap().saturating_sub(origin_before);
+        assert!(
+            origin_growth < GROWTH,
+            "{host}: the origin's peak RSS grew by {} MiB for a {} MiB upload",
+            origin_growth >> 20,
+            N >> 20
+        );
+    }
+    let gateway_growth = gw.peak_rss().unwrap().saturating_sub(gateway_before);
+    assert!(
+        gateway_growth < GROWTH,
+        "the gateway's peak RSS grew by {} MiB over four {} MiB uploads",
+        gateway_growth >> 20,
+        N >> 20
+    );
+}
