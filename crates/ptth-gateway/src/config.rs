@@ -107,6 +107,19 @@ pub struct Cli {
     /// listener, and development). Requests over TLS never reach `http://` origins.
     #[arg(long, value_name = "BOOL", action = clap::ArgAction::Set)]
     pub cleartext_https_fallback: Option<bool>,
+    /// Admin listener (HTTP/1.1; `/metrics`, `/healthz`, `/readyz`), e.g. `127.0.0.1:9090`.
+    /// Off by default; never expose it publicly.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Access log: `on` (default; one line per request at target `ptth::access`), `off`, or
+    /// `sample=N` (one request in N, and every 5xx).
+    #[arg(long, value_name = "on|off|sample=N")]
+    pub access_log: Option<String>,
+    /// A host whose requests get their own `host` label in the metrics (repeatable; config
+    /// key `metrics-hosts = ["app.example"]`). Others are counted as `other`. Default: none.
+    #[arg(long = "metrics-host", value_name = "NAME")]
+    #[serde(default)]
+    pub metrics_hosts: Vec<String>,
     /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
     #[arg(skip)]
     #[serde(skip)]
@@ -163,6 +176,12 @@ pub struct GatewayConfig {
     /// Worker threads, each with its own runtime and listening sockets (`--threads`;
     /// default one per CPU).
     pub workers: usize,
+    /// The admin listener's address (`--admin`), if any.
+    pub admin: Option<SocketAddr>,
+    /// What the access log writes (`--access-log`).
+    pub access_log: crate::access_log::AccessLogMode,
+    /// Hosts with their own metrics label (`--metrics-host`).
+    pub metrics_hosts: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -197,6 +216,9 @@ impl GatewayConfig {
             queue_limit_per_host: 256,
             cleartext_https_fallback: true,
             workers: std::thread::available_parallelism().map_or(1, usize::from),
+            admin: None,
+            access_log: crate::access_log::AccessLogMode::On,
+            metrics_hosts: Vec::new(),
         }
     }
 }
@@ -305,6 +327,13 @@ impl Cli {
         if let Some(n) = self.threads {
             c.workers = at_least_one(n, "--threads")?;
         }
+        c.admin = self.admin;
+        if let Some(mode) = &self.access_log {
+            c.access_log = mode
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--access-log (config key access-log): {e}"))?;
+        }
+        c.metrics_hosts = self.metrics_hosts;
         Ok((c, dev_files))
     }
 
@@ -345,6 +374,13 @@ impl Cli {
             cleartext_https_fallback: self
                 .cleartext_https_fallback
                 .or(file.cleartext_https_fallback),
+            admin: self.admin.or(file.admin),
+            access_log: self.access_log.or(file.access_log),
+            metrics_hosts: if self.metrics_hosts.is_empty() {
+                file.metrics_hosts
+            } else {
+                self.metrics_hosts
+            },
             file_merged: self.file_merged,
         }
     }
@@ -411,8 +447,10 @@ fn at_least_one(n: usize, flag: &str) -> Result<usize> {
 pub fn init_logging(format: Option<&str>) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format.unwrap_or("human") {
         "human" => builder.init(),

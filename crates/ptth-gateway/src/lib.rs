@@ -16,12 +16,15 @@
 //! starts it.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access_log;
+pub mod admin;
 mod admission;
 pub mod config;
 mod credential;
 pub mod dev;
 pub mod forwarding;
 mod message;
+pub mod metrics;
 mod pending;
 pub mod proxy;
 mod public;
@@ -55,6 +58,10 @@ pub struct Gateway {
     pub tunnel_quic: SocketAddr,
     /// Where public HTTP/3 clients connect (UDP, the TLS listener's port number).
     pub listen_h3: Option<SocketAddr>,
+    /// Where the admin pages (`/metrics`, `/healthz`, `/readyz`) are served, if enabled.
+    pub admin: Option<SocketAddr>,
+    /// What `/readyz` answers.
+    readiness: Arc<admin::Readiness>,
     /// The connected origins.
     pub registry: Arc<Registry>,
     ctx: Arc<admission::TunnelContext>,
@@ -103,8 +110,32 @@ impl Gateway {
             ),
         });
 
+        registry.metrics.label_hosts(&config.metrics_hosts);
+        registry.metrics.access.set_mode(config.access_log);
         let workers = workers::Workers::start(config.workers)
             .context("starting the gateway's worker threads")?;
+        // The admin listener first, so it answers `/readyz` (503) while the rest binds.
+        let readiness = Arc::new(admin::Readiness::default());
+        let admin = match config.admin {
+            Some(addr) => {
+                let home = workers.handle(0);
+                let listener = {
+                    let _on_worker = home.enter();
+                    admin::bind(addr)?
+                };
+                let bound = listener.local_addr()?;
+                home.spawn(admin::serve(
+                    listener,
+                    admin::Pages {
+                        metrics: registry.metrics.clone(),
+                        registry: registry.clone(),
+                        readiness: readiness.clone(),
+                    },
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
         // Every TCP listener is one socket per worker, so a connection (public or origin)
         // and every task it spawns stay on the worker that accepted it.
         let tunnel_ls = workers
@@ -186,13 +217,16 @@ impl Gateway {
                 config.public_header_timeout,
             ));
         }
-        tracing::info!(%listen, ?listen_tls, ?listen_h3, %tunnel, "gateway listening");
+        tracing::info!(%listen, listen_tls = listen_tls.map(tracing::field::display), listen_h3 = listen_h3.map(tracing::field::display), %tunnel, admin = admin.map(tracing::field::display), "gateway listening");
+        readiness.set(Ok(()));
         Ok(Self {
             listen,
             listen_tls,
             tunnel,
             tunnel_quic,
             listen_h3,
+            admin,
+            readiness,
             registry,
             ctx,
             tunnel_quic_endpoint: tunnel_quic_ep,
@@ -209,6 +243,25 @@ impl Gateway {
     /// flight finish (30 s at most), then the connection closes. Healthy connections are
     /// untouched, whatever their grants are called now. Returns how many drained.
     pub fn reload(&self, grants: ptth_auth::Grants) -> Result<usize> {
+        let reloaded = self.reload_grants(grants);
+        self.registry.metrics.reloaded(reloaded.is_ok());
+        reloaded
+    }
+
+    /// Counts a reload that failed before it reached [`Gateway::reload`] (the config file
+    /// could not be read or parsed).
+    pub fn reload_failed(&self) {
+        self.registry.metrics.reloaded(false);
+    }
+
+    /// Says on `/readyz` that the gateway is shutting down (503), so a load balancer stops
+    /// sending it traffic.
+    pub fn stopping(&self) {
+        self.readiness
+            .set(Err("shutting down: no longer taking new traffic".into()));
+    }
+
+    fn reload_grants(&self, grants: ptth_auth::Grants) -> Result<usize> {
         let certs = tls::load_certs(&self.config.cert)?;
         let key = tls::load_key(&self.config.key)?;
         let tunnel_tls = tls::tunnel_config(
@@ -250,7 +303,7 @@ impl Gateway {
             tracing::warn!(
                 conn = conn.id,
                 mechanism = %conn.mechanism,
-                origin = %conn.admission.identity,
+                grant = %conn.admission.identity,
                 credential = %conn.admission.proven.describe(),
                 peer = %conn.peer,
                 "origin connection drained on reload: {why}"
@@ -274,6 +327,7 @@ impl Gateway {
     /// with its runtime, which the worker's own thread drops. Returns at once; dropping the
     /// `Gateway` also waits for the worker threads to finish.
     pub fn stop(&self) {
+        self.stopping();
         self.workers.stop();
     }
 }

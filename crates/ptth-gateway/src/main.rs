@@ -4,16 +4,35 @@ use clap::Parser;
 use ptth_gateway::config::{init_logging, Cli};
 use ptth_gateway::Gateway;
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse().merge_file()?;
-    init_logging(cli.log_format.as_deref())?;
-    let (config, dev) = cli.resolve()?;
+/// Configuration errors exit with 2, failures while running with 1; either prints the
+/// error's chain on one line (never a backtrace, whatever `RUST_BACKTRACE` says).
+fn main() -> std::process::ExitCode {
+    let settled = Cli::parse().merge_file().and_then(|cli| {
+        init_logging(cli.log_format.as_deref())?;
+        cli.resolve()
+    });
+    let (config, dev) = match settled {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("ptth-gateway: configuration error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     // The gateway serves on its own workers (`--threads`, one runtime per thread); this
     // thread only starts it, waits for signals and reloads the grants.
-    tokio::runtime::Builder::new_current_thread()
+    let ran = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(serve(config, dev))
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(serve(config, dev)));
+    match ran {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "the gateway stopped");
+            eprintln!("ptth-gateway: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn serve(
@@ -36,6 +55,9 @@ async fn serve(
     if let Some(a) = gateway.listen_tls {
         println!("listen-tls={a}");
     }
+    if let Some(a) = gateway.admin {
+        println!("admin={a}");
+    }
     println!("tunnel={}", gateway.tunnel);
     reload_on_sighup(&gateway).await;
     tracing::info!("shutting down");
@@ -56,6 +78,7 @@ async fn reload_on_sighup(gateway: &Gateway) {
                     _ = &mut stop => return,
                     _ = hup.recv() => {
                         match ptth_gateway::config::reload_grants(gateway.config())
+                            .inspect_err(|_| gateway.reload_failed())
                             .and_then(|g| gateway.reload(g))
                         {
                             Ok(_) => {}

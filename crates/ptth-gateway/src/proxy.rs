@@ -68,6 +68,11 @@ impl Proxy {
         })
     }
 
+    /// This gateway's metrics.
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.registry.metrics
+    }
+
     /// Handles one public request, whatever listener it came from. Never fails: every error
     /// becomes a response.
     pub async fn handle<B>(&self, mut req: Request<B>, client: ClientInfo) -> Response<Body>
@@ -197,6 +202,7 @@ impl Proxy {
                     tracing::debug!(conn = id, error = %e, "connection refused the request; retrying on another");
                     request = *req;
                     avoid = Some(id);
+                    self.metrics().retried("not_sent");
                 }
                 Ok(Err(SendError::Failed(e))) => {
                     tracing::warn!(conn = id, error = %e, "origin failed the request");
@@ -256,6 +262,7 @@ impl Proxy {
             return out;
         }
         let (mut parts, body) = response.into_parts();
+        parts.extensions.insert(crate::access_log::Routed(conn.clone()));
         strip_hop_by_hop(&mut parts.headers);
         strip_ptth_fields(&mut parts.headers);
         self.via.append(&mut parts.headers, parts.version);

@@ -108,6 +108,7 @@ pub(crate) async fn serve(
                     return;
                 }
             };
+            let _open = proxy.metrics().public_connection(crate::metrics::PublicListener::H3);
             let activity = Activity::new();
             let idle = idle_for(activity.clone(), header_timeout);
             tokio::pin!(idle);
@@ -115,7 +116,7 @@ pub(crate) async fn serve(
                 let next = tokio::select! {
                     next = h3.accept() => next,
                     () = &mut idle => {
-                        tracing::debug!(%addr, timeout = ?header_timeout, "public HTTP/3 connection closed: no request within the header timeout");
+                        tracing::debug!(%addr, timeout_secs = header_timeout.as_secs_f64(), "public HTTP/3 connection closed: no request within the header timeout");
                         if tokio::time::timeout(SHUTDOWN_GRACE, h3.graceful_shutdown()).await.is_err() {
                             // H3_NO_ERROR: the client only stopped asking.
                             h3.close(0x100, "idle");
@@ -135,8 +136,8 @@ pub(crate) async fn serve(
                             "CONNECT is not supported on the public HTTP/3 listener",
                         )
                     } else {
-                        proxy
-                            .handle(
+                        crate::access_log::handle(
+                                &proxy,
                                 req,
                                 ClientInfo {
                                     addr,

@@ -296,6 +296,8 @@ pub struct Registry {
     limits: QueueLimits,
     /// Requests waiting in the queue, per request host (entries removed at zero).
     waiting: Mutex<HashMap<String, usize>>,
+    /// This gateway's metrics (the admin listener serves them).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// One request's place in its host's share of the queue.
@@ -378,7 +380,15 @@ impl Registry {
             queue: Semaphore::new(limits.max_waiting),
             limits,
             waiting: Mutex::new(HashMap::new()),
+            metrics: Arc::default(),
         })
+    }
+
+    /// Requests waiting in the queue now.
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.limits
+            .max_waiting
+            .saturating_sub(self.queue.available_permits())
     }
 
     // A panic while holding these locks cannot leave the maps half-updated (nothing in a
@@ -415,11 +425,11 @@ impl Registry {
         tracing::info!(
             conn = conn.id,
             mechanism = %conn.mechanism,
-            origin = %conn.admission.identity,
+            grant = %conn.admission.identity,
             peer = %conn.peer,
-            scopes = ?conn.scopes,
+            scopes = %crate::metrics::scope_list(&conn.scopes),
             capacity = conn.capacity(),
-            worker = ?conn.worker,
+            worker = conn.worker,
             "origin connection registered"
         );
         let mut index = self.write();
@@ -454,7 +464,7 @@ impl Registry {
             let state = c.lifecycle().clone();
             tracing::info!(
                 conn = id,
-                origin = %c.admission.identity,
+                grant = %c.admission.identity,
                 "origin connection closed: {}",
                 why_closed(&state)
             );
@@ -484,7 +494,7 @@ impl Registry {
             // The caller says why (a reload logs the reason per connection at warn).
             tracing::debug!(
                 conn = conn.id,
-                origin = %conn.admission.identity,
+                grant = %conn.admission.identity,
                 "draining the connection"
             );
             let conn = conn.clone();
@@ -563,6 +573,7 @@ impl Registry {
         let deadline = tokio::time::Instant::now() + self.limits.max_wait;
         // Counted before each pick below, so a slot freed after that pick wakes this one.
         let _waiting = Waiting::enter(&self.waiters);
+        let _timed = crate::metrics::QueueWait::start(&self.metrics);
         let mut permit = None;
         loop {
             let notified = self.changed.notified();

@@ -232,11 +232,12 @@ impl Proxy {
                 Some(hyper::upgrade::on(&mut request))
             }
         };
+        let call = crate::metrics::UpstreamCall::start(&request);
         let upstream_request = match self.upstream_request(request, &mode) {
             Ok(upstream_request) => upstream_request,
             Err(refusal) => return refusal.into_response(),
         };
-        let mut response = match self.client.request(upstream_request).await {
+        let mut response = match call.finish(self.client.request(upstream_request).await, &self.upstream) {
             Ok(response) => response,
             Err(error) => return self.bad_gateway(&error),
         };
