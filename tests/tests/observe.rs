@@ -59,9 +59,7 @@ fn value(scrape: &prometheus_parse::Scrape, metric: &str, labels: &[(&str, &str)
             prometheus_parse::Value::Counter(v)
             | prometheus_parse::Value::Gauge(v)
             | prometheus_parse::Value::Untyped(v) => *v,
-            prometheus_parse::Value::Histogram(buckets) => {
-                buckets.last().map_or(0.0, |b| b.count)
-            }
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
             prometheus_parse::Value::Summary(_) => 0.0,
         })
         .sum()
@@ -141,9 +139,9 @@ async fn metrics_readiness_and_the_access_log_follow_the_traffic() -> Result<()>
     drop(fake);
 
     let gw_admin_s = gw_admin.to_string();
-    let gw = start_gateway_logging_on(
+    let mut gw = LoggedGateway::start(
         &dev,
-        &tunnel.to_string(),
+        tunnel,
         &[
             "--log-format",
             "json",
@@ -158,14 +156,10 @@ async fn metrics_readiness_and_the_access_log_follow_the_traffic() -> Result<()>
     readyz_becomes(gw_admin, StatusCode::OK, 10).await?;
     // The origin registers once it reaches the gateway: ready.
     readyz_becomes(origin_admin, StatusCode::OK, 60).await?;
-    wait_ready(&gw, "app.localhost").await?;
+    gw.wait_ready("app.localhost").await?;
     let dead = format!("http://{dead_upstream}");
-    let (mut broken, broken_log) = spawn_origin(
-        &dev,
-        &gw.tunnel_url(),
-        "dead.localhost",
-        &["--upstream", &dead],
-    )?;
+    let (mut broken, broken_log) =
+        spawn_origin(&dev, &tunnel_url, "dead.localhost", &["--upstream", &dead])?;
 
     let (status, _, _) = admin_get(gw_admin, "/nothing-here").await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
@@ -183,20 +177,20 @@ async fn metrics_readiness_and_the_access_log_follow_the_traffic() -> Result<()>
     let c = client(false);
     const N: usize = 5;
     for _ in 0..N {
-        let (res, body) = send(&c, get(&gw, "app.localhost", "/bytes/1024?token=sekrit")).await?;
+        let (res, body) = send(&c, gw.get("app.localhost", "/bytes/1024?token=sekrit")).await?;
         assert_eq!((res.status(), body.len()), (StatusCode::OK, 1024));
     }
-    let post = Request::post(url(&gw, "app.localhost", "/echo"))
+    let post = Request::post(gw.url("app.localhost", "/echo-body"))
         .body(full(vec![b'x'; 2000]))
         .unwrap();
     let (res, body) = send(&c, post).await?;
     assert_eq!((res.status(), body.len()), (StatusCode::OK, 2000));
-    let (res, _) = send(&c, get(&gw, "nobody.localhost", "/")).await?;
+    let (res, _) = send(&c, gw.get("nobody.localhost", "/")).await?;
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     // The dead upstream's origin may still be registering: its 502 is the answer wanted.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let (res, _) = send(&c, get(&gw, "dead.localhost", "/gone?x=1")).await?;
+        let (res, _) = send(&c, gw.get("dead.localhost", "/gone?x=1")).await?;
         if res.status() == StatusCode::BAD_GATEWAY {
             break;
         }
@@ -208,12 +202,22 @@ async fn metrics_readiness_and_the_access_log_follow_the_traffic() -> Result<()>
 
     // The access log line is written when the body ends, so the counters have moved
     // by the time the last line is there.
-    access_line(&log, |f| f["host"].as_str().is_some_and(|h| h.starts_with("dead.localhost")) && f["status"] == 502).await?;
+    access_line(&log, |f| {
+        f["host"]
+            .as_str()
+            .is_some_and(|h| h.starts_with("dead.localhost"))
+            && f["status"] == 502
+    })
+    .await?;
     let after = scrape(gw_admin).await?;
     let delta = |metric: &str, labels: &[(&str, &str)]| {
         value(&after, metric, labels) - value(&before, metric, labels)
     };
-    let ok = [("class", "2xx"), ("mechanism", "rh2"), ("protocol", "http1")];
+    let ok = [
+        ("class", "2xx"),
+        ("mechanism", "rh2"),
+        ("protocol", "http1"),
+    ];
     assert_eq!(delta("ptth_gateway_requests_total", &ok), (N + 1) as f64);
     assert_eq!(
         delta(
@@ -223,7 +227,12 @@ async fn metrics_readiness_and_the_access_log_follow_the_traffic() -> Result<()>
         1.0,
         "the 503 for an unknown host"
     );
-    assert!(delta("ptth_gateway_requests_total", &[("class", "5xx"), ("mechanism", "rh2")]) >= 1.0);
+    assert!(
+        delta(
+            "ptth_gateway_requests_total",
+            &[("class", "5xx"), ("mechanism", "rh2")]
+        ) >= 1.0
+    );
     assert_eq!(
         delta(
             "ptth_gateway_host_requests_total",
@@ -242,20 +251,45 @@ async fn metrics_readiness_and_the_access_log_follow_the_traffic() -> Result<()>
     );
     assert!(delta("ptth_gateway_request_duration_seconds", &[]) >= (N + 3) as f64);
     assert_eq!(
-        value(&after, "ptth_gateway_origin_connections", &[("mechanism", "rh2")]),
+        value(
+            &after,
+            "ptth_gateway_origin_connections",
+            &[("mechanism", "rh2")]
+        ),
         2.0
     );
     assert!(value(&after, "ptth_gateway_registered_scopes", &[]) >= 2.0);
-    assert!(value(&after, "ptth_gateway_origin_setups_total", &[("outcome", "admitted")]) >= 2.0);
-    assert!(value(&after, "ptth_gateway_public_connections", &[("listener", "http")]) >= 1.0);
+    assert!(
+        value(
+            &after,
+            "ptth_gateway_origin_setups_total",
+            &[("outcome", "admitted")]
+        ) >= 2.0
+    );
+    assert!(
+        value(
+            &after,
+            "ptth_gateway_public_connections",
+            &[("listener", "http")]
+        ) >= 1.0
+    );
     assert_eq!(value(&after, "ptth_gateway_queue_depth", &[]), 0.0);
 
     // Every field of a forwarded request's line, as JSON values; no query string.
     let line = access_line(&log, |f| f["path"] == "/bytes/1024").await?;
     let f = &line["fields"];
     assert!(line["timestamp"].is_string(), "{line}");
-    assert!(f["client"].as_str().is_some_and(|c| c.starts_with("127.0.0.1:")), "{line}");
-    assert_eq!(f["host"].as_str().map(|h| h.starts_with("app.localhost")), Some(true), "{line}");
+    assert!(
+        f["client"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("127.0.0.1:")),
+        "{line}"
+    );
+    assert_eq!(
+        f["host"].as_str().map(|h| h.starts_with("app.localhost")),
+        Some(true),
+        "{line}"
+    );
     assert_eq!(f["method"], "GET");
     assert_eq!(f["protocol"], "http/1.1");
     assert_eq!(f["status"], 200);
@@ -276,14 +310,24 @@ async fn metrics_readiness_and_the_access_log_follow_the_traffic() -> Result<()>
     // upstream failure with the request it failed.
     let unknown = access_line(&log, |f| f["status"] == 503).await?;
     assert!(
-        unknown["fields"]["reason"].as_str().is_some_and(|r| r.contains("no origin")),
+        unknown["fields"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no origin")),
         "{unknown}"
     );
     assert!(unknown["fields"]["mechanism"].is_null(), "{unknown}");
     let bad = access_line(&log, |f| f["status"] == 502).await?;
     assert_eq!(bad["fields"]["mechanism"], "rh2", "{bad}");
-    let upstream = broken_log.wait_for("the upstream failed a request", 10).await?;
-    for part in ["method=GET", "host=dead.localhost", "path=/gone", &dead_upstream.to_string(), "error="] {
+    let upstream = broken_log
+        .wait_for("the upstream failed a request", 10)
+        .await?;
+    for part in [
+        "method=GET",
+        "host=dead.localhost",
+        "path=/gone",
+        &dead_upstream.to_string(),
+        "error=",
+    ] {
         assert!(upstream.contains(part), "{part} missing: {upstream}");
     }
     assert!(!upstream.contains("x=1"), "{upstream}");
@@ -303,16 +347,23 @@ async fn metrics_readiness_and_the_access_log_follow_the_traffic() -> Result<()>
         }
         if v["fields"]["message"] == "origin connection registered" {
             registered = true;
-            assert!(v["fields"]["grant"].is_string() && v["fields"]["origin"].is_null(), "{l}");
-            assert!(v["fields"]["scopes"].as_str().is_some_and(|s| s.contains("https://")), "{l}");
+            assert!(
+                v["fields"]["grant"].is_string() && v["fields"]["origin"].is_null(),
+                "{l}"
+            );
+            assert!(
+                v["fields"]["scopes"]
+                    .as_str()
+                    .is_some_and(|s| s.contains("https://")),
+                "{l}"
+            );
         }
     }
     assert!(registered, "no registration line in\n{text}");
 
     let _ = origin.kill().await;
     let _ = broken.kill().await;
-    let mut gw = gw;
-    gw.kill().await;
+    let _ = gw.child.kill().await;
     Ok(())
 }
 
@@ -340,16 +391,85 @@ fn spawn_origin(
     Ok((child, log))
 }
 
-/// Like [`start_gateway_logging`] (JSON at info), with the tunnel on `tunnel`.
-async fn start_gateway_logging_on(
-    dev: &std::path::Path,
-    tunnel: &str,
-    extra: &[&str],
-    log: &std::path::Path,
-) -> Result<Gateway> {
-    let mut args = vec!["--tunnel", tunnel];
-    args.extend_from_slice(extra);
-    start_gateway_logging(dev, &args, log, "info").await
+/// A gateway whose stderr (JSON at info) goes to a file, with the tunnel on a given
+/// address, so an origin can be started towards it before it runs.
+struct LoggedGateway {
+    child: tokio::process::Child,
+    listen: SocketAddr,
+}
+
+impl LoggedGateway {
+    async fn start(
+        dev: &std::path::Path,
+        tunnel: SocketAddr,
+        extra: &[&str],
+        log: &std::path::Path,
+    ) -> Result<Self> {
+        use tokio::io::AsyncBufReadExt;
+        let mut child = tokio::process::Command::new(bin_dir().join("ptth-gateway"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--tunnel",
+                &tunnel.to_string(),
+                "--dev",
+            ])
+            .arg(dev)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(log)?)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting ptth-gateway")?;
+        let stdout = child.stdout.take().ok_or_else(|| anyhow!("no stdout"))?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let mut listen = None;
+        let read = async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(v) = line.strip_prefix("listen=") {
+                    listen = Some(v.parse()?);
+                } else if line.starts_with("tunnel=") {
+                    break;
+                }
+            }
+            anyhow::Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(20), read)
+            .await
+            .map_err(|_| anyhow!("the gateway did not report its addresses"))??;
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let listen = listen.ok_or_else(|| anyhow!("no listen address"))?;
+        Ok(Self { child, listen })
+    }
+
+    fn url(&self, host: &str, path: &str) -> String {
+        format!("http://{host}:{}{path}", self.listen.port())
+    }
+
+    fn get(&self, host: &str, path: &str) -> Request<TestBody> {
+        Request::get(self.url(host, path))
+            .body(full(Bytes::new()))
+            .unwrap()
+    }
+
+    async fn wait_ready(&self, host: &str) -> Result<()> {
+        let c = client(false);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let attempt =
+                tokio::time::timeout(Duration::from_secs(5), send(&c, self.get(host, "/")));
+            if let Ok(Ok((res, _))) = attempt.await {
+                if res.status() == StatusCode::OK {
+                    return Ok(());
+                }
+            }
+            if tokio::time::Instant::now() > deadline {
+                bail!("{host} never became reachable through the gateway");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 #[tokio::test]
@@ -357,7 +477,13 @@ async fn no_colour_off_a_terminal_and_config_errors_exit_2_without_a_backtrace()
     let dir = TempDir::new("observe-plain");
     let log = dir.0.join("gateway.log");
     let mut child = std::process::Command::new(bin_dir().join("ptth-gateway"))
-        .args(["--listen", "127.0.0.1:0", "--tunnel", "127.0.0.1:0", "--dev"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--tunnel",
+            "127.0.0.1:0",
+            "--dev",
+        ])
         .arg(dir.0.join("dev"))
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
@@ -368,11 +494,25 @@ async fn no_colour_off_a_terminal_and_config_errors_exit_2_without_a_backtrace()
     let _ = child.kill();
     let _ = child.wait();
     let text = waited?;
-    assert!(!text.contains('\u{1b}'), "ANSI escapes in a log that is not a terminal:\n{text}");
+    assert!(
+        !text.contains('\u{1b}'),
+        "ANSI escapes in a log that is not a terminal:\n{text}"
+    );
 
     for (bin, args) in [
         ("ptth-gateway", vec!["--listen", "127.0.0.1:0"]),
-        ("ptth-origin", vec!["--gateway", "http://x", "--host", "a.example", "--token", "t0ken-long-enough", "--hello"]),
+        (
+            "ptth-origin",
+            vec![
+                "--gateway",
+                "http://x",
+                "--host",
+                "a.example",
+                "--token",
+                "t0ken-long-enough",
+                "--hello",
+            ],
+        ),
     ] {
         let out = tokio::process::Command::new(bin_dir().join(bin))
             .args(&args)

@@ -256,22 +256,23 @@ impl End {
         let Some(seen) = self.seen.as_ref() else {
             return;
         };
+        use tracing::field::display;
         tracing::info!(
             target: "ptth::access",
             client = %self.client.addr,
-            host = host.unwrap_or(""),
-            method = seen.method.as_str(),
-            path = seen.uri.path(),
-            protocol = self.protocol_name,
+            host = %host.unwrap_or(""),
+            method = %seen.method,
+            path = %seen.uri.path(),
+            protocol = %self.protocol_name,
             status = self.status,
             bytes_in = received,
             bytes_out = self.sent,
             duration_ms = duration.as_secs_f64() * 1000.0,
             complete,
-            mechanism = conn.map(|c| c.mechanism.name()),
+            mechanism = conn.map(|c| display(c.mechanism.name())),
             conn = conn.map(|c| c.id),
-            grant = conn.map(|c| c.admission.identity.as_str()),
-            reason = self.reason.as_ref().map(|r| &*r.0),
+            grant = conn.map(|c| display(&c.admission.identity)),
+            reason = self.reason.as_ref().map(|r| display(&r.0)),
             "request"
         );
     }

@@ -29,7 +29,9 @@ pub struct Readiness(Mutex<Result<(), String>>);
 
 impl Default for Readiness {
     fn default() -> Self {
-        Self(Mutex::new(Err("starting: the listeners are not bound yet".into())))
+        Self(Mutex::new(Err(
+            "starting: the listeners are not bound yet".into()
+        )))
     }
 }
 

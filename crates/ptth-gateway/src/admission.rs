@@ -73,7 +73,11 @@ impl TunnelContext {
     /// Counts a connection just accepted from `peer` among those in setup and starts its
     /// setup deadline; `Err` says which cap it would exceed (the caller closes it at once).
     pub(crate) fn start_setup(&self, peer: SocketAddr) -> Result<SetupState, Full> {
-        let slot = self.pending.try_enter(peer.ip()).inspect_err(|_| self.registry.metrics.setup(crate::metrics::SetupOutcome::OverLimit))?;
+        let slot = self.pending.try_enter(peer.ip()).inspect_err(|_| {
+            self.registry
+                .metrics
+                .setup(crate::metrics::SetupOutcome::OverLimit)
+        })?;
         Ok(SetupState::new(slot, Instant::now() + self.setup_timeout))
     }
 }
@@ -163,7 +167,11 @@ pub(crate) async fn admit<C: Carrier>(
     ctx: Arc<TunnelContext>,
 ) -> Result<(), SetupFailure> {
     let closer = handshake.carrier.closer();
-    let result = ctx.registry.metrics.clone().admitted(dispatch(handshake, setup, ctx, &closer).await);
+    let result = ctx
+        .registry
+        .metrics
+        .clone()
+        .admitted(dispatch(handshake, setup, ctx, &closer).await);
     if result.is_err() {
         // Whatever still holds the connection (HTTP/3 tasks), a refused or timed-out setup
         // ends it now.

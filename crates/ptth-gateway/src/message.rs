@@ -30,7 +30,8 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 pub fn error(status: StatusCode, reason: &str) -> Response<Body> {
     let mut res = Response::new(full(format!("{reason}\n")));
     *res.status_mut() = status;
-    res.extensions_mut().insert(crate::access_log::Reason(reason.into()));
+    res.extensions_mut()
+        .insert(crate::access_log::Reason(reason.into()));
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

@@ -188,8 +188,8 @@ impl Metrics {
             "Origin connections whose setup ended, by outcome (admitted, refused, timed_out, closed, over_limit)",
             setup_family.clone(),
         );
-        let setups = SetupOutcome::ALL
-            .map(|o| setup_family.get_or_create_owned(&[("outcome", o.label())]));
+        let setups =
+            SetupOutcome::ALL.map(|o| setup_family.get_or_create_owned(&[("outcome", o.label())]));
         let reload_family = Family::<Labels<1>, Counter>::default();
         registry.register(
             "reloads",
@@ -250,8 +250,10 @@ impl Metrics {
         }
         let series = |host: &str| {
             CLASSES.map(|class| {
-                self.host_requests
-                    .get_or_create_owned(&vec![("host", host.to_owned()), ("class", class.to_owned())])
+                self.host_requests.get_or_create_owned(&vec![
+                    ("host", host.to_owned()),
+                    ("class", class.to_owned()),
+                ])
             })
         };
         let _ = self.hosts.set(HostSeries {
@@ -273,7 +275,9 @@ impl Metrics {
         let index = (class * MECHANISMS + mechanism) * PROTOCOLS.len() + done.protocol;
         if let Some(slot) = self.request_series.get(index) {
             slot.get_or_init(|| {
-                let name = Mechanism::ALL.get(mechanism).map_or(NO_MECHANISM, |m| m.name());
+                let name = Mechanism::ALL
+                    .get(mechanism)
+                    .map_or(NO_MECHANISM, |m| m.name());
                 let protocol = PROTOCOLS.get(done.protocol).copied().unwrap_or("http1");
                 let class = CLASSES.get(class).copied().unwrap_or("5xx");
                 self.requests.get_or_create_owned(&[

@@ -262,7 +262,9 @@ impl Proxy {
             return out;
         }
         let (mut parts, body) = response.into_parts();
-        parts.extensions.insert(crate::access_log::Routed(conn.clone()));
+        parts
+            .extensions
+            .insert(crate::access_log::Routed(conn.clone()));
         strip_hop_by_hop(&mut parts.headers);
         strip_ptth_fields(&mut parts.headers);
         self.via.append(&mut parts.headers, parts.version);

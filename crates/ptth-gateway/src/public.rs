@@ -173,7 +173,9 @@ async fn serve_conn<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let _open = proxy.metrics().public_connection(crate::metrics::PublicListener::tcp(client.tls));
+    let _open = proxy
+        .metrics()
+        .public_connection(crate::metrics::PublicListener::tcp(client.tls));
     let activity = Activity::new();
     let idle = idle_for(activity.clone(), header_timeout);
     let svc = service_fn(move |req: hyper::Request<Incoming>| {

@@ -93,11 +93,7 @@ fn answer(pages: &Pages, req: &Request<Incoming>) -> Response<String> {
         );
     }
     match req.uri().path() {
-        "/metrics" => text(
-            StatusCode::OK,
-            METRICS_CONTENT_TYPE,
-            pages.encode(),
-        ),
+        "/metrics" => text(StatusCode::OK, METRICS_CONTENT_TYPE, pages.encode()),
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
         "/readyz" => match pages.ready() {
             Ok(()) => text(StatusCode::OK, PLAIN, "ready\n".into()),

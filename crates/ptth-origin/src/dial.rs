@@ -63,7 +63,8 @@ impl Dialer {
                 return;
             }
             let started = tokio::time::Instant::now();
-            self.metrics.slot(0, slot, crate::metrics::SlotState::Connecting);
+            self.metrics
+                .slot(0, slot, crate::metrics::SlotState::Connecting);
             let served = self
                 .connect_and_serve(slot, &service, shutdown.clone())
                 .await;
@@ -148,7 +149,8 @@ impl Dialer {
                 let seen = authorizer.seen.clone();
                 let service = service.with_authorizer(authorizer);
                 tracing::info!(slot, mechanism = %m, "reversed connection up");
-                self.metrics.slot(0, slot, crate::metrics::SlotState::Registered);
+                self.metrics
+                    .slot(0, slot, crate::metrics::SlotState::Registered);
                 let started = tokio::time::Instant::now();
                 let stopping = shutdown.clone();
                 let result = if m == Mechanism::H2Reverse {
@@ -170,7 +172,8 @@ impl Dialer {
                 let version = HttpVersion::from_alpn_id(&chosen)
                     .ok_or_else(|| anyhow!("the gateway chose {chosen:?}"))?;
                 tracing::info!(slot, mechanism = %m, %version, "PTTH upgrade accepted");
-                self.metrics.slot(0, slot, crate::metrics::SlotState::Registered);
+                self.metrics
+                    .slot(0, slot, crate::metrics::SlotState::Registered);
                 serve_reversed(
                     hyper_util::rt::TokioIo::new(upgraded),
                     version,
@@ -198,7 +201,8 @@ impl Dialer {
                 let (res, upgraded) = ptth_h1::origin_upgrade(tls, req).await?;
                 ptth_core::validate_legacy_response(&res, &self.tokens)?;
                 tracing::info!(slot, mechanism = %m, "PTTH/1.0 upgrade accepted");
-                self.metrics.slot(0, slot, crate::metrics::SlotState::Registered);
+                self.metrics
+                    .slot(0, slot, crate::metrics::SlotState::Registered);
                 serve_reversed(
                     hyper_util::rt::TokioIo::new(upgraded),
                     HttpVersion::Http1,
@@ -218,7 +222,8 @@ impl Dialer {
                 let version = HttpVersion::from_alpn_id(&chosen)
                     .ok_or_else(|| anyhow!("the gateway chose {chosen:?}"))?;
                 tracing::info!(slot, mechanism = %m, %version, "extended CONNECT accepted");
-                self.metrics.slot(0, slot, crate::metrics::SlotState::Registered);
+                self.metrics
+                    .slot(0, slot, crate::metrics::SlotState::Registered);
                 serve_reversed(
                     hyper_util::rt::TokioIo::new(stream.stream),
                     version,

@@ -186,6 +186,8 @@ impl Origin {
             (false, _) => {}
         }
         let tls = dialer::tls_config(&config)?;
+        // The configured gateway as the metrics and `/readyz` name it.
+        let gateway_name = format!("https://{authority}");
         Ok(Self {
             dialer: Arc::new(dialer::Dialer {
                 connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
@@ -196,7 +198,7 @@ impl Origin {
                 signing_key,
                 quic: Default::default(),
                 metrics: Arc::new(metrics::Metrics::new(
-                    &[config.gateway.to_string()],
+                    &[gateway_name],
                     config.connections.max(1),
                     config.ready_when,
                 )),

@@ -152,11 +152,7 @@ impl Metrics {
 
     /// Slot `slot` of gateway `gateway` (its index in the configuration) is now in `state`.
     pub(crate) fn slot(&self, gateway: usize, slot: usize, state: SlotState) {
-        if let Some(s) = self
-            .gateways
-            .get(gateway)
-            .and_then(|g| g.slots.get(slot))
-        {
+        if let Some(s) = self.gateways.get(gateway).and_then(|g| g.slots.get(slot)) {
             s.store(state as u8, Ordering::Relaxed);
         }
     }
@@ -284,11 +280,11 @@ impl UpstreamCall {
                 source = cause.source();
             }
             tracing::warn!(
-                method = self.method.as_str(),
-                host = self.host.as_deref().unwrap_or(""),
+                method = %self.method,
+                host = %self.host.as_deref().unwrap_or(""),
                 path = %self.path,
                 %upstream,
-                kind,
+                kind = %kind,
                 error = %chain,
                 "the upstream failed a request; answered 502"
             );
@@ -308,12 +304,18 @@ mod tests {
         let any = Metrics::new(&gws, 2, ReadyWhen::Any);
         for m in [&all, &any] {
             let err = m.ready().unwrap_err();
-            assert!(err.contains("https://a:1") && err.contains("https://b:2"), "{err}");
+            assert!(
+                err.contains("https://a:1") && err.contains("https://b:2"),
+                "{err}"
+            );
             m.slot(0, 1, SlotState::Registered);
         }
         assert!(any.ready().is_ok());
         let err = all.ready().unwrap_err();
-        assert!(!err.contains("https://a:1") && err.contains("https://b:2"), "{err}");
+        assert!(
+            !err.contains("https://a:1") && err.contains("https://b:2"),
+            "{err}"
+        );
         all.slot(1, 0, SlotState::Registered);
         assert!(all.ready().is_ok());
         all.slot(0, 1, SlotState::Idle);
@@ -321,7 +323,8 @@ mod tests {
         let text = all.encode();
         assert!(
             text.lines()
-                .any(|l| l == "ptth_origin_connections{gateway=\"https://b:2\",state=\"registered\"} 1"),
+                .any(|l| l
+                    == "ptth_origin_connections{gateway=\"https://b:2\",state=\"registered\"} 1"),
             "{text}"
         );
         assert!("some".parse::<ReadyWhen>().is_err());

@@ -237,10 +237,11 @@ impl Proxy {
             Ok(upstream_request) => upstream_request,
             Err(refusal) => return refusal.into_response(),
         };
-        let mut response = match call.finish(self.client.request(upstream_request).await, &self.upstream) {
-            Ok(response) => response,
-            Err(error) => return self.bad_gateway(&error),
-        };
+        let mut response =
+            match call.finish(self.client.request(upstream_request).await, &self.upstream) {
+                Ok(response) => response,
+                Err(error) => return self.bad_gateway(&error),
+            };
 
         let status = response.status();
         match (mode, caller_upgrade) {
