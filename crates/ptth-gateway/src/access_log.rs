@@ -6,86 +6,19 @@
 //! The path is logged without its query string: queries carry tokens and signatures
 //! (`?token=`, pre-signed URLs) that a log must not keep.
 
-use crate::message::{Body, BoxError};
+use crate::message::{Body, BoxError, Reason};
+pub use crate::metrics::AccessLogMode;
 use crate::metrics::{Finished, Metrics};
-use crate::proxy::{ClientInfo, Proxy};
-use crate::registry::OriginConn;
+use crate::proxy::{ClientInfo, Proxy, Routed};
 use bytes::Bytes;
 use http::{Request, Response, Version};
 use http_body::{Body as _, Frame};
 use http_body_util::BodyExt;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
-
-/// What `--access-log` asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum AccessLogMode {
-    /// No access log (the metrics still count every request).
-    Off,
-    /// One line per request.
-    #[default]
-    On,
-    /// One request in N, and every 5xx.
-    Sample(u64),
-}
-
-impl std::str::FromStr for AccessLogMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "off" => Ok(Self::Off),
-            "on" => Ok(Self::On),
-            _ => match s.strip_prefix("sample=").map(str::parse::<u64>) {
-                Some(Ok(n)) if n >= 1 => Ok(Self::Sample(n)),
-                _ => Err(format!(
-                    "the access log is off, on or sample=N (N at least 1), not {s:?}"
-                )),
-            },
-        }
-    }
-}
-
-/// The access log's settings and sampling count, one per gateway.
-#[derive(Debug, Default)]
-pub struct AccessLog {
-    mode: OnceLock<AccessLogMode>,
-    seen: AtomicU64,
-}
-
-impl AccessLog {
-    /// Sets the mode (the first call counts; the gateway makes it once, at start).
-    pub(crate) fn set_mode(&self, mode: AccessLogMode) {
-        let _ = self.mode.set(mode);
-    }
-
-    fn mode(&self) -> AccessLogMode {
-        self.mode.get().copied().unwrap_or_default()
-    }
-
-    /// Whether the request that ended with `status` gets a line.
-    fn writes(&self, status: u16) -> bool {
-        match self.mode() {
-            AccessLogMode::Off => false,
-            AccessLogMode::On => true,
-            AccessLogMode::Sample(_) if status >= 500 => true,
-            AccessLogMode::Sample(n) => self.seen.fetch_add(1, Ordering::Relaxed) % n == 0,
-        }
-    }
-}
-
-/// The origin connection that answered a request: [`crate::proxy`] puts it in the
-/// response's extensions for the access log, which takes it out again.
-#[derive(Debug, Clone)]
-pub(crate) struct Routed(pub(crate) Arc<OriginConn>);
-
-/// Why the gateway answered a request with an error itself: the detail a public 5xx body
-/// does not show. [`crate::message::error`] puts it in the response's extensions.
-#[derive(Debug, Clone)]
-pub(crate) struct Reason(pub(crate) Box<str>);
 
 /// What the log line needs of the request, taken before the proxy consumes it.
 struct Seen {
@@ -256,7 +189,6 @@ impl End {
         let Some(seen) = self.seen.as_ref() else {
             return;
         };
-        use tracing::field::display;
         tracing::info!(
             target: "ptth::access",
             client = %self.client.addr,
@@ -269,10 +201,10 @@ impl End {
             bytes_out = self.sent,
             duration_ms = duration.as_secs_f64() * 1000.0,
             complete,
-            mechanism = conn.map(|c| display(c.mechanism.name())),
+            mechanism = conn.map(|c| tracing::field::display(c.mechanism.name())),
             conn = conn.map(|c| c.id),
-            grant = conn.map(|c| display(&c.admission.identity)),
-            reason = self.reason.as_ref().map(|r| display(&r.0)),
+            grant = conn.map(|c| tracing::field::display(&c.admission.identity)),
+            reason = self.reason.as_ref().map(|r| tracing::field::display(&r.0)),
             "request"
         );
     }
@@ -356,7 +288,7 @@ mod tests {
 
     #[test]
     fn sampling_keeps_one_in_n_and_every_5xx() {
-        let log = AccessLog::default();
+        let log = crate::metrics::AccessLog::default();
         log.set_mode(AccessLogMode::Sample(3));
         let kept = (0..9).filter(|_| log.writes(200)).count();
         assert_eq!(kept, 3);

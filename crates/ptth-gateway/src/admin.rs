@@ -126,7 +126,14 @@ fn answer(pages: &Pages, req: &Request<Incoming>) -> Response<String> {
         "/metrics" => text(
             StatusCode::OK,
             METRICS_CONTENT_TYPE,
-            pages.metrics.encode(&pages.registry),
+            pages.metrics.encode(
+                pages
+                    .registry
+                    .snapshot()
+                    .iter()
+                    .map(|c| (c.mechanism, c.scopes.len())),
+                pages.registry.queue_depth(),
+            ),
         ),
         "/healthz" => text(StatusCode::OK, PLAIN, "ok\n".into()),
         "/readyz" => match pages.readiness.get() {

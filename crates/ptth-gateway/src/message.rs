@@ -26,12 +26,16 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
+/// Why the gateway answered a request with an error itself, for the access log: the
+/// detail a public body need not show. [`error`] puts it in the response's extensions.
+#[derive(Debug, Clone)]
+pub(crate) struct Reason(pub(crate) Box<str>);
+
 /// A plain-text error response whose body says what happened.
 pub fn error(status: StatusCode, reason: &str) -> Response<Body> {
     let mut res = Response::new(full(format!("{reason}\n")));
     *res.status_mut() = status;
-    res.extensions_mut()
-        .insert(crate::access_log::Reason(reason.into()));
+    res.extensions_mut().insert(Reason(reason.into()));
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),

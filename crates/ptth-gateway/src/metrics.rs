@@ -6,12 +6,12 @@
 //! combination, on first use): no map lookup, lock or allocation per request. Gauges that
 //! mirror the registry (origin connections, scopes, queue depth) are read at scrape time.
 
-use crate::registry::Registry;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use ptth_core::Mechanism;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -80,6 +80,63 @@ impl SetupOutcome {
     }
 }
 
+/// What `--access-log` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AccessLogMode {
+    /// No access log (the metrics still count every request).
+    Off,
+    /// One line per request.
+    #[default]
+    On,
+    /// One request in N, and every 5xx.
+    Sample(u64),
+}
+
+impl std::str::FromStr for AccessLogMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(Self::Off),
+            "on" => Ok(Self::On),
+            _ => match s.strip_prefix("sample=").map(str::parse::<u64>) {
+                Some(Ok(n)) if n >= 1 => Ok(Self::Sample(n)),
+                _ => Err(format!(
+                    "the access log is off, on or sample=N (N at least 1), not {s:?}"
+                )),
+            },
+        }
+    }
+}
+
+/// The access log's settings and sampling count, one per gateway.
+#[derive(Debug, Default)]
+pub struct AccessLog {
+    mode: OnceLock<AccessLogMode>,
+    seen: AtomicU64,
+}
+
+impl AccessLog {
+    /// Sets the mode (the first call counts; the gateway makes it once, at start).
+    pub(crate) fn set_mode(&self, mode: AccessLogMode) {
+        let _ = self.mode.set(mode);
+    }
+
+    pub(crate) fn mode(&self) -> AccessLogMode {
+        self.mode.get().copied().unwrap_or_default()
+    }
+
+    /// Whether the request that ended with `status` gets a line.
+    pub(crate) fn writes(&self, status: u16) -> bool {
+        match self.mode() {
+            AccessLogMode::Off => false,
+            AccessLogMode::On => true,
+            AccessLogMode::Sample(_) if status >= 500 => true,
+            AccessLogMode::Sample(n) => self.seen.fetch_add(1, Ordering::Relaxed) % n == 0,
+        }
+    }
+}
+
 /// Hosts that get their own `host` label (`--metrics-host`); every other host is `other`.
 #[derive(Debug)]
 struct HostSeries {
@@ -110,7 +167,7 @@ pub struct Metrics {
     public_connections: [Gauge; 3],
     retries: Family<Labels<1>, Counter>,
     /// The access log's mode and sampling count.
-    pub(crate) access: crate::access_log::AccessLog,
+    pub(crate) access: AccessLog,
 }
 
 impl Default for Metrics {
@@ -233,7 +290,7 @@ impl Metrics {
             reloads_failed,
             public_connections,
             retries,
-            access: crate::access_log::AccessLog::default(),
+            access: AccessLog::default(),
         }
     }
 
@@ -371,15 +428,19 @@ impl Metrics {
         OpenConnection(gauge.clone())
     }
 
-    /// Reads the registry's gauges, then encodes every metric in the Prometheus text
-    /// format (0.0.4).
-    pub(crate) fn encode(&self, registry: &Registry) -> String {
-        let conns = registry.snapshot();
+    /// Sets the registry's gauges from `conns` (each registered connection's mechanism and
+    /// number of scopes) and `queue_depth`, then encodes every metric in the Prometheus
+    /// text format (0.0.4).
+    pub(crate) fn encode(
+        &self,
+        conns: impl Iterator<Item = (Mechanism, usize)>,
+        queue_depth: usize,
+    ) -> String {
         let mut scopes = 0i64;
         let mut by_mechanism = [0i64; Mechanism::ALL.len()];
-        for c in &conns {
-            scopes += i64::try_from(c.scopes.len()).unwrap_or(i64::MAX);
-            if let Some(i) = Mechanism::ALL.iter().position(|m| *m == c.mechanism) {
+        for (mechanism, n) in conns {
+            scopes = scopes.saturating_add(i64::try_from(n).unwrap_or(i64::MAX));
+            if let Some(i) = Mechanism::ALL.iter().position(|m| *m == mechanism) {
                 if let Some(n) = by_mechanism.get_mut(i) {
                     *n += 1;
                 }
@@ -392,7 +453,7 @@ impl Metrics {
         }
         self.scopes.set(scopes);
         self.queue_depth
-            .set(i64::try_from(registry.queue_depth()).unwrap_or(i64::MAX));
+            .set(i64::try_from(queue_depth).unwrap_or(i64::MAX));
         let mut out = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry);
@@ -421,15 +482,6 @@ impl Drop for QueueWait<'_> {
     fn drop(&mut self) {
         self.metrics.queue_waited(self.since.elapsed());
     }
-}
-
-/// Scopes as one log value: `https://app.example/ https://api.example/v1`.
-pub(crate) fn scope_list(scopes: &[ptth_core::Scope]) -> String {
-    scopes
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 /// Which public listener a connection came to.
@@ -496,12 +548,7 @@ mod tests {
                 sent: 100,
             });
         }
-        let registry = Registry::new(crate::QueueLimits {
-            max_waiting: 1,
-            max_wait: Duration::from_secs(1),
-            max_waiting_per_host: 1,
-        });
-        let text = m.encode(&registry);
+        let text = m.encode([(Mechanism::Rh2, 2)].into_iter(), 0);
         for line in [
             "ptth_gateway_requests_total{class=\"2xx\",mechanism=\"rh2\",protocol=\"h2\"} 2",
             "ptth_gateway_requests_total{class=\"5xx\",mechanism=\"none\",protocol=\"h2\"} 1",
@@ -511,6 +558,8 @@ mod tests {
             "ptth_gateway_response_body_bytes_total 300",
             "ptth_gateway_request_duration_seconds_count 3",
             "ptth_gateway_origin_connections{mechanism=\"rh1\"} 0",
+            "ptth_gateway_origin_connections{mechanism=\"rh2\"} 1",
+            "ptth_gateway_registered_scopes 2",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

@@ -45,6 +45,11 @@ pub struct Proxy {
     via: ViaValues,
 }
 
+/// The origin connection that answered a request, in its response's extensions (the
+/// access log takes it out again).
+#[derive(Debug, Clone)]
+pub(crate) struct Routed(pub(crate) Arc<crate::registry::OriginConn>);
+
 /// Information about the public connection a request came on.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
@@ -262,9 +267,7 @@ impl Proxy {
             return out;
         }
         let (mut parts, body) = response.into_parts();
-        parts
-            .extensions
-            .insert(crate::access_log::Routed(conn.clone()));
+        parts.extensions.insert(Routed(conn.clone()));
         strip_hop_by_hop(&mut parts.headers);
         strip_ptth_fields(&mut parts.headers);
         self.via.append(&mut parts.headers, parts.version);

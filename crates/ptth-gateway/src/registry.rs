@@ -427,7 +427,7 @@ impl Registry {
             mechanism = %conn.mechanism,
             grant = %conn.admission.identity,
             peer = %conn.peer,
-            scopes = %crate::metrics::scope_list(&conn.scopes),
+            scopes = %scope_list(&conn.scopes),
             capacity = conn.capacity(),
             worker = conn.worker,
             "origin connection registered"
@@ -602,6 +602,15 @@ impl Registry {
             }
         }
     }
+}
+
+/// Scopes as one log value: `https://app.example/ https://api.example/v1`.
+fn scope_list(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Why a connection closed, as the "origin connection closed" log line says it.
