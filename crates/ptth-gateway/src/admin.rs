@@ -147,3 +147,68 @@ fn answer(pages: &Pages, req: &Request<Incoming>) -> Response<String> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::access_log::AccessLogMode;
+    use crate::config::Cli;
+    use clap::Parser;
+
+    const BASE: [&str; 11] = [
+        "ptth-gateway",
+        "--listen",
+        "127.0.0.1:1",
+        "--tunnel",
+        "127.0.0.1:2",
+        "--cert",
+        "c",
+        "--key",
+        "k",
+        "--token",
+        "t0ken-for-the-admin-keys",
+    ];
+
+    #[test]
+    fn admin_keys_default_off_and_come_from_flags_or_the_file() {
+        let (c, _) = Cli::try_parse_from(BASE).unwrap().resolve().unwrap();
+        assert_eq!(c.admin, None);
+        assert_eq!(c.access_log, AccessLogMode::On);
+        assert!(c.metrics_hosts.is_empty());
+
+        let mut args = BASE.to_vec();
+        args.extend([
+            "--admin",
+            "127.0.0.1:9090",
+            "--access-log",
+            "sample=10",
+            "--metrics-host",
+            "a.example",
+            "--metrics-host",
+            "b.example",
+        ]);
+        let (c, _) = Cli::try_parse_from(args).unwrap().resolve().unwrap();
+        assert_eq!(c.admin, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(c.access_log, AccessLogMode::Sample(10));
+        assert_eq!(c.metrics_hosts, ["a.example", "b.example"]);
+
+        let file: Cli = toml::from_str(
+            "admin = \"127.0.0.1:9191\"\naccess-log = \"off\"\nmetrics-hosts = [\"c.example\"]\n",
+        )
+        .unwrap();
+        assert_eq!(file.admin, Some("127.0.0.1:9191".parse().unwrap()));
+        assert_eq!(file.access_log.as_deref(), Some("off"));
+        assert_eq!(file.metrics_hosts, ["c.example"]);
+
+        let mut args = BASE.to_vec();
+        args.extend(["--access-log", "sometimes"]);
+        let err = Cli::try_parse_from(args)
+            .unwrap()
+            .resolve()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--access-log (config key access-log)") && err.contains("sample=N"),
+            "{err}"
+        );
+    }
+}

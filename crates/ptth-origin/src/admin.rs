@@ -106,3 +106,42 @@ fn answer(pages: &Pages, req: &Request<Incoming>) -> Response<String> {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Cli;
+    use crate::metrics::ReadyWhen;
+    use clap::Parser;
+
+    #[test]
+    fn admin_and_ready_when_come_from_flags_or_the_file() {
+        let base: [&str; 10] = [
+            "ptth-origin",
+            "--gateway",
+            "https://gw.example:4443",
+            "--mechanism",
+            "rh2",
+            "--host",
+            "a.example",
+            "--token",
+            "t0ken-for-the-admin-keys",
+            "--hello",
+        ];
+        let (c, _) = Cli::try_parse_from(base).unwrap().resolve().unwrap();
+        assert_eq!((c.admin, c.ready_when), (None, ReadyWhen::All));
+        let mut args = base.to_vec();
+        args.extend(["--admin", "127.0.0.1:9091", "--ready-when", "any"]);
+        let (c, _) = Cli::try_parse_from(args).unwrap().resolve().unwrap();
+        assert_eq!(c.admin, Some("127.0.0.1:9091".parse().unwrap()));
+        assert_eq!(c.ready_when, ReadyWhen::Any);
+        let file: Cli = toml::from_str("admin = \"127.0.0.1:1\"\nready-when = \"any\"\n").unwrap();
+        assert_eq!(file.ready_when.as_deref(), Some("any"));
+        let mut args = base.to_vec();
+        args.extend(["--ready-when", "most"]);
+        let err = Cli::try_parse_from(args).unwrap().resolve().unwrap_err();
+        assert!(
+            err.to_string().contains("--ready-when is all or any"),
+            "{err}"
+        );
+    }
+}
