@@ -73,7 +73,11 @@ impl TunnelContext {
     /// Counts a connection just accepted from `peer` among those in setup and starts its
     /// setup deadline; `Err` says which cap it would exceed (the caller closes it at once).
     pub(crate) fn start_setup(&self, peer: SocketAddr) -> Result<SetupState, Full> {
-        let slot = self.pending.try_enter(peer.ip())?;
+        let slot = self.pending.try_enter(peer.ip()).inspect_err(|_| {
+            self.registry
+                .metrics
+                .setup(crate::metrics::SetupOutcome::OverLimit)
+        })?;
         Ok(SetupState::new(slot, Instant::now() + self.setup_timeout))
     }
 }
@@ -163,7 +167,11 @@ pub(crate) async fn admit<C: Carrier>(
     ctx: Arc<TunnelContext>,
 ) -> Result<(), SetupFailure> {
     let closer = handshake.carrier.closer();
-    let result = dispatch(handshake, setup, ctx, &closer).await;
+    let result = ctx
+        .registry
+        .metrics
+        .clone()
+        .admitted(dispatch(handshake, setup, ctx, &closer).await);
     if result.is_err() {
         // Whatever still holds the connection (HTTP/3 tasks), a refused or timed-out setup
         // ends it now.
@@ -365,7 +373,7 @@ async fn authorize(
                 .map_err(|e| format!("ORIGIN frame: {e}"))?;
         }
         let shown: Vec<String> = scopes.iter().map(Scope::to_string).collect();
-        tracing::info!(%peer, %mechanism, identity = %admission.identity, scopes = %shown.join(" "), "the origin claimed no scope: registered for the names its client certificate carries");
+        tracing::info!(%peer, %mechanism, grant = %admission.identity, scopes = %shown.join(" "), "the origin claimed no scope: registered for the names its client certificate carries");
         return Ok(admitted((admission, scopes)));
     }
     if parts.status != StatusCode::OK {
@@ -480,7 +488,7 @@ pub(crate) fn register(
     let grants = ctx.grants.read().unwrap_or_else(|e| e.into_inner());
     if let Err(why) = credential::recheck(&grants, &admission, &scopes) {
         drop(grants);
-        tracing::warn!(%peer, origin = %admission.identity, "origin connection refused: the grants were reloaded during its setup: {why}");
+        tracing::warn!(%peer, grant = %admission.identity, "origin connection refused: the grants were reloaded during its setup: {why}");
         task.abort();
         return;
     }

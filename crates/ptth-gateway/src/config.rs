@@ -132,6 +132,20 @@ pub struct Cli {
     #[arg(long)]
     #[serde(skip)]
     pub check_config: bool,
+    /// Admin listener (HTTP/1.1; `/metrics`, `/healthz`, `/readyz`), e.g. `127.0.0.1:9090`.
+    /// Off by default; never expose it publicly.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<SocketAddr>,
+    /// Access log: `on` (default; one line per request at target `ptth::access`), `off`, or
+    /// `sample=N` (one request in N, and every 5xx).
+    #[arg(long, value_name = "on|off|sample=N")]
+    pub access_log: Option<String>,
+    /// A host whose requests get their own `host` label in the metrics (repeatable; a list
+    /// in the file: `metrics-host = ["app.example"]`). Others are counted as `other`.
+    /// Default: none.
+    #[arg(long = "metrics-host", value_name = "NAME")]
+    #[serde(default, rename = "metrics-host")]
+    pub metrics_hosts: Vec<String>,
     /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
     #[arg(skip)]
     #[serde(skip)]
@@ -273,6 +287,12 @@ pub struct GatewayConfig {
     /// How long after start a request for a host with no origin waits for one
     /// (`--startup-grace`).
     pub startup_grace: Duration,
+    /// The admin listener's address (`--admin`), if any.
+    pub admin: Option<SocketAddr>,
+    /// What the access log writes (`--access-log`).
+    pub access_log: crate::access_log::AccessLogMode,
+    /// Hosts with their own metrics label (`--metrics-host`).
+    pub metrics_hosts: Vec<String>,
 }
 
 impl GatewayConfig {
@@ -311,6 +331,9 @@ impl GatewayConfig {
             file_settings: None,
             shutdown_grace: Duration::from_secs(30),
             startup_grace: Duration::from_secs(5),
+            admin: None,
+            access_log: crate::access_log::AccessLogMode::On,
+            metrics_hosts: Vec::new(),
         }
     }
 }
@@ -455,6 +478,13 @@ impl Cli {
         if let Some(s) = self.startup_grace {
             c.startup_grace = secs(s, "--startup-grace")?;
         }
+        c.admin = self.admin;
+        if let Some(mode) = &self.access_log {
+            c.access_log = mode
+                .parse()
+                .map_err(|e| anyhow::anyhow!("--access-log (config key access-log): {e}"))?;
+        }
+        c.metrics_hosts = self.metrics_hosts;
         Ok((c, dev_files))
     }
 
@@ -499,6 +529,13 @@ impl Cli {
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
             startup_grace: self.startup_grace.or(file.startup_grace),
             check_config: self.check_config,
+            admin: self.admin.or(file.admin),
+            access_log: self.access_log.or(file.access_log),
+            metrics_hosts: if self.metrics_hosts.is_empty() {
+                file.metrics_hosts
+            } else {
+                self.metrics_hosts
+            },
             file_merged: self.file_merged,
             file: self.file,
         }
@@ -649,8 +686,10 @@ fn at_least_one(n: usize, flag: &str) -> Result<usize> {
 pub fn init_logging(format: Option<&str>) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format.unwrap_or("human") {
         "human" => builder.init(),

@@ -17,12 +17,15 @@
 //! that shares its ports (`docs/operations.md`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod access_log;
+pub mod admin;
 mod admission;
 pub mod config;
 mod credential;
 pub mod dev;
 pub mod forwarding;
 mod message;
+pub mod metrics;
 mod pending;
 pub mod proxy;
 mod public;
@@ -65,6 +68,10 @@ pub struct Gateway {
     /// Where public HTTP/3 clients connect (UDP, the TLS listener's port number); bound
     /// late like [`Gateway::tunnel_quic`].
     pub listen_h3: Option<SocketAddr>,
+    /// Where the admin pages (`/metrics`, `/healthz`, `/readyz`) are served, if enabled.
+    pub admin: Option<SocketAddr>,
+    /// What `/readyz` answers.
+    readiness: Arc<admin::Readiness>,
     /// The connected origins.
     pub registry: Arc<Registry>,
     ctx: Arc<admission::TunnelContext>,
@@ -127,8 +134,32 @@ impl Gateway {
         });
         let shutdown = shutdown::Shutdown::new();
 
+        registry.metrics.label_hosts(&config.metrics_hosts);
+        registry.metrics.access.set_mode(config.access_log);
         let workers = workers::Workers::start(config.workers)
             .context("starting the gateway's worker threads")?;
+        // The admin listener first, so it answers `/readyz` (503) while the rest binds.
+        let readiness = Arc::new(admin::Readiness::default());
+        let admin = match config.admin {
+            Some(addr) => {
+                let home = workers.handle(0);
+                let listener = {
+                    let _on_worker = home.enter();
+                    admin::bind(addr)?
+                };
+                let bound = listener.local_addr()?;
+                home.spawn(admin::serve(
+                    listener,
+                    admin::Pages {
+                        metrics: registry.metrics.clone(),
+                        registry: registry.clone(),
+                        readiness: readiness.clone(),
+                    },
+                ));
+                Some(bound)
+            }
+            None => None,
+        };
         // Every TCP listener is one socket per worker, so a connection (public or origin)
         // and every task it spawns stay on the worker that accepted it.
         let tunnel_ls = workers
@@ -260,14 +291,18 @@ impl Gateway {
             listen_tls = %display_or_none(listen_tls),
             listen_h3 = %display_or_none(listen_h3),
             %tunnel,
+            admin = %display_or_none(admin),
             "gateway listening"
         );
+        readiness.set(Ok(()));
         Ok(Self {
             listen,
             listen_tls,
             tunnel,
             tunnel_quic,
             listen_h3,
+            admin,
+            readiness,
             registry,
             ctx,
             tunnel_quic_endpoint,
@@ -290,6 +325,25 @@ impl Gateway {
     /// handshakes get the new ones, established connections keep theirs. Settings of the
     /// config file that changed but only apply on a restart are logged by name.
     pub fn reload(&self, grants: ptth_auth::Grants) -> Result<usize> {
+        let reloaded = self.reload_grants(grants);
+        self.registry.metrics.reloaded(reloaded.is_ok());
+        reloaded
+    }
+
+    /// Counts a reload that failed before it reached [`Gateway::reload`] (the config file
+    /// could not be read or parsed).
+    pub fn reload_failed(&self) {
+        self.registry.metrics.reloaded(false);
+    }
+
+    /// Says on `/readyz` that the gateway is shutting down (503), so a load balancer stops
+    /// sending it traffic.
+    pub fn stopping(&self) {
+        self.readiness
+            .set(Err("shutting down: no longer taking new traffic".into()));
+    }
+
+    fn reload_grants(&self, grants: ptth_auth::Grants) -> Result<usize> {
         let reread = config::reread(&self.config)?;
         let public_certs =
             tls::PublicCerts::load(&self.config.cert, &self.config.key, &reread.certificates)?;
@@ -347,7 +401,7 @@ impl Gateway {
             tracing::warn!(
                 conn = conn.id,
                 mechanism = %conn.mechanism,
-                origin = %conn.admission.identity,
+                grant = %conn.admission.identity,
                 credential = %conn.admission.proven.describe(),
                 peer = %conn.peer,
                 "origin connection drained on reload: {why}"
@@ -385,6 +439,8 @@ impl Gateway {
     ///
     /// Returns whether everything finished within the grace.
     pub async fn shutdown(&self, grace: Duration) -> bool {
+        // `/readyz` says 503 from now on, so a load balancer stops sending new traffic.
+        self.stopping();
         let deadline = tokio::time::Instant::now() + grace;
         tracing::info!(
             ?grace,
@@ -449,6 +505,7 @@ impl Gateway {
     /// with its runtime, which the worker's own thread drops. Returns at once; dropping the
     /// `Gateway` also waits for the worker threads to finish.
     pub fn stop(&self) {
+        self.stopping();
         self.workers.stop();
     }
 }

@@ -9,35 +9,62 @@ use ptth_gateway::config::{init_logging, Cli};
 use ptth_gateway::Gateway;
 use sd_notify::NotifyState;
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse().merge_file()?;
-    init_logging(cli.log_format.as_deref())?;
+/// Configuration errors exit with 2, failures while running with 1; either prints the
+/// error's chain on one line (never a backtrace, whatever `RUST_BACKTRACE` says).
+/// `--check-config` exits 0 or 1.
+fn main() -> std::process::ExitCode {
+    let settled = Cli::parse().merge_file().and_then(|cli| {
+        init_logging(cli.log_format.as_deref())?;
+        Ok(cli)
+    });
+    let cli = match settled {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("ptth-gateway: configuration error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     if cli.check_config {
         return check_config(cli);
     }
-    let (config, dev) = cli.resolve()?;
+    let (config, dev) = match cli.resolve() {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("ptth-gateway: configuration error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     // The gateway serves on its own workers (`--threads`, one runtime per thread); this
     // thread only starts it, waits for signals and reloads the grants.
-    tokio::runtime::Builder::new_current_thread()
+    let ran = tokio::runtime::Builder::new_current_thread()
         .enable_all()
-        .build()?
-        .block_on(serve(config, dev))
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(serve(config, dev)));
+    match ran {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "the gateway stopped");
+            eprintln!("ptth-gateway: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// `--check-config`: loads and checks the configuration, says `config ok` or why not, and
 /// exits 0 or 1. Binds nothing.
-fn check_config(cli: Cli) -> anyhow::Result<()> {
+fn check_config(cli: Cli) -> std::process::ExitCode {
     let checked = cli
         .resolve()
         .and_then(|(config, _dev)| ptth_gateway::check_config(&config));
     match checked {
         Ok(()) => {
             println!("config ok");
-            Ok(())
+            std::process::ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("config error: {e:#}");
-            std::process::exit(1);
+            std::process::ExitCode::FAILURE
         }
     }
 }
@@ -74,6 +101,9 @@ async fn serve(
     if let Some(a) = gateway.listen_tls {
         println!("listen-tls={a}");
     }
+    if let Some(a) = gateway.admin {
+        println!("admin={a}");
+    }
     println!("tunnel={}", gateway.tunnel);
     notify(&[NotifyState::Ready]);
     // Serves until SIGTERM or Ctrl-C; on SIGHUP re-reads the grants from the config file.
@@ -83,7 +113,9 @@ async fn serve(
             Ok(now) => notify(&[NotifyState::Reloading, now]),
             Err(_) => notify(&[NotifyState::Reloading]),
         }
-        match ptth_gateway::config::reload_grants(gateway.config()).and_then(|g| gateway.reload(g))
+        match ptth_gateway::config::reload_grants(gateway.config())
+            .inspect_err(|_| gateway.reload_failed())
+            .and_then(|g| gateway.reload(g))
         {
             Ok(_) => {}
             Err(e) => {

@@ -46,6 +46,11 @@ pub struct Proxy {
     via: ViaValues,
 }
 
+/// The origin connection that answered a request, in its response's extensions (the
+/// access log takes it out again).
+#[derive(Debug, Clone)]
+pub(crate) struct Routed(pub(crate) Arc<crate::registry::OriginConn>);
+
 /// Information about the public connection a request came on.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientInfo {
@@ -67,6 +72,11 @@ impl Proxy {
             config,
             via,
         })
+    }
+
+    /// This gateway's metrics.
+    pub(crate) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
+        &self.registry.metrics
     }
 
     /// Handles one public request, whatever listener it came from. Never fails: every error
@@ -211,6 +221,7 @@ impl Proxy {
                     tracing::debug!(conn = id, error = %e, "connection refused the request; retrying on another");
                     request = *req;
                     avoid = Some(id);
+                    self.metrics().retried("not_sent");
                 }
                 Ok(Err(SendError::Failed(e))) => {
                     // The detail for the log; the public body stays generic.
@@ -243,7 +254,7 @@ impl Proxy {
         public_upgrade: Option<crate::websocket::PublicTunnel>,
         websocket: Option<WebSocket>,
     ) -> Response<Body> {
-        let conn = reservation.conn();
+        let conn = reservation.conn().clone();
         if let Some(ws) = &websocket {
             let accepted = match conn.sender.accepted_upgrade(&response, ws) {
                 UpgradeAnswer::Accepted(accepted) => accepted,
@@ -310,6 +321,7 @@ impl Proxy {
                 // RFC 8441 §5, RFC 9220 §3: a 2xx opens the stream; no accept value.
                 PublicForm::ExtendedConnect => *out.status_mut() = StatusCode::OK,
             }
+            out.extensions_mut().insert(Routed(conn));
             return out;
         }
         self.forward_answer(reservation, response)
@@ -319,6 +331,7 @@ impl Proxy {
     /// holding the connection's reservation until it ends.
     fn forward_answer(&self, reservation: Reservation, response: Response<Body>) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
+        parts.extensions.insert(Routed(reservation.conn().clone()));
         strip_hop_by_hop(&mut parts.headers);
         strip_ptth_fields(&mut parts.headers);
         self.via.append(&mut parts.headers, parts.version);

@@ -197,6 +197,9 @@ async fn serve_conn<IO>(
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let _open = proxy
+        .metrics()
+        .public_connection(crate::metrics::PublicListener::tcp(client.tls));
     let activity = Activity::new();
     let idle = idle_for(activity.clone(), header_timeout);
     let watching = stopping.clone();
@@ -208,7 +211,7 @@ async fn serve_conn<IO>(
         let http1 = req.version() <= http::Version::HTTP_11;
         let stopping = watching.clone();
         async move {
-            let mut res = proxy.handle(req, client).await;
+            let mut res = crate::access_log::handle(&proxy, req, client).await;
             if let Some(v) = alt_svc {
                 res.headers_mut().insert(http::header::ALT_SVC, v);
             }
@@ -276,7 +279,7 @@ async fn serve_conn<IO>(
             () = &mut idle => {
                 // No request (or its headers) within the header timeout: before the first
                 // request this also ends a connection still choosing between HTTP/1.1 and h2c.
-                tracing::debug!(client = %client.addr, timeout = ?header_timeout, "public connection closed: no request within the header timeout");
+                tracing::debug!(client = %client.addr, timeout_secs = header_timeout.as_secs_f64(), "public connection closed: no request within the header timeout");
                 conn.as_mut().graceful_shutdown();
                 break match tokio::time::timeout(SHUTDOWN_GRACE, &mut conn).await {
                     Ok(ended) => ended,

@@ -131,6 +131,7 @@ pub(crate) async fn serve(
                     return;
                 }
             };
+            let _open = proxy.metrics().public_connection(crate::metrics::PublicListener::H3);
             let activity = Activity::new();
             let idle = idle_for(activity.clone(), header_timeout);
             let stop = async {
@@ -148,7 +149,7 @@ pub(crate) async fn serve(
                         return;
                     }
                     () = &mut idle => {
-                        tracing::debug!(%addr, timeout = ?header_timeout, "public HTTP/3 connection closed: no request within the header timeout");
+                        tracing::debug!(%addr, timeout_secs = header_timeout.as_secs_f64(), "public HTTP/3 connection closed: no request within the header timeout");
                         if tokio::time::timeout(SHUTDOWN_GRACE, h3.graceful_shutdown()).await.is_err() {
                             // H3_NO_ERROR: the client only stopped asking.
                             h3.close(0x100, "idle");
@@ -170,7 +171,7 @@ pub(crate) async fn serve(
                     }
                     // The exchange lasts until the whole response was handed to QUIC.
                     let _in_flight = exchange;
-                    let res = proxy.handle(req, client).await;
+                    let res = crate::access_log::handle(&proxy, req, client).await;
                     if let Err(e) = respond.send_response(res).await {
                         tracing::debug!(%addr, error = %e, "public HTTP/3 response failed");
                     }

@@ -81,7 +81,7 @@ pub(crate) async fn serve_tunnel(endpoint: quinn::Endpoint, ctx: Arc<TunnelConte
         tokio::spawn(async move {
             let admitted = match handshake(incoming, peer, &setup).await {
                 Ok(handshake) => admission::admit(handshake, setup, ctx).await,
-                Err(failure) => Err(failure),
+                Err(failure) => Err(ctx.registry.metrics.handshake_failed(failure)),
             };
             if let Err(failure) = admitted {
                 failure.log(peer, "quic");

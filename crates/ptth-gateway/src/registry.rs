@@ -302,6 +302,8 @@ pub struct Registry {
     /// Requests the proxy sent a second time after their connection died before any
     /// response header (safe methods without a body; `crate::proxy`), for metrics.
     retries: AtomicU64,
+    /// This gateway's metrics (the admin listener serves them).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// One request's place in its host's share of the queue.
@@ -386,6 +388,7 @@ impl Registry {
             waiting: Mutex::new(HashMap::new()),
             startup_until: std::sync::OnceLock::new(),
             retries: AtomicU64::new(0),
+            metrics: Arc::default(),
         })
     }
 
@@ -409,6 +412,7 @@ impl Registry {
     /// answering ([`Registry::retries`]).
     pub fn count_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
+        self.metrics.retried("connection_died");
     }
 
     /// Requests sent again on another connection after theirs died before any response
@@ -428,6 +432,13 @@ impl Registry {
             }
             notified.await;
         }
+    }
+
+    /// Requests waiting in the queue now.
+    pub(crate) fn queue_depth(&self) -> usize {
+        self.limits
+            .max_waiting
+            .saturating_sub(self.queue.available_permits())
     }
 
     // A panic while holding these locks cannot leave the maps half-updated (nothing in a
@@ -464,11 +475,11 @@ impl Registry {
         tracing::info!(
             conn = conn.id,
             mechanism = %conn.mechanism,
-            origin = %conn.admission.identity,
+            grant = %conn.admission.identity,
             peer = %conn.peer,
-            scopes = ?conn.scopes,
+            scopes = %scope_list(&conn.scopes),
             capacity = conn.capacity(),
-            worker = ?conn.worker,
+            worker = conn.worker,
             "origin connection registered"
         );
         let mut index = self.write();
@@ -503,7 +514,7 @@ impl Registry {
             let state = c.lifecycle().clone();
             tracing::info!(
                 conn = id,
-                origin = %c.admission.identity,
+                grant = %c.admission.identity,
                 "origin connection closed: {}",
                 why_closed(&state)
             );
@@ -533,7 +544,7 @@ impl Registry {
             // The caller says why (a reload logs the reason per connection at warn).
             tracing::debug!(
                 conn = conn.id,
-                origin = %conn.admission.identity,
+                grant = %conn.admission.identity,
                 "draining the connection"
             );
             let conn = conn.clone();
@@ -624,6 +635,7 @@ impl Registry {
         }
         // Counted before each pick below, so a slot freed after that pick wakes this one.
         let _waiting = Waiting::enter(&self.waiters);
+        let _timed = crate::metrics::QueueWait::start(&self.metrics);
         let mut permit = None;
         loop {
             let notified = self.changed.notified();
@@ -663,6 +675,15 @@ impl Registry {
             }
         }
     }
+}
+
+/// Scopes as one log value: `https://app.example/ https://api.example/v1`.
+fn scope_list(scopes: &[Scope]) -> String {
+    scopes
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Why a connection closed, as the "origin connection closed" log line says it.

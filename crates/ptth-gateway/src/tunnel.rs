@@ -50,7 +50,7 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TunnelContext>) {
         tokio::spawn(async move {
             let admitted = match handshake(tcp, peer, &setup, &ctx).await {
                 Ok(handshake) => admission::admit(handshake, setup, ctx).await,
-                Err(failure) => Err(failure),
+                Err(failure) => Err(ctx.registry.metrics.handshake_failed(failure)),
             };
             if let Err(failure) = admitted {
                 failure.log(peer, "tcp");

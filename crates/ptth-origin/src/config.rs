@@ -144,6 +144,14 @@ pub struct Cli {
     /// cross-thread wake-ups; see docs/operations.md.
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Admin listener (HTTP/1.1; `/metrics`, `/healthz`, `/readyz`), e.g. `127.0.0.1:9091`.
+    /// Off by default.
+    #[arg(long, value_name = "ADDR")]
+    pub admin: Option<std::net::SocketAddr>,
+    /// When `/readyz` answers 200: `all` (default: a connection registered with every
+    /// configured gateway) or `any` (with at least one).
+    #[arg(long, value_name = "all|any")]
+    pub ready_when: Option<String>,
     /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
     #[arg(skip)]
     #[serde(skip)]
@@ -397,6 +405,10 @@ impl Cli {
         if !self.origin_frame.is_empty() {
             c.origin_frame_override = Some(self.origin_frame);
         }
+        c.admin = self.admin;
+        if let Some(w) = &self.ready_when {
+            c.ready_when = w.parse().map_err(|e: String| anyhow!("{e}"))?;
+        }
         Ok((c, serve))
     }
 
@@ -484,6 +496,8 @@ impl Cli {
             config: self.config,
             log_format: self.log_format.or(f.log_format),
             threads: self.threads.or(f.threads),
+            admin: self.admin.or(f.admin),
+            ready_when: self.ready_when.or(f.ready_when),
             file_merged: self.file_merged,
             notes: self.notes,
         }
@@ -559,8 +573,10 @@ fn parse_pin(text: &str) -> Result<[u8; 32]> {
 pub fn init_logging(format: Option<&str>) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Colour only for a person at a terminal: journald and log files get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format.unwrap_or("human") {
         "human" => builder.init(),

@@ -63,10 +63,13 @@ impl Dialer {
                 return;
             }
             let started = tokio::time::Instant::now();
-            match self
+            self.metrics
+                .slot(0, slot, crate::metrics::SlotState::Connecting);
+            let served = self
                 .connect_and_serve(slot, &service, shutdown.clone())
-                .await
-            {
+                .await;
+            self.metrics.slot(0, slot, crate::metrics::SlotState::Idle);
+            match served {
                 Ok(()) => {
                     // Only a connection that lasted counts as healthy: one the gateway
                     // drops at once (refused credential, TLS alert after the handshake)
@@ -80,6 +83,7 @@ impl Dialer {
                     tracing::info!(slot, "connection to the gateway ended; dialling again");
                 }
                 Err(e) => {
+                    self.metrics.failed(0);
                     tracing::warn!(slot, error = %format!("{e:#}"), "connection to the gateway failed")
                 }
             }
@@ -88,6 +92,7 @@ impl Dialer {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => return,
             }
+            self.metrics.reconnected(0);
         }
     }
 
@@ -147,6 +152,8 @@ impl Dialer {
                 let seen = authorizer.seen.clone();
                 let service = service.with_authorizer(authorizer);
                 tracing::info!(slot, mechanism = %m, "reversed connection up");
+                self.metrics
+                    .slot(0, slot, crate::metrics::SlotState::Registered);
                 let started = tokio::time::Instant::now();
                 let stopping = shutdown.clone();
                 let result = if m == Mechanism::H2Reverse {
@@ -156,7 +163,7 @@ impl Dialer {
                 } else {
                     serve_reversed(tls, m.reversed_version(), service, &self.config, shutdown).await
                 };
-                warn_if_refused(slot, m, &seen, started, &stopping);
+                warn_if_refused(slot, m, &seen, started, &stopping, &self.metrics);
                 result
             }
             SetupKind::Upgrade => {
@@ -167,7 +174,9 @@ impl Dialer {
                 let chosen = ptth_core::validate_upgrade_response(&res, &[inner], &self.tokens)?;
                 let version = HttpVersion::from_alpn_id(&chosen)
                     .ok_or_else(|| anyhow!("the gateway chose {chosen:?}"))?;
-                tracing::info!(slot, mechanism = %m, ?version, "PTTH upgrade accepted");
+                tracing::info!(slot, mechanism = %m, %version, "PTTH upgrade accepted");
+                self.metrics
+                    .slot(0, slot, crate::metrics::SlotState::Registered);
                 serve_reversed(
                     hyper_util::rt::TokioIo::new(upgraded),
                     version,
@@ -195,6 +204,8 @@ impl Dialer {
                 let (res, upgraded) = ptth_h1::origin_upgrade(tls, req).await?;
                 ptth_core::validate_legacy_response(&res, &self.tokens)?;
                 tracing::info!(slot, mechanism = %m, "PTTH/1.0 upgrade accepted");
+                self.metrics
+                    .slot(0, slot, crate::metrics::SlotState::Registered);
                 serve_reversed(
                     hyper_util::rt::TokioIo::new(upgraded),
                     HttpVersion::Http1,
@@ -213,7 +224,9 @@ impl Dialer {
                     ptth_core::validate_connect_response(&stream.response, &[inner], &self.tokens)?;
                 let version = HttpVersion::from_alpn_id(&chosen)
                     .ok_or_else(|| anyhow!("the gateway chose {chosen:?}"))?;
-                tracing::info!(slot, mechanism = %m, ?version, "extended CONNECT accepted");
+                tracing::info!(slot, mechanism = %m, %version, "extended CONNECT accepted");
+                self.metrics
+                    .slot(0, slot, crate::metrics::SlotState::Registered);
                 serve_reversed(
                     hyper_util::rt::TokioIo::new(stream.stream),
                     version,

@@ -25,6 +25,8 @@ pub(crate) struct Dialer {
     pub(crate) signing_key: Option<Arc<ptth_auth::Ed25519SigningKey>>,
     /// The QUIC endpoint, for mechanisms that dial over QUIC.
     pub(crate) quic: QuicClient,
+    /// Connection counts and readiness, per configured gateway.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Dialer {
@@ -123,15 +125,17 @@ impl QuicClient {
 pub(crate) const HEALTHY: Duration = Duration::from_secs(5);
 
 /// On an ALPN-only connection, a gateway that refuses the authorisation answer closes the
-/// connection without a reason; say so when that is what happened.
+/// connection without a reason; say so (and count it) when that is what happened.
 pub(crate) fn warn_if_refused(
     slot: usize,
     mechanism: Mechanism,
     seen: &AuthorizeSeen,
     started: tokio::time::Instant,
     stopping: &watch::Receiver<bool>,
+    metrics: &crate::metrics::Metrics,
 ) {
     if seen.only_the_authorisation_request() && started.elapsed() < HEALTHY && !*stopping.borrow() {
+        metrics.refused(0);
         tracing::warn!(
             slot,
             %mechanism,

@@ -10,9 +10,11 @@
 //! application such as an axum `Router` (see `examples/axum.rs`).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod admin;
 pub mod config;
 mod dial;
 mod dialer;
+pub mod metrics;
 mod quic;
 mod serve;
 pub mod service;
@@ -72,6 +74,10 @@ pub struct OriginConfig {
     /// origin claim less (or other) than it asks to be routed for.
     #[doc(hidden)]
     pub origin_frame_override: Option<Vec<String>>,
+    /// Where to serve `/metrics`, `/healthz` and `/readyz` (off when `None`).
+    pub admin: Option<std::net::SocketAddr>,
+    /// When `/readyz` says ready.
+    pub ready_when: metrics::ReadyWhen,
 }
 
 impl OriginConfig {
@@ -102,6 +108,8 @@ impl OriginConfig {
             max_concurrent_streams: 256,
             shutdown_grace: Duration::from_secs(30),
             origin_frame_override: None,
+            admin: None,
+            ready_when: metrics::ReadyWhen::All,
         }
     }
 }
@@ -178,6 +186,8 @@ impl Origin {
             (false, _) => {}
         }
         let tls = dialer::tls_config(&config)?;
+        // The configured gateway as the metrics and `/readyz` name it.
+        let gateway_name = format!("https://{authority}");
         Ok(Self {
             dialer: Arc::new(dialer::Dialer {
                 connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
@@ -187,9 +197,19 @@ impl Origin {
                 tokens: ptth_core::SetupTokens::default(),
                 signing_key,
                 quic: Default::default(),
+                metrics: Arc::new(metrics::Metrics::new(
+                    &[gateway_name],
+                    config.connections.max(1),
+                    config.ready_when,
+                )),
                 config,
             }),
         })
+    }
+
+    /// This origin's metrics and readiness (what `--admin` serves).
+    pub fn metrics(&self) -> &Arc<metrics::Metrics> {
+        &self.dialer.metrics
     }
 
     /// Serves `service` over `config.connections` reversed connections until `shutdown`
@@ -206,6 +226,11 @@ impl Origin {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<serve::BoxError>,
     {
+        if let Some(addr) = self.dialer.config.admin {
+            let listener = admin::bind(addr)?;
+            tracing::info!(admin = %listener.local_addr()?, "admin listener up");
+            tokio::spawn(admin::serve(listener, self.dialer.metrics.clone()));
+        }
         let service = OriginService::new(service);
         let (tx, rx) = tokio::sync::watch::channel(false);
         let mut slots = tokio::task::JoinSet::new();

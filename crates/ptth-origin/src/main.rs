@@ -11,7 +11,10 @@ use ptth_origin::service::Hello;
 use ptth_origin::Origin;
 use sd_notify::NotifyState;
 
-fn main() -> anyhow::Result<()> {
+/// Configuration errors exit with 2, failures while running with 1; either prints the
+/// error's chain on one line (never a backtrace, whatever `RUST_BACKTRACE` says).
+/// `--check-config` exits 0 or 1.
+fn main() -> std::process::ExitCode {
     // `--check-config` belongs to the binary, not to the library's settings.
     let matches = Cli::command()
         .arg(
@@ -22,26 +25,56 @@ fn main() -> anyhow::Result<()> {
         )
         .get_matches();
     let check = matches.get_flag("check-config");
-    let cli = Cli::from_arg_matches(&matches)
-        .unwrap_or_else(|e| e.exit())
-        .merge_file()?;
-    init_logging(cli.log_format.as_deref())?;
+    let parsed = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let settled = parsed.merge_file().and_then(|cli| {
+        init_logging(cli.log_format.as_deref())?;
+        Ok(cli)
+    });
+    let cli = match settled {
+        Ok(cli) => cli,
+        Err(e) => {
+            eprintln!("ptth-origin: configuration error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     if check {
         return check_config(cli);
     }
     let threads = cli.threads;
-    let (config, serve) = cli.resolve()?;
+    // Resolved and checked here, not when the runtime starts, so a bad TLS file is a
+    // configuration error.
+    let settled = cli
+        .resolve()
+        .and_then(|(config, serve)| Ok((Origin::new(config)?, serve)));
+    let (origin, serve) = match settled {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("ptth-origin: configuration error: {e:#}");
+            return std::process::ExitCode::from(2);
+        }
+    };
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
     if let Some(n) = threads {
         runtime.worker_threads(n);
     }
-    runtime.build()?.block_on(run(config, serve))
+    let ran = runtime
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(run(origin, serve)));
+    match ran {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "the origin stopped");
+            eprintln!("ptth-origin: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 /// `--check-config`: resolves the configuration and prepares TLS and the credential as a
 /// start would, without dialling; says `config ok` or why not, and exits 0 or 1.
-fn check_config(cli: Cli) -> anyhow::Result<()> {
+fn check_config(cli: Cli) -> std::process::ExitCode {
     // Resolving builds the routes too (upstream URLs parsed, TLS settings loaded).
     let checked = cli
         .resolve()
@@ -49,11 +82,11 @@ fn check_config(cli: Cli) -> anyhow::Result<()> {
     match checked {
         Ok(()) => {
             println!("config ok");
-            Ok(())
+            std::process::ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("config error: {e:#}");
-            std::process::exit(1);
+            std::process::ExitCode::FAILURE
         }
     }
 }
@@ -65,8 +98,7 @@ fn notify(state: &[NotifyState<'_>]) {
     }
 }
 
-async fn run(config: ptth_origin::OriginConfig, serve: Serve) -> anyhow::Result<()> {
-    let origin = Origin::new(config)?;
+async fn run(origin: Origin, serve: Serve) -> anyhow::Result<()> {
     // Registered before READY: a SIGTERM that came before its handler would end the
     // process at once (the signal's default action) instead of draining it.
     let stopped = shutdown_signal()?;

@@ -139,10 +139,13 @@ pub(crate) async fn connect_and_serve(
             let seen = authorizer.seen.clone();
             let service = service.with_authorizer(authorizer);
             tracing::info!(slot, mechanism = %m, "reversed HTTP/3 connection up");
+            dialer
+                .metrics
+                .slot(0, slot, crate::metrics::SlotState::Registered);
             let started = tokio::time::Instant::now();
             let stopping = shutdown.clone();
             let result = serve_h3(h3, service, dialer, shutdown).await;
-            warn_if_refused(slot, m, &seen, started, &stopping);
+            warn_if_refused(slot, m, &seen, started, &stopping, &dialer.metrics);
             result
         }
         SetupKind::Options => {
@@ -165,6 +168,9 @@ pub(crate) async fn connect_and_serve(
             // server-initiated bidirectional streams"; they may arrive before the 2xx and
             // wait in the connection's queue.
             tracing::info!(slot, mechanism = %m, "OPTIONS accepted; serving the gateway's requests");
+            dialer
+                .metrics
+                .slot(0, slot, crate::metrics::SlotState::Registered);
             serve_h3(h3, service.clone(), dialer, shutdown).await
         }
         SetupKind::ExtendedConnect => {
@@ -182,7 +188,10 @@ pub(crate) async fn connect_and_serve(
             let chosen = ptth_core::validate_connect_response(&res, &[inner], &dialer.tokens)?;
             let version = HttpVersion::from_alpn_id(&chosen)
                 .ok_or_else(|| anyhow!("the gateway chose {chosen:?}"))?;
-            tracing::info!(slot, mechanism = %m, ?version, "extended CONNECT over HTTP/3 accepted");
+            tracing::info!(slot, mechanism = %m, %version, "extended CONNECT over HTTP/3 accepted");
+            dialer
+                .metrics
+                .slot(0, slot, crate::metrics::SlotState::Registered);
             let result =
                 serve_reversed(stream, version, service.clone(), &dialer.config, shutdown).await;
             // The tunnel is the connection's only use: close it with the tunnel.

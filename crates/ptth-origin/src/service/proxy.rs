@@ -275,13 +275,17 @@ impl Proxy {
             Mode::Plain => None,
             Mode::Upgrade { .. } | Mode::ExtendedConnect { .. } => Some(on_upgrade(&mut request)),
         };
+        let call = crate::metrics::UpstreamCall::start(&request);
         let upstream_request = match self.upstream_request(request, &mode) {
             Ok(upstream_request) => upstream_request,
             Err(refusal) => return refusal.into_response(),
         };
         let mut response = match self.send(upstream_request, &mode, client_addr).await {
-            Ok(response) => response,
-            Err(error) => return self.bad_gateway(&error),
+            Ok(response) => {
+                call.answered();
+                response
+            }
+            Err(error) => return self.bad_gateway(&error, call),
         };
 
         let status = response.status();
@@ -472,7 +476,7 @@ impl Proxy {
     /// The `502` sent when the upstream cannot be reached or fails mid-exchange. The public
     /// body says only which of the two happened: the upstream's address and the error chain
     /// are internals, and go to the origin's log (`upstream failure`, warn).
-    fn bad_gateway(&self, error: &SendError) -> Response<Body> {
+    fn bad_gateway(&self, error: &SendError, call: crate::metrics::UpstreamCall) -> Response<Body> {
         let (connect, mut source): (bool, Option<&(dyn std::error::Error + 'static)>) = match error
         {
             SendError::Connect(error) => (true, Some(error)),
@@ -489,7 +493,8 @@ impl Proxy {
             reason.push_str(&cause.to_string());
             source = cause.source();
         }
-        tracing::warn!(upstream = %self.upstream, %reason, "upstream failure");
+        // Counted, and logged at warn with the request it failed (`upstream failure`).
+        call.failed(connect, &self.upstream, &reason);
         text_response(
             StatusCode::BAD_GATEWAY,
             if connect {
