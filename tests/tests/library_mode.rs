@@ -53,6 +53,7 @@ async fn serve_then_shut_down(name: &str, mechanisms: &[&str], finish: &[&str]) 
         );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut serving = Vec::new();
+    let mut statuses = Vec::new();
     for m in mechanisms {
         let mut config = OriginConfig::new(
             gw.tunnel_url().parse().unwrap(),
@@ -67,6 +68,7 @@ async fn serve_then_shut_down(name: &str, mechanisms: &[&str], finish: &[&str]) 
             config.client_key = Some(dir.0.join("origin.key"));
         }
         let origin = Origin::new(config).unwrap();
+        statuses.push(origin.status());
         let mut rx = stop_rx.clone();
         serving.push(tokio::spawn(origin.serve(app.clone(), async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -95,6 +97,21 @@ async fn serve_then_shut_down(name: &str, mechanisms: &[&str], finish: &[&str]) 
         let (res, body) = send(&c, req).await.unwrap();
         assert_eq!(res.status(), StatusCode::OK, "{m}");
         assert_eq!(&body[..], b"123456", "{m}");
+    }
+    // Each origin's status says it is registered with its one gateway.
+    for (m, status) in mechanisms.iter().zip(&mut statuses) {
+        let registered = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            status.wait_for(|s| s.all_registered()),
+        )
+        .await
+        .map(|s| s.map(|s| s.clone()));
+        let s = match registered {
+            Ok(Ok(s)) => s,
+            _ => panic!("{m}: never registered: {:?}", *status.borrow()),
+        };
+        assert_eq!(s.gateways.len(), 1, "{m}: {s:?}");
+        assert_eq!(s.gateways[0].gateway, gw.tunnel_url() + "/", "{m}: {s:?}");
     }
     // Shutdown: with a request in flight on every mechanism, `serve` stops taking requests,
     // lets those finish, and returns Ok.
@@ -132,7 +149,12 @@ async fn serve_then_shut_down(name: &str, mechanisms: &[&str], finish: &[&str]) 
         }
     }
     assert!(cut.is_empty(), "requests in flight were cut: {cut:#?}");
-    // Nothing is served any more.
+    // Nothing is registered any more ...
+    for (m, status) in mechanisms.iter().zip(&statuses) {
+        let s = status.borrow().clone();
+        assert!(!s.any_registered(), "{m}: {s:?}");
+    }
+    // ... and nothing is served.
     for m in mechanisms {
         assert_no_origin(&gw, &format!("axum-{m}.localhost"), "after serve returned").await;
     }
