@@ -567,6 +567,43 @@ mod tests {
     }
 
     #[test]
+    fn gateway_is_repeatable_and_a_string_or_a_list_in_the_file() {
+        let c = resolve(&["--token", "t", "--gateway", "https://b.example:4443"]).unwrap();
+        assert_eq!(c.gateway, "https://gw.example:4443");
+        assert_eq!(c.more_gateways, ["https://b.example:4443"]);
+        for (text, want) in [
+            (
+                "gateway = \"https://a.example\"",
+                vec!["https://a.example/"],
+            ),
+            (
+                "gateway = [\"https://a.example\", \"https://b.example\"]",
+                vec!["https://a.example/", "https://b.example/"],
+            ),
+        ] {
+            let d = dir("gateways");
+            let config = d.join("origin.toml");
+            std::fs::write(&config, format!("{text}\ntoken = \"t\"\n")).unwrap();
+            let cli = Cli::try_parse_from([
+                "ptth-origin",
+                "--config",
+                config.to_str().unwrap(),
+                "--mechanism",
+                "rh2",
+                "--host",
+                "a.localhost",
+                "--hello",
+            ])
+            .unwrap();
+            let (c, _) = cli.resolve().unwrap();
+            let got: Vec<String> = c.gateways().map(ToString::to_string).collect();
+            assert_eq!(got, want, "{text}");
+        }
+        let e = resolve(&["--token", "t", "--gateway", "not a url"]).unwrap_err();
+        assert!(format!("{e:#}").contains("not a URL"), "{e:#}");
+    }
+
+    #[test]
     fn threads_come_from_the_file_before_the_runtime_and_zero_is_refused() {
         let d = dir("threads");
         let config = d.join("origin.toml");
