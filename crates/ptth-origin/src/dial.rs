@@ -43,6 +43,9 @@ pub(crate) struct Backoff {
 /// How long after losing a registered connection the backoff stays at most
 /// [`RESTART_STEP`].
 pub(crate) const RESTART_WINDOW: Duration = Duration::from_secs(30);
+/// For this long after a registered connection was lost, failing to reach the gateway is
+/// logged at info, not warn: a gateway restarting is not something an operator must act on.
+pub(crate) const RESTART_QUIET: Duration = Duration::from_secs(5);
 /// The largest backoff step within [`RESTART_WINDOW`].
 pub(crate) const RESTART_STEP: Duration = Duration::from_secs(1);
 
@@ -65,6 +68,11 @@ impl Backoff {
     pub(crate) fn lost_registered(&mut self) {
         self.reset();
         self.lost_at = Some(tokio::time::Instant::now());
+    }
+
+    /// Whether a registered connection was lost less than `window` ago.
+    pub(crate) fn lost_within(&self, window: Duration) -> bool {
+        self.lost_at.is_some_and(|t| t.elapsed() < window)
     }
 
     pub(crate) fn next_delay(&mut self) -> Duration {
@@ -146,10 +154,17 @@ impl Dialer {
                     backoff.next_delay()
                 }
                 Err(e) => {
+                    // A dial failing just after the gateway went away: most likely it is
+                    // restarting. (A registered connection failing is always worth a warn.)
+                    let quiet = !registered && backoff.lost_within(RESTART_QUIET);
                     if registered && started.elapsed() >= HEALTHY {
                         backoff.lost_registered();
                     }
-                    tracing::warn!(slot, gateway = %self.gateway, %addr, error = %format!("{e:#}"), "connection to the gateway failed");
+                    if quiet {
+                        tracing::info!(slot, gateway = %self.gateway, %addr, error = %format!("{e:#}"), "connection to the gateway failed (it went away moments ago; dialling again)");
+                    } else {
+                        tracing::warn!(slot, gateway = %self.gateway, %addr, error = %format!("{e:#}"), "connection to the gateway failed");
+                    }
                     backoff.next_delay()
                 }
             };
