@@ -16,7 +16,7 @@
 //! The TCP mechanisms are here; the QUIC ones are in `quic`. Both dial with what the
 //! [`Dialer`] holds.
 
-use crate::dialer::{looks_refused, serve_and_watch_admission, Dialer, Link, REFUSED};
+use crate::dialer::{looks_refused, serve_and_watch_admission, Dialer, Link, Outcome, REFUSED};
 use crate::serve::{serve_reversed, OriginService};
 use anyhow::{anyhow, bail, Context, Result};
 use ptth_core::{HttpVersion, Mechanism, ProtocolId, SetupKind};
@@ -326,16 +326,6 @@ impl Dialer {
         };
         result.map(|()| Outcome::Ended)
     }
-}
-
-/// How a connection that did not fail ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// It ended cleanly: the gateway closed it, or we did on shutdown.
-    Ended,
-    /// The gateway closed it right after the answer to its authorisation request: a
-    /// refusal, or a gateway that is stopping (the dial loop tells which).
-    Refused,
 }
 
 #[cfg(test)]

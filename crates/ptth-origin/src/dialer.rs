@@ -105,6 +105,16 @@ impl Dialer {
     }
 }
 
+/// How a connection that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// It ended cleanly: the gateway closed it, or we did on shutdown.
+    Ended,
+    /// The gateway closed it right after the answer to its authorisation request: a
+    /// refusal, or a gateway that is stopping (the dial loop tells which).
+    Refused,
+}
+
 /// The order in which slot `slot` of a pool tries a gateway's addresses: IPv4 before IPv6
 /// (a gateway bound to `127.0.0.1` is not reachable on `::1`, and QUIC learns that only by
 /// timing out), duplicates removed, and the slots spread over the addresses of the first

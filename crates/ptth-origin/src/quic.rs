@@ -10,8 +10,7 @@
 //!                    reversed HTTP/2 inside the stream
 //! ```
 
-use crate::dial::Outcome;
-use crate::dialer::{looks_refused, serve_and_watch_admission, Dialer, Link};
+use crate::dialer::{looks_refused, serve_and_watch_admission, Dialer, Link, Outcome};
 use crate::serve::{serve_reversed, BoxError, OriginService};
 use anyhow::{anyhow, bail, Context, Result};
 use http_body_util::BodyExt;
