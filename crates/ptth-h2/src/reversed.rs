@@ -198,6 +198,12 @@ impl PeerSettings {
 }
 
 /// Drives a client connection to completion; `settings` reads the peer's settings meanwhile.
+///
+/// hyper's client future ends as soon as the peer's GOAWAY stops new requests, while the
+/// requests in flight still run on hyper's connection task. It is dropped right then, so
+/// a request handed to it in that instant (still in its queue, not sent) comes back to its
+/// sender as not sent (hyper's "connection closed" cancellation, with the request) instead
+/// of waiting forever in a queue nobody reads.
 pub async fn drive<IO>(
     conn: client::Connection<TokioIo<IO>, Body, TokioExecutor>,
     settings: std::sync::Arc<PeerSettings>,
@@ -205,7 +211,7 @@ pub async fn drive<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let conn = std::sync::Arc::new(std::sync::Mutex::new(Box::pin(conn)));
+    let conn = std::sync::Arc::new(std::sync::Mutex::new(Some(Box::pin(conn))));
     let shared = conn.clone();
     let _ = settings.probe.set(ProbeFn(Box::new(move || {
         // Busy means the driving task is polling it right now: use the values seen last.
@@ -215,18 +221,25 @@ where
             Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
+        let c = c.as_ref()?;
         Some((
             c.current_max_send_streams(),
             c.is_extended_connect_protocol_enabled(),
         ))
     })));
     std::future::poll_fn(move |cx| {
-        let mut c = conn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = conn.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = slot.as_mut() else {
+            return std::task::Poll::Ready(Ok(()));
+        };
         let poll = c.as_mut().poll(cx);
         settings.store(
             c.current_max_send_streams(),
             c.is_extended_connect_protocol_enabled(),
         );
+        if poll.is_ready() {
+            *slot = None;
+        }
         poll
     })
     .await

@@ -606,8 +606,38 @@ impl H3Connection {
 
     /// RFC 9114 §5.2 graceful shutdown: sends GOAWAY, refuses new requests, waits for
     /// requests in flight (both directions) to finish, then closes with H3_NO_ERROR.
+    ///
+    /// When the peer sends requests, in two steps, so a request it sent just before our
+    /// GOAWAY reached it is still served rather than rejected: "An endpoint that is
+    /// attempting to gracefully shut down a connection can send a GOAWAY frame with a value
+    /// set to the maximum possible value (2^62-4 for servers, 2^62-1 for clients). This
+    /// ensures that the peer stops creating new requests or pushes. After allowing time for
+    /// any in-flight requests or pushes to arrive, the endpoint can send another GOAWAY
+    /// frame indicating which requests or pushes it might accept before the end of the
+    /// connection." The time allowed is [`GOAWAY_SETTLE`] or three round trips, whichever
+    /// is longer.
     pub async fn graceful_shutdown(&self) {
         let shared = &self.shared;
+        let first_step = shared.peer_sends_requests() && shared.state().sent_goaway.is_none();
+        if first_step {
+            // The largest ID of the peer's request streams (generalised from 2^62-4: the
+            // peer's bidi streams are 4n, or 4n+1 when the QUIC server sends requests).
+            let base = StreamId::new(peer_of(shared.local), Dir::Bi, 0)
+                .map(StreamId::into_inner)
+                .unwrap_or(0);
+            let max = (1u64 << 62) - 4 + base;
+            shared.state().sent_goaway = Some(max);
+            let mut buf = BytesMut::new();
+            Frame::Goaway(max).encode(&mut buf);
+            if let Some(control) = shared.control.lock().await.as_mut() {
+                let _ = control.write_all(&buf).await;
+            }
+            let settle = (shared.conn.rtt() * 3).max(GOAWAY_SETTLE);
+            tokio::select! {
+                _ = tokio::time::sleep(settle) => {}
+                _ = shared.conn.closed() => return,
+            }
+        }
         let goaway = {
             let mut st = shared.state();
             st.closing = true;
@@ -650,6 +680,10 @@ impl H3Connection {
             .close(VarInt::from_u64(H3_NO_ERROR).unwrap_or(VarInt::MAX), b"");
     }
 }
+
+/// The least time between the two GOAWAY frames of a graceful shutdown: long enough for a
+/// request the peer sent just before it read the first one to arrive, on a busy machine.
+pub const GOAWAY_SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Accepts the peer's unidirectional streams and dispatches them by type.
 async fn accept_uni_loop(shared: Arc<Shared>) {

@@ -20,9 +20,11 @@ use std::time::Duration;
 )]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct Cli {
-    /// The gateway's tunnel URL, e.g. https://gateway.example:4443 (required).
-    #[arg(long)]
-    pub gateway: Option<String>,
+    /// The gateway's tunnel URL, e.g. https://gateway.example:4443 (required; repeatable:
+    /// each gateway gets its own --connections; in a config file, a string or a list).
+    #[arg(long = "gateway")]
+    #[serde(default, deserialize_with = "one_or_many")]
+    pub gateway: Vec<String>,
     /// Mechanism. Over TLS/TCP: rh1, rh2 (Potato), upgrade-h1, upgrade-h2 (PTTH Upgrade),
     /// connect-h2 (PTTH -01 extended CONNECT), h2-reverse (draft-bt), ptth10 (legacy
     /// PTTH/1.0). Over QUIC: rh3 (Potato), h3-reverse (draft-bt), options-h3 (PTTH -00
@@ -312,11 +314,14 @@ impl Cli {
         for note in &self.notes {
             tracing::warn!("{note}");
         }
-        let gateway = self
-            .gateway
-            .ok_or_else(|| anyhow!("--gateway URL is required"))?
-            .parse::<http::Uri>()
-            .context("--gateway is not a URL")?;
+        let mut gateways = self.gateway.iter().map(|g| {
+            g.parse::<http::Uri>()
+                .with_context(|| format!("--gateway {g:?} is not a URL"))
+        });
+        let gateway = gateways
+            .next()
+            .ok_or_else(|| anyhow!("--gateway URL is required"))??;
+        let more_gateways = gateways.collect::<Result<Vec<_>>>()?;
         let mechanism = self
             .mechanism
             .ok_or_else(|| anyhow!("--mechanism is required"))?
@@ -371,6 +376,7 @@ impl Cli {
             }
         }
         let mut c = OriginConfig::new(gateway, mechanism, hosts, None);
+        c.more_gateways = more_gateways;
         c.credential = credential;
         c.signing_key = self.signing_key;
         if let Some(id) = self.key_id {
@@ -453,7 +459,11 @@ impl Cli {
                 ),
             };
         Cli {
-            gateway: self.gateway.or(f.gateway),
+            gateway: if self.gateway.is_empty() {
+                f.gateway
+            } else {
+                self.gateway
+            },
             mechanism: self.mechanism.or(f.mechanism),
             hosts: if self.hosts.is_empty() {
                 f.hosts
@@ -557,6 +567,21 @@ fn credential(
 }
 
 /// Parses a SHA-256 pin written as 64 hex digits (colons allowed).
+/// A config key that takes one string or a list of them (`gateway = "https://a"` or
+/// `gateway = ["https://a", "https://b"]`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+    })
+}
+
 fn parse_pin(text: &str) -> Result<[u8; 32]> {
     let hex: String = text.chars().filter(|c| *c != ':').collect();
     if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -892,6 +917,43 @@ mod tests {
 
         let e = resolve(&["--token", "t", "--gateway-pin", "abc"]).unwrap_err();
         assert!(e.to_string().contains("64 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn gateway_is_repeatable_and_a_string_or_a_list_in_the_file() {
+        let c = resolve(&["--token", "t", "--gateway", "https://b.example:4443"]).unwrap();
+        assert_eq!(c.gateway, "https://gw.example:4443");
+        assert_eq!(c.more_gateways, ["https://b.example:4443"]);
+        for (text, want) in [
+            (
+                "gateway = \"https://a.example\"",
+                vec!["https://a.example/"],
+            ),
+            (
+                "gateway = [\"https://a.example\", \"https://b.example\"]",
+                vec!["https://a.example/", "https://b.example/"],
+            ),
+        ] {
+            let d = dir("gateways");
+            let config = d.join("origin.toml");
+            std::fs::write(&config, format!("{text}\ntoken = \"t\"\n")).unwrap();
+            let cli = Cli::try_parse_from([
+                "ptth-origin",
+                "--config",
+                config.to_str().unwrap(),
+                "--mechanism",
+                "rh2",
+                "--host",
+                "a.localhost",
+                "--hello",
+            ])
+            .unwrap();
+            let (c, _) = cli.resolve().unwrap();
+            let got: Vec<String> = c.gateways().map(ToString::to_string).collect();
+            assert_eq!(got, want, "{text}");
+        }
+        let e = resolve(&["--token", "t", "--gateway", "not a url"]).unwrap_err();
+        assert!(format!("{e:#}").contains("not a URL"), "{e:#}");
     }
 
     #[test]

@@ -1,20 +1,26 @@
-//! The dial loop: keeps N reversed connections to a gateway alive and serves each one.
+//! The dial loop: keeps N reversed connections to each gateway alive and serves each one.
 //!
 //! ```text
-//! loop per slot: TCP ─▶ TLS (ALPN of the mechanism; gateway verified) ─▶ setup exchange ─▶
-//!                serve HTTP/1.1 or HTTP/2 until the connection ends ─▶ backoff ─▶ again
+//! loop per slot: resolve ─▶ TCP (this slot's address first) ─▶ TLS (ALPN of the
+//!                mechanism; gateway verified) ─▶ setup exchange ─▶ registered ─▶
+//!                serve HTTP/1.1 or HTTP/2 until the connection ends ─▶ wait ─▶ again
 //! ```
 //!
-//! Reconnects use exponential backoff with jitter, reset once a connection has been set up,
-//! so a restarted gateway sees its origins return quickly but not all at the same instant.
+//! How long to wait depends on how the connection ended. A registered connection the
+//! gateway closed cleanly (a restarting gateway's GOAWAY or close_notify: "move to my
+//! successor") is dialled again at once, after a jitter under [`RECONNECT_JITTER`] so all
+//! origins do not arrive in the same instant. Errors and refusals back off exponentially
+//! with jitter, reset once a connection was registered and lasted [`HEALTHY`], and kept
+//! short for a while after such a connection was lost (see [`Backoff`]).
 //!
 //! The TCP mechanisms are here; the QUIC ones are in `quic`. Both dial with what the
 //! [`Dialer`] holds.
 
-use crate::dialer::{warn_if_refused, Dialer, HEALTHY};
+use crate::dialer::{looks_refused, serve_and_watch_admission, Dialer, Link, Outcome, REFUSED};
 use crate::serve::{serve_reversed, OriginService};
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use ptth_core::{HttpVersion, Mechanism, ProtocolId, SetupKind};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -23,34 +29,74 @@ use tokio_rustls::client::TlsStream;
 
 /// Exponential backoff with jitter: 100 ms doubling to 30 s, each delay drawn from
 /// [half, full] of the current step so reconnecting origins spread out.
+///
+/// For [`RESTART_WINDOW`] after a registered connection was lost, the step stops growing
+/// at [`RESTART_STEP`]: a gateway that went away is most likely restarting, and its
+/// origins should be back within about a second of it listening again, not after a
+/// doubling that grew while it was down.
 #[derive(Debug)]
 pub(crate) struct Backoff {
     step: Duration,
+    lost_at: Option<tokio::time::Instant>,
 }
+
+/// How long after losing a registered connection the backoff stays at most
+/// [`RESTART_STEP`].
+pub(crate) const RESTART_WINDOW: Duration = Duration::from_secs(30);
+/// For this long after a registered connection was lost, failing to reach the gateway is
+/// logged at info, not warn: a gateway restarting is not something an operator must act on.
+pub(crate) const RESTART_QUIET: Duration = Duration::from_secs(5);
+/// The largest backoff step within [`RESTART_WINDOW`].
+pub(crate) const RESTART_STEP: Duration = Duration::from_secs(1);
 
 impl Backoff {
     const FIRST: Duration = Duration::from_millis(100);
     const MAX: Duration = Duration::from_secs(30);
 
     pub(crate) fn new() -> Self {
-        Self { step: Self::FIRST }
+        Self {
+            step: Self::FIRST,
+            lost_at: None,
+        }
     }
 
     pub(crate) fn reset(&mut self) {
         self.step = Self::FIRST;
     }
 
+    /// A registered connection ended: start over, and keep the steps short for a while.
+    pub(crate) fn lost_registered(&mut self) {
+        self.reset();
+        self.lost_at = Some(tokio::time::Instant::now());
+    }
+
+    /// Whether a registered connection was lost less than `window` ago.
+    pub(crate) fn lost_within(&self, window: Duration) -> bool {
+        self.lost_at.is_some_and(|t| t.elapsed() < window)
+    }
+
     pub(crate) fn next_delay(&mut self) -> Duration {
         use rand::Rng;
         let ms = self.step.as_millis() as u64;
         let delay = Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms));
-        self.step = (self.step * 2).min(Self::MAX);
+        let cap = match self.lost_at {
+            Some(t) if t.elapsed() < RESTART_WINDOW => RESTART_STEP,
+            _ => Self::MAX,
+        };
+        self.step = (self.step * 2).min(cap);
         delay
     }
 }
 
+/// A registered connection that lived this long was healthy: its end resets the backoff.
+pub(crate) const HEALTHY: Duration = Duration::from_secs(5);
+
+/// The most a slot waits before dialling again after the gateway closed its registered
+/// connection cleanly.
+pub(crate) const RECONNECT_JITTER: Duration = Duration::from_millis(100);
+
 impl Dialer {
-    /// One slot of the pool: dial, serve, back off, until shutdown.
+    /// One slot of this gateway's pool: dial, serve, wait, until shutdown.
     pub(crate) async fn run_slot(
         self: Arc<Self>,
         slot: usize,
@@ -58,54 +104,105 @@ impl Dialer {
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut backoff = Backoff::new();
+        // Whether the last connection looked refused: a refusal is reported when it
+        // happens twice in a row, since a gateway that is stopping looks the same once.
+        let mut refused_before = false;
         loop {
             if *shutdown.borrow() {
                 return;
             }
             let started = tokio::time::Instant::now();
+            let link = Link::new(&self, slot);
             self.metrics
-                .slot(0, slot, crate::metrics::SlotState::Connecting);
-            let served = self
-                .connect_and_serve(slot, &service, shutdown.clone())
+                .slot(self.index, slot, crate::metrics::SlotState::Connecting);
+            let result = self
+                .connect_and_serve(&link, &service, shutdown.clone())
                 .await;
-            self.metrics.slot(0, slot, crate::metrics::SlotState::Idle);
-            match served {
-                Ok(()) => {
-                    // Only a connection that lasted counts as healthy: one the gateway
-                    // drops at once (refused credential, TLS alert after the handshake)
-                    // must not turn into a reconnect loop.
-                    if started.elapsed() >= HEALTHY {
-                        backoff.reset();
+            self.metrics
+                .slot(self.index, slot, crate::metrics::SlotState::Idle);
+            let stopping = *shutdown.borrow();
+            let registered = link.is_registered();
+            let addr = link.addr();
+            drop(link);
+            if !matches!(result, Ok(Outcome::Refused)) {
+                refused_before = false;
+            }
+            let delay = match result {
+                _ if stopping => {
+                    // Whatever the gateway did while we were closing (it may hang up as soon
+                    // as it reads our GOAWAY: a broken pipe here) is no failure.
+                    if let Err(e) = result {
+                        tracing::debug!(slot, gateway = %self.gateway, %addr, error = %format!("{e:#}"), "connection ended while shutting down");
                     }
-                    if *shutdown.borrow() {
-                        return;
+                    return;
+                }
+                Ok(Outcome::Refused) => {
+                    if refused_before {
+                        self.metrics.refused(self.index);
+                        tracing::warn!(slot, gateway = %self.gateway, %addr, mechanism = %self.config.mechanism, "{REFUSED}");
+                    } else {
+                        tracing::debug!(slot, gateway = %self.gateway, %addr, "the gateway closed the connection right after our answer to its authorisation request; asking again to tell a refusal from a gateway that is stopping");
                     }
-                    tracing::info!(slot, "connection to the gateway ended; dialling again");
+                    refused_before = true;
+                    backoff.next_delay()
+                }
+                Ok(Outcome::Ended) if registered => {
+                    backoff.lost_registered();
+                    tracing::info!(slot, gateway = %self.gateway, %addr, "the gateway closed the connection; dialling again");
+                    use rand::Rng;
+                    Duration::from_millis(
+                        rand::thread_rng().gen_range(0..RECONNECT_JITTER.as_millis() as u64),
+                    )
+                }
+                Ok(Outcome::Ended) => {
+                    tracing::info!(slot, gateway = %self.gateway, %addr, "the gateway closed the connection before admitting it; dialling again");
+                    backoff.next_delay()
                 }
                 Err(e) => {
-                    self.metrics.failed(0);
-                    tracing::warn!(slot, error = %format!("{e:#}"), "connection to the gateway failed")
+                    self.metrics.failed(self.index);
+                    // A dial failing just after the gateway went away: most likely it is
+                    // restarting. (A registered connection failing is always worth a warn.)
+                    let quiet = !registered && backoff.lost_within(RESTART_QUIET);
+                    if registered && started.elapsed() >= HEALTHY {
+                        backoff.lost_registered();
+                    }
+                    if quiet {
+                        tracing::info!(slot, gateway = %self.gateway, %addr, error = %format!("{e:#}"), "connection to the gateway failed (it went away moments ago; dialling again)");
+                    } else {
+                        tracing::warn!(slot, gateway = %self.gateway, %addr, error = %format!("{e:#}"), "connection to the gateway failed");
+                    }
+                    backoff.next_delay()
                 }
-            }
-            let delay = backoff.next_delay();
+            };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => return,
             }
-            self.metrics.reconnected(0);
+            self.metrics.reconnected(self.index);
         }
     }
 
-    async fn dial_tls(&self) -> Result<TlsStream<TcpStream>> {
+    /// TCP to the first of `addrs` that answers, then TLS.
+    async fn dial_tls(
+        &self,
+        addrs: &[SocketAddr],
+        link: &Link<'_>,
+    ) -> Result<TlsStream<TcpStream>> {
         let host = self.authority.host();
-        let port = self.authority.port_u16().unwrap_or(443);
-        let tcp = tokio::time::timeout(
-            Duration::from_secs(10),
-            TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)),
-        )
-        .await
-        .map_err(|_| anyhow!("connecting to {host}:{port} timed out"))?
-        .with_context(|| format!("connecting to {host}:{port}"))?;
+        let mut last = anyhow!("{host} resolved to no address");
+        let mut reached = None;
+        for &addr in addrs {
+            match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => {
+                    reached = Some(tcp);
+                    link.reached(addr);
+                    break;
+                }
+                Ok(Err(e)) => last = anyhow!(e).context(format!("connecting to {host} at {addr}")),
+                Err(_) => last = anyhow!("connecting to {host} at {addr} timed out"),
+            }
+        }
+        let tcp = reached.ok_or(last)?;
         tcp.set_nodelay(true)?;
         tokio::time::timeout(
             Duration::from_secs(10),
@@ -121,18 +218,20 @@ impl Dialer {
 
     async fn connect_and_serve(
         &self,
-        slot: usize,
+        link: &Link<'_>,
         service: &OriginService,
         shutdown: watch::Receiver<bool>,
-    ) -> Result<()> {
+    ) -> Result<Outcome> {
         let m = self.config.mechanism;
+        let slot = link.slot;
+        let addrs = self.addresses(slot).await?;
         if m.transport() == ptth_core::Transport::Quic {
-            return crate::quic::connect_and_serve(self, slot, service, shutdown).await;
+            return crate::quic::connect_and_serve(self, link, &addrs, service, shutdown).await;
         }
         if self.config.danger_accept_any_gateway && self.config.gateway_pin.is_none() {
-            tracing::warn!(slot, "connecting WITHOUT verifying the gateway's certificate (--danger-accept-any-gateway)");
+            tracing::warn!(slot, gateway = %self.gateway, "connecting WITHOUT verifying the gateway's certificate (--danger-accept-any-gateway)");
         }
-        let tls = self.dial_tls().await?;
+        let tls = self.dial_tls(&addrs, link).await?;
         let offered_alpn = m.tls_alpn(self.config.alpn_set);
         let selected = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         if m.setup() == SetupKind::AlpnOnly && selected.as_deref() != Some(offered_alpn) {
@@ -145,25 +244,30 @@ impl Dialer {
             );
         }
         let inner = ProtocolId::from_bytes(m.reversed_version().alpn_id().to_bytes());
-        match m.setup() {
+        let result = match m.setup() {
             SetupKind::AlpnOnly => {
                 let exporter = ptth_auth::exporter_value(tls.get_ref().1).ok();
                 let authorizer = self.authorizer(exporter);
                 let seen = authorizer.seen.clone();
                 let service = service.with_authorizer(authorizer);
-                tracing::info!(slot, mechanism = %m, "reversed connection up");
-                self.metrics
-                    .slot(0, slot, crate::metrics::SlotState::Registered);
-                let started = tokio::time::Instant::now();
                 let stopping = shutdown.clone();
-                let result = if m == Mechanism::H2Reverse {
-                    let frame = self.origin_frame()?;
-                    let io = ptth_h2::OriginFrameInjector::new(tls, frame);
-                    serve_reversed(io, HttpVersion::Http2, service, &self.config, shutdown).await
-                } else {
-                    serve_reversed(tls, m.reversed_version(), service, &self.config, shutdown).await
+                let serving = async {
+                    if m == Mechanism::H2Reverse {
+                        let frame = self.origin_frame()?;
+                        let io = ptth_h2::OriginFrameInjector::new(tls, frame);
+                        serve_reversed(io, HttpVersion::Http2, service, &self.config, shutdown)
+                            .await
+                    } else {
+                        serve_reversed(tls, m.reversed_version(), service, &self.config, shutdown)
+                            .await
+                    }
                 };
-                warn_if_refused(slot, m, &seen, started, &stopping, &self.metrics);
+                let result =
+                    serve_and_watch_admission(serving, &seen, link, m, "reversed connection up")
+                        .await;
+                if looks_refused(link, &seen, &stopping) {
+                    return Ok(Outcome::Refused);
+                }
                 result
             }
             SetupKind::Upgrade => {
@@ -174,9 +278,7 @@ impl Dialer {
                 let chosen = ptth_core::validate_upgrade_response(&res, &[inner], &self.tokens)?;
                 let version = HttpVersion::from_alpn_id(&chosen)
                     .ok_or_else(|| anyhow!("the gateway chose {chosen:?}"))?;
-                tracing::info!(slot, mechanism = %m, %version, "PTTH upgrade accepted");
-                self.metrics
-                    .slot(0, slot, crate::metrics::SlotState::Registered);
+                link.registered(m, &format!("PTTH upgrade accepted ({version})"));
                 serve_reversed(
                     hyper_util::rt::TokioIo::new(upgraded),
                     version,
@@ -203,9 +305,7 @@ impl Dialer {
                 }
                 let (res, upgraded) = ptth_h1::origin_upgrade(tls, req).await?;
                 ptth_core::validate_legacy_response(&res, &self.tokens)?;
-                tracing::info!(slot, mechanism = %m, "PTTH/1.0 upgrade accepted");
-                self.metrics
-                    .slot(0, slot, crate::metrics::SlotState::Registered);
+                link.registered(m, "PTTH/1.0 upgrade accepted");
                 serve_reversed(
                     hyper_util::rt::TokioIo::new(upgraded),
                     HttpVersion::Http1,
@@ -224,19 +324,47 @@ impl Dialer {
                     ptth_core::validate_connect_response(&stream.response, &[inner], &self.tokens)?;
                 let version = HttpVersion::from_alpn_id(&chosen)
                     .ok_or_else(|| anyhow!("the gateway chose {chosen:?}"))?;
-                tracing::info!(slot, mechanism = %m, %version, "extended CONNECT accepted");
-                self.metrics
-                    .slot(0, slot, crate::metrics::SlotState::Registered);
-                serve_reversed(
-                    hyper_util::rt::TokioIo::new(stream.stream),
-                    version,
-                    service.clone(),
-                    &self.config,
-                    shutdown,
-                )
-                .await
+                link.registered(m, &format!("extended CONNECT accepted ({version})"));
+                let (io, back) =
+                    crate::linger::Linger::new(hyper_util::rt::TokioIo::new(stream.stream));
+                let result =
+                    serve_reversed(io, version, service.clone(), &self.config, shutdown).await;
+                crate::linger::until_peer_closes(back, self.config.shutdown_grace).await;
+                result
             }
             SetupKind::Options => bail!("{m} runs over QUIC, which comes with the HTTP/3 work"),
+        };
+        result.map(|()| Outcome::Ended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backoff_doubles_to_its_cap_and_stays_short_after_a_lost_connection() {
+        let mut b = Backoff::new();
+        let steps: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
+        // Each delay lies in [half, full] of a doubling step capped at 30 s.
+        let mut step = Backoff::FIRST;
+        for d in &steps {
+            assert!(
+                *d >= step / 2 && *d <= step,
+                "{d:?} outside [{:?}, {step:?}]",
+                step / 2
+            );
+            step = (step * 2).min(Backoff::MAX);
         }
+        assert!(steps[11] >= Duration::from_secs(15), "{steps:?}");
+        // After losing a registered connection: from 100 ms again, never above 1 s...
+        b.lost_registered();
+        let after: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
+        assert!(after[0] <= Backoff::FIRST, "{after:?}");
+        assert!(after.iter().all(|d| *d <= RESTART_STEP), "{after:?}");
+        // ... until the restart window has passed.
+        tokio::time::advance(RESTART_WINDOW).await;
+        let later: Vec<Duration> = (0..12).map(|_| b.next_delay()).collect();
+        assert!(later[11] > RESTART_STEP, "{later:?}");
     }
 }

@@ -1,10 +1,11 @@
-//! The [`Dialer`]: what every connection of one origin to its gateway shares, whichever
+//! The [`Dialer`]: what every connection of one origin to one gateway shares, whichever
 //! transport carries it. The TLS client config (for TCP and QUIC alike), the QUIC endpoint,
-//! the setup request's fields, the ORIGIN frame and the answer to the gateway's
-//! authorisation request. `dial` (TCP) and `quic` build on it; it knows neither.
+//! the gateway's addresses, the setup request's fields, the ORIGIN frame, the answer to the
+//! gateway's authorisation request, and the [`Link`] that says when a connection is
+//! registered. `dial` (TCP) and `quic` build on it; it knows neither.
 
 use crate::serve::{AuthorizeSeen, Authorizer};
-use crate::OriginConfig;
+use crate::{OriginConfig, OriginStatus};
 use anyhow::{anyhow, bail, Context, Result};
 use ptth_core::{Mechanism, ProtocolId, SerializedOrigin, SetupRequestParams, SetupTokens};
 use rustls::pki_types::ServerName;
@@ -14,9 +15,17 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_rustls::TlsConnector;
 
-/// Everything one dial needs, shared by all slots.
+/// Everything one dial to one gateway needs, shared by the slots of its pool.
 pub(crate) struct Dialer {
-    pub(crate) config: OriginConfig,
+    pub(crate) config: Arc<OriginConfig>,
+    /// The gateway's URL as configured (log lines name it).
+    pub(crate) gateway: http::Uri,
+    /// Its position in [`OriginStatus::gateways`].
+    pub(crate) index: usize,
+    /// The read-out [`crate::Origin::status`] hands out.
+    pub(crate) status: Arc<watch::Sender<OriginStatus>>,
+    /// Connection counts and readiness, per configured gateway (`index` is this one's).
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) connector: TlsConnector,
     pub(crate) server_name: ServerName<'static>,
     pub(crate) authority: http::uri::Authority,
@@ -25,11 +34,33 @@ pub(crate) struct Dialer {
     pub(crate) signing_key: Option<Arc<ptth_auth::Ed25519SigningKey>>,
     /// The QUIC endpoint, for mechanisms that dial over QUIC.
     pub(crate) quic: QuicClient,
-    /// Connection counts and readiness, per configured gateway.
-    pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Dialer {
+    /// The gateway's addresses, resolved now (each dial re-resolves, so a changed DNS
+    /// answer is followed), in the order slot `slot` tries them: see [`addresses_for_slot`].
+    pub(crate) async fn addresses(&self, slot: usize) -> Result<Vec<SocketAddr>> {
+        let host = self
+            .authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let port = self.authority.port_u16().unwrap_or(443);
+        let addrs: Vec<SocketAddr> = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::net::lookup_host((host, port)),
+        )
+        .await
+        .map_err(|_| anyhow!("resolving {host} timed out"))?
+        .with_context(|| format!("resolving {host}"))?
+        .collect();
+        let addrs = addresses_for_slot(addrs, slot);
+        if addrs.is_empty() {
+            bail!("{host} resolved to no address");
+        }
+        Ok(addrs)
+    }
+
     /// The draft-bt ORIGIN frame: our serialized origins, or the test-only override.
     pub(crate) fn origin_frame(&self) -> Result<ptth_core::OriginFrame> {
         let entries = match &self.config.origin_frame_override {
@@ -76,10 +107,157 @@ impl Dialer {
     }
 }
 
+/// How a connection that did not fail ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// It ended cleanly: the gateway closed it, or we did on shutdown.
+    Ended,
+    /// The gateway closed it right after the answer to its authorisation request: a
+    /// refusal, or a gateway that is stopping (the dial loop tells which).
+    Refused,
+}
+
+/// The order in which slot `slot` of a pool tries a gateway's addresses: IPv4 before IPv6
+/// (a gateway bound to `127.0.0.1` is not reachable on `::1`, and QUIC learns that only by
+/// timing out), duplicates removed, and the slots spread over the addresses of the first
+/// family: slot `i` starts at the `i`-th of them, so a name resolving to several gateways
+/// behind one name gets connections to each, and a slot whose address fails tries the
+/// next ones.
+pub(crate) fn addresses_for_slot(mut addrs: Vec<SocketAddr>, slot: usize) -> Vec<SocketAddr> {
+    let mut seen = std::collections::HashSet::new();
+    addrs.retain(|a| seen.insert(*a));
+    addrs.sort_by_key(SocketAddr::is_ipv6);
+    let v4 = addrs.iter().filter(|a| a.is_ipv4()).count();
+    let first_family = if v4 > 0 { v4 } else { addrs.len() };
+    if first_family > 0 {
+        addrs[..first_family].rotate_left(slot % first_family);
+    }
+    addrs
+}
+
+/// One connection of a slot, from dial to end: where it went, and whether the gateway
+/// registered it. Registration is the event the origin's status counts and the log line
+/// `reversed connection up` marks; it is undone when the link is dropped.
+pub(crate) struct Link<'a> {
+    dialer: &'a Dialer,
+    pub(crate) slot: usize,
+    /// The address the connection reached.
+    pub(crate) addr: std::sync::Mutex<Option<SocketAddr>>,
+    registered: std::sync::atomic::AtomicBool,
+}
+
+impl<'a> Link<'a> {
+    pub(crate) fn new(dialer: &'a Dialer, slot: usize) -> Self {
+        Self {
+            dialer,
+            slot,
+            addr: Default::default(),
+            registered: Default::default(),
+        }
+    }
+
+    /// The connection reached `addr`.
+    pub(crate) fn reached(&self, addr: SocketAddr) {
+        if let Ok(mut a) = self.addr.lock() {
+            *a = Some(addr);
+        }
+    }
+
+    /// The address, for log lines (`-` before the connection reached one).
+    pub(crate) fn addr(&self) -> String {
+        match self.addr.lock().ok().and_then(|a| *a) {
+            Some(a) => a.to_string(),
+            None => "-".to_string(),
+        }
+    }
+
+    /// The gateway admitted this connection: logged once, and counted in the status.
+    pub(crate) fn registered(&self, mechanism: Mechanism, how: &str) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.registered.swap(true, SeqCst) {
+            return;
+        }
+        self.dialer.status.send_modify(|s| {
+            if let Some(g) = s.gateways.get_mut(self.dialer.index) {
+                g.registered += 1;
+            }
+        });
+        self.dialer.metrics.slot(
+            self.dialer.index,
+            self.slot,
+            crate::metrics::SlotState::Registered,
+        );
+        tracing::info!(
+            slot = self.slot,
+            gateway = %self.dialer.gateway,
+            addr = %self.addr(),
+            %mechanism,
+            "{how}"
+        );
+    }
+
+    /// Whether the gateway admitted this connection.
+    pub(crate) fn is_registered(&self) -> bool {
+        self.registered.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Link<'_> {
+    fn drop(&mut self) {
+        if self.is_registered() {
+            self.dialer.status.send_modify(|s| {
+                if let Some(g) = s.gateways.get_mut(self.dialer.index) {
+                    g.registered = g.registered.saturating_sub(1);
+                }
+            });
+        }
+    }
+}
+
+/// On ALPN-only mechanisms nothing tells the origin it was admitted: the gateway asks for
+/// the authorisation answer (Potato §5.2) and then either sends requests or closes the
+/// connection at once. So a connection counts as registered when a request other than the
+/// authorisation request arrives, or when it has stayed open this long since it came up or
+/// answered, whichever was later.
+pub(crate) const ADMISSION_QUIET: Duration = Duration::from_millis(500);
+
+/// Serves `serving` and marks `link` registered per [`ADMISSION_QUIET`]; returns what
+/// `serving` returns.
+pub(crate) async fn serve_and_watch_admission<F: std::future::Future>(
+    serving: F,
+    seen: &AuthorizeSeen,
+    link: &Link<'_>,
+    mechanism: Mechanism,
+    how: &str,
+) -> F::Output {
+    let mut serving = std::pin::pin!(serving);
+    let admitted = async {
+        loop {
+            let changed = seen.changed();
+            let mut changed = std::pin::pin!(changed);
+            changed.as_mut().enable();
+            if seen.any_other_request() {
+                return;
+            }
+            if tokio::time::timeout(ADMISSION_QUIET, changed)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        r = serving.as_mut() => return r,
+        () = admitted => link.registered(mechanism, how),
+    }
+    serving.await
+}
+
 impl std::fmt::Debug for Dialer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Dialer")
-            .field("gateway", &self.authority)
+            .field("gateway", &self.gateway)
             .field("mechanism", &self.config.mechanism)
             .field("origins", &self.origins)
             .finish()
@@ -120,29 +298,21 @@ impl QuicClient {
     }
 }
 
-/// A connection that lived this long was healthy: it resets the dial backoff, and one that
-/// ended sooner, right after the authorisation answer, was most likely refused.
-pub(crate) const HEALTHY: Duration = Duration::from_secs(5);
-
 /// On an ALPN-only connection, a gateway that refuses the authorisation answer closes the
-/// connection without a reason; say so (and count it) when that is what happened.
-pub(crate) fn warn_if_refused(
-    slot: usize,
-    mechanism: Mechanism,
+/// connection without a reason. This says whether that is what this connection looked
+/// like: the answer went out, nothing else was asked, and the connection ended before it
+/// counted as registered, not because we were stopping. A gateway that is itself stopping
+/// can look the same once; the dial loop tells the two apart by asking again.
+pub(crate) fn looks_refused(
+    link: &Link<'_>,
     seen: &AuthorizeSeen,
-    started: tokio::time::Instant,
     stopping: &watch::Receiver<bool>,
-    metrics: &crate::metrics::Metrics,
-) {
-    if seen.only_the_authorisation_request() && started.elapsed() < HEALTHY && !*stopping.borrow() {
-        metrics.refused(0);
-        tracing::warn!(
-            slot,
-            %mechanism,
-            "the gateway closed the connection right after our answer to its authorisation request: it refused this origin's credential or the origins and paths it claims (the gateway's log says which)"
-        );
-    }
+) -> bool {
+    seen.only_the_authorisation_request() && !link.is_registered() && !*stopping.borrow()
 }
+
+/// What the origin logs when the gateway refused the answer to its authorisation request.
+pub(crate) const REFUSED: &str = "the gateway closed the connection right after our answer to its authorisation request: it refused this origin's credential or the origins and paths it claims (the gateway's log says which)";
 
 /// Builds the TLS client config: WebPKI roots by default, or a private CA.
 pub(crate) fn tls_config(config: &OriginConfig) -> Result<rustls::ClientConfig> {
@@ -185,4 +355,53 @@ pub(crate) fn tls_config(config: &OriginConfig) -> Result<rustls::ClientConfig> 
     };
     tls.alpn_protocols = vec![config.mechanism.tls_alpn(config.alpn_set).to_vec()];
     Ok(tls)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn a(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn slots_spread_over_the_addresses_of_the_first_family() {
+        let addrs = vec![
+            a("[::1]:443"),
+            a("10.0.0.1:443"),
+            a("10.0.0.2:443"),
+            a("10.0.0.1:443"),
+            a("10.0.0.3:443"),
+        ];
+        let firsts: Vec<SocketAddr> = (0..6)
+            .map(|slot| addresses_for_slot(addrs.clone(), slot)[0])
+            .collect();
+        assert_eq!(
+            firsts,
+            [
+                a("10.0.0.1:443"),
+                a("10.0.0.2:443"),
+                a("10.0.0.3:443"),
+                a("10.0.0.1:443"),
+                a("10.0.0.2:443"),
+                a("10.0.0.3:443"),
+            ]
+        );
+        // Every slot can fall back to every address, IPv6 last, each once.
+        let order = addresses_for_slot(addrs.clone(), 1);
+        assert_eq!(
+            order,
+            [
+                a("10.0.0.2:443"),
+                a("10.0.0.3:443"),
+                a("10.0.0.1:443"),
+                a("[::1]:443"),
+            ]
+        );
+        // A name with only IPv6 addresses spreads over those.
+        let v6 = vec![a("[::1]:443"), a("[::2]:443")];
+        assert_eq!(addresses_for_slot(v6.clone(), 1)[0], a("[::2]:443"));
+        assert!(addresses_for_slot(Vec::new(), 3).is_empty());
+    }
 }

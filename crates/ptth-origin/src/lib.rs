@@ -1,9 +1,12 @@
 //! The PTTH origin: dials out to a gateway and serves the HTTP requests that come back.
 //!
 //! ```text
-//! Origin::serve(service) ─▶ N slots ─▶ dial ─▶ TLS ─▶ setup (per mechanism) ─▶
-//!     serve HTTP/1.1 or HTTP/2 as the *server* on the connection it dialled
+//! Origin::serve(service) ─▶ per gateway: N slots ─▶ resolve ─▶ dial ─▶ TLS or QUIC ─▶
+//!     setup (per mechanism) ─▶ registered ─▶ serve HTTP/1.1, HTTP/2 or HTTP/3 as the
+//!     *server* on the connection it dialled
 //! ```
+//!
+//! [`Origin::status`] tells, per gateway, how many connections are registered.
 //!
 //! What it serves is any `tower::Service<http::Request<RequestBody>>`: the proxy to a
 //! local upstream ([`service::Proxy`]), the built-in demo ([`service::Hello`]), or your own
@@ -14,6 +17,7 @@ pub mod admin;
 pub mod config;
 mod dial;
 mod dialer;
+mod linger;
 pub mod metrics;
 mod quic;
 mod serve;
@@ -33,6 +37,9 @@ use std::time::Duration;
 pub struct OriginConfig {
     /// The gateway's tunnel URL, `https://host:port`.
     pub gateway: http::Uri,
+    /// Further gateways, each served like `gateway`: its own pool of `connections`, its own
+    /// reconnects (for two gateways behind a load balancer, or an origin in two regions).
+    pub more_gateways: Vec<http::Uri>,
     /// How the connection is reversed.
     pub mechanism: Mechanism,
     /// Which Potato revision's ALPN tokens to offer.
@@ -92,6 +99,7 @@ impl OriginConfig {
     ) -> Self {
         Self {
             gateway,
+            more_gateways: Vec::new(),
             mechanism,
             alpn_set: AlpnSet::default(),
             hosts,
@@ -112,31 +120,59 @@ impl OriginConfig {
             ready_when: metrics::ReadyWhen::All,
         }
     }
+
+    /// Every gateway this origin dials: `gateway`, then `more_gateways`.
+    pub fn gateways(&self) -> impl Iterator<Item = &http::Uri> {
+        std::iter::once(&self.gateway).chain(&self.more_gateways)
+    }
+}
+
+/// What an origin's connections are doing, per gateway: see [`Origin::status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OriginStatus {
+    /// One entry per configured gateway, in the order configured.
+    pub gateways: Vec<GatewayStatus>,
+}
+
+/// The connections to one gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayStatus {
+    /// The gateway's tunnel URL as configured.
+    pub gateway: String,
+    /// Connections kept to it (`connections`).
+    pub slots: usize,
+    /// Connections it has admitted that are still open: the gateway accepted the setup
+    /// and, on mechanisms with one, the answer to its authorisation request.
+    pub registered: usize,
+}
+
+impl OriginStatus {
+    /// Whether every gateway has at least one registered connection.
+    pub fn all_registered(&self) -> bool {
+        !self.gateways.is_empty() && self.gateways.iter().all(|g| g.registered > 0)
+    }
+
+    /// Whether any gateway has a registered connection.
+    pub fn any_registered(&self) -> bool {
+        self.gateways.iter().any(|g| g.registered > 0)
+    }
 }
 
 /// An origin ready to dial.
 #[derive(Debug)]
 pub struct Origin {
-    dialer: Arc<dialer::Dialer>,
+    dialers: Vec<Arc<dialer::Dialer>>,
+    status: Arc<tokio::sync::watch::Sender<OriginStatus>>,
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Origin {
     /// Checks the configuration and prepares TLS.
     pub fn new(config: OriginConfig) -> Result<Self> {
-        if config.gateway.scheme_str() != Some("https") {
-            return Err(anyhow!("--gateway must be an https:// URL"));
+        let mut gateways = Vec::new();
+        for url in config.gateways() {
+            gateways.push(gateway_name(url)?);
         }
-        let authority = config
-            .gateway
-            .authority()
-            .cloned()
-            .ok_or_else(|| anyhow!("--gateway needs a host"))?;
-        let host = authority
-            .host()
-            .trim_start_matches('[')
-            .trim_end_matches(']');
-        let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
-            .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
         if config.hosts.is_empty() {
             return Err(anyhow!("give at least one --host this origin serves"));
         }
@@ -186,30 +222,62 @@ impl Origin {
             (false, _) => {}
         }
         let tls = dialer::tls_config(&config)?;
-        // The configured gateway as the metrics and `/readyz` name it.
-        let gateway_name = format!("https://{authority}");
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+        let slots = config.connections.max(1);
+        let status = Arc::new(tokio::sync::watch::Sender::new(OriginStatus {
+            gateways: config
+                .gateways()
+                .map(|url| GatewayStatus {
+                    gateway: url.to_string(),
+                    slots,
+                    registered: 0,
+                })
+                .collect(),
+        }));
+        // The configured gateways as the metrics and `/readyz` name them.
+        let names: Vec<String> = gateways
+            .iter()
+            .map(|(_, authority, _)| format!("https://{authority}"))
+            .collect();
+        let metrics = Arc::new(metrics::Metrics::new(&names, slots, config.ready_when));
+        let config = Arc::new(config);
+        let dialers = gateways
+            .into_iter()
+            .enumerate()
+            .map(|(index, (url, authority, server_name))| {
+                Arc::new(dialer::Dialer {
+                    connector: connector.clone(),
+                    gateway: url,
+                    index,
+                    server_name,
+                    authority,
+                    origins: origins.clone(),
+                    tokens: ptth_core::SetupTokens::default(),
+                    signing_key: signing_key.clone(),
+                    quic: Default::default(),
+                    config: config.clone(),
+                    status: status.clone(),
+                    metrics: metrics.clone(),
+                })
+            })
+            .collect();
         Ok(Self {
-            dialer: Arc::new(dialer::Dialer {
-                connector: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-                server_name,
-                authority,
-                origins,
-                tokens: ptth_core::SetupTokens::default(),
-                signing_key,
-                quic: Default::default(),
-                metrics: Arc::new(metrics::Metrics::new(
-                    &[gateway_name],
-                    config.connections.max(1),
-                    config.ready_when,
-                )),
-                config,
-            }),
+            dialers,
+            status,
+            metrics,
         })
     }
 
     /// This origin's metrics and readiness (what `--admin` serves).
     pub fn metrics(&self) -> &Arc<metrics::Metrics> {
-        &self.dialer.metrics
+        &self.metrics
+    }
+
+    /// A read-out of the connections per gateway, kept current while [`Origin::serve`]
+    /// runs: a cheap `watch` receiver (`borrow()` it, or wait for `changed()`). For a
+    /// readiness check: [`OriginStatus::all_registered`] or [`OriginStatus::any_registered`].
+    pub fn status(&self) -> tokio::sync::watch::Receiver<OriginStatus> {
+        self.status.subscribe()
     }
 
     /// Serves `service` over `config.connections` reversed connections until `shutdown`
@@ -226,20 +294,18 @@ impl Origin {
         B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
         B::Error: Into<serve::BoxError>,
     {
-        if let Some(addr) = self.dialer.config.admin {
+        if let Some(addr) = self.dialers.first().and_then(|d| d.config.admin) {
             let listener = admin::bind(addr)?;
             tracing::info!(admin = %listener.local_addr()?, "admin listener up");
-            tokio::spawn(admin::serve(listener, self.dialer.metrics.clone()));
+            tokio::spawn(admin::serve(listener, self.metrics.clone()));
         }
         let service = OriginService::new(service);
         let (tx, rx) = tokio::sync::watch::channel(false);
         let mut slots = tokio::task::JoinSet::new();
-        for slot in 0..self.dialer.config.connections.max(1) {
-            slots.spawn(
-                self.dialer
-                    .clone()
-                    .run_slot(slot, service.clone(), rx.clone()),
-            );
+        for dialer in &self.dialers {
+            for slot in 0..dialer.config.connections.max(1) {
+                slots.spawn(dialer.clone().run_slot(slot, service.clone(), rx.clone()));
+            }
         }
         shutdown.await;
         tracing::info!("shutting down: no new requests; finishing those in flight");
@@ -247,4 +313,28 @@ impl Origin {
         while slots.join_next().await.is_some() {}
         Ok(())
     }
+}
+
+/// A gateway URL checked: itself, its authority, and the TLS server name it is dialled by.
+fn gateway_name(
+    url: &http::Uri,
+) -> Result<(
+    http::Uri,
+    http::uri::Authority,
+    rustls::pki_types::ServerName<'static>,
+)> {
+    if url.scheme_str() != Some("https") {
+        return Err(anyhow!("--gateway {url} must be an https:// URL"));
+    }
+    let authority = url
+        .authority()
+        .cloned()
+        .ok_or_else(|| anyhow!("--gateway {url} needs a host"))?;
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
+    Ok((url.clone(), authority, server_name))
 }

@@ -10,7 +10,7 @@
 //!                    reversed HTTP/2 inside the stream
 //! ```
 
-use crate::dialer::{warn_if_refused, Dialer};
+use crate::dialer::{looks_refused, serve_and_watch_admission, Dialer, Link, Outcome};
 use crate::serve::{serve_reversed, BoxError, OriginService};
 use crate::service::websocket::serve_h3_connect;
 use anyhow::{anyhow, bail, Context, Result};
@@ -22,40 +22,76 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// Dials the gateway over QUIC, trying its addresses in turn (IPv4 first: a gateway bound to
-/// `127.0.0.1` is not reachable on `::1`, and QUIC learns that only by timing out).
-async fn dial(dialer: &Dialer) -> Result<quinn::Connection> {
+/// Dials the gateway over QUIC, trying `addrs` in turn (see
+/// [`crate::dialer::addresses_for_slot`] for their order).
+async fn dial(dialer: &Dialer, addrs: &[SocketAddr], link: &Link<'_>) -> Result<quinn::Connection> {
     let (endpoint, client) = dialer.quic.get(&dialer.config)?;
     let host = dialer
         .authority
         .host()
         .trim_start_matches('[')
         .trim_end_matches(']');
-    let port = dialer.authority.port_u16().unwrap_or(443);
-    let mut addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
-        .await
-        .with_context(|| format!("resolving {host}"))?
-        .collect();
-    addrs.sort_by_key(|a| a.is_ipv6());
     let mut last = anyhow!("{host} resolved to no address");
-    for addr in addrs {
-        let connecting = match endpoint.connect_with(client.clone(), addr, host) {
-            Ok(c) => c,
-            Err(e) => {
-                last = anyhow!("connecting to {addr}: {e}");
-                continue;
+    for &addr in addrs {
+        match handshake(endpoint, client, addr, host).await {
+            Ok(c) => {
+                link.reached(addr);
+                return Ok(c);
             }
-        };
-        match tokio::time::timeout(Duration::from_secs(5), connecting).await {
-            Ok(Ok(c)) => return Ok(c),
-            Ok(Err(e)) => {
-                let hint = ptth_auth::gateway_handshake_hint(&e.to_string());
-                last = anyhow!("QUIC handshake with {addr}: {e} ({hint})")
-            }
-            Err(_) => last = anyhow!("QUIC handshake with {addr} timed out"),
+            Err(e) => last = e,
         }
     }
     Err(last)
+}
+
+/// How long one address gets to complete a QUIC handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often a handshake still unanswered is joined by a fresh attempt.
+const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
+
+/// A QUIC handshake with `addr`, with a fresh attempt every [`HANDSHAKE_RETRY`] while none
+/// has completed, the first to complete winning. A port where nothing listens answers UDP
+/// with nothing QUIC can use, and quinn's own retransmissions of the Initial back off
+/// (about 1, 2, 4 s): a gateway restarting on that port would otherwise be reached only
+/// seconds after it listens again.
+async fn handshake(
+    endpoint: &quinn::Endpoint,
+    client: &quinn::ClientConfig,
+    addr: SocketAddr,
+    host: &str,
+) -> Result<quinn::Connection> {
+    use futures_util::StreamExt;
+    let deadline = tokio::time::Instant::now() + HANDSHAKE_TIMEOUT;
+    let mut attempts = futures_util::stream::FuturesUnordered::new();
+    let mut next = tokio::time::Instant::now();
+    let mut last = anyhow!("QUIC handshake with {addr} timed out");
+    loop {
+        if next <= tokio::time::Instant::now() && next < deadline {
+            match endpoint.connect_with(client.clone(), addr, host) {
+                Ok(c) => attempts.push(c),
+                Err(e) => return Err(anyhow!("connecting to {addr}: {e}")),
+            }
+            next += HANDSHAKE_RETRY;
+        }
+        tokio::select! {
+            Some(r) = attempts.next() => match r {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    let hint = ptth_auth::gateway_handshake_hint(&e.to_string());
+                    last = anyhow!("QUIC handshake with {addr}: {e} ({hint})");
+                    // A refusal that came back (not a silence) is the answer.
+                    if attempts.is_empty() && !matches!(e, quinn::ConnectionError::TimedOut) {
+                        return Err(last);
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(next.min(deadline)) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(last);
+                }
+            }
+        }
+    }
 }
 
 /// Serves every request the gateway sends on `h3`, each in its own task, request bodies
@@ -83,18 +119,20 @@ async fn serve_requests(h3: &H3Connection, service: OriginService) {
 /// One QUIC connection: dial, set up per the mechanism, serve until it ends or `shutdown`.
 pub(crate) async fn connect_and_serve(
     dialer: &Dialer,
-    slot: usize,
+    link: &Link<'_>,
+    addrs: &[SocketAddr],
     service: &OriginService,
     shutdown: watch::Receiver<bool>,
-) -> Result<()> {
+) -> Result<Outcome> {
     let m = dialer.config.mechanism;
     if dialer.config.danger_accept_any_gateway && dialer.config.gateway_pin.is_none() {
         tracing::warn!(
-            slot,
+            slot = link.slot,
+            gateway = %dialer.gateway,
             "connecting WITHOUT verifying the gateway's certificate (--danger-accept-any-gateway)"
         );
     }
-    let quic = dial(dialer).await?;
+    let quic = dial(dialer, addrs, link).await?;
     let offered = m.tls_alpn(dialer.config.alpn_set);
     let selected = quic
         .handshake_data()
@@ -113,8 +151,6 @@ pub(crate) async fn connect_and_serve(
     let Some(direction) = RequestDirection::for_mechanism(m) else {
         bail!("{m} does not run over QUIC");
     };
-    // RFC 9220 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 lets the gateway open WebSockets
-    // to this origin's service with extended CONNECT.
     let mut config = H3Config::new(direction)
         .enable_datagrams(true)
         .enable_connect_protocol(direction.sends_requests(ptth_core::Side::Server));
@@ -138,15 +174,19 @@ pub(crate) async fn connect_and_serve(
             let authorizer = dialer.authorizer(exporter);
             let seen = authorizer.seen.clone();
             let service = service.with_authorizer(authorizer);
-            tracing::info!(slot, mechanism = %m, "reversed HTTP/3 connection up");
-            dialer
-                .metrics
-                .slot(0, slot, crate::metrics::SlotState::Registered);
-            let started = tokio::time::Instant::now();
             let stopping = shutdown.clone();
-            let result = serve_h3(h3, service, dialer, shutdown).await;
-            warn_if_refused(slot, m, &seen, started, &stopping, &dialer.metrics);
-            result
+            let result = serve_and_watch_admission(
+                serve_h3(h3, service, dialer, shutdown),
+                &seen,
+                link,
+                m,
+                "reversed HTTP/3 connection up",
+            )
+            .await;
+            if looks_refused(link, &seen, &stopping) {
+                return Ok(Outcome::Refused);
+            }
+            result.map(|()| Outcome::Ended)
         }
         SetupKind::Options => {
             let mut req = ptth_core::options_request(&dialer.params(Vec::new()), &dialer.tokens)?;
@@ -167,11 +207,10 @@ pub(crate) async fn connect_and_serve(
             // PTTH -00 §3: on any 2xx "the gateway starts sending requests on
             // server-initiated bidirectional streams"; they may arrive before the 2xx and
             // wait in the connection's queue.
-            tracing::info!(slot, mechanism = %m, "OPTIONS accepted; serving the gateway's requests");
-            dialer
-                .metrics
-                .slot(0, slot, crate::metrics::SlotState::Registered);
-            serve_h3(h3, service.clone(), dialer, shutdown).await
+            link.registered(m, "OPTIONS accepted; serving the gateway's requests");
+            serve_h3(h3, service.clone(), dialer, shutdown)
+                .await
+                .map(|()| Outcome::Ended)
         }
         SetupKind::ExtendedConnect => {
             let inner = m.inner_alpn();
@@ -188,15 +227,17 @@ pub(crate) async fn connect_and_serve(
             let chosen = ptth_core::validate_connect_response(&res, &[inner], &dialer.tokens)?;
             let version = HttpVersion::from_alpn_id(&chosen)
                 .ok_or_else(|| anyhow!("the gateway chose {chosen:?}"))?;
-            tracing::info!(slot, mechanism = %m, %version, "extended CONNECT over HTTP/3 accepted");
-            dialer
-                .metrics
-                .slot(0, slot, crate::metrics::SlotState::Registered);
+            link.registered(
+                m,
+                &format!("extended CONNECT over HTTP/3 accepted ({version})"),
+            );
+            let (io, back) = crate::linger::Linger::new(stream);
             let result =
-                serve_reversed(stream, version, service.clone(), &dialer.config, shutdown).await;
+                serve_reversed(io, version, service.clone(), &dialer.config, shutdown).await;
+            crate::linger::until_peer_closes(back, dialer.config.shutdown_grace).await;
             // The tunnel is the connection's only use: close it with the tunnel.
             h3.graceful_shutdown().await;
-            result
+            result.map(|()| Outcome::Ended)
         }
         other => bail!("{m} ({other:?}) does not run over QUIC"),
     }

@@ -29,6 +29,86 @@ type Handler = Arc<dyn Fn(Request<RequestBody>) -> BoxFuture + Send + Sync>;
 pub struct OriginService {
     handler: Handler,
     authorizer: Option<Arc<Authorizer>>,
+    /// On reversed HTTP/1.1: what the connection's drain needs to know (see [`H1Drain`]).
+    h1_drain: Option<Arc<H1Drain>>,
+}
+
+/// The drain of one reversed HTTP/1.1 connection. HTTP/1.1 has no GOAWAY: the only way to
+/// tell the gateway "no more requests here" is `Connection: close` on a response (RFC 9112
+/// §9.6: "A server that sends a "close" connection option MUST initiate closure of the
+/// connection ... after it sends the response containing close"), and the gateway must
+/// see it before it picks this connection again. So once `closing` is set, every response
+/// head says `Connection: close`.
+///
+/// A connection with nothing in flight has no response to say it on, and closing it races
+/// with a request the gateway may be writing that instant (which then fails: it was sent).
+/// So an idle connection is kept for [`H1_IDLE_LINGER`] first: a request that arrives then
+/// is answered with `Connection: close`, which closes the connection without a race; one
+/// still idle at the end is closed.
+#[derive(Debug, Default)]
+pub(crate) struct H1Drain {
+    closing: std::sync::atomic::AtomicBool,
+    in_flight: std::sync::atomic::AtomicUsize,
+    /// Woken, once closing, when an exchange starts or the last one ends.
+    changed: tokio::sync::Notify,
+}
+
+/// How long a reversed HTTP/1.1 connection idle at shutdown waits for one more request to
+/// answer with `Connection: close` before it closes (bounded by the grace period).
+pub(crate) const H1_IDLE_LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl H1Drain {
+    fn enter(self: &Arc<Self>) -> InFlight {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.in_flight.fetch_add(1, SeqCst);
+        if self.closing.load(SeqCst) {
+            self.changed.notify_waiters();
+        }
+        InFlight(self.clone())
+    }
+}
+
+/// One exchange on a reversed HTTP/1.1 connection, from the request to the end (or drop)
+/// of its response body.
+struct InFlight(Arc<H1Drain>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if self
+            .0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst)
+            == 1
+        {
+            self.0.changed.notify_waiters();
+        }
+    }
+}
+
+/// A response body that holds its exchange's [`InFlight`] until it ends or is dropped.
+struct Tracked {
+    body: ResponseBody,
+    _exchange: InFlight,
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Answers the gateway's authorisation request on an ALPN-only connection (Potato §5.2):
@@ -62,9 +142,35 @@ pub(crate) struct AuthorizeSeen {
     any_request: std::sync::atomic::AtomicBool,
     answered: std::sync::atomic::AtomicBool,
     other_request: std::sync::atomic::AtomicBool,
+    /// Woken when the answer goes out or another request arrives.
+    change: tokio::sync::Notify,
 }
 
 impl AuthorizeSeen {
+    /// Resolves at the next change (enable it before checking the state).
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.change.notified()
+    }
+
+    /// A request other than the authorisation request arrived.
+    pub(crate) fn any_other_request(&self) -> bool {
+        self.other_request
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note_answer(&self) {
+        self.answered
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.change.notify_waiters();
+    }
+
+    fn note_other_request(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if !self.other_request.swap(true, Relaxed) {
+            self.change.notify_waiters();
+        }
+    }
+
     /// The authorisation request was answered and nothing else was ever asked.
     pub(crate) fn only_the_authorisation_request(&self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
@@ -171,6 +277,7 @@ impl OriginService {
         Self {
             handler,
             authorizer: None,
+            h1_drain: None,
         }
     }
 
@@ -180,6 +287,17 @@ impl OriginService {
         Self {
             handler: self.handler.clone(),
             authorizer: Some(Arc::new(authorizer)),
+            h1_drain: self.h1_drain.clone(),
+        }
+    }
+
+    /// The same service, tracking the exchanges of one reversed HTTP/1.1 connection and
+    /// saying `Connection: close` once `drain` is closing.
+    fn with_h1_drain(&self, drain: Arc<H1Drain>) -> Self {
+        Self {
+            handler: self.handler.clone(),
+            authorizer: self.authorizer.clone(),
+            h1_drain: Some(drain),
         }
     }
 }
@@ -213,23 +331,56 @@ impl OriginService {
         &self,
         req: Request<RequestBody>,
     ) -> Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>> {
+        let Some(drain) = &self.h1_drain else {
+            return self.answer(req);
+        };
+        let exchange = drain.enter();
+        let answer = self.answer(req);
+        Box::pin(async move {
+            let Ok(res) = answer.await;
+            let drain = exchange.0.clone();
+            let mut res = res.map(|body| {
+                Tracked {
+                    body,
+                    _exchange: exchange,
+                }
+                .boxed_unsync()
+            });
+            // Read as late as possible: just before hyper writes this head. A `101` keeps
+            // its `Connection: upgrade`: the connection leaves HTTP with it anyway.
+            if drain.closing.load(std::sync::atomic::Ordering::SeqCst)
+                && res.status() != StatusCode::SWITCHING_PROTOCOLS
+            {
+                res.headers_mut().insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
+            Ok(res)
+        })
+    }
+
+    fn answer(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>> {
         if let Some(authorizer) = &self.authorizer {
-            use std::sync::atomic::Ordering::{AcqRel, Relaxed};
+            use std::sync::atomic::Ordering::AcqRel;
             let first = !authorizer.seen.any_request.swap(true, AcqRel);
             if req.uri().path() == ptth_auth::AUTHORIZE_PATH {
                 if first {
                     let res = authorizer.answer(req.headers());
-                    authorizer.seen.answered.store(true, Relaxed);
+                    authorizer.seen.note_answer();
                     return Box::pin(async move { Ok(res) });
                 }
                 // The gateway asks this only as its first request; a later one is not the
                 // gateway's setup (a public client, if a gateway ever forwarded it), so it
                 // gets no credential and does not reach the application either.
-                authorizer.seen.other_request.store(true, Relaxed);
+                authorizer.seen.note_other_request();
                 let res = text(StatusCode::NOT_FOUND, NOT_FIRST_REASON);
                 return Box::pin(async move { Ok(res) });
             }
-            authorizer.seen.other_request.store(true, Relaxed);
+            authorizer.seen.note_other_request();
         }
         let fut = (self.handler)(req);
         Box::pin(async move { Ok(fut.await) })
@@ -237,8 +388,21 @@ impl OriginService {
 }
 
 /// Serves `version` on `io` until the connection ends or `shutdown` fires; on shutdown the
-/// connection stops taking requests (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`) and those
-/// in flight finish, bounded by the configured grace period.
+/// connection stops taking requests and those in flight finish, bounded by the configured
+/// grace period:
+///
+/// - HTTP/2: GOAWAY (hyper's graceful shutdown: RFC 9113 §6.8 "a server that is attempting
+///   to gracefully shut down a connection SHOULD send an initial GOAWAY frame with the last
+///   stream identifier set to 2^31-1 ... After allowing time for any in-flight stream
+///   creation (at least one round-trip time), the server MAY send another GOAWAY frame with
+///   an updated last stream identifier"), so a request the gateway sent just before the
+///   GOAWAY reached it is still served;
+/// - HTTP/1.1: every response from now on says `Connection: close` and the connection
+///   closes after it; one idle at shutdown closes after [`H1_IDLE_LINGER`] unless a request
+///   comes first (see [`H1Drain`]).
+///
+/// Returns what ended the connection; an error after shutdown started is the gateway
+/// hanging up on a connection we were closing anyway, and is the caller's to judge.
 pub(crate) async fn serve_reversed<IO>(
     io: IO,
     version: HttpVersion,
@@ -249,38 +413,64 @@ pub(crate) async fn serve_reversed<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    macro_rules! run {
-        ($conn:expr) => {{
-            let mut conn = std::pin::pin!($conn);
-            let ended = tokio::select! {
-                r = conn.as_mut() => Some(r),
-                _ = shutdown.wait_for(|s| *s) => None,
-            };
-            match ended {
-                Some(r) => r.map_err(anyhow::Error::from),
-                None => {
+    let grace = config.shutdown_grace;
+    match version {
+        HttpVersion::Http1 => {
+            let drain = Arc::new(H1Drain::default());
+            let conn = ptth_h1::reversed::serve(io, service.with_h1_drain(drain.clone()));
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => return r.map_err(anyhow::Error::from),
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+            drain
+                .closing
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let now = tokio::time::Instant::now();
+            let deadline = now + grace;
+            let linger_until = now + H1_IDLE_LINGER.min(grace);
+            let mut closed = false;
+            loop {
+                let changed = drain.changed.notified();
+                let mut changed = std::pin::pin!(changed);
+                changed.as_mut().enable();
+                let idle = drain.in_flight.load(std::sync::atomic::Ordering::SeqCst) == 0;
+                if !closed && idle && tokio::time::Instant::now() >= linger_until {
+                    // Still nothing in flight: close (hyper closes an idle connection at
+                    // once, or after the exchange it is reading, whose answer says close).
                     conn.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(config.shutdown_grace, conn).await {
-                        Ok(r) => r.map_err(anyhow::Error::from),
-                        Err(_) => {
-                            tracing::warn!(
-                                "requests still running after the grace period; closing"
-                            );
-                            Ok(())
-                        }
+                    closed = true;
+                }
+                tokio::select! {
+                    r = conn.as_mut() => return r.map_err(anyhow::Error::from),
+                    _ = changed, if !closed => {}
+                    _ = tokio::time::sleep_until(linger_until), if !closed && idle => {}
+                    _ = tokio::time::sleep_until(deadline) => {
+                        tracing::warn!("requests still running after the grace period; closing");
+                        return Ok(());
                     }
                 }
             }
-        }};
-    }
-    match version {
-        HttpVersion::Http1 => run!(ptth_h1::reversed::serve(io, service)),
+        }
         HttpVersion::Http2 => {
             let options = ptth_h2::ServeOptions {
                 max_concurrent_streams: config.max_concurrent_streams,
                 ..Default::default()
             };
-            run!(ptth_h2::reversed::serve(io, service, options))
+            let conn = ptth_h2::reversed::serve(io, service, options);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => return r.map_err(anyhow::Error::from),
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(grace, conn).await {
+                Ok(r) => r.map_err(anyhow::Error::from),
+                Err(_) => {
+                    tracing::warn!("requests still running after the grace period; closing");
+                    Ok(())
+                }
+            }
         }
         HttpVersion::Http3 => anyhow::bail!("HTTP/3 is not carried over a byte stream"),
     }
