@@ -1,9 +1,10 @@
-//! Project automation: `cargo xtask ci | tidy | demo`.
+//! Project automation: `cargo xtask ci | tidy | demo | interop | fuzz | bench | hostile | chaos`.
 //!
 //! `cargo xtask ci` runs exactly what CI runs. Keep this crate dependency-light: it shells out
 //! to cargo and to the binaries this workspace builds.
 
 mod bench;
+mod chaos;
 mod demo;
 mod fuzz;
 mod hostile;
@@ -27,6 +28,7 @@ fn main() -> Result<()> {
         "interop" => interop::run(&project_root(), &rest),
         "bench" => bench::run(&project_root(), &rest),
         "hostile" => hostile::run(&project_root(), &rest),
+        "chaos" => chaos::run(&project_root(), &rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
@@ -46,7 +48,10 @@ fn main() -> Result<()> {
                           connections; writes docs/benchmarks.md (--smoke: seconds, writes nothing)\n  \
                  hostile  the edge battery: what an attacker does to the public and tunnel ports,\n           \
                           against the release binaries (setup floods, slow headers, credential\n           \
-                          probes, spoofed forwarding fields, scope floods, rotation, pins)"
+                          probes, spoofed forwarding fields, scope floods, rotation, pins)\n  \
+                 chaos    HAProxy, two gateways and three origins under load while origins and\n           \
+                          gateways are rolled (SIGTERM) and killed (SIGKILL); ok / failed /\n           \
+                          wrong per phase (--quick: seconds per phase, as in CI)"
             );
             if cmd == "help" || cmd == "--help" {
                 Ok(())
@@ -103,6 +108,8 @@ fn ci(args: &[String]) -> Result<()> {
         bench::run(&root, &["--smoke".to_string()])?;
         // The edge battery, on the release binaries the bench just built.
         hostile::run(&root, &[])?;
+        // Restarts and kills under load, short: no rolled phase may lose a request.
+        chaos::run(&root, &["--quick".to_string()])?;
     }
     eprintln!("xtask ci: all green");
     Ok(())
