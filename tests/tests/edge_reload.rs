@@ -32,7 +32,7 @@ struct Served {
     host: &'static str,
     mechanism: &'static str,
     args: Vec<String>,
-    /// The name its grant had when it was admitted (the log's `origin=` field).
+    /// The name its grant had when it was admitted (the log's `grant=` field).
     grant: &'static str,
     after: After,
 }
@@ -119,7 +119,7 @@ async fn rotate(dir: &TempDir, before: &str, after: &str, origins: &[Served]) {
         // Two origins may serve one host: wait for this one's own registration.
         wait_for_log_line(&log, "origin connection registered", 90, |l| {
             l.contains("origin connection registered")
-                && log_field_is(l, "origin", o.grant)
+                && log_field_is(l, "grant", o.grant)
                 && log_field_is(l, "mechanism", o.mechanism)
         })
         .await
@@ -127,7 +127,7 @@ async fn rotate(dir: &TempDir, before: &str, after: &str, origins: &[Served]) {
     }
     let registered = |grant: &str| {
         conn_ids(&log_lines(&log, |l| {
-            l.contains("origin connection registered") && log_field_is(l, "origin", grant)
+            l.contains("origin connection registered") && log_field_is(l, "grant", grant)
         }))
     };
     // The connections that must survive, and a request in flight on each doomed one.
@@ -155,7 +155,7 @@ async fn rotate(dir: &TempDir, before: &str, after: &str, origins: &[Served]) {
         let needle = format!("origin connection drained on reload: {reason}");
         let line = wait_for_log_line(&log, &needle, 60, |l| {
             l.contains(&needle)
-                && log_field_is(l, "origin", o.grant)
+                && log_field_is(l, "grant", o.grant)
                 && log_field_is(l, "mechanism", o.mechanism)
         })
         .await
@@ -206,7 +206,7 @@ async fn rotate(dir: &TempDir, before: &str, after: &str, origins: &[Served]) {
         assert!(
             !drained_lines
                 .iter()
-                .any(|l| log_field_is(l, "origin", o.grant)),
+                .any(|l| log_field_is(l, "grant", o.grant)),
             "{}: drained although its credential did not change:\n{drained_lines:#?}",
             o.host
         );
