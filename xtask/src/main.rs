@@ -93,6 +93,36 @@ fn ci(args: &[String]) -> Result<()> {
     // Binaries are built first so the end-to-end tests can start them as real processes.
     run(&root, "cargo", &["build", "--workspace", "--bins"])?;
     run(&root, "cargo", &["test", "--workspace", "--no-fail-fast"])?;
+    // The layer crates' examples run to completion (each asserts what it prints), and their
+    // docs build without a warning (missing docs, broken intra-doc links).
+    for (krate, example) in [
+        ("ptth-core", "setup"),
+        ("ptth-core", "reverse_connect"),
+        ("ptth-h1", "h1_duplex"),
+        ("ptth-h2", "h2_duplex"),
+        ("ptth-h3", "reversed_quic"),
+        ("ptth-auth", "grants"),
+    ] {
+        run(
+            &root,
+            "cargo",
+            &["run", "-q", "-p", krate, "--example", example],
+        )?;
+    }
+    let mut doc = vec!["doc", "--no-deps"];
+    for krate in ["ptth-core", "ptth-h1", "ptth-h2", "ptth-h3", "ptth-auth"] {
+        doc.extend(["-p", krate]);
+    }
+    eprintln!("$ RUSTDOCFLAGS=\"-D warnings\" cargo {}", doc.join(" "));
+    let status = Command::new("cargo")
+        .args(&doc)
+        .env("RUSTDOCFLAGS", "-D warnings")
+        .current_dir(&root)
+        .status()
+        .context("could not start cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed: {status}", doc.join(" "));
+    }
     tidy::run(&root)?;
     if !tests_only {
         // The conformance matrix's quick subset: real curl, h2load and our HTTP/3 client

@@ -14,6 +14,7 @@ use crate::names::dns_name_matches;
 /// A certificate that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot read the certificate: {0}")]
+#[non_exhaustive]
 pub struct CertError(String);
 
 /// The parts of a leaf certificate that identities and ORIGIN checks use.

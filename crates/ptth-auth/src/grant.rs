@@ -127,6 +127,7 @@ pub enum OriginPattern {
 /// Why an origin pattern did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid origin pattern {pattern:?}: {why}")]
+#[non_exhaustive]
 pub struct PatternError {
     pattern: String,
     why: String,

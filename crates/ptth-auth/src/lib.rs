@@ -38,6 +38,7 @@
 //! assert!(authorize(&grants, &proved, &origins, &["/apix".to_string()]).is_err());
 //! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs)]
 
 mod authenticate;
 mod authorize;

@@ -246,6 +246,7 @@ impl ServerCertVerifier for GatewayCertVerifier {
 /// `CertificateError::Other`), so the origin's log says why it refused the gateway.
 #[derive(Clone, PartialEq, Eq, thiserror::Error)]
 #[error("the gateway's certificate key does not match --gateway-pin (its SPKI SHA-256 is {presented}, the pin is {pinned})")]
+#[non_exhaustive]
 pub struct GatewayPinMismatch {
     /// Hex SHA-256 of the SubjectPublicKeyInfo the gateway presented.
     pub presented: String,

@@ -82,6 +82,7 @@ impl fmt::Display for CloseReason {
 /// An input that is not allowed in the current state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{event} is not allowed in state {state:?}")]
+#[non_exhaustive]
 pub struct LifecycleError {
     /// The state the connection was in.
     pub state: ConnectionState,

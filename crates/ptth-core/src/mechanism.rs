@@ -115,6 +115,7 @@ impl fmt::Display for AlpnSet {
 /// A name that is not one of the known values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {what} {got:?}; expected one of: {valid}")]
+#[non_exhaustive]
 pub struct UnknownName {
     what: &'static str,
     got: String,

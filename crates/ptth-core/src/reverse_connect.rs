@@ -365,6 +365,7 @@ pub enum ControlCapsule {
 /// A malformed capsule and which one it was.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("malformed {kind}: {why}")]
+#[non_exhaustive]
 pub struct ControlCapsuleError {
     /// The capsule type.
     pub kind: CapsuleType,

@@ -105,6 +105,7 @@ pub struct StreamId(u64);
 /// A value is out of range for the ID type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{value} is out of range (maximum {max})")]
+#[non_exhaustive]
 pub struct OutOfRange {
     value: u64,
     max: u64,

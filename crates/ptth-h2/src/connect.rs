@@ -2,7 +2,7 @@
 //!
 //! draft-kazuho-ptth-ptth-01 §3: the origin sends `CONNECT` with `:protocol = ptth` to the
 //! well-known URI; on a 2xx carrying `alpn`, the chosen protocol runs directly on the DATA of
-//! that stream. RFC 8441 §4: "A client MUST NOT send [:protocol] unless it has received
+//! that stream. RFC 8441 §4: "A client MUST NOT send \[:protocol\] unless it has received
 //! SETTINGS_ENABLE_CONNECT_PROTOCOL with a value of 1", so we wait for the gateway's SETTINGS.
 
 use crate::reversed::{Body, Windows};

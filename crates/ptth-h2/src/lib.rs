@@ -10,7 +10,41 @@
 //! origin:  dial ─▶ TLS ─▶ [connect::origin_connect] ─▶ reversed::serve (HTTP/2 server)
 //! gateway: accept ─▶ TLS ─▶ [hyper server answers 2xx] ─▶ reversed::handshake (HTTP/2 client)
 //! ```
+//!
+//! What it does not do: no sockets, no TLS, no setup validation, no routing. The gateway's
+//! side of the extended CONNECT setup is an ordinary hyper HTTP/2 server with
+//! `enable_connect_protocol()`; `examples/h2_duplex.rs` shows it.
+//!
+//! # Example
+//!
+//! The reversal on its own over an in-memory pipe: the origin holds the end it "dialled" and
+//! serves HTTP/2; the gateway sends the client preface and a request.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use ptth_h2::reversed::{handshake, serve};
+//! use ptth_h2::{ServeOptions, Windows};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//! let (origin_io, gateway_io) = tokio::io::duplex(64 * 1024);
+//! let app = hyper::service::service_fn(|req: http::Request<hyper::body::Incoming>| async move {
+//!     let answer = format!("hello from {}", req.uri().path());
+//!     Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(answer))))
+//! });
+//! tokio::spawn(serve(origin_io, app, ServeOptions::default()));
+//!
+//! let (mut sender, conn) = handshake(gateway_io, Windows::default()).await?;
+//! tokio::spawn(conn);
+//! let empty: ptth_h2::Body = http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync();
+//! let response = sender.send_request(http::Request::get("https://app.example/hi").body(empty)?).await?;
+//! let body = response.into_body().collect().await?.to_bytes();
+//! assert_eq!(&body[..], b"hello from /hi");
+//! # Ok(()) }
+//! ```
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+#![warn(missing_docs)]
 
 pub mod connect;
 pub mod reversed;
