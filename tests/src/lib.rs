@@ -1304,3 +1304,12 @@ pub async fn wait_serving(gw: &Gateway, host: &str, secs: u64) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Taken by the tests that load the machine (rolling restarts under client load, restarts
+/// beside a replacement, retries timed against a dying origin), so those of one test binary
+/// run one at a time. On a two-core CI machine they would otherwise starve each other of
+/// CPU and time out on the machine, not on the product.
+pub async fn load_test_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}

@@ -62,6 +62,7 @@ async fn load(gw_port: u16, host: &'static str, h2: bool, until: Instant, tally:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gateway_restarted_beside_its_replacement_loses_no_request() {
+    let _one_at_a_time = load_test_lock().await;
     let dir = TempDir::new("ops-restart");
     let mut old = Gateway::start(&dir.0, &["--shutdown-grace", "20"])
         .await
@@ -135,6 +136,7 @@ async fn a_gateway_restarted_beside_its_replacement_loses_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_the_startup_grace_a_request_waits_for_its_origin_and_after_it_does_not() {
+    let _one_at_a_time = load_test_lock().await;
     let dir = TempDir::new("ops-grace");
     let gw = Gateway::start(&dir.0, &["--startup-grace", "30"])
         .await
@@ -199,6 +201,7 @@ fn run(binary: &str, args: &[&str]) -> (i32, String, String) {
 
 #[tokio::test]
 async fn check_config_says_ok_or_why_not_on_both_binaries() {
+    let _one_at_a_time = load_test_lock().await;
     let dir = TempDir::new("ops-check");
     let dev = dir.0.join("dev");
     let dev = dev.to_str().unwrap();
@@ -307,6 +310,7 @@ fn signal(pid: u32, sig: &str) {
 
 #[tokio::test]
 async fn systemd_hears_ready_reloading_and_stopping() {
+    let _one_at_a_time = load_test_lock().await;
     let dir = TempDir::new("ops-notify");
     let path = dir.0.join("notify.sock");
     let sock = tokio::net::UnixDatagram::bind(&path).unwrap();
@@ -471,6 +475,7 @@ async fn retry_origin(gw: &Gateway, upstream: &Holding) -> Origin {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_get_whose_origin_dies_before_answering_is_retried_and_a_post_is_not() {
+    let _one_at_a_time = load_test_lock().await;
     let dir = TempDir::new("ops-retry");
     let gw = Gateway::start(&dir.0, &[]).await.unwrap();
     let ups = [Holding::start().await, Holding::start().await];

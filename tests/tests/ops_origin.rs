@@ -39,21 +39,25 @@ fn pattern(n: usize) -> Vec<u8> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_rh2_origins_loses_no_request() {
+    let _one_at_a_time = load_test_lock().await;
     rolling_restart("rh2").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_rh1_origins_loses_no_request() {
+    let _one_at_a_time = load_test_lock().await;
     rolling_restart("rh1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_upgrade_h1_origins_loses_no_request() {
+    let _one_at_a_time = load_test_lock().await;
     rolling_restart("upgrade-h1").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_rh3_origins_loses_no_request() {
+    let _one_at_a_time = load_test_lock().await;
     rolling_restart("rh3").await;
 }
 
@@ -176,6 +180,7 @@ const QUIET_STOP: &[&str] = &["rh1", "rh2", "upgrade-h1", "connect-h2", "rh3"];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_sigterm_of_an_origin_logs_no_warning() {
+    let _one_at_a_time = load_test_lock().await;
     let dir = TempDir::new("quiet-stop");
     let gw = Arc::new(Gateway::start(&dir.0, &[]).await.unwrap());
     for m in QUIET_STOP {
@@ -223,6 +228,7 @@ async fn a_clean_sigterm_of_an_origin_logs_no_warning() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_origin_never_logs_its_connection_up() {
+    let _one_at_a_time = load_test_lock().await;
     // The gateway grants a.localhost only; an rh2 origin claiming b.localhost with that
     // token is refused after its answer to the authorisation request.
     let dir = TempDir::new("refused-up");
@@ -264,6 +270,7 @@ async fn a_refused_origin_never_logs_its_connection_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_stopping_is_not_reported_as_a_refusal() {
+    let _one_at_a_time = load_test_lock().await;
     let dir = TempDir::new("gw-stop-quiet");
     let gw = Gateway::start(&dir.0, &[]).await.unwrap();
     let mut origins = Vec::new();
@@ -303,11 +310,13 @@ async fn the_gateway_stopping_is_not_reported_as_a_refusal() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tcp_origins_move_to_a_restarted_gateway_within_a_second() {
+    let _one_at_a_time = load_test_lock().await;
     gateway_restart(&["rh1", "rh2", "upgrade-h1", "connect-h2"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quic_origins_move_to_a_restarted_gateway_within_a_second() {
+    let _one_at_a_time = load_test_lock().await;
     gateway_restart(&["rh3", "connect-h3"]).await;
 }
 
@@ -363,6 +372,7 @@ async fn gateway_restart(mechanisms: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_origin_serves_through_each_of_several_gateways() {
+    let _one_at_a_time = load_test_lock().await;
     let dir = TempDir::new("two-gateways");
     // Both gateways from one dev directory: one CA and one token.
     let first = Gateway::start(&dir.0, &[]).await.unwrap();
