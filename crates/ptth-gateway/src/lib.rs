@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! public client ─▶ public listener (HTTP/1.1, h2c, TLS, HTTP/3) ─▶ Proxy ─▶
-//!     Registry (scope → own worker → least outstanding) ─▶ Sender (reversed HTTP/1.1,
+//!     Registry (scope → least outstanding → own worker) ─▶ Sender (reversed HTTP/1.1,
 //!     HTTP/2 or HTTP/3) ─▶ origin
 //! origin ─▶ tunnel listener (TLS over TCP, or QUIC) ─▶ admission (ALPN, setup,
 //!     authentication, one path for both transports) ─▶ Registry

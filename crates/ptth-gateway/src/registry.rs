@@ -5,8 +5,8 @@
 //! (the origin's HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`, or one for HTTP/1.1). Routing
 //! picks, among the connections whose scope matches the request, the best-ranked scope
 //! ([`Scope::rank`]: the request's own scheme, the longest path prefix, an explicit port),
-//! then a connection on the request's own worker (`crate::workers`), then the least
-//! outstanding requests relative to capacity. When every matching connection is full, the
+//! then the least outstanding requests relative to capacity, then (among equally loaded
+//! connections) one on the request's own worker (`crate::workers`). When every matching connection is full, the
 //! request waits in a queue bounded in total and per host.
 //!
 //! The router is an index by scope host: a connection sits in one bucket per host it
@@ -744,9 +744,13 @@ fn pick_in(bucket: &[Arc<OriginConn>], target: &RequestTarget, avoid: Option<u64
             // Capacity is read once per candidate: for HTTP/2 it asks the connection.
             let (out, cap) = (c.outstanding(), c.capacity().max(1));
             let local = here.is_some() && c.worker == here;
+            // Least outstanding (relative to capacity) first; a connection on this worker
+            // wins only among equally loaded ones. Preferring it outright would pin every
+            // request that arrives on one worker to the origin connection that worker holds,
+            // and leave an idle origin on another worker unused.
             let better = |(_, l, o, k): (&Arc<OriginConn>, bool, usize, usize)| {
-                (local && !l)
-                    || (local == l && (out as u128 * k as u128) < (o as u128 * cap as u128))
+                let (mine, theirs) = (out as u128 * k as u128, o as u128 * cap as u128);
+                mine < theirs || (mine == theirs && local && !l)
             };
             if out < cap && best.is_none_or(better) {
                 best = Some((c, local, out, cap));

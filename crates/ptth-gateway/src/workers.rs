@@ -4,9 +4,9 @@
 //! Each worker accepts on its own `SO_REUSEPORT` socket of every TCP listener
 //! ([`Workers::listen_each`]): the kernel spreads new connections, public and origin, over
 //! the workers by their address and port, and nothing moves a connection afterwards. An
-//! origin connection's driver runs on the worker that accepted it, and the router prefers
-//! a connection on the request's own worker ([`current`], read by the registry), so in the
-//! common case a request crosses no thread. Each QUIC endpoint keeps one UDP socket, read
+//! origin connection's driver runs on the worker that accepted it, and among equally loaded
+//! connections the router prefers one on the request's own worker ([`current`], read by
+//! the registry), so when load allows a request crosses no thread. Each QUIC endpoint keeps one UDP socket, read
 //! on one worker, and its connections are spread over the workers ([`RoundRobin`] for the
 //! public HTTP/3 endpoint; every worker accepting from the tunnel's); `docs/performance.md`
 //! says why the sockets are not split.
