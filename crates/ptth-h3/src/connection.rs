@@ -614,7 +614,7 @@ impl H3Connection {
     /// ensures that the peer stops creating new requests or pushes. After allowing time for
     /// any in-flight requests or pushes to arrive, the endpoint can send another GOAWAY
     /// frame indicating which requests or pushes it might accept before the end of the
-    /// connection." The time allowed is [`GOAWAY_SETTLE`] or three round trips, whichever
+    /// connection." The time allowed is `GOAWAY_SETTLE` (100 ms) or three round trips, whichever
     /// is longer.
     pub async fn graceful_shutdown(&self) {
         let shared = &self.shared;
