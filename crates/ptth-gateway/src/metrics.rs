@@ -416,6 +416,11 @@ impl Metrics {
         self.retries.get_or_create(&[("reason", reason)]).inc();
     }
 
+    /// How many requests were sent again for `reason` since start.
+    pub(crate) fn retries(&self, reason: &'static str) -> u64 {
+        self.retries.get_or_create(&[("reason", reason)]).get()
+    }
+
     /// A public connection opened on `listener` (0 cleartext, 1 TLS, 2 HTTP/3); the gauge
     /// goes down when the returned guard is dropped.
     pub(crate) fn public_connection(&self, listener: PublicListener) -> OpenConnection {

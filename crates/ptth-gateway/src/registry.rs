@@ -299,9 +299,6 @@ pub struct Registry {
     /// Until when a request for a host no origin serves waits for one to register (the
     /// start-up grace, [`Registry::start_grace`]) instead of failing at once.
     startup_until: std::sync::OnceLock<tokio::time::Instant>,
-    /// Requests the proxy sent a second time after their connection died before any
-    /// response header (safe methods without a body; `crate::proxy`), for metrics.
-    retries: AtomicU64,
     /// This gateway's metrics (the admin listener serves them).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
 }
@@ -376,6 +373,9 @@ enum Pick {
     NoRoute,
 }
 
+/// The `reason` label of a retry after the request's connection died before answering.
+const RETRY_CONNECTION_DIED: &str = "connection_died";
+
 impl Registry {
     /// An empty registry.
     pub fn new(limits: QueueLimits) -> Arc<Self> {
@@ -387,7 +387,6 @@ impl Registry {
             limits,
             waiting: Mutex::new(HashMap::new()),
             startup_until: std::sync::OnceLock::new(),
-            retries: AtomicU64::new(0),
             metrics: Arc::default(),
         })
     }
@@ -411,14 +410,13 @@ impl Registry {
     /// Counts one request sent again on another connection after its first one died before
     /// answering ([`Registry::retries`]).
     pub fn count_retry(&self) {
-        self.retries.fetch_add(1, Ordering::Relaxed);
-        self.metrics.retried("connection_died");
+        self.metrics.retried(RETRY_CONNECTION_DIED);
     }
 
     /// Requests sent again on another connection after theirs died before any response
     /// header (GET, HEAD or OPTIONS without a body; at most once each), since start.
     pub fn retries(&self) -> u64 {
-        self.retries.load(Ordering::Relaxed)
+        self.metrics.retries(RETRY_CONNECTION_DIED)
     }
 
     /// Resolves once no origin connection is registered.
