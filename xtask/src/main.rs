@@ -9,6 +9,7 @@ mod demo;
 mod fuzz;
 mod hostile;
 mod interop;
+mod package;
 mod procs;
 mod tidy;
 
@@ -29,12 +30,13 @@ fn main() -> Result<()> {
         "bench" => bench::run(&project_root(), &rest),
         "hostile" => hostile::run(&project_root(), &rest),
         "chaos" => chaos::run(&project_root(), &rest),
+        "package" => package::run(&project_root(), &rest),
         _ => {
             eprintln!(
                 "usage: cargo xtask <command>\n\n\
                  commands:\n  \
                  ci     run exactly what CI runs: fmt --check, clippy -D warnings, tests, tidy,\n         \
-                        interop --quick, fuzz --time 3, bench --smoke, hostile\n         \
+                        package, interop --quick, fuzz --time 3, bench --smoke, hostile\n         \
                         (--tests-only: stop after tidy)\n  \
                  tidy   check the architecture rules (layering, sans-IO core, no import circle\n         \
                         inside a crate, //! headers)\n  \
@@ -52,7 +54,9 @@ fn main() -> Result<()> {
                  chaos    HAProxy, two gateways and three origins under load while origins and\n           \
                           gateways are rolled (SIGTERM) and killed (SIGKILL); ok / failed /\n           \
                           wrong per phase (--quick: seconds per phase; not in CI while a known\n           \
-                          rh2 drain race can lose one request in a roll, see issue 11)"
+                          rh2 drain race can lose one request in a roll, see issue 11)\n  \
+                 package  cargo package --no-verify for each library crate, and cargo check of\n           \
+                          each crate alone (its own features only) in target/alone"
             );
             if cmd == "help" || cmd == "--help" {
                 Ok(())
@@ -126,6 +130,8 @@ fn ci(args: &[String]) -> Result<()> {
     }
     tidy::run(&root)?;
     if !tests_only {
+        // Each library crate packages, and compiles with only the features it asks for.
+        package::run(&root, &[])?;
         // The conformance matrix's quick subset: real curl, h2load and our HTTP/3 client
         // against real processes, and the request-smuggling battery.
         interop::run(&root, &["--quick".to_string()])?;
