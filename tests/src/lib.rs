@@ -240,6 +240,11 @@ impl Origin {
         let _ = self.child.kill().await;
     }
 
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
         let pid = self.child.id().ok_or_else(|| anyhow!("already exited"))?;
@@ -1025,16 +1030,25 @@ pub struct LogLines {
 }
 
 impl LogLines {
-    /// Reads `stderr` in a task until it closes.
+    /// Reads `stderr` in a task until it closes, or until [`LogLines::close`].
     pub fn follow(stderr: tokio::process::ChildStderr, label: &str) -> Self {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let label = label.to_string();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                eprintln!("[{label}] {line}");
-                if tx.send(line).is_err() {
-                    break;
+            loop {
+                tokio::select! {
+                    line = lines.next_line() => match line {
+                        Ok(Some(line)) => {
+                            eprintln!("[{label}] {line}");
+                            if tx.send(line).is_err() {
+                                break;
+                            }
+                        }
+                        _ => break,
+                    },
+                    // Closed by the test: the pipe's read end goes with this task.
+                    () = tx.closed() => break,
                 }
             }
         });
@@ -1063,6 +1077,10 @@ impl LogLines {
             }
         }
     }
+
+    /// Stops reading: the read end of the process's stderr pipe closes now, and every line
+    /// the process logs from then on fails to be written.
+    pub fn close(self) {}
 
     /// Every line read so far (those [`LogLines::wait_for`] went through).
     pub fn seen(&self) -> &[String] {
@@ -1106,7 +1124,11 @@ impl Origin {
                 .arg(gw.dev.join("origin.key"));
         }
         cmd.args(extra)
-            .env("RUST_LOG", "info")
+            // `PTTH_ORIGIN_LOG` raises it when a test needs the origin's debug lines.
+            .env(
+                "RUST_LOG",
+                std::env::var("PTTH_ORIGIN_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -1119,6 +1141,20 @@ impl Origin {
             },
             LogLines::follow(stderr, &format!("origin {mechanism} {host}")),
         ))
+    }
+
+    /// Like [`Origin::start_logged`], but the read end of its stderr pipe is closed at once,
+    /// as when whatever read the log (journald, a pipe to a log shipper) went away: every
+    /// line it logs from then on fails to be written (`EPIPE`).
+    pub async fn start_with_stderr_closed(
+        gw: &Gateway,
+        mechanism: &str,
+        host: &str,
+        extra: &[&str],
+    ) -> Result<Self> {
+        let (origin, logs) = Self::start_logged(gw, mechanism, host, extra).await?;
+        logs.close();
+        Ok(origin)
     }
 }
 
@@ -1202,6 +1238,19 @@ impl GatewayLog {
 }
 
 impl Gateway {
+    /// Like [`Gateway::start`], logging at `info` (an access-log line per request) into a
+    /// stderr pipe whose read end is closed at once, as when whatever read the log (journald,
+    /// a pipe to a log shipper) went away: every line fails to be written (`EPIPE`).
+    pub async fn start_with_stderr_closed(dev: &Path, extra: &[&str]) -> Result<Self> {
+        let mut cmd = gateway_command(dev, "127.0.0.1:0", "127.0.0.1:0", extra);
+        cmd.env("RUST_LOG", "info").stderr(Stdio::piped());
+        launch_gateway(cmd, dev, |stderr| {
+            drop(stderr);
+            LogTap::default()
+        })
+        .await
+    }
+
     /// Like [`Gateway::start`], but logging at `info` as JSON into a [`GatewayLog`] the test
     /// reads (each line is also echoed to the test's stderr).
     pub async fn start_logged(dev: &Path, extra: &[&str]) -> Result<(Self, GatewayLog)> {

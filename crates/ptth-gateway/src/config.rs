@@ -690,6 +690,11 @@ pub fn init_logging(format: Option<&str>) -> Result<()> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // A log line that cannot be written is dropped. By default the formatter reports a
+        // failed write with `eprintln!`, which panics when stderr itself is what failed (a
+        // reader that went away: journald restarting, a closed pipe), and the panic kills
+        // whichever task logged: a connection dropped without a word, mid-request.
+        .log_internal_errors(false)
         .with_writer(std::io::stderr);
     match format.unwrap_or("human") {
         "human" => builder.init(),

@@ -94,17 +94,24 @@ async fn serve(
             "dev mode: origins trust the CA above and present this token (only for development)"
         );
     }
-    // Print the bound addresses on stdout, machine-readable, for scripts and tests.
+    // Print the bound addresses on stdout, machine-readable, for scripts and tests. A closed
+    // stdout loses the lines, not the gateway (`println!` would panic).
+    let mut lines = String::new();
     if let Some(a) = gateway.listen {
-        println!("listen={a}");
+        lines.push_str(&format!("listen={a}\n"));
     }
     if let Some(a) = gateway.listen_tls {
-        println!("listen-tls={a}");
+        lines.push_str(&format!("listen-tls={a}\n"));
     }
     if let Some(a) = gateway.admin {
-        println!("admin={a}");
+        lines.push_str(&format!("admin={a}\n"));
     }
-    println!("tunnel={}", gateway.tunnel);
+    lines.push_str(&format!("tunnel={}\n", gateway.tunnel));
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(lines.as_bytes()).and_then(|()| out.flush());
+    }
     notify(&[NotifyState::Ready]);
     // Serves until SIGTERM or Ctrl-C; on SIGHUP re-reads the grants from the config file.
     while let Signal::Reload = signals.next().await {
