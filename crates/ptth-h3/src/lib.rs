@@ -53,6 +53,9 @@
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
+// Peer bytes never panic: no unwrap or expect outside tests (an invariant that cannot fail
+// says so with an allow and its reason).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
 pub mod qpack;
