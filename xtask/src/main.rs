@@ -56,7 +56,7 @@ fn main() -> Result<()> {
                           wrong per phase (--quick: seconds per phase; not in CI while a known\n           \
                           rh2 drain race can lose one request in a roll, see issue 11)\n  \
                  package  cargo package --no-verify for each library crate, and cargo check of\n           \
-                          each crate alone (its own features only) in target/alone"
+                          each crate alone (its own features only)"
             );
             if cmd == "help" || cmd == "--help" {
                 Ok(())

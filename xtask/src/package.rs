@@ -6,11 +6,11 @@
 //!   are inside the crate's directory. `--no-verify` because verifying would resolve
 //!   `ptth-core` from the public registry, where an unrelated crate holds the name; the
 //!   lockfile is left out for the same reason.
-//! - `cargo check -p NAME` for each crate alone, in a target directory of its own
-//!   (`target/alone`): with resolver 2 a package selected alone gets only the features it asks
-//!   for, so a crate that compiles only because a sibling turned a dependency's feature on
-//!   fails here. The directory is shared by the seven checks, so the dependencies are checked
-//!   once per feature set.
+//! - `cargo check -p NAME` for each crate alone: with resolver 2 a package selected alone
+//!   gets only the features it asks for, so a crate that compiles only because a sibling
+//!   turned a dependency's feature on fails here. Artifacts are keyed by their features, so
+//!   the workspace's target directory serves: a dependency is checked again only where a
+//!   crate alone asks for a different feature set than the whole workspace did.
 
 use anyhow::Result;
 use std::path::Path;
@@ -47,18 +47,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         )?;
     }
     for krate in LIBRARY_CRATES {
-        crate::run(
-            root,
-            "cargo",
-            &[
-                "check",
-                "--quiet",
-                "-p",
-                krate,
-                "--target-dir",
-                "target/alone",
-            ],
-        )?;
+        crate::run(root, "cargo", &["check", "--quiet", "-p", krate])?;
     }
     eprintln!(
         "xtask package: {} crates packaged and checked alone",
