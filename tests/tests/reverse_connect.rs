@@ -30,7 +30,10 @@ fn free_port() -> u16 {
 }
 
 /// A TCP echo service; each connection's received bytes are hashed and reported on `done`.
-async fn echo_service() -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<(u64, String)>) {
+async fn echo_service() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(u64, String)>,
+) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
@@ -260,7 +263,9 @@ async fn a_tcp_echo_behind_an_origin_carries_a_bulk_transfer_hashed_on_both_ends
     assert_eq!(back, total, "bytes that came back");
     assert_eq!(service_hash, sent_hash, "what the service received");
     assert_eq!(hex(&hash.finalize()), sent_hash, "what came back");
-    assert!(origin_log.matching("reverse CONNECT control channel failed").is_empty());
+    assert!(origin_log
+        .matching("reverse CONNECT control channel failed")
+        .is_empty());
     Ok(())
 }
 
@@ -281,7 +286,9 @@ async fn a_service_that_is_down_is_declined_and_the_public_socket_closes() -> Re
     let mut tcp = TcpStream::connect(s.down).await?;
     let got = read_until_closed(&mut tcp, 15).await?;
     assert!(got.is_empty(), "{got:?}");
-    origin_log.wait_for("declined a connection request", 5).await?;
+    origin_log
+        .wait_for("declined a connection request", 5)
+        .await?;
     s.gw.log
         .wait_for("the origin declined the connection request", 5)
         .await?;
@@ -400,42 +407,55 @@ async fn a_gateway_reusing_a_request_id_breaks_the_origins_control_channel() -> 
     let url = format!("https://localhost:{}", listener.local_addr()?.port());
     let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
-        let Ok((tcp, _)) = listener.accept().await else { return };
-        let Ok(tls) = acceptor.accept(tcp).await else { return };
-        let svc = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
-            let ended_tx = ended_tx.clone();
-            async move {
-                let on_upgrade = hyper::upgrade::on(&mut req);
-                tokio::spawn(async move {
-                    let Ok(io) = on_upgrade.await else { return };
-                    let mut io = TokioIo::new(io);
-                    // CONNECTION_REQUEST (0x3b7a0c41) id 7 for local TCP port 9, twice.
-                    let mut capsule = BytesMut::new();
-                    capsule.extend_from_slice(&[0xbb, 0x7a, 0x0c, 0x41, 0x05, 0x07, 0x00, 0x06, 0x00, 0x09]);
-                    let twice = [capsule.chunk(), capsule.chunk()].concat();
-                    let _ = io.write_all(&twice).await;
-                    let mut sink = Vec::new();
-                    let end = match tokio::time::timeout(Duration::from_secs(10), io.read_to_end(&mut sink)).await {
-                        Ok(Ok(_)) => "closed".to_string(),
-                        Ok(Err(e)) => format!("reset: {e}"),
-                        Err(_) => "still open".to_string(),
-                    };
-                    let _ = ended_tx.send(end);
-                });
-                let res = http::Response::builder()
-                    .status(200)
-                    .header("capsule-protocol", "?1")
-                    .body(Empty::<Bytes>::new())
-                    .unwrap();
-                Ok::<_, std::convert::Infallible>(res)
-            }
-        });
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(tls) = acceptor.accept(tcp).await else {
+            return;
+        };
+        let svc =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                let ended_tx = ended_tx.clone();
+                async move {
+                    let on_upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(io) = on_upgrade.await else { return };
+                        let mut io = TokioIo::new(io);
+                        // CONNECTION_REQUEST (0x3b7a0c41) id 7 for local TCP port 9, twice.
+                        let mut capsule = BytesMut::new();
+                        capsule.extend_from_slice(&[
+                            0xbb, 0x7a, 0x0c, 0x41, 0x05, 0x07, 0x00, 0x06, 0x00, 0x09,
+                        ]);
+                        let twice = [capsule.chunk(), capsule.chunk()].concat();
+                        let _ = io.write_all(&twice).await;
+                        let mut sink = Vec::new();
+                        let end = match tokio::time::timeout(
+                            Duration::from_secs(10),
+                            io.read_to_end(&mut sink),
+                        )
+                        .await
+                        {
+                            Ok(Ok(_)) => "closed".to_string(),
+                            Ok(Err(e)) => format!("reset: {e}"),
+                            Err(_) => "still open".to_string(),
+                        };
+                        let _ = ended_tx.send(end);
+                    });
+                    let res = http::Response::builder()
+                        .status(200)
+                        .header("capsule-protocol", "?1")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(res)
+                }
+            });
         let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .enable_connect_protocol()
             .serve_connection(TokioIo::new(tls), svc)
             .await;
     });
-    let (_origin, origin_log) = origin(&url, &dev.join("ca.pem"), &["echo=127.0.0.1:1".to_string()])?;
+    let (_origin, origin_log) =
+        origin(&url, &dev.join("ca.pem"), &["echo=127.0.0.1:1".to_string()])?;
     let line = origin_log
         .wait_for("the gateway broke the control channel's rules", 15)
         .await?;

@@ -820,7 +820,10 @@ origins = ["https://a.example"]
         let dup = err("[[grant]]\nname = \"s\"\ntoken = \"t\"\nservices = [\"ssh=tcp/22\", \"ssh=tcp/2222\"]\n");
         assert!(dup.contains("two services are named \"ssh\""), "{dup}");
         let bad = err("[[grant]]\nname = \"s\"\ntoken = \"t\"\nservices = [\"ssh=tcp/0\"]\n");
-        assert!(bad.contains("#1") && bad.contains("the port must be"), "{bad}");
+        assert!(
+            bad.contains("#1") && bad.contains("the port must be"),
+            "{bad}"
+        );
 
         let unknown =
             err("[[grant]]\nname = \"a\"\ntokn = \"x\"\norigins = [\"https://a.example\"]\n");

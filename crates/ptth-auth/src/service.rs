@@ -96,8 +96,14 @@ mod tests {
         assert_eq!(s.protocol, IpProtocol::Tcp);
         assert_eq!(s.port.get(), 22);
         assert_eq!(s.to_string(), "ssh=tcp/22");
-        assert!(s.matches(&Service::local(IpProtocol::Tcp, ServicePort::new(22).unwrap())));
-        assert!(!s.matches(&Service::local(IpProtocol::Udp, ServicePort::new(22).unwrap())));
+        assert!(s.matches(&Service::local(
+            IpProtocol::Tcp,
+            ServicePort::new(22).unwrap()
+        )));
+        assert!(!s.matches(&Service::local(
+            IpProtocol::Udp,
+            ServicePort::new(22).unwrap()
+        )));
         let dns: GrantedService = "dns-1=udp/53".parse().unwrap();
         assert_eq!(dns.protocol, IpProtocol::Udp);
     }

@@ -216,8 +216,11 @@ impl Gateway {
             let bound = listener.local_addr()?;
             tracing::info!(mapping = %mapping, %bound, "TCP port mapping listening");
             tcp_listen.push(bound);
-            let (mapping, services, stopping) =
-                (Arc::new(mapping.clone()), ctx.services.clone(), shutdown.stopping());
+            let (mapping, services, stopping) = (
+                Arc::new(mapping.clone()),
+                ctx.services.clone(),
+                shutdown.stopping(),
+            );
             workers.handle(0).spawn(async move {
                 tokio::select! {
                     () = tcp_listen::serve(listener, mapping, services) => {}

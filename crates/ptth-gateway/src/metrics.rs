@@ -366,7 +366,10 @@ impl Metrics {
     /// A public TCP connection was closed without a flow, for `reason` (one of
     /// [`FLOW_REFUSALS`]).
     pub(crate) fn flow_refused(&self, reason: &'static str) {
-        self.flows.refused.get_or_create(&[("reason", reason)]).inc();
+        self.flows
+            .refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
     }
 
     /// A flow ended having moved these payload bytes.
@@ -377,7 +380,10 @@ impl Metrics {
 
     /// A reverse CONNECT control channel was `opened` or `refused`.
     pub(crate) fn flow_channel(&self, outcome: &'static str) {
-        self.flows.channels.get_or_create(&[("outcome", outcome)]).inc();
+        self.flows
+            .channels
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
     }
 
     /// Whether some hosts have their own label (so requests must say their host).

@@ -64,7 +64,11 @@ impl std::fmt::Display for TcpMapping {
 }
 
 /// Accepts public connections on `listener` for `mapping` until the listener fails.
-pub(crate) async fn serve(listener: TcpListener, mapping: Arc<TcpMapping>, services: Arc<Services>) {
+pub(crate) async fn serve(
+    listener: TcpListener,
+    mapping: Arc<TcpMapping>,
+    services: Arc<Services>,
+) {
     let open = Arc::new(AtomicUsize::new(0));
     loop {
         let (tcp, client) = match listener.accept().await {
@@ -109,8 +113,7 @@ async fn flow(tcp: TcpStream, client: SocketAddr, mapping: &TcpMapping, services
     };
     let (id, channel, origin) = (requested.id, requested.channel, requested.peer);
     let _slot = requested.slot;
-    let accepted =
-        tokio::time::timeout(services.settings.accept_timeout, requested.accepted).await;
+    let accepted = tokio::time::timeout(services.settings.accept_timeout, requested.accepted).await;
     let stream = match accepted {
         Ok(Ok(stream)) => stream,
         Ok(Err(_)) => {
@@ -161,7 +164,13 @@ mod tests {
         assert_eq!(m.listen, "0.0.0.0:2222".parse().unwrap());
         assert_eq!((m.grant.as_str(), m.service.as_str()), ("ssh-box", "ssh"));
         assert_eq!(m.to_string(), "0.0.0.0:2222=ssh-box/ssh");
-        for bad in ["0.0.0.0:2222", "0.0.0.0:2222=ssh", "x=g/ssh", "0.0.0.0:1=/ssh", "0.0.0.0:1=g/SSH"] {
+        for bad in [
+            "0.0.0.0:2222",
+            "0.0.0.0:2222=ssh",
+            "x=g/ssh",
+            "0.0.0.0:1=/ssh",
+            "0.0.0.0:1=g/SSH",
+        ] {
             let e = bad.parse::<TcpMapping>().unwrap_err();
             assert!(e.contains(bad), "{e}");
         }

@@ -269,9 +269,13 @@ async fn serve_h2_setup<IO>(
                 setup: &setup,
             };
             let grants = ctx.grants();
-            if let Some(res) =
-                crate::reverse::route(&mut req, protocol.as_deref(), &arrival, grants, &ctx.services)
-            {
+            if let Some(res) = crate::reverse::route(
+                &mut req,
+                protocol.as_deref(),
+                &arrival,
+                grants,
+                &ctx.services,
+            ) {
                 return Ok(res);
             }
             Ok::<_, std::convert::Infallible>(take_over_setup(

@@ -216,11 +216,16 @@ mod tests {
         // DATA (0x2028d7f2, a 4-byte varint) of length 5, then the payload.
         let mut got = [0u8; 10];
         peer.read_exact(&mut got).await.unwrap();
-        assert_eq!(&got[..], &[0xa0, 0x28, 0xd7, 0xf2, 0x05, b'h', b'e', b'l', b'l', b'o']);
+        assert_eq!(
+            &got[..],
+            &[0xa0, 0x28, 0xd7, 0xf2, 0x05, b'h', b'e', b'l', b'l', b'o']
+        );
         // The peer answers in a DATA capsule, then FINAL_DATA of length 0.
-        peer.write_all(&[0xa0, 0x28, 0xd7, 0xf2, 0x02, b'o', b'k', 0xa0, 0x28, 0xd7, 0xf3, 0x00])
-            .await
-            .unwrap();
+        peer.write_all(&[
+            0xa0, 0x28, 0xd7, 0xf2, 0x02, b'o', b'k', 0xa0, 0x28, 0xd7, 0xf3, 0x00,
+        ])
+        .await
+        .unwrap();
         let mut answer = Vec::new();
         app.shutdown().await.unwrap();
         app.read_to_end(&mut answer).await.unwrap();
@@ -238,10 +243,16 @@ mod tests {
         let (socket, _app) = tokio::io::duplex(1 << 16);
         let (stream, mut peer) = tokio::io::duplex(1 << 16);
         let flow = tokio::spawn(splice(socket, stream, FlowOptions::default()));
-        peer.write_all(&[0xa0, 0x28, 0xd7, 0xf2, 0x09, b'x']).await.unwrap();
+        peer.write_all(&[0xa0, 0x28, 0xd7, 0xf2, 0x09, b'x'])
+            .await
+            .unwrap();
         drop(peer);
         let report = flow.await.unwrap();
-        assert!(matches!(report.end, FlowEnd::Stream(ref e) if e.contains("ended inside")), "{:?}", report.end);
+        assert!(
+            matches!(report.end, FlowEnd::Stream(ref e) if e.contains("ended inside")),
+            "{:?}",
+            report.end
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -350,14 +350,18 @@ impl Cli {
         let mut tcp_services = self
             .tcp_services
             .iter()
-            .map(|s| s.parse::<TcpService>().map_err(|e| anyhow!("--tcp-service {e}")))
+            .map(|s| {
+                s.parse::<TcpService>()
+                    .map_err(|e| anyhow!("--tcp-service {e}"))
+            })
             .collect::<Result<Vec<_>>>()?;
         for s in &self.services {
             if s.protocol != "tcp" {
                 bail!("[[service]] {:?}: protocol must be \"tcp\"", s.name);
             }
-            tcp_services
-                .push(TcpService::new(&s.name, &s.address).map_err(|e| anyhow!("[[service]]: {e}"))?);
+            tcp_services.push(
+                TcpService::new(&s.name, &s.address).map_err(|e| anyhow!("[[service]]: {e}"))?,
+            );
         }
         crate::tcp_service::check_services(&tcp_services)?;
         // An origin that only offers services serves no HTTP: no host, nothing to reverse.

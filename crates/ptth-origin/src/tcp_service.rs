@@ -32,8 +32,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ptth_core::{
     reverse_connect_request, validate_reverse_response, Capsule, CapsuleDecoder, ChannelError,
     Decoded, IpProtoScope, IpProtocol, ListenTarget, OriginChannel, OriginEvent, RequestId,
-    ReverseExchange, ReverseTemplate, Service, ServicePort, SetupForm,
-    DEFAULT_MAX_CONTROL_CAPSULE,
+    ReverseExchange, ReverseTemplate, Service, ServicePort, SetupForm, DEFAULT_MAX_CONTROL_CAPSULE,
 };
 use ptth_h2::flow::{splice, FlowEnd, FlowOptions};
 use ptth_h2::Body;
@@ -255,15 +254,20 @@ async fn channel(dialer: &Dialer, tls: &tokio_rustls::TlsConnector) -> Result<St
                 let Decoded::Capsule(capsule) = item else {
                     continue;
                 };
-                let event = lock(&state).on_capsule(&capsule).map_err(|e: ChannelError| {
-                    // RFC 9297 §3.3: treated as a malformed message; the stream is aborted.
-                    anyhow!("the gateway broke the control channel's rules: {e}")
-                })?;
+                let event = lock(&state)
+                    .on_capsule(&capsule)
+                    .map_err(|e: ChannelError| {
+                        // RFC 9297 §3.3: treated as a malformed message; the stream is aborted.
+                        anyhow!("the gateway broke the control channel's rules: {e}")
+                    })?;
                 match event {
                     Some(OriginEvent::Requested(request)) => {
                         let flow = Flow {
                             id: request.id,
-                            service: services.iter().find(|s| s.wire() == request.service).cloned(),
+                            service: services
+                                .iter()
+                                .find(|s| s.wire() == request.service)
+                                .cloned(),
                             asked: request.service,
                             state: state.clone(),
                             control: tx.clone(),
@@ -370,7 +374,10 @@ impl Flow {
         let tcp = match dialled {
             Ok(Ok(tcp)) => tcp,
             Ok(Err(e)) => {
-                self.decline(&format!("service {} at {}: {e}", service.name, service.address));
+                self.decline(&format!(
+                    "service {} at {}: {e}",
+                    service.name, service.address
+                ));
                 return;
             }
             Err(_) => {
@@ -407,8 +414,12 @@ impl Flow {
         };
         let report = splice(tcp, stream, options).await;
         match report.end {
-            FlowEnd::Closed => tracing::debug!(request = %self.id, service = %service.name, to_gateway = report.to_stream, to_service = report.to_socket, "TCP flow closed"),
-            end => tracing::info!(request = %self.id, service = %service.name, reason = %end, "TCP flow closed"),
+            FlowEnd::Closed => {
+                tracing::debug!(request = %self.id, service = %service.name, to_gateway = report.to_stream, to_service = report.to_socket, "TCP flow closed")
+            }
+            end => {
+                tracing::info!(request = %self.id, service = %service.name, reason = %end, "TCP flow closed")
+            }
         }
     }
 }
@@ -420,8 +431,14 @@ mod tests {
     #[test]
     fn services_parse_and_one_port_is_one_service() {
         let s: TcpService = "ssh=127.0.0.1:22".parse().unwrap();
-        assert_eq!((s.name.as_str(), s.address.as_str(), s.port.get()), ("ssh", "127.0.0.1:22", 22));
-        assert_eq!(s.wire(), Service::local(IpProtocol::Tcp, ServicePort::new(22).unwrap()));
+        assert_eq!(
+            (s.name.as_str(), s.address.as_str(), s.port.get()),
+            ("ssh", "127.0.0.1:22", 22)
+        );
+        assert_eq!(
+            s.wire(),
+            Service::local(IpProtocol::Tcp, ServicePort::new(22).unwrap())
+        );
         let v6: TcpService = "db=[::1]:5432".parse().unwrap();
         assert_eq!(v6.port.get(), 5432);
         for bad in ["ssh", "ssh=127.0.0.1", "ssh=:22", "ssh=h:0", "SSH=h:22"] {
