@@ -321,6 +321,7 @@ origins = ["https://seven.example.com"]
                     identity: Identity::Spki(pin),
                     origins: vec!["https://pinned.example.com".parse().unwrap()],
                     path_prefixes: vec!["/".into()],
+                    services: Vec::new(),
                 });
                 Grants::new(all).unwrap()
             })

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::encoding::{hex, parse_key32, unhex};
 use crate::names::{one_label_under, strip_root};
+use crate::service::GrantedService;
 use crate::token::BearerToken;
 
 /// Who a grant is for: one kind of credential.
@@ -227,9 +228,17 @@ pub struct Grant {
     pub origins: Vec<OriginPattern>,
     /// The path prefixes it may register, normalised (`/` is everything).
     pub path_prefixes: Vec<String>,
+    /// The services it may offer through reverse CONNECT (`services = ["ssh=tcp/22"]`);
+    /// empty: none.
+    pub services: Vec<GrantedService>,
 }
 
 impl Grant {
+    /// The service this grant calls `name`, if it allows one by that name.
+    pub fn service(&self, name: &str) -> Option<&GrantedService> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
     /// Whether this grant allows `origin` at all (any path).
     pub fn allows_origin(&self, origin: &SerializedOrigin) -> bool {
         self.origins.iter().any(|p| p.matches(origin))
@@ -314,6 +323,8 @@ pub struct GrantSpec {
     #[serde(default)]
     origins: Vec<String>,
     paths: Option<Vec<String>>,
+    #[serde(default)]
+    services: Vec<String>,
 }
 
 impl fmt::Debug for GrantSpec {
@@ -336,6 +347,7 @@ impl fmt::Debug for GrantSpec {
             .field("key_id", &self.key_id)
             .field("origins", &self.origins)
             .field("paths", &self.paths)
+            .field("services", &self.services)
             .finish()
     }
 }
@@ -428,8 +440,19 @@ impl GrantSpec {
         } else {
             return Err("no identity".into());
         };
-        if self.origins.is_empty() {
-            return Err("origins is empty: a grant must name the origins it allows".into());
+        if self.origins.is_empty() && self.services.is_empty() {
+            return Err(
+                "origins is empty: a grant must name the origins (or services) it allows".into(),
+            );
+        }
+        let services = self
+            .services
+            .iter()
+            .map(|s| s.parse::<GrantedService>())
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut seen = HashSet::new();
+        if let Some(dup) = services.iter().find(|s| !seen.insert(s.name.as_str())) {
+            return Err(format!("two services are named {:?}", dup.name));
         }
         let origins = self
             .origins
@@ -442,6 +465,7 @@ impl GrantSpec {
             identity,
             origins,
             path_prefixes,
+            services,
         })
     }
 }
@@ -474,8 +498,8 @@ impl Grants {
             if !names.insert(g.name.clone()) {
                 return Err(GrantError::DuplicateName(g.name));
             }
-            if g.origins.is_empty() {
-                return Err(invalid("no origins".into(), &g));
+            if g.origins.is_empty() && g.services.is_empty() {
+                return Err(invalid("no origins and no services".into(), &g));
             }
             if g.path_prefixes.is_empty() {
                 return Err(invalid("no path prefixes (use \"/\" for all)".into(), &g));
@@ -530,6 +554,8 @@ impl Grants {
                     name,
                     origins: vec![OriginPattern::Any],
                     path_prefixes: vec!["/".into()],
+                    // Services are offered only through a `[[grant]]` that names them.
+                    services: Vec::new(),
                 }
             })
             .collect();
@@ -735,12 +761,22 @@ name = "signer"
 ed25519 = "{key}"
 key-id = "k1"
 origins = ["https://s.example.com"]
+[[grant]]
+name = "ssh-box"
+token = "ssh-box-token"
+services = ["ssh=tcp/22", "dns=udp/53"]
 "#,
             key = "11".repeat(32),
             pin = "AB:".repeat(31) + "AB"
         );
         let g = Grants::from_toml(&text).unwrap();
-        assert_eq!(g.len(), 6);
+        assert_eq!(g.len(), 7);
+        let ssh = g.get("ssh-box").unwrap();
+        assert!(ssh.origins.is_empty(), "a grant may offer services only");
+        assert_eq!(ssh.service("ssh").unwrap().to_string(), "ssh=tcp/22");
+        assert_eq!(ssh.service("dns").unwrap().port.get(), 53);
+        assert!(ssh.service("http").is_none());
+        assert!(g.get("app-team").unwrap().services.is_empty());
         let app = g.get("app-team").unwrap();
         assert_eq!(app.path_prefixes, vec!["/", "/api"]);
         assert!(matches!(app.identity, Identity::Token { .. }));
@@ -779,6 +815,14 @@ origins = ["https://a.example"]
         assert!(
             two.contains("#2") && two.contains("both") && two.contains("more than one identity"),
             "{two}"
+        );
+
+        let dup = err("[[grant]]\nname = \"s\"\ntoken = \"t\"\nservices = [\"ssh=tcp/22\", \"ssh=tcp/2222\"]\n");
+        assert!(dup.contains("two services are named \"ssh\""), "{dup}");
+        let bad = err("[[grant]]\nname = \"s\"\ntoken = \"t\"\nservices = [\"ssh=tcp/0\"]\n");
+        assert!(
+            bad.contains("#1") && bad.contains("the port must be"),
+            "{bad}"
         );
 
         let unknown =

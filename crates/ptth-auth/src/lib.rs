@@ -53,6 +53,7 @@ mod grant;
 mod names;
 mod policy;
 mod proven;
+mod service;
 #[cfg(test)]
 mod testing;
 mod tls;
@@ -77,6 +78,7 @@ pub use policy::{
     MAX_ORIGINS_PER_CONNECTION, MAX_PREFIXES_PER_CONNECTION,
 };
 pub use proven::Proven;
+pub use service::{valid_service_name, GrantedService, MAX_SERVICE_NAME};
 pub use tls::{
     client_verifier, danger_accept_any_gateway, gateway_handshake_hint, gateway_verifier,
     pinned_gateway_verifier, GatewayPinMismatch, TlsError,

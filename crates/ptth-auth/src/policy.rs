@@ -267,6 +267,7 @@ mod tests {
             identity: Identity::CertSan("x.example".into()),
             origins: origins.iter().map(|o| o.parse().unwrap()).collect(),
             path_prefixes: paths.iter().map(|p| p.to_string()).collect(),
+            services: Vec::new(),
         }
     }
 

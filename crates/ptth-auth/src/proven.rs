@@ -449,6 +449,7 @@ mod tests {
             identity: Identity::Spki(spki_sha256(&cert.der()).unwrap()),
             origins: vec!["https://elsewhere.example.com".parse().unwrap()],
             path_prefixes: vec!["/".into()],
+            services: Vec::new(),
         });
         let pinned = Grants::new(pinned).unwrap();
         assert_eq!(names(again(&before, &pinned, &p)), vec!["pin"]);

@@ -54,6 +54,8 @@ pub struct TunnelContext {
     pub setup_timeout: Duration,
     /// Connections still in setup, capped in total and per source address (TCP and QUIC).
     pub(crate) pending: PendingSetups,
+    /// Reverse CONNECT control channels (`connect-listen`, `connect-accept`).
+    pub(crate) services: Arc<crate::reverse::Services>,
 }
 
 impl TunnelContext {

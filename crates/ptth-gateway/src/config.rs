@@ -146,6 +146,30 @@ pub struct Cli {
     #[arg(long = "metrics-host", value_name = "NAME")]
     #[serde(default, rename = "metrics-host")]
     pub metrics_hosts: Vec<String>,
+    /// A TCP port mapping, `ADDR=GRANT/SERVICE` (repeatable; a list in the file, or
+    /// `[[tcp]]` tables with `listen`, `grant`, `service`): each connection accepted on ADDR
+    /// reaches SERVICE (named in GRANT's `services`) on an origin holding GRANT, over
+    /// reverse CONNECT. Default: none.
+    #[arg(long = "tcp-listen", value_name = "ADDR=GRANT/SERVICE")]
+    #[serde(default, rename = "tcp-listen")]
+    pub tcp_listen: Vec<String>,
+    /// Port mappings as tables (`[[tcp]]` in the config file).
+    #[arg(skip)]
+    #[serde(default, rename = "tcp")]
+    pub tcp: Vec<crate::tcp_listen::TcpMapping>,
+    /// Seconds from a mapped TCP connection's arrival to its origin's accept; not accepted
+    /// by then, the connection is closed (default 10).
+    #[arg(long)]
+    pub tcp_accept_timeout: Option<f64>,
+    /// Seconds a mapped TCP flow may move no byte before it is closed (default 3600).
+    #[arg(long)]
+    pub tcp_idle_timeout: Option<f64>,
+    /// Mapped TCP flows at once over one origin's control channel (default 1024).
+    #[arg(long)]
+    pub max_flows_per_origin: Option<usize>,
+    /// Mapped TCP flows at once through one port mapping (default 1024).
+    #[arg(long)]
+    pub max_flows_per_listener: Option<usize>,
     /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
     #[arg(skip)]
     #[serde(skip)]
@@ -160,10 +184,11 @@ pub struct Cli {
 const RENAMED_KEYS: &[(&str, &str)] = &[("tokens", "token"), ("trusted-proxies", "trusted-proxy")];
 
 /// Keys that are tables in the file (`[[grant]]`, `[[certificate]]`), not flags.
-const TABLE_KEYS: &[&str] = &["grant", "certificate"];
+#[cfg(test)]
+const TABLE_KEYS: &[&str] = &["grant", "certificate", "tcp"];
 
 /// Settings a SIGHUP cannot change: every key but the grants and the certificates.
-const RELOADED_KEYS: &[&str] = TABLE_KEYS;
+const RELOADED_KEYS: &[&str] = &["grant", "certificate"];
 
 /// The config file as read: its settings (for SIGHUP to compare) and the deprecation notes.
 #[derive(Debug, Clone, Default)]
@@ -293,6 +318,10 @@ pub struct GatewayConfig {
     pub access_log: crate::access_log::AccessLogMode,
     /// Hosts with their own metrics label (`--metrics-host`).
     pub metrics_hosts: Vec<String>,
+    /// TCP port mappings (`--tcp-listen`, `[[tcp]]`).
+    pub tcp_mappings: Vec<crate::tcp_listen::TcpMapping>,
+    /// Reverse CONNECT flow deadlines and limits.
+    pub flows: crate::reverse::FlowSettings,
 }
 
 impl GatewayConfig {
@@ -334,6 +363,8 @@ impl GatewayConfig {
             admin: None,
             access_log: crate::access_log::AccessLogMode::On,
             metrics_hosts: Vec::new(),
+            tcp_mappings: Vec::new(),
+            flows: crate::reverse::FlowSettings::default(),
         }
     }
 }
@@ -485,6 +516,39 @@ impl Cli {
                 .map_err(|e| anyhow::anyhow!("--access-log (config key access-log): {e}"))?;
         }
         c.metrics_hosts = self.metrics_hosts;
+        for m in &self.tcp_listen {
+            c.tcp_mappings.push(
+                m.parse()
+                    .map_err(|e| anyhow::anyhow!("--tcp-listen (config key tcp-listen): {e}"))?,
+            );
+        }
+        c.tcp_mappings.extend(self.tcp);
+        for m in &c.tcp_mappings {
+            if !ptth_auth::valid_service_name(&m.service) {
+                bail!("[[tcp]] {m}: the service name must be lowercase letters, digits or '-'");
+            }
+            match c.grants.get(&m.grant) {
+                Some(g) if g.service(&m.service).is_some() => {}
+                Some(_) => bail!(
+                    "port mapping {m}: grant {:?} has no service named {:?} (add it to the grant's services)",
+                    m.grant,
+                    m.service
+                ),
+                None => bail!("port mapping {m}: no grant is named {:?}", m.grant),
+            }
+        }
+        if let Some(s) = self.tcp_accept_timeout {
+            c.flows.accept_timeout = positive_secs(s, "--tcp-accept-timeout")?;
+        }
+        if let Some(s) = self.tcp_idle_timeout {
+            c.flows.idle_timeout = positive_secs(s, "--tcp-idle-timeout")?;
+        }
+        if let Some(n) = self.max_flows_per_origin {
+            c.flows.max_flows_per_origin = at_least_one(n, "--max-flows-per-origin")?;
+        }
+        if let Some(n) = self.max_flows_per_listener {
+            c.flows.max_flows_per_listener = at_least_one(n, "--max-flows-per-listener")?;
+        }
         Ok((c, dev_files))
     }
 
@@ -536,6 +600,16 @@ impl Cli {
             } else {
                 self.metrics_hosts
             },
+            tcp_listen: if self.tcp_listen.is_empty() {
+                file.tcp_listen
+            } else {
+                self.tcp_listen
+            },
+            tcp: file.tcp,
+            tcp_accept_timeout: self.tcp_accept_timeout.or(file.tcp_accept_timeout),
+            tcp_idle_timeout: self.tcp_idle_timeout.or(file.tcp_idle_timeout),
+            max_flows_per_origin: self.max_flows_per_origin.or(file.max_flows_per_origin),
+            max_flows_per_listener: self.max_flows_per_listener.or(file.max_flows_per_listener),
             file_merged: self.file_merged,
             file: self.file,
         }

@@ -134,6 +134,7 @@ pub fn grants(files: &DevFiles) -> Result<Vec<ptth_auth::Grant>> {
             identity: ptth_auth::Identity::CertSan("*.localhost".into()),
             origins: vec![localhost],
             path_prefixes: vec!["/".into()],
+            services: Vec::new(),
         },
         ptth_auth::Grant {
             name: "dev-ed25519".into(),
@@ -143,6 +144,7 @@ pub fn grants(files: &DevFiles) -> Result<Vec<ptth_auth::Grant>> {
             },
             origins: vec![any],
             path_prefixes: vec!["/".into()],
+            services: Vec::new(),
         },
     ])
 }

@@ -32,9 +32,11 @@ mod public;
 mod public_h3;
 mod quic;
 pub mod registry;
+pub mod reverse;
 mod sender;
 mod setup_request;
 mod shutdown;
+pub mod tcp_listen;
 pub mod tls;
 mod tunnel;
 mod websocket;
@@ -70,6 +72,8 @@ pub struct Gateway {
     pub listen_h3: Option<SocketAddr>,
     /// Where the admin pages (`/metrics`, `/healthz`, `/readyz`) are served, if enabled.
     pub admin: Option<SocketAddr>,
+    /// Where the TCP port mappings listen, in the order configured.
+    pub tcp_listen: Vec<SocketAddr>,
     /// What `/readyz` answers.
     readiness: Arc<admin::Readiness>,
     /// The connected origins.
@@ -131,6 +135,10 @@ impl Gateway {
                 config.max_pending_setups,
                 config.max_pending_setups_per_ip,
             ),
+            services: Arc::new(reverse::Services::new(
+                config.flows,
+                registry.metrics.clone(),
+            )),
         });
         let shutdown = shutdown::Shutdown::new();
 
@@ -192,6 +200,30 @@ impl Gateway {
             workers.handle(k).spawn(async move {
                 tokio::select! {
                     () = tunnel::serve(l, ctx) => {}
+                    () = stopping.signalled() => {}
+                }
+            });
+        }
+        let mut tcp_listen = Vec::new();
+        for mapping in &config.tcp_mappings {
+            let listener = {
+                let _on_worker = workers.handle(0).enter();
+                let std = std::net::TcpListener::bind(mapping.listen)
+                    .with_context(|| format!("binding the TCP port mapping {mapping}"))?;
+                std.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(std)?
+            };
+            let bound = listener.local_addr()?;
+            tracing::info!(mapping = %mapping, %bound, "TCP port mapping listening");
+            tcp_listen.push(bound);
+            let (mapping, services, stopping) = (
+                Arc::new(mapping.clone()),
+                ctx.services.clone(),
+                shutdown.stopping(),
+            );
+            workers.handle(0).spawn(async move {
+                tokio::select! {
+                    () = tcp_listen::serve(listener, mapping, services) => {}
                     () = stopping.signalled() => {}
                 }
             });
@@ -302,6 +334,7 @@ impl Gateway {
             tunnel_quic,
             listen_h3,
             admin,
+            tcp_listen,
             readiness,
             registry,
             ctx,

@@ -166,6 +166,8 @@ pub struct Metrics {
     reloads_failed: Counter,
     public_connections: [Gauge; 3],
     retries: Family<Labels<1>, Counter>,
+    /// Reverse CONNECT: TCP flows and control channels.
+    flows: FlowCounters,
     /// The access log's mode and sampling count.
     pub(crate) access: AccessLog,
 }
@@ -173,6 +175,66 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// Why a public TCP connection got no flow (`ptth_gateway_tcp_flows_refused_total{reason}`).
+pub(crate) const FLOW_REFUSALS: [&str; 5] = [
+    "no_origin",
+    "origin_full",
+    "listener_full",
+    "declined",
+    "accept_timeout",
+];
+
+/// Reverse CONNECT counters.
+#[derive(Debug)]
+struct FlowCounters {
+    opened: Counter,
+    refused: Family<Labels<1>, Counter>,
+    to_origin: Counter,
+    to_client: Counter,
+    channels: Family<Labels<1>, Counter>,
+}
+
+impl FlowCounters {
+    fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let opened = Counter::default();
+        registry.register(
+            "tcp_flows_opened",
+            "Public TCP connections of port mappings that an origin accepted (reverse CONNECT)",
+            opened.clone(),
+        );
+        let refused = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "tcp_flows_refused",
+            "Public TCP connections of port mappings closed without a flow, by reason (no_origin, origin_full, listener_full, declined, accept_timeout)",
+            refused.clone(),
+        );
+        for r in FLOW_REFUSALS {
+            let _ = refused.get_or_create(&[("reason", r)]);
+        }
+        let bytes = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "tcp_flow_bytes",
+            "TCP payload bytes carried by finished flows, by direction (to_origin, to_client)",
+            bytes.clone(),
+        );
+        let to_origin = bytes.get_or_create_owned(&[("direction", "to_origin")]);
+        let to_client = bytes.get_or_create_owned(&[("direction", "to_client")]);
+        let channels = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "service_channels",
+            "Reverse CONNECT control channels (connect-listen), by outcome (opened, refused)",
+            channels.clone(),
+        );
+        Self {
+            opened,
+            refused,
+            to_origin,
+            to_client,
+            channels,
+        }
     }
 }
 
@@ -272,6 +334,7 @@ impl Metrics {
         for m in Mechanism::ALL {
             let _ = origin_connections.get_or_create(&[("mechanism", m.name())]);
         }
+        let flows = FlowCounters::register(&mut registry);
         Self {
             registry,
             requests,
@@ -290,8 +353,37 @@ impl Metrics {
             reloads_failed,
             public_connections,
             retries,
+            flows,
             access: AccessLog::default(),
         }
+    }
+
+    /// A reverse CONNECT TCP flow was accepted by its origin.
+    pub(crate) fn flow_opened(&self) {
+        self.flows.opened.inc();
+    }
+
+    /// A public TCP connection was closed without a flow, for `reason` (one of
+    /// [`FLOW_REFUSALS`]).
+    pub(crate) fn flow_refused(&self, reason: &'static str) {
+        self.flows
+            .refused
+            .get_or_create(&[("reason", reason)])
+            .inc();
+    }
+
+    /// A flow ended having moved these payload bytes.
+    pub(crate) fn flow_bytes(&self, to_origin: u64, to_client: u64) {
+        self.flows.to_origin.inc_by(to_origin);
+        self.flows.to_client.inc_by(to_client);
+    }
+
+    /// A reverse CONNECT control channel was `opened` or `refused`.
+    pub(crate) fn flow_channel(&self, outcome: &'static str) {
+        self.flows
+            .channels
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
     }
 
     /// Whether some hosts have their own label (so requests must say their host).

@@ -251,6 +251,8 @@ async fn serve_h2_setup<IO>(
 {
     let peer_certs = Arc::new(peer_certs);
     let service_setup = setup.clone();
+    // Reverse CONNECT accepts must come on the connection of their control channel.
+    let conn_id = crate::reverse::connection_id();
     let svc = service_fn(move |mut req: Request<Incoming>| {
         let ctx = ctx.clone();
         let peer_certs = peer_certs.clone();
@@ -260,6 +262,22 @@ async fn serve_h2_setup<IO>(
                 .extensions()
                 .get::<hyper::ext::Protocol>()
                 .map(|p| p.as_str().to_string());
+            let arrival = crate::reverse::Arrival {
+                conn: conn_id,
+                peer,
+                peer_certs: peer_certs.as_deref(),
+                setup: &setup,
+            };
+            let grants = ctx.grants();
+            if let Some(res) = crate::reverse::route(
+                &mut req,
+                protocol.as_deref(),
+                &arrival,
+                grants,
+                &ctx.services,
+            ) {
+                return Ok(res);
+            }
             Ok::<_, std::convert::Infallible>(take_over_setup(
                 &mut req,
                 HttpVersion::Http2,

@@ -47,6 +47,7 @@
 #![warn(missing_docs)]
 
 pub mod connect;
+pub mod flow;
 pub mod reversed;
 
 pub use connect::{origin_connect, ConnectFailure, ConnectStream};

@@ -1,6 +1,7 @@
 //! Origin configuration: command-line flags, optionally a TOML file with the same names.
 
 use crate::service::{HostPattern, Proxy, ProxyOptions, Route, Routes, UpstreamTls};
+use crate::tcp_service::TcpService;
 use crate::OriginConfig;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
@@ -70,6 +71,18 @@ pub struct Cli {
     #[arg(long)]
     #[serde(default)]
     pub hello: bool,
+    /// A TCP service offered to the gateway over reverse CONNECT, `NAME=HOST:PORT`
+    /// (repeatable; a list in the file, or `[[service]]` tables with `name`,
+    /// `protocol = "tcp"` and `address`): the gateway's grant must allow it as
+    /// `NAME=tcp/PORT`. With services and no --host, the origin serves no HTTP (and needs
+    /// no --mechanism). Default: none.
+    #[arg(long = "tcp-service", value_name = "NAME=HOST:PORT")]
+    #[serde(default, rename = "tcp-service")]
+    pub tcp_services: Vec<String>,
+    /// Services as tables (`[[service]]` in the config file).
+    #[arg(skip)]
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceConfig>,
     /// Bearer token presented to the gateway (prefer --token-file or PTTH_TOKEN: a flag
     /// shows in `ps`; default: none).
     #[arg(long, env = "PTTH_TOKEN", hide_env_values = true)]
@@ -166,7 +179,19 @@ pub struct Cli {
 
 /// Keys that are tables in the file, not flags.
 #[cfg(test)]
-const TABLE_KEYS: &[&str] = &["route"];
+const TABLE_KEYS: &[&str] = &["route", "service"];
+
+/// A `[[service]]` table: one service offered over reverse CONNECT.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct ServiceConfig {
+    /// Its name (the gateway's grant names it too).
+    pub name: String,
+    /// `tcp` (the only one so far).
+    pub protocol: String,
+    /// `HOST:PORT` where the origin reaches it.
+    pub address: String,
+}
 
 /// Keys renamed to their flag's name; the old name still works, with a warning.
 const RENAMED_KEYS: &[(&str, &str)] = &[("hosts", "host"), ("paths", "path")];
@@ -322,11 +347,36 @@ impl Cli {
             .next()
             .ok_or_else(|| anyhow!("--gateway URL is required"))??;
         let more_gateways = gateways.collect::<Result<Vec<_>>>()?;
-        let mechanism = self
-            .mechanism
-            .ok_or_else(|| anyhow!("--mechanism is required"))?
-            .parse()
-            .map_err(|e| anyhow!("--mechanism: {e}"))?;
+        let mut tcp_services = self
+            .tcp_services
+            .iter()
+            .map(|s| {
+                s.parse::<TcpService>()
+                    .map_err(|e| anyhow!("--tcp-service {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        for s in &self.services {
+            if s.protocol != "tcp" {
+                bail!("[[service]] {:?}: protocol must be \"tcp\"", s.name);
+            }
+            tcp_services.push(
+                TcpService::new(&s.name, &s.address).map_err(|e| anyhow!("[[service]]: {e}"))?,
+            );
+        }
+        crate::tcp_service::check_services(&tcp_services)?;
+        // An origin that only offers services serves no HTTP: no host, nothing to reverse.
+        let services_only = !tcp_services.is_empty()
+            && self.hosts.is_empty()
+            && self.upstream.is_none()
+            && self.routes.is_empty()
+            && !self.hello;
+        let mechanism = match self.mechanism {
+            Some(m) => m,
+            None if services_only => "connect-h2".to_string(),
+            None => bail!("--mechanism is required"),
+        }
+        .parse()
+        .map_err(|e| anyhow!("--mechanism: {e}"))?;
         let credential = credential(
             self.token,
             self.token_file,
@@ -364,6 +414,8 @@ impl Cli {
                 Serve::Upstream(Routes::new(routes))
             }
             (None, true, true) => Serve::Hello,
+            // Nothing is served over HTTP: no host is registered, so no request comes.
+            (None, true, false) if services_only => Serve::Hello,
             _ => bail!("give exactly one of --upstream URL, [[route]] tables or --hello"),
         };
         // The origin asks the gateway for every host it names and every host a route takes.
@@ -377,6 +429,7 @@ impl Cli {
         }
         let mut c = OriginConfig::new(gateway, mechanism, hosts, None);
         c.more_gateways = more_gateways;
+        c.tcp_services = tcp_services;
         c.credential = credential;
         c.signing_key = self.signing_key;
         if let Some(id) = self.key_id {
@@ -485,6 +538,12 @@ impl Cli {
                 self.routes
             },
             hello: self.hello || f.hello,
+            tcp_services: if self.tcp_services.is_empty() {
+                f.tcp_services
+            } else {
+                self.tcp_services
+            },
+            services: f.services,
             token,
             token_file,
             basic_user,

@@ -22,6 +22,7 @@ pub mod metrics;
 mod quic;
 mod serve;
 pub mod service;
+pub mod tcp_service;
 
 pub use serve::{Authorizer, OriginService, RequestBody, ResponseBody};
 
@@ -85,6 +86,8 @@ pub struct OriginConfig {
     pub admin: Option<std::net::SocketAddr>,
     /// When `/readyz` says ready.
     pub ready_when: metrics::ReadyWhen,
+    /// TCP services offered to every gateway over reverse CONNECT (`--tcp-service`).
+    pub tcp_services: Vec<tcp_service::TcpService>,
 }
 
 impl OriginConfig {
@@ -118,6 +121,7 @@ impl OriginConfig {
             origin_frame_override: None,
             admin: None,
             ready_when: metrics::ReadyWhen::All,
+            tcp_services: Vec::new(),
         }
     }
 
@@ -173,9 +177,12 @@ impl Origin {
         for url in config.gateways() {
             gateways.push(gateway_name(url)?);
         }
-        if config.hosts.is_empty() {
-            return Err(anyhow!("give at least one --host this origin serves"));
+        if config.hosts.is_empty() && config.tcp_services.is_empty() {
+            return Err(anyhow!(
+                "give at least one --host this origin serves (or a --tcp-service it offers)"
+            ));
         }
+        tcp_service::check_services(&config.tcp_services)?;
         let origins = config
             .hosts
             .iter()
@@ -303,8 +310,14 @@ impl Origin {
         let (tx, rx) = tokio::sync::watch::channel(false);
         let mut slots = tokio::task::JoinSet::new();
         for dialer in &self.dialers {
-            for slot in 0..dialer.config.connections.max(1) {
-                slots.spawn(dialer.clone().run_slot(slot, service.clone(), rx.clone()));
+            // An origin that offers only services serves no HTTP: no reversed connection.
+            if !dialer.config.hosts.is_empty() {
+                for slot in 0..dialer.config.connections.max(1) {
+                    slots.spawn(dialer.clone().run_slot(slot, service.clone(), rx.clone()));
+                }
+            }
+            if !dialer.config.tcp_services.is_empty() {
+                slots.spawn(tcp_service::run(dialer.clone(), rx.clone()));
             }
         }
         shutdown.await;

@@ -1,0 +1,178 @@
+//! Port mappings (`--tcp-listen ADDR=GRANT/SERVICE`, `[[tcp]]`): each public TCP connection
+//! accepted on ADDR becomes one reverse CONNECT `CONNECTION_REQUEST` for SERVICE on a live
+//! control channel of an origin holding GRANT ([`crate::reverse`]), and is spliced to the
+//! `connect-accept` stream that answers it ([`ptth_h2::flow::splice`]).
+//!
+//! ```text
+//! accept ─▶ under --max-flows-per-listener? ─▶ Services::request (channel with fewest flows,
+//!   under --max-flows-per-origin) ─▶ accept by --tcp-accept-timeout ─▶ splice until both
+//!   ends close, either fails, or --tcp-idle-timeout
+//! ```
+//!
+//! Nothing to send the flow to (no origin offers the service, every one is full, it
+//! declined, its accept did not come in time) closes the public connection at once, with a
+//! log line and `ptth_gateway_tcp_flows_refused_total{reason}`.
+
+use crate::reverse::{NoRequest, Services};
+use hyper_util::rt::TokioIo;
+use ptth_h2::flow::{splice, FlowEnd, FlowOptions};
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+
+/// One port mapping: where to listen, and whose service to reach.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct TcpMapping {
+    /// The public address.
+    pub listen: SocketAddr,
+    /// The grant whose origins offer the service.
+    pub grant: String,
+    /// The service's name in that grant.
+    pub service: String,
+}
+
+impl FromStr for TcpMapping {
+    type Err = String;
+
+    /// `ADDR=GRANT/SERVICE`, e.g. `0.0.0.0:2222=ssh-box/ssh`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let form = || format!("{s:?}: expected ADDR=GRANT/SERVICE, e.g. 0.0.0.0:2222=ssh-box/ssh");
+        let (addr, rest) = s.split_once('=').ok_or_else(form)?;
+        let (grant, service) = rest.split_once('/').ok_or_else(form)?;
+        let listen = addr
+            .parse()
+            .map_err(|e| format!("{s:?}: the address {addr:?}: {e}"))?;
+        if grant.is_empty() || !ptth_auth::valid_service_name(service) {
+            return Err(form());
+        }
+        Ok(Self {
+            listen,
+            grant: grant.to_string(),
+            service: service.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for TcpMapping {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}/{}", self.listen, self.grant, self.service)
+    }
+}
+
+/// Accepts public connections on `listener` for `mapping` until the listener fails.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    mapping: Arc<TcpMapping>,
+    services: Arc<Services>,
+) {
+    let open = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (tcp, client) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, listen = %mapping.listen, "TCP mapping accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if open.load(Ordering::Relaxed) >= services.settings.max_flows_per_listener {
+            services.metrics.flow_refused("listener_full");
+            tracing::warn!(%client, mapping = %mapping, "TCP connection closed: --max-flows-per-listener flows are open");
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        let (open, mapping, services) = (open.clone(), mapping.clone(), services.clone());
+        tokio::spawn(async move {
+            flow(tcp, client, &mapping, &services).await;
+            open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+/// One public connection, from its request to its end.
+async fn flow(tcp: TcpStream, client: SocketAddr, mapping: &TcpMapping, services: &Services) {
+    let _ = tcp.set_nodelay(true);
+    let requested = match services.request(&mapping.grant, &mapping.service) {
+        Ok(r) => r,
+        Err(why) => {
+            let (reason, text) = match why {
+                NoRequest::NoOrigin => ("no_origin", "no origin offers the service"),
+                NoRequest::OriginFull => (
+                    "origin_full",
+                    "every origin offering the service is at --max-flows-per-origin",
+                ),
+            };
+            services.metrics.flow_refused(reason);
+            tracing::warn!(%client, mapping = %mapping, "TCP connection closed: {text}");
+            return;
+        }
+    };
+    let (id, channel, origin) = (requested.id, requested.channel, requested.peer);
+    let _slot = requested.slot;
+    let accepted = tokio::time::timeout(services.settings.accept_timeout, requested.accepted).await;
+    let stream = match accepted {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(_)) => {
+            services.metrics.flow_refused("declined");
+            tracing::warn!(%client, mapping = %mapping, %origin, request = %id, "TCP connection closed: the origin declined the connection request (or its channel closed)");
+            return;
+        }
+        Err(_) => {
+            services.cancel(channel, id);
+            services.metrics.flow_refused("accept_timeout");
+            tracing::warn!(%client, mapping = %mapping, %origin, request = %id, "TCP connection closed: the origin did not accept within --tcp-accept-timeout");
+            return;
+        }
+    };
+    services.metrics.flow_opened();
+    tracing::debug!(%client, mapping = %mapping, %origin, request = %id, "TCP flow open");
+    let options = FlowOptions {
+        idle_timeout: services.settings.idle_timeout,
+        ..FlowOptions::default()
+    };
+    let report = splice(tcp, TokioIo::new(stream), options).await;
+    services
+        .metrics
+        .flow_bytes(report.to_stream, report.to_socket);
+    match &report.end {
+        FlowEnd::Closed => {
+            tracing::debug!(%client, mapping = %mapping, request = %id, to_origin = report.to_stream, to_client = report.to_socket, "TCP flow closed")
+        }
+        FlowEnd::Idle => {
+            tracing::info!(%client, mapping = %mapping, request = %id, "TCP flow closed: idle for --tcp-idle-timeout")
+        }
+        FlowEnd::Stream(e) => {
+            tracing::info!(%client, mapping = %mapping, %origin, request = %id, error = %e, "TCP flow closed: the origin's stream ended")
+        }
+        FlowEnd::Socket(e) => {
+            tracing::debug!(%client, mapping = %mapping, request = %id, error = %e, "TCP flow closed: the public client's connection failed")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mappings_parse_and_say_what_is_wrong() {
+        let m: TcpMapping = "0.0.0.0:2222=ssh-box/ssh".parse().unwrap();
+        assert_eq!(m.listen, "0.0.0.0:2222".parse().unwrap());
+        assert_eq!((m.grant.as_str(), m.service.as_str()), ("ssh-box", "ssh"));
+        assert_eq!(m.to_string(), "0.0.0.0:2222=ssh-box/ssh");
+        for bad in [
+            "0.0.0.0:2222",
+            "0.0.0.0:2222=ssh",
+            "x=g/ssh",
+            "0.0.0.0:1=/ssh",
+            "0.0.0.0:1=g/SSH",
+        ] {
+            let e = bad.parse::<TcpMapping>().unwrap_err();
+            assert!(e.contains(bad), "{e}");
+        }
+    }
+}

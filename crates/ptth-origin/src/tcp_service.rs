@@ -1,0 +1,452 @@
+//! Reverse CONNECT (draft-rosomakho-masque-reverse-connect), the origin's side: the TCP
+//! services it offers (`--tcp-service NAME=HOST:PORT`, `[[service]]`), one `connect-listen`
+//! control channel per gateway, and a `connect-accept` stream plus a socket to the local
+//! service for each connection request.
+//!
+//! ```text
+//! per gateway: TCP ─▶ TLS (ALPN h2) ─▶ HTTP/2 client ─▶ CONNECT :protocol=connect-listen
+//!   ─▶ 200 ─▶ AVAILABLE_SERVICES ─▶ for each CONNECTION_REQUEST:
+//!        known service? dial HOST:PORT (10 s) ─▶ CONNECT :protocol=connect-accept on the
+//!        same connection ─▶ 200 ─▶ splice (DATA capsules) │ else CONNECTION_REQUEST_DECLINED
+//!   channel ends ─▶ back off (the dial loop's backoff) ─▶ again
+//! ```
+//!
+//! Here the origin is an ordinary HTTP/2 *client* of the gateway (this is reversed CONNECT,
+//! not reversed HTTP), on a connection of its own: the origin's HTTP connections, if it
+//! serves HTTP too, are separate.
+//!
+//! How a service is named on the wire: every service is advertised as a local one
+//! (Destination Type 0) with its protocol and the port of the address the origin reaches
+//! it at; the gateway maps its operator-facing names to (protocol, port) in its grants.
+//! The draft: "Clients MUST only expose intended services": a request for anything else
+//! is declined.
+
+use crate::dial::{Backoff, HEALTHY};
+use crate::dialer::Dialer;
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::{Bytes, BytesMut};
+use http::Request;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use ptth_core::{
+    reverse_connect_request, validate_reverse_response, Capsule, CapsuleDecoder, ChannelError,
+    Decoded, IpProtoScope, IpProtocol, ListenTarget, OriginChannel, OriginEvent, RequestId,
+    ReverseExchange, ReverseTemplate, Service, ServicePort, SetupForm, DEFAULT_MAX_CONTROL_CAPSULE,
+};
+use ptth_h2::flow::{splice, FlowEnd, FlowOptions};
+use ptth_h2::Body;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, watch};
+
+/// How long dialling a local service may take before the request is declined.
+pub const SERVICE_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connection requests pending (being dialled or accepted) at once; more are declined.
+const MAX_PENDING: usize = 256;
+/// A gateway's answer to a setup must come by then.
+const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// A flow in which no byte moved for this long is closed.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// One TCP service the origin offers: `NAME=HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpService {
+    /// The operator's name for it (logs; the gateway's grants name it too).
+    pub name: String,
+    /// Where the origin reaches it (`HOST:PORT`).
+    pub address: String,
+    /// The port of `address`: what the service is advertised as.
+    pub port: ServicePort,
+}
+
+impl std::str::FromStr for TcpService {
+    type Err = String;
+
+    /// `NAME=HOST:PORT`, e.g. `ssh=127.0.0.1:22`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (name, address) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected NAME=HOST:PORT, e.g. ssh=127.0.0.1:22"))?;
+        TcpService::new(name, address)
+    }
+}
+
+impl TcpService {
+    /// A service named `name` reached at `address` (`HOST:PORT`).
+    pub fn new(name: &str, address: &str) -> Result<Self, String> {
+        if !ptth_auth::valid_service_name(name) {
+            return Err(format!(
+                "service name {name:?}: 1 to {} lowercase letters, digits or '-'",
+                ptth_auth::MAX_SERVICE_NAME
+            ));
+        }
+        let port = address
+            .rsplit_once(':')
+            .filter(|(host, _)| !host.is_empty())
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .and_then(ServicePort::new)
+            .ok_or_else(|| {
+                format!("service {name}: {address:?} is not HOST:PORT with a port from 1 to 65535")
+            })?;
+        Ok(Self {
+            name: name.to_string(),
+            address: address.to_string(),
+            port,
+        })
+    }
+
+    /// The record it is advertised as.
+    pub fn wire(&self) -> Service {
+        Service::local(IpProtocol::Tcp, self.port)
+    }
+}
+
+/// Checks a set of services: the gateway tells them apart by protocol and port, so two on
+/// one port cannot both be offered.
+pub fn check_services(services: &[TcpService]) -> Result<()> {
+    for (i, a) in services.iter().enumerate() {
+        for b in &services[..i] {
+            if a.name == b.name {
+                bail!("two services are named {:?}", a.name);
+            }
+            if a.port == b.port {
+                bail!(
+                    "services {} and {} are both on port {}: the gateway tells services apart by protocol and port",
+                    b.name,
+                    a.name,
+                    a.port.get()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Keeps a control channel to `dialer`'s gateway until shutdown, dialling again with the
+/// dial loop's backoff whenever it ends.
+pub(crate) async fn run(dialer: Arc<Dialer>, mut shutdown: watch::Receiver<bool>) {
+    let tls = match tls_connector(&dialer) {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!(gateway = %dialer.gateway, error = %format!("{e:#}"), "reverse CONNECT services not started");
+            return;
+        }
+    };
+    let mut backoff = Backoff::new();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let started = tokio::time::Instant::now();
+        let result = tokio::select! {
+            r = channel(&dialer, &tls) => r,
+            _ = shutdown.changed() => return,
+        };
+        match result {
+            Ok(why) => {
+                tracing::info!(gateway = %dialer.gateway, reason = %why, "reverse CONNECT control channel closed; dialling again")
+            }
+            Err(e) => {
+                tracing::warn!(gateway = %dialer.gateway, error = %format!("{e:#}"), "reverse CONNECT control channel failed")
+            }
+        }
+        if started.elapsed() >= HEALTHY {
+            backoff.lost_registered();
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff.next_delay()) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// The origin's TLS config with ALPN `h2`: reverse CONNECT is ordinary HTTP/2 from here.
+fn tls_connector(dialer: &Dialer) -> Result<tokio_rustls::TlsConnector> {
+    let mut tls = crate::dialer::tls_config(&dialer.config)?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
+}
+
+/// One control channel, from the dial to its end: `Ok` with why it ended cleanly.
+async fn channel(dialer: &Dialer, tls: &tokio_rustls::TlsConnector) -> Result<String> {
+    let addrs = dialer.addresses(0).await?;
+    let mut last = anyhow!("the gateway resolved to no address");
+    let mut tcp = None;
+    for addr in addrs {
+        match tokio::time::timeout(SETUP_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(t)) => {
+                tcp = Some(t);
+                break;
+            }
+            Ok(Err(e)) => last = anyhow!(e).context(format!("connecting to {addr}")),
+            Err(_) => last = anyhow!("connecting to {addr} timed out"),
+        }
+    }
+    let tcp = tcp.ok_or(last)?;
+    tcp.set_nodelay(true)?;
+    let stream = tokio::time::timeout(SETUP_TIMEOUT, tls.connect(dialer.server_name.clone(), tcp))
+        .await
+        .map_err(|_| anyhow!("TLS handshake with the gateway timed out"))?
+        .context("TLS handshake with the gateway")?;
+    let windows = ptth_h2::Windows::default();
+    let (send, conn) = tokio::time::timeout(
+        SETUP_TIMEOUT,
+        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .initial_stream_window_size(windows.stream)
+            .initial_connection_window_size(windows.connection)
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .handshake::<_, Body>(TokioIo::new(stream)),
+    )
+    .await
+    .map_err(|_| anyhow!("HTTP/2 handshake with the gateway timed out"))??;
+    let settings = Arc::new(ptth_h2::PeerSettings::default());
+    tokio::spawn(ptth_h2::reversed::drive(conn, settings.clone()));
+    // RFC 8441 §4: no :protocol before the peer's SETTINGS_ENABLE_CONNECT_PROTOCOL = 1.
+    let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
+    while !settings.extended_connect() {
+        if send.is_closed() || tokio::time::Instant::now() >= deadline {
+            bail!("the gateway does not enable extended CONNECT (RFC 8441)");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let template = ReverseTemplate::default_for(ReverseExchange::Listen, &dialer.authority)?;
+    let uri = template.expand_listen(
+        Some(&ListenTarget::LocalOnly),
+        Some(IpProtoScope::Only(IpProtocol::Tcp)),
+    )?;
+    let auth = dialer.config.credential.as_ref().map(|c| c.header_value());
+    let (req, protocol) = reverse_connect_request(ReverseExchange::Listen, &uri, auth)?;
+    let io = extended_connect(send.clone(), req, protocol, ReverseExchange::Listen).await?;
+    let services = dialer.config.tcp_services.clone();
+    let offered: Vec<Service> = services.iter().map(TcpService::wire).collect();
+    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    tracing::info!(gateway = %dialer.gateway, services = %names.join(","), "reverse CONNECT control channel open");
+    let (mut reader, mut writer) = tokio::io::split(io);
+    writer
+        .write_all(&OriginChannel::advertise(&offered).to_bytes())
+        .await
+        .context("sending AVAILABLE_SERVICES")?;
+    let state = Arc::new(Mutex::new(OriginChannel::new(MAX_PENDING)));
+    let (tx, mut rx) = mpsc::channel::<Capsule>(MAX_PENDING);
+    let write = async {
+        while let Some(c) = rx.recv().await {
+            writer
+                .write_all(&c.to_bytes())
+                .await
+                .context("writing to the gateway")?;
+        }
+        Ok::<String, anyhow::Error>("closed".into())
+    };
+    let read = async {
+        let mut decoder = CapsuleDecoder::new(DEFAULT_MAX_CONTROL_CAPSULE);
+        let mut buf = BytesMut::with_capacity(4096);
+        loop {
+            while let Some(item) = decoder
+                .decode(&mut buf)
+                .map_err(|e| anyhow!("the gateway sent a malformed capsule: {e}"))?
+            {
+                let Decoded::Capsule(capsule) = item else {
+                    continue;
+                };
+                let event = lock(&state)
+                    .on_capsule(&capsule)
+                    .map_err(|e: ChannelError| {
+                        // RFC 9297 §3.3: treated as a malformed message; the stream is aborted.
+                        anyhow!("the gateway broke the control channel's rules: {e}")
+                    })?;
+                match event {
+                    Some(OriginEvent::Requested(request)) => {
+                        let flow = Flow {
+                            id: request.id,
+                            service: services
+                                .iter()
+                                .find(|s| s.wire() == request.service)
+                                .cloned(),
+                            asked: request.service,
+                            state: state.clone(),
+                            control: tx.clone(),
+                            send: send.clone(),
+                            authority: dialer.authority.clone(),
+                            auth: dialer.config.credential.as_ref().map(|c| c.header_value()),
+                            gateway: dialer.gateway.clone(),
+                        };
+                        tokio::spawn(flow.run());
+                    }
+                    Some(OriginEvent::Overloaded(id, decline)) => {
+                        tracing::warn!(gateway = %dialer.gateway, request = %id, "declined a connection request: {MAX_PENDING} pending");
+                        let _ = tx.try_send(decline);
+                    }
+                    None => {}
+                }
+            }
+            buf.reserve(4096);
+            if reader.read_buf(&mut buf).await? == 0 {
+                return Ok::<String, anyhow::Error>("the gateway closed it".into());
+            }
+        }
+    };
+    tokio::select! {
+        r = write => r,
+        r = read => r,
+    }
+}
+
+fn lock(state: &Mutex<OriginChannel>) -> std::sync::MutexGuard<'_, OriginChannel> {
+    state.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Sends an extended CONNECT for `exchange` and takes over its stream on a 2xx.
+async fn extended_connect(
+    mut send: SendRequest<Body>,
+    req: Request<()>,
+    protocol: &'static str,
+    exchange: ReverseExchange,
+) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+    let (mut parts, ()) = req.into_parts();
+    parts
+        .extensions
+        .insert(hyper::ext::Protocol::from_static(protocol));
+    let body: Body = Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    let asked = async {
+        send.ready().await?;
+        send.send_request(Request::from_parts(parts, body)).await
+    };
+    let mut res = tokio::time::timeout(SETUP_TIMEOUT, asked)
+        .await
+        .map_err(|_| anyhow!("no answer to {exchange} within {SETUP_TIMEOUT:?}"))??;
+    if !res.status().is_success() {
+        let status = res.status();
+        let reason = match tokio::time::timeout(
+            SETUP_TIMEOUT,
+            Limited::new(res.into_body(), 1024).collect(),
+        )
+        .await
+        {
+            Ok(Ok(c)) => String::from_utf8_lossy(&c.to_bytes()).trim().to_string(),
+            _ => "(no readable reason)".into(),
+        };
+        bail!("the gateway refused {exchange} with {status}: {reason}");
+    }
+    validate_reverse_response(&res, exchange, SetupForm::ExtendedConnect)?;
+    let io = tokio::time::timeout(SETUP_TIMEOUT, hyper::upgrade::on(&mut res))
+        .await
+        .map_err(|_| anyhow!("the {exchange} stream was not handed over"))??;
+    Ok(TokioIo::new(io))
+}
+
+/// One connection request: declined, or dialled, accepted and spliced.
+struct Flow {
+    id: RequestId,
+    asked: Service,
+    service: Option<TcpService>,
+    state: Arc<Mutex<OriginChannel>>,
+    control: mpsc::Sender<Capsule>,
+    send: SendRequest<Body>,
+    authority: http::uri::Authority,
+    auth: Option<http::HeaderValue>,
+    gateway: http::Uri,
+}
+
+impl Flow {
+    fn decline(&self, why: &str) {
+        let id = self.id;
+        tracing::warn!(gateway = %self.gateway, request = %id, service = %self.asked, "declined a connection request: {why}");
+        if let Ok(capsule) = lock(&self.state).decline(id) {
+            let _ = self.control.try_send(capsule);
+        }
+    }
+
+    async fn run(self) {
+        let Some(service) = self.service.clone() else {
+            self.decline("this origin offers no such service");
+            return;
+        };
+        let dialled =
+            tokio::time::timeout(SERVICE_DIAL_TIMEOUT, TcpStream::connect(&service.address)).await;
+        let tcp = match dialled {
+            Ok(Ok(tcp)) => tcp,
+            Ok(Err(e)) => {
+                self.decline(&format!(
+                    "service {} at {}: {e}",
+                    service.name, service.address
+                ));
+                return;
+            }
+            Err(_) => {
+                self.decline(&format!(
+                    "service {} at {}: no connection within {SERVICE_DIAL_TIMEOUT:?}",
+                    service.name, service.address
+                ));
+                return;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        if lock(&self.state).accepting(self.id).is_err() {
+            return;
+        }
+        let accepted = async {
+            let template = ReverseTemplate::default_for(ReverseExchange::Accept, &self.authority)?;
+            let uri = template.expand_accept(self.id)?;
+            let (req, protocol) =
+                reverse_connect_request(ReverseExchange::Accept, &uri, self.auth.clone())?;
+            extended_connect(self.send.clone(), req, protocol, ReverseExchange::Accept).await
+        };
+        let stream = match accepted.await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(gateway = %self.gateway, request = %self.id, service = %service.name, error = %format!("{e:#}"), "connect-accept failed");
+                return;
+            }
+        };
+        let local: Option<SocketAddr> = tcp.peer_addr().ok();
+        tracing::debug!(request = %self.id, service = %service.name, ?local, "TCP flow open");
+        let options = FlowOptions {
+            idle_timeout: IDLE_TIMEOUT,
+            ..FlowOptions::default()
+        };
+        let report = splice(tcp, stream, options).await;
+        match report.end {
+            FlowEnd::Closed => {
+                tracing::debug!(request = %self.id, service = %service.name, to_gateway = report.to_stream, to_service = report.to_socket, "TCP flow closed")
+            }
+            end => {
+                tracing::info!(request = %self.id, service = %service.name, reason = %end, "TCP flow closed")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn services_parse_and_one_port_is_one_service() {
+        let s: TcpService = "ssh=127.0.0.1:22".parse().unwrap();
+        assert_eq!(
+            (s.name.as_str(), s.address.as_str(), s.port.get()),
+            ("ssh", "127.0.0.1:22", 22)
+        );
+        assert_eq!(
+            s.wire(),
+            Service::local(IpProtocol::Tcp, ServicePort::new(22).unwrap())
+        );
+        let v6: TcpService = "db=[::1]:5432".parse().unwrap();
+        assert_eq!(v6.port.get(), 5432);
+        for bad in ["ssh", "ssh=127.0.0.1", "ssh=:22", "ssh=h:0", "SSH=h:22"] {
+            assert!(bad.parse::<TcpService>().is_err(), "{bad}");
+        }
+        let two = ["a=h:22".parse().unwrap(), "b=other:22".parse().unwrap()];
+        let e = check_services(&two).unwrap_err().to_string();
+        assert!(e.contains("both on port 22"), "{e}");
+        assert!(check_services(&two[..1]).is_ok());
+    }
+}

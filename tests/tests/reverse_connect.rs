@@ -1,0 +1,489 @@
+//! Reverse CONNECT (draft-rosomakho-masque-reverse-connect) over HTTP/2, end to end with real
+//! processes: a TCP service behind a `ptth-origin --tcp-service` reached through a gateway
+//! port mapping (`[[tcp]]`), and the refusals the draft asks for.
+//!
+//! Run `cargo build --bins` first. `PTTH_RC_BYTES` sets the bulk transfer's size (default
+//! 1 GiB).
+
+use anyhow::{anyhow, bail, Context, Result};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use ptth_tests::{bin, tls_connect, Gateway, LogTap, TempDir};
+use sha2::{Digest, Sha256};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, Command};
+
+const BOX_TOKEN: &str = "box-token-5f1c0a7e9d";
+const WEB_TOKEN: &str = "web-token-0b9e4d2c71";
+
+/// A port nothing listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// A TCP echo service; each connection's received bytes are hashed and reported on `done`.
+async fn echo_service() -> (
+    SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<(u64, String)>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut hash = Sha256::new();
+                let mut total = 0u64;
+                let mut buf = vec![0u8; 256 * 1024];
+                loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            hash.update(&buf[..n]);
+                            total += n as u64;
+                            if tcp.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = tcp.shutdown().await;
+                let _ = tx.send((total, hex(&hash.finalize())));
+            });
+        }
+    });
+    (addr, rx)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A gateway whose grant `box` offers `echo` (on `echo_port`) and `down` (on `down_port`),
+/// mapped to two public ports; grant `web` offers no service.
+struct Setup {
+    _dir: TempDir,
+    gw: Gateway,
+    echo: SocketAddr,
+    down: SocketAddr,
+}
+
+async fn gateway(name: &str, echo_port: u16, down_port: u16, extra: &[&str]) -> Result<Setup> {
+    let dir = TempDir::new(name);
+    let (echo, down) = (free_port(), free_port());
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[grant]]
+name = "box"
+token = "{BOX_TOKEN}"
+services = ["echo=tcp/{echo_port}", "down=tcp/{down_port}"]
+
+[[grant]]
+name = "web"
+token = "{WEB_TOKEN}"
+origins = ["*"]
+
+[[tcp]]
+listen = "127.0.0.1:{echo}"
+grant = "box"
+service = "echo"
+
+[[tcp]]
+listen = "127.0.0.1:{down}"
+grant = "box"
+service = "down"
+"#
+        ),
+    )?;
+    let mut args = vec!["--config", config.to_str().unwrap_or_default()];
+    args.extend_from_slice(extra);
+    let gw = Gateway::start(&dir.0.join("dev"), &args).await?;
+    Ok(Setup {
+        _dir: dir,
+        gw,
+        echo: format!("127.0.0.1:{echo}").parse()?,
+        down: format!("127.0.0.1:{down}").parse()?,
+    })
+}
+
+/// A `ptth-origin` offering only TCP services (no HTTP), with the `box` token.
+fn origin(gateway_url: &str, ca: &std::path::Path, services: &[String]) -> Result<(Child, LogTap)> {
+    let mut cmd = Command::new(bin("ptth-origin"));
+    cmd.args(["--gateway", gateway_url, "--token", BOX_TOKEN])
+        .arg("--ca")
+        .arg(ca);
+    for s in services {
+        cmd.args(["--tcp-service", s]);
+    }
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().context("starting ptth-origin")?;
+    let log = LogTap::capture("origin", child.stderr.take());
+    Ok((child, log))
+}
+
+/// Connects to a port mapping until a flow carries an echo (an origin offers the service).
+async fn wait_for_echo(addr: SocketAddr) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let tried = async {
+            let mut tcp = TcpStream::connect(addr).await?;
+            tcp.write_all(b"ping").await?;
+            let mut got = [0u8; 4];
+            tcp.read_exact(&mut got).await?;
+            anyhow::ensure!(&got == b"ping", "echo said {got:?}");
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), tried).await {
+            Ok(Ok(())) => return Ok(()),
+            _ if tokio::time::Instant::now() >= deadline => {
+                bail!("no origin offered the service through {addr} within 20 s")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Reads until the peer closes; `Ok` with what arrived, or the deadline's error.
+async fn read_until_closed(tcp: &mut TcpStream, secs: u64) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(secs), read)
+        .await
+        .map_err(|_| anyhow!("the public socket stayed open for {secs} s"))?;
+    Ok(out)
+}
+
+/// A deterministic, fast byte source (xorshift64*).
+struct Noise(u64);
+
+impl Noise {
+    fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            let v = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tcp_echo_behind_an_origin_carries_a_bulk_transfer_hashed_on_both_ends() -> Result<()> {
+    let (service, mut received) = echo_service().await;
+    let unlisted = free_port();
+    let s = gateway("rc-bulk", service.port(), free_port(), &[]).await?;
+    let (_origin, origin_log) = origin(
+        &s.gw.tunnel_url(),
+        &s.gw.dev.join("ca.pem"),
+        &[
+            format!("echo=127.0.0.1:{}", service.port()),
+            // Not in the grant: the gateway ignores it and says so.
+            format!("extra=127.0.0.1:{unlisted}"),
+        ],
+    )?;
+    wait_for_echo(s.echo).await?;
+    let _ = received.recv().await;
+    s.gw.log
+        .wait_for("advertised a service its grant does not allow", 5)
+        .await?;
+
+    let total: u64 = std::env::var("PTTH_RC_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1 << 30);
+    let started = std::time::Instant::now();
+    let tcp = TcpStream::connect(s.echo).await?;
+    let (mut rd, mut wr) = tcp.into_split();
+    let send = tokio::spawn(async move {
+        let mut noise = Noise(0x9e37_79b9_7f4a_7c15);
+        let mut hash = Sha256::new();
+        let mut buf = vec![0u8; 256 * 1024];
+        let mut sent = 0u64;
+        while sent < total {
+            let n = (total - sent).min(buf.len() as u64) as usize;
+            noise.fill(&mut buf[..n]);
+            hash.update(&buf[..n]);
+            wr.write_all(&buf[..n]).await?;
+            sent += n as u64;
+        }
+        wr.shutdown().await?;
+        anyhow::Ok(hex(&hash.finalize()))
+    });
+    let mut hash = Sha256::new();
+    let mut back = 0u64;
+    let mut buf = vec![0u8; 256 * 1024];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(60), rd.read(&mut buf))
+            .await
+            .map_err(|_| anyhow!("the echo stalled after {back} bytes"))??;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        back += n as u64;
+    }
+    let sent_hash = send.await??;
+    let (at_service, service_hash) = received
+        .recv()
+        .await
+        .ok_or_else(|| anyhow!("the echo service reported nothing"))?;
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "reverse CONNECT echo: {total} bytes each way in {secs:.1} s ({:.0} MiB/s each way, debug build)",
+        total as f64 / secs / (1 << 20) as f64
+    );
+    assert_eq!(at_service, total, "bytes that reached the service");
+    assert_eq!(back, total, "bytes that came back");
+    assert_eq!(service_hash, sent_hash, "what the service received");
+    assert_eq!(hex(&hash.finalize()), sent_hash, "what came back");
+    assert!(origin_log
+        .matching("reverse CONNECT control channel failed")
+        .is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_service_that_is_down_is_declined_and_the_public_socket_closes() -> Result<()> {
+    let (service, _received) = echo_service().await;
+    let down_port = free_port();
+    let s = gateway("rc-declined", service.port(), down_port, &[]).await?;
+    let (_origin, origin_log) = origin(
+        &s.gw.tunnel_url(),
+        &s.gw.dev.join("ca.pem"),
+        &[
+            format!("echo=127.0.0.1:{}", service.port()),
+            format!("down=127.0.0.1:{down_port}"),
+        ],
+    )?;
+    wait_for_echo(s.echo).await?;
+    let mut tcp = TcpStream::connect(s.down).await?;
+    let got = read_until_closed(&mut tcp, 15).await?;
+    assert!(got.is_empty(), "{got:?}");
+    origin_log
+        .wait_for("declined a connection request", 5)
+        .await?;
+    s.gw.log
+        .wait_for("the origin declined the connection request", 5)
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_no_origin_offering_the_service_the_public_socket_closes_at_once() -> Result<()> {
+    let s = gateway("rc-none", free_port(), free_port(), &[]).await?;
+    let mut tcp = TcpStream::connect(s.echo).await?;
+    let got = read_until_closed(&mut tcp, 3).await?;
+    assert!(got.is_empty());
+    s.gw.log.wait_for("no origin offers the service", 5).await?;
+    Ok(())
+}
+
+/// An HTTP/2 client on the tunnel listener (the origin's role), once the gateway enabled
+/// extended CONNECT.
+async fn h2_client(gw: &Gateway) -> Result<hyper::client::conn::http2::SendRequest<ptth_h2::Body>> {
+    let tls = tls_connect(gw, &[b"h2"]).await?;
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, ptth_h2::Body>(TokioIo::new(tls))
+        .await?;
+    let settings = std::sync::Arc::new(ptth_h2::PeerSettings::default());
+    tokio::spawn(ptth_h2::reversed::drive(conn, settings.clone()));
+    for _ in 0..500 {
+        if settings.extended_connect() {
+            return Ok(send);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("the gateway did not enable extended CONNECT")
+}
+
+async fn extended_connect(
+    send: &mut hyper::client::conn::http2::SendRequest<ptth_h2::Body>,
+    gw: &Gateway,
+    protocol: &'static str,
+    path: &str,
+    token: &str,
+) -> Result<http::Response<hyper::body::Incoming>> {
+    let mut req = http::Request::builder()
+        .method("CONNECT")
+        .uri(format!("https://localhost:{}{path}", gw.tunnel.port()))
+        .header("capsule-protocol", "?1")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Empty::<Bytes>::new().map_err(|n| match n {}).boxed_unsync())?;
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static(protocol));
+    send.ready().await?;
+    Ok(send.send_request(req).await?)
+}
+
+const LISTEN: &str = "/.well-known/masque/listen/./6/";
+
+#[tokio::test]
+async fn a_grant_without_services_may_not_listen() -> Result<()> {
+    let s = gateway("rc-forbidden", free_port(), free_port(), &[]).await?;
+    let mut send = h2_client(&s.gw).await?;
+    let res = extended_connect(&mut send, &s.gw, "connect-listen", LISTEN, WEB_TOKEN).await?;
+    assert_eq!(res.status(), http::StatusCode::FORBIDDEN);
+    let body = res.into_body().collect().await?.to_bytes();
+    let text = String::from_utf8_lossy(&body);
+    assert!(text.contains("grant web allows no service"), "{text}");
+    // And a wrong token is not authenticated at all.
+    let res = extended_connect(&mut send, &s.gw, "connect-listen", LISTEN, "nope").await?;
+    assert_eq!(res.status(), http::StatusCode::UNAUTHORIZED);
+    // The grant that allows services may.
+    let res = extended_connect(&mut send, &s.gw, "connect-listen", LISTEN, BOX_TOKEN).await?;
+    assert_eq!(res.status(), http::StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_accept_for_an_unknown_request_id_is_404() -> Result<()> {
+    let s = gateway("rc-404", free_port(), free_port(), &[]).await?;
+    let mut send = h2_client(&s.gw).await?;
+    let listen = extended_connect(&mut send, &s.gw, "connect-listen", LISTEN, BOX_TOKEN).await?;
+    assert_eq!(listen.status(), http::StatusCode::OK);
+    let res = extended_connect(
+        &mut send,
+        &s.gw,
+        "connect-accept",
+        "/.well-known/masque/accept/12345/",
+        BOX_TOKEN,
+    )
+    .await?;
+    assert_eq!(res.status(), http::StatusCode::NOT_FOUND);
+    let body = res.into_body().collect().await?.to_bytes();
+    assert!(
+        String::from_utf8_lossy(&body).contains("request 12345 is not an outstanding"),
+        "{body:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_gateway_reusing_a_request_id_breaks_the_origins_control_channel() -> Result<()> {
+    // A gateway of the test's own (the real one never reuses an ID): TLS with the dev
+    // certificate, HTTP/2 with extended CONNECT, and a CONNECTION_REQUEST sent twice.
+    let s = gateway("rc-dup", free_port(), free_port(), &[]).await?;
+    let dev = s.gw.dev.clone();
+    let certs = rustls_pemfile::certs(&mut std::fs::read(dev.join("gateway.pem"))?.as_slice())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = rustls_pemfile::private_key(&mut std::fs::read(dev.join("gateway.key"))?.as_slice())?
+        .ok_or_else(|| anyhow!("no key"))?;
+    let mut tls = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)?;
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(tls));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("https://localhost:{}", listener.local_addr()?.port());
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        let Ok((tcp, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(tls) = acceptor.accept(tcp).await else {
+            return;
+        };
+        let svc =
+            hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                let ended_tx = ended_tx.clone();
+                async move {
+                    let on_upgrade = hyper::upgrade::on(&mut req);
+                    tokio::spawn(async move {
+                        let Ok(io) = on_upgrade.await else { return };
+                        let mut io = TokioIo::new(io);
+                        // CONNECTION_REQUEST (0x3b7a0c41) id 7 for local TCP port 9, twice.
+                        let mut capsule = BytesMut::new();
+                        capsule.extend_from_slice(&[
+                            0xbb, 0x7a, 0x0c, 0x41, 0x05, 0x07, 0x00, 0x06, 0x00, 0x09,
+                        ]);
+                        let twice = [capsule.chunk(), capsule.chunk()].concat();
+                        let _ = io.write_all(&twice).await;
+                        let mut sink = Vec::new();
+                        let end = match tokio::time::timeout(
+                            Duration::from_secs(10),
+                            io.read_to_end(&mut sink),
+                        )
+                        .await
+                        {
+                            Ok(Ok(_)) => "closed".to_string(),
+                            Ok(Err(e)) => format!("reset: {e}"),
+                            Err(_) => "still open".to_string(),
+                        };
+                        let _ = ended_tx.send(end);
+                    });
+                    let res = http::Response::builder()
+                        .status(200)
+                        .header("capsule-protocol", "?1")
+                        .body(Empty::<Bytes>::new())
+                        .unwrap();
+                    Ok::<_, std::convert::Infallible>(res)
+                }
+            });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .enable_connect_protocol()
+            .serve_connection(TokioIo::new(tls), svc)
+            .await;
+    });
+    let (_origin, origin_log) =
+        origin(&url, &dev.join("ca.pem"), &["echo=127.0.0.1:1".to_string()])?;
+    let line = origin_log
+        .wait_for("the gateway broke the control channel's rules", 15)
+        .await?;
+    assert!(line.contains("reused request ID 7"), "{line}");
+    let end = tokio::time::timeout(Duration::from_secs(15), ended.recv())
+        .await?
+        .ok_or_else(|| anyhow!("no end"))?;
+    assert_ne!(end, "still open", "the origin must abort the channel");
+    Ok(())
+}
+
+#[tokio::test]
+async fn killing_the_origin_mid_flow_closes_the_public_socket() -> Result<()> {
+    let (service, _received) = echo_service().await;
+    let s = gateway("rc-kill", service.port(), free_port(), &[]).await?;
+    let (mut origin, _log) = origin(
+        &s.gw.tunnel_url(),
+        &s.gw.dev.join("ca.pem"),
+        &[format!("echo=127.0.0.1:{}", service.port())],
+    )?;
+    wait_for_echo(s.echo).await?;
+    let mut tcp = TcpStream::connect(s.echo).await?;
+    tcp.write_all(b"hello").await?;
+    let mut got = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut got)).await??;
+    assert_eq!(&got, b"hello");
+    origin.kill().await?;
+    let rest = read_until_closed(&mut tcp, 15).await?;
+    assert!(rest.is_empty(), "{rest:?}");
+    Ok(())
+}
