@@ -120,6 +120,16 @@ service = "down"
 
 /// A `ptth-origin` offering only TCP services (no HTTP), with the `box` token.
 fn origin(gateway_url: &str, ca: &std::path::Path, services: &[String]) -> Result<(Child, LogTap)> {
+    origin_with(gateway_url, ca, services, &[])
+}
+
+/// [`origin`] with more arguments.
+fn origin_with(
+    gateway_url: &str,
+    ca: &std::path::Path,
+    services: &[String],
+    extra: &[&str],
+) -> Result<(Child, LogTap)> {
     let mut cmd = Command::new(bin("ptth-origin"));
     cmd.args(["--gateway", gateway_url, "--token", BOX_TOKEN])
         .arg("--ca")
@@ -127,6 +137,7 @@ fn origin(gateway_url: &str, ca: &std::path::Path, services: &[String]) -> Resul
     for s in services {
         cmd.args(["--tcp-service", s]);
     }
+    cmd.args(extra);
     cmd.env(
         "RUST_LOG",
         std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
@@ -486,4 +497,49 @@ async fn killing_the_origin_mid_flow_closes_the_public_socket() -> Result<()> {
     let rest = read_until_closed(&mut tcp, 15).await?;
     assert!(rest.is_empty(), "{rest:?}");
     Ok(())
+}
+
+/// The status code `GET /readyz` on an admin listener answers, if it answers.
+async fn readyz(admin: SocketAddr) -> Option<u16> {
+    let mut tcp = TcpStream::connect(admin).await.ok()?;
+    tcp.write_all(b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut head = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut head))
+        .await
+        .ok()?
+        .ok()?;
+    let line = String::from_utf8_lossy(&head);
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+async fn readyz_becomes(admin: SocketAddr, want: u16) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while readyz(admin).await != Some(want) {
+        if tokio::time::Instant::now() > deadline {
+            bail!("/readyz on {admin} never answered {want}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_origin_offering_only_services_is_ready_while_its_channel_is_open() -> Result<()> {
+    let (service, _received) = echo_service().await;
+    let mut s = gateway("rc-ready", service.port(), free_port(), &[]).await?;
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse()?;
+    let admin_text = admin.to_string();
+    let (_origin, _log) = origin_with(
+        &s.gw.tunnel_url(),
+        &s.gw.dev.join("ca.pem"),
+        &[format!("echo=127.0.0.1:{}", service.port())],
+        &["--admin", &admin_text],
+    )?;
+    // No HTTP connection is needed: the open services channel is what makes it ready.
+    readyz_becomes(admin, 200).await?;
+    wait_for_echo(s.echo).await?;
+    s.gw.kill().await;
+    readyz_becomes(admin, 503).await
 }

@@ -246,7 +246,16 @@ impl Origin {
             .iter()
             .map(|(_, authority, _)| format!("https://{authority}"))
             .collect();
-        let metrics = Arc::new(metrics::Metrics::new(&names, slots, config.ready_when));
+        let needs = metrics::Needs {
+            http: !config.hosts.is_empty(),
+            services: !config.tcp_services.is_empty(),
+        };
+        let metrics = Arc::new(metrics::Metrics::new(
+            &names,
+            slots,
+            config.ready_when,
+            needs,
+        ));
         let config = Arc::new(config);
         let dialers = gateways
             .into_iter()

@@ -53,6 +53,8 @@ impl std::str::FromStr for ReadyWhen {
 struct GatewaySeries {
     url: String,
     slots: Box<[AtomicU8]>,
+    /// Whether the reverse CONNECT control channel to this gateway is open.
+    services_up: std::sync::atomic::AtomicBool,
     connecting: Gauge,
     registered: Gauge,
     reconnects: Counter,
@@ -85,11 +87,24 @@ pub struct Metrics {
     registry: prometheus_client::registry::Registry,
     gateways: Vec<GatewaySeries>,
     ready_when: ReadyWhen,
+    /// What a gateway needs before it counts as reached: a registered reversed connection
+    /// (the origin serves HTTP), an open services channel (it offers TCP services), or both.
+    needs: Needs,
+}
+
+/// What the origin offers each gateway, so what `/readyz` waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Needs {
+    /// HTTP: a registered reversed connection.
+    pub http: bool,
+    /// Reverse CONNECT services: an open control channel.
+    pub services: bool,
 }
 
 impl Metrics {
-    /// Metrics for `gateways` (configured URLs), each with `slots` connections.
-    pub fn new(gateways: &[String], slots: usize, ready_when: ReadyWhen) -> Self {
+    /// Metrics for `gateways` (configured URLs), each with `slots` connections, for an
+    /// origin that offers `needs`.
+    pub fn new(gateways: &[String], slots: usize, ready_when: ReadyWhen, needs: Needs) -> Self {
         let mut registry = prometheus_client::registry::Registry::with_prefix("ptth_origin");
         type ByGateway = [(&'static str, String); 1];
         type ByGatewayState = [(&'static str, String); 2];
@@ -135,6 +150,7 @@ impl Metrics {
                 GatewaySeries {
                     url: url.clone(),
                     slots: (0..slots.max(1)).map(|_| AtomicU8::new(0)).collect(),
+                    services_up: std::sync::atomic::AtomicBool::new(false),
                     connecting: connections.get_or_create_owned(&state("connecting")),
                     registered: connections.get_or_create_owned(&state("registered")),
                     reconnects: reconnects.get_or_create_owned(&by),
@@ -147,6 +163,14 @@ impl Metrics {
             registry,
             gateways,
             ready_when,
+            needs,
+        }
+    }
+
+    /// The reverse CONNECT control channel to `gateway` opened (`true`) or ended.
+    pub(crate) fn services_channel(&self, gateway: usize, up: bool) {
+        if let Some(g) = self.gateways.get(gateway) {
+            g.services_up.store(up, Ordering::Relaxed);
         }
     }
 
@@ -186,12 +210,17 @@ impl Metrics {
     }
 
     /// `Ok` when the origin takes traffic (per [`ReadyWhen`]), else which gateways lack a
-    /// registered connection.
+    /// registered connection (or, for an origin offering services, an open services
+    /// channel).
     pub fn ready(&self) -> Result<(), String> {
+        let reached = |g: &GatewaySeries| {
+            (!self.needs.http || Self::count(g, SlotState::Registered) > 0)
+                && (!self.needs.services || g.services_up.load(Ordering::Relaxed))
+        };
         let lacking: Vec<&str> = self
             .gateways
             .iter()
-            .filter(|g| Self::count(g, SlotState::Registered) == 0)
+            .filter(|g| !reached(g))
             .map(|g| g.url.as_str())
             .collect();
         let ready = match self.ready_when {
@@ -294,8 +323,12 @@ mod tests {
     #[test]
     fn readiness_follows_the_slots_per_gateway() {
         let gws = ["https://a:1".to_owned(), "https://b:2".to_owned()];
-        let all = Metrics::new(&gws, 2, ReadyWhen::All);
-        let any = Metrics::new(&gws, 2, ReadyWhen::Any);
+        let http = Needs {
+            http: true,
+            services: false,
+        };
+        let all = Metrics::new(&gws, 2, ReadyWhen::All, http);
+        let any = Metrics::new(&gws, 2, ReadyWhen::Any, http);
         for m in [&all, &any] {
             let err = m.ready().unwrap_err();
             assert!(
@@ -322,5 +355,46 @@ mod tests {
             "{text}"
         );
         assert!("some".parse::<ReadyWhen>().is_err());
+    }
+
+    #[test]
+    fn an_origin_offering_services_is_ready_when_its_channels_are_open() {
+        let gws = ["https://a:1".to_owned(), "https://b:2".to_owned()];
+        let only = Metrics::new(
+            &gws,
+            1,
+            ReadyWhen::All,
+            Needs {
+                http: false,
+                services: true,
+            },
+        );
+        assert!(only.ready().is_err());
+        only.services_channel(0, true);
+        let err = only.ready().unwrap_err();
+        assert!(
+            !err.contains("https://a:1") && err.contains("https://b:2"),
+            "{err}"
+        );
+        only.services_channel(1, true);
+        assert!(only.ready().is_ok(), "no HTTP slot is needed");
+        only.services_channel(0, false);
+        assert!(only.ready().is_err());
+        // Both: a registered connection and an open channel, per gateway.
+        let both = Metrics::new(
+            &gws[..1],
+            1,
+            ReadyWhen::All,
+            Needs {
+                http: true,
+                services: true,
+            },
+        );
+        both.services_channel(0, true);
+        assert!(both.ready().is_err(), "the HTTP connection is missing");
+        both.slot(0, 0, SlotState::Registered);
+        assert!(both.ready().is_ok());
+        both.services_channel(0, false);
+        assert!(both.ready().is_err(), "the services channel is missing");
     }
 }

@@ -227,6 +227,8 @@ async fn channel(dialer: &Dialer, tls: &tokio_rustls::TlsConnector) -> Result<St
     let offered: Vec<Service> = services.iter().map(TcpService::wire).collect();
     let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
     tracing::info!(gateway = %dialer.gateway, services = %names.join(","), "reverse CONNECT control channel open");
+    // `/readyz` counts this gateway reached while the channel is open.
+    let _up = ChannelUp::new(dialer);
     let (mut reader, mut writer) = tokio::io::split(io);
     writer
         .write_all(&OriginChannel::advertise(&offered).to_bytes())
@@ -302,6 +304,23 @@ fn lock(state: &Mutex<OriginChannel>) -> std::sync::MutexGuard<'_, OriginChannel
 }
 
 /// Sends an extended CONNECT for `exchange` and takes over its stream on a 2xx.
+/// Marks the services channel to one gateway open in the metrics (and `/readyz`) for as
+/// long as it lives.
+struct ChannelUp<'a>(&'a Dialer);
+
+impl<'a> ChannelUp<'a> {
+    fn new(dialer: &'a Dialer) -> Self {
+        dialer.metrics.services_channel(dialer.index, true);
+        Self(dialer)
+    }
+}
+
+impl Drop for ChannelUp<'_> {
+    fn drop(&mut self) {
+        self.0.metrics.services_channel(self.0.index, false);
+    }
+}
+
 async fn extended_connect(
     mut send: SendRequest<Body>,
     req: Request<()>,
