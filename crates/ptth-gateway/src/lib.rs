@@ -23,10 +23,13 @@ mod admission;
 pub mod config;
 mod credential;
 pub mod dev;
+mod embed;
+mod events;
 pub mod forwarding;
 mod message;
 pub mod metrics;
 mod pending;
+mod policy;
 pub mod proxy;
 mod public;
 mod public_h3;
@@ -41,6 +44,11 @@ mod websocket;
 mod workers;
 
 pub use config::GatewayConfig;
+pub use embed::{GatewayBuilder, GatewayService};
+pub use events::{ConnectionEvent, EventKind, EVENT_BUFFER};
+pub use message::{Body, BoxError};
+pub use policy::{Authorise, Authorised, BoxFuture, Candidate, OriginRequest, Refused, Route};
+pub use proxy::ClientInfo;
 pub use registry::{OriginConn, QueueLimits, Registry};
 
 use anyhow::{Context, Result};
@@ -74,6 +82,8 @@ pub struct Gateway {
     readiness: Arc<admin::Readiness>,
     /// The connected origins.
     pub registry: Arc<Registry>,
+    /// The public side's proxy, which [`Gateway::service`] wraps.
+    proxy: Arc<proxy::Proxy>,
     ctx: Arc<admission::TunnelContext>,
     /// The QUIC tunnel endpoint, whose server config a reload replaces.
     tunnel_quic_endpoint: LateEndpoint,
@@ -88,7 +98,30 @@ pub struct Gateway {
 
 impl Gateway {
     /// Binds every listener and starts serving. Returns once the sockets are bound.
+    /// [`GatewayBuilder`] starts one with the caller's listener and policy.
     pub async fn start(config: &GatewayConfig) -> Result<Self> {
+        Self::start_with(config, Hooks::default()).await
+    }
+
+    /// The gateway's public side as a `tower::Service`, to mount in another server (an
+    /// axum fallback, say): see [`GatewayService`].
+    pub fn service(&self) -> GatewayService {
+        GatewayService::new(self.proxy.clone())
+    }
+
+    /// Origin connections registered, draining and closed from now on: see
+    /// [`ConnectionEvent`]. Bounded ([`EVENT_BUFFER`]); the gateway never waits for a
+    /// receiver.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<ConnectionEvent> {
+        self.registry.events.subscribe()
+    }
+
+    async fn start_with(config: &GatewayConfig, hooks: Hooks) -> Result<Self> {
+        let Hooks {
+            authoriser,
+            router,
+            tunnel_listener,
+        } = hooks;
         let certs = tls::load_certs(&config.cert)?;
         let key = tls::load_key(&config.key)?;
         let public_certs = tls::PublicResolver::new(tls::PublicCerts::load(
@@ -112,6 +145,9 @@ impl Gateway {
             max_waiting_per_host: config.queue_limit_per_host,
         });
         registry.start_grace(config.startup_grace);
+        if let Some(router) = router {
+            registry.set_router(router.0);
+        }
         let proxy = proxy::Proxy::new(
             registry.clone(),
             proxy::ProxyConfig {
@@ -131,6 +167,7 @@ impl Gateway {
                 config.max_pending_setups,
                 config.max_pending_setups_per_ip,
             ),
+            authoriser,
         });
         let shutdown = shutdown::Shutdown::new();
 
@@ -162,9 +199,20 @@ impl Gateway {
         };
         // Every TCP listener is one socket per worker, so a connection (public or origin)
         // and every task it spawns stay on the worker that accepted it.
-        let tunnel_ls = workers
-            .listen_each(config.tunnel)
-            .with_context(|| format!("binding the tunnel listener on {}", config.tunnel))?;
+        let tunnel_ls = match tunnel_listener {
+            // The caller's listener, served on the first worker.
+            Some(listener) => {
+                listener
+                    .set_nonblocking(true)
+                    .context("making the tunnel listener non-blocking")?;
+                let _on_worker = workers.handle(0).enter();
+                vec![tokio::net::TcpListener::from_std(listener)
+                    .context("taking the caller's tunnel listener")?]
+            }
+            None => workers
+                .listen_each(config.tunnel)
+                .with_context(|| format!("binding the tunnel listener on {}", config.tunnel))?,
+        };
         let public_ls = match config.listen {
             Some(addr) => workers
                 .listen_each(addr)
@@ -304,6 +352,7 @@ impl Gateway {
             admin,
             readiness,
             registry,
+            proxy,
             ctx,
             tunnel_quic_endpoint,
             shutdown,
@@ -383,6 +432,8 @@ impl Gateway {
             .registry
             .snapshot()
             .into_iter()
+            // A custom authoriser's decisions stand: the grants re-check only their own.
+            .filter(|_| self.ctx.authoriser.is_none())
             .filter_map(|conn| {
                 credential::recheck(&grants, &conn.admission, &conn.scopes)
                     .err()
@@ -514,6 +565,14 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What an embedding application gave [`GatewayBuilder`] beside the configuration.
+#[derive(Debug, Default)]
+struct Hooks {
+    authoriser: Option<policy::Hook<dyn Authorise>>,
+    router: Option<policy::Hook<dyn Route>>,
+    tunnel_listener: Option<std::net::TcpListener>,
 }
 
 /// How long after [`public::LINGER`] a stopping gateway waits for its public connections to

@@ -81,6 +81,8 @@ pub struct OriginConn {
     driver: tokio::task::AbortHandle,
     /// The worker whose runtime drives this connection (the one that accepted it), if any.
     worker: Option<usize>,
+    /// Where its draining event goes: the registry's events, once added.
+    events: std::sync::OnceLock<crate::events::Events>,
 }
 
 /// [`ConnectionState`] as the byte [`OriginConn`]'s `phase` mirror holds.
@@ -121,6 +123,7 @@ impl OriginConn {
             driver,
             // Built by the admission task, on the worker that accepted the connection.
             worker: crate::workers::current(),
+            events: std::sync::OnceLock::new(),
         }
     }
 
@@ -140,8 +143,14 @@ impl OriginConn {
         let _ = step(&mut lifecycle);
         let after = lifecycle.state();
         self.phase.store(phase_of(after), Ordering::SeqCst);
+        let drain_source = lifecycle.drain_source();
         drop(lifecycle);
         if after != before {
+            if let (ConnectionState::Draining, Some(events), Some(source)) =
+                (after, self.events.get(), drain_source)
+            {
+                crate::events::emit(events, self, crate::events::EventKind::Draining(source));
+            }
             self.changed.notify_waiters();
         }
     }
@@ -301,6 +310,10 @@ pub struct Registry {
     startup_until: std::sync::OnceLock<tokio::time::Instant>,
     /// This gateway's metrics (the admin listener serves them).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Connections registered, draining and closed, for [`crate::Gateway::events`].
+    pub(crate) events: crate::events::Events,
+    /// The embedding application's routing choice, if it gave one.
+    router: std::sync::OnceLock<crate::policy::Hook<dyn crate::policy::Route>>,
 }
 
 /// One request's place in its host's share of the queue.
@@ -388,7 +401,15 @@ impl Registry {
             waiting: Mutex::new(HashMap::new()),
             startup_until: std::sync::OnceLock::new(),
             metrics: Arc::default(),
+            events: crate::events::channel(),
+            router: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets `router` pick among the candidate connections of every request from now on
+    /// (least outstanding otherwise). Only the first call counts.
+    pub(crate) fn set_router(&self, router: Arc<dyn crate::policy::Route>) {
+        let _ = self.router.set(crate::policy::Hook(router));
     }
 
     /// Starts the start-up grace: for `grace` from now, a request for a host no origin
@@ -480,6 +501,8 @@ impl Registry {
             worker = conn.worker,
             "origin connection registered"
         );
+        let _ = conn.events.set(self.events.clone());
+        crate::events::emit(&self.events, &conn, crate::events::EventKind::Registered);
         let mut index = self.write();
         for host in conn.hosts() {
             index
@@ -510,6 +533,11 @@ impl Registry {
                 }
             }
             let state = c.lifecycle().clone();
+            crate::events::emit(
+                &self.events,
+                &c,
+                crate::events::EventKind::Closed(state.close_reason()),
+            );
             tracing::info!(
                 conn = id,
                 grant = %c.admission.identity,
@@ -582,8 +610,9 @@ impl Registry {
     fn pick(&self, target: &RequestTarget, avoid: Option<u64>) -> Pick {
         let index = self.read();
         let host = target.host();
+        let router = self.router.get().map(|r| &*r.0);
         if let Some(bucket) = index.by_host.get(host) {
-            match pick_in(bucket, target, avoid) {
+            match pick_in(bucket, target, avoid, router) {
                 Pick::NoRoute => {}
                 found => return found,
             }
@@ -593,7 +622,7 @@ impl Registry {
         match host.split_once('.') {
             Some((label, parent)) if !label.is_empty() && !host.starts_with('[') => {
                 match index.by_host.get(&format!("*.{parent}")) {
-                    Some(bucket) => pick_in(bucket, target, avoid),
+                    Some(bucket) => pick_in(bucket, target, avoid, router),
                     None => Pick::NoRoute,
                 }
             }
@@ -718,7 +747,15 @@ fn why_closed(state: &Lifecycle) -> &'static str {
 /// requests relative to capacity (the first in the bucket on a tie). Full connections are
 /// skipped, so a request crosses to another worker only when those on its own are full or
 /// none match.
-fn pick_in(bucket: &[Arc<OriginConn>], target: &RequestTarget, avoid: Option<u64>) -> Pick {
+fn pick_in(
+    bucket: &[Arc<OriginConn>],
+    target: &RequestTarget,
+    avoid: Option<u64>,
+    router: Option<&dyn crate::policy::Route>,
+) -> Pick {
+    if let Some(router) = router {
+        return pick_routed(bucket, target, avoid, router);
+    }
     // A reservation lost to a concurrent request (the count moved between reading and
     // taking) means another request got a slot: look again, at most once per connection.
     let here = crate::workers::current();
@@ -764,6 +801,81 @@ fn pick_in(bucket: &[Arc<OriginConn>], target: &RequestTarget, avoid: Option<u64
         }
     }
     Pick::Busy
+}
+
+/// [`pick_in`] with the embedding application's [`crate::policy::Route`] choosing among the
+/// usable connections of the best-ranked scope that are not full (the same candidates the
+/// default considers); its `None` takes the default's choice.
+fn pick_routed(
+    bucket: &[Arc<OriginConn>],
+    target: &RequestTarget,
+    avoid: Option<u64>,
+    router: &dyn crate::policy::Route,
+) -> Pick {
+    use crate::policy::Candidate;
+    for _ in 0..bucket.len().max(1) {
+        let mut best_spec = None;
+        let mut candidates: Vec<Candidate<'_>> = Vec::new();
+        // The connection of each candidate, at the same index.
+        let mut conns: Vec<&Arc<OriginConn>> = Vec::new();
+        for c in bucket.iter() {
+            if Some(c.id) == avoid || !c.is_usable() {
+                continue;
+            }
+            let Some(spec) = c.best_match(target) else {
+                continue;
+            };
+            if best_spec.is_some_and(|b| spec < b) {
+                continue;
+            }
+            if best_spec != Some(spec) {
+                best_spec = Some(spec);
+                candidates.clear();
+                conns.clear();
+            }
+            let (outstanding, capacity) = (c.outstanding(), c.capacity().max(1));
+            if outstanding < capacity {
+                candidates.push(Candidate {
+                    conn: c,
+                    outstanding,
+                    capacity,
+                });
+                conns.push(c);
+            }
+        }
+        if best_spec.is_none() {
+            return Pick::NoRoute;
+        }
+        if candidates.is_empty() {
+            return Pick::Busy;
+        }
+        let chosen = router
+            .pick(target, &candidates)
+            .filter(|&i| i < candidates.len())
+            .unwrap_or_else(|| least_loaded(&candidates));
+        let (Some(c), Some(conn)) = (candidates.get(chosen), conns.get(chosen)) else {
+            return Pick::Busy;
+        };
+        if c.conn.try_reserve(c.capacity) {
+            return Pick::Got((*conn).clone());
+        }
+    }
+    Pick::Busy
+}
+
+/// The index of the candidate with the least outstanding requests relative to capacity
+/// (the first on a tie), as the default routing picks.
+fn least_loaded(candidates: &[crate::policy::Candidate<'_>]) -> usize {
+    let mut best = 0;
+    for (i, c) in candidates.iter().enumerate().skip(1) {
+        let b = &candidates[best];
+        if (c.outstanding as u128) * (b.capacity as u128)
+            < (b.outstanding as u128) * (c.capacity as u128)
+        {
+            best = i;
+        }
+    }
+    best
 }
 
 #[cfg(test)]
