@@ -950,6 +950,101 @@ mod tests {
         })
     }
 
+    /// Picks the candidate with the highest id, and remembers what it was offered.
+    #[derive(Default)]
+    struct Newest(Mutex<Vec<(u64, usize, usize)>>);
+
+    impl crate::policy::Route for Arc<Newest> {
+        fn pick(
+            &self,
+            _: &RequestTarget,
+            candidates: &[crate::policy::Candidate<'_>],
+        ) -> Option<usize> {
+            let mut offered = self.0.lock().unwrap();
+            offered.clear();
+            offered.extend(
+                candidates
+                    .iter()
+                    .map(|c| (c.id(), c.outstanding(), c.capacity())),
+            );
+            (0..candidates.len()).max_by_key(|&i| candidates[i].id())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_custom_router_picks_among_the_free_connections_of_the_best_scope() {
+        let mut conns = Conns::new(limits(8, 8, Duration::from_millis(50)));
+        let router = Arc::new(Newest::default());
+        conns.registry.set_router(Arc::new(router.clone()));
+        let a = conns.add("https://app.example", "/").await;
+        let b = conns.add("https://app.example", "/").await;
+        let c = conns.add("https://app.example", "/").await;
+        // A longer prefix ranks higher: only it is offered for /api.
+        let api = conns.add("https://app.example", "/api").await;
+        let t = target("https://app.example/page");
+        // Least outstanding would take `a` (all idle, the first on a tie); the router takes
+        // the newest, and is offered only connections with a free slot.
+        let first = conns.registry.acquire(&t, None).await.unwrap();
+        assert_eq!(first.conn().id, c.id);
+        assert_eq!(
+            *router.0.lock().unwrap(),
+            [(a.id, 0, 1), (b.id, 0, 1), (c.id, 0, 1)]
+        );
+        let second = conns.registry.acquire(&t, None).await.unwrap();
+        assert_eq!(second.conn().id, b.id);
+        assert_eq!(*router.0.lock().unwrap(), [(a.id, 0, 1), (b.id, 0, 1)]);
+        let on_api = conns
+            .registry
+            .acquire(&target("https://app.example/api/x"), None)
+            .await
+            .unwrap();
+        assert_eq!(on_api.conn().id, api.id);
+        assert_eq!(*router.0.lock().unwrap(), [(api.id, 0, 1)]);
+        drop((first, second, on_api));
+    }
+
+    #[tokio::test]
+    async fn connection_events_say_registered_draining_and_closed() {
+        let mut conns = Conns::new(limits(8, 8, Duration::from_millis(50)));
+        let mut events = conns.registry.events.subscribe();
+        async fn next(
+            events: &mut tokio::sync::broadcast::Receiver<crate::events::ConnectionEvent>,
+        ) -> crate::events::ConnectionEvent {
+            tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .expect("an event within 10 s")
+                .unwrap()
+        }
+        let conn = conns.add("https://app.example", "/").await;
+        let registered = next(&mut events).await;
+        assert_eq!(registered.kind, crate::events::EventKind::Registered);
+        assert_eq!(
+            (registered.id, registered.identity.as_str()),
+            (conn.id, "test")
+        );
+        assert_eq!(registered.scopes, conn.scopes);
+        conns
+            .registry
+            .drain_unless(|_| false, DrainSource::Revoked, Duration::from_secs(5));
+        let draining = next(&mut events).await;
+        assert_eq!(
+            draining.kind,
+            crate::events::EventKind::Draining(DrainSource::Revoked)
+        );
+        // Idle, the drain closes it at once; its driver's end removes it.
+        conn.gone().await;
+        conns.registry.remove(conn.id);
+        let closed = next(&mut events).await;
+        assert_eq!(
+            closed.kind,
+            crate::events::EventKind::Closed(Some(CloseReason::Graceful))
+        );
+        assert_eq!(closed.id, conn.id);
+        // Removed once: no second event.
+        conns.registry.remove(conn.id);
+        assert!(events.try_recv().is_err());
+    }
+
     /// Waits (bounded) until `n` requests for `host` wait in the queue.
     async fn waiting(registry: &Registry, host: &str, n: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
