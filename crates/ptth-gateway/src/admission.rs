@@ -19,7 +19,7 @@
 use crate::credential::{self, scope_from_certificate};
 use crate::message::Body;
 use crate::pending::{Full, PendingSetups, SetupFailure, SetupState};
-use crate::policy::OriginRequest;
+use crate::policy::{Authorise, Authorised, OriginRequest, Refused};
 use crate::registry::{Admission, OriginConn, Registry};
 use crate::sender::{start_client, Sender};
 use crate::tls::TunnelTls;
@@ -377,7 +377,7 @@ async fn authorize(
                     path_prefixes: &[],
                     challenge: None,
                 };
-                crate::policy::authorise(ctx, &request)
+                authorise(ctx, &request)
                     .await
                     .map_err(|refused| refused.reason)?
             }
@@ -433,7 +433,7 @@ async fn authorize(
         path_prefixes: &prefixes,
         challenge: proof,
     };
-    let (admission, scopes) = crate::policy::authorise(ctx, &request)
+    let (admission, scopes) = authorise(ctx, &request)
         .await
         .map_err(|refused| refused.reason)?;
     if let Some(frame) = origin_frame {
@@ -538,6 +538,65 @@ pub(crate) fn register(
         let _ = task.await;
         registry.remove(id);
     });
+}
+
+/// The built-in policy: the grants (`[[grant]]` in the config, `--grant`). The gateway
+/// uses the grants in force (a reload replaces them) unless a custom [`Authorise`] was
+/// given.
+impl Authorise for Grants {
+    fn authorise<'a>(
+        &'a self,
+        request: &'a OriginRequest<'a>,
+    ) -> crate::policy::BoxFuture<'a, Result<Authorised, Refused>> {
+        Box::pin(std::future::ready(by_grants(self, request)))
+    }
+}
+
+/// The grants' decision: the same check for every mechanism ([`credential::check_origin`]).
+fn by_grants(grants: &Grants, request: &OriginRequest<'_>) -> Result<Authorised, Refused> {
+    let (admission, scopes) = credential::check_origin(
+        grants,
+        &request.presented(),
+        request.origins,
+        request.path_prefixes,
+    )
+    .map_err(|e| Refused {
+        status: e.status(),
+        reason: format!("origin credential: {e}"),
+    })?;
+    let mut authorised = Authorised::new(admission.identity, scopes);
+    authorised.by_grants = Some((admission.grant_names, admission.proven));
+    Ok(authorised)
+}
+
+/// The one authorisation call of the admission, for every mechanism: the embedding
+/// application's authoriser if it gave one, the grants in force otherwise. Returns what the
+/// registry keeps.
+pub(crate) async fn authorise(
+    ctx: &TunnelContext,
+    request: &OriginRequest<'_>,
+) -> Result<(Admission, Vec<Scope>), Refused> {
+    let authorised = match &ctx.authoriser {
+        Some(custom) => custom.0.authorise(request).await?,
+        None => by_grants(&ctx.grants(), request)?,
+    };
+    let Authorised {
+        identity,
+        scopes,
+        by_grants,
+    } = authorised;
+    let (grant_names, proven) = by_grants.unwrap_or_default();
+    Ok((
+        Admission {
+            identity,
+            grant_names,
+            origins: request.origins.to_vec(),
+            path_prefixes: request.path_prefixes.to_vec(),
+            certificate_names: Vec::new(),
+            proven,
+        },
+        scopes,
+    ))
 }
 
 fn random_bytes() -> [u8; 32] {

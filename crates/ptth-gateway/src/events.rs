@@ -5,7 +5,6 @@
 //! never blocks the gateway, and a receiver that falls that far behind loses the oldest
 //! (its next `recv` says how many, `RecvError::Lagged`).
 
-use crate::registry::OriginConn;
 use ptth_core::{CloseReason, DrainSource, Mechanism, Scope};
 use std::net::SocketAddr;
 use tokio::sync::broadcast;
@@ -51,19 +50,4 @@ pub(crate) type Events = broadcast::Sender<ConnectionEvent>;
 /// A new event channel.
 pub(crate) fn channel() -> Events {
     broadcast::channel(EVENT_BUFFER).0
-}
-
-/// Sends `kind` about `conn`, if anyone listens; never blocks.
-pub(crate) fn emit(events: &Events, conn: &OriginConn, kind: EventKind) {
-    if events.receiver_count() == 0 {
-        return;
-    }
-    let _ = events.send(ConnectionEvent {
-        kind,
-        id: conn.id,
-        mechanism: conn.mechanism,
-        identity: conn.admission.identity.clone(),
-        scopes: conn.scopes.clone(),
-        peer: conn.peer,
-    });
 }

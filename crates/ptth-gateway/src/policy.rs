@@ -6,9 +6,8 @@
 //! ([`ptth_auth::Grants`], which implement [`Authorise`]) decide, and routing takes the
 //! least outstanding requests relative to capacity.
 
-use crate::registry::{Admission, OriginConn};
 use http::{HeaderValue, StatusCode};
-use ptth_auth::{ChallengeProof, Grants, Presented};
+use ptth_auth::{ChallengeProof, Presented};
 use ptth_core::{Mechanism, RequestTarget, Scope, SerializedOrigin};
 use rustls::pki_types::CertificateDer;
 use std::future::Future;
@@ -55,7 +54,7 @@ pub struct OriginRequest<'a> {
     pub origins: &'a [SerializedOrigin],
     /// The path prefixes it asks for (`/` when it named none).
     pub path_prefixes: &'a [String],
-    /// A signed answer to the authorisation challenge, checked by [`Grants`].
+    /// A signed answer to the authorisation challenge, checked by the grants.
     pub(crate) challenge: Option<ChallengeProof<'a>>,
 }
 
@@ -103,7 +102,8 @@ impl<'a> OriginRequest<'a> {
         Ok(scopes)
     }
 
-    fn presented(&self) -> Presented<'a> {
+    /// What the grants authenticate.
+    pub(crate) fn presented(&self) -> Presented<'a> {
         Presented {
             authorization: self.authorization,
             peer_certs: self.client_certificates,
@@ -116,11 +116,11 @@ impl<'a> OriginRequest<'a> {
 /// requests may be routed to it for.
 #[derive(Debug, Clone)]
 pub struct Authorised {
-    identity: String,
-    scopes: Vec<Scope>,
-    /// What the grants matched and what the credential proved, when [`Grants`] decided
-    /// (a reload re-checks those connections).
-    by_grants: Option<(Vec<String>, ptth_auth::Proven)>,
+    pub(crate) identity: String,
+    pub(crate) scopes: Vec<Scope>,
+    /// What the grants matched and what the credential proved, when
+    /// [`ptth_auth::Grants`] decided (a reload re-checks those connections).
+    pub(crate) by_grants: Option<(Vec<String>, ptth_auth::Proven)>,
 }
 
 impl Authorised {
@@ -181,61 +181,6 @@ impl std::fmt::Display for Refused {
 
 impl std::error::Error for Refused {}
 
-/// The built-in policy: the grants (`[[grant]]` in the config, `--grant`). The gateway
-/// uses the grants in force (a reload replaces them) unless a custom [`Authorise`] was
-/// given.
-impl Authorise for Grants {
-    fn authorise<'a>(
-        &'a self,
-        request: &'a OriginRequest<'a>,
-    ) -> BoxFuture<'a, Result<Authorised, Refused>> {
-        Box::pin(std::future::ready(by_grants(self, request)))
-    }
-}
-
-/// [`Grants`]' decision: the same check for every mechanism (`credential::check_origin`).
-fn by_grants(grants: &Grants, request: &OriginRequest<'_>) -> Result<Authorised, Refused> {
-    let (admission, scopes) = crate::credential::check_origin(
-        grants,
-        &request.presented(),
-        request.origins,
-        request.path_prefixes,
-    )
-    .map_err(|e| Refused {
-        status: e.status(),
-        reason: format!("origin credential: {e}"),
-    })?;
-    Ok(Authorised {
-        identity: admission.identity,
-        scopes,
-        by_grants: Some((admission.grant_names, admission.proven)),
-    })
-}
-
-/// The one authorisation call of the admission: the custom authoriser if one was given,
-/// the grants in force otherwise. Returns what the registry keeps.
-pub(crate) async fn authorise(
-    ctx: &crate::admission::TunnelContext,
-    request: &OriginRequest<'_>,
-) -> Result<(Admission, Vec<Scope>), Refused> {
-    let authorised = match &ctx.authoriser {
-        Some(custom) => custom.0.authorise(request).await?,
-        None => by_grants(&ctx.grants(), request)?,
-    };
-    let (grant_names, proven) = authorised.by_grants.unwrap_or_default();
-    Ok((
-        Admission {
-            identity: authorised.identity,
-            grant_names,
-            origins: request.origins.to_vec(),
-            path_prefixes: request.path_prefixes.to_vec(),
-            certificate_names: Vec::new(),
-            proven,
-        },
-        authorised.scopes,
-    ))
-}
-
 /// Picks which registered connection serves a request.
 ///
 /// Called on every request, on the request's task, while the registry's index is read:
@@ -252,20 +197,24 @@ pub trait Route: Send + Sync + 'static {
 /// One connection routing may pick, as a [`Route`] sees it.
 #[derive(Debug, Clone, Copy)]
 pub struct Candidate<'a> {
-    pub(crate) conn: &'a OriginConn,
+    pub(crate) id: u64,
+    pub(crate) mechanism: Mechanism,
     pub(crate) outstanding: usize,
     pub(crate) capacity: usize,
+    pub(crate) identity: &'a str,
+    pub(crate) peer: SocketAddr,
+    pub(crate) scopes: &'a [Scope],
 }
 
 impl Candidate<'_> {
     /// The connection's id (as in logs and [`crate::ConnectionEvent`]s).
     pub fn id(&self) -> u64 {
-        self.conn.id
+        self.id
     }
 
     /// How the connection was set up.
     pub fn mechanism(&self) -> Mechanism {
-        self.conn.mechanism
+        self.mechanism
     }
 
     /// Requests in flight on it now.
@@ -280,17 +229,17 @@ impl Candidate<'_> {
 
     /// Who the origin authenticated as ([`Authorised::identity`]).
     pub fn identity(&self) -> &str {
-        &self.conn.admission.identity
+        self.identity
     }
 
     /// The origin's address.
     pub fn peer(&self) -> SocketAddr {
-        self.conn.peer
+        self.peer
     }
 
     /// The scopes it serves.
     pub fn scopes(&self) -> &[Scope] {
-        &self.conn.scopes
+        self.scopes
     }
 }
 

@@ -149,7 +149,7 @@ impl OriginConn {
             if let (ConnectionState::Draining, Some(events), Some(source)) =
                 (after, self.events.get(), drain_source)
             {
-                crate::events::emit(events, self, crate::events::EventKind::Draining(source));
+                emit_event(events, self, crate::events::EventKind::Draining(source));
             }
             self.changed.notify_waiters();
         }
@@ -273,6 +273,7 @@ pub struct QueueLimits {
 
 /// Why a request got no connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RouteError {
     /// No connected origin serves this authority and path.
     NoOrigin,
@@ -502,7 +503,7 @@ impl Registry {
             "origin connection registered"
         );
         let _ = conn.events.set(self.events.clone());
-        crate::events::emit(&self.events, &conn, crate::events::EventKind::Registered);
+        emit_event(&self.events, &conn, crate::events::EventKind::Registered);
         let mut index = self.write();
         for host in conn.hosts() {
             index
@@ -533,7 +534,7 @@ impl Registry {
                 }
             }
             let state = c.lifecycle().clone();
-            crate::events::emit(
+            emit_event(
                 &self.events,
                 &c,
                 crate::events::EventKind::Closed(state.close_reason()),
@@ -704,6 +705,21 @@ impl Registry {
     }
 }
 
+/// Sends `kind` about `conn` to `events`, if anyone listens; never blocks.
+fn emit_event(events: &crate::events::Events, conn: &OriginConn, kind: crate::events::EventKind) {
+    if events.receiver_count() == 0 {
+        return;
+    }
+    let _ = events.send(crate::events::ConnectionEvent {
+        kind,
+        id: conn.id,
+        mechanism: conn.mechanism,
+        identity: conn.admission.identity.clone(),
+        scopes: conn.scopes.clone(),
+        peer: conn.peer,
+    });
+}
+
 /// Scopes as one log value: `https://app.example/ https://api.example/v1`.
 fn scope_list(scopes: &[Scope]) -> String {
     scopes
@@ -836,9 +852,13 @@ fn pick_routed(
             let (outstanding, capacity) = (c.outstanding(), c.capacity().max(1));
             if outstanding < capacity {
                 candidates.push(Candidate {
-                    conn: c,
+                    id: c.id,
+                    mechanism: c.mechanism,
                     outstanding,
                     capacity,
+                    identity: &c.admission.identity,
+                    peer: c.peer,
+                    scopes: &c.scopes,
                 });
                 conns.push(c);
             }
@@ -856,7 +876,7 @@ fn pick_routed(
         let (Some(c), Some(conn)) = (candidates.get(chosen), conns.get(chosen)) else {
             return Pick::Busy;
         };
-        if c.conn.try_reserve(c.capacity) {
+        if conn.try_reserve(c.capacity) {
             return Pick::Got((*conn).clone());
         }
     }

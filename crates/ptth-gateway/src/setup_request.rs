@@ -1,5 +1,5 @@
 //! Setup requests on forward tunnel connections: validated (`ptth_core::validate_*`),
-//! authorised ([`crate::policy::authorise`]: the grants, or the embedding application's
+//! authorised ([`crate::admission::authorise`]: the grants, or the embedding application's
 //! authoriser) and answered, with the mechanism they set up.
 //!
 //! PTTH -01 `Upgrade: ptth` (HTTP/1.1) and extended CONNECT `:protocol = ptth` (HTTP/2,
@@ -122,7 +122,7 @@ pub(crate) async fn admit_setup<B>(
         path_prefixes: &prefixes,
         challenge: None,
     };
-    let (admission, scopes) = crate::policy::authorise(ctx, &request)
+    let (admission, scopes) = crate::admission::authorise(ctx, &request)
         .await
         .map_err(|r| Box::new(refuse(&r)))?;
     let response = if req.method() == Method::CONNECT {
@@ -172,7 +172,7 @@ pub(crate) async fn admit_options(
         path_prefixes: &prefixes,
         challenge: None,
     };
-    let (admission, scopes) = crate::policy::authorise(ctx, &request)
+    let (admission, scopes) = crate::admission::authorise(ctx, &request)
         .await
         .map_err(|r| Box::new(refuse(&r)))?;
     let (parts, ()) = ptth_core::options_response().into_parts();
