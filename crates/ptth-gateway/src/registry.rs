@@ -503,7 +503,6 @@ impl Registry {
             "origin connection registered"
         );
         let _ = conn.events.set(self.events.clone());
-        emit_event(&self.events, &conn, crate::events::EventKind::Registered);
         let mut index = self.write();
         for host in conn.hosts() {
             index
@@ -512,8 +511,10 @@ impl Registry {
                 .or_default()
                 .push(conn.clone());
         }
-        index.conns.insert(conn.id, conn);
+        index.conns.insert(conn.id, conn.clone());
         drop(index);
+        // Once routable: a receiver that then looks at the registry finds it there.
+        emit_event(&self.events, &conn, crate::events::EventKind::Registered);
         self.changed.notify_waiters();
     }
 
