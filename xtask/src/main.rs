@@ -98,7 +98,7 @@ fn ci(args: &[String]) -> Result<()> {
     // Binaries are built first so the end-to-end tests can start them as real processes.
     run(&root, "cargo", &["build", "--workspace", "--bins"])?;
     run(&root, "cargo", &["test", "--workspace", "--no-fail-fast"])?;
-    // The layer crates' examples run to completion (each asserts what it prints), and their
+    // The library crates' examples run to completion (each asserts what it prints), and their
     // docs build without a warning (missing docs, broken intra-doc links).
     for (krate, example) in [
         ("ptth-core", "setup"),
@@ -107,6 +107,7 @@ fn ci(args: &[String]) -> Result<()> {
         ("ptth-h2", "h2_duplex"),
         ("ptth-h3", "reversed_quic"),
         ("ptth-auth", "grants"),
+        ("ptth-gateway", "axum_embed"),
     ] {
         run(
             &root,
@@ -115,7 +116,15 @@ fn ci(args: &[String]) -> Result<()> {
         )?;
     }
     let mut doc = vec!["doc", "--no-deps"];
-    for krate in ["ptth-core", "ptth-h1", "ptth-h2", "ptth-h3", "ptth-auth"] {
+    for krate in [
+        "ptth-core",
+        "ptth-h1",
+        "ptth-h2",
+        "ptth-h3",
+        "ptth-auth",
+        "ptth-gateway",
+        "ptth-origin",
+    ] {
         doc.extend(["-p", krate]);
     }
     eprintln!("$ RUSTDOCFLAGS=\"-D warnings\" cargo {}", doc.join(" "));

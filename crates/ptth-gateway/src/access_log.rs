@@ -1,5 +1,5 @@
 //! The access log and the per-request metrics: every public request, whatever listener it
-//! came from, passes through [`handle`], which counts its body bytes both ways and, when
+//! came from, passes through `handle`, which counts its body bytes both ways and, when
 //! the response body ends (or the client goes away), writes one line at target
 //! `ptth::access` and counts the request in [`crate::metrics`].
 //!

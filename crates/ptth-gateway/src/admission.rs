@@ -16,15 +16,16 @@
 //! (classification, the draft-bt rules, the authorisation exchange, the setup deadline and
 //! registration) is here, once.
 
-use crate::credential::{self, check_origin, scope_from_certificate};
+use crate::credential::{self, scope_from_certificate};
 use crate::message::Body;
 use crate::pending::{Full, PendingSetups, SetupFailure, SetupState};
+use crate::policy::{Authorise, Authorised, OriginRequest, Refused};
 use crate::registry::{Admission, OriginConn, Registry};
 use crate::sender::{start_client, Sender};
 use crate::tls::TunnelTls;
 use http::StatusCode;
 use http_body_util::BodyExt;
-use ptth_auth::{Challenge, ChallengeAnswer, ChallengeProof, Grants, Presented, AUTHORIZE_PATH};
+use ptth_auth::{Challenge, ChallengeAnswer, ChallengeProof, Grants, AUTHORIZE_PATH};
 use ptth_core::{
     classify_alpn, AlpnRole, HttpVersion, Mechanism, OriginFrame, Scope, SetupTokens, Transport,
 };
@@ -56,6 +57,8 @@ pub struct TunnelContext {
     pub(crate) pending: PendingSetups,
     /// Reverse CONNECT control channels (`connect-listen`, `connect-accept`).
     pub(crate) services: Arc<crate::reverse::Services>,
+    /// The embedding application's authoriser; the grants decide when there is none.
+    pub(crate) authoriser: Option<crate::policy::Hook<dyn crate::policy::Authorise>>,
 }
 
 impl TunnelContext {
@@ -364,7 +367,24 @@ async fn authorize(
         ));
     }
     if credential::claims_nothing(parts.status, &parts.headers) {
-        let (admission, scopes) = scope_from_certificate(&ctx.grants(), peer_certs.as_deref())?;
+        let (admission, scopes) = match ctx.authoriser {
+            // The authoriser sees the certificate and no claimed origin, and decides.
+            Some(_) => {
+                let request = OriginRequest {
+                    mechanism,
+                    peer: *peer,
+                    authorization: None,
+                    client_certificates: peer_certs.as_deref(),
+                    origins: &[],
+                    path_prefixes: &[],
+                    challenge: None,
+                };
+                authorise(ctx, &request)
+                    .await
+                    .map_err(|refused| refused.reason)?
+            }
+            None => scope_from_certificate(&ctx.grants(), peer_certs.as_deref())?,
+        };
         if let (Some(frame), Some(leaf)) =
             (origin_frame, peer_certs.as_ref().and_then(|c| c.first()))
         {
@@ -406,13 +426,18 @@ async fn authorize(
         (Some(_), None) => return Err("a signed answer needs a TLS exporter value".into()),
         (None, _) => None,
     };
-    let presented = Presented {
+    let request = OriginRequest {
+        mechanism,
+        peer: *peer,
         authorization: parts.headers.get(ptth_auth::AUTHORIZATION_FIELD),
-        peer_certs: peer_certs.as_deref(),
-        challenge_answer: proof,
+        client_certificates: peer_certs.as_deref(),
+        origins: &origins,
+        path_prefixes: &prefixes,
+        challenge: proof,
     };
-    let (admission, scopes) = check_origin(&ctx.grants(), &presented, &origins, &prefixes)
-        .map_err(|e| format!("origin credential: {e}"))?;
+    let (admission, scopes) = authorise(ctx, &request)
+        .await
+        .map_err(|refused| refused.reason)?;
     if let Some(frame) = origin_frame {
         // draft-bt §3: "The intermediary MUST check the ORIGIN entries against the client
         // certificate"; and the origins this connection serves must be among them.
@@ -488,7 +513,12 @@ pub(crate) fn register(
     // the gap: either this connection is in the registry before the reload swaps the
     // grants and looks at every connection, or it is checked here against the new ones.
     let grants = ctx.grants.read().unwrap_or_else(|e| e.into_inner());
-    if let Err(why) = credential::recheck(&grants, &admission, &scopes) {
+    // A custom authoriser's decision stands: reloads re-check only what the grants admitted.
+    let recheck = match ctx.authoriser {
+        Some(_) => Ok(()),
+        None => credential::recheck(&grants, &admission, &scopes),
+    };
+    if let Err(why) = recheck {
         drop(grants);
         tracing::warn!(%peer, grant = %admission.identity, "origin connection refused: the grants were reloaded during its setup: {why}");
         task.abort();
@@ -510,6 +540,65 @@ pub(crate) fn register(
         let _ = task.await;
         registry.remove(id);
     });
+}
+
+/// The built-in policy: the grants (`[[grant]]` in the config, `--grant`). The gateway
+/// uses the grants in force (a reload replaces them) unless a custom [`Authorise`] was
+/// given.
+impl Authorise for Grants {
+    fn authorise<'a>(
+        &'a self,
+        request: &'a OriginRequest<'a>,
+    ) -> crate::policy::BoxFuture<'a, Result<Authorised, Refused>> {
+        Box::pin(std::future::ready(by_grants(self, request)))
+    }
+}
+
+/// The grants' decision: the same check for every mechanism ([`credential::check_origin`]).
+fn by_grants(grants: &Grants, request: &OriginRequest<'_>) -> Result<Authorised, Refused> {
+    let (admission, scopes) = credential::check_origin(
+        grants,
+        &request.presented(),
+        request.origins,
+        request.path_prefixes,
+    )
+    .map_err(|e| Refused {
+        status: e.status(),
+        reason: format!("origin credential: {e}"),
+    })?;
+    let mut authorised = Authorised::new(admission.identity, scopes);
+    authorised.by_grants = Some((admission.grant_names, admission.proven));
+    Ok(authorised)
+}
+
+/// The one authorisation call of the admission, for every mechanism: the embedding
+/// application's authoriser if it gave one, the grants in force otherwise. Returns what the
+/// registry keeps.
+pub(crate) async fn authorise(
+    ctx: &TunnelContext,
+    request: &OriginRequest<'_>,
+) -> Result<(Admission, Vec<Scope>), Refused> {
+    let authorised = match &ctx.authoriser {
+        Some(custom) => custom.0.authorise(request).await?,
+        None => by_grants(&ctx.grants(), request)?,
+    };
+    let Authorised {
+        identity,
+        scopes,
+        by_grants,
+    } = authorised;
+    let (grant_names, proven) = by_grants.unwrap_or_default();
+    Ok((
+        Admission {
+            identity,
+            grant_names,
+            origins: request.origins.to_vec(),
+            path_prefixes: request.path_prefixes.to_vec(),
+            certificate_names: Vec::new(),
+            proven,
+        },
+        scopes,
+    ))
 }
 
 fn random_bytes() -> [u8; 32] {

@@ -1,20 +1,103 @@
-//! The PTTH gateway: accepts reversed connections from origins and routes public requests
-//! to them.
+//! The PTTH gateway: accepts reversed connections from origins (which dial out from behind
+//! NAT) and routes public HTTP requests to them over those connections.
+//!
+//! **What it does.** Its tunnel side takes origin connections over TLS or QUIC, for every
+//! mechanism `ptth-core` knows, authenticates and authorises them (the config's grants, or
+//! your [`Authorise`]), and registers them. Its public side (built-in HTTP/1.1, h2c, TLS
+//! and HTTP/3 listeners, or [`GatewayService`] in your own server) routes each request to
+//! a registered connection of the matching scope (least outstanding, or your [`Route`]),
+//! as a reverse proxy: forwarding fields, `Via`, limits, queueing, safe retries,
+//! WebSockets. It reloads grants and certificates, drains, and stops without losing
+//! requests.
+//!
+//! **What it does not do.** It is not an origin (that is `ptth-origin`); it keeps no state
+//! shared between gateways (each knows only the origins connected to it); it caches
+//! nothing and rewrites no body.
 //!
 //! ```text
-//! public client ─▶ public listener (HTTP/1.1, h2c, TLS, HTTP/3) ─▶ Proxy ─▶
-//!     Registry (scope → least outstanding → own worker) ─▶ Sender (reversed HTTP/1.1,
-//!     HTTP/2 or HTTP/3) ─▶ origin
+//! public client ─▶ public listener (HTTP/1.1, h2c, TLS, HTTP/3) or GatewayService ─▶ Proxy
+//!     ─▶ Registry (scope → least outstanding or Route → own worker) ─▶ Sender (reversed
+//!     HTTP/1.1, HTTP/2 or HTTP/3) ─▶ origin
 //! origin ─▶ tunnel listener (TLS over TCP, or QUIC) ─▶ admission (ALPN, setup,
-//!     authentication, one path for both transports) ─▶ Registry
+//!     authentication, Authorise: one path for both transports) ─▶ Registry ─▶ events
+//! ```
+//!
+//! The shortest working gateway, with the development certificates and token
+//! `ptth-gateway --dev` uses:
+//!
+//! ```
+//! # #[tokio::main] async fn main() -> anyhow::Result<()> {
+//! # let dir = std::env::temp_dir().join(format!("ptth-gw-doc-{}", std::process::id()));
+//! let dev = ptth_gateway::dev::ensure(&dir)?;
+//! let token = std::fs::read_to_string(&dev.token)?;
+//! let grants = ptth_auth::Grants::from_toml(&format!(
+//!     "[[grant]]\nname = \"dev\"\ntoken = \"{}\"\norigins = [\"https://*.localhost\"]\n",
+//!     token.trim()
+//! ))?;
+//! let config = ptth_gateway::GatewayConfig::new(
+//!     Some("127.0.0.1:0".parse()?), // public, cleartext
+//!     "127.0.0.1:0".parse()?,       // tunnel: origins dial https://localhost:<port>
+//!     dev.cert,
+//!     dev.key,
+//!     grants,
+//! );
+//! let gateway = ptth_gateway::Gateway::start(&config).await?;
+//! println!("public {:?}, tunnel {}", gateway.listen, gateway.tunnel);
+//! gateway.shutdown(std::time::Duration::from_secs(1)).await;
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! # Ok(()) }
+//! ```
+//!
+//! # Embedding
+//!
+//! In your own server (your TLS, your routes), [`GatewayBuilder`] starts the tunnel side
+//! with your policy and without the built-in public listeners, and [`Gateway::service`]
+//! is the public side, e.g. an axum fallback. Tell it who each client is with a
+//! [`ClientInfo`] request extension. `examples/axum_embed.rs` is a complete program.
+//!
+//! ```no_run
+//! use ptth_gateway::{Authorise, Authorised, BoxFuture, GatewayBuilder, OriginRequest, Refused};
+//! use std::collections::HashMap;
+//!
+//! /// Bearer token → the hosts it may serve.
+//! struct Tokens(HashMap<String, Vec<String>>);
+//!
+//! impl Authorise for Tokens {
+//!     fn authorise<'a>(&'a self, req: &'a OriginRequest<'a>) -> BoxFuture<'a, Result<Authorised, Refused>> {
+//!         Box::pin(async move {
+//!             let token = req.bearer_token().unwrap_or_default();
+//!             let hosts = self.0.get(token).ok_or_else(|| Refused::unauthenticated("unknown token"))?;
+//!             if let Some(o) = req.origins.iter().find(|o| !hosts.iter().any(|h| h == o.host())) {
+//!                 return Err(Refused::forbidden(format!("this token may not serve {o}")));
+//!             }
+//!             Ok(Authorised::new(token.chars().take(4).collect::<String>(), req.requested_scopes()?))
+//!         })
+//!     }
+//! }
+//!
+//! # async fn run(config: ptth_gateway::GatewayConfig) -> anyhow::Result<()> {
+//! let gateway = GatewayBuilder::new(config)
+//!     .tunnel_listener(std::net::TcpListener::bind("0.0.0.0:8443")?)
+//!     .public_listeners(false)
+//!     .authorise(Tokens(HashMap::from([("s3cret".into(), vec!["app.example".into()])])))
+//!     .start()
+//!     .await?;
+//! let mut events = gateway.events(); // registered, draining, closed
+//! let app = axum::Router::new()
+//!     .route("/healthz", axum::routing::get(|| async { "ok" }))
+//!     .fallback_service(gateway.service());
+//! axum::serve(tokio::net::TcpListener::bind("0.0.0.0:8080").await?, app).await?;
+//! # Ok(()) }
 //! ```
 //!
 //! The library is what the `ptth-gateway` binary runs: build a [`GatewayConfig`], call
 //! [`Gateway::start`], and the returned handle reports the bound addresses. The gateway runs
 //! on its own worker threads ([`GatewayConfig::workers`], one per CPU by default), each with
 //! its own runtime and its own socket on every TCP listener; the caller's runtime only
-//! starts it. [`Gateway::shutdown`] stops it without losing requests, beside a new process
-//! that shares its ports (`docs/operations.md`).
+//! starts it (and runs [`GatewayService`]'s requests, which reach the workers' connections
+//! through channels). [`Gateway::shutdown`] stops it without losing requests, beside a new
+//! process that shares its ports (`docs/operations.md`).
+#![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod access_log;
@@ -23,10 +106,13 @@ mod admission;
 pub mod config;
 mod credential;
 pub mod dev;
+mod embed;
+mod events;
 pub mod forwarding;
 mod message;
 pub mod metrics;
 mod pending;
+mod policy;
 pub mod proxy;
 mod public;
 mod public_h3;
@@ -43,6 +129,11 @@ mod websocket;
 mod workers;
 
 pub use config::GatewayConfig;
+pub use embed::{GatewayBuilder, GatewayService};
+pub use events::{ConnectionEvent, EventKind, EVENT_BUFFER};
+pub use message::{Body, BoxError};
+pub use policy::{Authorise, Authorised, BoxFuture, Candidate, OriginRequest, Refused, Route};
+pub use proxy::ClientInfo;
 pub use registry::{OriginConn, QueueLimits, Registry};
 
 use anyhow::{Context, Result};
@@ -78,6 +169,8 @@ pub struct Gateway {
     readiness: Arc<admin::Readiness>,
     /// The connected origins.
     pub registry: Arc<Registry>,
+    /// The public side's proxy, which [`Gateway::service`] wraps.
+    proxy: Arc<proxy::Proxy>,
     ctx: Arc<admission::TunnelContext>,
     /// The QUIC tunnel endpoint, whose server config a reload replaces.
     tunnel_quic_endpoint: LateEndpoint,
@@ -92,7 +185,30 @@ pub struct Gateway {
 
 impl Gateway {
     /// Binds every listener and starts serving. Returns once the sockets are bound.
+    /// [`GatewayBuilder`] starts one with the caller's listener and policy.
     pub async fn start(config: &GatewayConfig) -> Result<Self> {
+        Self::start_with(config, Hooks::default()).await
+    }
+
+    /// The gateway's public side as a `tower::Service`, to mount in another server (an
+    /// axum fallback, say): see [`GatewayService`].
+    pub fn service(&self) -> GatewayService {
+        GatewayService::new(self.proxy.clone())
+    }
+
+    /// Origin connections registered, draining and closed from now on: see
+    /// [`ConnectionEvent`]. Bounded ([`EVENT_BUFFER`]); the gateway never waits for a
+    /// receiver.
+    pub fn events(&self) -> tokio::sync::broadcast::Receiver<ConnectionEvent> {
+        self.registry.events.subscribe()
+    }
+
+    async fn start_with(config: &GatewayConfig, hooks: Hooks) -> Result<Self> {
+        let Hooks {
+            authoriser,
+            router,
+            tunnel_listener,
+        } = hooks;
         let certs = tls::load_certs(&config.cert)?;
         let key = tls::load_key(&config.key)?;
         let public_certs = tls::PublicResolver::new(tls::PublicCerts::load(
@@ -116,6 +232,9 @@ impl Gateway {
             max_waiting_per_host: config.queue_limit_per_host,
         });
         registry.start_grace(config.startup_grace);
+        if let Some(router) = router {
+            registry.set_router(router.0);
+        }
         let proxy = proxy::Proxy::new(
             registry.clone(),
             proxy::ProxyConfig {
@@ -139,6 +258,7 @@ impl Gateway {
                 config.flows,
                 registry.metrics.clone(),
             )),
+            authoriser,
         });
         let shutdown = shutdown::Shutdown::new();
 
@@ -170,9 +290,20 @@ impl Gateway {
         };
         // Every TCP listener is one socket per worker, so a connection (public or origin)
         // and every task it spawns stay on the worker that accepted it.
-        let tunnel_ls = workers
-            .listen_each(config.tunnel)
-            .with_context(|| format!("binding the tunnel listener on {}", config.tunnel))?;
+        let tunnel_ls = match tunnel_listener {
+            // The caller's listener, served on the first worker.
+            Some(listener) => {
+                listener
+                    .set_nonblocking(true)
+                    .context("making the tunnel listener non-blocking")?;
+                let _on_worker = workers.handle(0).enter();
+                vec![tokio::net::TcpListener::from_std(listener)
+                    .context("taking the caller's tunnel listener")?]
+            }
+            None => workers
+                .listen_each(config.tunnel)
+                .with_context(|| format!("binding the tunnel listener on {}", config.tunnel))?,
+        };
         let public_ls = match config.listen {
             Some(addr) => workers
                 .listen_each(addr)
@@ -337,6 +468,7 @@ impl Gateway {
             tcp_listen,
             readiness,
             registry,
+            proxy,
             ctx,
             tunnel_quic_endpoint,
             shutdown,
@@ -416,6 +548,8 @@ impl Gateway {
             .registry
             .snapshot()
             .into_iter()
+            // A custom authoriser's decisions stand: the grants re-check only their own.
+            .filter(|_| self.ctx.authoriser.is_none())
             .filter_map(|conn| {
                 credential::recheck(&grants, &conn.admission, &conn.scopes)
                     .err()
@@ -460,10 +594,10 @@ impl Gateway {
     ///    connections to a new gateway process sharing the ports (`SO_REUSEPORT`), and the
     ///    QUIC endpoints refuse new connections.
     /// 2. Winds down the public connections: HTTP/1.1 answers carry `Connection: close`,
-    ///    then (after [`public::LINGER`]) HTTP/2 and HTTP/3 clients get GOAWAY and idle
+    ///    then (after a linger of one second) HTTP/2 and HTTP/3 clients get GOAWAY and idle
     ///    HTTP/1.1 connections close; exchanges in flight finish.
-    /// 3. Once no public connection is left (or [`public::LINGER`] plus
-    ///    [`ORIGINS_AFTER`] passed), drains every origin connection: no new requests, and
+    /// 3. Once no public connection is left (or that linger plus two
+    ///    seconds passed), drains every origin connection: no new requests, and
     ///    each closes as soon as its requests in flight finished (HTTP/3 with H3_NO_ERROR;
     ///    HTTP/1.1 and HTTP/2 by closing the connection), so its origin reconnects, to the
     ///    new process.
@@ -547,6 +681,14 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// What an embedding application gave [`GatewayBuilder`] beside the configuration.
+#[derive(Debug, Default)]
+struct Hooks {
+    authoriser: Option<policy::Hook<dyn Authorise>>,
+    router: Option<policy::Hook<dyn Route>>,
+    tunnel_listener: Option<std::net::TcpListener>,
 }
 
 /// How long after [`public::LINGER`] a stopping gateway waits for its public connections to

@@ -280,7 +280,7 @@ async fn serve_setup(
         };
         let Some((req, respond)) = next else { break };
         if req.method() == Method::OPTIONS && !reversed {
-            match admit_options(&ctx, &req, peer_certs.as_deref()) {
+            match admit_options(&ctx, &req, peer, peer_certs.as_deref()).await {
                 Ok((admitted, response)) => {
                     if respond.send_response(response).await.is_err() {
                         return;
@@ -333,8 +333,11 @@ async fn connect_setup(
         Transport::Quic,
         HttpVersion::Http3,
         protocol.as_deref(),
+        peer,
         peer_certs,
-    ) {
+    )
+    .await
+    {
         Ok(x) => x,
         Err(res) => {
             let (parts, body) = res.into_parts();

@@ -81,6 +81,8 @@ pub struct OriginConn {
     driver: tokio::task::AbortHandle,
     /// The worker whose runtime drives this connection (the one that accepted it), if any.
     worker: Option<usize>,
+    /// Where its draining event goes: the registry's events, once added.
+    events: std::sync::OnceLock<crate::events::Events>,
 }
 
 /// [`ConnectionState`] as the byte [`OriginConn`]'s `phase` mirror holds.
@@ -121,6 +123,7 @@ impl OriginConn {
             driver,
             // Built by the admission task, on the worker that accepted the connection.
             worker: crate::workers::current(),
+            events: std::sync::OnceLock::new(),
         }
     }
 
@@ -140,8 +143,14 @@ impl OriginConn {
         let _ = step(&mut lifecycle);
         let after = lifecycle.state();
         self.phase.store(phase_of(after), Ordering::SeqCst);
+        let drain_source = lifecycle.drain_source();
         drop(lifecycle);
         if after != before {
+            if let (ConnectionState::Draining, Some(events), Some(source)) =
+                (after, self.events.get(), drain_source)
+            {
+                emit_event(events, self, crate::events::EventKind::Draining(source));
+            }
             self.changed.notify_waiters();
         }
     }
@@ -264,6 +273,7 @@ pub struct QueueLimits {
 
 /// Why a request got no connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum RouteError {
     /// No connected origin serves this authority and path.
     NoOrigin,
@@ -301,6 +311,10 @@ pub struct Registry {
     startup_until: std::sync::OnceLock<tokio::time::Instant>,
     /// This gateway's metrics (the admin listener serves them).
     pub(crate) metrics: Arc<crate::metrics::Metrics>,
+    /// Connections registered, draining and closed, for [`crate::Gateway::events`].
+    pub(crate) events: crate::events::Events,
+    /// The embedding application's routing choice, if it gave one.
+    router: std::sync::OnceLock<crate::policy::Hook<dyn crate::policy::Route>>,
 }
 
 /// One request's place in its host's share of the queue.
@@ -388,7 +402,15 @@ impl Registry {
             waiting: Mutex::new(HashMap::new()),
             startup_until: std::sync::OnceLock::new(),
             metrics: Arc::default(),
+            events: crate::events::channel(),
+            router: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Lets `router` pick among the candidate connections of every request from now on
+    /// (least outstanding otherwise). Only the first call counts.
+    pub(crate) fn set_router(&self, router: Arc<dyn crate::policy::Route>) {
+        let _ = self.router.set(crate::policy::Hook(router));
     }
 
     /// Starts the start-up grace: for `grace` from now, a request for a host no origin
@@ -480,6 +502,7 @@ impl Registry {
             worker = conn.worker,
             "origin connection registered"
         );
+        let _ = conn.events.set(self.events.clone());
         let mut index = self.write();
         for host in conn.hosts() {
             index
@@ -488,8 +511,10 @@ impl Registry {
                 .or_default()
                 .push(conn.clone());
         }
-        index.conns.insert(conn.id, conn);
+        index.conns.insert(conn.id, conn.clone());
         drop(index);
+        // Once routable: a receiver that then looks at the registry finds it there.
+        emit_event(&self.events, &conn, crate::events::EventKind::Registered);
         self.changed.notify_waiters();
     }
 
@@ -510,6 +535,11 @@ impl Registry {
                 }
             }
             let state = c.lifecycle().clone();
+            emit_event(
+                &self.events,
+                &c,
+                crate::events::EventKind::Closed(state.close_reason()),
+            );
             tracing::info!(
                 conn = id,
                 grant = %c.admission.identity,
@@ -582,8 +612,9 @@ impl Registry {
     fn pick(&self, target: &RequestTarget, avoid: Option<u64>) -> Pick {
         let index = self.read();
         let host = target.host();
+        let router = self.router.get().map(|r| &*r.0);
         if let Some(bucket) = index.by_host.get(host) {
-            match pick_in(bucket, target, avoid) {
+            match pick_in(bucket, target, avoid, router) {
                 Pick::NoRoute => {}
                 found => return found,
             }
@@ -593,7 +624,7 @@ impl Registry {
         match host.split_once('.') {
             Some((label, parent)) if !label.is_empty() && !host.starts_with('[') => {
                 match index.by_host.get(&format!("*.{parent}")) {
-                    Some(bucket) => pick_in(bucket, target, avoid),
+                    Some(bucket) => pick_in(bucket, target, avoid, router),
                     None => Pick::NoRoute,
                 }
             }
@@ -675,6 +706,21 @@ impl Registry {
     }
 }
 
+/// Sends `kind` about `conn` to `events`, if anyone listens; never blocks.
+fn emit_event(events: &crate::events::Events, conn: &OriginConn, kind: crate::events::EventKind) {
+    if events.receiver_count() == 0 {
+        return;
+    }
+    let _ = events.send(crate::events::ConnectionEvent {
+        kind,
+        id: conn.id,
+        mechanism: conn.mechanism,
+        identity: conn.admission.identity.clone(),
+        scopes: conn.scopes.clone(),
+        peer: conn.peer,
+    });
+}
+
 /// Scopes as one log value: `https://app.example/ https://api.example/v1`.
 fn scope_list(scopes: &[Scope]) -> String {
     scopes
@@ -718,7 +764,15 @@ fn why_closed(state: &Lifecycle) -> &'static str {
 /// requests relative to capacity (the first in the bucket on a tie). Full connections are
 /// skipped, so a request crosses to another worker only when those on its own are full or
 /// none match.
-fn pick_in(bucket: &[Arc<OriginConn>], target: &RequestTarget, avoid: Option<u64>) -> Pick {
+fn pick_in(
+    bucket: &[Arc<OriginConn>],
+    target: &RequestTarget,
+    avoid: Option<u64>,
+    router: Option<&dyn crate::policy::Route>,
+) -> Pick {
+    if let Some(router) = router {
+        return pick_routed(bucket, target, avoid, router);
+    }
     // A reservation lost to a concurrent request (the count moved between reading and
     // taking) means another request got a slot: look again, at most once per connection.
     let here = crate::workers::current();
@@ -764,6 +818,85 @@ fn pick_in(bucket: &[Arc<OriginConn>], target: &RequestTarget, avoid: Option<u64
         }
     }
     Pick::Busy
+}
+
+/// [`pick_in`] with the embedding application's [`crate::policy::Route`] choosing among the
+/// usable connections of the best-ranked scope that are not full (the same candidates the
+/// default considers); its `None` takes the default's choice.
+fn pick_routed(
+    bucket: &[Arc<OriginConn>],
+    target: &RequestTarget,
+    avoid: Option<u64>,
+    router: &dyn crate::policy::Route,
+) -> Pick {
+    use crate::policy::Candidate;
+    for _ in 0..bucket.len().max(1) {
+        let mut best_spec = None;
+        let mut candidates: Vec<Candidate<'_>> = Vec::new();
+        // The connection of each candidate, at the same index.
+        let mut conns: Vec<&Arc<OriginConn>> = Vec::new();
+        for c in bucket.iter() {
+            if Some(c.id) == avoid || !c.is_usable() {
+                continue;
+            }
+            let Some(spec) = c.best_match(target) else {
+                continue;
+            };
+            if best_spec.is_some_and(|b| spec < b) {
+                continue;
+            }
+            if best_spec != Some(spec) {
+                best_spec = Some(spec);
+                candidates.clear();
+                conns.clear();
+            }
+            let (outstanding, capacity) = (c.outstanding(), c.capacity().max(1));
+            if outstanding < capacity {
+                candidates.push(Candidate {
+                    id: c.id,
+                    mechanism: c.mechanism,
+                    outstanding,
+                    capacity,
+                    identity: &c.admission.identity,
+                    peer: c.peer,
+                    scopes: &c.scopes,
+                });
+                conns.push(c);
+            }
+        }
+        if best_spec.is_none() {
+            return Pick::NoRoute;
+        }
+        if candidates.is_empty() {
+            return Pick::Busy;
+        }
+        let chosen = router
+            .pick(target, &candidates)
+            .filter(|&i| i < candidates.len())
+            .unwrap_or_else(|| least_loaded(&candidates));
+        let (Some(c), Some(conn)) = (candidates.get(chosen), conns.get(chosen)) else {
+            return Pick::Busy;
+        };
+        if conn.try_reserve(c.capacity) {
+            return Pick::Got((*conn).clone());
+        }
+    }
+    Pick::Busy
+}
+
+/// The index of the candidate with the least outstanding requests relative to capacity
+/// (the first on a tie), as the default routing picks.
+fn least_loaded(candidates: &[crate::policy::Candidate<'_>]) -> usize {
+    let mut best = 0;
+    for (i, c) in candidates.iter().enumerate().skip(1) {
+        let b = &candidates[best];
+        if (c.outstanding as u128) * (b.capacity as u128)
+            < (b.outstanding as u128) * (c.capacity as u128)
+        {
+            best = i;
+        }
+    }
+    best
 }
 
 #[cfg(test)]
@@ -836,6 +969,101 @@ mod tests {
             listener_port: Some(8443),
             https_fallback: false,
         })
+    }
+
+    /// Picks the candidate with the highest id, and remembers what it was offered.
+    #[derive(Default)]
+    struct Newest(Mutex<Vec<(u64, usize, usize)>>);
+
+    impl crate::policy::Route for Arc<Newest> {
+        fn pick(
+            &self,
+            _: &RequestTarget,
+            candidates: &[crate::policy::Candidate<'_>],
+        ) -> Option<usize> {
+            let mut offered = self.0.lock().unwrap();
+            offered.clear();
+            offered.extend(
+                candidates
+                    .iter()
+                    .map(|c| (c.id(), c.outstanding(), c.capacity())),
+            );
+            (0..candidates.len()).max_by_key(|&i| candidates[i].id())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_custom_router_picks_among_the_free_connections_of_the_best_scope() {
+        let mut conns = Conns::new(limits(8, 8, Duration::from_millis(50)));
+        let router = Arc::new(Newest::default());
+        conns.registry.set_router(Arc::new(router.clone()));
+        let a = conns.add("https://app.example", "/").await;
+        let b = conns.add("https://app.example", "/").await;
+        let c = conns.add("https://app.example", "/").await;
+        // A longer prefix ranks higher: only it is offered for /api.
+        let api = conns.add("https://app.example", "/api").await;
+        let t = target("https://app.example/page");
+        // Least outstanding would take `a` (all idle, the first on a tie); the router takes
+        // the newest, and is offered only connections with a free slot.
+        let first = conns.registry.acquire(&t, None).await.unwrap();
+        assert_eq!(first.conn().id, c.id);
+        assert_eq!(
+            *router.0.lock().unwrap(),
+            [(a.id, 0, 1), (b.id, 0, 1), (c.id, 0, 1)]
+        );
+        let second = conns.registry.acquire(&t, None).await.unwrap();
+        assert_eq!(second.conn().id, b.id);
+        assert_eq!(*router.0.lock().unwrap(), [(a.id, 0, 1), (b.id, 0, 1)]);
+        let on_api = conns
+            .registry
+            .acquire(&target("https://app.example/api/x"), None)
+            .await
+            .unwrap();
+        assert_eq!(on_api.conn().id, api.id);
+        assert_eq!(*router.0.lock().unwrap(), [(api.id, 0, 1)]);
+        drop((first, second, on_api));
+    }
+
+    #[tokio::test]
+    async fn connection_events_say_registered_draining_and_closed() {
+        let mut conns = Conns::new(limits(8, 8, Duration::from_millis(50)));
+        let mut events = conns.registry.events.subscribe();
+        async fn next(
+            events: &mut tokio::sync::broadcast::Receiver<crate::events::ConnectionEvent>,
+        ) -> crate::events::ConnectionEvent {
+            tokio::time::timeout(Duration::from_secs(10), events.recv())
+                .await
+                .expect("an event within 10 s")
+                .unwrap()
+        }
+        let conn = conns.add("https://app.example", "/").await;
+        let registered = next(&mut events).await;
+        assert_eq!(registered.kind, crate::events::EventKind::Registered);
+        assert_eq!(
+            (registered.id, registered.identity.as_str()),
+            (conn.id, "test")
+        );
+        assert_eq!(registered.scopes, conn.scopes);
+        conns
+            .registry
+            .drain_unless(|_| false, DrainSource::Revoked, Duration::from_secs(5));
+        let draining = next(&mut events).await;
+        assert_eq!(
+            draining.kind,
+            crate::events::EventKind::Draining(DrainSource::Revoked)
+        );
+        // Idle, the drain closes it at once; its driver's end removes it.
+        conn.gone().await;
+        conns.registry.remove(conn.id);
+        let closed = next(&mut events).await;
+        assert_eq!(
+            closed.kind,
+            crate::events::EventKind::Closed(Some(CloseReason::Graceful))
+        );
+        assert_eq!(closed.id, conn.id);
+        // Removed once: no second event.
+        conns.registry.remove(conn.id);
+        assert!(events.try_recv().is_err());
     }
 
     /// Waits (bounded) until `n` requests for `host` wait in the queue.

@@ -1,15 +1,15 @@
 //! Setup requests on forward tunnel connections: validated (`ptth_core::validate_*`),
-//! authenticated ([`check_origin`]) and answered, with the mechanism they set up.
+//! authorised ([`crate::admission::authorise`]: the grants, or the embedding application's
+//! authoriser) and answered, with the mechanism they set up.
 //!
 //! PTTH -01 `Upgrade: ptth` (HTTP/1.1) and extended CONNECT `:protocol = ptth` (HTTP/2,
 //! HTTP/3), PTTH -00 `OPTIONS` (HTTP/3) and legacy `Upgrade: PTTH/1.0` (HTTP/1.1) all end
 //! here; the transports' setup servers (`tunnel`, `quic`) only carry them.
 
 use crate::admission::{Admitted, TunnelContext};
-use crate::credential::check_origin;
 use crate::message::{empty, error, Body};
+use crate::policy::{OriginRequest, Refused};
 use http::{header, Method, Request, Response, StatusCode};
-use ptth_auth::{AuthError, Presented};
 use ptth_core::{AlpnRole, HttpVersion, Mechanism, ProtocolId, SetupRejection, Transport};
 use ptth_h3::RecvBody;
 use rustls::pki_types::CertificateDer;
@@ -22,12 +22,11 @@ fn reject(r: &SetupRejection) -> Response<Body> {
 
 /// A refused credential's answer: 403 for a credential that may not register what it asks
 /// for, 401 (with a challenge) otherwise.
-fn refuse(e: &AuthError) -> Response<Body> {
-    let reason = format!("origin credential: {e}");
-    if e.status() == StatusCode::FORBIDDEN {
-        error(StatusCode::FORBIDDEN, &reason)
+fn refuse(r: &Refused) -> Response<Body> {
+    if r.status == StatusCode::FORBIDDEN {
+        error(StatusCode::FORBIDDEN, &r.reason)
     } else {
-        unauthorized(&reason)
+        unauthorized(&r.reason)
     }
 }
 
@@ -74,12 +73,13 @@ fn mechanism_of(
 
 /// Validates a setup request that arrived on a forward connection of `version` over
 /// `transport`, authenticates it and works out its mechanism and scopes.
-pub(crate) fn admit_setup<B>(
+pub(crate) async fn admit_setup<B>(
     ctx: &TunnelContext,
     req: &Request<B>,
     transport: Transport,
     version: HttpVersion,
     extended_protocol: Option<&str>,
+    peer: std::net::SocketAddr,
     peer_certs: Option<&[CertificateDer<'static>]>,
 ) -> Result<SetupAdmitted, Box<Response<Body>>> {
     let (parts, _) = clone_head(req);
@@ -113,13 +113,18 @@ pub(crate) fn admit_setup<B>(
             })?;
         }
     }
-    let presented = Presented {
+    let request = OriginRequest {
+        mechanism,
+        peer,
         authorization: accepted.authorization.as_ref(),
-        peer_certs,
-        challenge_answer: None,
+        client_certificates: peer_certs,
+        origins: &origins,
+        path_prefixes: &prefixes,
+        challenge: None,
     };
-    let (admission, scopes) = check_origin(&ctx.grants(), &presented, &origins, &prefixes)
-        .map_err(|e| Box::new(refuse(&e)))?;
+    let (admission, scopes) = crate::admission::authorise(ctx, &request)
+        .await
+        .map_err(|r| Box::new(refuse(&r)))?;
     let response = if req.method() == Method::CONNECT {
         ptth_core::connect_response(&accepted)
     } else if legacy {
@@ -139,9 +144,10 @@ pub(crate) fn admit_setup<B>(
 
 /// PTTH -00: validates and authenticates an `OPTIONS` setup request on an HTTP/3
 /// connection, which is then reversed.
-pub(crate) fn admit_options(
+pub(crate) async fn admit_options(
     ctx: &TunnelContext,
     req: &Request<RecvBody>,
+    peer: std::net::SocketAddr,
     peer_certs: Option<&[CertificateDer<'static>]>,
 ) -> Result<SetupAdmitted, Box<Response<Body>>> {
     // draft-kazuho-ptth-ptth-00 §3: "the client sends an OPTIONS request to the PTTH
@@ -157,13 +163,18 @@ pub(crate) fn admit_options(
     let (mechanism, version) = mechanism_of(Transport::Quic, HttpVersion::Http3, &accepted)?;
     let prefixes = ptth_auth::path_prefixes(req.headers())
         .map_err(|e| Box::new(error(StatusCode::BAD_REQUEST, &e.to_string())))?;
-    let presented = Presented {
+    let request = OriginRequest {
+        mechanism,
+        peer,
         authorization: accepted.authorization.as_ref(),
-        peer_certs,
-        challenge_answer: None,
+        client_certificates: peer_certs,
+        origins: &accepted.origins,
+        path_prefixes: &prefixes,
+        challenge: None,
     };
-    let (admission, scopes) = check_origin(&ctx.grants(), &presented, &accepted.origins, &prefixes)
-        .map_err(|e| Box::new(refuse(&e)))?;
+    let (admission, scopes) = crate::admission::authorise(ctx, &request)
+        .await
+        .map_err(|r| Box::new(refuse(&r)))?;
     let (parts, ()) = ptth_core::options_response().into_parts();
     let admitted = Admitted {
         mechanism,

@@ -157,7 +157,7 @@ impl Carrier for TlsStream<TcpStream> {
 /// `extended_protocol` as its `:protocol` if it is an extended CONNECT: admitted, its
 /// stream is taken over in a task of its own once the answer is sent; refused, the answer
 /// says why.
-fn take_over_setup(
+async fn take_over_setup(
     req: &mut Request<Incoming>,
     version: HttpVersion,
     extended_protocol: Option<&str>,
@@ -172,8 +172,11 @@ fn take_over_setup(
         Transport::Tls,
         version,
         extended_protocol,
+        peer,
         peer_certs,
-    ) {
+    )
+    .await
+    {
         Ok(x) => x,
         Err(res) => return *res,
     };
@@ -209,15 +212,18 @@ async fn serve_h1_setup<IO>(
         let peer_certs = peer_certs.clone();
         let setup = service_setup.clone();
         async move {
-            Ok::<_, std::convert::Infallible>(take_over_setup(
-                &mut req,
-                HttpVersion::Http1,
-                None,
-                ctx,
-                peer,
-                peer_certs.as_deref(),
-                setup,
-            ))
+            Ok::<_, std::convert::Infallible>(
+                take_over_setup(
+                    &mut req,
+                    HttpVersion::Http1,
+                    None,
+                    ctx,
+                    peer,
+                    peer_certs.as_deref(),
+                    setup,
+                )
+                .await,
+            )
         }
     });
     let conn = hyper::server::conn::http1::Builder::new()
@@ -278,15 +284,18 @@ async fn serve_h2_setup<IO>(
             ) {
                 return Ok(res);
             }
-            Ok::<_, std::convert::Infallible>(take_over_setup(
-                &mut req,
-                HttpVersion::Http2,
-                protocol.as_deref(),
-                ctx,
-                peer,
-                peer_certs.as_deref(),
-                setup,
-            ))
+            Ok::<_, std::convert::Infallible>(
+                take_over_setup(
+                    &mut req,
+                    HttpVersion::Http2,
+                    protocol.as_deref(),
+                    ctx,
+                    peer,
+                    peer_certs.as_deref(),
+                    setup,
+                )
+                .await,
+            )
         }
     });
     let windows = ptth_h2::Windows::default();

@@ -20,6 +20,8 @@ use std::time::Duration;
     about = "PTTH origin: dial out to a gateway and serve the requests it sends back"
 )]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
+// The field docs are clap's help text, shown as written: a URL there stays bare.
+#[allow(rustdoc::bare_urls)]
 pub struct Cli {
     /// The gateway's tunnel URL, e.g. https://gateway.example:4443 (required; repeatable:
     /// each gateway gets its own --connections; in a config file, a string or a list).

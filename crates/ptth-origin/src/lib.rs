@@ -1,16 +1,43 @@
 //! The PTTH origin: dials out to a gateway and serves the HTTP requests that come back.
 //!
+//! **What it does.** From behind NAT or a firewall, it keeps connections open to one or
+//! more gateways over any mechanism (`rh1`, `rh2`, `upgrade-h2`, `h3-reverse`, …), proves
+//! who it is (a bearer token, HTTP Basic, an Ed25519 signing key or a client certificate),
+//! and serves what comes back with your `tower::Service`: an axum `Router`, the proxy to a
+//! local upstream ([`service::Proxy`]) or the built-in demo ([`service::Hello`]). It
+//! reconnects, and shuts down without losing requests in flight.
+//!
+//! **What it does not do.** It listens on no public port and routes nothing itself (that
+//! is the gateway, `ptth-gateway`); it does not pick between gateways (it holds
+//! connections to every one configured).
+//!
 //! ```text
 //! Origin::serve(service) ─▶ per gateway: N slots ─▶ resolve ─▶ dial ─▶ TLS or QUIC ─▶
 //!     setup (per mechanism) ─▶ registered ─▶ serve HTTP/1.1, HTTP/2 or HTTP/3 as the
 //!     *server* on the connection it dialled
 //! ```
 //!
-//! [`Origin::status`] tells, per gateway, how many connections are registered.
+//! The shortest working origin serves an axum `Router` through a gateway's tunnel:
 //!
-//! What it serves is any `tower::Service<http::Request<RequestBody>>`: the proxy to a
-//! local upstream ([`service::Proxy`]), the built-in demo ([`service::Hello`]), or your own
-//! application such as an axum `Router` (see `examples/axum.rs`).
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use ptth_origin::{Origin, OriginConfig};
+//! let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+//! let config = OriginConfig::new(
+//!     "https://gateway.example:4443".parse()?,     // the gateway's tunnel
+//!     "rh2".parse().map_err(anyhow::Error::msg)?, // the mechanism
+//!     vec!["app.example".into()],                 // the hosts it serves
+//!     Some(ptth_auth::BearerToken::new("s3cret").map_err(anyhow::Error::msg)?),
+//! );
+//! Origin::new(config)?
+//!     .serve(app, async { let _ = tokio::signal::ctrl_c().await; })
+//!     .await
+//! # }
+//! ```
+//!
+//! [`Origin::status`] tells, per gateway, how many connections are registered.
+//! `examples/axum.rs` is the same against a dev gateway.
+#![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;

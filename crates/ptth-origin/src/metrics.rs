@@ -2,7 +2,7 @@
 //!
 //! Connections are counted per configured gateway (the `gateway` label is the configured
 //! URL, so the operator's config bounds it): each slot of the pool says what it is doing
-//! ([`SlotState`]) and the gauges and `/readyz` are read from the slots at scrape time.
+//! (`SlotState`) and the gauges and `/readyz` are read from the slots at scrape time.
 //! Upstream calls ([`crate::service::Proxy`]) are counted process-wide: an origin process
 //! has one upstream.
 

@@ -9,7 +9,7 @@
 //! | `unix:/path`        | Unix socket | HTTP/1.1                               |
 //! | `unix+h2c:/path`    | Unix socket | HTTP/2 with prior knowledge            |
 //!
-//! [`Connector`] is the `tower::Service<Uri>` hyper-util's pooled client dials with. It
+//! `Connector` is the `tower::Service<Uri>` hyper-util's pooled client dials with. It
 //! ignores the URI it is given (the request's authority, which keys the pool): where it
 //! connects is fixed when the proxy is built. Every dial, TLS handshake included, is bounded
 //! by [`CONNECT_TIMEOUT`].

@@ -5,7 +5,7 @@
 //! where it starts as an extended `CONNECT` with `:protocol = websocket` and ends in `200`.
 //! [`Handshake`] validates either form and builds the matching answer; the caller then takes
 //! the tunnel with [`on_upgrade`] (hyper's upgrade on HTTP/1.1 and HTTP/2, the request
-//! stream on HTTP/3, handed over by [`serve_h3_connect`]) and runs the WebSocket protocol
+//! stream on HTTP/3, handed over by `serve_h3_connect`) and runs the WebSocket protocol
 //! over it.
 
 use http::header::{
