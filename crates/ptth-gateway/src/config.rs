@@ -687,14 +687,23 @@ pub fn init_logging(format: Option<&str>) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only for a person at a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     match format.unwrap_or("human") {
         "human" => builder.init(),
         "json" => builder.json().init(),
         other => bail!("--log-format must be human or json, not {other:?}"),
+    }
+    // The access log writes the same lines itself, off the request path; a terminal keeps
+    // the coloured events.
+    use crate::access_log::{write_lines_directly, LineFormat};
+    match format.unwrap_or("human") {
+        "json" => write_lines_directly(LineFormat::Json)?,
+        _ if !ansi => write_lines_directly(LineFormat::Human)?,
+        _ => {}
     }
     Ok(())
 }

@@ -12,7 +12,8 @@
 //! says why the sockets are not split.
 //!
 //! A worker's runtime is dropped by its own thread, outside any async context, when the
-//! [`Workers`] are stopped or dropped.
+//! [`Workers`] are stopped or dropped; dropping them then writes the access log lines still
+//! queued.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -165,6 +166,9 @@ impl Drop for Workers {
                 tracing::error!("a gateway worker thread panicked");
             }
         }
+        // Every connection has ended with its worker, and with it every request's access
+        // log line: write them now, before the process can exit.
+        crate::access_log::flush();
     }
 }
 
