@@ -7,8 +7,9 @@
 //! line by hand ([`encode`]: the text or JSON `tracing_subscriber` writes, byte for byte,
 //! except escaped control characters in the text format) into a bounded queue, and a
 //! thread of its own writes the queue to stderr in batches, at most [`WRITE_EVERY`] after a
-//! line was queued and when the workers stop. Through `tracing`'s general-purpose
-//! formatter the line added 28 % to a request's instructions (`docs/performance.md`).
+//! line was queued, and [`flush`] writes the rest when the gateway has stopped. Through
+//! `tracing`'s general-purpose formatter the line added 25 % to a request's instructions;
+//! now about 4 % (`docs/performance.md`, finding 7).
 //! Elsewhere (a terminal, a program embedding the library) a line is a `tracing` event.
 //!
 //! The path is logged without its query string: queries carry tokens and signatures
@@ -392,10 +393,10 @@ pub fn write_lines_directly(format: LineFormat) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Writes the lines waiting in the writer's queue now, on the calling thread. The gateway
-/// calls it when its workers have stopped, so the last requests' lines are written before
-/// the process exits.
-pub(crate) fn flush() {
+/// Writes the lines waiting in the writer's queue now, on the calling thread (nothing
+/// without [`write_lines_directly`]). The binary calls it once the gateway has stopped, so
+/// the last requests' lines are written before the process exits.
+pub fn flush() {
     if let Some(writer) = WRITER.get() {
         writer.write_batch(&mut std::io::stderr());
     }

@@ -12,8 +12,7 @@
 //! says why the sockets are not split.
 //!
 //! A worker's runtime is dropped by its own thread, outside any async context, when the
-//! [`Workers`] are stopped or dropped; dropping them then writes the access log lines still
-//! queued.
+//! [`Workers`] are stopped or dropped.
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -166,9 +165,6 @@ impl Drop for Workers {
                 tracing::error!("a gateway worker thread panicked");
             }
         }
-        // Every connection has ended with its worker, and with it every request's access
-        // log line: write them now, before the process can exit.
-        crate::access_log::flush();
     }
 }
 
