@@ -373,6 +373,69 @@ async fn metrics_readiness_and_the_access_log_follow_the_traffic() -> Result<()>
     Ok(())
 }
 
+/// The access log leaves the request path in batches, written by a thread of its own at
+/// most 100 ms after a request ended: the lines of the last requests before SIGTERM are in
+/// the log once the gateway has exited, in either log format.
+#[tokio::test]
+async fn the_last_access_lines_are_written_when_the_gateway_stops() -> Result<()> {
+    for format in ["json", "human"] {
+        let dir = TempDir::new("access-stop");
+        let log = dir.0.join("gateway.log");
+        let dev = dir.0.join("dev");
+        let tunnel = free_port();
+        let mut gw = LoggedGateway::start(
+            &dev,
+            tunnel,
+            &["--log-format", format, "--startup-grace", "0"],
+            &log,
+        )
+        .await?;
+        let tunnel_url = format!("https://localhost:{}", tunnel.port());
+        let (mut origin, _origin_log) =
+            spawn_origin(&dev, &tunnel_url, "app.localhost", &["--hello"])?;
+        gw.wait_ready("app.localhost").await?;
+        const N: usize = 40;
+        let c = client(false);
+        for i in 1..=N {
+            let (res, body) = send(&c, gw.get("app.localhost", &format!("/bytes/{i}"))).await?;
+            assert_eq!((res.status(), body.len()), (StatusCode::OK, i));
+        }
+        drop(c);
+        let pid = gw
+            .child
+            .id()
+            .ok_or_else(|| anyhow!("the gateway exited early"))?;
+        let killed = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()?;
+        assert!(killed.success());
+        let exit = tokio::time::timeout(Duration::from_secs(30), gw.child.wait())
+            .await
+            .map_err(|_| anyhow!("the gateway did not stop within 30 s of SIGTERM"))??;
+        assert!(exit.success(), "{format}: {exit}");
+        let text = std::fs::read_to_string(&log)?;
+        for i in 1..=N {
+            let path = format!("/bytes/{i}");
+            let found = match format {
+                "json" => access_lines(&log)
+                    .iter()
+                    .any(|v| v["fields"]["path"] == path.as_str() && v["fields"]["status"] == 200),
+                _ => text.lines().any(|l| {
+                    l.contains(" INFO ptth::access: request ")
+                        && l.contains(&format!(" path={path} "))
+                        && l.contains(" status=200 ")
+                }),
+            };
+            assert!(
+                found,
+                "{format}: no access line for {path}; the log:\n{text}"
+            );
+        }
+        let _ = origin.kill().await;
+    }
+    Ok(())
+}
+
 /// An rh2 origin for `host` dialling `gateway` with the dev token and CA, its log at warn.
 fn spawn_origin(
     dev: &std::path::Path,

@@ -761,9 +761,10 @@ pub fn init_logging(format: Option<&str>) -> Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colour only for a person at a terminal: journald and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(ansi)
         // A log line that cannot be written is dropped. By default the formatter reports a
         // failed write with `eprintln!`, which panics when stderr itself is what failed (a
         // reader that went away: journald restarting, a closed pipe), and the panic kills
@@ -774,6 +775,14 @@ pub fn init_logging(format: Option<&str>) -> Result<()> {
         "human" => builder.init(),
         "json" => builder.json().init(),
         other => bail!("--log-format must be human or json, not {other:?}"),
+    }
+    // The access log writes the same lines itself, off the request path; a terminal keeps
+    // the coloured events.
+    use crate::access_log::{write_lines_directly, LineFormat};
+    match format.unwrap_or("human") {
+        "json" => write_lines_directly(LineFormat::Json)?,
+        _ if !ansi => write_lines_directly(LineFormat::Human)?,
+        _ => {}
     }
     Ok(())
 }

@@ -41,6 +41,9 @@ fn main() -> std::process::ExitCode {
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(serve(config, dev)));
+    // The gateway has stopped and its workers have ended, every request with them: the
+    // access log lines still queued are written before the process exits.
+    ptth_gateway::access_log::flush();
     match ran {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

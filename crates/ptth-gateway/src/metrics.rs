@@ -168,6 +168,7 @@ pub struct Metrics {
     retries: Family<Labels<1>, Counter>,
     /// Reverse CONNECT: TCP flows and control channels.
     flows: FlowCounters,
+    access_dropped: Counter,
     /// The access log's mode and sampling count.
     pub(crate) access: AccessLog,
 }
@@ -331,6 +332,12 @@ impl Metrics {
             "Requests sent again on another origin connection, by reason (not_sent: the connection refused it before taking it)",
             retries.clone(),
         );
+        let access_dropped = Counter::default();
+        registry.register(
+            "access_log_dropped_lines",
+            "Access log lines dropped because stderr did not keep up (the writer's queue was full; requests never wait for the log)",
+            access_dropped.clone(),
+        );
         for m in Mechanism::ALL {
             let _ = origin_connections.get_or_create(&[("mechanism", m.name())]);
         }
@@ -354,6 +361,7 @@ impl Metrics {
             public_connections,
             retries,
             flows,
+            access_dropped,
             access: AccessLog::default(),
         }
     }
@@ -454,6 +462,11 @@ impl Metrics {
         self.duration.observe(done.duration.as_secs_f64());
         self.received.inc_by(done.received);
         self.sent.inc_by(done.sent);
+    }
+
+    /// Counts an access log line dropped because the line writer's queue was full.
+    pub(crate) fn access_log_dropped(&self) {
+        self.access_dropped.inc();
     }
 
     /// A request that waited in the queue for `waited` got a connection (or gave up).
