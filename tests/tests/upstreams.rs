@@ -472,6 +472,74 @@ upstream = "http://{a}"
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_route_alone_registers_its_hosts_and_exact_hosts_win() {
+    let dir = TempDir::new("upstream-wildcard-route");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let wild = tcp_upstream("wild", Speaks::Http1).await;
+    let exact = tcp_upstream("exact", Speaks::Http1).await;
+    let config = dir.0.join("origin.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\nhost = \"*.apps.localhost\"\nupstream = \"http://{wild}\"\n\n\
+             [[route]]\nhost = \"plain.localhost\"\nupstream = \"http://{wild}\"\n"
+        ),
+    )
+    .unwrap();
+    // No host under apps.localhost is named with --host: the route registers the wildcard.
+    let _wild = Origin::start(
+        &gw,
+        "rh2",
+        "plain.localhost",
+        &["--config", config.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    wait_ready(&gw, "one.apps.localhost").await.unwrap();
+    // Another origin's exact registration under the wildcard wins for its host.
+    let exact_upstream = format!("http://{exact}");
+    let _exact = Origin::start(
+        &gw,
+        "rh2",
+        "exact.apps.localhost",
+        &["--upstream", &exact_upstream],
+    )
+    .await
+    .unwrap();
+    let h1 = client(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (res, _) = send(&h1, get(&gw, "exact.apps.localhost", "/"))
+            .await
+            .unwrap();
+        if header(&res, "x-upstream") == "exact" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "exact.apps.localhost never reached its exact origin"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (host, name) in [
+        ("one.apps.localhost", "wild"),
+        ("Two.Apps.Localhost", "wild"),
+        ("exact.apps.localhost", "exact"),
+        ("plain.localhost", "wild"),
+    ] {
+        let (res, body) = send(&h1, get(&gw, host, "/")).await.unwrap();
+        assert_eq!(header(&res, "x-upstream"), name, "{host}: {body:?}");
+    }
+    // The wildcard covers one label, as a certificate's does: deeper names and the parent
+    // itself reach no origin.
+    for host in ["a.b.apps.localhost", "apps.localhost"] {
+        let (res, body) = send(&h1, get(&gw, host, "/")).await.unwrap();
+        assert_ne!(res.status(), StatusCode::OK, "{host}: {body:?}");
+        assert!(header(&res, "x-upstream").is_empty(), "{host}");
+    }
+}
+
 /// An upstream that reads a PROXY v2 header, then one HTTP/1.1 request head, and answers
 /// with the header's source address, destination address and command as plain text, and
 /// whether the head carried a `ptth-client-port` field.
