@@ -132,6 +132,13 @@ pub fn render(d: &mut String, upload: &Result<Upload>) {
         }
     };
     let mib = |k: Option<u64>| k.map_or("–".into(), |k| format!("{:.1}", k as f64 / 1024.0));
+    let one_minute = |load: &str| {
+        load.split_whitespace()
+            .next()
+            .and_then(|l| l.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let loaded = one_minute(&u.load_before).max(one_minute(&u.load_after)) >= 1.5;
     let _ = writeln!(
         d,
         "One `POST /upload` of {} bytes ({:.2} GiB) with curl over HTTP/1.1 (chunked, read \
@@ -139,7 +146,7 @@ pub fn render(d: &mut String, upload: &Result<Upload>) {
          answers with the count; the row fails unless the count is exact. Through ptth: the \
          gateway's public cleartext listener, `ptth-origin --mechanism rh2 --upstream \
          h2c://…`, fresh processes, so the peak RSS (`VmHWM`, process trees) is this \
-         upload's. Load average before {}, after {}.\n\n\
+         upload's. Load average before {}, after {}{}.\n\n\
          | path | MB/s | vs direct | peak RSS gateway MiB | peak RSS origin MiB |\n\
          |---|---|---|---|---|\n\
          | ({}) {} | {:.0} | 1.00 | – | – |\n\
@@ -148,6 +155,12 @@ pub fn render(d: &mut String, upload: &Result<Upload>) {
         u.bytes as f64 / f64::from(1u32 << 30),
         u.load_before,
         u.load_after,
+        if loaded {
+            ": **the machine was loaded by other work, so MB/s and the ratio are noisy** \
+             (the peak RSS is not moved by load)"
+        } else {
+            ""
+        },
         DIRECT.id,
         DIRECT.label,
         u.direct_mb_s,
