@@ -471,8 +471,8 @@ where
     );
 }
 
-/// The mechanisms that carry gRPC (see docs/operations.md, "gRPC").
-const GRPC_MECHANISMS: &[&str] = &["rh1", "rh2", "upgrade-h1", "connect-h2", "rh3"];
+/// The mechanisms that carry gRPC (see docs/operations.md, "gRPC"): every one.
+const GRPC_MECHANISMS: &[&str] = ALL_MECHANISMS;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_calls_through_every_mechanism_from_every_public_protocol() {

@@ -472,8 +472,77 @@ upstream = "http://{a}"
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wildcard_route_alone_registers_its_hosts_and_exact_hosts_win() {
+    let dir = TempDir::new("upstream-wildcard-route");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let wild = tcp_upstream("wild", Speaks::Http1).await;
+    let exact = tcp_upstream("exact", Speaks::Http1).await;
+    let config = dir.0.join("origin.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[route]]\nhost = \"*.apps.localhost\"\nupstream = \"http://{wild}\"\n\n\
+             [[route]]\nhost = \"plain.localhost\"\nupstream = \"http://{wild}\"\n"
+        ),
+    )
+    .unwrap();
+    // No host under apps.localhost is named with --host: the route registers the wildcard.
+    let _wild = Origin::start(
+        &gw,
+        "rh2",
+        "plain.localhost",
+        &["--config", config.to_str().unwrap()],
+    )
+    .await
+    .unwrap();
+    wait_ready(&gw, "one.apps.localhost").await.unwrap();
+    // Another origin's exact registration under the wildcard wins for its host.
+    let exact_upstream = format!("http://{exact}");
+    let _exact = Origin::start(
+        &gw,
+        "rh2",
+        "exact.apps.localhost",
+        &["--upstream", &exact_upstream],
+    )
+    .await
+    .unwrap();
+    let h1 = client(false);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let (res, _) = send(&h1, get(&gw, "exact.apps.localhost", "/"))
+            .await
+            .unwrap();
+        if header(&res, "x-upstream") == "exact" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "exact.apps.localhost never reached its exact origin"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for (host, name) in [
+        ("one.apps.localhost", "wild"),
+        ("Two.Apps.Localhost", "wild"),
+        ("exact.apps.localhost", "exact"),
+        ("plain.localhost", "wild"),
+    ] {
+        let (res, body) = send(&h1, get(&gw, host, "/")).await.unwrap();
+        assert_eq!(header(&res, "x-upstream"), name, "{host}: {body:?}");
+    }
+    // The wildcard covers one label, as a certificate's does: deeper names and the parent
+    // itself reach no origin.
+    for host in ["a.b.apps.localhost", "apps.localhost"] {
+        let (res, body) = send(&h1, get(&gw, host, "/")).await.unwrap();
+        assert_ne!(res.status(), StatusCode::OK, "{host}: {body:?}");
+        assert!(header(&res, "x-upstream").is_empty(), "{host}");
+    }
+}
+
 /// An upstream that reads a PROXY v2 header, then one HTTP/1.1 request head, and answers
-/// with the header's source address, destination address and command as plain text.
+/// with the header's source address, destination address and command as plain text, and
+/// whether the head carried a `ptth-client-port` field.
 async fn proxy_protocol_upstream() -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -520,6 +589,10 @@ async fn proxy_protocol_upstream() -> SocketAddr {
                 }
                 let starts_http = head.starts_with(b"GET / HTTP/1.1\r\n");
                 text.push_str(&format!(" then-http {starts_http}"));
+                // The gateway's internal port field must not reach the application.
+                let lower = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                let leaked = lower.contains("ptth-client-port");
+                text.push_str(&format!(" ptth-field {leaked}"));
                 let response = format!(
                     "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
                     text.len()
@@ -550,18 +623,22 @@ async fn proxy_protocol_v2_names_the_public_client() {
     )
     .await
     .unwrap();
-    // The public client comes from 127.0.0.2, which is what the gateway sees and names.
+    // The public client comes from 127.0.0.2, which is what the gateway sees and names, with
+    // the port it dialled from; the port it forges in the gateway's own field is dropped.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let text = loop {
+    let (text, client_port) = loop {
         let tcp = tcp_from("127.0.0.2".parse().unwrap(), gw.listen)
             .await
             .unwrap();
+        let client_port = tcp.local_addr().unwrap().port();
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .unwrap();
         tokio::spawn(connection);
+        let forged = if client_port == 1 { "2" } else { "1" };
         let request = Request::get("/")
             .header("host", "pp.localhost")
+            .header("ptth-client-port", forged)
             .body(http_body_util::Empty::<Bytes>::new())
             .unwrap();
         let response = sender.send_request(request).await.unwrap();
@@ -569,7 +646,7 @@ async fn proxy_protocol_v2_names_the_public_client() {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let text = String::from_utf8_lossy(&body).to_string();
         if status == StatusCode::OK {
-            break text;
+            break (text, client_port);
         }
         assert!(tokio::time::Instant::now() < deadline, "{status}: {text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -577,7 +654,7 @@ async fn proxy_protocol_v2_names_the_public_client() {
     assert_eq!(
         text,
         format!(
-            "command 0x21 family 0x11 source 127.0.0.2:0 destination {upstream} then-http true"
+            "command 0x21 family 0x11 source 127.0.0.2:{client_port} destination {upstream} then-http true ptth-field false"
         )
     );
 }

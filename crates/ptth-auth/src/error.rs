@@ -57,8 +57,9 @@ pub enum Forbidden {
         claimed: usize,
     },
     /// A wildcard or any-origin grant allows the origin, but another grant names its host
-    /// exactly, and exact names win.
-    #[error("{0}: its host is named exactly by a grant, so only a grant that names it may register it (a wildcard or \"*\" grant may not)")]
+    /// (for a wildcard origin, a host one label under its parent) exactly, and exact names
+    /// win.
+    #[error("{0}: its host (for a wildcard, a host it covers) is named exactly by a grant, so only a grant that names it may register it (a wildcard or \"*\" grant may not)")]
     NamedElsewhere(SerializedOrigin),
     /// No grant of this credential allows the origin.
     #[error("the credential may not register {0}")]

@@ -160,6 +160,10 @@ impl FromStr for OriginPattern {
                     .parse()
                     .map_err(|e: ptth_core::OriginError| err(e.to_string()))?;
                 let host = o.host();
+                // `*.*.parent`: the parent parsed as a wildcard origin of its own.
+                if o.is_wildcard() {
+                    return Err(err("`*` may only be the whole left-most label".into()));
+                }
                 if host.starts_with('[') || host.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
                     return Err(err("a wildcard needs a DNS name, not an address".into()));
                 }

@@ -25,8 +25,10 @@ pub const MAX_PREFIXES_PER_CONNECTION: usize = 16;
 /// also covers every requested prefix; a requested prefix is covered if it equals or lies
 /// under a granted prefix on a segment boundary. A host that any grant names exactly may
 /// be registered only through a grant that names it exactly: wildcard and `*` grants cover
-/// the other hosts. Any miss rejects the whole set, naming the first origin or prefix
-/// outside.
+/// the other hosts. A wildcard origin (`https://*.parent`) is allowed by a `*` grant or a
+/// wildcard grant of the same parent, and by neither when a grant names a host one label
+/// under that parent exactly. Any miss rejects the whole set, naming the first origin or
+/// prefix outside.
 pub fn authorize(
     grants: &Grants,
     matched: &[&Grant],
@@ -50,7 +52,14 @@ pub fn authorize(
     // draft-kazuho-ptth-ptth-01 §"Security Considerations": "the gateway MUST check that the
     // authenticated origin is allowed to register each requested origin".
     for origin in origins {
-        let named = grants.names_host(origin.host());
+        // A wildcard claim (`https://*.parent`) covers every host one label under its
+        // parent, so it may not come through a wildcard or `*` grant when any of those hosts
+        // is named exactly (the same rule as a wildcard certificate name below); exact
+        // grants never allow it (they name one host).
+        let named = match origin.host().strip_prefix("*.") {
+            Some(parent) => grants.names_host_under(parent),
+            None => grants.names_host(origin.host()),
+        };
         let allowing: Vec<&&Grant> = matched
             .iter()
             .filter(|g| {
@@ -371,6 +380,45 @@ mod tests {
         assert_eq!(scopes.len(), 2);
         assert_eq!(scopes[1].host(), "x.b.example");
         assert_eq!(scopes[1].port(), None);
+    }
+
+    #[test]
+    fn a_wildcard_claim_needs_a_wildcard_or_any_grant_and_no_exact_name_under_it() {
+        let claim = origins(&["https://*.apps.example"]);
+        let root = prefixes(&["/"]);
+        // `*` and a wildcard grant of the same parent allow it, as a wildcard scope.
+        let any = grant(&["*"], &["/"]);
+        let scopes = auth(&[&any], &claim, &root).unwrap();
+        assert_eq!(scopes.len(), 1);
+        assert!(scopes[0].is_wildcard());
+        assert_eq!(scopes[0].to_string(), "https://*.apps.example/");
+        let wild = grant(&["https://*.apps.example"], &["/"]);
+        assert!(auth(&[&wild], &claim, &root).unwrap()[0].is_wildcard());
+        // Another parent, a deeper wildcard, another port or an exact grant do not.
+        let other = grant(&["https://*.example"], &["/"]);
+        assert_eq!(
+            auth(&[&other], &claim, &root),
+            Err(Forbidden::Origin(claim[0].clone()))
+        );
+        let deeper = origins(&["https://*.a.apps.example"]);
+        assert!(auth(&[&wild], &deeper, &root).is_err());
+        let ported = origins(&["https://*.apps.example:8443"]);
+        assert!(auth(&[&wild], &ported, &root).is_err());
+        let exact = grant(&["https://a.apps.example"], &["/"]);
+        assert!(auth(&[&exact], &claim, &root).is_err());
+        // A host under it that a grant names exactly keeps the wildcard out of `*` grants:
+        // its scope would route that host whenever the exact origin is away.
+        assert_eq!(
+            auth(&[&any, &exact], &claim, &root),
+            Err(Forbidden::NamedElsewhere(claim[0].clone()))
+        );
+        assert_eq!(
+            auth(&[&wild, &exact], &claim, &root),
+            Err(Forbidden::NamedElsewhere(claim[0].clone()))
+        );
+        // A name deeper down does not overlap the one-label wildcard.
+        let deep_exact = grant(&["https://x.a.apps.example"], &["/"]);
+        assert!(auth(&[&any, &deep_exact], &claim, &root).is_ok());
     }
 
     #[test]

@@ -57,7 +57,10 @@ impl SerializedOrigin {
     /// Builds an origin from parts, normalising and validating them like [`FromStr`].
     pub fn new(scheme: &str, host: &str, port: Option<u16>) -> Result<Self, OriginError> {
         let scheme = parse_scheme(scheme)?;
-        let host = parse_host(host)?;
+        let host = match host.strip_prefix("*.") {
+            Some(parent) => wildcard_host(host, parent)?,
+            None => parse_host(host)?,
+        };
         let port = match port {
             Some(0) => return Err(OriginError::BadPort("0".to_owned())),
             Some(p) => p,
@@ -73,9 +76,17 @@ impl SerializedOrigin {
         &self.scheme
     }
 
-    /// The lowercase host; IPv6 literals include their brackets.
+    /// The lowercase host; IPv6 literals include their brackets; `*.parent` for a wildcard.
     pub fn host(&self) -> &str {
         &self.host
+    }
+
+    /// Whether the host is a wildcard `*.parent`: an origin claiming every host one DNS
+    /// label under `parent`, as a certificate's wildcard name does (draft-bt §3 allows
+    /// wildcard ORIGIN entries "so that wildcard certificates can be used"). Not an RFC 6454
+    /// origin: it names a set of them, and only claims and grants use it.
+    pub fn is_wildcard(&self) -> bool {
+        self.host.starts_with("*.")
     }
 
     /// The port, explicit or defaulted from the scheme.
@@ -168,6 +179,19 @@ pub(crate) fn parse_port(text: &str) -> Result<u16, OriginError> {
     }
 }
 
+/// A wildcard host `*.parent` (`text`): the parent must be a DNS name, not an address, and
+/// the `*` a whole left-most label (RFC 6125 §6.4.3).
+fn wildcard_host(text: &str, parent: &str) -> Result<String, OriginError> {
+    let bad = || OriginError::BadHost(text.to_owned());
+    let parent = parse_host(parent).map_err(|_| bad())?;
+    let parent = parent.strip_suffix('.').unwrap_or(&parent);
+    let address = parent.starts_with('[') || parent.parse::<Ipv4Addr>().is_ok();
+    if address || parent.is_empty() {
+        return Err(bad());
+    }
+    Ok(format!("*.{parent}"))
+}
+
 /// Validates and normalises a host: a bracketed IPv6 literal, an IPv4 address, or a DNS
 /// name made of letters, digits, `-`, `_` and `.`.
 pub(crate) fn parse_host(host: &str) -> Result<String, OriginError> {
@@ -232,6 +256,31 @@ pub(crate) mod tests {
         );
         assert_eq!(o("http://127.0.0.1:3000").host(), "127.0.0.1");
         assert_eq!(o("foo://x.example:9").to_string(), "foo://x.example:9");
+    }
+
+    #[test]
+    fn wildcard_origins_name_a_dns_parent() {
+        let w = o("https://*.Apps.Example.:8443");
+        assert!(w.is_wildcard());
+        assert_eq!(w.host(), "*.apps.example");
+        assert_eq!(w.to_string(), "https://*.apps.example:8443");
+        assert_eq!(o(&w.to_string()), w);
+        assert!(!o("https://apps.example").is_wildcard());
+        for bad in [
+            "https://*",
+            "https://*.",
+            "https://*.*.example",
+            "https://a.*.example",
+            "https://*a.example",
+            "https://*.1.2.3.4",
+            "https://*.[::1]",
+            "https://*..example",
+        ] {
+            assert!(
+                bad.parse::<SerializedOrigin>().is_err(),
+                "{bad} was accepted"
+            );
+        }
     }
 
     #[test]

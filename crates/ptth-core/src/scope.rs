@@ -215,7 +215,12 @@ impl Scope {
     /// A scope for an origin. An origin on its scheme's default port routes on host
     /// alone (`port: None`); any other port must match exactly.
     pub fn from_origin(origin: &SerializedOrigin, path_prefix: &str) -> Result<Self, ScopeError> {
-        let (host, _) = parse_authority(origin.host())?;
+        // A wildcard origin (`*.parent`, validated when it was parsed) is a wildcard scope.
+        let host = if origin.is_wildcard() {
+            origin.host().to_owned()
+        } else {
+            parse_authority(origin.host())?.0
+        };
         Ok(Self {
             scheme: origin.scheme().to_owned(),
             host,
@@ -686,6 +691,11 @@ mod tests {
         // Hosts from `new` are never wildcards, and `*` is not a host.
         assert!(Scope::new("*.example.com", "/").is_err());
         assert!(!Scope::new("a.example.com", "/").unwrap().is_wildcard());
+        // A wildcard origin claimed by an origin is the same wildcard scope.
+        let claimed: SerializedOrigin = "https://*.Example.COM".parse().unwrap();
+        assert_eq!(Scope::from_origin(&claimed, "/").unwrap(), s);
+        let claimed: SerializedOrigin = "https://*.example.com:8443".parse().unwrap();
+        assert_eq!(Scope::from_origin(&claimed, "/api").unwrap(), ported);
     }
 
     #[test]

@@ -13,7 +13,18 @@
 //!   element are set;
 //! - from a trusted peer (a load balancer in front of the gateway), its `X-Forwarded-For`
 //!   and `Forwarded` are kept with the gateway's hop appended, and its `X-Forwarded-Proto`,
-//!   `-Host`, `-Port` and `X-Real-IP` are kept when present (set when absent; the port never is).
+//!   `-Host`, `-Port` and `X-Real-IP` are kept when present (set when absent; the port never is);
+//! - in both cases, when the client `X-Real-IP` names is the peer itself, [`PTTH_CLIENT_PORT`]
+//!   carries the peer's TCP or UDP port to the origin (for PROXY protocol v2 headers).
+//!
+//! Why a `ptth-*` field and not the port form of `Forwarded` (RFC 7239 §6,
+//! `for="192.0.2.7:51234"`): every application behind ptth reads `Forwarded`, and many parse
+//! its `for` as a bare address, so adding ports there would change what they all see for the
+//! sake of the few routes that write PROXY headers; and behind trusted proxies the origin
+//! would have to find the client's element in the chain again. The gateway removes every
+//! `ptth-*` field a public client sends (`proxy::strip_ptth_fields`) before this module runs,
+//! so an origin reading [`PTTH_CLIENT_PORT`] from its authenticated connection knows the
+//! gateway wrote it.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Uri;
@@ -33,6 +44,12 @@ pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-ho
 pub const X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
 /// `X-Real-IP`: the client's address, one value.
 pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+
+/// `ptth-client-port`: the public client's port, set only when the `X-Real-IP` the request
+/// carries is the peer the gateway saw (not a client a trusted proxy named, whose port the
+/// gateway does not know). Only the gateway writes it: public values are removed with every
+/// other `ptth-*` field, and the origin removes it before the upstream sees the request.
+pub const PTTH_CLIENT_PORT: HeaderName = HeaderName::from_static("ptth-client-port");
 
 /// Every field an untrusted peer's value of is removed.
 pub const FORWARDING_FIELDS: [HeaderName; 6] = [
@@ -235,6 +252,8 @@ impl TrustedProxies {
 pub struct Hop<'a> {
     /// The peer's address (the client, or a proxy in front of the gateway).
     pub peer: IpAddr,
+    /// The peer's port, sent as [`PTTH_CLIENT_PORT`] when the peer is the client.
+    pub peer_port: u16,
     /// Whether the request arrived over TLS (the TLS listener, public HTTP/3).
     pub tls: bool,
     /// The authority the request named, from [`requested_authority`].
@@ -286,6 +305,7 @@ pub fn set_forwarding_fields(headers: &mut HeaderMap, hop: &Hop<'_>, trusted: &T
         insert(headers, X_FORWARDED_HOST, hop.authority);
         insert(headers, X_REAL_IP, &peer_text);
         insert(headers, header::FORWARDED, &element);
+        set_client_port(headers, hop.peer_port);
         return;
     }
     // A trusted proxy: its chain is kept and this hop appended, as one field line each (some
@@ -311,10 +331,19 @@ pub fn set_forwarding_fields(headers: &mut HeaderMap, hop: &Hop<'_>, trusted: &T
     if !headers.contains_key(X_FORWARDED_HOST) {
         insert(headers, X_FORWARDED_HOST, hop.authority);
     }
+    headers.remove(PTTH_CLIENT_PORT);
     if !headers.contains_key(X_REAL_IP) {
         let client = client_through(&theirs, peer, trusted);
         insert(headers, X_REAL_IP, &client.to_string());
+        if client == peer {
+            set_client_port(headers, hop.peer_port);
+        }
     }
+}
+
+/// Sets [`PTTH_CLIENT_PORT`] to `port` (the port of the client named in `X-Real-IP`).
+fn set_client_port(headers: &mut HeaderMap, port: u16) {
+    headers.insert(PTTH_CLIENT_PORT, HeaderValue::from(port));
 }
 
 /// The client as seen through trusted proxies: walking the chain from the right (`peer`
@@ -539,6 +568,7 @@ mod tests {
         ("x-forwarded-port", "443"),
         ("forwarded", "for=10.9.9.9;proto=https"),
         ("x-kept", "1"),
+        ("ptth-client-port", "1"),
     ];
 
     #[test]
@@ -546,6 +576,7 @@ mod tests {
         let mut h = headers(SPOOFED);
         let hop = Hop {
             peer: ip("127.0.0.1"),
+            peer_port: 51234,
             tls: false,
             authority: "app.localhost:8080",
         };
@@ -560,6 +591,7 @@ mod tests {
             ["for=127.0.0.1;proto=http;host=\"app.localhost:8080\""]
         );
         assert_eq!(all(&h, "x-kept"), ["1"]);
+        assert_eq!(all(&h, "ptth-client-port"), ["51234"]);
 
         // A trusted list that does not hold the peer changes nothing of that.
         let mut h2 = headers(SPOOFED);
@@ -573,6 +605,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let hop = Hop {
             peer: ip("::1"),
+            peer_port: 51234,
             tls: true,
             authority: "app.example:8080",
         };
@@ -587,6 +620,7 @@ mod tests {
         let mut h = HeaderMap::new();
         let hop = Hop {
             peer: ip("::ffff:192.0.2.1"),
+            peer_port: 51234,
             tls: false,
             authority: "[::1]:8080",
         };
@@ -603,6 +637,7 @@ mod tests {
         let trusted = TrustedProxies::parse(&["127.0.0.1/32"]).unwrap();
         let hop = Hop {
             peer: ip("::ffff:127.0.0.1"),
+            peer_port: 51234,
             tls: false,
             authority: "app.localhost",
         };
@@ -620,6 +655,8 @@ mod tests {
         assert_eq!(all(&h, "x-forwarded-proto"), ["https"]);
         assert_eq!(all(&h, "x-forwarded-host"), ["evil.example"]);
         assert_eq!(all(&h, "x-forwarded-port"), ["443"]);
+        // The client is one the proxy named: the gateway does not know its port.
+        assert!(all(&h, "ptth-client-port").is_empty());
 
         // Nothing sent: the trusted peer's request gets the gateway's values.
         let mut h = HeaderMap::new();
@@ -629,6 +666,16 @@ mod tests {
         assert_eq!(all(&h, "x-forwarded-proto"), ["http"]);
         assert_eq!(all(&h, "x-forwarded-host"), ["app.localhost"]);
         assert!(all(&h, "x-forwarded-port").is_empty());
+        // The trusted peer is the client here, so its port is known.
+        assert_eq!(all(&h, "ptth-client-port"), ["51234"]);
+
+        // A port a trusted proxy wrote is not believed either.
+        let mut h = headers(&[("ptth-client-port", "1"), ("x-real-ip", "203.0.113.5")]);
+        set_forwarding_fields(&mut h, &hop, &trusted);
+        assert!(all(&h, "ptth-client-port").is_empty());
+        let mut h = headers(&[("ptth-client-port", "1")]);
+        set_forwarding_fields(&mut h, &hop, &trusted);
+        assert_eq!(all(&h, "ptth-client-port"), ["51234"]);
     }
 
     #[test]
@@ -676,11 +723,13 @@ mod tests {
         let mut h = headers(&[("x-forwarded-for", "203.0.113.5")]);
         let hop = Hop {
             peer: ip("10.3.3.3"),
+            peer_port: 51234,
             tls: true,
             authority: "a.example",
         };
         set_forwarding_fields(&mut h, &hop, &trusted);
         assert_eq!(all(&h, "x-real-ip"), ["203.0.113.5"]);
+        assert!(all(&h, "ptth-client-port").is_empty());
         assert_eq!(all(&h, "x-forwarded-for"), ["203.0.113.5, 10.3.3.3"]);
         assert_eq!(all(&h, "x-forwarded-proto"), ["https"]);
     }
@@ -696,6 +745,7 @@ mod tests {
         h.append(X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.5"));
         let hop = Hop {
             peer: ip("127.0.0.1"),
+            peer_port: 51234,
             tls: false,
             authority: "a.example",
         };

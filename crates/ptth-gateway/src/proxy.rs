@@ -119,6 +119,7 @@ impl Proxy {
             &mut parts.headers,
             &forwarding::Hop {
                 peer: client.addr.ip(),
+                peer_port: client.addr.port(),
                 tls: client.tls,
                 authority: &authority,
             },

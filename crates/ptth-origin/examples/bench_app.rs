@@ -1,5 +1,6 @@
 //! The application `cargo xtask bench` measures: `/1k` and `/1m` answer 1 KiB and 1 MiB,
-//! `/bytes/N` streams N bytes. The same service runs directly on a TCP port (`serve`, for the
+//! `/bytes/N` streams N bytes, `/upload` reads the request body to its end, discarding it,
+//! and answers `204` with the byte count in `x-received`. The same service runs directly on a TCP port (`serve`, for the
 //! direct, nginx, rathole and proxy-mode rows) or embedded in a PTTH origin (`origin`,
 //! library mode: no local port at all).
 //!
@@ -9,8 +10,8 @@
 //!     origin https://localhost:4443 .dev/demo rh2 bench.localhost 1
 //! ```
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use bytes::{Buf, Bytes};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use std::convert::Infallible;
 use std::pin::Pin;
@@ -49,8 +50,35 @@ impl Body for Repeat {
     }
 }
 
-/// The application: the request body is ignored (it is dropped unread).
-async fn app<B>(req: Request<B>, chunk: Bytes) -> Result<Response<Repeat>, Infallible> {
+/// How many bytes `body` holds, read to its end and discarded; `None` if it failed.
+async fn count<B: Body>(body: B) -> Option<u64> {
+    let mut body = std::pin::pin!(body);
+    let mut received = 0u64;
+    while let Some(frame) = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await {
+        if let Some(data) = frame.ok()?.data_ref() {
+            received += data.remaining() as u64;
+        }
+    }
+    Some(received)
+}
+
+/// The application: the request body is ignored (it is dropped unread) except by `/upload`.
+async fn app<B: Body>(req: Request<B>, chunk: Bytes) -> Result<Response<Repeat>, Infallible> {
+    if req.uri().path() == "/upload" {
+        let received = count(req.into_body()).await;
+        let mut res = Response::new(Repeat {
+            chunk,
+            remaining: 0,
+        });
+        match received {
+            Some(n) => {
+                *res.status_mut() = StatusCode::NO_CONTENT;
+                res.headers_mut().insert("x-received", HeaderValue::from(n));
+            }
+            None => *res.status_mut() = StatusCode::BAD_REQUEST,
+        }
+        return Ok(res);
+    }
     let path = req.uri().path();
     let len = match path {
         "/1k" => Some(1024),
@@ -66,7 +94,7 @@ async fn app<B>(req: Request<B>, chunk: Bytes) -> Result<Response<Repeat>, Infal
     }
     res.headers_mut().insert(
         http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/octet-stream"),
+        HeaderValue::from_static("application/octet-stream"),
     );
     Ok(res)
 }

@@ -1081,7 +1081,10 @@ mod tests {
             cfg,
         ];
         let (c, serve) = Cli::try_parse_from(base).unwrap().resolve().unwrap();
-        assert_eq!(c.hosts, ["app.example.com", "api.example.com"]);
+        assert_eq!(
+            c.hosts,
+            ["app.example.com", "api.example.com", "*.apps.example.com"]
+        );
         let Serve::Upstream(routes) = serve else {
             panic!("routes serve upstreams")
         };

@@ -8,9 +8,13 @@
 //! `/proc/PID/stat` deltas of each side's process tree around each load run, and around
 //! fixed-count runs for CPU per request. Then the scale run: gateway RSS per idle origin
 //! connection, one host's latency with thousands of other hosts' connections registered,
-//! and how long 1 000 origin connections take to come back after a gateway restart. The
-//! report ends with issue 14's aims, each judged from this run. `--smoke` runs a
-//! seconds-long version that only proves the harness.
+//! and how long 1 000 origin connections take to come back after a gateway restart, and
+//! the upload row ([`upload`]: 5 GiB through rh2 proxy mode to an `h2c://` upstream, beside
+//! a direct upload, with both ends' peak RSS). The report ends with issue 14's aims, each
+//! judged from this run. `--smoke` runs a seconds-long version that only proves the
+//! harness. `--upload-bytes N` sets the upload's size; `--upload-only` runs the upload row
+//! alone and replaces its section of `docs/benchmarks.md` (the rest of the file stays from
+//! the last full run).
 //!
 //! The modules, in the order a run uses them: [`plan`] (rows, concurrencies), [`stack`]
 //! (starting a row's processes), [`measure`] (one row's runs) on [`load`] (h2load,
@@ -24,6 +28,7 @@ mod report;
 mod sample;
 mod scale;
 mod stack;
+mod upload;
 
 use crate::procs::{self, TempDir};
 use anyhow::{bail, Context, Result};
@@ -32,12 +37,31 @@ use plan::{Plan, Route, RowSpec, ROWS};
 use std::path::Path;
 use std::time::Instant;
 
+const USAGE: &str = "usage: cargo xtask bench [--smoke] [--upload-only] [--upload-bytes N]";
+
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
-    let smoke = args.iter().any(|a| a == "--smoke");
-    if let Some(a) = args.iter().find(|a| *a != "--smoke") {
-        bail!("unknown argument {a:?}; usage: cargo xtask bench [--smoke]");
+    let (mut smoke, mut upload_only, mut upload_bytes) = (false, false, None);
+    let mut rest = args.iter();
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            "--smoke" => smoke = true,
+            "--upload-only" => upload_only = true,
+            "--upload-bytes" => {
+                let n = rest.next().context(USAGE)?;
+                upload_bytes = Some(
+                    n.parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .with_context(|| format!("--upload-bytes {n:?}: a positive number"))?,
+                );
+            }
+            _ => bail!("unknown argument {a:?}; {USAGE}"),
+        }
     }
-    let plan = Plan::new(smoke);
+    let mut plan = Plan::new(smoke);
+    if let Some(n) = upload_bytes {
+        plan.upload_bytes = n;
+    }
     procs::require_tool("h2load", "apt-get install nghttp2-client")?;
     procs::require_tool("curl", "apt-get install curl")?;
     let missing = stack::ensure_baselines(smoke);
@@ -71,6 +95,22 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let machine = sample::machine();
     eprintln!("{machine}; load average {load_before}");
 
+    if upload_only {
+        eprintln!("== {}", upload::PTTH.name());
+        let upload = upload::upload_run(&plan, &bin, &app, &dev, &tmp.0)?;
+        let mut section = String::new();
+        upload::render(&mut section, &Ok(upload));
+        println!("{section}");
+        if !smoke {
+            let path = root.join("docs").join("benchmarks.md");
+            let doc = std::fs::read_to_string(&path).unwrap_or_default();
+            std::fs::write(&path, upload::replace_section(&doc, &section))
+                .context("writing docs/benchmarks.md")?;
+            eprintln!("wrote the upload section of docs/benchmarks.md");
+        }
+        return Ok(());
+    }
+
     let mut results: Vec<(RowSpec, RowResult)> = Vec::new();
     for spec in ROWS {
         eprintln!("== ({}) {}", spec.id, spec.label);
@@ -102,6 +142,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     if let Err(e) = &scale {
         eprintln!("   scale run: {e:#}");
     }
+    eprintln!("== {}", upload::PTTH.name());
+    let upload = upload::upload_run(&plan, &bin, &app, &dev, &tmp.0);
+    if let Err(e) = &upload {
+        eprintln!("   upload run: {e:#}");
+    }
     let load_after = sample::loadavg();
 
     let doc = report::render(&report::Run {
@@ -111,6 +156,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         load_after,
         results: &results,
         scale: &scale,
+        upload: &upload,
         elapsed: started.elapsed(),
     });
     println!("{doc}");
@@ -125,6 +171,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             bail!("bench harness broken: {broken:?}");
         }
         scale.context("scale run")?;
+        upload.context("upload run")?;
         eprintln!("xtask bench --smoke: the harness works");
     } else {
         std::fs::write(root.join("docs").join("benchmarks.md"), &doc)

@@ -19,6 +19,8 @@ pub struct Plan {
     pub bodies: Vec<&'static str>,
     pub seconds: u64,
     pub bulk_bytes: u64,
+    /// The request body of the upload row ([`super::upload`]); `--upload-bytes N` changes it.
+    pub upload_bytes: u64,
     /// Requests in each fixed-count CPU run (rows with [`RowSpec::cpu`]).
     pub cpu_requests: u64,
     /// Idle origin connections of other hosts in the scale run, cumulative.
@@ -40,6 +42,7 @@ impl Plan {
                 bodies: vec!["1k"],
                 seconds: 1,
                 bulk_bytes: 16 << 20,
+                upload_bytes: 16 << 20,
                 cpu_requests: 5_000,
                 scale: vec![50],
                 restart_connections: 50,
@@ -55,6 +58,7 @@ impl Plan {
                 bodies: vec!["1k", "1m"],
                 seconds: 5,
                 bulk_bytes: 1 << 30,
+                upload_bytes: 5 << 30,
                 cpu_requests: 100_000,
                 scale: vec![1000, 10_000],
                 restart_connections: 1000,
@@ -93,7 +97,7 @@ pub struct RowSpec {
 }
 
 impl RowSpec {
-    const fn new(id: &'static str, label: &'static str, path: Route) -> Self {
+    pub const fn new(id: &'static str, label: &'static str, path: Route) -> Self {
         Self {
             id,
             label,
@@ -105,7 +109,7 @@ impl RowSpec {
         }
     }
 
-    const fn h2c_upstream(mut self) -> Self {
+    pub const fn h2c_upstream(mut self) -> Self {
         self.h2c_upstream = true;
         self
     }

@@ -1,5 +1,6 @@
 //! Rendering `docs/benchmarks.md`: the setup, the headline tables, every load run, bulk and
-//! resources, CPU per 100 000 requests, the aims (from [`super::aims`]) and the scale run.
+//! resources, CPU per 100 000 requests, the aims (from [`super::aims`]), the scale run and
+//! the upload row ([`super::upload`]).
 
 use super::aims;
 use super::load::{Load, Proto};
@@ -21,6 +22,7 @@ pub struct Run<'a> {
     pub load_after: String,
     pub results: &'a [(RowSpec, RowResult)],
     pub scale: &'a Result<Scale>,
+    pub upload: &'a Result<super::upload::Upload>,
     pub elapsed: Duration,
 }
 
@@ -45,6 +47,7 @@ pub fn render(run: &Run<'_>) -> String {
     problems(&mut d, run);
     aims::write(&mut d, &aims::evaluate(run.plan, run.results, run.scale));
     scale(&mut d, run);
+    super::upload::render(&mut d, run.upload);
     d
 }
 

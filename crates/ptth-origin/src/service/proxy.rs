@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Bodies stream both ways frame by frame, trailers included. Hop-by-hop fields are removed
-//! in both directions; everything else, including `Host` and the `Via`, `Forwarded`,
+//! in both directions, and so is the gateway's `ptth-client-port` (read for PROXY v2
+//! headers); everything else, including `Host` and the `Via`, `Forwarded`,
 //! `X-Forwarded-*` and `X-Real-IP` fields the gateway set, reaches the upstream unchanged.
 //! The request URI's authority is the host the public client asked for, so an HTTP/2
 //! upstream sees it as `:authority` and an HTTP/1.1 one as `Host`.
@@ -75,6 +76,11 @@ pub const POOL_MAX_IDLE: usize = 64;
 /// proxy mode's memory (360 MiB at 256 concurrent 1 MiB downloads in `cargo xtask bench`).
 const UPSTREAM_READ_BUFFER: usize = 96 * 1024;
 
+/// `ptth-client-port`: the public client's port, which the gateway sets when the client is
+/// its peer (`ptth_gateway::forwarding::PTTH_CLIENT_PORT`). It is for the PROXY v2 header
+/// only and is removed before the upstream sees the request.
+const PTTH_CLIENT_PORT: HeaderName = HeaderName::from_static("ptth-client-port");
+
 /// Header fields that describe one hop rather than the message (RFC 9110 §7.6.1), plus the
 /// obsolete `Proxy-Connection` that some clients still send.
 const HOP_BY_HOP: [&str; 6] = [
@@ -92,7 +98,8 @@ pub struct ProxyOptions {
     /// TLS settings, used by `https://` upstreams only.
     pub tls: UpstreamTls,
     /// Start every upstream connection with a PROXY protocol v2 header naming the public
-    /// client (from the gateway's `X-Real-IP`); such connections are not pooled.
+    /// client (from the gateway's `X-Real-IP` and `ptth-client-port`); such connections are
+    /// not pooled.
     pub proxy_protocol: bool,
 }
 
@@ -391,6 +398,7 @@ impl Proxy {
         // upstream needs to know before it sends any (RFC 9110 §10.1.4).
         let accepts_trailers = header_has_token(headers, &TE, "trailers");
         strip_hop_by_hop(headers);
+        headers.remove(PTTH_CLIENT_PORT);
         if accepts_trailers {
             headers.insert(TE, HeaderValue::from_static("trailers"));
         }
@@ -548,8 +556,9 @@ async fn send_unpooled(
 }
 
 /// The public client's address as the gateway saw it: its `X-Real-IP`, which it sets from
-/// the peer (or its trusted proxies' view) and never passes on from a client. The gateway
-/// sends no client port, so the port is 0.
+/// the peer (or its trusted proxies' view) and never passes on from a client, with the port
+/// from [`PTTH_CLIENT_PORT`]. Both are believed because they arrive over the origin's own
+/// authenticated connection to its gateway, which removes public `ptth-*` fields.
 fn client_address(headers: &HeaderMap) -> Option<SocketAddr> {
     let ip: IpAddr = headers
         .get("x-real-ip")?
@@ -558,7 +567,14 @@ fn client_address(headers: &HeaderMap) -> Option<SocketAddr> {
         .trim()
         .parse()
         .ok()?;
-    Some(SocketAddr::new(ip, 0))
+    // Port 0 when the gateway did not know the client's port (a client named by a trusted
+    // proxy in front of it) or sent none (an older gateway).
+    let port = headers
+        .get(PTTH_CLIENT_PORT)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u16>().ok())
+        .unwrap_or(0);
+    Some(SocketAddr::new(ip, port))
 }
 
 /// The request's `Host`, when it is a valid authority.

@@ -6,9 +6,13 @@
 //!                    └──(no match)──▶ 404 with the host and path that matched nothing
 //! ```
 //!
-//! The origin registers the union of `--host` and the routes' exact hosts with the gateway
-//! ([`Routes::hosts`]); a catch-all route or a `*.suffix` route adds none and serves the
-//! hosts `--host` names (the setup registers exact hosts only).
+//! The origin registers the union of `--host` and the routes' hosts with the gateway
+//! ([`Routes::hosts`]): an exact host as itself, a `*.suffix` route as the wildcard origin
+//! `https://*.suffix` (which the gateway's grants must allow; it routes hosts exactly one
+//! label under the suffix to it, as a certificate wildcard, and exact registrations win over
+//! it); a catch-all route adds none and serves the hosts `--host` names. A `*.suffix` route
+//! itself takes hosts any number of labels under the suffix, so deeper names it should serve
+//! are named with `--host`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -76,12 +80,13 @@ impl HostPattern {
         }
     }
 
-    /// How the pattern is registered with the gateway: an exact name as itself. The
-    /// origin's setup registers only exact hosts (`--host`), so the hosts under `*.suffix`
-    /// and [`HostPattern::Any`] are the ones `--host` names.
+    /// How the pattern is registered with the gateway: an exact name as itself, `*.suffix`
+    /// as that wildcard; [`HostPattern::Any`] registers nothing (the hosts it serves are the
+    /// ones `--host` names).
     pub fn registration(&self) -> Option<String> {
         match self {
-            HostPattern::Any | HostPattern::Suffix(_) => None,
+            HostPattern::Any => None,
+            HostPattern::Suffix(suffix) => Some(format!("*{suffix}")),
             HostPattern::Exact(name) => Some(name.clone()),
         }
     }
@@ -214,7 +219,8 @@ mod tests {
         assert!(suffix.matches("a.b.example.com"));
         assert!(!suffix.matches("example.com"));
         assert!(!suffix.matches("badexample.com"));
-        assert_eq!(suffix.registration(), None);
+        assert_eq!(suffix.registration().as_deref(), Some("*.example.com"));
+        assert_eq!(HostPattern::Any.registration(), None);
         let exact = HostPattern::parse("app.example.").unwrap();
         assert!(exact.matches("app.example"));
         assert!(!exact.matches("x.app.example"));
@@ -253,7 +259,7 @@ mod tests {
             "unix:/run/apps.sock"
         );
         assert_eq!(upstream("other.example", "/"), None);
-        assert_eq!(routes.hosts(), ["api.example"]);
+        assert_eq!(routes.hosts(), ["api.example", "*.apps.example"]);
     }
 
     #[tokio::test]
