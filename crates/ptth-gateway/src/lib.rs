@@ -32,6 +32,7 @@ mod public;
 mod public_h3;
 mod quic;
 pub mod registry;
+mod replay;
 mod sender;
 mod setup_request;
 mod shutdown;
@@ -119,6 +120,7 @@ impl Gateway {
                 request_timeout: config.request_timeout,
                 trusted_proxies: config.trusted_proxies.clone(),
                 cleartext_https_fallback: config.cleartext_https_fallback,
+                retry_body_limit: config.retry_body_limit,
             },
         );
         let ctx = Arc::new(admission::TunnelContext {

@@ -59,6 +59,12 @@ enum Inner {
 pub enum SendError {
     /// The connection refused the request before any of it was sent: retry elsewhere.
     NotSent(Box<Request<Body>>, BoxError),
+    /// The request was (maybe partly) sent, and the origin's connection says it was not
+    /// processed: HTTP/2 GOAWAY with a last stream ID below it (RFC 9113 §6.8: such streams
+    /// "were not processed ... and can be safely retried") or RST_STREAM REFUSED_STREAM
+    /// (§8.7), HTTP/3 H3_REQUEST_REJECTED or GOAWAY (RFC 9114 §4.1.1, §5.2). Its body may be
+    /// spent: only a kept copy can send it again.
+    Refused(BoxError),
     /// The request was (maybe partly) sent and failed: the origin failed it.
     Failed(BoxError),
 }
@@ -330,10 +336,13 @@ impl Sender {
                         "the origin's HTTP/3 connection is closing".into(),
                     ));
                 }
-                send.send_request(req)
-                    .await
-                    .map(boxed)
-                    .map_err(|e| SendError::Failed(Box::new(e)))
+                send.send_request(req).await.map(boxed).map_err(|e| {
+                    if e.is_retryable() {
+                        SendError::Refused(Box::new(e))
+                    } else {
+                        SendError::Failed(Box::new(e))
+                    }
+                })
             }
         }
     }
@@ -458,12 +467,41 @@ where
 }
 
 /// hyper hands back a request it refused before sending any of it (retry it elsewhere);
-/// anything else failed on the wire.
+/// an HTTP/2 stream the origin refused unprocessed is [`SendError::Refused`]; anything else
+/// failed on the wire.
 fn refused_or_failed(mut e: hyper::client::conn::TrySendError<Request<Body>>) -> SendError {
     match e.take_message() {
         Some(req) => SendError::NotSent(Box::new(req), Box::new(e.into_error())),
-        None => SendError::Failed(Box::new(e.into_error())),
+        None => {
+            let e = e.into_error();
+            if refused_by_peer(&e) {
+                SendError::Refused(Box::new(e))
+            } else {
+                SendError::Failed(Box::new(e))
+            }
+        }
     }
+}
+
+/// Whether an HTTP/2 request failed because the origin refused its stream unprocessed.
+///
+/// h2 fails a stream with the peer's GOAWAY only when the stream's ID is above the frame's
+/// last stream ID (and a request it had not opened when the first GOAWAY arrived), so
+/// "GOAWAY from the peer" on a stream is RFC 9113 §6.8's "were not processed", whatever its
+/// error code. A RST_STREAM from the peer is a refusal only with REFUSED_STREAM (§8.7: "the
+/// stream was closed prior to any processing"); any other code, or an error h2 raised
+/// itself, may follow processing.
+fn refused_by_peer(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away()
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Shapes `req` for a connection that writes targets in `form`. Idempotent: a request
