@@ -1350,4 +1350,42 @@ mod tests {
         }
         assert!(sender.is_closed());
     }
+
+    /// A stopping gateway ends an idle reversed HTTP/2 connection by stopping its driver
+    /// (`Registry::drain_unless` aborts it once the connection is idle) and dropping it.
+    /// hyper's client has no call to send GOAWAY, but h2 closes a client connection that
+    /// has no stream and no request handle left with GOAWAY(NO_ERROR): the origin reads
+    /// that, not a bare close.
+    #[tokio::test]
+    async fn a_reversed_http2_connection_whose_driver_stops_ends_with_goaway() {
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let (sender, task) = start_client(near, HttpVersion::Http2).await.unwrap();
+        // The origin's SETTINGS (empty: the defaults).
+        far.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        task.abort();
+        // The registry then drops the connection, and with it this sender (whose
+        // settings probe holds hyper's client task).
+        let _ = task.await;
+        drop(sender);
+        let mut seen = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), far.read_to_end(&mut seen))
+            .await
+            .expect("the gateway closes the connection")
+            .unwrap();
+        // RFC 9113 §3.4: the 24-octet preface, then frames of a 9-octet header each.
+        let mut frames = seen.get(24..).unwrap_or_default();
+        let mut goaway = None;
+        while frames.len() >= 9 {
+            let len =
+                usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
+            let (kind, payload) = (frames[3], &frames[9..9 + len]);
+            if kind == 7 {
+                // GOAWAY: last stream ID (4 octets), error code (4 octets).
+                goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+            }
+            frames = &frames[9 + len..];
+        }
+        assert_eq!(goaway, Some(0), "GOAWAY with NO_ERROR in {seen:?}");
+    }
 }
