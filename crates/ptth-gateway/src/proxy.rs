@@ -248,7 +248,8 @@ impl Proxy {
                     self.metrics().retried("not_sent");
                 }
                 Ok(Err(SendError::Refused(e))) => {
-                    let why = e.to_string();
+                    // With its causes: hyper's own text is only "http2 error".
+                    let why = crate::sender::error_chain(&*e);
                     // Once: a kept head, and a body that can start over (every octet read
                     // of it is kept).
                     let again = refused_replay.take().and_then(|(head, copy)| match copy {
@@ -258,10 +259,10 @@ impl Proxy {
                             .map(|body| head.request_with(crate::replay::boxed(body))),
                     });
                     let Some(again) = again else {
-                        tracing::warn!(conn = id, error = %e, "origin refused the request unprocessed, and it cannot be sent again (sent once already, or its body is over --retry-body-limit)");
+                        tracing::warn!(conn = id, error = %why, "origin refused the request unprocessed, and it cannot be sent again (sent once already, or its body is over --retry-body-limit)");
                         return crate::message::bad_gateway("the origin failed the request", &why);
                     };
-                    tracing::info!(conn = id, error = %e, "origin refused the request unprocessed; sending it again on another connection");
+                    tracing::info!(conn = id, error = %why, "origin refused the request unprocessed; sending it again on another connection");
                     self.metrics().retried("refused");
                     // The safe-request retry is the same one chance.
                     replay = None;

@@ -750,7 +750,7 @@ fn quic_close_reason(error: &quinn::ConnectionError) -> CloseReason {
 }
 
 /// `error: cause: cause …`, for errors whose own text hides the reason.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
