@@ -12,16 +12,17 @@
 //!
 //! The public body is read once, by the current attempt only: an attempt that was
 //! superseded fails its next read (so its stream is reset, never ended as if complete),
-//! and nothing it held is lost. The copy is bounded by the limit; it is dropped, and the
-//! request stops being replayable, when the body outgrows it or when the response head
-//! arrives ([`Replayable::release`]).
+//! and nothing it held is lost. The copy is bounded by the limit: the octets are copied
+//! into a buffer of the gateway's own, rather than kept as slices that would hold the
+//! HTTP stack's larger read buffers alive. It is dropped, and the request stops being
+//! replayable, when the body outgrows it or when the response head arrives
+//! ([`Replayable::release`]).
 
 use crate::message::{Body, BoxError};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
-use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{ready, Context, Poll};
@@ -48,14 +49,11 @@ pub(crate) struct Attempt {
 struct State {
     /// The public body; `None` once it ended.
     source: Option<Body>,
-    /// Data read from the public body and not yet released: all of it while the request is
+    /// A copy of the data read from the public body: all of it while the request is
     /// replayable; afterwards only what the current attempt has still to send.
-    kept: VecDeque<Bytes>,
-    /// Octets in `kept`.
-    kept_len: usize,
-    /// How many of `kept`'s chunks, and octets, the current attempt has sent.
+    kept: BytesMut,
+    /// How many octets of `kept` the current attempt has sent.
     cursor: usize,
-    cursor_len: usize,
     /// The public body's trailers, once read (they are its last frame).
     trailers: Option<HeaderMap>,
     /// Whether the current attempt has sent the trailers.
@@ -73,10 +71,13 @@ impl State {
     /// longer be replayed, and nothing the current attempt still has to send is lost.
     fn forget(&mut self) {
         self.replayable = false;
-        self.kept.drain(..self.cursor);
-        self.kept_len -= self.cursor_len;
+        if self.cursor >= self.kept.len() {
+            // Nothing left to send: the buffer itself goes.
+            self.kept = BytesMut::new();
+        } else {
+            let _sent = self.kept.split_to(self.cursor);
+        }
         self.cursor = 0;
-        self.cursor_len = 0;
     }
 }
 
@@ -91,10 +92,8 @@ impl Replayable {
     pub(crate) fn new(body: Body, limit: usize) -> (Self, Attempt) {
         let shared = Arc::new(Mutex::new(State {
             source: Some(body),
-            kept: VecDeque::new(),
-            kept_len: 0,
+            kept: BytesMut::new(),
             cursor: 0,
-            cursor_len: 0,
             trailers: None,
             trailers_sent: false,
             limit,
@@ -118,7 +117,6 @@ impl Replayable {
         }
         st.attempt += 1;
         st.cursor = 0;
-        st.cursor_len = 0;
         st.trailers_sent = false;
         Some(Attempt {
             shared: self.shared.clone(),
@@ -135,7 +133,7 @@ impl Replayable {
     /// Octets kept now (for tests of the bound).
     #[cfg(test)]
     fn kept(&self) -> usize {
-        lock(&self.shared).kept_len
+        lock(&self.shared).kept.len()
     }
 }
 
@@ -151,18 +149,18 @@ impl http_body::Body for Attempt {
         if st.attempt != self.attempt {
             return Poll::Ready(Some(Err(SUPERSEDED.into())));
         }
-        // What an earlier attempt read, again.
+        // What an earlier attempt read, again, in one piece.
         if st.cursor < st.kept.len() {
-            let Some(chunk) = st.kept.get(st.cursor).cloned() else {
-                return Poll::Ready(None);
-            };
-            if st.replayable {
-                st.cursor += 1;
-                st.cursor_len += chunk.len();
+            let chunk = if st.replayable {
+                let chunk = Bytes::copy_from_slice(st.kept.get(st.cursor..).unwrap_or_default());
+                st.cursor = st.kept.len();
+                chunk
             } else {
-                st.kept.pop_front();
-                st.kept_len -= chunk.len();
-            }
+                // Released: the rest goes out and the copy with it.
+                let rest = std::mem::take(&mut st.kept).freeze();
+                st.cursor = 0;
+                rest
+            };
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         let Some(source) = st.source.as_mut() else {
@@ -189,11 +187,9 @@ impl http_body::Body for Attempt {
             Some(Ok(frame)) => frame,
         };
         if let Some(data) = frame.data_ref() {
-            if st.replayable && st.kept_len + data.len() <= st.limit {
-                st.kept.push_back(data.clone());
-                st.kept_len += data.len();
+            if st.replayable && st.kept.len() + data.len() <= st.limit {
+                st.kept.extend_from_slice(data);
                 st.cursor = st.kept.len();
-                st.cursor_len = st.kept_len;
             } else if st.replayable {
                 st.forget();
             }
@@ -219,7 +215,7 @@ impl http_body::Body for Attempt {
         if st.attempt != self.attempt {
             return SizeHint::default();
         }
-        let pending = (st.kept_len - st.cursor_len) as u64;
+        let pending = st.kept.len().saturating_sub(st.cursor) as u64;
         let mut hint = match &st.source {
             Some(s) => s.size_hint(),
             None => SizeHint::with_exact(0),
@@ -345,15 +341,26 @@ mod tests {
         let (handle, mut first) = Replayable::new(public(&[b"ab", b"cd", b"ef"], false), 64);
         assert_eq!(data(&mut first).await, "ab");
         assert_eq!(data(&mut first).await, "cd");
-        let mut second = handle.retry().unwrap();
-        assert_eq!(data(&mut second).await, "ab");
-        // The origin answered before reading the whole body.
+        assert_eq!(handle.kept(), 4);
+        let second = handle.retry().unwrap();
+        // The second connection's origin answered before its body was read at all.
         handle.release();
         assert!(handle.retry().is_none());
-        assert_eq!(handle.kept(), 2, "only the unsent chunk stays");
+        assert_eq!(
+            handle.kept(),
+            4,
+            "what the second attempt has to send stays"
+        );
         let (bytes, _) = all(second).await;
-        assert_eq!(bytes, b"cdef");
+        assert_eq!(bytes, b"abcdef");
         assert_eq!(handle.kept(), 0);
+        // Released while nothing is left to send: the copy goes at once.
+        let (handle, mut first) = Replayable::new(public(&[b"ab", b"cd"], false), 64);
+        assert_eq!(data(&mut first).await, "ab");
+        handle.release();
+        assert_eq!(handle.kept(), 0);
+        assert_eq!(data(&mut first).await, "cd");
+        assert_eq!(handle.kept(), 0, "nothing is copied after the release");
     }
 
     #[tokio::test]
