@@ -127,6 +127,12 @@ pub struct Cli {
     /// (within the queue limits) for one to register instead of getting 503 (default 5).
     #[arg(long)]
     pub startup_grace: Option<f64>,
+    /// Octets of a request body kept while the request is in flight to an origin, so a
+    /// request the origin refused unprocessed (HTTP/2 GOAWAY above it or RST_STREAM
+    /// REFUSED_STREAM, HTTP/3 H3_REQUEST_REJECTED) is sent once more on another connection
+    /// (default 65536; 0 disables). A longer body is not replayed: 502.
+    #[arg(long, value_name = "BYTES")]
+    pub retry_body_limit: Option<usize>,
     /// Load and check the configuration (files readable, certificates and key parse, grants
     /// valid), print `config ok` or the error, and exit 0 or 1.
     #[arg(long)]
@@ -312,6 +318,9 @@ pub struct GatewayConfig {
     /// How long after start a request for a host with no origin waits for one
     /// (`--startup-grace`).
     pub startup_grace: Duration,
+    /// How much of a request body is kept to replay a refused request
+    /// (`--retry-body-limit`; 0: none is replayed).
+    pub retry_body_limit: usize,
     /// The admin listener's address (`--admin`), if any.
     pub admin: Option<SocketAddr>,
     /// What the access log writes (`--access-log`).
@@ -360,6 +369,7 @@ impl GatewayConfig {
             file_settings: None,
             shutdown_grace: Duration::from_secs(30),
             startup_grace: Duration::from_secs(5),
+            retry_body_limit: 64 * 1024,
             admin: None,
             access_log: crate::access_log::AccessLogMode::On,
             metrics_hosts: Vec::new(),
@@ -509,6 +519,9 @@ impl Cli {
         if let Some(s) = self.startup_grace {
             c.startup_grace = secs(s, "--startup-grace")?;
         }
+        if let Some(n) = self.retry_body_limit {
+            c.retry_body_limit = n;
+        }
         c.admin = self.admin;
         if let Some(mode) = &self.access_log {
             c.access_log = mode
@@ -592,6 +605,7 @@ impl Cli {
                 .or(file.cleartext_https_fallback),
             shutdown_grace: self.shutdown_grace.or(file.shutdown_grace),
             startup_grace: self.startup_grace.or(file.startup_grace),
+            retry_body_limit: self.retry_body_limit.or(file.retry_body_limit),
             check_config: self.check_config,
             admin: self.admin.or(file.admin),
             access_log: self.access_log.or(file.access_log),

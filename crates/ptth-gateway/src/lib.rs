@@ -118,6 +118,7 @@ mod public;
 mod public_h3;
 mod quic;
 pub mod registry;
+mod replay;
 pub mod reverse;
 mod sender;
 mod setup_request;
@@ -242,6 +243,7 @@ impl Gateway {
                 request_timeout: config.request_timeout,
                 trusted_proxies: config.trusted_proxies.clone(),
                 cleartext_https_fallback: config.cleartext_https_fallback,
+                retry_body_limit: config.retry_body_limit,
             },
         );
         let ctx = Arc::new(admission::TunnelContext {

@@ -329,7 +329,7 @@ impl Metrics {
         let retries = Family::<Labels<1>, Counter>::default();
         registry.register(
             "retries",
-            "Requests sent again on another origin connection, by reason (not_sent: the connection refused it before taking it)",
+            "Requests sent again on another origin connection, by reason (not_sent: the connection refused it before taking it; connection_died: a bodiless safe request whose connection died; refused: the origin refused it unprocessed)",
             retries.clone(),
         );
         let access_dropped = Counter::default();

@@ -35,6 +35,9 @@ pub struct ProxyConfig {
     /// Whether a cleartext request may reach an `https://` scope when no `http://` scope
     /// serves it (`--cleartext-https-fallback`).
     pub cleartext_https_fallback: bool,
+    /// How much of a request body is kept while the request is in flight, so a request
+    /// the origin refused unprocessed can be replayed (`--retry-body-limit`; 0: none is).
+    pub retry_body_limit: usize,
 }
 
 /// Routes public requests to origins.
@@ -129,11 +132,26 @@ impl Proxy {
         // answering (RFC 9110 §9.2.2: safe methods are idempotent, so "the request can be
         // repeated automatically if a communication failure occurs before the client is able
         // to read the server's response"). Its head is kept for that; nothing else is.
-        let mut replay = (websocket.is_none()
-            && is_safe(&parts.method)
-            && (body.is_end_stream() || body.size_hint().exact() == Some(0)))
-        .then(|| Replay::of(&parts));
-        let mut request = Request::from_parts(parts, body.map_err(Into::into).boxed_unsync());
+        let bodiless = body.is_end_stream() || body.size_hint().exact() == Some(0);
+        let mut replay =
+            (websocket.is_none() && is_safe(&parts.method) && bodiless).then(|| Replay::of(&parts));
+        let body = body.map_err(Into::into).boxed_unsync();
+        // Any request the origin provably did not process may be sent once more (RFC 9113
+        // §6.8, §8.7; RFC 9114 §4.1.1): its head is kept, and the first
+        // `--retry-body-limit` octets of its body ([`crate::replay`]).
+        let (mut refused_replay, body) = if websocket.is_some() || self.config.retry_body_limit == 0
+        {
+            (None, body)
+        } else if bodiless {
+            (Some((Replay::of(&parts), None)), body)
+        } else {
+            let (copy, first) = crate::replay::Replayable::new(body, self.config.retry_body_limit);
+            (
+                Some((Replay::of(&parts), Some(copy))),
+                crate::replay::boxed(first),
+            )
+        };
+        let mut request = Request::from_parts(parts, body);
         // The sender of whichever connection is picked shapes the request for its HTTP
         // version (target form, WebSocket handshake), again if a retry picks another.
         let outbound = Outbound {
@@ -217,12 +235,41 @@ impl Proxy {
                         "the origin did not answer in time",
                     )
                 }
-                Ok(Ok(resp)) => break (reservation, resp),
+                Ok(Ok(resp)) => {
+                    // Answered: the request will not be sent again, so its copy goes.
+                    if let Some((_, Some(copy))) = &refused_replay {
+                        copy.release();
+                    }
+                    break (reservation, resp);
+                }
                 Ok(Err(SendError::NotSent(req, e))) => {
                     tracing::debug!(conn = id, error = %e, "connection refused the request; retrying on another");
                     request = *req;
                     avoid = Some(id);
                     self.metrics().retried("not_sent");
+                }
+                Ok(Err(SendError::Refused(e))) => {
+                    // With its causes: hyper's own text is only "http2 error".
+                    let why = crate::sender::error_chain(&*e);
+                    // Once: a kept head, and a body that can start over (every octet read
+                    // of it is kept).
+                    let again = refused_replay.take().and_then(|(head, copy)| match copy {
+                        None => Some(head.request()),
+                        Some(copy) => copy
+                            .retry()
+                            .map(|body| head.request_with(crate::replay::boxed(body))),
+                    });
+                    let Some(again) = again else {
+                        tracing::warn!(conn = id, error = %why, "origin refused the request unprocessed, and it cannot be sent again (sent once already, or its body is over --retry-body-limit)");
+                        return crate::message::bad_gateway("the origin failed the request", &why);
+                    };
+                    tracing::info!(conn = id, error = %why, "origin refused the request unprocessed; sending it again on another connection");
+                    self.metrics().retried("refused");
+                    // The safe-request retry is the same one chance.
+                    replay = None;
+                    request = again;
+                    avoid = Some(id);
+                    retrying = Some(why);
                 }
                 Ok(Err(SendError::Failed(e))) => {
                     // The detail for the log; the public body stays generic.
@@ -238,6 +285,7 @@ impl Proxy {
                         return crate::message::bad_gateway("the origin failed the request", &why);
                     };
                     tracing::info!(conn = id, error = %e, method = %head.method, "origin connection died before answering a safe request; retrying it once on another connection");
+                    refused_replay = None;
                     self.registry.count_retry();
                     request = head.request();
                     avoid = Some(id);
@@ -393,7 +441,12 @@ impl Replay {
 
     /// The request again, with an empty body; the sender shapes it for its connection.
     fn request(self) -> Request<Body> {
-        let mut req = Request::new(crate::message::empty());
+        self.request_with(crate::message::empty())
+    }
+
+    /// The request again, with `body`.
+    fn request_with(self, body: Body) -> Request<Body> {
+        let mut req = Request::new(body);
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.version_mut() = self.version;
@@ -748,13 +801,22 @@ mod tests {
         async fn connection(
             registry: &Arc<Registry>,
         ) -> (Arc<OriginConn>, DuplexStream, tokio::task::JoinHandle<()>) {
+            connection_over(registry, HttpVersion::Http1).await
+        }
+
+        async fn connection_over(
+            registry: &Arc<Registry>,
+            version: HttpVersion,
+        ) -> (Arc<OriginConn>, DuplexStream, tokio::task::JoinHandle<()>) {
             let (near, far) = tokio::io::duplex(64 * 1024);
-            let (sender, task) = crate::sender::start_client(near, HttpVersion::Http1)
-                .await
-                .unwrap();
+            let (sender, task) = crate::sender::start_client(near, version).await.unwrap();
+            let mechanism = match version {
+                HttpVersion::Http2 => Mechanism::Rh2,
+                _ => Mechanism::Rh1,
+            };
             let origin: SerializedOrigin = "https://app.example".parse().unwrap();
             let conn = Arc::new(OriginConn::new(
-                Mechanism::Rh1,
+                mechanism,
                 vec![Scope::from_origin(&origin, "/").unwrap()],
                 Admission {
                     identity: "test".into(),
@@ -783,6 +845,10 @@ mod tests {
         }
 
         fn setup() -> (Arc<Registry>, Arc<Proxy>) {
+            setup_with(64 * 1024)
+        }
+
+        fn setup_with(retry_body_limit: usize) -> (Arc<Registry>, Arc<Proxy>) {
             let registry = Registry::new(QueueLimits {
                 max_waiting: 8,
                 max_wait: Duration::from_secs(5),
@@ -795,6 +861,7 @@ mod tests {
                     request_timeout: Duration::from_secs(10),
                     trusted_proxies: TrustedProxies::default(),
                     cleartext_https_fallback: false,
+                    retry_body_limit,
                 },
             );
             (registry, proxy)
@@ -942,6 +1009,206 @@ mod tests {
             assert_eq!(&sent_body, b"hello");
             assert_eq!((status, body.as_str()), (StatusCode::OK, "ok"));
             assert_eq!(registry.retries(), 0, "a request never sent is not a retry");
+        }
+
+        /// A POST body of 2 KiB whose last octets mark its end on the wire.
+        fn body_2k() -> Vec<u8> {
+            let mut body = vec![b'p'; 2044];
+            body.extend_from_slice(b"END!");
+            body
+        }
+
+        fn post_2k() -> Request<Body> {
+            Request::post("https://app.example/upload")
+                .body(
+                    Full::new(Bytes::from(body_2k()))
+                        .map_err(|e| match e {})
+                        .boxed_unsync(),
+                )
+                .unwrap()
+        }
+
+        /// The origin's end of a pipe with the octets already read from it put back in
+        /// front, so an HTTP/2 server can start on a connection whose first frames were
+        /// read raw.
+        struct Prefixed {
+            head: Bytes,
+            io: DuplexStream,
+        }
+
+        impl tokio::io::AsyncRead for Prefixed {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &mut tokio::io::ReadBuf<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                if self.head.is_empty() {
+                    return Pin::new(&mut self.io).poll_read(cx, buf);
+                }
+                let n = self.head.len().min(buf.remaining());
+                let chunk = self.head.split_to(n);
+                buf.put_slice(&chunk);
+                Poll::Ready(Ok(()))
+            }
+        }
+
+        impl tokio::io::AsyncWrite for Prefixed {
+            fn poll_write(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+                buf: &[u8],
+            ) -> Poll<std::io::Result<usize>> {
+                Pin::new(&mut self.io).poll_write(cx, buf)
+            }
+            fn poll_flush(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                Pin::new(&mut self.io).poll_flush(cx)
+            }
+            fn poll_shutdown(
+                mut self: Pin<&mut Self>,
+                cx: &mut Context<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                Pin::new(&mut self.io).poll_shutdown(cx)
+            }
+        }
+
+        /// An HTTP/2 origin that lets the whole POST (its body's end marker) arrive, then,
+        /// having processed no stream, sends GOAWAY with last stream ID 0 and closes: the
+        /// POST on stream 1 is above it, "not processed" (RFC 9113 §6.8), its body spent.
+        async fn refuse_with_goaway(mut far: DuplexStream) {
+            let mut seen = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !seen.windows(4).any(|w| w == b"END!") {
+                let n = tokio::time::timeout(Duration::from_secs(10), far.read(&mut buf))
+                    .await
+                    .expect("the gateway sends the POST")
+                    .unwrap();
+                assert!(n > 0, "the gateway closed before the POST's body");
+                seen.extend_from_slice(&buf[..n]);
+            }
+            let io = Prefixed {
+                head: Bytes::from(seen),
+                io: far,
+            };
+            let mut conn = h2::server::handshake(io).await.unwrap();
+            conn.abrupt_shutdown(h2::Reason::NO_ERROR);
+            let accepted = conn.accept().await;
+            assert!(
+                accepted.is_none(),
+                "the refusing origin processed no stream"
+            );
+        }
+
+        /// An HTTP/2 origin that reads the POST's whole body, then resets its stream with
+        /// REFUSED_STREAM (RFC 9113 §8.7); it returns the body it read.
+        async fn refuse_with_reset(far: DuplexStream) -> Vec<u8> {
+            let mut conn = h2::server::handshake(far).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            let driver = tokio::spawn(async move {
+                while let Some(stream) = conn.accept().await {
+                    assert!(
+                        stream.is_err(),
+                        "one stream only reaches the refusing origin"
+                    );
+                }
+            });
+            let mut body = req.into_body();
+            let mut read = Vec::new();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.unwrap();
+                let _ = body.flow_control().release_capacity(chunk.len());
+                read.extend_from_slice(&chunk);
+            }
+            respond.send_reset(h2::Reason::REFUSED_STREAM);
+            // The origin keeps the connection: only the stream was refused.
+            tokio::spawn(async move {
+                let _ = driver.await;
+            });
+            read
+        }
+
+        /// An HTTP/2 origin (hyper's server, as `ptth-origin` runs it) answering each
+        /// request with the body it received; it counts the requests.
+        fn echo_origin(far: DuplexStream) -> Arc<std::sync::atomic::AtomicUsize> {
+            let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let seen = count.clone();
+            let echo = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                async move {
+                    let body = req.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>(Response::new(Full::new(body)))
+                }
+            });
+            tokio::spawn(async move {
+                let _ = ptth_h2::reversed::serve(far, echo, Default::default()).await;
+            });
+            count
+        }
+
+        enum Refusal {
+            GoAway,
+            Reset,
+        }
+
+        /// A POST refused unprocessed on the first of two HTTP/2 connections: with the
+        /// body within `limit` it is replayed whole on the second; over it, 502 and the
+        /// second never sees it.
+        async fn refused_post(refusal: Refusal, limit: usize) -> (StatusCode, String, usize) {
+            let (registry, proxy) = setup_with(limit);
+            let (a, far_a, task_a) = connection_over(&registry, HttpVersion::Http2).await;
+            watch(&registry, a.id, task_a);
+            let (b, far_b, task_b) = connection_over(&registry, HttpVersion::Http2).await;
+            watch(&registry, b.id, task_b);
+            let served = echo_origin(far_b);
+            let refuser = tokio::spawn(async move {
+                match refusal {
+                    Refusal::GoAway => refuse_with_goaway(far_a).await,
+                    Refusal::Reset => {
+                        let read = refuse_with_reset(far_a).await;
+                        assert_eq!(read, body_2k(), "the refused stream's body was spent");
+                    }
+                }
+            });
+            let (status, body) = run(&proxy, post_2k()).await;
+            refuser.await.unwrap();
+            let refused = registry.metrics.retries("refused");
+            assert_eq!(
+                refused,
+                u64::from(status == StatusCode::OK),
+                "a replay is counted as reason refused"
+            );
+            (
+                status,
+                body,
+                served.load(std::sync::atomic::Ordering::SeqCst),
+            )
+        }
+
+        #[tokio::test]
+        async fn a_post_refused_by_goaway_is_replayed_whole_on_another_connection() {
+            let (status, body, served) = refused_post(Refusal::GoAway, 64 * 1024).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body.as_bytes(), body_2k().as_slice());
+            assert_eq!(served, 1);
+        }
+
+        #[tokio::test]
+        async fn a_post_refused_by_rst_stream_is_replayed_whole_on_another_connection() {
+            let (status, body, served) = refused_post(Refusal::Reset, 64 * 1024).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(body.as_bytes(), body_2k().as_slice());
+            assert_eq!(served, 1);
+        }
+
+        #[tokio::test]
+        async fn a_refused_post_over_the_retry_body_limit_is_a_502_and_never_replayed() {
+            for refusal in [Refusal::GoAway, Refusal::Reset] {
+                let (status, body, served) = refused_post(refusal, 1024).await;
+                assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+                assert_eq!(served, 0, "the second connection never sees the POST");
+            }
         }
     }
 }

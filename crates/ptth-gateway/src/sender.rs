@@ -59,6 +59,12 @@ enum Inner {
 pub enum SendError {
     /// The connection refused the request before any of it was sent: retry elsewhere.
     NotSent(Box<Request<Body>>, BoxError),
+    /// The request was (maybe partly) sent, and the origin's connection says it was not
+    /// processed: HTTP/2 GOAWAY with a last stream ID below it (RFC 9113 §6.8: such streams
+    /// "were not processed ... and can be safely retried") or RST_STREAM REFUSED_STREAM
+    /// (§8.7), HTTP/3 H3_REQUEST_REJECTED or GOAWAY (RFC 9114 §4.1.1, §5.2). Its body may be
+    /// spent: only a kept copy can send it again.
+    Refused(BoxError),
     /// The request was (maybe partly) sent and failed: the origin failed it.
     Failed(BoxError),
 }
@@ -330,10 +336,13 @@ impl Sender {
                         "the origin's HTTP/3 connection is closing".into(),
                     ));
                 }
-                send.send_request(req)
-                    .await
-                    .map(boxed)
-                    .map_err(|e| SendError::Failed(Box::new(e)))
+                send.send_request(req).await.map(boxed).map_err(|e| {
+                    if e.is_retryable() {
+                        SendError::Refused(Box::new(e))
+                    } else {
+                        SendError::Failed(Box::new(e))
+                    }
+                })
             }
         }
     }
@@ -458,12 +467,41 @@ where
 }
 
 /// hyper hands back a request it refused before sending any of it (retry it elsewhere);
-/// anything else failed on the wire.
+/// an HTTP/2 stream the origin refused unprocessed is [`SendError::Refused`]; anything else
+/// failed on the wire.
 fn refused_or_failed(mut e: hyper::client::conn::TrySendError<Request<Body>>) -> SendError {
     match e.take_message() {
         Some(req) => SendError::NotSent(Box::new(req), Box::new(e.into_error())),
-        None => SendError::Failed(Box::new(e.into_error())),
+        None => {
+            let e = e.into_error();
+            if refused_by_peer(&e) {
+                SendError::Refused(Box::new(e))
+            } else {
+                SendError::Failed(Box::new(e))
+            }
+        }
     }
+}
+
+/// Whether an HTTP/2 request failed because the origin refused its stream unprocessed.
+///
+/// h2 fails a stream with the peer's GOAWAY only when the stream's ID is above the frame's
+/// last stream ID (and a request it had not opened when the first GOAWAY arrived), so
+/// "GOAWAY from the peer" on a stream is RFC 9113 §6.8's "were not processed", whatever its
+/// error code. A RST_STREAM from the peer is a refusal only with REFUSED_STREAM (§8.7: "the
+/// stream was closed prior to any processing"); any other code, or an error h2 raised
+/// itself, may follow processing.
+fn refused_by_peer(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away()
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// Shapes `req` for a connection that writes targets in `form`. Idempotent: a request
@@ -712,7 +750,7 @@ fn quic_close_reason(error: &quinn::ConnectionError) -> CloseReason {
 }
 
 /// `error: cause: cause …`, for errors whose own text hides the reason.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {
@@ -1311,5 +1349,43 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(sender.is_closed());
+    }
+
+    /// A stopping gateway ends an idle reversed HTTP/2 connection by stopping its driver
+    /// (`Registry::drain_unless` aborts it once the connection is idle) and dropping it.
+    /// hyper's client has no call to send GOAWAY, but h2 closes a client connection that
+    /// has no stream and no request handle left with GOAWAY(NO_ERROR): the origin reads
+    /// that, not a bare close.
+    #[tokio::test]
+    async fn a_reversed_http2_connection_whose_driver_stops_ends_with_goaway() {
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        let (sender, task) = start_client(near, HttpVersion::Http2).await.unwrap();
+        // The origin's SETTINGS (empty: the defaults).
+        far.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        task.abort();
+        // The registry then drops the connection, and with it this sender (whose
+        // settings probe holds hyper's client task).
+        let _ = task.await;
+        drop(sender);
+        let mut seen = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), far.read_to_end(&mut seen))
+            .await
+            .expect("the gateway closes the connection")
+            .unwrap();
+        // RFC 9113 §3.4: the 24-octet preface, then frames of a 9-octet header each.
+        let mut frames = seen.get(24..).unwrap_or_default();
+        let mut goaway = None;
+        while frames.len() >= 9 {
+            let len =
+                usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
+            let (kind, payload) = (frames[3], &frames[9..9 + len]);
+            if kind == 7 {
+                // GOAWAY: last stream ID (4 octets), error code (4 octets).
+                goaway = Some(u32::from_be_bytes(payload[4..8].try_into().unwrap()));
+            }
+            frames = &frames[9 + len..];
+        }
+        assert_eq!(goaway, Some(0), "GOAWAY with NO_ERROR in {seen:?}");
     }
 }
