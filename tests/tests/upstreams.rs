@@ -739,3 +739,83 @@ async fn uploads_of_hundreds_of_mebibytes_stream_with_bounded_memory() {
         N >> 20
     );
 }
+
+/// Every mechanism carries a large body to an `http://` upstream, and rh2 to every other
+/// upstream kind, without either end holding it: each process's peak RSS grows by less than
+/// half the body (a proxy that buffered the body would grow by all of it). The 300 MiB test
+/// above covers the largest bodies on rh2 and rh3; `cargo xtask bench` uploads 5 GiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_through_every_mechanism_and_upstream_kind_stream_with_bounded_memory() {
+    const N: u64 = 64 << 20;
+    const GROWTH: u64 = N / 2;
+    let dir = TempDir::new("upload-matrix");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let http = tcp_upstream("http", Speaks::Http1).await;
+    let h2c = tcp_upstream("h2c", Speaks::Http2).await;
+    let https = tls_upstream(&gw.dev, "https").await;
+    let unix = dir.0.join("http.sock");
+    unix_upstream(&unix, "unix", Speaks::Http1).await;
+    let unix_h2c = dir.0.join("h2c.sock");
+    unix_upstream(&unix_h2c, "unix+h2c", Speaks::Http2).await;
+    let ca = gw.dev.join("ca.pem");
+    let ca = ca.to_str().unwrap().to_string();
+    let mut cases: Vec<(String, &str, String, Vec<String>)> = ALL_MECHANISMS
+        .iter()
+        .map(|m| (format!("{m}-http"), *m, format!("http://{http}"), vec![]))
+        .collect();
+    cases.extend([
+        ("rh2-h2c".to_string(), "rh2", format!("h2c://{h2c}"), vec![]),
+        (
+            "rh2-https".to_string(),
+            "rh2",
+            format!("https://localhost:{}", https.port()),
+            vec!["--upstream-ca".to_string(), ca.clone()],
+        ),
+        (
+            "rh2-unix".to_string(),
+            "rh2",
+            format!("unix:{}", unix.display()),
+            vec![],
+        ),
+        (
+            "rh2-unix-h2c".to_string(),
+            "rh2",
+            format!("unix+h2c:{}", unix_h2c.display()),
+            vec![],
+        ),
+    ]);
+    let mut origins = Vec::new();
+    for (label, mechanism, upstream, extra) in &cases {
+        let mut args = vec!["--upstream", upstream.as_str()];
+        args.extend(extra.iter().map(String::as_str));
+        let host = format!("{label}.localhost");
+        origins.push(Origin::start(&gw, mechanism, &host, &args).await.unwrap());
+    }
+    for (label, _, _, _) in &cases {
+        let host = format!("{label}.localhost");
+        wait_ready(&gw, &host).await.unwrap();
+        // A small upload first, so the baselines include every lazily allocated buffer.
+        upload(&gw, &host, 1 << 20, false).await;
+    }
+    let gateway_before = gw.peak_rss().unwrap();
+    for ((label, _, _, _), origin) in cases.iter().zip(&origins) {
+        let host = format!("{label}.localhost");
+        let origin_before = origin.peak_rss().unwrap();
+        upload(&gw, &host, N, false).await;
+        let growth = origin.peak_rss().unwrap().saturating_sub(origin_before);
+        assert!(
+            growth < GROWTH,
+            "{label}: the origin's peak RSS grew by {} MiB for a {} MiB upload",
+            growth >> 20,
+            N >> 20
+        );
+    }
+    let growth = gw.peak_rss().unwrap().saturating_sub(gateway_before);
+    assert!(
+        growth < GROWTH,
+        "the gateway's peak RSS grew by {} MiB over {} uploads of {} MiB",
+        growth >> 20,
+        cases.len(),
+        N >> 20
+    );
+}

@@ -4,7 +4,7 @@
 //! `ptth::access` and counts the request in [`crate::metrics`].
 //!
 //! The binary has the lines written by [`write_lines_directly`]: each request encodes its
-//! line by hand ([`encode`]: the text or JSON `tracing_subscriber` writes, byte for byte,
+//! line by hand (`encode`: the text or JSON `tracing_subscriber` writes, byte for byte,
 //! except escaped control characters in the text format) into a bounded queue, and a
 //! thread of its own writes the queue to stderr in batches, at most [`WRITE_EVERY`] after a
 //! line was queued, and [`flush`] writes the rest when the gateway has stopped. Through
