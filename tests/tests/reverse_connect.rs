@@ -77,7 +77,22 @@ struct Setup {
     down: SocketAddr,
 }
 
+/// A gateway with the `box` and `web` grants and two port mappings (`echo`, `down`) on
+/// ports picked now. Another test may take a picked port before the gateway binds it (the
+/// tests run in parallel), so a gateway that fails to start is started again on new ports,
+/// a few times.
 async fn gateway(name: &str, echo_port: u16, down_port: u16, extra: &[&str]) -> Result<Setup> {
+    let mut last = None;
+    for _ in 0..5 {
+        match gateway_once(name, echo_port, down_port, extra).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no attempt")))
+}
+
+async fn gateway_once(name: &str, echo_port: u16, down_port: u16, extra: &[&str]) -> Result<Setup> {
     let dir = TempDir::new(name);
     let (echo, down) = (free_port(), free_port());
     let config = dir.0.join("gateway.toml");
