@@ -281,7 +281,9 @@ impl Proxy {
                         _ => None,
                     };
                     let Some(head) = again else {
-                        tracing::warn!(conn = id, error = %e, "origin failed the request");
+                        // The whole cause chain: hyper's own text ("connection error") does
+                        // not say what the connection met.
+                        tracing::warn!(conn = id, error = %crate::sender::error_chain(e.as_ref()), "origin failed the request");
                         return crate::message::bad_gateway("the origin failed the request", &why);
                     };
                     tracing::info!(conn = id, error = %e, method = %head.method, "origin connection died before answering a safe request; retrying it once on another connection");
