@@ -116,15 +116,7 @@ fn ci(args: &[String]) -> Result<()> {
         )?;
     }
     let mut doc = vec!["doc", "--no-deps"];
-    for krate in [
-        "ptth-core",
-        "ptth-h1",
-        "ptth-h2",
-        "ptth-h3",
-        "ptth-auth",
-        "ptth-gateway",
-        "ptth-origin",
-    ] {
+    for krate in package::LIBRARY_CRATES {
         doc.extend(["-p", krate]);
     }
     eprintln!("$ RUSTDOCFLAGS=\"-D warnings\" cargo {}", doc.join(" "));
