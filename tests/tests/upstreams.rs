@@ -148,6 +148,32 @@ fn header<'a>(response: &'a Response<()>, name: &str) -> &'a str {
         .unwrap_or("")
 }
 
+/// One upstream of each kind the origin dials: HTTP/1.1 and h2c over TCP, TLS, and
+/// HTTP/1.1 and h2c over Unix sockets in `dir`.
+struct Upstreams {
+    http: SocketAddr,
+    h2c: SocketAddr,
+    https: SocketAddr,
+    unix: std::path::PathBuf,
+    unix_h2c: std::path::PathBuf,
+}
+
+impl Upstreams {
+    async fn start(dir: &Path, dev: &Path) -> Self {
+        let unix = dir.join("http.sock");
+        unix_upstream(&unix, "unix", Speaks::Http1).await;
+        let unix_h2c = dir.join("h2c.sock");
+        unix_upstream(&unix_h2c, "unix+h2c", Speaks::Http2).await;
+        Self {
+            http: tcp_upstream("http", Speaks::Http1).await,
+            h2c: tcp_upstream("h2c", Speaks::Http2).await,
+            https: tls_upstream(dev, "https").await,
+            unix,
+            unix_h2c,
+        }
+    }
+}
+
 /// `GET /`, an echoed 1 MiB upload, response trailers and a WebSocket (or its refusal),
 /// all through the gateway to `host`, which `name` must serve over `version`.
 async fn check_upstream(gw: &Gateway, host: &str, name: &str, version: Version, mechanism: &str) {
@@ -257,13 +283,13 @@ async fn check_upstream(gw: &Gateway, host: &str, name: &str, version: Version, 
 async fn every_upstream_form_serves_through_the_gateway() {
     let dir = TempDir::new("upstream-forms");
     let gw = Gateway::start(&dir.0, &[]).await.unwrap();
-    let http = tcp_upstream("http", Speaks::Http1).await;
-    let h2c = tcp_upstream("h2c", Speaks::Http2).await;
-    let https = tls_upstream(&gw.dev, "https").await;
-    let unix = dir.0.join("http.sock");
-    unix_upstream(&unix, "unix", Speaks::Http1).await;
-    let unix_h2c = dir.0.join("h2c.sock");
-    unix_upstream(&unix_h2c, "unix+h2c", Speaks::Http2).await;
+    let Upstreams {
+        http,
+        h2c,
+        https,
+        unix,
+        unix_h2c,
+    } = Upstreams::start(&dir.0, &gw.dev).await;
     let ca = gw.dev.join("ca.pem");
     let ca = ca.to_str().unwrap();
 
@@ -750,13 +776,13 @@ async fn uploads_through_every_mechanism_and_upstream_kind_stream_with_bounded_m
     const GROWTH: u64 = N / 2;
     let dir = TempDir::new("upload-matrix");
     let gw = Gateway::start(&dir.0, &[]).await.unwrap();
-    let http = tcp_upstream("http", Speaks::Http1).await;
-    let h2c = tcp_upstream("h2c", Speaks::Http2).await;
-    let https = tls_upstream(&gw.dev, "https").await;
-    let unix = dir.0.join("http.sock");
-    unix_upstream(&unix, "unix", Speaks::Http1).await;
-    let unix_h2c = dir.0.join("h2c.sock");
-    unix_upstream(&unix_h2c, "unix+h2c", Speaks::Http2).await;
+    let Upstreams {
+        http,
+        h2c,
+        https,
+        unix,
+        unix_h2c,
+    } = Upstreams::start(&dir.0, &gw.dev).await;
     let ca = gw.dev.join("ca.pem");
     let ca = ca.to_str().unwrap().to_string();
     let mut cases: Vec<(String, &str, String, Vec<String>)> = ALL_MECHANISMS
