@@ -1,5 +1,10 @@
-//! Lingering on a tunnelled byte stream after the reversed HTTP connection inside it ends,
-//! so its last bytes reach the gateway.
+//! Lingering on a byte stream after the reversed HTTP connection inside it ends, so its last
+//! bytes reach the gateway.
+//!
+//! Over TLS on TCP (rh1, rh2, h2-reverse, the upgrades): closing a socket with bytes still
+//! unread (a WINDOW_UPDATE or PING the gateway sent after the server's last read) makes the
+//! kernel send RST, not FIN; the gateway's next write then fails and takes with it the
+//! answers it had received but not read yet. So the stream is read until the gateway closes.
 //!
 //! A reversed connection carried by one stream of an outer connection (PTTH -01 extended
 //! CONNECT over HTTP/2) ends when the HTTP server inside it has written its last response
