@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | origins rolled | a replacement origin starts, then the oldest gets SIGTERM | no request fails |
 //! | origins killed | the oldest origin gets SIGKILL, a replacement starts | only requests in flight on it may fail |
-//! | gateway rolled | a new gateway process starts on the same ports, then the old one gets SIGTERM | no request fails |
+//! | gateway rolled | a new gateway process starts on the same ports, then the old one gets SIGTERM | no request fails (with `net.ipv4.tcp_migrate_req = 1`, which the run sets when it may: [`MigrateQueued`]) |
 //! | gateway killed | a gateway gets SIGKILL, a new one starts on its ports | only requests in flight on it may fail |
 //!
 //! No phase may ever give a wrong answer: every GET asks for a length of its own and every
@@ -131,6 +131,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         &["build", "--release", "--workspace", "--bins"],
     )?;
     let bin = procs::target_dir(root).join("release");
+    let migrate = MigrateQueued::turn_on();
     let tmp = TempDir::new("chaos")?;
     let mut house = House::start(&bin, &tmp.0, &plan)?;
     let stats: Arc<Vec<Counts>> = Arc::new(PHASES.iter().map(|_| Counts::default()).collect());
@@ -196,8 +197,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         if ok == 0 {
             broken.push(format!("{}: no request succeeded", p.name()));
         }
-        // A kill may cost each client the one request it had in flight.
-        let allowed = if p.kills() {
+        // A kill may cost each client the one request it had in flight. Without the
+        // kernel's migration of queued connections, a gateway roll may cost the
+        // connections queued on the old listening sockets as they close.
+        let allowed = if p.kills() || (*p == Phase::GatewayRolled && !migrate.on) {
             (*n as u64) * plan.clients as u64
         } else {
             0
@@ -217,6 +220,69 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     }
     eprintln!("chaos: every phase held");
     Ok(())
+}
+
+/// `net.ipv4.tcp_migrate_req = 1` for the run, restored after it. Linux resets the
+/// connections still queued on a listening socket when it closes, even when other sockets
+/// share its port by `SO_REUSEPORT`; with this setting (Linux 5.14 and later) it hands them
+/// to another socket of the group instead. A gateway roll needs it to lose nothing
+/// (`docs/operations.md`, "Restarting without losing requests"): through HAProxy, a connection queued on the
+/// old process's socket as it closed was reset after HAProxy had forwarded the request (2
+/// of 234 557 requests in one run, under load).
+struct MigrateQueued {
+    on: bool,
+    restore: Option<String>,
+}
+
+impl MigrateQueued {
+    const PATH: &'static str = "/proc/sys/net/ipv4/tcp_migrate_req";
+
+    fn turn_on() -> Self {
+        let before = std::fs::read_to_string(Self::PATH).map(|v| v.trim().to_string());
+        match before {
+            Ok(v) if v == "1" => Self {
+                on: true,
+                restore: None,
+            },
+            Ok(v) => match std::fs::write(Self::PATH, "1") {
+                Ok(()) => {
+                    eprintln!("chaos: net.ipv4.tcp_migrate_req = 1 for this run (was {v})");
+                    Self {
+                        on: true,
+                        restore: Some(v),
+                    }
+                }
+                Err(e) => {
+                    eprintln!(
+                        "chaos: cannot set net.ipv4.tcp_migrate_req ({e}); a gateway roll may \
+                         lose the connections queued on the old process's sockets"
+                    );
+                    Self {
+                        on: false,
+                        restore: None,
+                    }
+                }
+            },
+            Err(e) => {
+                eprintln!(
+                    "chaos: no net.ipv4.tcp_migrate_req ({e}: Linux before 5.14?); a gateway \
+                     roll may lose the connections queued on the old process's sockets"
+                );
+                Self {
+                    on: false,
+                    restore: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for MigrateQueued {
+    fn drop(&mut self) {
+        if let Some(v) = &self.restore {
+            let _ = std::fs::write(Self::PATH, v);
+        }
+    }
 }
 
 /// Free loopback TCP ports, found by binding and releasing them. The same port numbers are
