@@ -14,7 +14,6 @@
 //! log line and `ptth_gateway_tcp_flows_refused_total{reason}`.
 
 use crate::reverse::{NoRequest, Services};
-use hyper_util::rt::TokioIo;
 use ptth_h2::flow::{splice, FlowEnd, FlowOptions};
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -134,7 +133,7 @@ async fn flow(tcp: TcpStream, client: SocketAddr, mapping: &TcpMapping, services
         idle_timeout: services.settings.idle_timeout,
         ..FlowOptions::default()
     };
-    let report = splice(tcp, TokioIo::new(stream), options).await;
+    let report = splice(tcp, stream, options).await;
     services
         .metrics
         .flow_bytes(report.to_stream, report.to_socket);
