@@ -222,10 +222,27 @@ impl Noise {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_echo_behind_an_origin_carries_a_bulk_transfer_hashed_on_both_ends() -> Result<()> {
+    bulk_transfer("rc-bulk", &[], 1 << 30).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_an_http3_control_channel_a_tcp_echo_carries_a_hashed_bulk_transfer() -> Result<()> {
+    bulk_transfer("rc-bulk-h3", &["--service-transport", "h3"], 64 << 20).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_an_http1_control_channel_a_tcp_echo_carries_a_hashed_bulk_transfer() -> Result<()> {
+    bulk_transfer("rc-bulk-h1", &["--service-transport", "h1"], 64 << 20).await
+}
+
+/// A TCP echo behind an origin (control channel per `origin_extra`) carries `default_total`
+/// bytes (or `PTTH_RC_BYTES`) each way, hashed where they are sent, at the service and
+/// where they come back.
+async fn bulk_transfer(name: &str, origin_extra: &[&str], default_total: u64) -> Result<()> {
     let (service, mut received) = echo_service().await;
     let unlisted = free_port();
-    let s = gateway("rc-bulk", service.port(), free_port(), &[]).await?;
-    let (_origin, origin_log) = origin(
+    let s = gateway(name, service.port(), free_port(), &[]).await?;
+    let (_origin, origin_log) = origin_with(
         &s.gw.tunnel_url(),
         &s.gw.dev.join("ca.pem"),
         &[
@@ -233,6 +250,7 @@ async fn a_tcp_echo_behind_an_origin_carries_a_bulk_transfer_hashed_on_both_ends
             // Not in the grant: the gateway ignores it and says so.
             format!("extra=127.0.0.1:{unlisted}"),
         ],
+        origin_extra,
     )?;
     wait_for_echo(s.echo).await?;
     let _ = received.recv().await;
@@ -243,7 +261,7 @@ async fn a_tcp_echo_behind_an_origin_carries_a_bulk_transfer_hashed_on_both_ends
     let total: u64 = std::env::var("PTTH_RC_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1 << 30);
+        .unwrap_or(default_total);
     let started = std::time::Instant::now();
     let tcp = TcpStream::connect(s.echo).await?;
     let (mut rd, mut wr) = tcp.into_split();
@@ -282,7 +300,7 @@ async fn a_tcp_echo_behind_an_origin_carries_a_bulk_transfer_hashed_on_both_ends
         .ok_or_else(|| anyhow!("the echo service reported nothing"))?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "reverse CONNECT echo: {total} bytes each way in {secs:.1} s ({:.0} MiB/s each way, debug build)",
+        "reverse CONNECT echo ({name}): {total} bytes each way in {secs:.1} s ({:.0} MiB/s each way, debug build)",
         total as f64 / secs / (1 << 20) as f64
     );
     assert_eq!(at_service, total, "bytes that reached the service");
