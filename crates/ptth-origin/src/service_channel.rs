@@ -336,7 +336,11 @@ async fn h3_connect(
 
 /// A new TLS connection for `exchange` over HTTP/1.1: `GET` + `Upgrade`, the connection
 /// itself on a `101`.
-async fn h1_upgrade(dial: &H1Dial, req: Request<()>, exchange: ReverseExchange) -> Result<ServiceIo> {
+async fn h1_upgrade(
+    dial: &H1Dial,
+    req: Request<()>,
+    exchange: ReverseExchange,
+) -> Result<ServiceIo> {
     let stream = dial_tls(&dial.tls, &dial.server_name, &dial.addrs).await?;
     let (mut send, conn) = tokio::time::timeout(
         SETUP_TIMEOUT,
