@@ -805,3 +805,111 @@ async fn over_http1_an_accept_presented_by_another_identity_is_refused() -> Resu
     assert_eq!(status, 101, "{head}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_stopping_gateway_lets_a_flow_run_until_its_grace_ends_then_closes_it() -> Result<()> {
+    let (service, _received) = echo_service().await;
+    let mut s = gateway(
+        "rc-stop-cut",
+        service.port(),
+        free_port(),
+        &["--shutdown-grace", "4"],
+    )
+    .await?;
+    let (_origin, _log) = origin(
+        &s.gw.tunnel_url(),
+        &s.gw.dev.join("ca.pem"),
+        &[format!("echo=127.0.0.1:{}", service.port())],
+    )?;
+    wait_for_echo(s.echo).await?;
+    let mut flow = TcpStream::connect(s.echo).await?;
+    echo_once(&mut flow, b"before").await?;
+    let stopped = std::time::Instant::now();
+    s.gw.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The flow in progress still carries bytes while the gateway stops...
+    echo_once(&mut flow, b"while stopping").await?;
+    // ...no new flow is taken...
+    if let Ok(mut late) = TcpStream::connect(s.echo).await {
+        let got = read_until_closed(&mut late, 3).await?;
+        assert!(got.is_empty(), "{got:?}");
+    }
+    // ...and the grace's end closes it, and the gateway exits.
+    let rest = read_until_closed(&mut flow, 15).await?;
+    assert!(rest.is_empty(), "{rest:?}");
+    let held = stopped.elapsed();
+    assert!(
+        held >= Duration::from_secs(3),
+        "closed after {held:?}, before the 4 s grace"
+    );
+    s.gw.wait(10).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stopping_gateway_waits_for_a_flow_in_progress_and_exits_when_it_ends() -> Result<()> {
+    let (service, _received) = echo_service().await;
+    let mut s = gateway(
+        "rc-stop-wait",
+        service.port(),
+        free_port(),
+        &["--shutdown-grace", "60"],
+    )
+    .await?;
+    let (_origin, _log) = origin(
+        &s.gw.tunnel_url(),
+        &s.gw.dev.join("ca.pem"),
+        &[format!("echo=127.0.0.1:{}", service.port())],
+    )?;
+    wait_for_echo(s.echo).await?;
+    let mut flow = TcpStream::connect(s.echo).await?;
+    echo_once(&mut flow, b"before").await?;
+    s.gw.signal("-TERM");
+    // Still running while the flow is open.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    echo_once(&mut flow, b"while stopping").await?;
+    assert!(
+        s.gw.wait(1).await.is_err(),
+        "the gateway exited with a flow in progress"
+    );
+    // The flow ends: the gateway exits long before its 60 s grace.
+    flow.shutdown().await?;
+    let _ = read_until_closed(&mut flow, 10).await?;
+    s.gw.wait(15).await?;
+    Ok(())
+}
+
+/// Sends `bytes` through an echo flow and reads them back.
+async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) -> Result<()> {
+    tcp.write_all(bytes).await?;
+    let mut got = vec![0u8; bytes.len()];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut got))
+        .await
+        .map_err(|_| anyhow!("no echo of {:?}", String::from_utf8_lossy(bytes)))??;
+    anyhow::ensure!(got == bytes, "echo said {got:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_control_channel_without_available_services_is_dropped() -> Result<()> {
+    let s = gateway("rc-silent", free_port(), free_port(), &[]).await?;
+    let mut send = h2_client(&s.gw).await?;
+    let listen = extended_connect(&mut send, &s.gw, "connect-listen", LISTEN, BOX_TOKEN).await?;
+    assert_eq!(listen.status(), http::StatusCode::OK);
+    let started = std::time::Instant::now();
+    let mut listen = listen;
+    let mut io = TokioIo::new(hyper::upgrade::on(&mut listen).await?);
+    // The gateway ends the channel's stream: reading it ends or fails.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut sink = Vec::new();
+        let _ = io.read_to_end(&mut sink).await;
+    })
+    .await;
+    assert!(ended.is_ok(), "the silent channel is still open after 20 s");
+    let after = started.elapsed();
+    assert!(after >= Duration::from_secs(9), "dropped after {after:?}");
+    s.gw.log
+        .wait_for("sent no AVAILABLE_SERVICES within", 5)
+        .await?;
+    Ok(())
+}

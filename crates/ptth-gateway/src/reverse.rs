@@ -100,6 +100,13 @@ pub struct Services {
     state: Mutex<State>,
     pub(crate) settings: FlowSettings,
     pub(crate) metrics: Arc<Metrics>,
+    /// Flows open over every channel (waiting or spliced), and a wake-up when it falls.
+    open_flows: Arc<AtomicUsize>,
+    flow_ended: Arc<tokio::sync::Notify>,
+    /// Set when the gateway stops: no new connection requests.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Set at the end of the stop's grace: every channel and flow closes.
+    cut: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -134,11 +141,15 @@ struct Channel {
 #[derive(Debug)]
 pub(crate) struct FlowSlot {
     flows: Arc<AtomicUsize>,
+    open_flows: Arc<AtomicUsize>,
+    flow_ended: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for FlowSlot {
     fn drop(&mut self) {
         self.flows.fetch_sub(1, Ordering::Relaxed);
+        self.open_flows.fetch_sub(1, Ordering::Relaxed);
+        self.flow_ended.notify_waiters();
     }
 }
 
@@ -159,6 +170,8 @@ pub(crate) enum NoRequest {
     NoOrigin,
     /// Every channel that offers it is at `max_flows_per_origin`, or its queue is full.
     OriginFull,
+    /// The gateway is stopping.
+    Stopping,
 }
 
 impl Services {
@@ -168,7 +181,44 @@ impl Services {
             state: Mutex::default(),
             settings,
             metrics,
+            open_flows: Arc::default(),
+            flow_ended: Arc::default(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            cut: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// The gateway stops: no connection request is sent from now on; the channels stay
+    /// open for the flows in progress.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Flows open (waiting for their accept or spliced).
+    pub(crate) fn open_flows(&self) -> usize {
+        self.open_flows.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once no flow is open.
+    pub(crate) async fn until_no_flows(&self) {
+        loop {
+            let ended = self.flow_ended.notified();
+            if self.open_flows() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+
+    /// The stop's grace is over: every control channel and flow closes now.
+    pub(crate) fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Resolves once [`Services::cut`] was called.
+    pub(crate) async fn cut_off(&self) {
+        let mut cut = self.cut.subscribe();
+        let _ = cut.wait_for(|c| *c).await;
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -188,6 +238,9 @@ impl Services {
     /// with the fewest flows.
     pub(crate) fn request(&self, grant: &str, service: &str) -> Result<Requested, NoRequest> {
         let max = self.settings.max_flows_per_origin;
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(NoRequest::Stopping);
+        }
         let mut st = self.state();
         let mut candidates: Vec<(&u64, &mut Channel)> = st
             .channels
@@ -220,6 +273,7 @@ impl Services {
         let (tx, rx) = oneshot::channel();
         c.waiting.insert(id, tx);
         c.flows.fetch_add(1, Ordering::Relaxed);
+        self.open_flows.fetch_add(1, Ordering::Relaxed);
         Ok(Requested {
             id,
             channel,
@@ -227,6 +281,8 @@ impl Services {
             accepted: rx,
             slot: FlowSlot {
                 flows: c.flows.clone(),
+                open_flows: self.open_flows.clone(),
+                flow_ended: self.flow_ended.clone(),
             },
         })
     }
@@ -563,9 +619,11 @@ async fn run_channel(
             .is_err()
         {
             services.metrics.flow_channel("silent");
-            return format!(
+            let why = format!(
                 "the origin sent no AVAILABLE_SERVICES within {FIRST_ADVERTISEMENT_TIMEOUT:?}"
             );
+            tracing::warn!(%peer, grant = %grants.join(","), reason = %why, "reverse CONNECT control channel dropped");
+            return why;
         }
         std::future::pending::<String>().await
     };
@@ -573,6 +631,7 @@ async fn run_channel(
         why = write => why,
         why = read => why,
         why = silent => why,
+        () = services.cut_off() => "the gateway stopped".to_string(),
     };
     services.state().channels.remove(&id);
     tracing::info!(%peer, grant = %grants.join(","), reason = %why, "reverse CONNECT control channel closed");

@@ -104,6 +104,7 @@ async fn flow(tcp: TcpStream, client: SocketAddr, mapping: &TcpMapping, services
                     "origin_full",
                     "every origin offering the service is at --max-flows-per-origin",
                 ),
+                NoRequest::Stopping => ("stopping", "the gateway is stopping"),
             };
             services.metrics.flow_refused(reason);
             tracing::warn!(%client, mapping = %mapping, "TCP connection closed: {text}");
@@ -133,7 +134,14 @@ async fn flow(tcp: TcpStream, client: SocketAddr, mapping: &TcpMapping, services
         idle_timeout: services.settings.idle_timeout,
         ..FlowOptions::default()
     };
-    let report = splice(tcp, stream, options).await;
+    // A stopping gateway lets the flow run until its grace ends, then cuts it.
+    let report = tokio::select! {
+        report = splice(tcp, stream, options) => report,
+        () = services.cut_off() => {
+            tracing::info!(%client, mapping = %mapping, %origin, request = %id, "TCP flow closed: the gateway stopped and its grace ended");
+            return;
+        }
+    };
     services
         .metrics
         .flow_bytes(report.to_stream, report.to_socket);
