@@ -303,8 +303,11 @@ fn offers(c: &Channel, grant: &str, service: &str) -> bool {
         .any(|(g, s)| g == grant && s.name == service)
 }
 
-fn rejection(r: &ReverseRejection) -> Response<Body> {
-    error(r.status(), r.reason())
+/// A refused reverse CONNECT request's answer.
+type Refusal = Box<Response<Body>>;
+
+fn rejection(r: &ReverseRejection) -> Refusal {
+    Box::new(error(r.status(), r.reason()))
 }
 
 /// What `route` needs to know about the connection a request arrived on.
@@ -320,7 +323,7 @@ pub(crate) struct Arrival<'a> {
 /// version takes it over its own way: hyper's upgrade, or ptth-h3's CONNECT response).
 pub(crate) enum Routed {
     /// Answer with this and close the request.
-    Refused(Response<Body>),
+    Refused(Refusal),
     /// A control channel: answer [`Listening::response`], then [`Listening::run`] its stream.
     Listen(Listening),
     /// An accept: answer [`Accepting::response`], then [`Accepting::deliver`] its stream.
@@ -379,7 +382,7 @@ pub(crate) fn route(
 ) -> Option<Response<Body>> {
     let peer = arrival.peer;
     Some(match decide(&*req, protocol, arrival, &grants, services)? {
-        Routed::Refused(res) => res,
+        Routed::Refused(res) => *res,
         Routed::Listen(listening) => {
             let (parts, ()) = listening.response().into_parts();
             let on_upgrade = hyper::upgrade::on(req);
@@ -417,7 +420,7 @@ fn authenticate<'g>(
     authorization: Option<&http::HeaderValue>,
     arrival: &Arrival<'_>,
     grants: &'g Grants,
-) -> Result<Vec<&'g ptth_auth::Grant>, Response<Body>> {
+) -> Result<Vec<&'g ptth_auth::Grant>, Refusal> {
     let peer = arrival.peer;
     let presented = Presented {
         authorization,
@@ -435,7 +438,7 @@ fn authenticate<'g>(
         Err(e) => {
             let reason = format!("{exchange}: origin credential: {e}");
             tracing::warn!(%peer, %reason, "{exchange} refused");
-            Err(error(e.status(), &reason))
+            Err(Box::new(error(e.status(), &reason)))
         }
     }
 }
@@ -479,7 +482,7 @@ fn listen<B>(
     arrival: &Arrival<'_>,
     grants: &Grants,
     services: &Arc<Services>,
-) -> Result<Listening, Response<Body>> {
+) -> Result<Listening, Refusal> {
     let peer = arrival.peer;
     let exchange = ReverseExchange::Listen;
     let setup = validate_listen_request(req, protocol).map_err(|r| {
@@ -516,7 +519,7 @@ fn listen<B>(
         );
         tracing::warn!(%peer, %reason, "connect-listen refused");
         services.metrics.flow_channel("refused");
-        return Err(error(StatusCode::TOO_MANY_REQUESTS, &reason));
+        return Err(Box::new(error(StatusCode::TOO_MANY_REQUESTS, &reason)));
     }
     let allowed: Vec<(String, GrantedService)> = with_services
         .iter()
@@ -700,7 +703,7 @@ fn accept<B>(
     arrival: &Arrival<'_>,
     grants: &Grants,
     services: &Arc<Services>,
-) -> Result<Accepting, Response<Body>> {
+) -> Result<Accepting, Refusal> {
     let peer = arrival.peer;
     let setup = validate_accept_request(req, protocol).map_err(|r| {
         tracing::warn!(%peer, reason = %r, "connect-accept refused");
@@ -757,7 +760,7 @@ pub(crate) async fn take_over_h3(
 ) {
     match routed {
         Routed::Refused(res) => {
-            let _ = respond.send_response(res).await;
+            let _ = respond.send_response(*res).await;
         }
         Routed::Listen(listening) => {
             match respond.send_connect_response(listening.response()).await {
