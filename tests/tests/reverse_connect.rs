@@ -222,10 +222,27 @@ impl Noise {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_echo_behind_an_origin_carries_a_bulk_transfer_hashed_on_both_ends() -> Result<()> {
+    bulk_transfer("rc-bulk", &[], 1 << 30).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_an_http3_control_channel_a_tcp_echo_carries_a_hashed_bulk_transfer() -> Result<()> {
+    bulk_transfer("rc-bulk-h3", &["--service-transport", "h3"], 64 << 20).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_an_http1_control_channel_a_tcp_echo_carries_a_hashed_bulk_transfer() -> Result<()> {
+    bulk_transfer("rc-bulk-h1", &["--service-transport", "h1"], 64 << 20).await
+}
+
+/// A TCP echo behind an origin (control channel per `origin_extra`) carries `default_total`
+/// bytes (or `PTTH_RC_BYTES`) each way, hashed where they are sent, at the service and
+/// where they come back.
+async fn bulk_transfer(name: &str, origin_extra: &[&str], default_total: u64) -> Result<()> {
     let (service, mut received) = echo_service().await;
     let unlisted = free_port();
-    let s = gateway("rc-bulk", service.port(), free_port(), &[]).await?;
-    let (_origin, origin_log) = origin(
+    let s = gateway(name, service.port(), free_port(), &[]).await?;
+    let (_origin, origin_log) = origin_with(
         &s.gw.tunnel_url(),
         &s.gw.dev.join("ca.pem"),
         &[
@@ -233,6 +250,7 @@ async fn a_tcp_echo_behind_an_origin_carries_a_bulk_transfer_hashed_on_both_ends
             // Not in the grant: the gateway ignores it and says so.
             format!("extra=127.0.0.1:{unlisted}"),
         ],
+        origin_extra,
     )?;
     wait_for_echo(s.echo).await?;
     let _ = received.recv().await;
@@ -243,7 +261,7 @@ async fn a_tcp_echo_behind_an_origin_carries_a_bulk_transfer_hashed_on_both_ends
     let total: u64 = std::env::var("PTTH_RC_BYTES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1 << 30);
+        .unwrap_or(default_total);
     let started = std::time::Instant::now();
     let tcp = TcpStream::connect(s.echo).await?;
     let (mut rd, mut wr) = tcp.into_split();
@@ -282,7 +300,7 @@ async fn a_tcp_echo_behind_an_origin_carries_a_bulk_transfer_hashed_on_both_ends
         .ok_or_else(|| anyhow!("the echo service reported nothing"))?;
     let secs = started.elapsed().as_secs_f64();
     eprintln!(
-        "reverse CONNECT echo: {total} bytes each way in {secs:.1} s ({:.0} MiB/s each way, debug build)",
+        "reverse CONNECT echo ({name}): {total} bytes each way in {secs:.1} s ({:.0} MiB/s each way, debug build)",
         total as f64 / secs / (1 << 20) as f64
     );
     assert_eq!(at_service, total, "bytes that reached the service");
@@ -495,12 +513,29 @@ async fn a_gateway_reusing_a_request_id_breaks_the_origins_control_channel() -> 
 
 #[tokio::test]
 async fn killing_the_origin_mid_flow_closes_the_public_socket() -> Result<()> {
+    kill_mid_flow("rc-kill", &[]).await
+}
+
+#[tokio::test]
+async fn over_http3_killing_the_origin_mid_flow_closes_the_public_socket() -> Result<()> {
+    kill_mid_flow("rc-kill-h3", &["--service-transport", "h3"]).await
+}
+
+#[tokio::test]
+async fn over_http1_killing_the_origin_mid_flow_closes_the_public_socket() -> Result<()> {
+    kill_mid_flow("rc-kill-h1", &["--service-transport", "h1"]).await
+}
+
+/// An echo flows through an origin (control channel per `origin_extra`), the origin is
+/// killed, and the public socket closes.
+async fn kill_mid_flow(name: &str, origin_extra: &[&str]) -> Result<()> {
     let (service, _received) = echo_service().await;
-    let s = gateway("rc-kill", service.port(), free_port(), &[]).await?;
-    let (mut origin, _log) = origin(
+    let s = gateway(name, service.port(), free_port(), &[]).await?;
+    let (mut origin, _log) = origin_with(
         &s.gw.tunnel_url(),
         &s.gw.dev.join("ca.pem"),
         &[format!("echo=127.0.0.1:{}", service.port())],
+        origin_extra,
     )?;
     wait_for_echo(s.echo).await?;
     let mut tcp = TcpStream::connect(s.echo).await?;
@@ -557,4 +592,324 @@ async fn an_origin_offering_only_services_is_ready_while_its_channel_is_open() -
     wait_for_echo(s.echo).await?;
     s.gw.kill().await;
     readyz_becomes(admin, 503).await
+}
+
+/// An HTTP/3 client on the gateway's QUIC tunnel endpoint (the origin's role, ALPN `h3`).
+async fn h3_tunnel_client(gw: &Gateway) -> Result<(quinn::Endpoint, ptth_h3::H3Connection)> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(&[&rustls::version::TLS13])?
+    .with_root_certificates(ptth_tests::dev_roots(gw)?)
+    .with_no_client_auth();
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(std::sync::Arc::new(tls))?;
+    let mut endpoint = quinn::Endpoint::client(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+    endpoint.set_default_client_config(quinn::ClientConfig::new(std::sync::Arc::new(crypto)));
+    let quic = tokio::time::timeout(
+        Duration::from_secs(10),
+        endpoint.connect(gw.tunnel, "localhost")?,
+    )
+    .await
+    .map_err(|_| anyhow!("QUIC handshake with the tunnel endpoint timed out"))??;
+    let h3 = ptth_h3::H3Connection::new(
+        quic,
+        ptth_h3::H3Config::new(ptth_h3::RequestDirection::ClientSends),
+    )
+    .await?;
+    Ok((endpoint, h3))
+}
+
+/// An HTTP/3 extended CONNECT for `protocol` to `path` with `token`: the status, and the
+/// stream (the refusal's reason, or the channel).
+async fn h3_extended_connect(
+    h3: &ptth_h3::H3Connection,
+    gw: &Gateway,
+    protocol: &str,
+    path: &str,
+    token: &str,
+) -> Result<(http::StatusCode, ptth_h3::H3Stream)> {
+    let mut req = http::Request::builder()
+        .method("CONNECT")
+        .uri(format!("https://localhost:{}{path}", gw.tunnel.port()))
+        .header("capsule-protocol", "?1")
+        .header("authorization", format!("Bearer {token}"))
+        .body(())?;
+    req.extensions_mut()
+        .insert(ptth_h3::Protocol(protocol.to_string()));
+    let (res, stream) =
+        tokio::time::timeout(Duration::from_secs(10), h3.sender().send_connect(req))
+            .await
+            .map_err(|_| anyhow!("no answer to {protocol} over HTTP/3"))??;
+    Ok((res.status(), stream))
+}
+
+/// Reads a refusal's body (the stream ends after it).
+async fn reason(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    let mut body = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut body)).await;
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+#[tokio::test]
+async fn over_http3_a_bad_credential_is_401_and_an_unknown_accept_is_404() -> Result<()> {
+    let s = gateway("rc-h3-refusals", free_port(), free_port(), &[]).await?;
+    let (_endpoint, h3) = h3_tunnel_client(&s.gw).await?;
+    let (status, mut stream) =
+        h3_extended_connect(&h3, &s.gw, "connect-listen", LISTEN, "nope").await?;
+    assert_eq!(
+        status,
+        http::StatusCode::UNAUTHORIZED,
+        "{}",
+        reason(&mut stream).await
+    );
+    let (status, mut stream) =
+        h3_extended_connect(&h3, &s.gw, "connect-listen", LISTEN, WEB_TOKEN).await?;
+    assert_eq!(status, http::StatusCode::FORBIDDEN);
+    let text = reason(&mut stream).await;
+    assert!(text.contains("grant web allows no service"), "{text}");
+    let (status, _listen) =
+        h3_extended_connect(&h3, &s.gw, "connect-listen", LISTEN, BOX_TOKEN).await?;
+    assert_eq!(status, http::StatusCode::OK);
+    let (status, mut stream) = h3_extended_connect(
+        &h3,
+        &s.gw,
+        "connect-accept",
+        "/.well-known/masque/accept/12345/",
+        BOX_TOKEN,
+    )
+    .await?;
+    assert_eq!(status, http::StatusCode::NOT_FOUND);
+    let text = reason(&mut stream).await;
+    assert!(
+        text.contains("request 12345 is not an outstanding"),
+        "{text}"
+    );
+    Ok(())
+}
+
+/// A new TLS connection (ALPN `http/1.1`) to the tunnel listener with `GET path` and
+/// `Upgrade: exchange`: the status, and the connection with any bytes read past the head.
+async fn h1_upgrade(
+    gw: &Gateway,
+    exchange: &str,
+    path: &str,
+    token: &str,
+) -> Result<(
+    u16,
+    String,
+    impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    BytesMut,
+)> {
+    let mut tls = tls_connect(gw, &[b"http/1.1"]).await?;
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost:{}\r\nConnection: Upgrade\r\nUpgrade: {exchange}\r\nCapsule-Protocol: ?1\r\nAuthorization: Bearer {token}\r\n\r\n",
+        gw.tunnel.port()
+    );
+    tls.write_all(head.as_bytes()).await?;
+    let mut buf = BytesMut::new();
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), tls.read_buf(&mut buf))
+            .await
+            .map_err(|_| anyhow!("no answer to {exchange} over HTTP/1.1"))??;
+        if n == 0 {
+            bail!("the gateway closed the connection without an answer to {exchange}");
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    let rest = buf.split_off(end);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("not an HTTP/1.1 answer: {head:?}"))?;
+    Ok((status, head, tls, rest))
+}
+
+#[tokio::test]
+async fn over_http1_a_bad_credential_is_401_and_an_unknown_accept_is_404() -> Result<()> {
+    let s = gateway("rc-h1-refusals", free_port(), free_port(), &[]).await?;
+    let (status, head, ..) = h1_upgrade(&s.gw, "connect-listen", LISTEN, "nope").await?;
+    assert_eq!(status, 401, "{head}");
+    let (status, head, _listen, _) = h1_upgrade(&s.gw, "connect-listen", LISTEN, BOX_TOKEN).await?;
+    assert_eq!(status, 101, "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("upgrade: connect-listen"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("capsule-protocol: ?1"),
+        "{head}"
+    );
+    let accept = "/.well-known/masque/accept/12345/";
+    let (status, head, ..) = h1_upgrade(&s.gw, "connect-accept", accept, "nope").await?;
+    assert_eq!(status, 401, "{head}");
+    let (status, head, ..) = h1_upgrade(&s.gw, "connect-accept", accept, BOX_TOKEN).await?;
+    assert_eq!(status, 404, "{head}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn over_http1_an_accept_presented_by_another_identity_is_refused() -> Result<()> {
+    use ptth_core::{
+        CapsuleDecoder, Decoded, IpProtocol, OriginChannel, OriginEvent, ReverseExchange,
+        ReverseTemplate, Service, ServicePort, DEFAULT_MAX_CONTROL_CAPSULE,
+    };
+    let echo_port = free_port();
+    let s = gateway("rc-h1-identity", echo_port, free_port(), &[]).await?;
+    // The test is the origin: a channel of grant `box` offering `echo`.
+    let (status, head, mut channel, mut buf) =
+        h1_upgrade(&s.gw, "connect-listen", LISTEN, BOX_TOKEN).await?;
+    assert_eq!(status, 101, "{head}");
+    let port = ServicePort::new(echo_port).ok_or_else(|| anyhow!("port 0"))?;
+    channel
+        .write_all(&OriginChannel::advertise(&[Service::local(IpProtocol::Tcp, port)]).to_bytes())
+        .await?;
+    // A public connection makes the gateway ask for a flow (once it has read the
+    // advertisement: until then public connections are closed, so try again).
+    let mut decoder = CapsuleDecoder::new(DEFAULT_MAX_CONTROL_CAPSULE);
+    let mut origin = OriginChannel::new(8);
+    let mut public = Vec::new();
+    let mut tries = 0;
+    let id = loop {
+        if let Some(Decoded::Capsule(c)) = decoder.decode(&mut buf)? {
+            if let Some(OriginEvent::Requested(r)) = origin.on_capsule(&c)? {
+                break r.id;
+            }
+            continue;
+        }
+        if tries == 20 {
+            bail!("no CONNECTION_REQUEST after {tries} public connections");
+        }
+        tries += 1;
+        public.push(TcpStream::connect(s.echo).await?);
+        if let Ok(n) =
+            tokio::time::timeout(Duration::from_millis(500), channel.read_buf(&mut buf)).await
+        {
+            anyhow::ensure!(n? > 0, "the gateway closed the channel");
+        }
+    };
+    let authority: http::uri::Authority = format!("localhost:{}", s.gw.tunnel.port()).parse()?;
+    let uri =
+        ReverseTemplate::default_for(ReverseExchange::Accept, &authority)?.expand_accept(id)?;
+    let accept = uri.path().to_string();
+    // Grant `web` is a valid identity, but not the channel's: its accept matches nothing.
+    let (status, head, ..) = h1_upgrade(&s.gw, "connect-accept", &accept, WEB_TOKEN).await?;
+    assert_eq!(status, 404, "{head}");
+    // The channel's own identity may accept it.
+    let (status, head, ..) = h1_upgrade(&s.gw, "connect-accept", &accept, BOX_TOKEN).await?;
+    assert_eq!(status, 101, "{head}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stopping_gateway_lets_a_flow_run_until_its_grace_ends_then_closes_it() -> Result<()> {
+    let (service, _received) = echo_service().await;
+    let mut s = gateway(
+        "rc-stop-cut",
+        service.port(),
+        free_port(),
+        &["--shutdown-grace", "4"],
+    )
+    .await?;
+    let (_origin, _log) = origin(
+        &s.gw.tunnel_url(),
+        &s.gw.dev.join("ca.pem"),
+        &[format!("echo=127.0.0.1:{}", service.port())],
+    )?;
+    wait_for_echo(s.echo).await?;
+    let mut flow = TcpStream::connect(s.echo).await?;
+    echo_once(&mut flow, b"before").await?;
+    let stopped = std::time::Instant::now();
+    s.gw.signal("-TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The flow in progress still carries bytes while the gateway stops...
+    echo_once(&mut flow, b"while stopping").await?;
+    // ...no new flow is taken...
+    if let Ok(mut late) = TcpStream::connect(s.echo).await {
+        let got = read_until_closed(&mut late, 3).await?;
+        assert!(got.is_empty(), "{got:?}");
+    }
+    // ...and the grace's end closes it, and the gateway exits.
+    let rest = read_until_closed(&mut flow, 15).await?;
+    assert!(rest.is_empty(), "{rest:?}");
+    let held = stopped.elapsed();
+    assert!(
+        held >= Duration::from_secs(3),
+        "closed after {held:?}, before the 4 s grace"
+    );
+    s.gw.wait(10).await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stopping_gateway_waits_for_a_flow_in_progress_and_exits_when_it_ends() -> Result<()> {
+    let (service, _received) = echo_service().await;
+    let mut s = gateway(
+        "rc-stop-wait",
+        service.port(),
+        free_port(),
+        &["--shutdown-grace", "60"],
+    )
+    .await?;
+    let (_origin, _log) = origin(
+        &s.gw.tunnel_url(),
+        &s.gw.dev.join("ca.pem"),
+        &[format!("echo=127.0.0.1:{}", service.port())],
+    )?;
+    wait_for_echo(s.echo).await?;
+    let mut flow = TcpStream::connect(s.echo).await?;
+    echo_once(&mut flow, b"before").await?;
+    s.gw.signal("-TERM");
+    // Still running while the flow is open.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    echo_once(&mut flow, b"while stopping").await?;
+    assert!(
+        s.gw.wait(1).await.is_err(),
+        "the gateway exited with a flow in progress"
+    );
+    // The flow ends: the gateway exits long before its 60 s grace.
+    flow.shutdown().await?;
+    let _ = read_until_closed(&mut flow, 10).await?;
+    s.gw.wait(15).await?;
+    Ok(())
+}
+
+/// Sends `bytes` through an echo flow and reads them back.
+async fn echo_once(tcp: &mut TcpStream, bytes: &[u8]) -> Result<()> {
+    tcp.write_all(bytes).await?;
+    let mut got = vec![0u8; bytes.len()];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut got))
+        .await
+        .map_err(|_| anyhow!("no echo of {:?}", String::from_utf8_lossy(bytes)))??;
+    anyhow::ensure!(got == bytes, "echo said {got:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_control_channel_without_available_services_is_dropped() -> Result<()> {
+    let s = gateway("rc-silent", free_port(), free_port(), &[]).await?;
+    let mut send = h2_client(&s.gw).await?;
+    let listen = extended_connect(&mut send, &s.gw, "connect-listen", LISTEN, BOX_TOKEN).await?;
+    assert_eq!(listen.status(), http::StatusCode::OK);
+    let started = std::time::Instant::now();
+    let mut listen = listen;
+    let mut io = TokioIo::new(hyper::upgrade::on(&mut listen).await?);
+    // The gateway ends the channel's stream: reading it ends or fails.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut sink = Vec::new();
+        let _ = io.read_to_end(&mut sink).await;
+    })
+    .await;
+    assert!(ended.is_ok(), "the silent channel is still open after 20 s");
+    let after = started.elapsed();
+    assert!(after >= Duration::from_secs(9), "dropped after {after:?}");
+    s.gw.log
+        .wait_for("sent no AVAILABLE_SERVICES within", 5)
+        .await?;
+    Ok(())
 }

@@ -7,10 +7,13 @@
 //! the smuggling battery. Every TCP and QUIC mechanism is a row. Public clients are real
 //! tools: curl (HTTP/1.1 cleartext and TLS, HTTP/2 over TLS, h2c prior knowledge), h2load
 //! (h2c, HTTP/2 over TLS, HTTP/1.1) and our own `ptth-h3-client` (`get` and `load` over
-//! HTTP/3 to the public UDP endpoint). `--quick` runs rh2, upgrade-h1, connect-h2 and rh3 ×
-//! curl HTTP/1.1, curl HTTP/2 and `ptth-h3-client get` plus the whole smuggling battery, and
-//! writes nothing.
+//! HTTP/3 to the public UDP endpoint). Reverse CONNECT has a row per control-channel HTTP
+//! version: an origin offering a TCP echo, reached through a `[[tcp]]` port mapping.
+//! `--quick` runs rh2, upgrade-h1, connect-h2 and rh3 ×
+//! curl HTTP/1.1, curl HTTP/2 and `ptth-h3-client get` plus the reverse CONNECT rows and the
+//! whole smuggling battery, and writes nothing.
 
+mod reverse_connect;
 mod smuggle;
 
 use crate::procs::{self, Children, Credential, Gateway, TempDir};
@@ -292,6 +295,9 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
             children.terminate(pid);
         }
     }
+    // Reverse CONNECT: one origin per control-channel HTTP version, a TCP echo each.
+    let (rc_table, rc_failures) = reverse_connect::run(&bin, &mut children)?;
+    failures.extend(rc_failures);
     println!("\nInterop matrix (each curl and ptth-h3-client get cell: GET / and POST /echo of {} KiB with its SHA-256; each h2load and ptth-h3-client load cell: {H2LOAD_N} requests all 2xx)\n", ECHO_BYTES / 1024);
     println!("{table}");
 
@@ -352,6 +358,8 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         }
         smuggle_table.push('\n');
     }
+    println!("Reverse CONNECT (draft-rosomakho-masque-reverse-connect): TCP services\n");
+    println!("{rc_table}");
     println!("Request-smuggling battery (raw TCP to the cleartext listener; forwarded = requests the counting upstream received)\n");
     println!("{smuggle_table}");
 
@@ -368,6 +376,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     } else {
         let doc = render(
             &table,
+            &rc_table,
             &smuggle_table,
             &failures,
             &known_failures,
@@ -558,6 +567,7 @@ fn number_before(out: &str, line_prefix: &str, suffix: &str) -> Option<usize> {
 
 fn render(
     table: &str,
+    rc_table: &str,
     smuggle_table: &str,
     failures: &[String],
     known_failures: &[String],
@@ -629,6 +639,16 @@ fn render(
         "\n(h2load does not verify the gateway certificate; curl and ptth-h3-client verify it against the dev CA.)\n"
     );
     let _ = writeln!(doc, "## Matrix\n\n{table}");
+    let _ = writeln!(
+        doc,
+        "## Reverse CONNECT: TCP services\n\n\
+         A second `ptth-gateway --dev` with a `[[grant]]` that allows three services and a \
+         `[[tcp]]` port mapping for each; one `ptth-origin --tcp-service echo-V=…` per \
+         control-channel HTTP version V (`--service-transport V`), each in front of its own \
+         TCP echo. A plain TCP client sends {} KiB through the mapping and checks every byte \
+         comes back.\n\n{rc_table}",
+        reverse_connect::ECHO_BYTES / 1024
+    );
     let _ = writeln!(
         doc,
         "## Request smuggling\n\n\

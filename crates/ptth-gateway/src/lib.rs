@@ -618,6 +618,8 @@ impl Gateway {
             "stopping: listeners closed; public connections and origins are wound down"
         );
         self.shutdown.signal();
+        // Reverse CONNECT: no new connection requests; flows in progress may finish.
+        self.ctx.services.stop();
         if let Some(endpoint) = self
             .tunnel_quic_endpoint
             .lock()
@@ -657,6 +659,14 @@ impl Gateway {
                 Err(_) => {}
             }
         };
+        // Reverse CONNECT flows in progress finish by the deadline; then every flow and
+        // control channel is closed.
+        let flows_done = tokio::time::timeout_at(deadline, self.ctx.services.until_no_flows())
+            .await
+            .is_ok();
+        let flows_left = self.ctx.services.open_flows();
+        self.ctx.services.cut();
+        let finished = finished && flows_done;
         let public_left = self.shutdown.open();
         if finished && public_left == 0 {
             tracing::info!("stopped: every request finished and every origin connection closed");
@@ -664,6 +674,7 @@ impl Gateway {
             tracing::warn!(
                 public_connections = public_left,
                 origin_connections = self.registry.len(),
+                tcp_flows = flows_left,
                 "the shutdown grace ended with work still running; it is cut"
             );
         }

@@ -180,12 +180,13 @@ impl Default for Metrics {
 }
 
 /// Why a public TCP connection got no flow (`ptth_gateway_tcp_flows_refused_total{reason}`).
-pub(crate) const FLOW_REFUSALS: [&str; 5] = [
+pub(crate) const FLOW_REFUSALS: [&str; 6] = [
     "no_origin",
     "origin_full",
     "listener_full",
     "declined",
     "accept_timeout",
+    "stopping",
 ];
 
 /// Reverse CONNECT counters.
@@ -209,7 +210,7 @@ impl FlowCounters {
         let refused = Family::<Labels<1>, Counter>::default();
         registry.register(
             "tcp_flows_refused",
-            "Public TCP connections of port mappings closed without a flow, by reason (no_origin, origin_full, listener_full, declined, accept_timeout)",
+            "Public TCP connections of port mappings closed without a flow, by reason (no_origin, origin_full, listener_full, declined, accept_timeout, stopping)",
             refused.clone(),
         );
         for r in FLOW_REFUSALS {
@@ -226,7 +227,7 @@ impl FlowCounters {
         let channels = Family::<Labels<1>, Counter>::default();
         registry.register(
             "service_channels",
-            "Reverse CONNECT control channels (connect-listen), by outcome (opened, refused)",
+            "Reverse CONNECT control channels (connect-listen), by outcome (opened, refused, silent)",
             channels.clone(),
         );
         Self {
@@ -386,7 +387,8 @@ impl Metrics {
         self.flows.to_client.inc_by(to_client);
     }
 
-    /// A reverse CONNECT control channel was `opened` or `refused`.
+    /// A reverse CONNECT control channel was `opened`, `refused`, or dropped as `silent`
+    /// (no AVAILABLE_SERVICES in time).
     pub(crate) fn flow_channel(&self, outcome: &'static str) {
         self.flows
             .channels

@@ -11,6 +11,7 @@
 //! h3 ─▶ HTTP/3 in both directions, extended CONNECT on; the origin's first request is
 //!       OPTIONS <well-known>  (PTTH -00) ─▶ 200 ─▶ gateway requests on streams 1, 5, 9
 //!       CONNECT :protocol=ptth (PTTH -01) ─▶ 200 + alpn ─▶ reversed HTTP/2 in the stream
+//!       CONNECT :protocol=connect-listen / connect-accept ─▶ reverse CONNECT (crate::reverse)
 //! ```
 
 use crate::admission::{self, Carrier, Closer, Handshake, Reversal, TunnelContext};
@@ -238,7 +239,9 @@ async fn hold(quic: quinn::Connection, h3: Arc<H3Connection>) {
 }
 
 /// An `h3` connection from an origin: it sends a PTTH setup request (PTTH -00 `OPTIONS`,
-/// or PTTH -01 extended CONNECT `:protocol = ptth`). Anything else is refused.
+/// or PTTH -01 extended CONNECT `:protocol = ptth`), or reverse CONNECT's extended
+/// CONNECTs (`:protocol = connect-listen` / `connect-accept`, [`crate::reverse`]).
+/// Anything else is refused.
 async fn serve_setup(
     quic: quinn::Connection,
     peer: SocketAddr,
@@ -266,6 +269,8 @@ async fn serve_setup(
         }
     };
     let mut reversed = false;
+    // Reverse CONNECT accepts must come on the connection of their control channel.
+    let conn_id = crate::reverse::connection_id();
     loop {
         // Until a setup on it is registered, the connection lives only until the deadline;
         // then it carries tunnels (or PTTH -00's reversed requests) for as long as it lasts.
@@ -296,6 +301,20 @@ async fn serve_setup(
                 }
             }
         } else if req.method() == Method::CONNECT {
+            let protocol = req.extensions().get::<Protocol>().map(|p| p.0.clone());
+            let arrival = crate::reverse::Arrival {
+                conn: conn_id,
+                peer,
+                peer_certs: peer_certs.as_deref(),
+                setup: &setup,
+            };
+            let grants = ctx.grants();
+            let routed =
+                crate::reverse::decide(&req, protocol.as_deref(), &arrival, &grants, &ctx.services);
+            if let Some(routed) = routed {
+                tokio::spawn(crate::reverse::take_over_h3(routed, respond, peer));
+                continue;
+            }
             let ctx = ctx.clone();
             let peer_certs = peer_certs.clone();
             let setup = setup.clone();

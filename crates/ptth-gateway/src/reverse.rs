@@ -26,12 +26,11 @@ use crate::pending::SetupState;
 use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use ptth_auth::{GrantedService, Grants, Presented};
 use ptth_core::{
     validate_accept_request, validate_listen_request, Capsule, CapsuleDecoder, Decoded,
-    GatewayChannel, GatewayEvent, RequestId, ReverseExchange, ReverseRejection,
+    GatewayChannel, GatewayEvent, RequestId, ReverseExchange, ReverseRejection, SetupForm,
     DEFAULT_MAX_CONTROL_CAPSULE,
 };
 use rustls::pki_types::CertificateDer;
@@ -40,7 +39,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 /// The most control channels one grant may hold open at once.
@@ -73,7 +72,23 @@ impl Default for FlowSettings {
     }
 }
 
-/// An HTTP/2 tunnel connection, so an accept is matched to channels on the same one.
+/// A byte stream that carries a control channel or a flow, whatever HTTP version it rides:
+/// an HTTP/2 or HTTP/1.1 upgrade (hyper's `Upgraded`) or an HTTP/3 request stream
+/// (`ptth_h3::H3Stream`), so the capsule reader and `splice` run unchanged on each.
+pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+impl std::fmt::Debug for dyn ByteStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ByteStream")
+    }
+}
+
+/// A control channel's or flow's stream, its HTTP version erased.
+pub(crate) type FlowIo = Box<dyn ByteStream>;
+
+/// An HTTP/2 or HTTP/3 tunnel connection, so an accept is matched to channels on the same one.
 pub(crate) fn connection_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
@@ -85,6 +100,13 @@ pub struct Services {
     state: Mutex<State>,
     pub(crate) settings: FlowSettings,
     pub(crate) metrics: Arc<Metrics>,
+    /// Flows open over every channel (waiting or spliced), and a wake-up when it falls.
+    open_flows: Arc<AtomicUsize>,
+    flow_ended: Arc<tokio::sync::Notify>,
+    /// Set when the gateway stops: no new connection requests.
+    stopping: std::sync::atomic::AtomicBool,
+    /// Set at the end of the stop's grace: every channel and flow closes.
+    cut: tokio::sync::watch::Sender<bool>,
 }
 
 #[derive(Debug, Default)]
@@ -104,9 +126,11 @@ struct Channel {
     allowed: Vec<(String, GrantedService)>,
     /// What the origin advertised and the grants allow.
     offered: Vec<(String, GrantedService)>,
+    /// Whether the origin sent its first AVAILABLE_SERVICES.
+    advertised: bool,
     core: GatewayChannel,
     /// The flows waiting for the accept of each outstanding request.
-    waiting: HashMap<RequestId, oneshot::Sender<Upgraded>>,
+    waiting: HashMap<RequestId, oneshot::Sender<FlowIo>>,
     /// To the channel's writer.
     requests: mpsc::Sender<Capsule>,
     /// Flows open over this channel (waiting or spliced).
@@ -117,11 +141,15 @@ struct Channel {
 #[derive(Debug)]
 pub(crate) struct FlowSlot {
     flows: Arc<AtomicUsize>,
+    open_flows: Arc<AtomicUsize>,
+    flow_ended: Arc<tokio::sync::Notify>,
 }
 
 impl Drop for FlowSlot {
     fn drop(&mut self) {
         self.flows.fetch_sub(1, Ordering::Relaxed);
+        self.open_flows.fetch_sub(1, Ordering::Relaxed);
+        self.flow_ended.notify_waiters();
     }
 }
 
@@ -131,7 +159,7 @@ pub(crate) struct Requested {
     pub(crate) id: RequestId,
     pub(crate) channel: u64,
     pub(crate) peer: SocketAddr,
-    pub(crate) accepted: oneshot::Receiver<Upgraded>,
+    pub(crate) accepted: oneshot::Receiver<FlowIo>,
     pub(crate) slot: FlowSlot,
 }
 
@@ -142,6 +170,8 @@ pub(crate) enum NoRequest {
     NoOrigin,
     /// Every channel that offers it is at `max_flows_per_origin`, or its queue is full.
     OriginFull,
+    /// The gateway is stopping.
+    Stopping,
 }
 
 impl Services {
@@ -151,7 +181,44 @@ impl Services {
             state: Mutex::default(),
             settings,
             metrics,
+            open_flows: Arc::default(),
+            flow_ended: Arc::default(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
+            cut: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// The gateway stops: no connection request is sent from now on; the channels stay
+    /// open for the flows in progress.
+    pub(crate) fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Flows open (waiting for their accept or spliced).
+    pub(crate) fn open_flows(&self) -> usize {
+        self.open_flows.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once no flow is open.
+    pub(crate) async fn until_no_flows(&self) {
+        loop {
+            let ended = self.flow_ended.notified();
+            if self.open_flows() == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+
+    /// The stop's grace is over: every control channel and flow closes now.
+    pub(crate) fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    /// Resolves once [`Services::cut`] was called.
+    pub(crate) async fn cut_off(&self) {
+        let mut cut = self.cut.subscribe();
+        let _ = cut.wait_for(|c| *c).await;
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -171,6 +238,9 @@ impl Services {
     /// with the fewest flows.
     pub(crate) fn request(&self, grant: &str, service: &str) -> Result<Requested, NoRequest> {
         let max = self.settings.max_flows_per_origin;
+        if self.stopping.load(Ordering::Relaxed) {
+            return Err(NoRequest::Stopping);
+        }
         let mut st = self.state();
         let mut candidates: Vec<(&u64, &mut Channel)> = st
             .channels
@@ -203,6 +273,7 @@ impl Services {
         let (tx, rx) = oneshot::channel();
         c.waiting.insert(id, tx);
         c.flows.fetch_add(1, Ordering::Relaxed);
+        self.open_flows.fetch_add(1, Ordering::Relaxed);
         Ok(Requested {
             id,
             channel,
@@ -210,6 +281,8 @@ impl Services {
             accepted: rx,
             slot: FlowSlot {
                 flows: c.flows.clone(),
+                open_flows: self.open_flows.clone(),
+                flow_ended: self.flow_ended.clone(),
             },
         })
     }
@@ -230,20 +303,76 @@ fn offers(c: &Channel, grant: &str, service: &str) -> bool {
         .any(|(g, s)| g == grant && s.name == service)
 }
 
-fn rejection(r: &ReverseRejection) -> Response<Body> {
-    error(r.status(), r.reason())
+/// A refused reverse CONNECT request's answer.
+type Refusal = Box<Response<Body>>;
+
+fn rejection(r: &ReverseRejection) -> Refusal {
+    Box::new(error(r.status(), r.reason()))
 }
 
 /// What `route` needs to know about the connection a request arrived on.
 pub(crate) struct Arrival<'a> {
+    /// From [`connection_id`]: HTTP/2 and HTTP/3 accepts must come on their channel's one.
     pub conn: u64,
     pub peer: SocketAddr,
     pub peer_certs: Option<&'a [CertificateDer<'static>]>,
     pub setup: &'a SetupState,
 }
 
-/// A `connect-listen` or `connect-accept` extended CONNECT (by its `:protocol`), answered;
-/// `None` for any other request, which the PTTH setup takes.
+/// What a reverse CONNECT request came to, before its stream is taken over (each HTTP
+/// version takes it over its own way: hyper's upgrade, or ptth-h3's CONNECT response).
+pub(crate) enum Routed {
+    /// Answer with this and close the request.
+    Refused(Refusal),
+    /// A control channel: answer [`Listening::response`], then [`Listening::run`] its stream.
+    Listen(Listening),
+    /// An accept: answer [`Accepting::response`], then [`Accepting::deliver`] its stream.
+    Accept(Accepting),
+}
+
+/// The `:protocol` (HTTP/2, HTTP/3) or the HTTP/1.1 `Upgrade` token of a reverse CONNECT
+/// request, or `None` for any other request (which the PTTH setup takes).
+pub(crate) fn exchange_token<B>(req: &Request<B>, protocol: Option<&str>) -> Option<&'static str> {
+    let tokens = [
+        ReverseExchange::Listen.token(),
+        ReverseExchange::Accept.token(),
+    ];
+    if let Some(p) = protocol {
+        return tokens.into_iter().find(|t| *t == p);
+    }
+    if req.method() != http::Method::GET {
+        return None;
+    }
+    req.headers()
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find_map(|u| tokens.into_iter().find(|t| t.eq_ignore_ascii_case(u)))
+}
+
+/// A `connect-listen` or `connect-accept` request (by its `:protocol`, or its HTTP/1.1
+/// `Upgrade` token), decided; `None` for any other request.
+pub(crate) fn decide<B>(
+    req: &Request<B>,
+    protocol: Option<&str>,
+    arrival: &Arrival<'_>,
+    grants: &Grants,
+    services: &Arc<Services>,
+) -> Option<Routed> {
+    let token = exchange_token(req, protocol)?;
+    Some(if token == ReverseExchange::Listen.token() {
+        listen(req, Some(token), arrival, grants, services)
+            .map_or_else(Routed::Refused, Routed::Listen)
+    } else {
+        accept(req, Some(token), arrival, grants, services)
+            .map_or_else(Routed::Refused, Routed::Accept)
+    })
+}
+
+/// The HTTP/1.1 and HTTP/2 hook: a reverse CONNECT request answered, its stream taken over
+/// by hyper's upgrade once the answer is sent; `None` for any other request.
 pub(crate) fn route(
     req: &mut Request<Incoming>,
     protocol: Option<&str>,
@@ -251,49 +380,116 @@ pub(crate) fn route(
     grants: Arc<Grants>,
     services: &Arc<Services>,
 ) -> Option<Response<Body>> {
-    if protocol == Some(ReverseExchange::Listen.token()) {
-        Some(listen(req, protocol, arrival, &grants, services))
-    } else if protocol == Some(ReverseExchange::Accept.token()) {
-        Some(accept(req, protocol, arrival, services))
-    } else {
-        None
+    let peer = arrival.peer;
+    Some(match decide(&*req, protocol, arrival, &grants, services)? {
+        Routed::Refused(res) => *res,
+        Routed::Listen(listening) => {
+            let (parts, ()) = listening.response().into_parts();
+            let on_upgrade = hyper::upgrade::on(req);
+            tokio::spawn(async move {
+                match on_upgrade.await {
+                    Ok(io) => listening.run(Box::new(TokioIo::new(io))).await,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "connect-listen stream not taken over")
+                    }
+                }
+            });
+            Response::from_parts(parts, empty())
+        }
+        Routed::Accept(accepting) => {
+            let (parts, ()) = accepting.response().into_parts();
+            let on_upgrade = hyper::upgrade::on(req);
+            tokio::spawn(async move {
+                match on_upgrade.await {
+                    Ok(io) => accepting.deliver(Box::new(TokioIo::new(io))),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "connect-accept stream not taken over")
+                    }
+                }
+            });
+            Response::from_parts(parts, empty())
+        }
+    })
+}
+
+/// The credential a reverse CONNECT request presents (its `Authorization`, or the
+/// connection's client certificate), proved against the grants: the grants it proves, or
+/// the refusal (401 without one, 401/403/429 as the auth layer says).
+fn authenticate<'g>(
+    exchange: ReverseExchange,
+    authorization: Option<&http::HeaderValue>,
+    arrival: &Arrival<'_>,
+    grants: &'g Grants,
+) -> Result<Vec<&'g ptth_auth::Grant>, Refusal> {
+    let peer = arrival.peer;
+    let presented = Presented {
+        authorization,
+        peer_certs: arrival.peer_certs,
+        challenge_answer: None,
+    };
+    match grants.authenticate(&presented) {
+        Ok(g) if !g.is_empty() => Ok(g),
+        Ok(_) => {
+            let r =
+                ReverseRejection::unauthenticated(exchange, format!("{exchange}: no credential"));
+            tracing::warn!(%peer, reason = %r, "{exchange} refused");
+            Err(rejection(&r))
+        }
+        Err(e) => {
+            let reason = format!("{exchange}: origin credential: {e}");
+            tracing::warn!(%peer, %reason, "{exchange} refused");
+            Err(Box::new(error(e.status(), &reason)))
+        }
     }
 }
 
-fn listen(
-    req: &mut Request<Incoming>,
+/// A `connect-listen` request admitted: its answer, then the channel it becomes.
+pub(crate) struct Listening {
+    form: SetupForm,
+    conn: u64,
+    peer: SocketAddr,
+    grants: Vec<String>,
+    allowed: Vec<(String, GrantedService)>,
+    setup: SetupState,
+    services: Arc<Services>,
+}
+
+impl Listening {
+    /// The success answer (`101` over HTTP/1.1, `200` otherwise, `Capsule-Protocol: ?1`).
+    pub(crate) fn response(&self) -> Response<()> {
+        ptth_core::reverse_response(ReverseExchange::Listen, self.form)
+    }
+
+    /// The control channel on `io`, from the answer to its end.
+    pub(crate) async fn run(self, io: FlowIo) {
+        // The connection carries a channel: it lives on past the setup deadline.
+        self.setup.registered();
+        run_channel(
+            io,
+            self.conn,
+            self.peer,
+            self.grants,
+            self.allowed,
+            self.services,
+        )
+        .await;
+    }
+}
+
+fn listen<B>(
+    req: &Request<B>,
     protocol: Option<&str>,
     arrival: &Arrival<'_>,
     grants: &Grants,
     services: &Arc<Services>,
-) -> Response<Body> {
+) -> Result<Listening, Refusal> {
     let peer = arrival.peer;
     let exchange = ReverseExchange::Listen;
-    let setup = match validate_listen_request(&*req, protocol) {
-        Ok(s) => s,
-        Err(r) => {
-            tracing::warn!(%peer, reason = %r, "connect-listen refused");
-            return rejection(&r);
-        }
-    };
-    let presented = Presented {
-        authorization: setup.authorization.as_ref(),
-        peer_certs: arrival.peer_certs,
-        challenge_answer: None,
-    };
-    let proved = match grants.authenticate(&presented) {
-        Ok(g) if !g.is_empty() => g,
-        Ok(_) => {
-            let r = ReverseRejection::unauthenticated(exchange, "connect-listen: no credential");
-            tracing::warn!(%peer, reason = %r, "connect-listen refused");
-            return rejection(&r);
-        }
-        Err(e) => {
-            let reason = format!("connect-listen: origin credential: {e}");
-            tracing::warn!(%peer, %reason, "connect-listen refused");
-            return error(e.status(), &reason);
-        }
-    };
+    let setup = validate_listen_request(req, protocol).map_err(|r| {
+        tracing::warn!(%peer, reason = %r, "connect-listen refused");
+        rejection(&r)
+    })?;
+    let proved = authenticate(exchange, setup.authorization.as_ref(), arrival, grants)?;
     let with_services: Vec<_> = proved.iter().filter(|g| !g.services.is_empty()).collect();
     let names: Vec<String> = proved.iter().map(|g| g.name.clone()).collect();
     if with_services.is_empty() {
@@ -306,7 +502,7 @@ fn listen(
         );
         tracing::warn!(%peer, reason = %r, "connect-listen refused");
         services.metrics.flow_channel("refused");
-        return rejection(&r);
+        return Err(rejection(&r));
     }
     let grant_names: Vec<String> = with_services.iter().map(|g| g.name.clone()).collect();
     let open = {
@@ -323,32 +519,32 @@ fn listen(
         );
         tracing::warn!(%peer, %reason, "connect-listen refused");
         services.metrics.flow_channel("refused");
-        return error(StatusCode::TOO_MANY_REQUESTS, &reason);
+        return Err(Box::new(error(StatusCode::TOO_MANY_REQUESTS, &reason)));
     }
     let allowed: Vec<(String, GrantedService)> = with_services
         .iter()
         .flat_map(|g| g.services.iter().map(|s| (g.name.clone(), s.clone())))
         .collect();
-    let (parts, ()) = ptth_core::reverse_response(exchange, setup.form).into_parts();
-    let on_upgrade = hyper::upgrade::on(req);
-    let (services, setup_state, conn) = (services.clone(), arrival.setup.clone(), arrival.conn);
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(io) => {
-                // The connection carries a channel: it lives on past the setup deadline.
-                setup_state.registered();
-                run_channel(TokioIo::new(io), conn, peer, grant_names, allowed, services).await;
-            }
-            Err(e) => tracing::debug!(%peer, error = %e, "connect-listen stream not taken over"),
-        }
-    });
-    Response::from_parts(parts, empty())
+    Ok(Listening {
+        form: setup.form,
+        conn: arrival.conn,
+        peer,
+        grants: grant_names,
+        allowed,
+        setup: arrival.setup.clone(),
+        services: services.clone(),
+    })
 }
 
-/// One control channel, from its 200 to its end: registered, fed the origin's capsules,
+/// How long a control channel may stay open without its first AVAILABLE_SERVICES: an
+/// authenticated origin that opens one and stays silent holds a place of its grant's
+/// [`MAX_CHANNELS_PER_GRANT`] for nothing.
+pub(crate) const FIRST_ADVERTISEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One control channel, from its answer to its end: registered, fed the origin's capsules,
 /// sending the connection requests flows ask for.
 async fn run_channel(
-    io: TokioIo<Upgraded>,
+    io: FlowIo,
     conn: u64,
     peer: SocketAddr,
     grants: Vec<String>,
@@ -371,6 +567,7 @@ async fn run_channel(
                 grants: grants.clone(),
                 allowed,
                 offered: Vec::new(),
+                advertised: false,
                 core: GatewayChannel::new(key, services.settings.max_flows_per_origin),
                 waiting: HashMap::new(),
                 requests: tx,
@@ -390,17 +587,21 @@ async fn run_channel(
         }
         "closed".to_string()
     };
+    let advertised = tokio::sync::Notify::new();
     let read = async {
         let mut decoder = CapsuleDecoder::new(DEFAULT_MAX_CONTROL_CAPSULE);
         let mut buf = BytesMut::with_capacity(4096);
         loop {
             loop {
                 match decoder.decode(&mut buf) {
-                    Ok(Some(Decoded::Capsule(c))) => {
-                        if let Err(why) = on_capsule(&services, id, &c) {
-                            return why;
+                    Ok(Some(Decoded::Capsule(c))) => match on_capsule(&services, id, &c) {
+                        Ok(first) => {
+                            if first {
+                                advertised.notify_one();
+                            }
                         }
-                    }
+                        Err(why) => return why,
+                    },
                     // DATA on a control channel carries nothing of ours: skipped.
                     Ok(Some(Decoded::Data { .. })) => {}
                     Ok(None) => break,
@@ -415,16 +616,33 @@ async fn run_channel(
             }
         }
     };
+    let silent = async {
+        if tokio::time::timeout(FIRST_ADVERTISEMENT_TIMEOUT, advertised.notified())
+            .await
+            .is_err()
+        {
+            services.metrics.flow_channel("silent");
+            let why = format!(
+                "the origin sent no AVAILABLE_SERVICES within {FIRST_ADVERTISEMENT_TIMEOUT:?}"
+            );
+            tracing::warn!(%peer, grant = %grants.join(","), reason = %why, "reverse CONNECT control channel dropped");
+            return why;
+        }
+        std::future::pending::<String>().await
+    };
     let why = tokio::select! {
         why = write => why,
         why = read => why,
+        why = silent => why,
+        () = services.cut_off() => "the gateway stopped".to_string(),
     };
     services.state().channels.remove(&id);
     tracing::info!(%peer, grant = %grants.join(","), reason = %why, "reverse CONNECT control channel closed");
 }
 
-/// One capsule from the origin on channel `id`; `Err` ends the channel (the origin's error).
-fn on_capsule(services: &Services, id: u64, capsule: &Capsule) -> Result<(), String> {
+/// One capsule from the origin on channel `id`: `Ok(true)` when it was the channel's first
+/// AVAILABLE_SERVICES; `Err` ends the channel (the origin's error).
+fn on_capsule(services: &Services, id: u64, capsule: &Capsule) -> Result<bool, String> {
     let mut st = services.state();
     let Some(c) = st.channels.get_mut(&id) else {
         return Err("the channel is gone".into());
@@ -444,39 +662,78 @@ fn on_capsule(services: &Services, id: u64, capsule: &Capsule) -> Result<(), Str
             let shown: Vec<String> = offered.iter().map(|(g, s)| format!("{g}/{s}")).collect();
             tracing::info!(%peer, offered = %shown.join(" "), "the origin offers services");
             c.offered = offered;
-            Ok(())
+            let first = !c.advertised;
+            c.advertised = true;
+            Ok(first)
         }
         Ok(Some(GatewayEvent::Declined { id, service })) => {
             // Dropping the sender tells the flow: its public connection closes.
             c.waiting.remove(&id);
             tracing::info!(%peer, request = %id, %service, "the origin declined a connection request");
-            Ok(())
+            Ok(false)
         }
-        Ok(None) => Ok(()),
+        Ok(None) => Ok(false),
         Err(e) => Err(format!("the origin broke the control channel's rules: {e}")),
     }
 }
 
-fn accept(
-    req: &mut Request<Incoming>,
+/// A `connect-accept` request matched to its outstanding connection request: its answer,
+/// then the flow waiting for its stream.
+pub(crate) struct Accepting {
+    form: SetupForm,
+    waiting: oneshot::Sender<FlowIo>,
+}
+
+impl Accepting {
+    /// The success answer (`101` over HTTP/1.1, `200` otherwise, `Capsule-Protocol: ?1`).
+    pub(crate) fn response(&self) -> Response<()> {
+        ptth_core::reverse_response(ReverseExchange::Accept, self.form)
+    }
+
+    /// Hands the accepted stream to its flow. A flow that gave up meanwhile drops it: the
+    /// origin sees it reset.
+    pub(crate) fn deliver(self, io: FlowIo) {
+        drop(self.waiting.send(io));
+    }
+}
+
+fn accept<B>(
+    req: &Request<B>,
     protocol: Option<&str>,
     arrival: &Arrival<'_>,
+    grants: &Grants,
     services: &Arc<Services>,
-) -> Response<Body> {
+) -> Result<Accepting, Refusal> {
     let peer = arrival.peer;
-    let setup = match validate_accept_request(&*req, protocol) {
-        Ok(s) => s,
-        Err(r) => {
-            tracing::warn!(%peer, reason = %r, "connect-accept refused");
-            return rejection(&r);
-        }
-    };
+    let setup = validate_accept_request(req, protocol).map_err(|r| {
+        tracing::warn!(%peer, reason = %r, "connect-accept refused");
+        rejection(&r)
+    })?;
     let id = setup.request_id;
+    // Over HTTP/2 and HTTP/3 the accept is "sent on the same connection" as its listener,
+    // which proved the identity. Over HTTP/1.1 it comes on a new connection, and the draft:
+    // "the proxy MUST authenticate both the listener channel and every accept request";
+    // it must then prove a grant of the channel whose request it answers.
+    let accepter = match setup.form {
+        SetupForm::Upgrade => {
+            let proved = authenticate(
+                ReverseExchange::Accept,
+                setup.authorization.as_ref(),
+                arrival,
+                grants,
+            )?;
+            Some(proved.iter().map(|g| g.name.clone()).collect::<Vec<_>>())
+        }
+        SetupForm::ExtendedConnect => None,
+    };
     let waiting = {
         let mut st = services.state();
         st.channels
             .values_mut()
-            .filter(|c| c.conn == arrival.conn)
+            .filter(|c| match &accepter {
+                None => c.conn == arrival.conn,
+                Some(names) => c.grants.iter().any(|g| names.contains(g)),
+            })
             .find_map(|c| c.core.accept(id).map(|_| c.waiting.remove(&id)))
     };
     let Some(waiting) = waiting.flatten() else {
@@ -485,16 +742,41 @@ fn accept(
         // SHOULD use the 404 (Not Found) status code".
         let r = ReverseRejection::unknown_request(id);
         tracing::warn!(%peer, reason = %r, "connect-accept refused");
-        return rejection(&r);
+        return Err(rejection(&r));
     };
-    let (parts, ()) = ptth_core::reverse_response(ReverseExchange::Accept, setup.form).into_parts();
-    let on_upgrade = hyper::upgrade::on(req);
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            // A flow that gave up meanwhile drops the stream: the origin sees it reset.
-            Ok(io) => drop(waiting.send(io)),
-            Err(e) => tracing::debug!(%peer, error = %e, "connect-accept stream not taken over"),
+    Ok(Accepting {
+        form: setup.form,
+        waiting,
+    })
+}
+
+/// The HTTP/3 hook: a decided reverse CONNECT request on an HTTP/3 setup connection
+/// answered, its request stream taken over as the channel's or the flow's byte stream
+/// (the draft: over HTTP/3 both are extended CONNECT "on the same connection").
+pub(crate) async fn take_over_h3(
+    routed: Routed,
+    respond: ptth_h3::ResponseSender,
+    peer: SocketAddr,
+) {
+    match routed {
+        Routed::Refused(res) => {
+            let _ = respond.send_response(*res).await;
         }
-    });
-    Response::from_parts(parts, empty())
+        Routed::Listen(listening) => {
+            match respond.send_connect_response(listening.response()).await {
+                Ok(stream) => listening.run(Box::new(stream)).await,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connect-listen stream not taken over")
+                }
+            }
+        }
+        Routed::Accept(accepting) => {
+            match respond.send_connect_response(accepting.response()).await {
+                Ok(stream) => accepting.deliver(Box::new(stream)),
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "connect-accept stream not taken over")
+                }
+            }
+        }
+    }
 }

@@ -14,7 +14,6 @@
 //! log line and `ptth_gateway_tcp_flows_refused_total{reason}`.
 
 use crate::reverse::{NoRequest, Services};
-use hyper_util::rt::TokioIo;
 use ptth_h2::flow::{splice, FlowEnd, FlowOptions};
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -105,6 +104,7 @@ async fn flow(tcp: TcpStream, client: SocketAddr, mapping: &TcpMapping, services
                     "origin_full",
                     "every origin offering the service is at --max-flows-per-origin",
                 ),
+                NoRequest::Stopping => ("stopping", "the gateway is stopping"),
             };
             services.metrics.flow_refused(reason);
             tracing::warn!(%client, mapping = %mapping, "TCP connection closed: {text}");
@@ -134,7 +134,14 @@ async fn flow(tcp: TcpStream, client: SocketAddr, mapping: &TcpMapping, services
         idle_timeout: services.settings.idle_timeout,
         ..FlowOptions::default()
     };
-    let report = splice(tcp, TokioIo::new(stream), options).await;
+    // A stopping gateway lets the flow run until its grace ends, then cuts it.
+    let report = tokio::select! {
+        report = splice(tcp, stream, options) => report,
+        () = services.cut_off() => {
+            tracing::info!(%client, mapping = %mapping, %origin, request = %id, "TCP flow closed: the gateway stopped and its grace ended");
+            return;
+        }
+    };
     services
         .metrics
         .flow_bytes(report.to_stream, report.to_socket);

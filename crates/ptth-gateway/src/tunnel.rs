@@ -193,8 +193,9 @@ async fn take_over_setup(
     response
 }
 
-/// HTTP/1.1 setup connection: `Upgrade: ptth` or `Upgrade: PTTH/1.0`, then `101`. Closed at
-/// the setup deadline unless a setup was registered by then.
+/// HTTP/1.1 setup connection: `Upgrade: ptth` or `Upgrade: PTTH/1.0` (or reverse CONNECT's
+/// `Upgrade: connect-listen` / `connect-accept`), then `101`. Closed at the setup deadline
+/// unless a setup was registered by then.
 async fn serve_h1_setup<IO>(
     io: IO,
     peer: SocketAddr,
@@ -207,11 +208,24 @@ async fn serve_h1_setup<IO>(
     let peer_certs = Arc::new(peer_certs);
     let deadline = setup.deadline;
     let service_setup = setup.clone();
+    let conn_id = crate::reverse::connection_id();
     let svc = service_fn(move |mut req: Request<Incoming>| {
         let ctx = ctx.clone();
         let peer_certs = peer_certs.clone();
         let setup = service_setup.clone();
         async move {
+            // Reverse CONNECT over HTTP/1.1: `Upgrade: connect-listen` / `connect-accept`.
+            let arrival = crate::reverse::Arrival {
+                conn: conn_id,
+                peer,
+                peer_certs: peer_certs.as_deref(),
+                setup: &setup,
+            };
+            if let Some(res) =
+                crate::reverse::route(&mut req, None, &arrival, ctx.grants(), &ctx.services)
+            {
+                return Ok(res);
+            }
             Ok::<_, std::convert::Infallible>(
                 take_over_setup(
                     &mut req,

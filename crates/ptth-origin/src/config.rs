@@ -81,6 +81,12 @@ pub struct Cli {
     #[arg(long = "tcp-service", value_name = "NAME=HOST:PORT")]
     #[serde(default, rename = "tcp-service")]
     pub tcp_services: Vec<String>,
+    /// The HTTP version of the services' reverse CONNECT control channels: `h2` (extended
+    /// CONNECT over TLS), `h3` (extended CONNECT over QUIC, the gateway's UDP port) or `h1`
+    /// (Upgrade over TLS, a new connection per accepted flow). Default: `h3` when
+    /// --mechanism runs over QUIC, else `h2`.
+    #[arg(long, value_name = "h1|h2|h3")]
+    pub service_transport: Option<String>,
     /// Services as tables (`[[service]]` in the config file).
     #[arg(skip)]
     #[serde(default, rename = "service")]
@@ -432,6 +438,9 @@ impl Cli {
         let mut c = OriginConfig::new(gateway, mechanism, hosts, None);
         c.more_gateways = more_gateways;
         c.tcp_services = tcp_services;
+        if let Some(t) = &self.service_transport {
+            c.service_transport = t.parse().map_err(|e: String| anyhow!("{e}"))?;
+        }
         c.credential = credential;
         c.signing_key = self.signing_key;
         if let Some(id) = self.key_id {
@@ -546,6 +555,7 @@ impl Cli {
                 self.tcp_services
             },
             services: f.services,
+            service_transport: self.service_transport.or(f.service_transport),
             token,
             token_file,
             basic_user,

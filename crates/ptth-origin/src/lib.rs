@@ -49,6 +49,7 @@ pub mod metrics;
 mod quic;
 mod serve;
 pub mod service;
+pub mod service_channel;
 pub mod tcp_service;
 
 pub use serve::{Authorizer, OriginService, RequestBody, ResponseBody};
@@ -115,6 +116,8 @@ pub struct OriginConfig {
     pub ready_when: metrics::ReadyWhen,
     /// TCP services offered to every gateway over reverse CONNECT (`--tcp-service`).
     pub tcp_services: Vec<tcp_service::TcpService>,
+    /// The HTTP version of the services' control channels (`--service-transport`).
+    pub service_transport: service_channel::ServiceTransport,
 }
 
 impl OriginConfig {
@@ -149,6 +152,7 @@ impl OriginConfig {
             admin: None,
             ready_when: metrics::ReadyWhen::All,
             tcp_services: Vec::new(),
+            service_transport: service_channel::ServiceTransport::following(mechanism),
         }
     }
 

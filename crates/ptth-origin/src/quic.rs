@@ -54,7 +54,7 @@ const HANDSHAKE_RETRY: Duration = Duration::from_secs(1);
 /// with nothing QUIC can use, and quinn's own retransmissions of the Initial back off
 /// (about 1, 2, 4 s): a gateway restarting on that port would otherwise be reached only
 /// seconds after it listens again.
-async fn handshake(
+pub(crate) async fn handshake(
     endpoint: &quinn::Endpoint,
     client: &quinn::ClientConfig,
     addr: SocketAddr,

@@ -4,14 +4,15 @@
 //! service for each connection request.
 //!
 //! ```text
-//! per gateway: TCP ─▶ TLS (ALPN h2) ─▶ HTTP/2 client ─▶ CONNECT :protocol=connect-listen
-//!   ─▶ 200 ─▶ AVAILABLE_SERVICES ─▶ for each CONNECTION_REQUEST:
-//!        known service? dial HOST:PORT (10 s) ─▶ CONNECT :protocol=connect-accept on the
-//!        same connection ─▶ 200 ─▶ splice (DATA capsules) │ else CONNECTION_REQUEST_DECLINED
+//! per gateway: Carrier::connect (--service-transport: h2, h3 or h1; service_channel.rs)
+//!   ─▶ connect-listen ─▶ 2xx/101 ─▶ AVAILABLE_SERVICES ─▶ for each CONNECTION_REQUEST:
+//!        known service? dial HOST:PORT (10 s) ─▶ connect-accept (same HTTP/2 or HTTP/3
+//!        connection; a new TLS connection over HTTP/1.1) ─▶ splice (DATA capsules)
+//!        │ else CONNECTION_REQUEST_DECLINED
 //!   channel ends ─▶ back off (the dial loop's backoff) ─▶ again
 //! ```
 //!
-//! Here the origin is an ordinary HTTP/2 *client* of the gateway (this is reversed CONNECT,
+//! Here the origin is an ordinary HTTP *client* of the gateway (this is reversed CONNECT,
 //! not reversed HTTP), on a connection of its own: the origin's HTTP connections, if it
 //! serves HTTP too, are separate.
 //!
@@ -23,19 +24,15 @@
 
 use crate::dial::{Backoff, HEALTHY};
 use crate::dialer::Dialer;
+use crate::service_channel::{Carrier, ServiceTransport};
 use anyhow::{anyhow, bail, Context, Result};
-use bytes::{Bytes, BytesMut};
-use http::Request;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use bytes::BytesMut;
 use ptth_core::{
-    reverse_connect_request, validate_reverse_response, Capsule, CapsuleDecoder, ChannelError,
-    Decoded, IpProtoScope, IpProtocol, ListenTarget, OriginChannel, OriginEvent, RequestId,
-    ReverseExchange, ReverseTemplate, Service, ServicePort, SetupForm, DEFAULT_MAX_CONTROL_CAPSULE,
+    Capsule, CapsuleDecoder, ChannelError, Decoded, IpProtoScope, IpProtocol, ListenTarget,
+    OriginChannel, OriginEvent, RequestId, ReverseExchange, ReverseTemplate, Service, ServicePort,
+    DEFAULT_MAX_CONTROL_CAPSULE,
 };
 use ptth_h2::flow::{splice, FlowEnd, FlowOptions};
-use ptth_h2::Body;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -47,8 +44,6 @@ use tokio::sync::{mpsc, watch};
 pub const SERVICE_DIAL_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connection requests pending (being dialled or accepted) at once; more are declined.
 const MAX_PENDING: usize = 256;
-/// A gateway's answer to a setup must come by then.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A flow in which no byte moved for this long is closed.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 
@@ -129,13 +124,7 @@ pub fn check_services(services: &[TcpService]) -> Result<()> {
 /// Keeps a control channel to `dialer`'s gateway until shutdown, dialling again with the
 /// dial loop's backoff whenever it ends.
 pub(crate) async fn run(dialer: Arc<Dialer>, mut shutdown: watch::Receiver<bool>) {
-    let tls = match tls_connector(&dialer) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(gateway = %dialer.gateway, error = %format!("{e:#}"), "reverse CONNECT services not started");
-            return;
-        }
-    };
+    let transport = dialer.config.service_transport;
     let mut backoff = Backoff::new();
     loop {
         if *shutdown.borrow() {
@@ -143,15 +132,15 @@ pub(crate) async fn run(dialer: Arc<Dialer>, mut shutdown: watch::Receiver<bool>
         }
         let started = tokio::time::Instant::now();
         let result = tokio::select! {
-            r = channel(&dialer, &tls) => r,
+            r = channel(&dialer, transport) => r,
             _ = shutdown.changed() => return,
         };
         match result {
             Ok(why) => {
-                tracing::info!(gateway = %dialer.gateway, reason = %why, "reverse CONNECT control channel closed; dialling again")
+                tracing::info!(gateway = %dialer.gateway, %transport, reason = %why, "reverse CONNECT control channel closed; dialling again")
             }
             Err(e) => {
-                tracing::warn!(gateway = %dialer.gateway, error = %format!("{e:#}"), "reverse CONNECT control channel failed")
+                tracing::warn!(gateway = %dialer.gateway, %transport, error = %format!("{e:#}"), "reverse CONNECT control channel failed")
             }
         }
         if started.elapsed() >= HEALTHY {
@@ -164,69 +153,21 @@ pub(crate) async fn run(dialer: Arc<Dialer>, mut shutdown: watch::Receiver<bool>
     }
 }
 
-/// The origin's TLS config with ALPN `h2`: reverse CONNECT is ordinary HTTP/2 from here.
-fn tls_connector(dialer: &Dialer) -> Result<tokio_rustls::TlsConnector> {
-    let mut tls = crate::dialer::tls_config(&dialer.config)?;
-    tls.alpn_protocols = vec![b"h2".to_vec()];
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(tls)))
-}
-
-/// One control channel, from the dial to its end: `Ok` with why it ended cleanly.
-async fn channel(dialer: &Dialer, tls: &tokio_rustls::TlsConnector) -> Result<String> {
-    let addrs = dialer.addresses(0).await?;
-    let mut last = anyhow!("the gateway resolved to no address");
-    let mut tcp = None;
-    for addr in addrs {
-        match tokio::time::timeout(SETUP_TIMEOUT, TcpStream::connect(addr)).await {
-            Ok(Ok(t)) => {
-                tcp = Some(t);
-                break;
-            }
-            Ok(Err(e)) => last = anyhow!(e).context(format!("connecting to {addr}")),
-            Err(_) => last = anyhow!("connecting to {addr} timed out"),
-        }
-    }
-    let tcp = tcp.ok_or(last)?;
-    tcp.set_nodelay(true)?;
-    let stream = tokio::time::timeout(SETUP_TIMEOUT, tls.connect(dialer.server_name.clone(), tcp))
-        .await
-        .map_err(|_| anyhow!("TLS handshake with the gateway timed out"))?
-        .context("TLS handshake with the gateway")?;
-    let windows = ptth_h2::Windows::default();
-    let (send, conn) = tokio::time::timeout(
-        SETUP_TIMEOUT,
-        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(windows.stream)
-            .initial_connection_window_size(windows.connection)
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .handshake::<_, Body>(TokioIo::new(stream)),
-    )
-    .await
-    .map_err(|_| anyhow!("HTTP/2 handshake with the gateway timed out"))??;
-    let settings = Arc::new(ptth_h2::PeerSettings::default());
-    tokio::spawn(ptth_h2::reversed::drive(conn, settings.clone()));
-    // RFC 8441 §4: no :protocol before the peer's SETTINGS_ENABLE_CONNECT_PROTOCOL = 1.
-    let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
-    while !settings.extended_connect() {
-        if send.is_closed() || tokio::time::Instant::now() >= deadline {
-            bail!("the gateway does not enable extended CONNECT (RFC 8441)");
-        }
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+/// One control channel over `transport`, from the dial to its end: `Ok` with why it ended
+/// cleanly.
+async fn channel(dialer: &Dialer, transport: ServiceTransport) -> Result<String> {
+    let carrier = Carrier::connect(dialer, transport).await?;
     let template = ReverseTemplate::default_for(ReverseExchange::Listen, &dialer.authority)?;
     let uri = template.expand_listen(
         Some(&ListenTarget::LocalOnly),
         Some(IpProtoScope::Only(IpProtocol::Tcp)),
     )?;
     let auth = dialer.config.credential.as_ref().map(|c| c.header_value());
-    let (req, protocol) = reverse_connect_request(ReverseExchange::Listen, &uri, auth)?;
-    let io = extended_connect(send.clone(), req, protocol, ReverseExchange::Listen).await?;
+    let io = carrier.open(ReverseExchange::Listen, &uri, auth).await?;
     let services = dialer.config.tcp_services.clone();
     let offered: Vec<Service> = services.iter().map(TcpService::wire).collect();
     let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
-    tracing::info!(gateway = %dialer.gateway, services = %names.join(","), "reverse CONNECT control channel open");
+    tracing::info!(gateway = %dialer.gateway, %transport, services = %names.join(","), "reverse CONNECT control channel open");
     // `/readyz` counts this gateway reached while the channel is open.
     let _up = ChannelUp::new(dialer);
     let (mut reader, mut writer) = tokio::io::split(io);
@@ -273,7 +214,7 @@ async fn channel(dialer: &Dialer, tls: &tokio_rustls::TlsConnector) -> Result<St
                             asked: request.service,
                             state: state.clone(),
                             control: tx.clone(),
-                            send: send.clone(),
+                            carrier: carrier.clone(),
                             authority: dialer.authority.clone(),
                             auth: dialer.config.credential.as_ref().map(|c| c.header_value()),
                             gateway: dialer.gateway.clone(),
@@ -303,7 +244,6 @@ fn lock(state: &Mutex<OriginChannel>) -> std::sync::MutexGuard<'_, OriginChannel
     state.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Sends an extended CONNECT for `exchange` and takes over its stream on a 2xx.
 /// Marks the services channel to one gateway open in the metrics (and `/readyz`) for as
 /// long as it lives.
 struct ChannelUp<'a>(&'a Dialer);
@@ -321,46 +261,6 @@ impl Drop for ChannelUp<'_> {
     }
 }
 
-async fn extended_connect(
-    mut send: SendRequest<Body>,
-    req: Request<()>,
-    protocol: &'static str,
-    exchange: ReverseExchange,
-) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
-    let (mut parts, ()) = req.into_parts();
-    parts
-        .extensions
-        .insert(hyper::ext::Protocol::from_static(protocol));
-    let body: Body = Empty::<Bytes>::new()
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    let asked = async {
-        send.ready().await?;
-        send.send_request(Request::from_parts(parts, body)).await
-    };
-    let mut res = tokio::time::timeout(SETUP_TIMEOUT, asked)
-        .await
-        .map_err(|_| anyhow!("no answer to {exchange} within {SETUP_TIMEOUT:?}"))??;
-    if !res.status().is_success() {
-        let status = res.status();
-        let reason = match tokio::time::timeout(
-            SETUP_TIMEOUT,
-            Limited::new(res.into_body(), 1024).collect(),
-        )
-        .await
-        {
-            Ok(Ok(c)) => String::from_utf8_lossy(&c.to_bytes()).trim().to_string(),
-            _ => "(no readable reason)".into(),
-        };
-        bail!("the gateway refused {exchange} with {status}: {reason}");
-    }
-    validate_reverse_response(&res, exchange, SetupForm::ExtendedConnect)?;
-    let io = tokio::time::timeout(SETUP_TIMEOUT, hyper::upgrade::on(&mut res))
-        .await
-        .map_err(|_| anyhow!("the {exchange} stream was not handed over"))??;
-    Ok(TokioIo::new(io))
-}
-
 /// One connection request: declined, or dialled, accepted and spliced.
 struct Flow {
     id: RequestId,
@@ -368,7 +268,7 @@ struct Flow {
     service: Option<TcpService>,
     state: Arc<Mutex<OriginChannel>>,
     control: mpsc::Sender<Capsule>,
-    send: SendRequest<Body>,
+    carrier: Carrier,
     authority: http::uri::Authority,
     auth: Option<http::HeaderValue>,
     gateway: http::Uri,
@@ -414,9 +314,9 @@ impl Flow {
         let accepted = async {
             let template = ReverseTemplate::default_for(ReverseExchange::Accept, &self.authority)?;
             let uri = template.expand_accept(self.id)?;
-            let (req, protocol) =
-                reverse_connect_request(ReverseExchange::Accept, &uri, self.auth.clone())?;
-            extended_connect(self.send.clone(), req, protocol, ReverseExchange::Accept).await
+            self.carrier
+                .open(ReverseExchange::Accept, &uri, self.auth.clone())
+                .await
         };
         let stream = match accepted.await {
             Ok(s) => s,
