@@ -168,6 +168,8 @@ pub struct Metrics {
     retries: Family<Labels<1>, Counter>,
     /// Reverse CONNECT: TCP flows and control channels.
     flows: FlowCounters,
+    /// UDP port-mapping counters ([`crate::udp_listen`]).
+    pub(crate) udp: crate::udp_listen::UdpMetrics,
     access_dropped: Counter,
     /// The access log's mode and sampling count.
     pub(crate) access: AccessLog,
@@ -342,6 +344,7 @@ impl Metrics {
             let _ = origin_connections.get_or_create(&[("mechanism", m.name())]);
         }
         let flows = FlowCounters::register(&mut registry);
+        let udp = crate::udp_listen::UdpMetrics::register(&mut registry);
         Self {
             registry,
             requests,
@@ -361,6 +364,7 @@ impl Metrics {
             public_connections,
             retries,
             flows,
+            udp,
             access_dropped,
             access: AccessLog::default(),
         }

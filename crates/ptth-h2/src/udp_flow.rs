@@ -185,10 +185,10 @@ impl<R: AsyncRead + Unpin + Send> DatagramSource for CapsuleSource<R> {
                     UdpProxyingPayload::parse(c.value).map_err(|e| invalid(e.to_string()))?;
                 match payload.into_udp() {
                     Some(udp) => return Ok(Some(udp)),
-                    // RFC 9298 §5: "If an HTTP Datagram is received with a Context ID
-                    // that is not known to the endpoint, the endpoint ... MUST NOT
-                    // forward it"; ptth registers only Context ID 0, so it drops the rest
-                    // (the RFC allows buffering briefly; this receiver does not).
+                    // RFC 9298 §5: "If an HTTP/3 datagram which carries an unknown
+                    // Context ID is received, the receiver SHALL either drop that
+                    // datagram silently or buffer it temporarily"; ptth registers only
+                    // Context ID 0, so it drops the rest (and counts them).
                     None => self.unknown += 1,
                 }
             }
@@ -271,6 +271,8 @@ pub struct DatagramReport {
     pub dropped_unknown_context: u64,
     /// Carrier datagrams the socket side failed to send.
     pub dropped_send_failed: u64,
+    /// The socket side ended (its source returned `None`), rather than the carrier.
+    pub socket_side_ended: bool,
     /// Why it ended.
     pub end: FlowEnd,
 }
@@ -295,6 +297,7 @@ where
     let last = AtomicU64::new(0);
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let counters = Counters::default();
+    let socket_side_ended = std::sync::atomic::AtomicBool::new(false);
     let (queue_tx, mut queue_rx) = mpsc::channel::<Bytes>(options.queue.max(1));
     // Socket side → queue: never waits for the carrier.
     let read_socket = async {
@@ -306,7 +309,10 @@ where
                         counters.queue_full.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                Ok(None) => return FlowEnd::Closed,
+                Ok(None) => {
+                    socket_side_ended.store(true, Ordering::Relaxed);
+                    return FlowEnd::Closed;
+                }
                 Err(e) => return FlowEnd::Socket(e.to_string()),
             }
         }
@@ -368,6 +374,7 @@ where
         dropped_queue_full: counters.queue_full.load(Ordering::Relaxed),
         dropped_unknown_context: carrier_in.dropped_unknown(),
         dropped_send_failed: counters.send_failed.load(Ordering::Relaxed),
+        socket_side_ended: socket_side_ended.load(Ordering::Relaxed),
         end,
     }
 }
@@ -450,6 +457,7 @@ mod tests {
         drop(peer);
         let report = flow.await.unwrap();
         assert_eq!(report.end, FlowEnd::Closed);
+        assert!(!report.socket_side_ended);
         assert_eq!(
             report.to_carrier,
             Moved {

@@ -50,6 +50,7 @@ mod quic;
 mod serve;
 pub mod service;
 pub mod tcp_service;
+pub mod udp_service;
 
 pub use serve::{Authorizer, OriginService, RequestBody, ResponseBody};
 
@@ -115,6 +116,9 @@ pub struct OriginConfig {
     pub ready_when: metrics::ReadyWhen,
     /// TCP services offered to every gateway over reverse CONNECT (`--tcp-service`).
     pub tcp_services: Vec<tcp_service::TcpService>,
+    /// UDP services offered to every gateway over reverse CONNECT (`--udp-service`), on
+    /// the same control channel as the TCP ones.
+    pub udp_services: Vec<udp_service::UdpService>,
 }
 
 impl OriginConfig {
@@ -149,7 +153,13 @@ impl OriginConfig {
             admin: None,
             ready_when: metrics::ReadyWhen::All,
             tcp_services: Vec::new(),
+            udp_services: Vec::new(),
         }
+    }
+
+    /// Whether it offers any TCP or UDP service over reverse CONNECT.
+    pub fn offers_services(&self) -> bool {
+        !self.tcp_services.is_empty() || !self.udp_services.is_empty()
     }
 
     /// Every gateway this origin dials: `gateway`, then `more_gateways`.
@@ -204,12 +214,13 @@ impl Origin {
         for url in config.gateways() {
             gateways.push(gateway_name(url)?);
         }
-        if config.hosts.is_empty() && config.tcp_services.is_empty() {
+        if config.hosts.is_empty() && !config.offers_services() {
             return Err(anyhow!(
-                "give at least one --host this origin serves (or a --tcp-service it offers)"
+                "give at least one --host this origin serves (or a --tcp-service or --udp-service it offers)"
             ));
         }
         tcp_service::check_services(&config.tcp_services)?;
+        udp_service::check_services(&config.tcp_services, &config.udp_services)?;
         let origins = config
             .hosts
             .iter()
@@ -275,7 +286,7 @@ impl Origin {
             .collect();
         let needs = metrics::Needs {
             http: !config.hosts.is_empty(),
-            services: !config.tcp_services.is_empty(),
+            services: config.offers_services(),
         };
         let metrics = Arc::new(metrics::Metrics::new(
             &names,
@@ -352,7 +363,7 @@ impl Origin {
                     slots.spawn(dialer.clone().run_slot(slot, service.clone(), rx.clone()));
                 }
             }
-            if !dialer.config.tcp_services.is_empty() {
+            if dialer.config.offers_services() {
                 slots.spawn(tcp_service::run(dialer.clone(), rx.clone()));
             }
         }

@@ -31,8 +31,8 @@ use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use ptth_core::{
     reverse_connect_request, validate_reverse_response, Capsule, CapsuleDecoder, ChannelError,
-    Decoded, IpProtoScope, IpProtocol, ListenTarget, OriginChannel, OriginEvent, RequestId,
-    ReverseExchange, ReverseTemplate, Service, ServicePort, SetupForm, DEFAULT_MAX_CONTROL_CAPSULE,
+    Decoded, IpProtocol, ListenTarget, OriginChannel, OriginEvent, RequestId, ReverseExchange,
+    ReverseTemplate, Service, ServicePort, SetupForm, DEFAULT_MAX_CONTROL_CAPSULE,
 };
 use ptth_h2::flow::{splice, FlowEnd, FlowOptions};
 use ptth_h2::Body;
@@ -216,16 +216,32 @@ async fn channel(dialer: &Dialer, tls: &tokio_rustls::TlsConnector) -> Result<St
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     let template = ReverseTemplate::default_for(ReverseExchange::Listen, &dialer.authority)?;
+    let udp_services = dialer.config.udp_services.clone();
     let uri = template.expand_listen(
         Some(&ListenTarget::LocalOnly),
-        Some(IpProtoScope::Only(IpProtocol::Tcp)),
+        Some(crate::udp_service::ipproto(
+            &dialer.config.tcp_services,
+            &udp_services,
+        )),
     )?;
     let auth = dialer.config.credential.as_ref().map(|c| c.header_value());
     let (req, protocol) = reverse_connect_request(ReverseExchange::Listen, &uri, auth)?;
     let io = extended_connect(send.clone(), req, protocol, ReverseExchange::Listen).await?;
     let services = dialer.config.tcp_services.clone();
-    let offered: Vec<Service> = services.iter().map(TcpService::wire).collect();
-    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    let offered: Vec<Service> = services
+        .iter()
+        .map(TcpService::wire)
+        .chain(
+            udp_services
+                .iter()
+                .map(crate::udp_service::UdpService::wire),
+        )
+        .collect();
+    let names: Vec<&str> = services
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(udp_services.iter().map(|s| s.name.as_str()))
+        .collect();
     tracing::info!(gateway = %dialer.gateway, services = %names.join(","), "reverse CONNECT control channel open");
     // `/readyz` counts this gateway reached while the channel is open.
     let _up = ChannelUp::new(dialer);
@@ -267,6 +283,10 @@ async fn channel(dialer: &Dialer, tls: &tokio_rustls::TlsConnector) -> Result<St
                         let flow = Flow {
                             id: request.id,
                             service: services
+                                .iter()
+                                .find(|s| s.wire() == request.service)
+                                .cloned(),
+                            udp: udp_services
                                 .iter()
                                 .find(|s| s.wire() == request.service)
                                 .cloned(),
@@ -362,20 +382,22 @@ async fn extended_connect(
 }
 
 /// One connection request: declined, or dialled, accepted and spliced.
-struct Flow {
-    id: RequestId,
+pub(crate) struct Flow {
+    pub(crate) id: RequestId,
     asked: Service,
     service: Option<TcpService>,
+    /// The UDP service asked for, if the request is for one ([`crate::udp_service`]).
+    udp: Option<crate::udp_service::UdpService>,
     state: Arc<Mutex<OriginChannel>>,
     control: mpsc::Sender<Capsule>,
     send: SendRequest<Body>,
     authority: http::uri::Authority,
     auth: Option<http::HeaderValue>,
-    gateway: http::Uri,
+    pub(crate) gateway: http::Uri,
 }
 
 impl Flow {
-    fn decline(&self, why: &str) {
+    pub(crate) fn decline(&self, why: &str) {
         let id = self.id;
         tracing::warn!(gateway = %self.gateway, request = %id, service = %self.asked, "declined a connection request: {why}");
         if let Ok(capsule) = lock(&self.state).decline(id) {
@@ -383,7 +405,25 @@ impl Flow {
         }
     }
 
+    /// Marks the request as being accepted; `false` if the channel no longer has it.
+    pub(crate) fn accepting(&self) -> bool {
+        lock(&self.state).accepting(self.id).is_ok()
+    }
+
+    /// Sends the `connect-accept` for this request and takes over its stream.
+    pub(crate) async fn accept(&self) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+        let template = ReverseTemplate::default_for(ReverseExchange::Accept, &self.authority)?;
+        let uri = template.expand_accept(self.id)?;
+        let (req, protocol) =
+            reverse_connect_request(ReverseExchange::Accept, &uri, self.auth.clone())?;
+        extended_connect(self.send.clone(), req, protocol, ReverseExchange::Accept).await
+    }
+
     async fn run(self) {
+        if self.asked.protocol == IpProtocol::Udp {
+            let udp = self.udp.clone();
+            return crate::udp_service::run(self, udp).await;
+        }
         let Some(service) = self.service.clone() else {
             self.decline("this origin offers no such service");
             return;
@@ -408,17 +448,10 @@ impl Flow {
             }
         };
         let _ = tcp.set_nodelay(true);
-        if lock(&self.state).accepting(self.id).is_err() {
+        if !self.accepting() {
             return;
         }
-        let accepted = async {
-            let template = ReverseTemplate::default_for(ReverseExchange::Accept, &self.authority)?;
-            let uri = template.expand_accept(self.id)?;
-            let (req, protocol) =
-                reverse_connect_request(ReverseExchange::Accept, &uri, self.auth.clone())?;
-            extended_connect(self.send.clone(), req, protocol, ReverseExchange::Accept).await
-        };
-        let stream = match accepted.await {
+        let stream = match self.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(gateway = %self.gateway, request = %self.id, service = %service.name, error = %format!("{e:#}"), "connect-accept failed");
