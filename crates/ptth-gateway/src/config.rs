@@ -1138,25 +1138,28 @@ origins = ["https://app.example", "http://plain.example", "https://*.apps.exampl
             "listen = \"127.0.0.1:1\"\ntunnel = \"127.0.0.1:2\"\ncert = \"c\"\nkey = \"k\"\n\
                     [[grant]]\nname = \"box\"\ntoken = \"t0ken-udp-mapping\"\n\
                     services = [\"dns=udp/53\", \"ssh=tcp/22\"]\n";
-        let resolve = |mapping: &str| {
-            std::fs::write(&file, format!("{base}{mapping}")).unwrap();
+        // Top-level keys first, then the tables.
+        let resolve = |top: &str, tables: &str| {
+            std::fs::write(&file, format!("{top}{base}{tables}")).unwrap();
             Cli::try_parse_from(["ptth-gateway", "--config", file.to_str().unwrap()])
                 .unwrap()
                 .resolve()
         };
         let (c, _) = resolve(
-            "udp-listen = [\"127.0.0.1:5353=box/dns\"]\nudp-idle-timeout = 5\n\
-             [[udp]]\nlisten = \"127.0.0.1:5354\"\ngrant = \"box\"\nservice = \"dns\"\n",
+            "udp-listen = [\"127.0.0.1:5353=box/dns\"]\nudp-idle-timeout = 5\n",
+            "[[udp]]\nlisten = \"127.0.0.1:5354\"\ngrant = \"box\"\nservice = \"dns\"\n",
         )
         .unwrap();
         assert_eq!(c.udp_mappings.len(), 2);
         assert_eq!(c.udp.idle_timeout, Duration::from_secs(5));
-        let err =
-            resolve("[[udp]]\nlisten = \"127.0.0.1:5354\"\ngrant = \"box\"\nservice = \"ssh\"\n")
-                .unwrap_err()
-                .to_string();
+        let err = resolve(
+            "",
+            "[[udp]]\nlisten = \"127.0.0.1:5354\"\ngrant = \"box\"\nservice = \"ssh\"\n",
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("offers \"ssh\" but not as udp"), "{err}");
-        let err = resolve("tcp-listen = [\"127.0.0.1:5353=box/dns\"]\n")
+        let err = resolve("tcp-listen = [\"127.0.0.1:5353=box/dns\"]\n", "")
             .unwrap_err()
             .to_string();
         assert!(err.contains("offers \"dns\" but not as tcp"), "{err}");
