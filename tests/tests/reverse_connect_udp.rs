@@ -197,7 +197,7 @@ async fn silence(client: &UdpSocket, ms: u64) -> Result<()> {
     let mut buf = [0u8; 2048];
     match tokio::time::timeout(Duration::from_millis(ms), client.recv_from(&mut buf)).await {
         Err(_) => Ok(()),
-        Ok(r) => bail!("a reply arrived: {:?}", r.map(|(n, f)| (n, f))),
+        Ok(r) => bail!("a reply arrived: {r:?}"),
     }
 }
 

@@ -24,8 +24,6 @@ use crate::reverse::{NoRequest, Services};
 use crate::tcp_listen::TcpMapping;
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
-use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
 use ptth_core::IpProtocol;
 use ptth_h2::flow::FlowEnd;
 use ptth_h2::udp_flow::{capsule_carrier, pump, DatagramOptions, UdpSendTo, MAX_UDP_PAYLOAD};
@@ -46,102 +44,6 @@ pub const FLOW_QUEUE: usize = 64;
 /// How long a client whose flow got no origin keeps having its datagrams dropped before a
 /// new datagram asks again.
 pub const REFUSED_HOLD: Duration = Duration::from_secs(1);
-
-/// Flow outcomes (`ptth_gateway_udp_flows_total{outcome}`).
-const OUTCOMES: [&str; 8] = [
-    "closed",
-    "idle",
-    "error",
-    "stopped",
-    "no_origin",
-    "origin_full",
-    "declined",
-    "accept_timeout",
-];
-/// Why datagrams were dropped (`ptth_gateway_udp_datagrams_dropped_total{reason}`).
-const DROPS: [&str; 6] = [
-    "listener_full",
-    "queue_full",
-    "no_flow",
-    "unknown_context",
-    "send_failed",
-    "too_long",
-];
-
-type Labels = [(&'static str, &'static str); 1];
-
-/// The UDP mapping counters, on the gateway's registry.
-#[derive(Debug)]
-pub(crate) struct UdpMetrics {
-    flows: Family<Labels, Counter>,
-    datagrams: Family<Labels, Counter>,
-    bytes: Family<Labels, Counter>,
-    dropped: Family<Labels, Counter>,
-}
-
-impl UdpMetrics {
-    pub(crate) fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
-        let flows = Family::<Labels, Counter>::default();
-        registry.register(
-            "udp_flows",
-            "UDP port-mapping flows (one per public client address), by outcome (closed, idle, error, stopped, no_origin, origin_full, declined, accept_timeout)",
-            flows.clone(),
-        );
-        for o in OUTCOMES {
-            let _ = flows.get_or_create(&[("outcome", o)]);
-        }
-        let datagrams = Family::<Labels, Counter>::default();
-        registry.register(
-            "udp_datagrams",
-            "UDP datagrams carried by port-mapping flows, by direction (to_origin, to_client)",
-            datagrams.clone(),
-        );
-        let bytes = Family::<Labels, Counter>::default();
-        registry.register(
-            "udp_bytes",
-            "UDP payload bytes carried by port-mapping flows, by direction (to_origin, to_client)",
-            bytes.clone(),
-        );
-        for d in ["to_origin", "to_client"] {
-            let _ = datagrams.get_or_create(&[("direction", d)]);
-            let _ = bytes.get_or_create(&[("direction", d)]);
-        }
-        let dropped = Family::<Labels, Counter>::default();
-        registry.register(
-            "udp_datagrams_dropped",
-            "UDP datagrams of port mappings dropped, by reason (listener_full, queue_full, no_flow, unknown_context, send_failed, too_long)",
-            dropped.clone(),
-        );
-        for r in DROPS {
-            let _ = dropped.get_or_create(&[("reason", r)]);
-        }
-        Self {
-            flows,
-            datagrams,
-            bytes,
-            dropped,
-        }
-    }
-
-    fn flow(&self, outcome: &'static str) {
-        self.flows.get_or_create(&[("outcome", outcome)]).inc();
-    }
-
-    fn moved(&self, direction: &'static str, datagrams: u64, bytes: u64) {
-        self.datagrams
-            .get_or_create(&[("direction", direction)])
-            .inc_by(datagrams);
-        self.bytes
-            .get_or_create(&[("direction", direction)])
-            .inc_by(bytes);
-    }
-
-    fn dropped(&self, reason: &'static str, n: u64) {
-        if n > 0 {
-            self.dropped.get_or_create(&[("reason", reason)]).inc_by(n);
-        }
-    }
-}
 
 /// How long a flow may pass no datagram before it is closed (`--udp-idle-timeout`).
 #[derive(Debug, Clone, Copy)]

@@ -390,7 +390,10 @@ impl Cli {
             }
         }
         crate::tcp_service::check_services(&tcp_services)?;
-        crate::udp_service::check_services(&tcp_services, &udp_services)?;
+        crate::udp_service::check_services(
+            tcp_services.iter().map(|s| s.name.as_str()),
+            &udp_services,
+        )?;
         // An origin that only offers services serves no HTTP: no host, nothing to reverse.
         let services_only = !(tcp_services.is_empty() && udp_services.is_empty())
             && self.hosts.is_empty()

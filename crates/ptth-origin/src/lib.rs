@@ -220,7 +220,10 @@ impl Origin {
             ));
         }
         tcp_service::check_services(&config.tcp_services)?;
-        udp_service::check_services(&config.tcp_services, &config.udp_services)?;
+        udp_service::check_services(
+            config.tcp_services.iter().map(|s| s.name.as_str()),
+            &config.udp_services,
+        )?;
         let origins = config
             .hosts
             .iter()

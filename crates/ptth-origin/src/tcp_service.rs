@@ -220,8 +220,8 @@ async fn channel(dialer: &Dialer, tls: &tokio_rustls::TlsConnector) -> Result<St
     let uri = template.expand_listen(
         Some(&ListenTarget::LocalOnly),
         Some(crate::udp_service::ipproto(
-            &dialer.config.tcp_services,
-            &udp_services,
+            !dialer.config.tcp_services.is_empty(),
+            !udp_services.is_empty(),
         )),
     )?;
     let auth = dialer.config.credential.as_ref().map(|c| c.header_value());
@@ -382,8 +382,8 @@ async fn extended_connect(
 }
 
 /// One connection request: declined, or dialled, accepted and spliced.
-pub(crate) struct Flow {
-    pub(crate) id: RequestId,
+struct Flow {
+    id: RequestId,
     asked: Service,
     service: Option<TcpService>,
     /// The UDP service asked for, if the request is for one ([`crate::udp_service`]).
@@ -393,11 +393,11 @@ pub(crate) struct Flow {
     send: SendRequest<Body>,
     authority: http::uri::Authority,
     auth: Option<http::HeaderValue>,
-    pub(crate) gateway: http::Uri,
+    gateway: http::Uri,
 }
 
 impl Flow {
-    pub(crate) fn decline(&self, why: &str) {
+    fn decline(&self, why: &str) {
         let id = self.id;
         tracing::warn!(gateway = %self.gateway, request = %id, service = %self.asked, "declined a connection request: {why}");
         if let Ok(capsule) = lock(&self.state).decline(id) {
@@ -406,12 +406,12 @@ impl Flow {
     }
 
     /// Marks the request as being accepted; `false` if the channel no longer has it.
-    pub(crate) fn accepting(&self) -> bool {
+    fn accepting(&self) -> bool {
         lock(&self.state).accepting(self.id).is_ok()
     }
 
     /// Sends the `connect-accept` for this request and takes over its stream.
-    pub(crate) async fn accept(&self) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+    async fn accept(&self) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
         let template = ReverseTemplate::default_for(ReverseExchange::Accept, &self.authority)?;
         let uri = template.expand_accept(self.id)?;
         let (req, protocol) =
@@ -421,6 +421,7 @@ impl Flow {
 
     async fn run(self) {
         if self.asked.protocol == IpProtocol::Udp {
+            // The UDP flow declines, accepts and pumps through `udp_service::Request`.
             let udp = self.udp.clone();
             return crate::udp_service::run(self, udp).await;
         }
@@ -473,6 +474,30 @@ impl Flow {
                 tracing::info!(request = %self.id, service = %service.name, reason = %end, "TCP flow closed")
             }
         }
+    }
+}
+
+impl crate::udp_service::Request for Flow {
+    fn id(&self) -> RequestId {
+        self.id
+    }
+
+    fn gateway(&self) -> &http::Uri {
+        &self.gateway
+    }
+
+    fn decline(&self, why: &str) {
+        Flow::decline(self, why);
+    }
+
+    fn accepting(&self) -> bool {
+        Flow::accepting(self)
+    }
+
+    fn accept(
+        &self,
+    ) -> impl std::future::Future<Output = Result<TokioIo<hyper::upgrade::Upgraded>>> + Send {
+        Flow::accept(self)
     }
 }
 

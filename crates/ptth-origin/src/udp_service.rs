@@ -14,10 +14,13 @@
 //! One request is one flow: the gateway sends one per public client address, so the local
 //! service sees each public client as its own local port on the origin's host.
 
-use crate::tcp_service::Flow;
-use ptth_core::{IpProtocol, Service, ServicePort};
+use anyhow::Result;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use ptth_core::{IpProtocol, RequestId, Service, ServicePort};
 use ptth_h2::flow::FlowEnd;
 use ptth_h2::udp_flow::{capsule_carrier, pump, DatagramOptions, UdpSink, UdpSource};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,11 +60,24 @@ impl UdpService {
     /// A service named `name` reached at `address` (`HOST:PORT`); the same rules as a TCP
     /// service's.
     pub fn new(name: &str, address: &str) -> Result<Self, String> {
-        let t = crate::tcp_service::TcpService::new(name, address)?;
+        if !ptth_auth::valid_service_name(name) {
+            return Err(format!(
+                "service name {name:?}: 1 to {} lowercase letters, digits or '-'",
+                ptth_auth::MAX_SERVICE_NAME
+            ));
+        }
+        let port = address
+            .rsplit_once(':')
+            .filter(|(host, _)| !host.is_empty())
+            .and_then(|(_, p)| p.parse::<u16>().ok())
+            .and_then(ServicePort::new)
+            .ok_or_else(|| {
+                format!("service {name}: {address:?} is not HOST:PORT with a port from 1 to 65535")
+            })?;
         Ok(Self {
-            name: t.name,
-            address: t.address,
-            port: t.port,
+            name: name.to_string(),
+            address: address.to_string(),
+            port,
         })
     }
 
@@ -71,15 +87,17 @@ impl UdpService {
     }
 }
 
-/// Checks UDP services beside the TCP ones: names are unique across both (the logs name
-/// them); two UDP services cannot share a port (the gateway tells services apart by
-/// protocol and port), while a TCP and a UDP service can (DNS on 53 over both).
-pub fn check_services(
-    tcp: &[crate::tcp_service::TcpService],
+/// Checks UDP services beside the TCP ones (named `tcp_names`): names are unique across
+/// both (the logs name them); two UDP services cannot share a port (the gateway tells
+/// services apart by protocol and port), while a TCP and a UDP service can (DNS on 53 over
+/// both).
+pub fn check_services<'a>(
+    tcp_names: impl IntoIterator<Item = &'a str>,
     udp: &[UdpService],
-) -> anyhow::Result<()> {
+) -> Result<()> {
+    let tcp_names: Vec<&str> = tcp_names.into_iter().collect();
     for (i, a) in udp.iter().enumerate() {
-        if tcp.iter().any(|t| t.name == a.name) || udp[..i].iter().any(|b| b.name == a.name) {
+        if tcp_names.contains(&a.name.as_str()) || udp[..i].iter().any(|b| b.name == a.name) {
             anyhow::bail!("two services are named {:?}", a.name);
         }
         if let Some(b) = udp[..i].iter().find(|b| b.port == a.port) {
@@ -98,16 +116,28 @@ pub fn check_services(
 /// `17` or `*` (as CONNECT-IP's `ipproto`, RFC 9484 §4.6, which it is modelled on, a
 /// single protocol or any), so an origin offering only TCP services asks for 6, only UDP
 /// for 17, and both for `*`.
-pub(crate) fn ipproto(
-    tcp: &[crate::tcp_service::TcpService],
-    udp: &[UdpService],
-) -> ptth_core::IpProtoScope {
+pub(crate) fn ipproto(tcp: bool, udp: bool) -> ptth_core::IpProtoScope {
     use ptth_core::IpProtoScope;
-    match (tcp.is_empty(), udp.is_empty()) {
-        (false, true) => IpProtoScope::Only(IpProtocol::Tcp),
-        (true, false) => IpProtoScope::Only(IpProtocol::Udp),
+    match (tcp, udp) {
+        (true, false) => IpProtoScope::Only(IpProtocol::Tcp),
+        (false, true) => IpProtoScope::Only(IpProtocol::Udp),
         _ => IpProtoScope::Any,
     }
+}
+
+/// A connection request as the control channel hands it over (`tcp_service`'s flow):
+/// what a UDP flow needs to decline it or accept it on the channel's connection.
+pub(crate) trait Request: Send + Sync {
+    /// The request's ID.
+    fn id(&self) -> RequestId;
+    /// The gateway it came from (logs).
+    fn gateway(&self) -> &http::Uri;
+    /// Sends `CONNECTION_REQUEST_DECLINED`, logging `why`.
+    fn decline(&self, why: &str);
+    /// Marks it as being accepted; `false` if the channel no longer has it.
+    fn accepting(&self) -> bool;
+    /// Sends the `connect-accept` and takes over its stream.
+    fn accept(&self) -> impl Future<Output = Result<TokioIo<Upgraded>>> + Send;
 }
 
 /// A socket on an ephemeral local port, connected to `address` (so only the service's
@@ -142,7 +172,7 @@ async fn connect(address: &str) -> Result<UdpSocket, String> {
 }
 
 /// One connection request for a UDP service: declined, or connected, accepted and pumped.
-pub(crate) async fn run(flow: Flow, service: Option<UdpService>) {
+pub(crate) async fn run(flow: impl Request, service: Option<UdpService>) {
     let Some(service) = service else {
         flow.decline("this origin offers no such service");
         return;
@@ -160,12 +190,13 @@ pub(crate) async fn run(flow: Flow, service: Option<UdpService>) {
     let stream = match flow.accept().await {
         Ok(s) => s,
         Err(e) => {
-            tracing::warn!(gateway = %flow.gateway, request = %flow.id, service = %service.name, error = %format!("{e:#}"), "connect-accept failed");
+            tracing::warn!(gateway = %flow.gateway(), request = %flow.id(), service = %service.name, error = %format!("{e:#}"), "connect-accept failed");
             return;
         }
     };
     let local = socket.local_addr().ok();
-    tracing::debug!(request = %flow.id, service = %service.name, ?local, "UDP flow open");
+    let id = flow.id();
+    tracing::debug!(request = %id, service = %service.name, ?local, "UDP flow open");
     let (carrier_in, carrier_out) = capsule_carrier(stream);
     let options = DatagramOptions {
         idle_timeout: IDLE_TIMEOUT,
@@ -183,10 +214,10 @@ pub(crate) async fn run(flow: Flow, service: Option<UdpService>) {
         report.dropped_queue_full + report.dropped_unknown_context + report.dropped_send_failed;
     match report.end {
         FlowEnd::Closed | FlowEnd::Idle => {
-            tracing::debug!(request = %flow.id, service = %service.name, reason = %report.end, to_gateway = report.to_carrier.datagrams, to_service = report.to_socket.datagrams, dropped, "UDP flow closed")
+            tracing::debug!(request = %id, service = %service.name, reason = %report.end, to_gateway = report.to_carrier.datagrams, to_service = report.to_socket.datagrams, dropped, "UDP flow closed")
         }
         end => {
-            tracing::info!(request = %flow.id, service = %service.name, reason = %end, dropped, "UDP flow closed")
+            tracing::info!(request = %id, service = %service.name, reason = %end, dropped, "UDP flow closed")
         }
     }
 }
@@ -194,7 +225,6 @@ pub(crate) async fn run(flow: Flow, service: Option<UdpService>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tcp_service::TcpService;
 
     #[test]
     fn services_parse_and_share_a_port_only_across_protocols() {
@@ -207,14 +237,12 @@ mod tests {
         for bad in ["dns", "dns=127.0.0.1", "dns=:53", "DNS=h:53"] {
             assert!(bad.parse::<UdpService>().is_err(), "{bad}");
         }
-        let tcp: Vec<TcpService> = vec!["dns-tcp=127.0.0.1:53".parse().unwrap()];
         let udp: Vec<UdpService> = vec![s.clone()];
-        assert!(check_services(&tcp, &udp).is_ok());
-        let same_name: Vec<TcpService> = vec!["dns=127.0.0.1:5353".parse().unwrap()];
-        let e = check_services(&same_name, &udp).unwrap_err().to_string();
+        assert!(check_services(["dns-tcp"], &udp).is_ok());
+        let e = check_services(["dns"], &udp).unwrap_err().to_string();
         assert!(e.contains("two services are named"), "{e}");
         let two = vec![s, "game=h:53".parse().unwrap()];
-        let e = check_services(&[], &two).unwrap_err().to_string();
+        let e = check_services([], &two).unwrap_err().to_string();
         assert!(e.contains("both on port 53"), "{e}");
     }
 }
