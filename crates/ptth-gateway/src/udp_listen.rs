@@ -26,9 +26,12 @@ use bytes::Bytes;
 use hyper_util::rt::TokioIo;
 use ptth_core::IpProtocol;
 use ptth_h2::flow::FlowEnd;
-use ptth_h2::udp_flow::{capsule_carrier, pump, DatagramOptions, UdpSendTo, MAX_UDP_PAYLOAD};
+use ptth_h2::udp_flow::{
+    capsule_carrier, pump, DatagramOptions, DatagramSource, UdpSendTo, MAX_UDP_PAYLOAD,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::UdpSocket;
@@ -41,6 +44,8 @@ pub type UdpMapping = TcpMapping;
 /// Datagrams queued for one flow (while its accept is pending, or its stream is slow);
 /// more are dropped and counted.
 pub const FLOW_QUEUE: usize = 64;
+/// Their payload bytes at most, so large datagrams cannot make a flow hold 64 × 64 KiB.
+pub const FLOW_QUEUE_BYTES: usize = 128 * 1024;
 /// How long a client whose flow got no origin keeps having its datagrams dropped before a
 /// new datagram asks again.
 pub const REFUSED_HOLD: Duration = Duration::from_secs(1);
@@ -69,6 +74,8 @@ impl Default for UdpSettings {
 struct Entry {
     /// To the flow (closed while its client is held after a refusal).
     queue: mpsc::Sender<Bytes>,
+    /// The payload bytes in `queue`.
+    queued: Arc<AtomicUsize>,
     /// Tells the flow's end apart from a later flow of the same client.
     generation: u64,
 }
@@ -110,8 +117,14 @@ pub(crate) async fn serve(
         };
         let datagram = Bytes::copy_from_slice(&buf[..n]);
         if let Some(entry) = table.get(&client) {
+            if entry.queued.load(Ordering::Relaxed) + n > FLOW_QUEUE_BYTES {
+                metrics.udp.dropped("queue_full", 1);
+                continue;
+            }
             match entry.queue.try_send(datagram) {
-                Ok(()) => {}
+                Ok(()) => {
+                    entry.queued.fetch_add(n, Ordering::Relaxed);
+                }
                 Err(mpsc::error::TrySendError::Full(_)) => metrics.udp.dropped("queue_full", 1),
                 // Held after a refusal, or ended with its end on its way: the datagram is
                 // lost.
@@ -129,11 +142,17 @@ pub(crate) async fn serve(
         }
         generation += 1;
         let (tx, rx) = mpsc::channel(FLOW_QUEUE);
+        let queued = Arc::new(AtomicUsize::new(n));
         let _ = tx.try_send(datagram);
+        let rx = Queue {
+            rx,
+            queued: queued.clone(),
+        };
         table.insert(
             client,
             Entry {
                 queue: tx,
+                queued,
                 generation,
             },
         );
@@ -156,6 +175,23 @@ pub(crate) async fn serve(
     }
 }
 
+/// A flow's end of its queue: the datagrams the mapping's socket received from its
+/// client, with their bytes counted down as the flow takes them.
+struct Queue {
+    rx: mpsc::Receiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+}
+
+impl DatagramSource for Queue {
+    async fn recv(&mut self) -> std::io::Result<Option<Bytes>> {
+        let d = self.rx.recv().await;
+        if let Some(d) = &d {
+            self.queued.fetch_sub(d.len(), Ordering::Relaxed);
+        }
+        Ok(d)
+    }
+}
+
 /// One public client's flow.
 struct Flow {
     client: SocketAddr,
@@ -167,14 +203,14 @@ struct Flow {
 
 impl Flow {
     /// Runs the flow; `true` if it got no origin (the caller holds the client).
-    async fn run(self, mut queue: mpsc::Receiver<Bytes>) -> bool {
+    async fn run(self, mut queue: Queue) -> bool {
         let (client, mapping, services) = (self.client, &self.mapping, &self.services);
         let metrics = &services.metrics.udp;
-        let refuse = |queue: &mut mpsc::Receiver<Bytes>, outcome: &'static str, text: &str| {
+        let refuse = |queue: &mut Queue, outcome: &'static str, text: &str| {
             metrics.flow(outcome);
-            queue.close();
+            queue.rx.close();
             let mut n = 0;
-            while queue.try_recv().is_ok() {
+            while queue.rx.try_recv().is_ok() {
                 n += 1;
             }
             metrics.dropped("no_flow", n);
@@ -215,6 +251,7 @@ impl Flow {
         let options = DatagramOptions {
             idle_timeout: self.settings.idle_timeout,
             queue: FLOW_QUEUE,
+            queue_bytes: FLOW_QUEUE_BYTES,
         };
         let sink = UdpSendTo {
             socket: self.socket.clone(),

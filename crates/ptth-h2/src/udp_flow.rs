@@ -238,6 +238,8 @@ pub struct DatagramOptions {
     pub idle_timeout: Duration,
     /// Datagrams from the socket side waiting for the carrier; more are dropped.
     pub queue: usize,
+    /// Their payload bytes at most (a few large datagrams fill it before `queue` does).
+    pub queue_bytes: usize,
 }
 
 impl Default for DatagramOptions {
@@ -245,6 +247,7 @@ impl Default for DatagramOptions {
         Self {
             idle_timeout: Duration::from_secs(60),
             queue: 64,
+            queue_bytes: 128 * 1024,
         }
     }
 }
@@ -299,13 +302,18 @@ where
     let counters = Counters::default();
     let socket_side_ended = std::sync::atomic::AtomicBool::new(false);
     let (queue_tx, mut queue_rx) = mpsc::channel::<Bytes>(options.queue.max(1));
+    let queued_bytes = std::sync::atomic::AtomicUsize::new(0);
     // Socket side → queue: never waits for the carrier.
     let read_socket = async {
         loop {
             match socket_in.recv().await {
                 Ok(Some(d)) => {
                     touch();
-                    if queue_tx.try_send(d).is_err() {
+                    let len = d.len();
+                    let room = queued_bytes.load(Ordering::Relaxed) + len <= options.queue_bytes;
+                    if room && queue_tx.try_send(d).is_ok() {
+                        queued_bytes.fetch_add(len, Ordering::Relaxed);
+                    } else {
                         counters.queue_full.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -320,6 +328,7 @@ where
     // Queue → carrier.
     let write_carrier = async {
         while let Some(d) = queue_rx.recv().await {
+            queued_bytes.fetch_sub(d.len(), Ordering::Relaxed);
             let len = d.len() as u64;
             if let Err(e) = carrier_out.send(d).await {
                 return FlowEnd::Stream(e.to_string());
@@ -529,6 +538,29 @@ mod tests {
         let report = flow.await.unwrap();
         assert!(
             report.dropped_queue_full >= 40,
+            "dropped {}",
+            report.dropped_queue_full
+        );
+    }
+
+    #[tokio::test]
+    async fn the_queue_is_bounded_in_bytes_too() {
+        let (socket, service) = udp_pair().await;
+        let (stream, peer) = tokio::io::duplex(64);
+        let options = DatagramOptions {
+            queue_bytes: 1_500,
+            ..DatagramOptions::default()
+        };
+        let flow = start(socket, stream, options);
+        // 20 datagrams of 1 000 bytes: one is being written (stalled), one fits the bytes.
+        for _ in 0..20 {
+            service.send(&[1u8; 1_000]).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(peer);
+        let report = flow.await.unwrap();
+        assert!(
+            report.dropped_queue_full >= 17,
             "dropped {}",
             report.dropped_queue_full
         );
