@@ -15,6 +15,7 @@
 
 use crate::reverse::{NoRequest, Services};
 use hyper_util::rt::TokioIo;
+use ptth_core::IpProtocol;
 use ptth_h2::flow::{splice, FlowEnd, FlowOptions};
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -96,22 +97,21 @@ pub(crate) async fn serve(
 /// One public connection, from its request to its end.
 async fn flow(tcp: TcpStream, client: SocketAddr, mapping: &TcpMapping, services: &Services) {
     let _ = tcp.set_nodelay(true);
-    let requested =
-        match services.request(&mapping.grant, &mapping.service, ptth_core::IpProtocol::Tcp) {
-            Ok(r) => r,
-            Err(why) => {
-                let (reason, text) = match why {
-                    NoRequest::NoOrigin => ("no_origin", "no origin offers the service"),
-                    NoRequest::OriginFull => (
-                        "origin_full",
-                        "every origin offering the service is at --max-flows-per-origin",
-                    ),
-                };
-                services.metrics.flow_refused(reason);
-                tracing::warn!(%client, mapping = %mapping, "TCP connection closed: {text}");
-                return;
-            }
-        };
+    let requested = match services.request(&mapping.grant, &mapping.service, IpProtocol::Tcp) {
+        Ok(r) => r,
+        Err(why) => {
+            let (reason, text) = match why {
+                NoRequest::NoOrigin => ("no_origin", "no origin offers the service"),
+                NoRequest::OriginFull => (
+                    "origin_full",
+                    "every origin offering the service is at --max-flows-per-origin",
+                ),
+            };
+            services.metrics.flow_refused(reason);
+            tracing::warn!(%client, mapping = %mapping, "TCP connection closed: {text}");
+            return;
+        }
+    };
     let (id, channel, origin) = (requested.id, requested.channel, requested.peer);
     let _slot = requested.slot;
     let accepted = tokio::time::timeout(services.settings.accept_timeout, requested.accepted).await;
