@@ -132,6 +132,16 @@ service = "techo"
 /// A services-only `ptth-origin` with the `box` token and these `--udp-service` and
 /// `--tcp-service` values.
 fn origin(s: &Setup, udp: &[String], tcp: &[String]) -> Result<(Child, LogTap)> {
+    origin_logging(s, udp, tcp, "warn")
+}
+
+/// [`origin`] logging at `level` (unless `PTTH_TEST_LOG` says otherwise).
+fn origin_logging(
+    s: &Setup,
+    udp: &[String],
+    tcp: &[String],
+    level: &str,
+) -> Result<(Child, LogTap)> {
     let mut cmd = Command::new(bin("ptth-origin"));
     cmd.args(["--gateway", &s.gw.tunnel_url(), "--token", BOX_TOKEN])
         .arg("--ca")
@@ -144,7 +154,7 @@ fn origin(s: &Setup, udp: &[String], tcp: &[String]) -> Result<(Child, LogTap)> 
     }
     cmd.env(
         "RUST_LOG",
-        std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| level.into()),
     )
     .stdout(Stdio::null())
     .stderr(Stdio::piped())
@@ -379,5 +389,28 @@ async fn an_origin_killed_mid_flow_ends_it_and_a_restarted_origin_serves_new_dat
     );
     let log = s.gw.log.text();
     assert!(!log.contains("panicked"), "{log}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stopping_gateway_ends_its_udp_flows_at_the_origin() -> Result<()> {
+    let (service, _seen) = udp_echo().await;
+    let mut s = gateway("rcu-stop", service.port(), free_tcp_port(), &[]).await?;
+    let (_origin, origin_log) = origin_logging(
+        &s,
+        &[format!("echo=127.0.0.1:{}", service.port())],
+        &[],
+        "ptth_origin=debug",
+    )?;
+    let client = UdpSocket::bind("127.0.0.1:0").await?;
+    round_trip(&client, s.udp, b"hello", 20).await?;
+    origin_log.wait_for("UDP flow open", 5).await?;
+    assert!(origin_log.matching("UDP flow closed").is_empty());
+    s.gw.signal("-TERM");
+    // The flow ends at once, well before its 60 s idle timeout, and cleanly: the gateway
+    // ended the stream (a gateway that just went away would reset it instead).
+    let line = origin_log.wait_for("UDP flow closed", 10).await?;
+    assert!(line.contains("reason=closed"), "{line}");
+    s.gw.wait(40).await?;
     Ok(())
 }
