@@ -382,9 +382,10 @@ impl Gateway {
                 config.udp,
                 shutdown.stopping(),
             );
+            let held = stopping.clone();
             workers.handle(0).spawn(async move {
                 tokio::select! {
-                    () = udp_listen::serve(socket, mapping, services, settings) => {}
+                    () = udp_listen::serve(socket, mapping, services, settings, held) => {}
                     () = stopping.signalled() => {}
                 }
             });

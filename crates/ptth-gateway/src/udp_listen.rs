@@ -21,6 +21,7 @@
 //! per hold, not one per datagram.
 
 use crate::reverse::{NoRequest, Services};
+use crate::shutdown::Stopping;
 use crate::tcp_listen::TcpMapping;
 use bytes::Bytes;
 use hyper_util::rt::TokioIo;
@@ -81,12 +82,15 @@ struct Entry {
 }
 
 /// Serves `socket` for `mapping` until the gateway stops (the caller drops this future;
-/// every flow then sees its queue close, ends, and closes its stream to the origin).
+/// every flow then sees its queue close, ends, and closes its stream to the origin). Each
+/// flow counts as an open public connection of `stopping` until it has closed its stream,
+/// so the gateway's stop waits for that close before it lets the origins go.
 pub(crate) async fn serve(
     socket: UdpSocket,
     mapping: Arc<UdpMapping>,
     services: Arc<Services>,
     settings: UdpSettings,
+    stopping: Stopping,
 ) {
     let socket = Arc::new(socket);
     let metrics = services.metrics.clone();
@@ -164,8 +168,11 @@ pub(crate) async fn serve(
             settings,
         };
         let (ended, g) = (ended_tx.clone(), generation);
+        let open = stopping.hold();
         tokio::spawn(async move {
-            if flow.run(rx).await {
+            let refused = flow.run(rx).await;
+            drop(open);
+            if refused {
                 // Refused: the client's entry stays (its queue closed, so its datagrams are
                 // dropped as no_flow) for the hold, then is freed.
                 tokio::time::sleep(REFUSED_HOLD).await;
