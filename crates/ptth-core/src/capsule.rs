@@ -332,6 +332,12 @@ impl CapsuleDecoder {
     }
 }
 
+/// The largest `DATAGRAM` capsule value a UDP flow takes: a Context ID (a varint, at most
+/// 8 bytes) and a UDP payload of at most 65 535 bytes (the UDP length field is 16 bits).
+/// A longer one can carry no UDP datagram, so it is the sender's capsule error (RFC 9297
+/// §3.3), refused from its header by a [`CapsuleDecoder`] bounded at this.
+pub const MAX_DATAGRAM_CAPSULE: usize = 65_535 + 8;
+
 /// Why an RFC 9298 UDP proxying payload is malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

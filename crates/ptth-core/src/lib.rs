@@ -109,7 +109,7 @@ pub use alpn::{
 };
 pub use capsule::{
     encode_header as encode_capsule_header, Capsule, CapsuleDecoder, CapsuleError, CapsuleType,
-    DatagramError, Decoded, UdpProxyingPayload,
+    DatagramError, Decoded, UdpProxyingPayload, MAX_DATAGRAM_CAPSULE,
 };
 pub use lifecycle::{CloseReason, ConnectionState, DrainSource, Lifecycle, LifecycleError};
 pub use mechanism::{

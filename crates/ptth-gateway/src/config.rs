@@ -163,17 +163,36 @@ pub struct Cli {
     #[arg(skip)]
     #[serde(default, rename = "tcp")]
     pub tcp: Vec<crate::tcp_listen::TcpMapping>,
-    /// Seconds from a mapped TCP connection's arrival to its origin's accept; not accepted
-    /// by then, the connection is closed (default 10).
+    /// A UDP port mapping, `ADDR=GRANT/SERVICE` (repeatable; a list in the file, or
+    /// `[[udp]]` tables with `listen`, `grant`, `service`): each client address sending to
+    /// ADDR is one flow to SERVICE (a `udp` service in GRANT's `services`) on an origin
+    /// holding GRANT, over reverse CONNECT; replies come back from ADDR. Default: none.
+    #[arg(long = "udp-listen", value_name = "ADDR=GRANT/SERVICE")]
+    #[serde(default, rename = "udp-listen")]
+    pub udp_listen: Vec<String>,
+    /// UDP port mappings as tables (`[[udp]]` in the config file).
+    #[arg(skip)]
+    #[serde(default, rename = "udp")]
+    pub udp: Vec<crate::udp_listen::UdpMapping>,
+    /// Seconds a mapped UDP flow may pass no datagram either way before it is closed and
+    /// its client's next datagram makes a new flow (default 60, about what NATs keep a UDP
+    /// mapping for).
+    #[arg(long)]
+    pub udp_idle_timeout: Option<f64>,
+    /// Seconds from a mapped TCP connection's (or new UDP client's) arrival to its origin's
+    /// accept; not accepted by then, the connection is closed (the UDP client's datagrams
+    /// are dropped) (default 10).
     #[arg(long)]
     pub tcp_accept_timeout: Option<f64>,
     /// Seconds a mapped TCP flow may move no byte before it is closed (default 3600).
     #[arg(long)]
     pub tcp_idle_timeout: Option<f64>,
-    /// Mapped TCP flows at once over one origin's control channel (default 1024).
+    /// Mapped TCP and UDP flows at once over one origin's control channel (default 1024).
     #[arg(long)]
     pub max_flows_per_origin: Option<usize>,
-    /// Mapped TCP flows at once through one port mapping (default 1024).
+    /// Mapped flows at once through one port mapping: TCP connections, or UDP client
+    /// addresses in a UDP mapping's flow table, whose new clients beyond it are dropped
+    /// (default 1024).
     #[arg(long)]
     pub max_flows_per_listener: Option<usize>,
     /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
@@ -191,7 +210,7 @@ const RENAMED_KEYS: &[(&str, &str)] = &[("tokens", "token"), ("trusted-proxies",
 
 /// Keys that are tables in the file (`[[grant]]`, `[[certificate]]`), not flags.
 #[cfg(test)]
-const TABLE_KEYS: &[&str] = &["grant", "certificate", "tcp"];
+const TABLE_KEYS: &[&str] = &["grant", "certificate", "tcp", "udp"];
 
 /// Settings a SIGHUP cannot change: every key but the grants and the certificates.
 const RELOADED_KEYS: &[&str] = &["grant", "certificate"];
@@ -331,6 +350,10 @@ pub struct GatewayConfig {
     pub tcp_mappings: Vec<crate::tcp_listen::TcpMapping>,
     /// Reverse CONNECT flow deadlines and limits.
     pub flows: crate::reverse::FlowSettings,
+    /// UDP port mappings (`--udp-listen`, `[[udp]]`).
+    pub udp_mappings: Vec<crate::udp_listen::UdpMapping>,
+    /// UDP flow settings (`--udp-idle-timeout`).
+    pub udp: crate::udp_listen::UdpSettings,
 }
 
 impl GatewayConfig {
@@ -375,6 +398,8 @@ impl GatewayConfig {
             metrics_hosts: Vec::new(),
             tcp_mappings: Vec::new(),
             flows: crate::reverse::FlowSettings::default(),
+            udp_mappings: Vec::new(),
+            udp: crate::udp_listen::UdpSettings::default(),
         }
     }
 }
@@ -536,12 +561,34 @@ impl Cli {
             );
         }
         c.tcp_mappings.extend(self.tcp);
-        for m in &c.tcp_mappings {
+        for m in &self.udp_listen {
+            c.udp_mappings.push(
+                m.parse()
+                    .map_err(|e| anyhow::anyhow!("--udp-listen (config key udp-listen): {e}"))?,
+            );
+        }
+        c.udp_mappings.extend(self.udp);
+        let tcp = c
+            .tcp_mappings
+            .iter()
+            .map(|m| (m, ptth_core::IpProtocol::Tcp));
+        let udp = c
+            .udp_mappings
+            .iter()
+            .map(|m| (m, ptth_core::IpProtocol::Udp));
+        for (m, protocol) in tcp.chain(udp) {
             if !ptth_auth::valid_service_name(&m.service) {
-                bail!("[[tcp]] {m}: the service name must be lowercase letters, digits or '-'");
+                bail!(
+                    "[[{protocol}]] {m}: the service name must be lowercase letters, digits or '-'"
+                );
             }
             match c.grants.get(&m.grant) {
-                Some(g) if g.service(&m.service).is_some() => {}
+                Some(g) if g.service(&m.service).is_some_and(|s| s.protocol == protocol) => {}
+                Some(g) if g.service(&m.service).is_some() => bail!(
+                    "port mapping {m}: grant {:?} offers {:?} but not as {protocol} (a --{protocol}-listen mapping needs a {protocol} service)",
+                    m.grant,
+                    m.service
+                ),
                 Some(_) => bail!(
                     "port mapping {m}: grant {:?} has no service named {:?} (add it to the grant's services)",
                     m.grant,
@@ -555,6 +602,9 @@ impl Cli {
         }
         if let Some(s) = self.tcp_idle_timeout {
             c.flows.idle_timeout = positive_secs(s, "--tcp-idle-timeout")?;
+        }
+        if let Some(s) = self.udp_idle_timeout {
+            c.udp.idle_timeout = positive_secs(s, "--udp-idle-timeout")?;
         }
         if let Some(n) = self.max_flows_per_origin {
             c.flows.max_flows_per_origin = at_least_one(n, "--max-flows-per-origin")?;
@@ -620,6 +670,13 @@ impl Cli {
                 self.tcp_listen
             },
             tcp: file.tcp,
+            udp_listen: if self.udp_listen.is_empty() {
+                file.udp_listen
+            } else {
+                self.udp_listen
+            },
+            udp: file.udp,
+            udp_idle_timeout: self.udp_idle_timeout.or(file.udp_idle_timeout),
             tcp_accept_timeout: self.tcp_accept_timeout.or(file.tcp_accept_timeout),
             tcp_idle_timeout: self.tcp_idle_timeout.or(file.tcp_idle_timeout),
             max_flows_per_origin: self.max_flows_per_origin.or(file.max_flows_per_origin),
@@ -1070,6 +1127,42 @@ origins = ["https://app.example", "http://plain.example", "https://*.apps.exampl
         let mut with_ca = c.clone();
         with_ca.client_ca = Some(dev.ca.clone());
         assert_eq!(operator_warnings(&with_ca, &c.grants, &certs).len(), 2);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_port_mapping_must_name_a_service_of_its_own_protocol() {
+        let dir = temp_dir("udp-mapping");
+        let file = dir.join("gateway.toml");
+        let base =
+            "listen = \"127.0.0.1:1\"\ntunnel = \"127.0.0.1:2\"\ncert = \"c\"\nkey = \"k\"\n\
+                    [[grant]]\nname = \"box\"\ntoken = \"t0ken-udp-mapping\"\n\
+                    services = [\"dns=udp/53\", \"ssh=tcp/22\"]\n";
+        // Top-level keys first, then the tables.
+        let resolve = |top: &str, tables: &str| {
+            std::fs::write(&file, format!("{top}{base}{tables}")).unwrap();
+            Cli::try_parse_from(["ptth-gateway", "--config", file.to_str().unwrap()])
+                .unwrap()
+                .resolve()
+        };
+        let (c, _) = resolve(
+            "udp-listen = [\"127.0.0.1:5353=box/dns\"]\nudp-idle-timeout = 5\n",
+            "[[udp]]\nlisten = \"127.0.0.1:5354\"\ngrant = \"box\"\nservice = \"dns\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.udp_mappings.len(), 2);
+        assert_eq!(c.udp.idle_timeout, Duration::from_secs(5));
+        let err = resolve(
+            "",
+            "[[udp]]\nlisten = \"127.0.0.1:5354\"\ngrant = \"box\"\nservice = \"ssh\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("offers \"ssh\" but not as udp"), "{err}");
+        let err = resolve("tcp-listen = [\"127.0.0.1:5353=box/dns\"]\n", "")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("offers \"dns\" but not as tcp"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

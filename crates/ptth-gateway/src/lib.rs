@@ -126,6 +126,7 @@ mod shutdown;
 pub mod tcp_listen;
 pub mod tls;
 mod tunnel;
+pub mod udp_listen;
 mod websocket;
 mod workers;
 
@@ -166,6 +167,8 @@ pub struct Gateway {
     pub admin: Option<SocketAddr>,
     /// Where the TCP port mappings listen, in the order configured.
     pub tcp_listen: Vec<SocketAddr>,
+    /// Where the UDP port mappings listen, in the order configured.
+    pub udp_listen: Vec<SocketAddr>,
     /// What `/readyz` answers.
     readiness: Arc<admin::Readiness>,
     /// The connected origins.
@@ -361,6 +364,32 @@ impl Gateway {
                 }
             });
         }
+        let mut udp_listen = Vec::new();
+        for mapping in &config.udp_mappings {
+            let socket = {
+                let _on_worker = workers.handle(0).enter();
+                let std = std::net::UdpSocket::bind(mapping.listen)
+                    .with_context(|| format!("binding the UDP port mapping {mapping}"))?;
+                std.set_nonblocking(true)?;
+                tokio::net::UdpSocket::from_std(std)?
+            };
+            let bound = socket.local_addr()?;
+            tracing::info!(mapping = %mapping, %bound, "UDP port mapping listening");
+            udp_listen.push(bound);
+            let (mapping, services, settings, stopping) = (
+                Arc::new(mapping.clone()),
+                ctx.services.clone(),
+                config.udp,
+                shutdown.stopping(),
+            );
+            let held = stopping.clone();
+            workers.handle(0).spawn(async move {
+                tokio::select! {
+                    () = udp_listen::serve(socket, mapping, services, settings, held) => {}
+                    () = stopping.signalled() => {}
+                }
+            });
+        }
         let alt_svc = listen_tls.and_then(|a| public_h3::alt_svc(a.port()));
         if let (Some(tls_ls), Some(_)) = (tls_ls, listen_tls) {
             let acceptor = TlsAcceptor::from(Arc::new(tls::public_config(public_certs.clone())?));
@@ -468,6 +497,7 @@ impl Gateway {
             listen_h3,
             admin,
             tcp_listen,
+            udp_listen,
             readiness,
             registry,
             proxy,

@@ -168,6 +168,8 @@ pub struct Metrics {
     retries: Family<Labels<1>, Counter>,
     /// Reverse CONNECT: TCP flows and control channels.
     flows: FlowCounters,
+    /// UDP port-mapping counters.
+    pub(crate) udp: UdpMetrics,
     access_dropped: Counter,
     /// The access log's mode and sampling count.
     pub(crate) access: AccessLog,
@@ -188,6 +190,100 @@ pub(crate) const FLOW_REFUSALS: [&str; 6] = [
     "accept_timeout",
     "stopping",
 ];
+
+/// Flow outcomes (`ptth_gateway_udp_flows_total{outcome}`).
+const OUTCOMES: [&str; 8] = [
+    "closed",
+    "idle",
+    "error",
+    "stopped",
+    "no_origin",
+    "origin_full",
+    "declined",
+    "accept_timeout",
+];
+/// Why datagrams were dropped (`ptth_gateway_udp_datagrams_dropped_total{reason}`).
+const DROPS: [&str; 6] = [
+    "listener_full",
+    "queue_full",
+    "no_flow",
+    "unknown_context",
+    "send_failed",
+    "too_long",
+];
+
+/// The UDP port-mapping counters ([`crate::udp_listen`]).
+#[derive(Debug)]
+pub(crate) struct UdpMetrics {
+    flows: Family<Labels<1>, Counter>,
+    datagrams: Family<Labels<1>, Counter>,
+    bytes: Family<Labels<1>, Counter>,
+    dropped: Family<Labels<1>, Counter>,
+}
+
+impl UdpMetrics {
+    pub(crate) fn register(registry: &mut prometheus_client::registry::Registry) -> Self {
+        let flows = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "udp_flows",
+            "UDP port-mapping flows (one per public client address), by outcome (closed, idle, error, stopped, no_origin, origin_full, declined, accept_timeout)",
+            flows.clone(),
+        );
+        for o in OUTCOMES {
+            let _ = flows.get_or_create(&[("outcome", o)]);
+        }
+        let datagrams = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "udp_datagrams",
+            "UDP datagrams carried by port-mapping flows, by direction (to_origin, to_client)",
+            datagrams.clone(),
+        );
+        let bytes = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "udp_bytes",
+            "UDP payload bytes carried by port-mapping flows, by direction (to_origin, to_client)",
+            bytes.clone(),
+        );
+        for d in ["to_origin", "to_client"] {
+            let _ = datagrams.get_or_create(&[("direction", d)]);
+            let _ = bytes.get_or_create(&[("direction", d)]);
+        }
+        let dropped = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "udp_datagrams_dropped",
+            "UDP datagrams of port mappings dropped, by reason (listener_full, queue_full, no_flow, unknown_context, send_failed, too_long)",
+            dropped.clone(),
+        );
+        for r in DROPS {
+            let _ = dropped.get_or_create(&[("reason", r)]);
+        }
+        Self {
+            flows,
+            datagrams,
+            bytes,
+            dropped,
+        }
+    }
+
+    pub(crate) fn flow(&self, outcome: &'static str) {
+        self.flows.get_or_create(&[("outcome", outcome)]).inc();
+    }
+
+    pub(crate) fn moved(&self, direction: &'static str, datagrams: u64, bytes: u64) {
+        self.datagrams
+            .get_or_create(&[("direction", direction)])
+            .inc_by(datagrams);
+        self.bytes
+            .get_or_create(&[("direction", direction)])
+            .inc_by(bytes);
+    }
+
+    pub(crate) fn dropped(&self, reason: &'static str, n: u64) {
+        if n > 0 {
+            self.dropped.get_or_create(&[("reason", reason)]).inc_by(n);
+        }
+    }
+}
 
 /// Reverse CONNECT counters.
 #[derive(Debug)]
@@ -343,6 +439,7 @@ impl Metrics {
             let _ = origin_connections.get_or_create(&[("mechanism", m.name())]);
         }
         let flows = FlowCounters::register(&mut registry);
+        let udp = UdpMetrics::register(&mut registry);
         Self {
             registry,
             requests,
@@ -362,6 +459,7 @@ impl Metrics {
             public_connections,
             retries,
             flows,
+            udp,
             access_dropped,
             access: AccessLog::default(),
         }

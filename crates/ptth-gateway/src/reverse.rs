@@ -30,8 +30,8 @@ use hyper_util::rt::TokioIo;
 use ptth_auth::{GrantedService, Grants, Presented};
 use ptth_core::{
     validate_accept_request, validate_listen_request, Capsule, CapsuleDecoder, Decoded,
-    GatewayChannel, GatewayEvent, RequestId, ReverseExchange, ReverseRejection, SetupForm,
-    DEFAULT_MAX_CONTROL_CAPSULE,
+    GatewayChannel, GatewayEvent, IpProtocol, RequestId, ReverseExchange, ReverseRejection,
+    SetupForm, DEFAULT_MAX_CONTROL_CAPSULE,
 };
 use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
@@ -225,18 +225,24 @@ impl Services {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Live channels offering `service` of `grant`.
+    /// Live channels offering `service` of `grant` (of either protocol).
     pub fn offering(&self, grant: &str, service: &str) -> usize {
         self.state()
             .channels
             .values()
-            .filter(|c| offers(c, grant, service))
+            .filter(|c| offers(c, grant, service, None))
             .count()
     }
 
     /// Sends a connection request for `service` of `grant` on the live channel offering it
-    /// with the fewest flows.
-    pub(crate) fn request(&self, grant: &str, service: &str) -> Result<Requested, NoRequest> {
+    /// as `protocol` with the fewest flows (a TCP mapping never asks for a UDP service,
+    /// nor the reverse: the flow would carry the wrong capsules).
+    pub(crate) fn request(
+        &self,
+        grant: &str,
+        service: &str,
+        protocol: IpProtocol,
+    ) -> Result<Requested, NoRequest> {
         let max = self.settings.max_flows_per_origin;
         if self.stopping.load(Ordering::Relaxed) {
             return Err(NoRequest::Stopping);
@@ -245,7 +251,7 @@ impl Services {
         let mut candidates: Vec<(&u64, &mut Channel)> = st
             .channels
             .iter_mut()
-            .filter(|(_, c)| offers(c, grant, service))
+            .filter(|(_, c)| offers(c, grant, service, Some(protocol)))
             .collect();
         if candidates.is_empty() {
             return Err(NoRequest::NoOrigin);
@@ -260,7 +266,7 @@ impl Services {
         let Some(wire) = c
             .offered
             .iter()
-            .find(|(g, s)| g == grant && s.name == service)
+            .find(|(g, s)| g == grant && s.name == service && s.protocol == protocol)
             .map(|(_, s)| s.wire())
         else {
             return Err(NoRequest::NoOrigin);
@@ -297,10 +303,10 @@ impl Services {
     }
 }
 
-fn offers(c: &Channel, grant: &str, service: &str) -> bool {
+fn offers(c: &Channel, grant: &str, service: &str, protocol: Option<IpProtocol>) -> bool {
     c.offered
         .iter()
-        .any(|(g, s)| g == grant && s.name == service)
+        .any(|(g, s)| g == grant && s.name == service && protocol.is_none_or(|p| s.protocol == p))
 }
 
 /// A refused reverse CONNECT request's answer.

@@ -14,6 +14,7 @@
 //! log line and `ptth_gateway_tcp_flows_refused_total{reason}`.
 
 use crate::reverse::{NoRequest, Services};
+use ptth_core::IpProtocol;
 use ptth_h2::flow::{splice, FlowEnd, FlowOptions};
 use std::net::SocketAddr;
 use std::str::FromStr;
@@ -95,7 +96,7 @@ pub(crate) async fn serve(
 /// One public connection, from its request to its end.
 async fn flow(tcp: TcpStream, client: SocketAddr, mapping: &TcpMapping, services: &Services) {
     let _ = tcp.set_nodelay(true);
-    let requested = match services.request(&mapping.grant, &mapping.service) {
+    let requested = match services.request(&mapping.grant, &mapping.service, IpProtocol::Tcp) {
         Ok(r) => r,
         Err(why) => {
             let (reason, text) = match why {

@@ -49,6 +49,7 @@
 pub mod connect;
 pub mod flow;
 pub mod reversed;
+pub mod udp_flow;
 
 pub use connect::{origin_connect, ConnectFailure, ConnectStream};
 pub use reversed::{Body, BoxError, PeerSettings, ServeOptions, Windows, MAX_HEADER_LIST_SIZE};

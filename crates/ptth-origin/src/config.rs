@@ -2,6 +2,7 @@
 
 use crate::service::{HostPattern, Proxy, ProxyOptions, Route, Routes, UpstreamTls};
 use crate::tcp_service::TcpService;
+use crate::udp_service::UdpService;
 use crate::OriginConfig;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::Parser;
@@ -87,6 +88,13 @@ pub struct Cli {
     /// --mechanism runs over QUIC, else `h2`.
     #[arg(long, value_name = "h1|h2|h3")]
     pub service_transport: Option<String>,
+    /// A UDP service offered to the gateway over reverse CONNECT, `NAME=HOST:PORT`
+    /// (repeatable; a list in the file, or `[[service]]` tables with `protocol = "udp"`):
+    /// the gateway's grant must allow it as `NAME=udp/PORT`. Each public client becomes
+    /// its own flow, from its own local port on this host. Default: none.
+    #[arg(long = "udp-service", value_name = "NAME=HOST:PORT")]
+    #[serde(default, rename = "udp-service")]
+    pub udp_services: Vec<String>,
     /// Services as tables (`[[service]]` in the config file).
     #[arg(skip)]
     #[serde(default, rename = "service")]
@@ -195,7 +203,7 @@ const TABLE_KEYS: &[&str] = &["route", "service"];
 pub struct ServiceConfig {
     /// Its name (the gateway's grant names it too).
     pub name: String,
-    /// `tcp` (the only one so far).
+    /// `tcp` or `udp`.
     pub protocol: String,
     /// `HOST:PORT` where the origin reaches it.
     pub address: String,
@@ -363,17 +371,37 @@ impl Cli {
                     .map_err(|e| anyhow!("--tcp-service {e}"))
             })
             .collect::<Result<Vec<_>>>()?;
+        let mut udp_services = self
+            .udp_services
+            .iter()
+            .map(|s| {
+                s.parse::<UdpService>()
+                    .map_err(|e| anyhow!("--udp-service {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
         for s in &self.services {
-            if s.protocol != "tcp" {
-                bail!("[[service]] {:?}: protocol must be \"tcp\"", s.name);
+            match s.protocol.as_str() {
+                "tcp" => tcp_services.push(
+                    TcpService::new(&s.name, &s.address)
+                        .map_err(|e| anyhow!("[[service]]: {e}"))?,
+                ),
+                "udp" => udp_services.push(
+                    UdpService::new(&s.name, &s.address)
+                        .map_err(|e| anyhow!("[[service]]: {e}"))?,
+                ),
+                _ => bail!(
+                    "[[service]] {:?}: protocol must be \"tcp\" or \"udp\"",
+                    s.name
+                ),
             }
-            tcp_services.push(
-                TcpService::new(&s.name, &s.address).map_err(|e| anyhow!("[[service]]: {e}"))?,
-            );
         }
         crate::tcp_service::check_services(&tcp_services)?;
+        crate::udp_service::check_services(
+            tcp_services.iter().map(|s| s.name.as_str()),
+            &udp_services,
+        )?;
         // An origin that only offers services serves no HTTP: no host, nothing to reverse.
-        let services_only = !tcp_services.is_empty()
+        let services_only = !(tcp_services.is_empty() && udp_services.is_empty())
             && self.hosts.is_empty()
             && self.upstream.is_none()
             && self.routes.is_empty()
@@ -441,6 +469,7 @@ impl Cli {
         if let Some(t) = &self.service_transport {
             c.service_transport = t.parse().map_err(|e: String| anyhow!("{e}"))?;
         }
+        c.udp_services = udp_services;
         c.credential = credential;
         c.signing_key = self.signing_key;
         if let Some(id) = self.key_id {
@@ -553,6 +582,11 @@ impl Cli {
                 f.tcp_services
             } else {
                 self.tcp_services
+            },
+            udp_services: if self.udp_services.is_empty() {
+                f.udp_services
+            } else {
+                self.udp_services
             },
             services: f.services,
             service_transport: self.service_transport.or(f.service_transport),

@@ -51,6 +51,7 @@ mod serve;
 pub mod service;
 pub mod service_channel;
 pub mod tcp_service;
+pub mod udp_service;
 
 pub use serve::{Authorizer, OriginService, RequestBody, ResponseBody};
 
@@ -118,6 +119,9 @@ pub struct OriginConfig {
     pub tcp_services: Vec<tcp_service::TcpService>,
     /// The HTTP version of the services' control channels (`--service-transport`).
     pub service_transport: service_channel::ServiceTransport,
+    /// UDP services offered to every gateway over reverse CONNECT (`--udp-service`), on
+    /// the same control channel as the TCP ones.
+    pub udp_services: Vec<udp_service::UdpService>,
 }
 
 impl OriginConfig {
@@ -153,7 +157,13 @@ impl OriginConfig {
             ready_when: metrics::ReadyWhen::All,
             tcp_services: Vec::new(),
             service_transport: service_channel::ServiceTransport::following(mechanism),
+            udp_services: Vec::new(),
         }
+    }
+
+    /// Whether it offers any TCP or UDP service over reverse CONNECT.
+    pub fn offers_services(&self) -> bool {
+        !self.tcp_services.is_empty() || !self.udp_services.is_empty()
     }
 
     /// Every gateway this origin dials: `gateway`, then `more_gateways`.
@@ -208,12 +218,16 @@ impl Origin {
         for url in config.gateways() {
             gateways.push(gateway_name(url)?);
         }
-        if config.hosts.is_empty() && config.tcp_services.is_empty() {
+        if config.hosts.is_empty() && !config.offers_services() {
             return Err(anyhow!(
-                "give at least one --host this origin serves (or a --tcp-service it offers)"
+                "give at least one --host this origin serves (or a --tcp-service or --udp-service it offers)"
             ));
         }
         tcp_service::check_services(&config.tcp_services)?;
+        udp_service::check_services(
+            config.tcp_services.iter().map(|s| s.name.as_str()),
+            &config.udp_services,
+        )?;
         let origins = config
             .hosts
             .iter()
@@ -279,7 +293,7 @@ impl Origin {
             .collect();
         let needs = metrics::Needs {
             http: !config.hosts.is_empty(),
-            services: !config.tcp_services.is_empty(),
+            services: config.offers_services(),
         };
         let metrics = Arc::new(metrics::Metrics::new(
             &names,
@@ -356,7 +370,7 @@ impl Origin {
                     slots.spawn(dialer.clone().run_slot(slot, service.clone(), rx.clone()));
                 }
             }
-            if !dialer.config.tcp_services.is_empty() {
+            if dialer.config.offers_services() {
                 slots.spawn(tcp_service::run(dialer.clone(), rx.clone()));
             }
         }

@@ -24,12 +24,12 @@
 
 use crate::dial::{Backoff, HEALTHY};
 use crate::dialer::Dialer;
-use crate::service_channel::{Carrier, ServiceTransport};
+use crate::service_channel::{Carrier, ServiceIo, ServiceTransport};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::BytesMut;
 use ptth_core::{
-    Capsule, CapsuleDecoder, ChannelError, Decoded, IpProtoScope, IpProtocol, ListenTarget,
-    OriginChannel, OriginEvent, RequestId, ReverseExchange, ReverseTemplate, Service, ServicePort,
+    Capsule, CapsuleDecoder, ChannelError, Decoded, IpProtocol, ListenTarget, OriginChannel,
+    OriginEvent, RequestId, ReverseExchange, ReverseTemplate, Service, ServicePort,
     DEFAULT_MAX_CONTROL_CAPSULE,
 };
 use ptth_h2::flow::{splice, FlowEnd, FlowOptions};
@@ -158,15 +158,31 @@ pub(crate) async fn run(dialer: Arc<Dialer>, mut shutdown: watch::Receiver<bool>
 async fn channel(dialer: &Dialer, transport: ServiceTransport) -> Result<String> {
     let carrier = Carrier::connect(dialer, transport).await?;
     let template = ReverseTemplate::default_for(ReverseExchange::Listen, &dialer.authority)?;
+    let udp_services = dialer.config.udp_services.clone();
     let uri = template.expand_listen(
         Some(&ListenTarget::LocalOnly),
-        Some(IpProtoScope::Only(IpProtocol::Tcp)),
+        Some(crate::udp_service::ipproto(
+            !dialer.config.tcp_services.is_empty(),
+            !udp_services.is_empty(),
+        )),
     )?;
     let auth = dialer.config.credential.as_ref().map(|c| c.header_value());
     let io = carrier.open(ReverseExchange::Listen, &uri, auth).await?;
     let services = dialer.config.tcp_services.clone();
-    let offered: Vec<Service> = services.iter().map(TcpService::wire).collect();
-    let names: Vec<&str> = services.iter().map(|s| s.name.as_str()).collect();
+    let offered: Vec<Service> = services
+        .iter()
+        .map(TcpService::wire)
+        .chain(
+            udp_services
+                .iter()
+                .map(crate::udp_service::UdpService::wire),
+        )
+        .collect();
+    let names: Vec<&str> = services
+        .iter()
+        .map(|s| s.name.as_str())
+        .chain(udp_services.iter().map(|s| s.name.as_str()))
+        .collect();
     tracing::info!(gateway = %dialer.gateway, %transport, services = %names.join(","), "reverse CONNECT control channel open");
     // `/readyz` counts this gateway reached while the channel is open.
     let _up = ChannelUp::new(dialer);
@@ -208,6 +224,10 @@ async fn channel(dialer: &Dialer, transport: ServiceTransport) -> Result<String>
                         let flow = Flow {
                             id: request.id,
                             service: services
+                                .iter()
+                                .find(|s| s.wire() == request.service)
+                                .cloned(),
+                            udp: udp_services
                                 .iter()
                                 .find(|s| s.wire() == request.service)
                                 .cloned(),
@@ -266,6 +286,8 @@ struct Flow {
     id: RequestId,
     asked: Service,
     service: Option<TcpService>,
+    /// The UDP service asked for, if the request is for one ([`crate::udp_service`]).
+    udp: Option<crate::udp_service::UdpService>,
     state: Arc<Mutex<OriginChannel>>,
     control: mpsc::Sender<Capsule>,
     carrier: Carrier,
@@ -283,7 +305,26 @@ impl Flow {
         }
     }
 
+    /// Marks the request as being accepted; `false` if the channel no longer has it.
+    fn accepting(&self) -> bool {
+        lock(&self.state).accepting(self.id).is_ok()
+    }
+
+    /// Sends the `connect-accept` for this request and takes over its stream.
+    async fn accept(&self) -> Result<ServiceIo> {
+        let template = ReverseTemplate::default_for(ReverseExchange::Accept, &self.authority)?;
+        let uri = template.expand_accept(self.id)?;
+        self.carrier
+            .open(ReverseExchange::Accept, &uri, self.auth.clone())
+            .await
+    }
+
     async fn run(self) {
+        if self.asked.protocol == IpProtocol::Udp {
+            // The UDP flow declines, accepts and pumps through `udp_service::Request`.
+            let udp = self.udp.clone();
+            return crate::udp_service::run(self, udp).await;
+        }
         let Some(service) = self.service.clone() else {
             self.decline("this origin offers no such service");
             return;
@@ -308,17 +349,10 @@ impl Flow {
             }
         };
         let _ = tcp.set_nodelay(true);
-        if lock(&self.state).accepting(self.id).is_err() {
+        if !self.accepting() {
             return;
         }
-        let accepted = async {
-            let template = ReverseTemplate::default_for(ReverseExchange::Accept, &self.authority)?;
-            let uri = template.expand_accept(self.id)?;
-            self.carrier
-                .open(ReverseExchange::Accept, &uri, self.auth.clone())
-                .await
-        };
-        let stream = match accepted.await {
+        let stream = match self.accept().await {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(gateway = %self.gateway, request = %self.id, service = %service.name, error = %format!("{e:#}"), "connect-accept failed");
@@ -340,6 +374,28 @@ impl Flow {
                 tracing::info!(request = %self.id, service = %service.name, reason = %end, "TCP flow closed")
             }
         }
+    }
+}
+
+impl crate::udp_service::Request for Flow {
+    fn id(&self) -> RequestId {
+        self.id
+    }
+
+    fn gateway(&self) -> &http::Uri {
+        &self.gateway
+    }
+
+    fn decline(&self, why: &str) {
+        Flow::decline(self, why);
+    }
+
+    fn accepting(&self) -> bool {
+        Flow::accepting(self)
+    }
+
+    fn accept(&self) -> impl std::future::Future<Output = Result<ServiceIo>> + Send {
+        Flow::accept(self)
     }
 }
 

@@ -1,0 +1,416 @@
+//! Reverse CONNECT for UDP over the HTTP/2 control channel, end to end with real processes:
+//! a UDP echo service behind a `ptth-origin --udp-service`, reached through a gateway UDP
+//! port mapping (`[[udp]]`), datagrams in RFC 9298 payloads inside `DATAGRAM` capsules.
+//!
+//! Run `cargo build --bins` first.
+
+use anyhow::{anyhow, bail, Context, Result};
+use ptth_tests::{bin, Gateway, LogTap, TempDir};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::process::{Child, Command};
+
+const BOX_TOKEN: &str = "box-token-7a21c9e04b";
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+/// A UDP echo service; it records every source address it heard from (one per flow: the
+/// origin's socket for each flow has its own local port).
+async fn udp_echo() -> (SocketAddr, Arc<Mutex<HashSet<SocketAddr>>>) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(HashSet::new()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_535];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            record.lock().unwrap().insert(from);
+            let _ = socket.send_to(&buf[..n], from).await;
+        }
+    });
+    (addr, seen)
+}
+
+/// A TCP echo service.
+async fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 || tcp.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+struct Setup {
+    _dir: TempDir,
+    gw: Gateway,
+    /// The UDP mapping of service `echo`.
+    udp: SocketAddr,
+    /// The TCP mapping of service `techo`.
+    tcp: SocketAddr,
+    admin: SocketAddr,
+}
+
+/// A gateway whose grant `box` allows `echo=udp/{udp_port}` and `techo=tcp/{tcp_port}`,
+/// mapped on ports picked now (started again on new ports if a parallel test took one).
+async fn gateway(name: &str, udp_port: u16, tcp_port: u16, extra: &[&str]) -> Result<Setup> {
+    let mut last = None;
+    for _ in 0..5 {
+        match gateway_once(name, udp_port, tcp_port, extra).await {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow!("no attempt")))
+}
+
+async fn gateway_once(name: &str, udp_port: u16, tcp_port: u16, extra: &[&str]) -> Result<Setup> {
+    let dir = TempDir::new(name);
+    let (udp, tcp, admin) = (free_udp_port(), free_tcp_port(), free_tcp_port());
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+admin = "127.0.0.1:{admin}"
+
+[[grant]]
+name = "box"
+token = "{BOX_TOKEN}"
+services = ["echo=udp/{udp_port}", "techo=tcp/{tcp_port}"]
+
+[[udp]]
+listen = "127.0.0.1:{udp}"
+grant = "box"
+service = "echo"
+
+[[tcp]]
+listen = "127.0.0.1:{tcp}"
+grant = "box"
+service = "techo"
+"#
+        ),
+    )?;
+    let mut args = vec!["--config", config.to_str().unwrap_or_default()];
+    args.extend_from_slice(extra);
+    let gw = Gateway::start(&dir.0.join("dev"), &args).await?;
+    Ok(Setup {
+        _dir: dir,
+        gw,
+        udp: format!("127.0.0.1:{udp}").parse()?,
+        tcp: format!("127.0.0.1:{tcp}").parse()?,
+        admin: format!("127.0.0.1:{admin}").parse()?,
+    })
+}
+
+/// A services-only `ptth-origin` with the `box` token and these `--udp-service` and
+/// `--tcp-service` values.
+fn origin(s: &Setup, udp: &[String], tcp: &[String]) -> Result<(Child, LogTap)> {
+    origin_logging(s, udp, tcp, "warn")
+}
+
+/// [`origin`] logging at `level` (unless `PTTH_TEST_LOG` says otherwise).
+fn origin_logging(
+    s: &Setup,
+    udp: &[String],
+    tcp: &[String],
+    level: &str,
+) -> Result<(Child, LogTap)> {
+    let mut cmd = Command::new(bin("ptth-origin"));
+    cmd.args(["--gateway", &s.gw.tunnel_url(), "--token", BOX_TOKEN])
+        .arg("--ca")
+        .arg(s.gw.dev.join("ca.pem"));
+    for u in udp {
+        cmd.args(["--udp-service", u]);
+    }
+    for t in tcp {
+        cmd.args(["--tcp-service", t]);
+    }
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| level.into()),
+    )
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .kill_on_drop(true);
+    let mut child = cmd.spawn().context("starting ptth-origin")?;
+    let log = LogTap::capture("origin", child.stderr.take());
+    Ok((child, log))
+}
+
+/// Sends `payload` from `client` to `to` until the same bytes come back (a datagram may be
+/// dropped while a flow starts); the deadline's error otherwise.
+async fn round_trip(client: &UdpSocket, to: SocketAddr, payload: &[u8], secs: u64) -> Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut buf = vec![0u8; 65_535];
+    loop {
+        client.send_to(payload, to).await?;
+        let wait = async {
+            loop {
+                let (n, from) = client.recv_from(&mut buf).await?;
+                anyhow::ensure!(from == to, "a reply from {from}, not the mapping {to}");
+                if &buf[..n] == payload {
+                    return anyhow::Ok(());
+                }
+                // A late reply to an earlier try of this client is fine; another client's
+                // bytes are not.
+                anyhow::ensure!(
+                    buf[..n.min(8)] == payload[..payload.len().min(8)],
+                    "cross-talk: {} bytes starting {:?} arrived for a client whose datagrams start {:?}",
+                    n,
+                    &buf[..n.min(8)],
+                    &payload[..payload.len().min(8)]
+                );
+            }
+        };
+        match tokio::time::timeout(Duration::from_millis(500), wait).await {
+            Ok(r) => return r,
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                bail!(
+                    "no echo of {} bytes through {to} within {secs} s",
+                    payload.len()
+                )
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Waits for nothing to come back to `client` for `ms`.
+async fn silence(client: &UdpSocket, ms: u64) -> Result<()> {
+    let mut buf = [0u8; 2048];
+    match tokio::time::timeout(Duration::from_millis(ms), client.recv_from(&mut buf)).await {
+        Err(_) => Ok(()),
+        Ok(r) => bail!("a reply arrived: {r:?}"),
+    }
+}
+
+/// The value of a metric sample line starting with `name` in the gateway's `/metrics`.
+async fn metric(admin: SocketAddr, name: &str) -> Result<u64> {
+    let mut tcp = TcpStream::connect(admin).await?;
+    tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut text = String::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_string(&mut text)).await??;
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .ok_or_else(|| anyhow!("no {name} in /metrics"))
+}
+
+/// A payload for client `c`, datagram `i`: 8 bytes naming both, then filler of a size
+/// that varies from 0 to about 9 000 bytes.
+fn payload(c: u8, i: u32) -> Vec<u8> {
+    let size = match i % 7 {
+        0 => 0,
+        1 => 1,
+        2 => 512,
+        3 => 1_400,
+        4 => 4_000,
+        5 => 9_000,
+        _ => (i as usize * 131) % 3_000,
+    };
+    let mut p = vec![b'C', c, 0, 0];
+    p.extend_from_slice(&i.to_be_bytes());
+    p.extend(std::iter::repeat_n(c ^ (i as u8), size));
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_clients_each_get_their_own_echoes_and_tcp_works_beside() -> Result<()> {
+    let (service, seen) = udp_echo().await;
+    let tservice = tcp_echo().await;
+    // Flows are counted when they end: a short idle timeout ends them all after the test.
+    let s = gateway(
+        "rcu-echo",
+        service.port(),
+        tservice.port(),
+        &["--udp-idle-timeout", "3"],
+    )
+    .await?;
+    let (_origin, origin_log) = origin(
+        &s,
+        &[format!("echo=127.0.0.1:{}", service.port())],
+        &[format!("techo=127.0.0.1:{}", tservice.port())],
+    )?;
+    // The first datagram waits for the origin's channel.
+    let first = UdpSocket::bind("127.0.0.1:0").await?;
+    round_trip(&first, s.udp, b"hello", 20).await?;
+
+    const CLIENTS: u8 = 5;
+    const EACH: u32 = 60;
+    let mut tasks = Vec::new();
+    for c in 0..CLIENTS {
+        let to = s.udp;
+        tasks.push(tokio::spawn(async move {
+            let client = UdpSocket::bind("127.0.0.1:0").await?;
+            for i in 0..EACH {
+                round_trip(&client, to, &payload(c, i), 10).await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    // One flow per client address: the service heard from 1 + CLIENTS local ports.
+    assert_eq!(seen.lock().unwrap().len(), 1 + CLIENTS as usize);
+
+    // The same origin's TCP service works on the same control channel.
+    let mut tcp = TcpStream::connect(s.tcp).await?;
+    tcp.write_all(b"over tcp").await?;
+    let mut got = [0u8; 8];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut got)).await??;
+    assert_eq!(&got, b"over tcp");
+
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let idle = metric(s.admin, "ptth_gateway_udp_flows_total{outcome=\"idle\"}").await?;
+    assert_eq!(idle, 1 + u64::from(CLIENTS), "flows ended idle");
+    for direction in ["to_origin", "to_client"] {
+        let n = metric(
+            s.admin,
+            &format!("ptth_gateway_udp_datagrams_total{{direction=\"{direction}\"}}"),
+        )
+        .await?;
+        assert!(n > u64::from(CLIENTS) * u64::from(EACH), "{direction} {n}");
+    }
+    assert!(origin_log
+        .matching("reverse CONNECT control channel failed")
+        .is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_udp_service_the_grant_does_not_allow_is_not_offered() -> Result<()> {
+    let (service, seen) = udp_echo().await;
+    // The grant allows echo on another port than the one the origin advertises.
+    let s = gateway("rcu-notallowed", free_udp_port(), free_tcp_port(), &[]).await?;
+    let (_origin, _log) = origin(&s, &[format!("echo=127.0.0.1:{}", service.port())], &[])?;
+    s.gw.log
+        .wait_for("advertised a service its grant does not allow", 20)
+        .await?;
+    let client = UdpSocket::bind("127.0.0.1:0").await?;
+    client.send_to(b"anyone?", s.udp).await?;
+    silence(&client, 1_500).await?;
+    s.gw.log
+        .wait_for("UDP datagrams dropped: no origin offers the service", 5)
+        .await?;
+    assert!(
+        metric(
+            s.admin,
+            "ptth_gateway_udp_flows_total{outcome=\"no_origin\"}"
+        )
+        .await?
+            >= 1
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "the service heard something"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_idle_flow_is_freed_and_the_next_datagram_makes_a_new_one() -> Result<()> {
+    let (service, seen) = udp_echo().await;
+    let s = gateway(
+        "rcu-idle",
+        service.port(),
+        free_tcp_port(),
+        &["--udp-idle-timeout", "1"],
+    )
+    .await?;
+    let (_origin, _log) = origin(&s, &[format!("echo=127.0.0.1:{}", service.port())], &[])?;
+    let client = UdpSocket::bind("127.0.0.1:0").await?;
+    round_trip(&client, s.udp, b"one", 20).await?;
+    round_trip(&client, s.udp, b"two", 5).await?;
+    assert_eq!(seen.lock().unwrap().len(), 1, "one flow so far");
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    assert!(metric(s.admin, "ptth_gateway_udp_flows_total{outcome=\"idle\"}").await? >= 1);
+    round_trip(&client, s.udp, b"three", 5).await?;
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "the datagram after the idle timeout came through a new flow"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_origin_killed_mid_flow_ends_it_and_a_restarted_origin_serves_new_datagrams(
+) -> Result<()> {
+    let (service, seen) = udp_echo().await;
+    let s = gateway("rcu-kill", service.port(), free_tcp_port(), &[]).await?;
+    let spec = [format!("echo=127.0.0.1:{}", service.port())];
+    let (mut first, _log) = origin(&s, &spec, &[])?;
+    let client = UdpSocket::bind("127.0.0.1:0").await?;
+    round_trip(&client, s.udp, b"before", 20).await?;
+    first.kill().await?;
+    // Nothing answers while no origin is there.
+    client.send_to(b"while down", s.udp).await?;
+    silence(&client, 1_000).await?;
+    let ended = metric(s.admin, "ptth_gateway_udp_flows_total{outcome=\"error\"}").await?
+        + metric(s.admin, "ptth_gateway_udp_flows_total{outcome=\"closed\"}").await?;
+    assert!(ended >= 1, "the killed origin's flow did not end");
+    let (_second, _log2) = origin(&s, &spec, &[])?;
+    round_trip(&client, s.udp, b"after", 20).await?;
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        2,
+        "a new flow after the restart"
+    );
+    let log = s.gw.log.text();
+    assert!(!log.contains("panicked"), "{log}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stopping_gateway_ends_its_udp_flows_at_the_origin() -> Result<()> {
+    let (service, _seen) = udp_echo().await;
+    let mut s = gateway("rcu-stop", service.port(), free_tcp_port(), &[]).await?;
+    let (_origin, origin_log) = origin_logging(
+        &s,
+        &[format!("echo=127.0.0.1:{}", service.port())],
+        &[],
+        "ptth_origin=debug",
+    )?;
+    let client = UdpSocket::bind("127.0.0.1:0").await?;
+    round_trip(&client, s.udp, b"hello", 20).await?;
+    origin_log.wait_for("UDP flow open", 5).await?;
+    assert!(origin_log.matching("UDP flow closed").is_empty());
+    s.gw.signal("-TERM");
+    // The flow ends at once, well before its 60 s idle timeout, and cleanly: the gateway
+    // ended the stream (a gateway that just went away would reset it instead).
+    let line = origin_log.wait_for("UDP flow closed", 10).await?;
+    assert!(line.contains("reason=closed"), "{line}");
+    s.gw.wait(40).await?;
+    Ok(())
+}
