@@ -308,6 +308,68 @@ async fn several_clients_each_get_their_own_echoes_and_tcp_works_beside() -> Res
     Ok(())
 }
 
+/// UDP flows over the HTTP/3 and HTTP/1.1 control channels (`--service-transport`): the
+/// datagrams travel in DATAGRAM capsules on the accept stream whatever carries it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_flows_work_over_the_http3_and_http1_control_channels() -> Result<()> {
+    let (service, seen) = udp_echo().await;
+    for transport in ["h3", "h1"] {
+        let s = gateway(
+            &format!("rcu-{transport}"),
+            service.port(),
+            free_tcp_port(),
+            &[],
+        )
+        .await?;
+        let mut cmd = Command::new(bin("ptth-origin"));
+        cmd.args(["--gateway", &s.gw.tunnel_url(), "--token", BOX_TOKEN])
+            .args(["--service-transport", transport])
+            .args([
+                "--udp-service",
+                &format!("echo=127.0.0.1:{}", service.port()),
+            ])
+            .arg("--ca")
+            .arg(s.gw.dev.join("ca.pem"))
+            .env(
+                "RUST_LOG",
+                std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut origin = cmd.spawn().context("starting ptth-origin")?;
+        let log = LogTap::capture("origin", origin.stderr.take());
+        let before = seen.lock().unwrap().len();
+        let mut tasks = Vec::new();
+        for c in 0..3u8 {
+            let to = s.udp;
+            tasks.push(tokio::spawn(async move {
+                let client = UdpSocket::bind("127.0.0.1:0").await?;
+                for i in 0..20 {
+                    round_trip(&client, to, &payload(c, i), 20).await?;
+                }
+                anyhow::Ok(())
+            }));
+        }
+        for t in tasks {
+            t.await?.with_context(|| format!("over {transport}"))?;
+        }
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            before + 3,
+            "{transport}: one flow per client"
+        );
+        assert!(
+            log.matching("reverse CONNECT control channel failed")
+                .is_empty(),
+            "{transport}: {}",
+            log.text()
+        );
+        let _ = origin.kill().await;
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_udp_service_the_grant_does_not_allow_is_not_offered() -> Result<()> {
     let (service, seen) = udp_echo().await;
