@@ -140,7 +140,10 @@ impl ProxyUser {
     pub fn may_reach(&self, grant: &str, service: &str) -> bool {
         self.reach.iter().any(|r| match r {
             Reach::Grant(g) => g == grant,
-            Reach::Service { grant: g, service: s } => g == grant && s == service,
+            Reach::Service {
+                grant: g,
+                service: s,
+            } => g == grant && s == service,
         })
     }
 }
@@ -203,8 +206,7 @@ impl ProxyUsers {
         let mut users: Vec<ProxyUser> = Vec::with_capacity(specs.len());
         for (i, s) in specs.into_iter().enumerate() {
             let at = |why: String| format!("[[proxy-user]] #{} ({:?}): {why}", i + 1, s.name);
-            if s.name.is_empty() || s.name.contains(':') || s.name.chars().any(char::is_control)
-            {
+            if s.name.is_empty() || s.name.contains(':') || s.name.chars().any(char::is_control) {
                 return Err(at(
                     "the name must be non-empty, without ':' or control characters (it is the Basic user-id, RFC 7617)".into(),
                 ));
@@ -212,7 +214,8 @@ impl ProxyUsers {
             if users.iter().any(|u| u.name == s.name) {
                 return Err(at("another proxy user has this name".into()));
             }
-            let basic = sha256_of(&s.name, &s.password, &s.password_sha256, "password").map_err(at)?;
+            let basic =
+                sha256_of(&s.name, &s.password, &s.password_sha256, "password").map_err(at)?;
             let bearer = sha256_of(&s.name, &s.token, &s.token_sha256, "token").map_err(at)?;
             let secret = match (basic, bearer) {
                 (Some(p), None) => Secret::Basic { password_sha256: p },
@@ -270,7 +273,9 @@ impl ProxyUsers {
         let (scheme, rest) = text
             .trim()
             .split_once(' ')
-            .ok_or(ProxyAuthError::Malformed("expected `<scheme> <credentials>`"))?;
+            .ok_or(ProxyAuthError::Malformed(
+                "expected `<scheme> <credentials>`",
+            ))?;
         let rest = rest.trim();
         let mut found: Option<&ProxyUser> = None;
         if scheme.eq_ignore_ascii_case("bearer") {
@@ -347,7 +352,12 @@ reach = ["box/*"]
     #[test]
     fn basic_and_bearer_prove_their_user_and_nothing_else() {
         let u = users();
-        assert_eq!(u.authenticate(Some(&basic("alice", "pw-alice"))).unwrap().name, "alice");
+        assert_eq!(
+            u.authenticate(Some(&basic("alice", "pw-alice")))
+                .unwrap()
+                .name,
+            "alice"
+        );
         let bearer = HeaderValue::from_static("Bearer tok-en");
         assert_eq!(u.authenticate(Some(&bearer)).unwrap().name, "robot");
         for wrong in [
@@ -356,12 +366,18 @@ reach = ["box/*"]
             basic("robot", "tok-en"),
             HeaderValue::from_static("Bearer pw-alice"),
         ] {
-            assert_eq!(u.authenticate(Some(&wrong)).unwrap_err(), ProxyAuthError::Rejected);
+            assert_eq!(
+                u.authenticate(Some(&wrong)).unwrap_err(),
+                ProxyAuthError::Rejected
+            );
         }
         assert_eq!(u.authenticate(None).unwrap_err(), ProxyAuthError::Missing);
         for bad in ["Basic !!", "Digest x", "Basic", "Basic YWxpY2U="] {
             let v = HeaderValue::from_static(bad);
-            assert!(matches!(u.authenticate(Some(&v)), Err(ProxyAuthError::Malformed(_))), "{bad}");
+            assert!(
+                matches!(u.authenticate(Some(&v)), Err(ProxyAuthError::Malformed(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -379,19 +395,38 @@ reach = ["box/*"]
     fn bad_tables_say_what_is_wrong_and_no_secret_shows() {
         for (text, says) in [
             ("name = \"a\"\nreach = [\"g/s\"]", "exactly one secret"),
-            ("name = \"a\"\npassword = \"p\"\ntoken = \"t\"\nreach = [\"g/s\"]", "exactly one secret"),
+            (
+                "name = \"a\"\npassword = \"p\"\ntoken = \"t\"\nreach = [\"g/s\"]",
+                "exactly one secret",
+            ),
             ("name = \"a\"\npassword = \"p\"", "reach is empty"),
-            ("name = \"a:b\"\npassword = \"p\"\nreach = [\"g/s\"]", "without ':'"),
-            ("name = \"a\"\npassword = \"p\"\nreach = [\"g\"]", "GRANT/SERVICE"),
-            ("name = \"a\"\npassword = \"p\"\nreach = [\"g/SSH\"]", "lowercase"),
-            ("name = \"a\"\npassword-sha256 = \"zz\"\nreach = [\"g/s\"]", "64 hex"),
+            (
+                "name = \"a:b\"\npassword = \"p\"\nreach = [\"g/s\"]",
+                "without ':'",
+            ),
+            (
+                "name = \"a\"\npassword = \"p\"\nreach = [\"g\"]",
+                "GRANT/SERVICE",
+            ),
+            (
+                "name = \"a\"\npassword = \"p\"\nreach = [\"g/SSH\"]",
+                "lowercase",
+            ),
+            (
+                "name = \"a\"\npassword-sha256 = \"zz\"\nreach = [\"g/s\"]",
+                "64 hex",
+            ),
         ] {
             let e = ProxyUsers::from_toml(&format!("[[proxy-user]]\n{text}\n")).unwrap_err();
             assert!(e.contains(says), "{text}: {e}");
         }
         let shown = format!("{:?}", users());
-        assert!(!shown.contains("pw-alice") && !shown.contains("tok-en"), "{shown}");
-        let spec: File = toml::from_str("[[proxy-user]]\nname = \"a\"\npassword = \"s3cr3t\"\n").unwrap();
+        assert!(
+            !shown.contains("pw-alice") && !shown.contains("tok-en"),
+            "{shown}"
+        );
+        let spec: File =
+            toml::from_str("[[proxy-user]]\nname = \"a\"\npassword = \"s3cr3t\"\n").unwrap();
         assert!(!format!("{:?}", spec.users).contains("s3cr3t"));
     }
 }

@@ -176,6 +176,13 @@ pub struct Cli {
     /// Mapped TCP flows at once through one port mapping (default 1024).
     #[arg(long)]
     pub max_flows_per_listener: Option<usize>,
+    /// Public clients of the CONNECT proxy (`[[proxy-user]]` tables in the config file:
+    /// `name`, one of `password`/`password-sha256` (Basic) or `token`/`token-sha256`
+    /// (Bearer), `reach = ["GRANT/SERVICE" or "GRANT/*"]`). Default: none, and then public
+    /// CONNECT is refused as before.
+    #[arg(skip)]
+    #[serde(default, rename = "proxy-user")]
+    pub proxy_users: Vec<ptth_auth::ProxyUserSpec>,
     /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
     #[arg(skip)]
     #[serde(skip)]
@@ -191,7 +198,7 @@ const RENAMED_KEYS: &[(&str, &str)] = &[("tokens", "token"), ("trusted-proxies",
 
 /// Keys that are tables in the file (`[[grant]]`, `[[certificate]]`), not flags.
 #[cfg(test)]
-const TABLE_KEYS: &[&str] = &["grant", "certificate", "tcp"];
+const TABLE_KEYS: &[&str] = &["grant", "certificate", "tcp", "proxy-user"];
 
 /// Settings a SIGHUP cannot change: every key but the grants and the certificates.
 const RELOADED_KEYS: &[&str] = &["grant", "certificate"];
@@ -331,6 +338,8 @@ pub struct GatewayConfig {
     pub tcp_mappings: Vec<crate::tcp_listen::TcpMapping>,
     /// Reverse CONNECT flow deadlines and limits.
     pub flows: crate::reverse::FlowSettings,
+    /// Public clients of the CONNECT proxy (`[[proxy-user]]`); none: it is off.
+    pub proxy_users: ptth_auth::ProxyUsers,
 }
 
 impl GatewayConfig {
@@ -375,6 +384,7 @@ impl GatewayConfig {
             metrics_hosts: Vec::new(),
             tcp_mappings: Vec::new(),
             flows: crate::reverse::FlowSettings::default(),
+            proxy_users: ptth_auth::ProxyUsers::default(),
         }
     }
 }
@@ -562,6 +572,31 @@ impl Cli {
         if let Some(n) = self.max_flows_per_listener {
             c.flows.max_flows_per_listener = at_least_one(n, "--max-flows-per-listener")?;
         }
+        c.proxy_users =
+            ptth_auth::ProxyUsers::from_specs(self.proxy_users).map_err(anyhow::Error::msg)?;
+        for u in c.proxy_users.users() {
+            for r in &u.reach {
+                let named = match r {
+                    ptth_auth::Reach::Service { grant, service } => {
+                        c.grants.get(grant).map(|g| g.service(service).is_some())
+                    }
+                    ptth_auth::Reach::Grant(grant) => c.grants.get(grant).map(|_| true),
+                };
+                match named {
+                    Some(true) => {}
+                    Some(false) => bail!(
+                        "[[proxy-user]] {:?}: grant {:?} has no service named in its reach {r:?}",
+                        u.name,
+                        r.grant()
+                    ),
+                    None => bail!(
+                        "[[proxy-user]] {:?}: no grant is named {:?}",
+                        u.name,
+                        r.grant()
+                    ),
+                }
+            }
+        }
         Ok((c, dev_files))
     }
 
@@ -624,6 +659,7 @@ impl Cli {
             tcp_idle_timeout: self.tcp_idle_timeout.or(file.tcp_idle_timeout),
             max_flows_per_origin: self.max_flows_per_origin.or(file.max_flows_per_origin),
             max_flows_per_listener: self.max_flows_per_listener.or(file.max_flows_per_listener),
+            proxy_users: file.proxy_users,
             file_merged: self.file_merged,
             file: self.file,
         }

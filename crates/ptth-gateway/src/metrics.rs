@@ -196,6 +196,8 @@ struct FlowCounters {
     to_origin: Counter,
     to_client: Counter,
     channels: Family<Labels<1>, Counter>,
+    /// Public CONNECTs by outcome ([`crate::public_connect::OUTCOMES`]).
+    public_connects: Family<Labels<1>, Counter>,
 }
 
 impl FlowCounters {
@@ -229,12 +231,22 @@ impl FlowCounters {
             "Reverse CONNECT control channels (connect-listen), by outcome (opened, refused)",
             channels.clone(),
         );
+        let public_connects = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "public_connects",
+            "CONNECT and connect-tcp requests at the public listeners, by outcome (opened, bad_request, unauthenticated, unknown_target, forbidden, too_many_streams, no_origin, origin_full, declined, accept_timeout, not_opened)",
+            public_connects.clone(),
+        );
+        for o in crate::public_connect::OUTCOMES {
+            let _ = public_connects.get_or_create(&[("outcome", o)]);
+        }
         Self {
             opened,
             refused,
             to_origin,
             to_client,
             channels,
+            public_connects,
         }
     }
 }
@@ -390,6 +402,15 @@ impl Metrics {
     pub(crate) fn flow_channel(&self, outcome: &'static str) {
         self.flows
             .channels
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
+    /// A public CONNECT ended its setup with `outcome` (one of
+    /// [`crate::public_connect::OUTCOMES`]).
+    pub(crate) fn public_connect(&self, outcome: &'static str) {
+        self.flows
+            .public_connects
             .get_or_create(&[("outcome", outcome)])
             .inc();
     }
