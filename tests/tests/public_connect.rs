@@ -317,6 +317,31 @@ async fn echo_once<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S, msg: &[u8]) ->
     Ok(())
 }
 
+/// [`echo_once`], then the client's FIN; the tunnel must close in turn, and the service
+/// must have received exactly `msg` (not, say, capsules meant for the gateway).
+async fn echo_and_close<S: AsyncRead + AsyncWrite + Unpin>(
+    io: &mut S,
+    msg: &[u8],
+    received: &mut tokio::sync::mpsc::UnboundedReceiver<(u64, String)>,
+) -> Result<()> {
+    echo_once(io, msg).await?;
+    io.shutdown().await?;
+    let mut rest = Vec::new();
+    tokio::time::timeout(STEP, io.read_to_end(&mut rest))
+        .await
+        .map_err(|_| anyhow!("the tunnel stayed open after the client's FIN"))??;
+    anyhow::ensure!(rest.is_empty(), "more after the echo: {rest:?}");
+    let (len, hash) = tokio::time::timeout(STEP, received.recv())
+        .await?
+        .ok_or_else(|| anyhow!("the echo service reported nothing"))?;
+    anyhow::ensure!(
+        (len, hash.as_str()) == (msg.len() as u64, hex(&Sha256::digest(msg)).as_str()),
+        "the service received {len} bytes, not the {} sent",
+        msg.len()
+    );
+    Ok(())
+}
+
 /// A connect-tcp stream seen as bytes: the test's own splice turns them into `DATA`
 /// capsules on `stream` (and back).
 fn capsule_client<T>(stream: T) -> DuplexStream
@@ -369,7 +394,7 @@ async fn public_clients_reach_a_tcp_echo_by_every_connect_form() -> Result<()> {
     let (status, head) =
         h1_connect(&mut tls, &echo, Some(&format!("Bearer {ROBOT_TOKEN}"))).await?;
     assert_eq!(status, 200, "{head}");
-    echo_once(&mut tls, b"over TLS").await?;
+    echo_and_close(&mut tls, b"over TLS", &mut s.received).await?;
 
     // curl's proxy tunnel (-p -x), cleartext and TLS proxies, to an HTTP service.
     let hello = format!("http://box:{}/", s.hello_port);
@@ -405,7 +430,7 @@ async fn public_clients_reach_a_tcp_echo_by_every_connect_form() -> Result<()> {
     let res = tokio::time::timeout(STEP, send.send_request(req)).await??;
     assert_eq!(res.status(), StatusCode::OK);
     let mut io = TokioIo::new(tokio::time::timeout(STEP, hyper::upgrade::on(res)).await??);
-    echo_once(&mut io, b"h2 classic").await?;
+    echo_and_close(&mut io, b"h2 classic", &mut s.received).await?;
 
     // connect-tcp over HTTP/2 (extended CONNECT, DATA capsules).
     let path = format!("/.well-known/masque/tcp/box/{}/", s.echo_port);
@@ -423,7 +448,7 @@ async fn public_clients_reach_a_tcp_echo_by_every_connect_form() -> Result<()> {
     );
     let upgraded = tokio::time::timeout(STEP, hyper::upgrade::on(res)).await??;
     let mut io = capsule_client(TokioIo::new(upgraded));
-    echo_once(&mut io, b"connect-tcp over h2").await?;
+    echo_and_close(&mut io, b"connect-tcp over h2", &mut s.received).await?;
 
     // connect-tcp over HTTP/3.
     let h3 = h3_client(&s.gw).await?;
@@ -436,7 +461,7 @@ async fn public_clients_reach_a_tcp_echo_by_every_connect_form() -> Result<()> {
     let (res, stream) = h3.connect(req).await?;
     assert_eq!(res.status(), StatusCode::OK);
     let mut io = capsule_client(stream);
-    echo_once(&mut io, b"connect-tcp over h3").await?;
+    echo_and_close(&mut io, b"connect-tcp over h3", &mut s.received).await?;
 
     assert_no_secret(&s);
     Ok(())
@@ -622,7 +647,10 @@ async fn without_proxy_users_connect_is_refused_as_before() -> Result<()> {
     let (status, head) =
         h1_connect(&mut tcp, &format!("box:{}", echo.port()), Some(ALICE_BASIC)).await?;
     let body = rest_of(&mut tcp).await;
-    assert_eq!(status, 400, "{head}{body}");
+    // As before proxy users existed: the CONNECT is routed like any request, to HTTP
+    // origins of host `box`, and there is none.
+    assert_eq!(status, 503, "{head}{body}");
+    assert!(body.contains("no origin is connected"), "{body:?}");
     // HTTP/2 classic CONNECT is refused too, and nothing reached the service.
     let mut send = h2c(&gw).await?;
     let req = Request::connect(format!("box:{}", echo.port()).as_str())
