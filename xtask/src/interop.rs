@@ -11,6 +11,7 @@
 //! curl HTTP/1.1, curl HTTP/2 and `ptth-h3-client get` plus the whole smuggling battery, and
 //! writes nothing.
 
+mod connect;
 mod smuggle;
 
 use crate::procs::{self, Children, Credential, Gateway, TempDir};
@@ -355,6 +356,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     println!("Request-smuggling battery (raw TCP to the cleartext listener; forwarded = requests the counting upstream received)\n");
     println!("{smuggle_table}");
 
+    // Public CONNECT: proxy clients reach a TCP service behind an origin.
+    let connect_table = connect::rows(&bin, &mut failures)?;
+    println!(
+        "Public CONNECT (a TCP service behind an origin, reached through the gateway as a proxy)\n"
+    );
+    println!("{connect_table}");
+
     for k in &known_failures {
         eprintln!("KNOWN {k}");
     }
@@ -369,6 +377,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         let doc = render(
             &table,
             &smuggle_table,
+            &connect_table,
             &failures,
             &known_failures,
             &clients,
@@ -559,6 +568,7 @@ fn number_before(out: &str, line_prefix: &str, suffix: &str) -> Option<usize> {
 fn render(
     table: &str,
     smuggle_table: &str,
+    connect_table: &str,
     failures: &[String],
     known_failures: &[String],
     clients: &[(&str, Client)],
@@ -644,6 +654,16 @@ fn render(
          message (obs-fold, bare CR → SP; bare LF as a line end; Content-Length with \
          Transfer-Encoding processed as chunked and the connection closed) or where a body \
          error can only show after the head was forwarded.\n\n{smuggle_table}"
+    );
+    let _ = writeln!(
+        doc,
+        "## Public CONNECT\n\n\
+         A gateway of its own with a `[[proxy-user]]` and a grant offering `hello=tcp/PORT`, an \
+         origin with `--tcp-service hello=127.0.0.1:PORT` (reverse CONNECT), and a TCP service \
+         run by xtask that answers any HTTP/1.1 request with a fixed body. curl opens a proxy \
+         tunnel (`CONNECT svc:PORT` with `Proxy-Authorization: Basic`) through the gateway's \
+         public listener and sends its request inside; a row passes when curl prints the \
+         service's body.\n\n{connect_table}"
     );
     if !known_failures.is_empty() {
         let _ = writeln!(
