@@ -1201,6 +1201,42 @@ origins = ["https://app.example", "http://plain.example", "https://*.apps.exampl
     }
 
     #[test]
+    fn proxy_users_must_reach_grants_and_services_that_exist() {
+        let dir = temp_dir("proxy-users");
+        let file = dir.join("gateway.toml");
+        let base = "listen = \"127.0.0.1:1\"\ntunnel = \"127.0.0.1:2\"\ncert = \"c\"\nkey = \"k\"\n\
+                    [[grant]]\nname = \"box\"\ntoken = \"t0ken-box-1\"\nservices = [\"ssh=tcp/22\"]\n";
+        let resolve = |users: &str| {
+            std::fs::write(&file, format!("{base}{users}")).unwrap();
+            Cli::try_parse_from(["ptth-gateway", "--config", file.to_str().unwrap()])
+                .unwrap()
+                .resolve()
+                .map(|(c, _)| c)
+                .map_err(|e| e.to_string())
+        };
+        let user = |reach: &str| {
+            format!(
+                "[[proxy-user]]\nname = \"u\"\npassword = \"pw-secret\"\nreach = [\"{reach}\"]\n"
+            )
+        };
+        let c = resolve(&user("box/ssh")).unwrap();
+        assert_eq!(c.proxy_users.users().len(), 1);
+        assert!(
+            resolve("").unwrap().proxy_users.is_empty(),
+            "off by default"
+        );
+        assert!(resolve(&user("box/*")).is_ok());
+        let e = resolve(&user("nobox/ssh")).unwrap_err();
+        assert!(e.contains("no grant is named \"nobox\""), "{e}");
+        let e = resolve(&user("box/db")).unwrap_err();
+        assert!(e.contains("grant \"box\" has no service"), "{e}");
+        let e = resolve("[[proxy-user]]\nname = \"u\"\nreach = [\"box/ssh\"]\n").unwrap_err();
+        assert!(e.contains("exactly one secret"), "{e}");
+        assert!(!e.contains("pw-secret"));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn the_config_file_sets_what_flags_do_and_flags_win() {
         let dir = std::env::temp_dir().join(format!("ptth-gw-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -107,7 +107,7 @@ impl Proxy {
         B::Error: Into<BoxError>,
     {
         // CONNECT host:port and connect-tcp reach origins' TCP services when proxy users
-        // are configured; otherwise they are refused below, as any CONNECT but a WebSocket.
+        // are configured; otherwise they are routed below like any request, as before.
         if let Some(connect) = &self.connect {
             if let Some(form) = crate::public_connect::form(&req) {
                 return connect.handle(req, form, client).await;

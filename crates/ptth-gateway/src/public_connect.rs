@@ -4,7 +4,7 @@
 //! (draft-ietf-httpbis-connect-tcp-12: extended CONNECT, `:protocol = connect-tcp`, path
 //! `/.well-known/masque/tcp/{target_host}/{tcp_port}/`, TCP payload in `DATA` capsules) on
 //! HTTP/2 and HTTP/3. Off unless `[[proxy-user]]` tables are configured: then a CONNECT
-//! that is not a WebSocket comes here instead of being refused.
+//! that is not a WebSocket comes here instead of being routed like an ordinary request.
 //!
 //! ```text
 //! CONNECT host:port ──▶ Proxy-Authorization proves a [[proxy-user]]?   no: 407
@@ -366,7 +366,6 @@ impl PublicConnect {
                 }
             };
             services.metrics.public_connect("opened");
-            services.metrics.flow_opened();
             let options = FlowOptions {
                 idle_timeout: services.settings.idle_timeout,
                 ..FlowOptions::default()
