@@ -188,6 +188,22 @@ pub(crate) const FLOW_REFUSALS: [&str; 5] = [
     "accept_timeout",
 ];
 
+/// Outcomes of public CONNECTs (`ptth_gateway_public_connects_total{outcome}`): set up and
+/// opened, or refused for one reason each.
+pub(crate) const PUBLIC_CONNECT_OUTCOMES: [&str; 11] = [
+    "opened",
+    "bad_request",
+    "unauthenticated",
+    "unknown_target",
+    "forbidden",
+    "too_many_streams",
+    "no_origin",
+    "origin_full",
+    "declined",
+    "accept_timeout",
+    "not_opened",
+];
+
 /// Reverse CONNECT counters.
 #[derive(Debug)]
 struct FlowCounters {
@@ -196,7 +212,7 @@ struct FlowCounters {
     to_origin: Counter,
     to_client: Counter,
     channels: Family<Labels<1>, Counter>,
-    /// Public CONNECTs by outcome ([`crate::public_connect::OUTCOMES`]).
+    /// Public CONNECTs by outcome ([`PUBLIC_CONNECT_OUTCOMES`]).
     public_connects: Family<Labels<1>, Counter>,
 }
 
@@ -237,7 +253,7 @@ impl FlowCounters {
             "CONNECT and connect-tcp requests at the public listeners, by outcome (opened, bad_request, unauthenticated, unknown_target, forbidden, too_many_streams, no_origin, origin_full, declined, accept_timeout, not_opened)",
             public_connects.clone(),
         );
-        for o in crate::public_connect::OUTCOMES {
+        for o in PUBLIC_CONNECT_OUTCOMES {
             let _ = public_connects.get_or_create(&[("outcome", o)]);
         }
         Self {
@@ -407,7 +423,7 @@ impl Metrics {
     }
 
     /// A public CONNECT ended its setup with `outcome` (one of
-    /// [`crate::public_connect::OUTCOMES`]).
+    /// [`PUBLIC_CONNECT_OUTCOMES`]).
     pub(crate) fn public_connect(&self, outcome: &'static str) {
         self.flows
             .public_connects

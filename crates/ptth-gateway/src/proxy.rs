@@ -110,7 +110,7 @@ impl Proxy {
         // are configured; otherwise they are routed below like any request, as before.
         if let Some(connect) = &self.connect {
             if let Some(form) = crate::public_connect::form(&req) {
-                return connect.handle(req, form, client).await;
+                return connect.handle(req, form, client.addr).await;
             }
         }
         // An HTTP/1.1 Upgrade, or an HTTP/2 or HTTP/3 extended CONNECT, for a WebSocket.

@@ -29,7 +29,6 @@
 //! of [`splice`]: [`PublicConnect::targets`] already takes the protocol.
 
 use crate::message::{bad_gateway, error, unavailable, Body};
-use crate::proxy::ClientInfo;
 use crate::reverse::{NoRequest, Services};
 use crate::websocket::{H3PublicTunnel, PublicTunnel};
 use http::header::{HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
@@ -38,6 +37,7 @@ use hyper_util::rt::TokioIo;
 use ptth_auth::{Grants, OriginPattern, ProxyUsers};
 use ptth_core::{IpProtocol, SerializedOrigin};
 use ptth_h2::flow::{splice, FlowEnd, FlowOptions, FlowReport};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -55,21 +55,6 @@ const TCP_TEMPLATE_PREFIX: &str = "/.well-known/masque/tcp/";
 
 /// How long the public side of a tunnel may take to open once its 200 is sent.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Outcomes of public CONNECTs (`ptth_gateway_public_connects_total{outcome}`).
-pub(crate) const OUTCOMES: [&str; 11] = [
-    "opened",
-    "bad_request",
-    "unauthenticated",
-    "unknown_target",
-    "forbidden",
-    "too_many_streams",
-    "no_origin",
-    "origin_full",
-    "declined",
-    "accept_timeout",
-    "not_opened",
-];
 
 /// Which CONNECT a request is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,12 +169,12 @@ impl PublicConnect {
         &self,
         mut req: Request<B>,
         form: Form,
-        client: ClientInfo,
+        client: SocketAddr,
     ) -> Response<Body> {
         let metrics = self.services.metrics.clone();
         let refuse = |outcome: &'static str, res: Response<Body>| {
             metrics.public_connect(outcome);
-            tracing::info!(client = %client.addr, %outcome, status = res.status().as_u16(), "public CONNECT refused");
+            tracing::info!(%client, %outcome, status = res.status().as_u16(), "public CONNECT refused");
             res
         };
         let slot = match req.extensions().get::<ConnectStreams>().cloned() {
@@ -349,19 +334,19 @@ impl PublicConnect {
             user.name.clone(),
             format!("{}/{}", target.grant, target.service),
         );
-        tracing::debug!(client = %client.addr, %user, %target, %origin, request = %id, ?form, "public CONNECT accepted");
+        tracing::debug!(%client, %user, %target, %origin, request = %id, ?form, "public CONNECT accepted");
         tokio::spawn(async move {
             let _held = (slot, flow_slot);
             let public = match tokio::time::timeout(OPEN_TIMEOUT, public.open()).await {
                 Ok(Ok(io)) => io,
                 Ok(Err(why)) => {
                     services.metrics.public_connect("not_opened");
-                    tracing::debug!(client = %client.addr, %why, "public CONNECT tunnel did not open");
+                    tracing::debug!(%client, %why, "public CONNECT tunnel did not open");
                     return;
                 }
                 Err(_) => {
                     services.metrics.public_connect("not_opened");
-                    tracing::debug!(client = %client.addr, "public CONNECT tunnel did not open in time");
+                    tracing::debug!(%client, "public CONNECT tunnel did not open in time");
                     return;
                 }
             };
@@ -380,10 +365,10 @@ impl PublicConnect {
                 .flow_bytes(report.to_stream, report.to_socket);
             match &report.end {
                 FlowEnd::Stream(e) => {
-                    tracing::info!(client = %client.addr, %user, %target, %origin, request = %id, error = %e, "public CONNECT tunnel closed: the origin's stream ended")
+                    tracing::info!(%client, %user, %target, %origin, request = %id, error = %e, "public CONNECT tunnel closed: the origin's stream ended")
                 }
                 end => {
-                    tracing::debug!(client = %client.addr, %user, %target, request = %id, %end, to_origin = report.to_stream, to_client = report.to_socket, "public CONNECT tunnel closed")
+                    tracing::debug!(%client, %user, %target, request = %id, %end, to_origin = report.to_stream, to_client = report.to_socket, "public CONNECT tunnel closed")
                 }
             }
         });
