@@ -13,6 +13,7 @@
 //! curl HTTP/1.1, curl HTTP/2 and `ptth-h3-client get` plus the reverse CONNECT rows and the
 //! whole smuggling battery, and writes nothing.
 
+mod connect;
 mod reverse_connect;
 mod smuggle;
 
@@ -363,6 +364,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     println!("Request-smuggling battery (raw TCP to the cleartext listener; forwarded = requests the counting upstream received)\n");
     println!("{smuggle_table}");
 
+    // Public CONNECT: proxy clients reach a TCP service behind an origin.
+    let connect_table = connect::rows(&bin, &mut failures)?;
+    println!(
+        "Public CONNECT (a TCP service behind an origin, reached through the gateway as a proxy)\n"
+    );
+    println!("{connect_table}");
+
     for k in &known_failures {
         eprintln!("KNOWN {k}");
     }
@@ -374,15 +382,13 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     if quick {
         eprintln!("(--quick: docs/interop.md not written)");
     } else {
-        let doc = render(
-            &table,
-            &rc_table,
-            &smuggle_table,
-            &failures,
-            &known_failures,
-            &clients,
-            elapsed,
-        );
+        let tables = Tables {
+            matrix: &table,
+            reverse_connect: &rc_table,
+            smuggle: &smuggle_table,
+            connect: &connect_table,
+        };
+        let doc = render(&tables, &failures, &known_failures, &clients, elapsed);
         std::fs::write(root.join("docs").join("interop.md"), doc)
             .context("writing docs/interop.md")?;
         eprintln!("wrote docs/interop.md");
@@ -565,15 +571,27 @@ fn number_before(out: &str, line_prefix: &str, suffix: &str) -> Option<usize> {
     before.split_whitespace().last()?.parse().ok()
 }
 
+/// The tables of one run, each already rendered as Markdown.
+struct Tables<'a> {
+    matrix: &'a str,
+    reverse_connect: &'a str,
+    smuggle: &'a str,
+    connect: &'a str,
+}
+
 fn render(
-    table: &str,
-    rc_table: &str,
-    smuggle_table: &str,
+    tables: &Tables<'_>,
     failures: &[String],
     known_failures: &[String],
     clients: &[(&str, Client)],
     elapsed: Duration,
 ) -> String {
+    let Tables {
+        matrix: table,
+        reverse_connect: rc_table,
+        smuggle: smuggle_table,
+        connect: connect_table,
+    } = *tables;
     let mut doc = String::new();
     let _ = writeln!(
         doc,
@@ -664,6 +682,16 @@ fn render(
          message (obs-fold, bare CR → SP; bare LF as a line end; Content-Length with \
          Transfer-Encoding processed as chunked and the connection closed) or where a body \
          error can only show after the head was forwarded.\n\n{smuggle_table}"
+    );
+    let _ = writeln!(
+        doc,
+        "## Public CONNECT\n\n\
+         A gateway of its own with a `[[proxy-user]]` and a grant offering `hello=tcp/PORT`, an \
+         origin with `--tcp-service hello=127.0.0.1:PORT` (reverse CONNECT), and a TCP service \
+         run by xtask that answers any HTTP/1.1 request with a fixed body. curl opens a proxy \
+         tunnel (`CONNECT svc:PORT` with `Proxy-Authorization: Basic`) through the gateway's \
+         public listener and sends its request inside; a row passes when curl prints the \
+         service's body.\n\n{connect_table}"
     );
     if !known_failures.is_empty() {
         let _ = writeln!(

@@ -53,6 +53,7 @@ mod grant;
 mod names;
 mod policy;
 mod proven;
+mod proxy_user;
 mod service;
 #[cfg(test)]
 mod testing;
@@ -78,6 +79,9 @@ pub use policy::{
     MAX_ORIGINS_PER_CONNECTION, MAX_PREFIXES_PER_CONNECTION,
 };
 pub use proven::Proven;
+pub use proxy_user::{
+    ProxyAuthError, ProxyUser, ProxyUserSpec, ProxyUsers, Reach, MAX_PROXY_USERS,
+};
 pub use service::{valid_service_name, GrantedService, MAX_SERVICE_NAME};
 pub use tls::{
     client_verifier, danger_accept_any_gateway, gateway_handshake_hint, gateway_verifier,

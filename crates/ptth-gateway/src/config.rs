@@ -195,6 +195,13 @@ pub struct Cli {
     /// (default 1024).
     #[arg(long)]
     pub max_flows_per_listener: Option<usize>,
+    /// Public clients of the CONNECT proxy (`[[proxy-user]]` tables in the config file:
+    /// `name`, one of `password`/`password-sha256` (Basic) or `token`/`token-sha256`
+    /// (Bearer), `reach = ["GRANT/SERVICE" or "GRANT/*"]`). Default: none, and then public
+    /// CONNECT is refused as before.
+    #[arg(skip)]
+    #[serde(default, rename = "proxy-user")]
+    pub proxy_users: Vec<ptth_auth::ProxyUserSpec>,
     /// Whether `--config` was already merged in (so [`Cli::resolve`] reads it once).
     #[arg(skip)]
     #[serde(skip)]
@@ -210,7 +217,7 @@ const RENAMED_KEYS: &[(&str, &str)] = &[("tokens", "token"), ("trusted-proxies",
 
 /// Keys that are tables in the file (`[[grant]]`, `[[certificate]]`), not flags.
 #[cfg(test)]
-const TABLE_KEYS: &[&str] = &["grant", "certificate", "tcp", "udp"];
+const TABLE_KEYS: &[&str] = &["grant", "certificate", "tcp", "udp", "proxy-user"];
 
 /// Settings a SIGHUP cannot change: every key but the grants and the certificates.
 const RELOADED_KEYS: &[&str] = &["grant", "certificate"];
@@ -354,6 +361,8 @@ pub struct GatewayConfig {
     pub udp_mappings: Vec<crate::udp_listen::UdpMapping>,
     /// UDP flow settings (`--udp-idle-timeout`).
     pub udp: crate::udp_listen::UdpSettings,
+    /// Public clients of the CONNECT proxy (`[[proxy-user]]`); none: it is off.
+    pub proxy_users: ptth_auth::ProxyUsers,
 }
 
 impl GatewayConfig {
@@ -400,6 +409,7 @@ impl GatewayConfig {
             flows: crate::reverse::FlowSettings::default(),
             udp_mappings: Vec::new(),
             udp: crate::udp_listen::UdpSettings::default(),
+            proxy_users: ptth_auth::ProxyUsers::default(),
         }
     }
 }
@@ -612,6 +622,31 @@ impl Cli {
         if let Some(n) = self.max_flows_per_listener {
             c.flows.max_flows_per_listener = at_least_one(n, "--max-flows-per-listener")?;
         }
+        c.proxy_users =
+            ptth_auth::ProxyUsers::from_specs(self.proxy_users).map_err(anyhow::Error::msg)?;
+        for u in c.proxy_users.users() {
+            for r in &u.reach {
+                let named = match r {
+                    ptth_auth::Reach::Service { grant, service } => {
+                        c.grants.get(grant).map(|g| g.service(service).is_some())
+                    }
+                    ptth_auth::Reach::Grant(grant) => c.grants.get(grant).map(|_| true),
+                };
+                match named {
+                    Some(true) => {}
+                    Some(false) => bail!(
+                        "[[proxy-user]] {:?}: grant {:?} has no service named in its reach {r:?}",
+                        u.name,
+                        r.grant()
+                    ),
+                    None => bail!(
+                        "[[proxy-user]] {:?}: no grant is named {:?}",
+                        u.name,
+                        r.grant()
+                    ),
+                }
+            }
+        }
         Ok((c, dev_files))
     }
 
@@ -681,6 +716,7 @@ impl Cli {
             tcp_idle_timeout: self.tcp_idle_timeout.or(file.tcp_idle_timeout),
             max_flows_per_origin: self.max_flows_per_origin.or(file.max_flows_per_origin),
             max_flows_per_listener: self.max_flows_per_listener.or(file.max_flows_per_listener),
+            proxy_users: file.proxy_users,
             file_merged: self.file_merged,
             file: self.file,
         }
@@ -1255,6 +1291,42 @@ origins = ["https://app.example", "http://plain.example", "https://*.apps.exampl
                 "config key {key} has no flag --{key}"
             );
         }
+    }
+
+    #[test]
+    fn proxy_users_must_reach_grants_and_services_that_exist() {
+        let dir = temp_dir("proxy-users");
+        let file = dir.join("gateway.toml");
+        let base = "listen = \"127.0.0.1:1\"\ntunnel = \"127.0.0.1:2\"\ncert = \"c\"\nkey = \"k\"\n\
+                    [[grant]]\nname = \"box\"\ntoken = \"t0ken-box-1\"\nservices = [\"ssh=tcp/22\"]\n";
+        let resolve = |users: &str| {
+            std::fs::write(&file, format!("{base}{users}")).unwrap();
+            Cli::try_parse_from(["ptth-gateway", "--config", file.to_str().unwrap()])
+                .unwrap()
+                .resolve()
+                .map(|(c, _)| c)
+                .map_err(|e| e.to_string())
+        };
+        let user = |reach: &str| {
+            format!(
+                "[[proxy-user]]\nname = \"u\"\npassword = \"pw-secret\"\nreach = [\"{reach}\"]\n"
+            )
+        };
+        let c = resolve(&user("box/ssh")).unwrap();
+        assert_eq!(c.proxy_users.users().len(), 1);
+        assert!(
+            resolve("").unwrap().proxy_users.is_empty(),
+            "off by default"
+        );
+        assert!(resolve(&user("box/*")).is_ok());
+        let e = resolve(&user("nobox/ssh")).unwrap_err();
+        assert!(e.contains("no grant is named \"nobox\""), "{e}");
+        let e = resolve(&user("box/db")).unwrap_err();
+        assert!(e.contains("grant \"box\" has no service"), "{e}");
+        let e = resolve("[[proxy-user]]\nname = \"u\"\nreach = [\"box/ssh\"]\n").unwrap_err();
+        assert!(e.contains("exactly one secret"), "{e}");
+        assert!(!e.contains("pw-secret"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

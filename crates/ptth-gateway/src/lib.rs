@@ -115,6 +115,7 @@ mod pending;
 mod policy;
 pub mod proxy;
 mod public;
+mod public_connect;
 mod public_h3;
 mod quic;
 pub mod registry;
@@ -239,7 +240,19 @@ impl Gateway {
         if let Some(router) = router {
             registry.set_router(router.0);
         }
-        let proxy = proxy::Proxy::new(
+        let services = Arc::new(reverse::Services::new(
+            config.flows,
+            registry.metrics.clone(),
+        ));
+        // Public CONNECT to origins' TCP services: on when proxy users are configured.
+        let connect = (!config.proxy_users.is_empty()).then(|| {
+            Arc::new(public_connect::PublicConnect::new(
+                config.proxy_users.clone(),
+                Arc::new(config.grants.clone()),
+                services.clone(),
+            ))
+        });
+        let proxy = proxy::Proxy::with_connect(
             registry.clone(),
             proxy::ProxyConfig {
                 via_name: config.via_name.clone(),
@@ -248,6 +261,7 @@ impl Gateway {
                 cleartext_https_fallback: config.cleartext_https_fallback,
                 retry_body_limit: config.retry_body_limit,
             },
+            connect,
         );
         let ctx = Arc::new(admission::TunnelContext {
             registry: registry.clone(),
@@ -259,10 +273,7 @@ impl Gateway {
                 config.max_pending_setups,
                 config.max_pending_setups_per_ip,
             ),
-            services: Arc::new(reverse::Services::new(
-                config.flows,
-                registry.metrics.clone(),
-            )),
+            services,
             authoriser,
         });
         let shutdown = shutdown::Shutdown::new();

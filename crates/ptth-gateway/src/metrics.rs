@@ -285,6 +285,23 @@ impl UdpMetrics {
     }
 }
 
+/// Outcomes of public CONNECTs (`ptth_gateway_public_connects_total{outcome}`): set up and
+/// opened, or refused for one reason each.
+pub(crate) const PUBLIC_CONNECT_OUTCOMES: [&str; 12] = [
+    "opened",
+    "bad_request",
+    "unauthenticated",
+    "unknown_target",
+    "forbidden",
+    "too_many_streams",
+    "no_origin",
+    "origin_full",
+    "declined",
+    "accept_timeout",
+    "not_opened",
+    "stopping",
+];
+
 /// Reverse CONNECT counters.
 #[derive(Debug)]
 struct FlowCounters {
@@ -293,6 +310,8 @@ struct FlowCounters {
     to_origin: Counter,
     to_client: Counter,
     channels: Family<Labels<1>, Counter>,
+    /// Public CONNECTs by outcome ([`PUBLIC_CONNECT_OUTCOMES`]).
+    public_connects: Family<Labels<1>, Counter>,
 }
 
 impl FlowCounters {
@@ -326,12 +345,22 @@ impl FlowCounters {
             "Reverse CONNECT control channels (connect-listen), by outcome (opened, refused, silent)",
             channels.clone(),
         );
+        let public_connects = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "public_connects",
+            "CONNECT and connect-tcp requests at the public listeners, by outcome (opened, bad_request, unauthenticated, unknown_target, forbidden, too_many_streams, no_origin, origin_full, declined, accept_timeout, not_opened, stopping)",
+            public_connects.clone(),
+        );
+        for o in PUBLIC_CONNECT_OUTCOMES {
+            let _ = public_connects.get_or_create(&[("outcome", o)]);
+        }
         Self {
             opened,
             refused,
             to_origin,
             to_client,
             channels,
+            public_connects,
         }
     }
 }
@@ -490,6 +519,15 @@ impl Metrics {
     pub(crate) fn flow_channel(&self, outcome: &'static str) {
         self.flows
             .channels
+            .get_or_create(&[("outcome", outcome)])
+            .inc();
+    }
+
+    /// A public CONNECT ended its setup with `outcome` (one of
+    /// [`PUBLIC_CONNECT_OUTCOMES`]).
+    pub(crate) fn public_connect(&self, outcome: &'static str) {
+        self.flows
+            .public_connects
             .get_or_create(&[("outcome", outcome)])
             .inc();
     }

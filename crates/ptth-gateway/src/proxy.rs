@@ -47,6 +47,8 @@ pub struct Proxy {
     config: ProxyConfig,
     /// This gateway's `Via` entry for each HTTP version a message can arrive in, built once.
     via: ViaValues,
+    /// The CONNECT proxy to origins' TCP services, when `[[proxy-user]]`s are configured.
+    connect: Option<Arc<crate::public_connect::PublicConnect>>,
 }
 
 /// The origin connection that answered a request, in its response's extensions (the
@@ -69,12 +71,27 @@ pub struct ClientInfo {
 impl Proxy {
     /// A proxy over `registry`.
     pub fn new(registry: Arc<Registry>, config: ProxyConfig) -> Arc<Self> {
+        Self::with_connect(registry, config, None)
+    }
+
+    /// A proxy over `registry` that also serves public CONNECT through `connect`.
+    pub(crate) fn with_connect(
+        registry: Arc<Registry>,
+        config: ProxyConfig,
+        connect: Option<Arc<crate::public_connect::PublicConnect>>,
+    ) -> Arc<Self> {
         let via = ViaValues::new(&config.via_name);
         Arc::new(Self {
             registry,
             config,
             via,
+            connect,
         })
+    }
+
+    /// Whether public CONNECT and connect-tcp reach origins' TCP services here.
+    pub(crate) fn serves_connect(&self) -> bool {
+        self.connect.is_some()
     }
 
     /// This gateway's metrics.
@@ -89,6 +106,13 @@ impl Proxy {
         B: http_body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
     {
+        // CONNECT host:port and connect-tcp reach origins' TCP services when proxy users
+        // are configured; otherwise they are routed below like any request, as before.
+        if let Some(connect) = &self.connect {
+            if let Some(form) = crate::public_connect::form(&req) {
+                return connect.handle(req, form, client.addr).await;
+            }
+        }
         // An HTTP/1.1 Upgrade, or an HTTP/2 or HTTP/3 extended CONNECT, for a WebSocket.
         let (websocket, public_upgrade) = match crate::websocket::public_request(&mut req) {
             Some((ws, tunnel)) => (Some(ws), Some(tunnel)),

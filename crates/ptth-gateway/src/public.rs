@@ -203,11 +203,16 @@ async fn serve_conn<IO>(
     let activity = Activity::new();
     let idle = idle_for(activity.clone(), header_timeout);
     let watching = stopping.clone();
-    let svc = service_fn(move |req: hyper::Request<Incoming>| {
+    let connect_streams = crate::public_connect::ConnectStreams::default();
+    let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
         let proxy = proxy.clone();
         let alt_svc = alt_svc.clone();
         let exchange = Exchange::start(&activity);
         let connect = req.method() == http::Method::CONNECT;
+        if connect {
+            // Bounds the CONNECT tunnels one HTTP/2 connection carries.
+            req.extensions_mut().insert(connect_streams.clone());
+        }
         let http1 = req.version() <= http::Version::HTTP_11;
         let stopping = watching.clone();
         async move {

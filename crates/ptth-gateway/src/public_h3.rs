@@ -133,6 +133,7 @@ pub(crate) async fn serve(
             };
             let _open = proxy.metrics().public_connection(crate::metrics::PublicListener::H3);
             let activity = Activity::new();
+            let connect_streams = crate::public_connect::ConnectStreams::default();
             let idle = idle_for(activity.clone(), header_timeout);
             let stop = async {
                 stopping.signalled().await;
@@ -157,7 +158,7 @@ pub(crate) async fn serve(
                         return;
                     }
                 };
-                let Some((req, respond)) = next else { break };
+                let Some((mut req, respond)) = next else { break };
                 let proxy = proxy.clone();
                 let exchange = Exchange::start(&activity);
                 let client = ClientInfo {
@@ -165,8 +166,10 @@ pub(crate) async fn serve(
                     tls: true,
                     local_port,
                 };
+                let connect_streams = connect_streams.clone();
                 tokio::spawn(async move {
                     if req.method() == Method::CONNECT {
+                        req.extensions_mut().insert(connect_streams);
                         return extended_connect(req, respond, &proxy, client, exchange).await;
                     }
                     // The exchange lasts until the whole response was handed to QUIC.
@@ -182,9 +185,10 @@ pub(crate) async fn serve(
 }
 
 /// A CONNECT on the public HTTP/3 listener. An extended CONNECT for a WebSocket (RFC 9220
-/// §3: `:protocol = websocket`) goes to the proxy like any request; when the proxy answers
-/// 2xx the stream becomes the public side of the tunnel, and the connection counts the
-/// exchange in flight (so is not idle) until the tunnel ends. Any other CONNECT gets 501.
+/// §3: `:protocol = websocket`) or for connect-tcp goes to the proxy like any request; when
+/// the proxy answers 2xx the stream becomes the public side of the tunnel, and the
+/// connection counts the exchange in flight (so is not idle) until the tunnel ends. Any
+/// other CONNECT gets 501.
 async fn extended_connect(
     mut req: http::Request<ptth_h3::RecvBody>,
     respond: ptth_h3::ResponseSender,
@@ -192,14 +196,22 @@ async fn extended_connect(
     client: ClientInfo,
     exchange: Exchange,
 ) {
-    let websocket = req
+    let tunnel = req
         .extensions()
         .get::<ptth_h3::Protocol>()
-        .is_some_and(|p| p.0.eq_ignore_ascii_case(WEBSOCKET));
-    if !websocket {
+        .is_some_and(|p| {
+            p.0.eq_ignore_ascii_case(WEBSOCKET)
+                || (proxy.serves_connect()
+                    && p.0.eq_ignore_ascii_case(crate::public_connect::CONNECT_TCP))
+        });
+    if !tunnel {
         let res = error(
             StatusCode::NOT_IMPLEMENTED,
-            "the public HTTP/3 listener serves CONNECT only as an extended CONNECT for websocket (RFC 9220)",
+            if proxy.serves_connect() {
+                "the public HTTP/3 listener serves CONNECT only as an extended CONNECT for websocket (RFC 9220) or connect-tcp"
+            } else {
+                "the public HTTP/3 listener serves CONNECT only as an extended CONNECT for websocket (RFC 9220)"
+            },
         );
         if let Err(e) = respond.send_response(res).await {
             tracing::debug!(addr = %client.addr, error = %e, "public HTTP/3 response failed");

@@ -86,7 +86,7 @@ impl H3PublicTunnel {
         (Self(Arc::new(Mutex::new(Some(rx)))), tx)
     }
 
-    fn take(&self) -> Option<oneshot::Receiver<BoxIo>> {
+    pub(crate) fn take(&self) -> Option<oneshot::Receiver<BoxIo>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
 }
@@ -119,7 +119,7 @@ impl std::fmt::Debug for OriginTunnel {
 }
 
 impl PublicTunnel {
-    async fn open(self) -> Result<BoxIo, String> {
+    pub(crate) async fn open(self) -> Result<BoxIo, String> {
         match self {
             PublicTunnel::Hyper(on) => on
                 .await

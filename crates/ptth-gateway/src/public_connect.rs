@@ -1,0 +1,625 @@
+//! CONNECT at the public edge: public clients reach an origin's TCP service (reverse
+//! CONNECT, [`crate::reverse`]) through the public listeners, by classic `CONNECT host:port`
+//! (RFC 9110 §9.3.6 on HTTP/1.1, RFC 9113 §8.5 on HTTP/2) or by connect-tcp
+//! (draft-ietf-httpbis-connect-tcp-12: extended CONNECT, `:protocol = connect-tcp`, path
+//! `/.well-known/masque/tcp/{target_host}/{tcp_port}/`, TCP payload in `DATA` capsules) on
+//! HTTP/2 and HTTP/3. Off unless `[[proxy-user]]` tables are configured: then a CONNECT
+//! that is not a WebSocket comes here instead of being routed like an ordinary request.
+//!
+//! ```text
+//! CONNECT host:port ──▶ Proxy-Authorization proves a [[proxy-user]]?   no: 407
+//!   ──▶ the grants whose name is host, or whose origins name host, with a tcp service on
+//!       port                                                               none: 404
+//!   ──▶ those the user's reach allows                                      none: 403
+//!   ──▶ Services::request (a live channel, under --max-flows-per-origin)   none: 503
+//!   ──▶ the origin's connect-accept by --tcp-accept-timeout    declined: 502, late: 504
+//!   ──▶ 200, then splice: classic: the public bytes ⇄ DATA capsules to the origin;
+//!       connect-tcp: DATA capsules ⇄ bytes ⇄ DATA capsules (both sides checked)
+//! ```
+//!
+//! Nothing from the public request reaches the origin: it sees a `CONNECTION_REQUEST`
+//! for its service and then the tunnel's bytes, so the user's credential never leaves the
+//! gateway. CONNECT streams on one HTTP/2 or HTTP/3 connection are bounded
+//! ([`MAX_CONNECT_STREAMS`]); flows count in `--max-flows-per-origin` like port mappings'
+//! and close after `--tcp-idle-timeout` without a byte. Outcomes are counted in
+//! `ptth_gateway_public_connects_total{outcome}`.
+//!
+//! CONNECT-UDP (RFC 9298) would take the same path with `IpProtocol::Udp`, the template
+//! `/.well-known/masque/udp/{target_host}/{target_port}/` and a datagram relay in place
+//! of [`splice`]: [`PublicConnect::targets`] already takes the protocol.
+
+use crate::message::{bad_gateway, error, unavailable, Body};
+use crate::reverse::{NoRequest, Services};
+use crate::websocket::{H3PublicTunnel, PublicTunnel};
+use http::header::{HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
+use http::{Method, Request, Response, StatusCode};
+use ptth_auth::{Grants, OriginPattern, ProxyUsers};
+use ptth_core::{IpProtocol, SerializedOrigin};
+use ptth_h2::flow::{splice, FlowEnd, FlowOptions, FlowReport};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The most CONNECT tunnels (open or being set up) on one public HTTP/2 or HTTP/3
+/// connection; more get 429.
+pub(crate) const MAX_CONNECT_STREAMS: usize = 128;
+
+/// The `:protocol` of connect-tcp (draft-ietf-httpbis-connect-tcp §3).
+pub(crate) const CONNECT_TCP: &str = "connect-tcp";
+
+/// The path prefix of the default connect-tcp template (the draft's "well-known" form,
+/// `/.well-known/masque/tcp/{target_host}/{tcp_port}/`).
+const TCP_TEMPLATE_PREFIX: &str = "/.well-known/masque/tcp/";
+
+/// How long the public side of a tunnel may take to open once its 200 is sent.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which CONNECT a request is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Form {
+    /// `CONNECT host:port`: the tunnel carries the bytes themselves.
+    Classic,
+    /// connect-tcp: the tunnel carries capsules, TCP payload in `DATA`.
+    ConnectTcp,
+}
+
+/// The CONNECT form of a request, if it is one this module serves: a CONNECT without
+/// `:protocol`, or with `:protocol = connect-tcp`.
+pub(crate) fn form<B>(req: &Request<B>) -> Option<Form> {
+    if req.method() != Method::CONNECT {
+        return None;
+    }
+    let protocol = req
+        .extensions()
+        .get::<hyper::ext::Protocol>()
+        .map(|p| p.as_str().to_owned())
+        .or_else(|| {
+            req.extensions()
+                .get::<ptth_h3::Protocol>()
+                .map(|p| p.0.clone())
+        });
+    match protocol {
+        None => Some(Form::Classic),
+        Some(p) if p.eq_ignore_ascii_case(CONNECT_TCP) => Some(Form::ConnectTcp),
+        Some(_) => None,
+    }
+}
+
+/// CONNECT tunnels of one public connection, put in each CONNECT request's extensions by
+/// the listener.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ConnectStreams(Arc<AtomicUsize>);
+
+/// One tunnel's claim on its connection's [`ConnectStreams`].
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl ConnectStreams {
+    fn claim(&self) -> Option<StreamSlot> {
+        let prev = self.0.fetch_add(1, Ordering::AcqRel);
+        let slot = StreamSlot(self.0.clone());
+        (prev < MAX_CONNECT_STREAMS).then_some(slot)
+    }
+}
+
+/// The CONNECT proxy: its users, the grants that name targets, the live services.
+#[derive(Debug)]
+pub struct PublicConnect {
+    users: ProxyUsers,
+    grants: Arc<Grants>,
+    services: Arc<Services>,
+}
+
+/// A (grant, service) a CONNECT target names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Target {
+    pub(crate) grant: String,
+    pub(crate) service: String,
+}
+
+impl PublicConnect {
+    /// The proxy for `users` (not empty) over `grants` and `services`.
+    pub(crate) fn new(users: ProxyUsers, grants: Arc<Grants>, services: Arc<Services>) -> Self {
+        Self {
+            users,
+            grants,
+            services,
+        }
+    }
+
+    /// The (grant, service) pairs `host:port` names for `protocol`, in configuration order:
+    /// a grant whose name is `host`, or one of whose origins (other than `*`) names `host`
+    /// on `https` or `http`, and one of its services on `port`.
+    pub(crate) fn targets(&self, host: &str, port: u16, protocol: IpProtocol) -> Vec<Target> {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        let origins: Vec<SerializedOrigin> = ["https", "http"]
+            .iter()
+            .filter_map(|s| format!("{s}://{host}").parse().ok())
+            .collect();
+        let mut out = Vec::new();
+        for g in self.grants.grants() {
+            let named = g.name.eq_ignore_ascii_case(&host)
+                || g.origins.iter().any(|p| {
+                    !matches!(p, OriginPattern::Any) && origins.iter().any(|o| p.matches(o))
+                });
+            if !named {
+                continue;
+            }
+            for s in &g.services {
+                if s.protocol == protocol && s.port.get() == port {
+                    out.push(Target {
+                        grant: g.name.clone(),
+                        service: s.name.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Answers one public CONNECT of `form`; on 2xx the tunnel runs in a task of its own.
+    pub(crate) async fn handle<B>(
+        &self,
+        mut req: Request<B>,
+        form: Form,
+        client: SocketAddr,
+    ) -> Response<Body> {
+        let metrics = self.services.metrics.clone();
+        let refuse = |outcome: &'static str, res: Response<Body>| {
+            metrics.public_connect(outcome);
+            tracing::info!(%client, %outcome, status = res.status().as_u16(), "public CONNECT refused");
+            res
+        };
+        let slot = match req.extensions().get::<ConnectStreams>().cloned() {
+            Some(streams) => match streams.claim() {
+                Some(slot) => Some(slot),
+                None => {
+                    return refuse(
+                        "too_many_streams",
+                        error(
+                            StatusCode::TOO_MANY_REQUESTS,
+                            &format!(
+                            "this connection already carries {MAX_CONNECT_STREAMS} CONNECT tunnels"
+                        ),
+                        ),
+                    )
+                }
+            },
+            None => None,
+        };
+        let (host, port) = match target_of(&req, form) {
+            Ok(t) => t,
+            Err(why) => return refuse("bad_request", error(StatusCode::BAD_REQUEST, why)),
+        };
+        // RFC 9110 §11.7.1: a 407 carries a Proxy-Authenticate challenge for the target.
+        let user = match self
+            .users
+            .authenticate(req.headers().get(PROXY_AUTHORIZATION))
+        {
+            Ok(u) => u,
+            Err(e) => {
+                let mut res = error(
+                    StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+                    "CONNECT needs Proxy-Authorization (Basic or Bearer) of a proxy user",
+                );
+                for challenge in [
+                    "Basic realm=\"ptth\", charset=\"UTF-8\"",
+                    "Bearer realm=\"ptth\"",
+                ] {
+                    res.headers_mut()
+                        .append(PROXY_AUTHENTICATE, HeaderValue::from_static(challenge));
+                }
+                res.extensions_mut()
+                    .insert(crate::message::ErrorReason(format!("CONNECT: {e}")));
+                return refuse("unauthenticated", res);
+            }
+        };
+        let shown = shown_target(&host, port);
+        let targets = self.targets(&host, port, IpProtocol::Tcp);
+        if targets.is_empty() {
+            return refuse(
+                "unknown_target",
+                error(
+                    StatusCode::NOT_FOUND,
+                    &format!("no grant offers a TCP service at {shown}"),
+                ),
+            );
+        }
+        let allowed: Vec<&Target> = targets
+            .iter()
+            .filter(|t| user.may_reach(&t.grant, &t.service))
+            .collect();
+        if allowed.is_empty() {
+            let mut res = error(
+                StatusCode::FORBIDDEN,
+                &format!("this proxy user may not reach {shown}"),
+            );
+            res.extensions_mut()
+                .insert(crate::message::ErrorReason(format!(
+                    "CONNECT {shown}: proxy user {:?} may not reach {}",
+                    user.name,
+                    targets
+                        .iter()
+                        .map(|t| format!("{}/{}", t.grant, t.service))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )));
+            return refuse("forbidden", res);
+        }
+        // The first target with a channel that takes the request.
+        let mut why = NoRequest::NoOrigin;
+        let mut requested = None;
+        for t in &allowed {
+            match self
+                .services
+                .request(&t.grant, &t.service, ptth_core::IpProtocol::Tcp)
+            {
+                Ok(r) => {
+                    requested = Some((r, *t));
+                    break;
+                }
+                Err(NoRequest::OriginFull) => why = NoRequest::OriginFull,
+                Err(NoRequest::Stopping) => {
+                    why = NoRequest::Stopping;
+                    break;
+                }
+                Err(NoRequest::NoOrigin) => {}
+            }
+        }
+        let Some((requested, target)) = requested else {
+            return match why {
+                NoRequest::NoOrigin => refuse(
+                    "no_origin",
+                    unavailable(&format!("no origin offers {shown} now"), 5),
+                ),
+                NoRequest::OriginFull => refuse(
+                    "origin_full",
+                    unavailable(
+                        &format!("every origin offering {shown} is at its flow limit"),
+                        1,
+                    ),
+                ),
+                NoRequest::Stopping => refuse(
+                    "stopping",
+                    unavailable("the gateway is stopping; connect again", 1),
+                ),
+            };
+        };
+        let (id, channel, origin) = (requested.id, requested.channel, requested.peer);
+        let flow_slot = requested.slot;
+        let accepted =
+            tokio::time::timeout(self.services.settings.accept_timeout, requested.accepted).await;
+        let stream = match accepted {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(_)) => {
+                return refuse(
+                    "declined",
+                    bad_gateway(
+                        "the origin declined the connection",
+                        &format_args!(
+                            "origin {origin}, request {id}, {}/{}",
+                            target.grant, target.service
+                        ),
+                    ),
+                )
+            }
+            Err(_) => {
+                self.services.cancel(channel, id);
+                let mut res = error(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "the origin did not accept the connection in time",
+                );
+                res.extensions_mut()
+                    .insert(crate::message::ErrorReason(format!(
+                        "origin {origin} did not accept request {id} within --tcp-accept-timeout"
+                    )));
+                return refuse("accept_timeout", res);
+            }
+        };
+        let public = if req.version() == http::Version::HTTP_3 {
+            req.extensions()
+                .get::<H3PublicTunnel>()
+                .and_then(H3PublicTunnel::take)
+                .map(PublicTunnel::H3)
+        } else {
+            Some(PublicTunnel::Hyper(hyper::upgrade::on(&mut req)))
+        };
+        let Some(public) = public else {
+            return refuse(
+                "not_opened",
+                error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "this listener cannot carry a tunnel",
+                ),
+            );
+        };
+        let services = self.services.clone();
+        let (user, target) = (
+            user.name.clone(),
+            format!("{}/{}", target.grant, target.service),
+        );
+        tracing::debug!(%client, %user, %target, %origin, request = %id, ?form, "public CONNECT accepted");
+        tokio::spawn(async move {
+            let _held = (slot, flow_slot);
+            let public = match tokio::time::timeout(OPEN_TIMEOUT, public.open()).await {
+                Ok(Ok(io)) => io,
+                Ok(Err(why)) => {
+                    services.metrics.public_connect("not_opened");
+                    tracing::debug!(%client, %why, "public CONNECT tunnel did not open");
+                    return;
+                }
+                Err(_) => {
+                    services.metrics.public_connect("not_opened");
+                    tracing::debug!(%client, "public CONNECT tunnel did not open in time");
+                    return;
+                }
+            };
+            services.metrics.public_connect("opened");
+            let options = FlowOptions {
+                idle_timeout: services.settings.idle_timeout,
+                ..FlowOptions::default()
+            };
+            let origin_io = stream;
+            let report = match form {
+                Form::Classic => splice(public, origin_io, options).await,
+                Form::ConnectTcp => relay_capsules(public, origin_io, options).await,
+            };
+            services
+                .metrics
+                .flow_bytes(report.to_stream, report.to_socket);
+            match &report.end {
+                FlowEnd::Stream(e) => {
+                    tracing::info!(%client, %user, %target, %origin, request = %id, error = %e, "public CONNECT tunnel closed: the origin's stream ended")
+                }
+                end => {
+                    tracing::debug!(%client, %user, %target, request = %id, %end, to_origin = report.to_stream, to_client = report.to_socket, "public CONNECT tunnel closed")
+                }
+            }
+        });
+        let mut res = Response::new(crate::message::empty());
+        if form == Form::ConnectTcp {
+            // RFC 9297 §3.4: the response confirms the capsule protocol.
+            res.headers_mut()
+                .insert("capsule-protocol", HeaderValue::from_static("?1"));
+        }
+        res
+    }
+}
+
+/// connect-tcp: capsules from the public client to bytes, and those to capsules for the
+/// origin (and back), each side checked by its own [`splice`]. The report counts the
+/// origin's side: `to_stream` went to the origin, `to_socket` came from it.
+async fn relay_capsules<P, O>(public: P, origin: O, options: FlowOptions) -> FlowReport
+where
+    P: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+    O: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
+{
+    let (a, b) = tokio::io::duplex(options.chunk);
+    let (public_side, origin_side) =
+        tokio::join!(splice(a, public, options), splice(b, origin, options));
+    if let FlowEnd::Stream(e) = &public_side.end {
+        // The public client's capsules were malformed or its stream failed.
+        return FlowReport {
+            end: FlowEnd::Socket(format!("the public client's capsule stream: {e}")),
+            ..origin_side
+        };
+    }
+    origin_side
+}
+
+/// `host:port` as a body may show it: a host name's characters only, bounded.
+fn shown_target(host: &str, port: u16) -> String {
+    let host: String = host
+        .chars()
+        .take(100)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':' | '[' | ']') {
+                c
+            } else {
+                '?'
+            }
+        })
+        .collect();
+    format!("{host}:{port}")
+}
+
+/// The target host and port of a CONNECT: the request's authority (RFC 9110 §9.3.6:
+/// "the request-target consists of only the host name and port number"), or for connect-tcp
+/// the template's `target_host` and `tcp_port`.
+fn target_of<B>(req: &Request<B>, form: Form) -> Result<(String, u16), &'static str> {
+    match form {
+        Form::Classic => {
+            let a = req
+                .uri()
+                .authority()
+                .ok_or("CONNECT needs a target host:port")?;
+            if req
+                .uri()
+                .path_and_query()
+                .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty())
+            {
+                return Err("a CONNECT target is only host:port");
+            }
+            let port = a
+                .port_u16()
+                .filter(|p| *p != 0)
+                .ok_or("a CONNECT target needs a port (host:port)")?;
+            let host = a.host().trim_start_matches('[').trim_end_matches(']');
+            if host.is_empty() {
+                return Err("a CONNECT target needs a host");
+            }
+            Ok((host.to_owned(), port))
+        }
+        Form::ConnectTcp => {
+            let rest = req.uri().path().strip_prefix(TCP_TEMPLATE_PREFIX).ok_or(
+                "connect-tcp: the path must be /.well-known/masque/tcp/{target_host}/{tcp_port}/",
+            )?;
+            let mut parts = rest.split('/');
+            let (Some(host), Some(port), Some(""), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err("connect-tcp: the path must be /.well-known/masque/tcp/{target_host}/{tcp_port}/");
+            };
+            let host = percent_decode(host)
+                .ok_or("connect-tcp: target_host is not valid percent-encoding")?;
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or("connect-tcp: tcp_port must be 1 to 65535")?;
+            if host.is_empty() {
+                return Err("connect-tcp: target_host is empty");
+            }
+            Ok((host, port))
+        }
+    }
+}
+
+/// RFC 3986 percent-decoding of a template value (an IPv6 literal arrives as `%3A`s);
+/// `None` for a broken escape or a result that is not UTF-8.
+fn percent_decode(s: &str) -> Option<String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while let Some(&c) = b.get(i) {
+        if c == b'%' {
+            let hex = s.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(c);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn connect(uri: &str, protocol: Option<&'static str>) -> Request<()> {
+        let mut r = Request::connect(uri).body(()).unwrap();
+        if let Some(p) = protocol {
+            r.extensions_mut()
+                .insert(hyper::ext::Protocol::from_static(p));
+        }
+        r
+    }
+
+    #[test]
+    fn targets_come_from_the_authority_or_the_template() {
+        let c = connect("box.example:22", None);
+        assert_eq!(form(&c), Some(Form::Classic));
+        assert_eq!(
+            target_of(&c, Form::Classic).unwrap(),
+            ("box.example".into(), 22)
+        );
+        let c = connect("[::1]:22", None);
+        assert_eq!(target_of(&c, Form::Classic).unwrap(), ("::1".into(), 22));
+        assert!(target_of(&connect("box.example", None), Form::Classic).is_err());
+        let t = connect(
+            "https://gw.example/.well-known/masque/tcp/box.example/22/",
+            Some("connect-tcp"),
+        );
+        assert_eq!(form(&t), Some(Form::ConnectTcp));
+        assert_eq!(
+            target_of(&t, Form::ConnectTcp).unwrap(),
+            ("box.example".into(), 22)
+        );
+        let t = connect(
+            "https://gw.example/.well-known/masque/tcp/%3A%3A1/22/",
+            Some("connect-tcp"),
+        );
+        assert_eq!(target_of(&t, Form::ConnectTcp).unwrap(), ("::1".into(), 22));
+        for bad in [
+            "https://gw.example/.well-known/masque/tcp/box.example/22",
+            "https://gw.example/.well-known/masque/tcp/box.example/0/",
+            "https://gw.example/.well-known/masque/tcp/box.example/22/x/",
+            "https://gw.example/.well-known/masque/udp/box.example/22/",
+            "https://gw.example/.well-known/masque/tcp/%zz/22/",
+        ] {
+            assert!(
+                target_of(&connect(bad, Some("connect-tcp")), Form::ConnectTcp).is_err(),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            form(&connect("https://gw.example/chat", Some("websocket"))),
+            None
+        );
+        assert_eq!(form(&Request::get("http://a/").body(()).unwrap()), None);
+    }
+
+    #[test]
+    fn a_target_is_a_grant_by_name_or_by_its_origins_and_a_service_port() {
+        let grants = Grants::from_toml(
+            r#"
+[[grant]]
+name = "box"
+token = "t-box-0123456789"
+services = ["ssh=tcp/22", "dns=udp/53"]
+
+[[grant]]
+name = "web"
+token = "t-web-0123456789"
+origins = ["https://app.example", "https://*.dev.example"]
+services = ["db=tcp/5432"]
+
+[[grant]]
+name = "any"
+token = "t-any-0123456789"
+origins = ["*"]
+services = ["ssh=tcp/22"]
+"#,
+        )
+        .unwrap();
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let services = Arc::new(Services::new(Default::default(), metrics));
+        let users = ProxyUsers::from_toml(
+            "[[proxy-user]]\nname = \"u\"\npassword = \"p\"\nreach = [\"box/*\"]\n",
+        )
+        .unwrap();
+        let c = PublicConnect::new(users, Arc::new(grants), services);
+        let t = |g: &str, s: &str| Target {
+            grant: g.into(),
+            service: s.into(),
+        };
+        assert_eq!(c.targets("box", 22, IpProtocol::Tcp), vec![t("box", "ssh")]);
+        assert_eq!(
+            c.targets("BOX.", 22, IpProtocol::Tcp),
+            vec![t("box", "ssh")]
+        );
+        assert!(c.targets("box", 53, IpProtocol::Tcp).is_empty());
+        assert_eq!(c.targets("box", 53, IpProtocol::Udp), vec![t("box", "dns")]);
+        assert_eq!(
+            c.targets("app.example", 5432, IpProtocol::Tcp),
+            vec![t("web", "db")]
+        );
+        assert_eq!(
+            c.targets("x.dev.example", 5432, IpProtocol::Tcp),
+            vec![t("web", "db")]
+        );
+        // `*` names every host for HTTP, but no CONNECT target.
+        assert!(c
+            .targets("elsewhere.example", 22, IpProtocol::Tcp)
+            .is_empty());
+    }
+
+    #[test]
+    fn streams_per_connection_are_bounded_and_given_back() {
+        let s = ConnectStreams::default();
+        let held: Vec<_> = (0..MAX_CONNECT_STREAMS)
+            .map(|_| s.claim().unwrap())
+            .collect();
+        assert!(s.claim().is_none());
+        drop(held);
+        assert!(s.claim().is_some());
+    }
+}
