@@ -425,6 +425,13 @@ pub fn render(d: &mut String, run: &Result<TcpRun>) {
         _ => "–".into(),
     };
     let opt = |v: Option<f64>, prec: usize| v.map_or("–".into(), |v| format!("{v:.prec$}"));
+    let one_minute = |load: &str| {
+        load.split_whitespace()
+            .next()
+            .and_then(|l| l.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let loaded = one_minute(&r.load_before).max(one_minute(&r.load_after)) >= 1.5;
     let _ = writeln!(
         d,
         "One TCP flow of {} MiB each way through each path to a sink/source in the bench \
@@ -434,7 +441,7 @@ pub fn render(d: &mut String, run: &Result<TcpRun>) {
          per MiB is each side's process-tree CPU over both single-flow transfers. ptth: the \
          gateway's `[[tcp]]` port mapping, one `ptth-origin --tcp-service` over rh2 (TLS). \
          **rathole carries TCP without encryption**: its figures are the cost of forwarding \
-         alone, ptth's include TLS both ways. Load average before {}, after {}.\n\n\
+         alone, ptth's include TLS both ways. Load average before {}, after {}{}.\n\n\
          | path | upload MB/s | vs rathole | download MB/s | vs rathole | gateway-side CPU ms/MiB | origin-side CPU ms/MiB | peak RSS per flow, gateway side KiB | origin side KiB |\n\
          |---|---|---|---|---|---|---|---|---|",
         r.bytes >> 20,
@@ -442,6 +449,12 @@ pub fn render(d: &mut String, run: &Result<TcpRun>) {
         r.flow_bytes >> 20,
         r.load_before,
         r.load_after,
+        if loaded {
+            ": **the machine was loaded by other work, so MB/s and the ratios are noisy** \
+             (CPU per MiB and peak RSS are moved less by load)"
+        } else {
+            ""
+        },
     );
     for p in &r.paths {
         if let Some(e) = &p.error {
