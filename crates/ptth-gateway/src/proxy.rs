@@ -157,8 +157,7 @@ impl Proxy {
         // repeated automatically if a communication failure occurs before the client is able
         // to read the server's response"). Its head is kept for that; nothing else is.
         let bodiless = body.is_end_stream() || body.size_hint().exact() == Some(0);
-        let mut replay =
-            (websocket.is_none() && is_safe(&parts.method) && bodiless).then(|| Replay::of(&parts));
+        let mut replay = websocket.is_none() && is_safe(&parts.method) && bodiless;
         let body = body.map_err(Into::into).boxed_unsync();
         // Any request the origin provably did not process may be sent once more (RFC 9113
         // §6.8, §8.7; RFC 9114 §4.1.1): its head is kept, and the first
@@ -167,14 +166,14 @@ impl Proxy {
         {
             (None, body)
         } else if bodiless {
-            (Some((Replay::of(&parts), None)), body)
+            (Some(None), body)
         } else {
             let (copy, first) = crate::replay::Replayable::new(body, self.config.retry_body_limit);
-            (
-                Some((Replay::of(&parts), Some(copy))),
-                crate::replay::boxed(first),
-            )
+            (Some(Some(copy)), crate::replay::boxed(first))
         };
+        // One copy of the head serves both: a request is sent again at most once, and
+        // whichever retry happens first takes the other's chance away.
+        let mut head = (replay || refused_replay.is_some()).then(|| Replay::of(&parts));
         let mut request = Request::from_parts(parts, body);
         // The sender of whichever connection is picked shapes the request for its HTTP
         // version (target form, WebSocket handshake), again if a retry picks another.
@@ -261,7 +260,7 @@ impl Proxy {
                 }
                 Ok(Ok(resp)) => {
                     // Answered: the request will not be sent again, so its copy goes.
-                    if let Some((_, Some(copy))) = &refused_replay {
+                    if let Some(Some(copy)) = &refused_replay {
                         copy.release();
                     }
                     break (reservation, resp);
@@ -277,12 +276,13 @@ impl Proxy {
                     let why = crate::sender::error_chain(&*e);
                     // Once: a kept head, and a body that can start over (every octet read
                     // of it is kept).
-                    let again = refused_replay.take().and_then(|(head, copy)| match copy {
-                        None => Some(head.request()),
-                        Some(copy) => copy
+                    let again = match (refused_replay.take(), head.take()) {
+                        (Some(None), Some(head)) => Some(head.request()),
+                        (Some(Some(copy)), Some(head)) => copy
                             .retry()
                             .map(|body| head.request_with(crate::replay::boxed(body))),
-                    });
+                        _ => None,
+                    };
                     let Some(again) = again else {
                         tracing::warn!(conn = id, error = %why, "origin refused the request unprocessed, and it cannot be sent again (sent once already, or its body is over --retry-body-limit)");
                         return crate::message::bad_gateway("the origin failed the request", &why);
@@ -290,7 +290,7 @@ impl Proxy {
                     tracing::info!(conn = id, error = %why, "origin refused the request unprocessed; sending it again on another connection");
                     self.metrics().retried("refused");
                     // The safe-request retry is the same one chance.
-                    replay = None;
+                    replay = false;
                     request = again;
                     avoid = Some(id);
                     retrying = Some(why);
@@ -300,9 +300,10 @@ impl Proxy {
                     let why = e.to_string();
                     // Once, and only when the connection itself died: an origin that
                     // answered the stream with an error on a live connection meant it.
-                    let again = match replay.take() {
-                        Some(head) if connection_died(conn).await => Some(head),
-                        _ => None,
+                    let again = if std::mem::take(&mut replay) && connection_died(conn).await {
+                        head.take()
+                    } else {
+                        None
                     };
                     let Some(head) = again else {
                         // The whole cause chain: hyper's own text ("connection error") does
@@ -447,21 +448,47 @@ async fn connection_died(conn: &crate::registry::OriginConn) -> bool {
         .is_ok()
 }
 
-/// The head of a bodiless safe request, kept to send it again on another connection.
+/// The head of a request, kept to send it again on another connection.
+///
+/// A copy is taken for every request that could be retried and is almost never used, so it
+/// is kept as plain bytes: every field's name and value copied into one buffer, and one
+/// entry per field saying where they end. Cloning the `HeaderMap` instead cost an
+/// allocation for its index and one for its entries, and a reference count on every value
+/// (a `Bytes` made from an owned buffer allocates its shared count on its first clone),
+/// each given back on drop. The map is rebuilt only for a retry. One copy serves both
+/// retries (see `handle`); the figures are in `docs/performance.md`, finding 7.
 struct Replay {
     method: http::Method,
     uri: http::Uri,
     version: Version,
-    headers: HeaderMap,
+    /// Each field's name then value, back to back.
+    bytes: Vec<u8>,
+    /// Per field: where its name ends and its value ends in `bytes`, and whether the value
+    /// is sensitive (never indexed by HPACK or QPACK).
+    fields: Vec<(u32, u32, bool)>,
 }
 
 impl Replay {
     fn of(parts: &http::request::Parts) -> Self {
+        let h = &parts.headers;
+        let size: usize = h
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.as_bytes().len())
+            .sum();
+        let mut bytes = Vec::with_capacity(size);
+        let mut fields = Vec::with_capacity(h.len());
+        for (k, v) in h {
+            bytes.extend_from_slice(k.as_str().as_bytes());
+            let name_end = bytes.len() as u32;
+            bytes.extend_from_slice(v.as_bytes());
+            fields.push((name_end, bytes.len() as u32, v.is_sensitive()));
+        }
         Self {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             version: parts.version,
-            headers: parts.headers.clone(),
+            bytes,
+            fields,
         }
     }
 
@@ -476,7 +503,22 @@ impl Replay {
         *req.method_mut() = self.method;
         *req.uri_mut() = self.uri;
         *req.version_mut() = self.version;
-        *req.headers_mut() = self.headers;
+        // In the map's own order, so every field's values keep theirs. Every name and
+        // value was valid when copied, so neither parse fails.
+        let headers = req.headers_mut();
+        headers.reserve(self.fields.len());
+        let mut start = 0usize;
+        for &(name_end, value_end, sensitive) in &self.fields {
+            let (name_end, value_end) = (name_end as usize, value_end as usize);
+            let name = HeaderName::from_bytes(self.bytes.get(start..name_end).unwrap_or_default());
+            let value =
+                HeaderValue::from_bytes(self.bytes.get(name_end..value_end).unwrap_or_default());
+            if let (Ok(name), Ok(mut value)) = (name, value) {
+                value.set_sensitive(sensitive);
+                headers.append(name, value);
+            }
+            start = value_end;
+        }
         req
     }
 }
@@ -696,6 +738,47 @@ impl Drop for Guarded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_kept_head_gives_back_the_same_request_head() {
+        let mut req = Request::get("https://app.example/a?b=c")
+            .version(Version::HTTP_2)
+            .header("host", "app.example")
+            .header("x-custom-field", "one")
+            .header("accept", "text/html")
+            .header("x-custom-field", "two")
+            .header("x-empty", "")
+            .header(
+                "x-obs-text",
+                HeaderValue::from_bytes(b"caf\xe9\tx").unwrap(),
+            )
+            .body(())
+            .unwrap();
+        let mut secret = HeaderValue::from_static("Bearer s3cret");
+        secret.set_sensitive(true);
+        req.headers_mut().insert(header::AUTHORIZATION, secret);
+        let (parts, ()) = req.into_parts();
+        let again = Replay::of(&parts).request();
+        assert_eq!(again.method(), parts.method);
+        assert_eq!(again.uri(), &parts.uri);
+        assert_eq!(again.version(), parts.version);
+        assert_eq!(again.headers(), &parts.headers);
+        let fields = |h: &HeaderMap| {
+            h.iter()
+                .map(|(k, v)| (k.clone(), v.clone(), v.is_sensitive()))
+                .collect::<Vec<_>>()
+        };
+        // The same order, values and sensitivity, field by field.
+        assert_eq!(fields(again.headers()), fields(&parts.headers));
+        assert!(again.headers()[header::AUTHORIZATION].is_sensitive());
+        assert_eq!(
+            Replay::of(&http::Request::new(()).into_parts().0)
+                .request()
+                .headers()
+                .len(),
+            0
+        );
+    }
 
     #[test]
     fn strips_hop_by_hop_and_named_fields_but_keeps_te_trailers() {

@@ -5,9 +5,10 @@
 //! (the origin's HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`, or one for HTTP/1.1). Routing
 //! picks, among the connections whose scope matches the request, the best-ranked scope
 //! ([`Scope::rank`]: the request's own scheme, the longest path prefix, an explicit port),
-//! then the least outstanding requests relative to capacity, then (among equally loaded
-//! connections) one on the request's own worker (`crate::workers`). When every matching connection is full, the
-//! request waits in a queue bounded in total and per host.
+//! then the least outstanding requests relative to capacity, where a connection on the
+//! request's own worker (`crate::workers`) wins unless its load is more than twice the
+//! least loaded other one's (`local_wins`). When every matching connection is full, the request
+//! waits in a queue bounded in total and per host.
 //!
 //! The router is an index by scope host: a connection sits in one bucket per host it
 //! registered (`scope.host()`, `*.parent` for a wildcard scope). A pick reads the bucket of
@@ -759,11 +760,12 @@ fn why_closed(state: &Lifecycle) -> &'static str {
     }
 }
 
-/// The best connection for `target` in `bucket`: the best-ranked scope, then one on the
-/// caller's worker (no cross-thread hand-off for the request), then the least outstanding
-/// requests relative to capacity (the first in the bucket on a tie). Full connections are
-/// skipped, so a request crosses to another worker only when those on its own are full or
-/// none match.
+/// The best connection for `target` in `bucket`: the best-ranked scope; among its
+/// connections that are not full, the least outstanding requests relative to capacity on the
+/// caller's worker and elsewhere (the first in the bucket on a tie), and of those two the
+/// local one unless [`local_wins`] says it is loaded beyond the other by more than the
+/// margin. So a request crosses to another worker when those on its own are full, none
+/// match, or another worker's connection is clearly less loaded (an idle one always is).
 fn pick_in(
     bucket: &[Arc<OriginConn>],
     target: &RequestTarget,
@@ -778,7 +780,9 @@ fn pick_in(
     let here = crate::workers::current();
     for _ in 0..bucket.len().max(1) {
         let mut best_spec = None;
-        let mut best: Option<(&Arc<OriginConn>, bool, usize, usize)> = None;
+        // The least loaded free connection on this worker, and elsewhere: (conn, out, cap).
+        let mut local: Option<(&Arc<OriginConn>, usize, usize)> = None;
+        let mut other: Option<(&Arc<OriginConn>, usize, usize)> = None;
         for c in bucket.iter() {
             if Some(c.id) == avoid || !c.is_usable() {
                 continue;
@@ -791,33 +795,66 @@ fn pick_in(
             }
             if best_spec != Some(spec) {
                 best_spec = Some(spec);
-                best = None;
+                (local, other) = (None, None);
             }
             // Capacity is read once per candidate: for HTTP/2 it asks the connection.
             let (out, cap) = (c.outstanding(), c.capacity().max(1));
-            let local = here.is_some() && c.worker == here;
-            // Least outstanding (relative to capacity) first; a connection on this worker
-            // wins only among equally loaded ones. Preferring it outright would pin every
-            // request that arrives on one worker to the origin connection that worker holds,
-            // and leave an idle origin on another worker unused.
-            let better = |(_, l, o, k): (&Arc<OriginConn>, bool, usize, usize)| {
-                let (mine, theirs) = (out as u128 * k as u128, o as u128 * cap as u128);
-                mine < theirs || (mine == theirs && local && !l)
+            if out >= cap {
+                continue;
+            }
+            let slot = if here.is_some() && c.worker == here {
+                &mut local
+            } else {
+                &mut other
             };
-            if out < cap && best.is_none_or(better) {
-                best = Some((c, local, out, cap));
+            if slot.is_none_or(|(_, o, k)| load_below(out, cap, o, k)) {
+                *slot = Some((c, out, cap));
             }
         }
         if best_spec.is_none() {
             return Pick::NoRoute;
         }
+        let best = match (local, other) {
+            (Some(l), Some(o)) if !local_wins(l.1, l.2, o.1, o.2) => Some(o),
+            (Some(l), _) => Some(l),
+            (None, o) => o,
+        };
         match best {
-            Some((c, _, _, cap)) if c.try_reserve(cap) => return Pick::Got(c.clone()),
+            Some((c, _, cap)) if c.try_reserve(cap) => return Pick::Got(c.clone()),
             Some(_) => continue,
             None => return Pick::Busy,
         }
     }
     Pick::Busy
+}
+
+/// Whether `out` requests of `cap` is a lighter load than `o` of `k` (cross-multiplied, so
+/// no division and no rounding).
+fn load_below(out: usize, cap: usize, o: usize, k: usize) -> bool {
+    (out as u128 * k as u128) < (o as u128 * cap as u128)
+}
+
+/// Whether the request's own worker's connection (`out` of `cap` outstanding) wins over the
+/// least loaded connection on another worker (`o` of `k`): unless its load is more than
+/// twice the other's. Both loads are compared relative to capacity (cross-multiplied, exact).
+///
+/// Why twice: a request that crosses to another worker costs a wake-up of that worker's
+/// runtime and another for the answer (`docs/performance.md` finding 6), and loads seen at
+/// the moment of a pick are bursty: a worker reads a batch of requests in one turn of its
+/// runtime, and its connection's count jumps past the other's within the batch, whatever
+/// the two average. With one origin connection on each of two workers (h2load, 64
+/// HTTP/1.1 clients), least outstanding first (the own worker only on a tie) cost about 0.6
+/// wake-ups of the other worker (eventfd writes) per request; a margin of a quarter, about
+/// 0.4; twice, about 0.17. A clear imbalance
+/// still moves work: no margin above zero, so an idle connection elsewhere takes a request
+/// before a busy local one (what keeps an idle origin on another worker serving), and
+/// beyond the margin loads converge to within a factor of two. No fixed margin in
+/// requests: with one request held on one origin's connection, one request of slack would
+/// send the next there too and leave another origin idle (`ops_gateway.rs`'s retry test
+/// holds two requests and expects both origins to see one).
+fn local_wins(out: usize, cap: usize, o: usize, k: usize) -> bool {
+    let (mine, theirs) = (out as u128 * k as u128, o as u128 * cap as u128);
+    mine <= 2 * theirs
 }
 
 /// [`pick_in`] with the embedding application's [`crate::policy::Route`] choosing among the
@@ -934,10 +971,40 @@ mod tests {
             let (sender, task) = crate::sender::start_client(near, HttpVersion::Http1)
                 .await
                 .unwrap();
+            Self::conn_over(sender, task, Mechanism::Rh1, origin, prefix)
+        }
+
+        /// A reversed HTTP/2 connection (capacity 256, `ptth_h2::reversed`'s default) for
+        /// `origin` + `prefix`, its origin end served on the current runtime.
+        async fn conn_h2(&mut self, origin: &str, prefix: &str) -> Arc<OriginConn> {
+            let (near, far) = tokio::io::duplex(64 * 1024);
+            let service = hyper::service::service_fn(|_req| async {
+                Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+            });
+            tokio::spawn(ptth_h2::reversed::serve(far, service, Default::default()));
+            let (sender, task) = crate::sender::start_client(near, HttpVersion::Http2)
+                .await
+                .unwrap();
+            // The origin's SETTINGS (its stream limit) arrive after the handshake.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while sender.capacity() != 256 {
+                assert!(Instant::now() < deadline, "no SETTINGS from the origin");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Self::conn_over(sender, task, Mechanism::Rh2, origin, prefix)
+        }
+
+        fn conn_over(
+            sender: crate::sender::Sender,
+            task: tokio::task::JoinHandle<()>,
+            mechanism: Mechanism,
+            origin: &str,
+            prefix: &str,
+        ) -> Arc<OriginConn> {
             let origin: SerializedOrigin = origin.parse().unwrap();
             let scope = Scope::from_origin(&origin, prefix).unwrap();
             Arc::new(OriginConn::new(
-                Mechanism::Rh1,
+                mechanism,
                 vec![scope],
                 Admission {
                     identity: "test".into(),
@@ -1336,6 +1403,19 @@ mod tests {
             .unwrap()
     }
 
+    /// A reversed HTTP/2 connection (capacity 256) for `https://app.example/` made on
+    /// worker `k`.
+    async fn h2_conn_on(workers: &crate::workers::Workers, k: usize) -> Arc<OriginConn> {
+        workers
+            .handle(k)
+            .spawn(async {
+                let mut c = Conns::new(limits(1, 1, Duration::from_secs(1)));
+                c.conn_h2("https://app.example", "/").await
+            })
+            .await
+            .unwrap()
+    }
+
     /// Acquires a connection for `target` from a task on worker `k`, as a public request
     /// accepted there would.
     async fn acquire_on(
@@ -1396,6 +1476,53 @@ mod tests {
         let crossed = acquire_on(&workers, 1, &registry, &app).await.unwrap();
         assert_eq!(crossed.conn().worker(), Some(0));
         drop((first, local, crossed));
+    }
+
+    /// The margin by which the own worker's connection may be busier than another's and
+    /// still win: up to twice the other's load; none over an idle one. Seen
+    /// failing under the old rule (least loaded first, the own worker only on a tie): the
+    /// first pick from worker 0 went to worker 1's connection.
+    #[tokio::test]
+    async fn a_request_stays_on_its_worker_unless_its_connection_is_busier_by_the_margin() {
+        let workers = crate::workers::Workers::start(2).unwrap();
+        let registry = Registry::new(limits(8, 8, Duration::from_millis(200)));
+        let on_0 = h2_conn_on(&workers, 0).await;
+        let on_1 = h2_conn_on(&workers, 1).await;
+        assert_eq!((on_0.worker(), on_1.worker()), (Some(0), Some(1)));
+        for c in [&on_0, &on_1] {
+            registry.add(c.clone());
+        }
+        let app = target("https://app.example/x");
+        let loads = || (on_0.outstanding(), on_1.outstanding());
+
+        // An idle connection elsewhere takes a request before a busy local one.
+        let first = acquire_on(&workers, 0, &registry, &app).await.unwrap();
+        assert_eq!(first.conn().id, on_0.id, "a tie stays local");
+        let second = acquire_on(&workers, 0, &registry, &app).await.unwrap();
+        assert_eq!(
+            second.conn().id,
+            on_1.id,
+            "one request over an idle one crosses"
+        );
+        drop((first, second));
+
+        // Outside the workers (no own worker), least loaded first: 5 on worker 0's, 4 on
+        // worker 1's.
+        let mut held = Vec::new();
+        for _ in 0..9 {
+            held.push(registry.acquire(&app, None).await.unwrap());
+        }
+        assert_eq!(loads(), (5, 4));
+        // Worker 0's requests stay on worker 0, although busier, up to twice the other's
+        // load: 5, 6, 7 and 8 against 4.
+        for expected in [(6, 4), (7, 4), (8, 4), (9, 4)] {
+            held.push(acquire_on(&workers, 0, &registry, &app).await.unwrap());
+            assert_eq!(loads(), expected, "within the margin the own worker wins");
+        }
+        // 9 > 2 · 4: beyond the margin it crosses.
+        held.push(acquire_on(&workers, 0, &registry, &app).await.unwrap());
+        assert_eq!(loads(), (9, 5), "beyond the margin the less loaded wins");
+        drop(held);
     }
 
     /// Figures for the report: the cost of a pick for one host with 1 and with 10 000

@@ -14,7 +14,8 @@
 //! judged from this run. `--smoke` runs a seconds-long version that only proves the
 //! harness. `--upload-bytes N` sets the upload's size; `--upload-only` runs the upload row
 //! alone and replaces its section of `docs/benchmarks.md` (the rest of the file stays from
-//! the last full run).
+//! the last full run). The TCP flow row ([`tcp`]: reverse CONNECT against rathole's TCP
+//! forwarding and a direct connection) runs last; `--tcp-only` runs it alone the same way.
 //!
 //! The modules, in the order a run uses them: [`plan`] (rows, concurrencies), [`stack`]
 //! (starting a row's processes), [`measure`] (one row's runs) on [`load`] (h2load,
@@ -28,6 +29,7 @@ mod report;
 mod sample;
 mod scale;
 mod stack;
+mod tcp;
 mod upload;
 
 use crate::procs::{self, TempDir};
@@ -37,15 +39,18 @@ use plan::{Plan, Route, RowSpec, ROWS};
 use std::path::Path;
 use std::time::Instant;
 
-const USAGE: &str = "usage: cargo xtask bench [--smoke] [--upload-only] [--upload-bytes N]";
+const USAGE: &str =
+    "usage: cargo xtask bench [--smoke] [--upload-only] [--upload-bytes N] [--tcp-only]";
 
 pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let (mut smoke, mut upload_only, mut upload_bytes) = (false, false, None);
+    let mut tcp_only = false;
     let mut rest = args.iter();
     while let Some(a) = rest.next() {
         match a.as_str() {
             "--smoke" => smoke = true,
             "--upload-only" => upload_only = true,
+            "--tcp-only" => tcp_only = true,
             "--upload-bytes" => {
                 let n = rest.next().context(USAGE)?;
                 upload_bytes = Some(
@@ -94,6 +99,26 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     let load_before = sample::loadavg();
     let machine = sample::machine();
     eprintln!("{machine}; load average {load_before}");
+
+    if tcp_only {
+        eprintln!("== tcp flows");
+        let run = tcp::tcp_run(&plan, &bin, &dev, &tmp.0);
+        let mut section = String::new();
+        tcp::render(&mut section, &run);
+        println!("{section}");
+        let run = run.context("tcp run")?;
+        if let Some(broken) = tcp::smoke_broken(&run).filter(|_| smoke) {
+            bail!("bench harness broken: {broken}");
+        }
+        if !smoke {
+            let path = root.join("docs").join("benchmarks.md");
+            let doc = std::fs::read_to_string(&path).unwrap_or_default();
+            std::fs::write(&path, tcp::replace_section(&doc, &section))
+                .context("writing docs/benchmarks.md")?;
+            eprintln!("wrote the TCP section of docs/benchmarks.md");
+        }
+        return Ok(());
+    }
 
     if upload_only {
         eprintln!("== {}", upload::PTTH.name());
@@ -147,6 +172,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     if let Err(e) = &upload {
         eprintln!("   upload run: {e:#}");
     }
+    eprintln!("== tcp flows");
+    let tcp = tcp::tcp_run(&plan, &bin, &dev, &tmp.0);
+    if let Err(e) = &tcp {
+        eprintln!("   tcp run: {e:#}");
+    }
     let load_after = sample::loadavg();
 
     let doc = report::render(&report::Run {
@@ -157,6 +187,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         results: &results,
         scale: &scale,
         upload: &upload,
+        tcp: &tcp,
         elapsed: started.elapsed(),
     });
     println!("{doc}");
@@ -172,6 +203,10 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         }
         scale.context("scale run")?;
         upload.context("upload run")?;
+        if let Some(broken) = tcp.as_ref().ok().and_then(tcp::smoke_broken) {
+            bail!("bench harness broken: {broken}");
+        }
+        tcp.context("tcp run")?;
         eprintln!("xtask bench --smoke: the harness works");
     } else {
         std::fs::write(root.join("docs").join("benchmarks.md"), &doc)

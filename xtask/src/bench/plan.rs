@@ -23,6 +23,11 @@ pub struct Plan {
     pub upload_bytes: u64,
     /// Requests in each fixed-count CPU run (rows with [`RowSpec::cpu`]).
     pub cpu_requests: u64,
+    /// Bytes of each single TCP flow of the TCP row ([`super::tcp`]), each way.
+    pub tcp_bytes: u64,
+    /// Concurrent flows of the TCP row's memory run, and the bytes each moves.
+    pub tcp_flows: usize,
+    pub tcp_flow_bytes: u64,
     /// Idle origin connections of other hosts in the scale run, cumulative.
     pub scale: Vec<usize>,
     pub restart_connections: usize,
@@ -44,6 +49,9 @@ impl Plan {
                 bulk_bytes: 16 << 20,
                 upload_bytes: 16 << 20,
                 cpu_requests: 5_000,
+                tcp_bytes: 16 << 20,
+                tcp_flows: 4,
+                tcp_flow_bytes: 4 << 20,
                 scale: vec![50],
                 restart_connections: 50,
                 h1_connections: 16,
@@ -60,6 +68,9 @@ impl Plan {
                 bulk_bytes: 1 << 30,
                 upload_bytes: 5 << 30,
                 cpu_requests: 100_000,
+                tcp_bytes: 1 << 30,
+                tcp_flows: 8,
+                tcp_flow_bytes: 128 << 20,
                 scale: vec![1000, 10_000],
                 restart_connections: 1000,
                 h1_connections: 64,

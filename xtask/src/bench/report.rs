@@ -1,6 +1,6 @@
 //! Rendering `docs/benchmarks.md`: the setup, the headline tables, every load run, bulk and
 //! resources, CPU per 100 000 requests, the aims (from [`super::aims`]), the scale run and
-//! the upload row ([`super::upload`]).
+//! the upload row ([`super::upload`]) and the TCP flow row ([`super::tcp`]).
 
 use super::aims;
 use super::load::{Load, Proto};
@@ -23,6 +23,7 @@ pub struct Run<'a> {
     pub results: &'a [(RowSpec, RowResult)],
     pub scale: &'a Result<Scale>,
     pub upload: &'a Result<super::upload::Upload>,
+    pub tcp: &'a Result<super::tcp::TcpRun>,
     pub elapsed: Duration,
 }
 
@@ -48,6 +49,7 @@ pub fn render(run: &Run<'_>) -> String {
     aims::write(&mut d, &aims::evaluate(run.plan, run.results, run.scale));
     scale(&mut d, run);
     super::upload::render(&mut d, run.upload);
+    super::tcp::render(&mut d, run.tcp);
     d
 }
 
