@@ -149,6 +149,10 @@ use tokio_rustls::TlsAcceptor;
 /// replaces still holds the UDP port (see [`bind_udp`]).
 type LateEndpoint = Arc<Mutex<Option<quinn::Endpoint>>>;
 
+/// How long a stopping gateway waits for its tunnel QUIC endpoint to send the connections'
+/// closes and go idle.
+const QUIC_CLOSE_WAIT: Duration = Duration::from_millis(500);
+
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
@@ -707,6 +711,22 @@ impl Gateway {
             .is_ok();
         let flows_left = self.ctx.services.open_flows();
         self.ctx.services.cut();
+        // Registered QUIC origins were drained above, but a connection still in setup (its
+        // handshake done just before the endpoint stopped taking new ones) is not in the
+        // registry, and a CONNECTION_CLOSE is only queued until the endpoint's driver sends
+        // it: a process that exits at once leaves those origins to find out by their idle
+        // timeout (6 s). Seen in CI: a connect-h3 origin's setup 'timed out' and it reached
+        // the restarted gateway 4.2 s after it listened. So the endpoint closes every
+        // connection and gets a moment to send the closes and go idle.
+        let endpoint = self
+            .tunnel_quic_endpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(endpoint) = endpoint {
+            endpoint.close(quinn::VarInt::from_u32(0x100), b"gateway stopping");
+            let _ = tokio::time::timeout(QUIC_CLOSE_WAIT, endpoint.wait_idle()).await;
+        }
         let finished = finished && flows_done;
         let public_left = self.shutdown.open();
         if finished && public_left == 0 {
