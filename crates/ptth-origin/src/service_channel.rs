@@ -12,7 +12,7 @@
 //! The draft: over HTTP/2 and HTTP/3 the accept is "sent on the same connection" as the
 //! listener; over HTTP/1.1 "the proxy MUST authenticate both the listener channel and every
 //! accept request", so every accept here carries the credential. Whatever the version, the
-//! exchange's stream comes back as one byte-stream type ([`ServiceIo`]) that the capsule
+//! exchange's stream comes back as one byte-stream type (`ServiceIo`) that the capsule
 //! reader and `splice` use unchanged.
 
 use crate::dialer::Dialer;
