@@ -49,6 +49,7 @@ pub mod metrics;
 mod quic;
 mod serve;
 pub mod service;
+mod service_address;
 pub mod service_channel;
 pub mod tcp_service;
 pub mod udp_service;

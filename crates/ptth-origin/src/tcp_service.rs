@@ -73,20 +73,7 @@ impl std::str::FromStr for TcpService {
 impl TcpService {
     /// A service named `name` reached at `address` (`HOST:PORT`).
     pub fn new(name: &str, address: &str) -> Result<Self, String> {
-        if !ptth_auth::valid_service_name(name) {
-            return Err(format!(
-                "service name {name:?}: 1 to {} lowercase letters, digits or '-'",
-                ptth_auth::MAX_SERVICE_NAME
-            ));
-        }
-        let port = address
-            .rsplit_once(':')
-            .filter(|(host, _)| !host.is_empty())
-            .and_then(|(_, p)| p.parse::<u16>().ok())
-            .and_then(ServicePort::new)
-            .ok_or_else(|| {
-                format!("service {name}: {address:?} is not HOST:PORT with a port from 1 to 65535")
-            })?;
+        let port = crate::service_address::checked_port(name, address)?;
         Ok(Self {
             name: name.to_string(),
             address: address.to_string(),
