@@ -355,55 +355,70 @@ impl Gateway {
                 }
             });
         }
+        // A TCP port mapping is one socket per worker, like every TCP listener: its flows
+        // are spread over the workers, and a new gateway binds it beside the one it
+        // replaces. Its flow bound counts the flows of all its sockets.
         let mut tcp_listen = Vec::new();
         for mapping in &config.tcp_mappings {
-            let listener = {
-                let _on_worker = workers.handle(0).enter();
-                let std = std::net::TcpListener::bind(mapping.listen)
-                    .with_context(|| format!("binding the TCP port mapping {mapping}"))?;
-                std.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(std)?
-            };
-            let bound = listener.local_addr()?;
+            let listeners = workers
+                .listen_each(mapping.listen)
+                .with_context(|| format!("binding the TCP port mapping {mapping}"))?;
+            let bound = first_addr(&listeners)?;
             tracing::info!(mapping = %mapping, %bound, "TCP port mapping listening");
             tcp_listen.push(bound);
-            let (mapping, services, stopping) = (
-                Arc::new(mapping.clone()),
-                ctx.services.clone(),
-                shutdown.stopping(),
-            );
-            workers.handle(0).spawn(async move {
-                tokio::select! {
-                    () = tcp_listen::serve(listener, mapping, services) => {}
-                    () = stopping.signalled() => {}
-                }
-            });
+            let (mapping, open) = (Arc::new(mapping.clone()), tcp_listen::OpenFlows::default());
+            for (k, listener) in listeners.into_iter().enumerate() {
+                let (mapping, open, services, stopping) = (
+                    mapping.clone(),
+                    open.clone(),
+                    ctx.services.clone(),
+                    shutdown.stopping(),
+                );
+                workers.handle(k).spawn(async move {
+                    tokio::select! {
+                        () = tcp_listen::serve(listener, mapping, services, open) => {}
+                        () = stopping.signalled() => {}
+                    }
+                });
+            }
         }
+        // A UDP port mapping is one socket, read on the first worker. Its port is not
+        // shared with SO_REUSEPORT, for the reason `bind_udp` gives: a new gateway binds it
+        // once the one it replaces has let it go.
         let mut udp_listen = Vec::new();
         for mapping in &config.udp_mappings {
-            let socket = {
-                let _on_worker = workers.handle(0).enter();
-                let std = std::net::UdpSocket::bind(mapping.listen)
-                    .with_context(|| format!("binding the UDP port mapping {mapping}"))?;
-                std.set_nonblocking(true)?;
-                tokio::net::UdpSocket::from_std(std)?
-            };
-            let bound = socket.local_addr()?;
-            tracing::info!(mapping = %mapping, %bound, "UDP port mapping listening");
-            udp_listen.push(bound);
+            let listen = mapping.listen;
             let (mapping, services, settings, stopping) = (
                 Arc::new(mapping.clone()),
                 ctx.services.clone(),
                 config.udp,
                 shutdown.stopping(),
             );
-            let held = stopping.clone();
-            workers.handle(0).spawn(async move {
-                tokio::select! {
-                    () = udp_listen::serve(socket, mapping, services, settings, held) => {}
-                    () = stopping.signalled() => {}
-                }
-            });
+            let what = format!("UDP port mapping {mapping}");
+            let home = workers.handle(0).clone();
+            let bound = bind_udp(
+                home.clone(),
+                "UDP port mapping",
+                listen,
+                move || {
+                    let std = std::net::UdpSocket::bind(listen)
+                        .with_context(|| format!("binding the {what}"))?;
+                    std.set_nonblocking(true)?;
+                    Ok(tokio::net::UdpSocket::from_std(std)?)
+                },
+                move |socket| {
+                    let bound = socket.local_addr().ok();
+                    tracing::info!(mapping = %mapping, ?bound, "UDP port mapping listening");
+                    let held = stopping.clone();
+                    home.spawn(async move {
+                        tokio::select! {
+                            () = udp_listen::serve(socket, mapping, services, settings, held) => {}
+                            () = stopping.signalled() => {}
+                        }
+                    });
+                },
+            )?;
+            udp_listen.push(bound);
         }
         let alt_svc = listen_tls.and_then(|a| public_h3::alt_svc(a.port()));
         if let (Some(tls_ls), Some(_)) = (tls_ls, listen_tls) {
@@ -779,12 +794,12 @@ const ORIGINS_AFTER: Duration = Duration::from_secs(2);
 /// connections the old process still serves, and those connections would stall. A new
 /// gateway therefore waits for the old one to exit (which releases the port) before it
 /// serves QUIC; until then its origins and public clients use TCP.
-fn bind_udp(
+fn bind_udp<T: UdpBound>(
     home: tokio::runtime::Handle,
     what: &'static str,
     addr: SocketAddr,
-    bind: impl Fn() -> Result<quinn::Endpoint> + Send + 'static,
-    serve: impl FnOnce(quinn::Endpoint) + Send + 'static,
+    bind: impl Fn() -> Result<T> + Send + 'static,
+    serve: impl FnOnce(T) + Send + 'static,
 ) -> Result<SocketAddr> {
     let first = {
         let _on_worker = home.enter();
@@ -824,6 +839,23 @@ fn bind_udp(
             Ok(addr)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// What `bind_udp` binds: a QUIC endpoint or a plain UDP socket.
+trait UdpBound {
+    fn local_addr(&self) -> std::io::Result<SocketAddr>;
+}
+
+impl UdpBound for quinn::Endpoint {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        quinn::Endpoint::local_addr(self)
+    }
+}
+
+impl UdpBound for tokio::net::UdpSocket {
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        tokio::net::UdpSocket::local_addr(self)
     }
 }
 

@@ -63,13 +63,18 @@ impl std::fmt::Display for TcpMapping {
     }
 }
 
-/// Accepts public connections on `listener` for `mapping` until the listener fails.
+/// The flows open on one mapping, counted across the sockets (one per worker) that accept
+/// for it, so that `--max-flows-per-listener` bounds the mapping, not each socket.
+pub(crate) type OpenFlows = Arc<AtomicUsize>;
+
+/// Accepts public connections on `listener` (one of the mapping's sockets) for `mapping`
+/// until the listener fails; `open` is shared by all the mapping's sockets.
 pub(crate) async fn serve(
     listener: TcpListener,
     mapping: Arc<TcpMapping>,
     services: Arc<Services>,
+    open: OpenFlows,
 ) {
-    let open = Arc::new(AtomicUsize::new(0));
     loop {
         let (tcp, client) = match listener.accept().await {
             Ok(x) => x,
@@ -79,12 +84,13 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        if open.load(Ordering::Relaxed) >= services.settings.max_flows_per_listener {
+        // Taken before it is checked: the mapping's other sockets count at the same time.
+        if open.fetch_add(1, Ordering::Relaxed) >= services.settings.max_flows_per_listener {
+            open.fetch_sub(1, Ordering::Relaxed);
             services.metrics.flow_refused("listener_full");
             tracing::warn!(%client, mapping = %mapping, "TCP connection closed: --max-flows-per-listener flows are open");
             continue;
         }
-        open.fetch_add(1, Ordering::Relaxed);
         let (open, mapping, services) = (open.clone(), mapping.clone(), services.clone());
         tokio::spawn(async move {
             flow(tcp, client, &mapping, &services).await;

@@ -1,0 +1,262 @@
+//! Port mappings as an operator runs them, with real processes: a gateway with TCP and UDP
+//! mappings restarted beside its replacement, as `docs/operations.md` tells operators to
+//! roll one (the new process must start while the old one still holds the mappings' ports,
+//! the old one's open flows run on through its drain, both mappings work on the same ports
+//! once the old one has exited); and a TCP mapping accepted on every worker, its flow bound
+//! counting the flows of all its sockets.
+//!
+//! Run `cargo build --bins` first.
+
+use anyhow::{bail, Context, Result};
+use ptth_tests::{bin, Gateway, LogTap, TempDir};
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::process::{Child, Command};
+
+const BOX_TOKEN: &str = "roll-box-token-3f9a0c1d";
+
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap()
+}
+
+async fn udp_echo() -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_535];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            let _ = socket.send_to(&buf[..n], from).await;
+        }
+    });
+    addr
+}
+
+async fn tcp_echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                while let Ok(n) = tcp.read(&mut buf).await {
+                    if n == 0 || tcp.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn origin(gw: &Gateway, udp: SocketAddr, tcp: SocketAddr) -> Result<(Child, LogTap)> {
+    let mut cmd = Command::new(bin("ptth-origin"));
+    cmd.args(["--gateway", &gw.tunnel_url(), "--token", BOX_TOKEN])
+        .arg("--ca")
+        .arg(gw.dev.join("ca.pem"))
+        .args(["--udp-service", &format!("echo={udp}")])
+        .args(["--tcp-service", &format!("techo={tcp}")])
+        .env(
+            "RUST_LOG",
+            std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().context("starting ptth-origin")?;
+    let log = LogTap::capture("origin", child.stderr.take());
+    Ok((child, log))
+}
+
+/// One echo of `bytes` on an open connection.
+async fn echo_on(tcp: &mut TcpStream, bytes: &[u8]) -> Result<()> {
+    tcp.write_all(bytes).await?;
+    let mut back = vec![0u8; bytes.len()];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut back))
+        .await
+        .context("no echo within 5 s")??;
+    anyhow::ensure!(back == bytes, "the echo differs");
+    Ok(())
+}
+
+/// A new connection through the TCP mapping echoes, within `secs` (the origin may still be
+/// connecting to the gateway: a flow with no origin is closed at once, and tried again).
+async fn tcp_echo_through(mapping: SocketAddr, secs: u64) -> Result<TcpStream> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let attempt = async {
+            let mut tcp = TcpStream::connect(mapping).await?;
+            echo_on(&mut tcp, b"ping through the mapping").await?;
+            anyhow::Ok(tcp)
+        };
+        match attempt.await {
+            Ok(tcp) => return Ok(tcp),
+            Err(e) if tokio::time::Instant::now() >= deadline => {
+                bail!("no TCP echo through {mapping} within {secs} s: {e:#}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// A datagram through the UDP mapping comes back, within `secs`.
+async fn udp_echo_through(mapping: SocketAddr, secs: u64) -> Result<()> {
+    let client = UdpSocket::bind("127.0.0.1:0").await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut buf = [0u8; 2048];
+    loop {
+        client.send_to(b"datagram", mapping).await?;
+        match tokio::time::timeout(Duration::from_millis(300), client.recv_from(&mut buf)).await {
+            Ok(Ok((n, from))) if from == mapping && &buf[..n] == b"datagram" => return Ok(()),
+            _ if tokio::time::Instant::now() >= deadline => {
+                bail!("no UDP echo through {mapping} within {secs} s")
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The gateway's config: grant `box` offers `echo` (UDP) and `techo` (TCP), mapped on
+/// `udp_port` and `tcp_port`. Returns its path.
+fn write_config(
+    dir: &TempDir,
+    udp_service: SocketAddr,
+    tcp_service: SocketAddr,
+    udp_port: u16,
+    tcp_port: u16,
+) -> Result<String> {
+    let config = dir.0.join("gateway.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[grant]]
+name = "box"
+token = "{BOX_TOKEN}"
+services = ["echo=udp/{}", "techo=tcp/{}"]
+
+[[udp]]
+listen = "127.0.0.1:{udp_port}"
+grant = "box"
+service = "echo"
+
+[[tcp]]
+listen = "127.0.0.1:{tcp_port}"
+grant = "box"
+service = "techo"
+"#,
+            udp_service.port(),
+            tcp_service.port()
+        ),
+    )?;
+    Ok(config.to_str().unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_gateway_with_port_mappings_rolls_beside_its_replacement() -> Result<()> {
+    let dir = TempDir::new("mapping-roll");
+    let (udp_service, tcp_service) = (udp_echo().await, tcp_echo().await);
+    let (udp_port, tcp_port) = (free_udp_port(), free_tcp_port());
+    let config = write_config(&dir, udp_service, tcp_service, udp_port, tcp_port)?;
+    let (udp, tcp): (SocketAddr, SocketAddr) = (
+        format!("127.0.0.1:{udp_port}").parse()?,
+        format!("127.0.0.1:{tcp_port}").parse()?,
+    );
+    let mut old = Gateway::start(&dir.0, &["--config", &config, "--shutdown-grace", "4"]).await?;
+    let (_origin, _log) = origin(&old, udp_service, tcp_service)?;
+    let mut held = tcp_echo_through(tcp, 30).await?;
+    udp_echo_through(udp, 30).await?;
+
+    // The replacement starts while the old process holds both mappings' ports.
+    let (listen, tunnel) = (old.listen.to_string(), old.tunnel.to_string());
+    let new = Gateway::start_on(&dir.0, &listen, &tunnel, &["--config", &config])
+        .await
+        .context("the replacement must start beside the gateway holding the mappings' ports")?;
+    old.signal("-TERM");
+
+    // The flow open on the old gateway runs on through its drain.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    echo_on(&mut held, b"still here while the old gateway drains")
+        .await
+        .context("a flow open on the stopping gateway")?;
+
+    let exit = old.wait(30).await?;
+    assert!(
+        exit.success(),
+        "the old gateway exits 0 after its drain: {exit}"
+    );
+
+    // Only the new gateway is left, on the same ports: both mappings reach the origin,
+    // which has moved to it.
+    tcp_echo_through(tcp, 30)
+        .await
+        .context("the TCP mapping through the new gateway")?;
+    udp_echo_through(udp, 30)
+        .await
+        .context("the UDP mapping through the new gateway")?;
+    drop(new);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tcp_mapping_on_every_worker_keeps_one_flow_bound() -> Result<()> {
+    let dir = TempDir::new("mapping-bound");
+    let (udp_service, tcp_service) = (udp_echo().await, tcp_echo().await);
+    let tcp_port = free_tcp_port();
+    let config = write_config(&dir, udp_service, tcp_service, free_udp_port(), tcp_port)?;
+    let tcp: SocketAddr = format!("127.0.0.1:{tcp_port}").parse()?;
+    // Two workers, so two sockets accept for the mapping; the kernel spreads connections
+    // over them by their addresses.
+    let gw = Gateway::start(
+        &dir.0,
+        &[
+            "--config",
+            &config,
+            "--threads",
+            "2",
+            "--max-flows-per-listener",
+            "3",
+        ],
+    )
+    .await?;
+    let (_origin, _log) = origin(&gw, udp_service, tcp_service)?;
+    let mut open = vec![tcp_echo_through(tcp, 30).await?];
+    // Five more, one after the other, each given its time to echo: two are carried, the
+    // other three are closed without a flow, whichever socket took them.
+    let (mut carried, mut closed) = (0, 0);
+    for _ in 0..5 {
+        let mut conn = TcpStream::connect(tcp).await?;
+        match echo_on(&mut conn, b"one more").await {
+            Ok(()) => {
+                carried += 1;
+                open.push(conn);
+            }
+            Err(_) => closed += 1,
+        }
+    }
+    assert_eq!(
+        (carried, closed),
+        (2, 3),
+        "--max-flows-per-listener 3 bounds the mapping's flows across its sockets"
+    );
+    // A flow that ends makes room for the next.
+    drop(open.pop());
+    tcp_echo_through(tcp, 10)
+        .await
+        .context("a new flow once one of the three has ended")?;
+    drop(gw);
+    Ok(())
+}
