@@ -913,3 +913,92 @@ async fn a_control_channel_without_available_services_is_dropped() -> Result<()>
         .await?;
     Ok(())
 }
+
+/// Opens a control channel on `path` with the `box` token and advertises `service`.
+async fn advertise_on(
+    send: &mut hyper::client::conn::http2::SendRequest<ptth_h2::Body>,
+    gw: &Gateway,
+    path: &str,
+    service: ptth_core::Service,
+) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+    let mut res = extended_connect(send, gw, "connect-listen", path, BOX_TOKEN).await?;
+    anyhow::ensure!(
+        res.status() == http::StatusCode::OK,
+        "listen on {path}: {}",
+        res.status()
+    );
+    let mut io = TokioIo::new(hyper::upgrade::on(&mut res).await?);
+    let capsule = ptth_core::ControlCapsule::AvailableServices(ptth_core::AvailableServices {
+        services: vec![service],
+    })
+    .to_capsule();
+    io.write_all(&capsule.to_bytes()).await?;
+    io.flush().await?;
+    Ok(io)
+}
+
+#[tokio::test]
+async fn a_channel_opened_for_one_ip_protocol_is_never_asked_for_another() -> Result<()> {
+    let echo_port = free_port();
+    let s = gateway("rc-ipproto", echo_port, free_port(), &[]).await?;
+    let tcp_echo = ptth_core::Service::local(
+        ptth_core::IpProtocol::Tcp,
+        ptth_core::ServicePort::new(echo_port).ok_or_else(|| anyhow!("port 0"))?,
+    );
+    let mut send = h2_client(&s.gw).await?;
+    // A channel for UDP flows only (ipproto 17) advertising the TCP service its grant
+    // allows: the gateway ignores the service and says why.
+    let mut udp_only = advertise_on(
+        &mut send,
+        &s.gw,
+        "/.well-known/masque/listen/./17/",
+        tcp_echo.clone(),
+    )
+    .await?;
+    s.gw.log
+        .wait_for("outside its connect-listen's ipproto", 10)
+        .await?;
+    let mut public = TcpStream::connect(s.echo).await?;
+    let closed = read_until_closed(&mut public, 5).await?;
+    assert!(
+        closed.is_empty(),
+        "no flow without an origin offering the service"
+    );
+    let mut buf = [0u8; 64];
+    let asked = tokio::time::timeout(Duration::from_millis(500), udp_only.read(&mut buf)).await;
+    assert!(
+        asked.is_err(),
+        "nothing is asked on the UDP-only channel: {asked:?}"
+    );
+
+    // The same service on a channel for TCP (ipproto 6) is asked for the next flow.
+    let mut tcp_only = advertise_on(
+        &mut send,
+        &s.gw,
+        "/.well-known/masque/listen/./6/",
+        tcp_echo,
+    )
+    .await?;
+    // Public connections until the advertisement has been taken (each one before it is
+    // closed at once), then the channel is asked.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut publics = Vec::new();
+    let n = loop {
+        publics.push(TcpStream::connect(s.echo).await?);
+        match tokio::time::timeout(Duration::from_millis(200), tcp_only.read(&mut buf)).await {
+            Ok(read) => break read?,
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                bail!("no CONNECTION_REQUEST on the TCP channel within 10 s")
+            }
+            Err(_) => {}
+        }
+    };
+    // CONNECTION_REQUEST's private code point, 0x3b7a0c41, as a 4-byte varint.
+    assert_eq!(
+        &buf[..4.min(n)],
+        &[0xbb, 0x7a, 0x0c, 0x41],
+        "{:?}",
+        &buf[..n]
+    );
+    Ok(())
+}

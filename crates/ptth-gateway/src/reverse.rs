@@ -30,8 +30,8 @@ use hyper_util::rt::TokioIo;
 use ptth_auth::{GrantedService, Grants, Presented};
 use ptth_core::{
     validate_accept_request, validate_listen_request, Capsule, CapsuleDecoder, Decoded,
-    GatewayChannel, GatewayEvent, IpProtocol, RequestId, ReverseExchange, ReverseRejection,
-    SetupForm, DEFAULT_MAX_CONTROL_CAPSULE,
+    GatewayChannel, GatewayEvent, IpProtoScope, IpProtocol, RequestId, ReverseExchange,
+    ReverseRejection, SetupForm, DEFAULT_MAX_CONTROL_CAPSULE,
 };
 use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
@@ -124,7 +124,10 @@ struct Channel {
     grants: Vec<String>,
     /// What those grants allow: (grant, service).
     allowed: Vec<(String, GrantedService)>,
-    /// What the origin advertised and the grants allow.
+    /// The listen request's `ipproto`: which protocols' flows the origin takes on this
+    /// channel (`None`: any).
+    ipproto: Option<IpProtoScope>,
+    /// What the origin advertised, the grants allow and `ipproto` admits.
     offered: Vec<(String, GrantedService)>,
     /// Whether the origin sent its first AVAILABLE_SERVICES.
     advertised: bool,
@@ -456,6 +459,7 @@ pub(crate) struct Listening {
     peer: SocketAddr,
     grants: Vec<String>,
     allowed: Vec<(String, GrantedService)>,
+    ipproto: Option<IpProtoScope>,
     setup: SetupState,
     services: Arc<Services>,
 }
@@ -475,7 +479,7 @@ impl Listening {
             self.conn,
             self.peer,
             self.grants,
-            self.allowed,
+            (self.allowed, self.ipproto),
             self.services,
         )
         .await;
@@ -537,6 +541,7 @@ fn listen<B>(
         peer,
         grants: grant_names,
         allowed,
+        ipproto: setup.scope.ipproto,
         setup: arrival.setup.clone(),
         services: services.clone(),
     })
@@ -554,7 +559,7 @@ async fn run_channel(
     conn: u64,
     peer: SocketAddr,
     grants: Vec<String>,
-    allowed: Vec<(String, GrantedService)>,
+    (allowed, ipproto): (Vec<(String, GrantedService)>, Option<IpProtoScope>),
     services: Arc<Services>,
 ) {
     use rand::RngCore;
@@ -572,6 +577,7 @@ async fn run_channel(
                 peer,
                 grants: grants.clone(),
                 allowed,
+                ipproto,
                 offered: Vec::new(),
                 advertised: false,
                 core: GatewayChannel::new(key, services.settings.max_flows_per_origin),
@@ -662,6 +668,14 @@ fn on_capsule(services: &Services, id: u64, capsule: &Capsule) -> Result<bool, S
                 let granted: Vec<_> = c.allowed.iter().filter(|(_, g)| g.matches(s)).collect();
                 if granted.is_empty() {
                     tracing::warn!(%peer, grant = %c.grants.join(","), service = %s, "the origin advertised a service its grant does not allow: ignored");
+                    continue;
+                }
+                // draft-rosomakho-masque-reverse-connect: the listen template's `ipproto`
+                // (`6`, `17` or `*`, as in CONNECT-IP) names the protocols the listener
+                // takes. A flow of another protocol is never requested on this channel.
+                if let Some(scope) = c.ipproto.filter(|scope| !scope.allows(s.protocol)) {
+                    tracing::warn!(%peer, grant = %c.grants.join(","), service = %s, ipproto = %scope, "the origin advertised a service outside its connect-listen's ipproto: ignored");
+                    continue;
                 }
                 offered.extend(granted.into_iter().cloned());
             }
