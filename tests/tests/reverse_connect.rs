@@ -1002,3 +1002,43 @@ async fn a_channel_opened_for_one_ip_protocol_is_never_asked_for_another() -> Re
     );
     Ok(())
 }
+
+#[tokio::test]
+async fn a_reload_that_rotates_the_origins_token_closes_its_channel_and_spares_its_flows(
+) -> Result<()> {
+    let (service, _received) = echo_service().await;
+    let s = gateway("rc-reload", service.port(), free_port(), &[]).await?;
+    let (_origin, origin_log) = origin(
+        &s.gw.tunnel_url(),
+        &s.gw.dev.join("ca.pem"),
+        &[format!("echo=127.0.0.1:{}", service.port())],
+    )?;
+    wait_for_echo(s.echo).await?;
+    let mut held = TcpStream::connect(s.echo).await?;
+    echo_once(&mut held, b"before the reload").await?;
+
+    // A reload with the grants unchanged keeps the channel: new flows go on.
+    s.gw.signal("-HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut after_same = TcpStream::connect(s.echo).await?;
+    echo_once(&mut after_same, b"after a reload that changed nothing").await?;
+
+    // The grant's token rotated: the channel's credential proves nothing any more.
+    let config = s._dir.0.join("gateway.toml");
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(&config, text.replace(BOX_TOKEN, "box-token-rotated-44c1e0"))?;
+    s.gw.signal("-HUP");
+    s.gw.log
+        .wait_for("reverse CONNECT control channel closed on reload", 10)
+        .await?;
+    // The flow in progress runs on.
+    echo_once(&mut held, b"the flow outlives its channel").await?;
+    // New ones find no origin: the origin's old token is refused when it listens again.
+    origin_log
+        .wait_for("refused connect-listen with 401", 20)
+        .await?;
+    let mut late = TcpStream::connect(s.echo).await?;
+    let got = read_until_closed(&mut late, 5).await?;
+    assert!(got.is_empty(), "no flow without a channel: {got:?}");
+    Ok(())
+}

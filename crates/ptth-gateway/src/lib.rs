@@ -551,6 +551,10 @@ impl Gateway {
     /// The public certificates (`cert`/`key` and `[[certificate]]`) are re-read too: new
     /// handshakes get the new ones, established connections keep theirs. Settings of the
     /// config file that changed but only apply on a restart are logged by name.
+    ///
+    /// Open reverse CONNECT control channels are checked again too: one whose credential
+    /// no grant with services accepts is closed (its flows in progress run on), the others
+    /// offer what the new grants allow.
     pub fn reload(&self, grants: ptth_auth::Grants) -> Result<usize> {
         let reloaded = self.reload_grants(grants);
         self.registry.metrics.reloaded(reloaded.is_ok());
@@ -636,7 +640,15 @@ impl Gateway {
                 "origin connection drained on reload: {why}"
             );
         }
-        tracing::info!(grants = grants.len(), drained, "grants reloaded");
+        // Reverse CONNECT control channels were authenticated by the grants alone (the
+        // authoriser decides HTTP registrations): each is checked again.
+        let channels_closed = self.ctx.services.regrant(&grants);
+        tracing::info!(
+            grants = grants.len(),
+            drained,
+            channels_closed,
+            "grants reloaded"
+        );
         Ok(drained)
     }
 

@@ -342,7 +342,7 @@ impl FlowCounters {
         let channels = Family::<Labels<1>, Counter>::default();
         registry.register(
             "service_channels",
-            "Reverse CONNECT control channels (connect-listen), by outcome (opened, refused, silent)",
+            "Reverse CONNECT control channels (connect-listen), by outcome (opened, refused, silent, revoked)",
             channels.clone(),
         );
         let public_connects = Family::<Labels<1>, Counter>::default();

@@ -27,7 +27,7 @@ use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use ptth_auth::{GrantedService, Grants, Presented};
+use ptth_auth::{GrantedService, Grants, Presented, Proven};
 use ptth_core::{
     validate_accept_request, validate_listen_request, Capsule, CapsuleDecoder, Decoded,
     GatewayChannel, GatewayEvent, IpProtoScope, IpProtocol, RequestId, ReverseExchange,
@@ -127,6 +127,8 @@ struct Channel {
     /// The listen request's `ipproto`: which protocols' flows the origin takes on this
     /// channel (`None`: any).
     ipproto: Option<IpProtoScope>,
+    /// What the credential proved, without its secret: a reload checks it again.
+    proven: Proven,
     /// What the origin advertised, the grants allow and `ipproto` admits.
     offered: Vec<(String, GrantedService)>,
     /// Whether the origin sent its first AVAILABLE_SERVICES.
@@ -195,6 +197,44 @@ impl Services {
     /// open for the flows in progress.
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Puts new grants in force for the open control channels (SIGHUP): each channel's
+    /// credential is checked again. A channel whose credential no grant with services
+    /// accepts any more is closed (its flows in progress run on; new ones are not asked of
+    /// it); the others offer what the origin advertised and the new grants allow. Returns
+    /// how many channels closed.
+    pub(crate) fn regrant(&self, grants: &Grants) -> usize {
+        let mut st = self.state();
+        let mut closed = Vec::new();
+        for (id, c) in st.channels.iter_mut() {
+            let matched: Vec<&ptth_auth::Grant> = match grants.reauthenticate(&c.proven) {
+                Ok(g) => g.into_iter().filter(|g| !g.services.is_empty()).collect(),
+                Err(e) => {
+                    closed.push((*id, format!("its credential: {e}")));
+                    continue;
+                }
+            };
+            if matched.is_empty() {
+                closed.push((*id, "no grant of its credential allows a service".into()));
+                continue;
+            }
+            c.grants = matched.iter().map(|g| g.name.clone()).collect();
+            c.allowed = matched
+                .iter()
+                .flat_map(|g| g.services.iter().map(|s| (g.name.clone(), s.clone())))
+                .collect();
+            c.offered = offer(c);
+        }
+        for (id, why) in &closed {
+            // Dropping the channel drops its writer's sender: its task ends and closes the
+            // stream, and the flows still waiting for an accept are refused.
+            if let Some(c) = st.channels.remove(id) {
+                tracing::warn!(peer = %c.peer, grant = %c.grants.join(","), "reverse CONNECT control channel closed on reload: {why}");
+                self.metrics.flow_channel("revoked");
+            }
+        }
+        closed.len()
     }
 
     /// Flows open (waiting for their accept or spliced).
@@ -429,15 +469,15 @@ fn authenticate<'g>(
     authorization: Option<&http::HeaderValue>,
     arrival: &Arrival<'_>,
     grants: &'g Grants,
-) -> Result<Vec<&'g ptth_auth::Grant>, Refusal> {
+) -> Result<(Vec<&'g ptth_auth::Grant>, Proven), Refusal> {
     let peer = arrival.peer;
     let presented = Presented {
         authorization,
         peer_certs: arrival.peer_certs,
         challenge_answer: None,
     };
-    match grants.authenticate(&presented) {
-        Ok(g) if !g.is_empty() => Ok(g),
+    match grants.authenticate_proven(&presented) {
+        Ok((g, proven)) if !g.is_empty() => Ok((g, proven)),
         Ok(_) => {
             let r =
                 ReverseRejection::unauthenticated(exchange, format!("{exchange}: no credential"));
@@ -460,6 +500,8 @@ pub(crate) struct Listening {
     grants: Vec<String>,
     allowed: Vec<(String, GrantedService)>,
     ipproto: Option<IpProtoScope>,
+    /// Boxed: a `Proven` is large, and `Routed` holds a `Listening`.
+    proven: Box<Proven>,
     setup: SetupState,
     services: Arc<Services>,
 }
@@ -479,7 +521,11 @@ impl Listening {
             self.conn,
             self.peer,
             self.grants,
-            (self.allowed, self.ipproto),
+            Admitted {
+                allowed: self.allowed,
+                ipproto: self.ipproto,
+                proven: *self.proven,
+            },
             self.services,
         )
         .await;
@@ -499,7 +545,7 @@ fn listen<B>(
         tracing::warn!(%peer, reason = %r, "connect-listen refused");
         rejection(&r)
     })?;
-    let proved = authenticate(exchange, setup.authorization.as_ref(), arrival, grants)?;
+    let (proved, proven) = authenticate(exchange, setup.authorization.as_ref(), arrival, grants)?;
     let with_services: Vec<_> = proved.iter().filter(|g| !g.services.is_empty()).collect();
     let names: Vec<String> = proved.iter().map(|g| g.name.clone()).collect();
     if with_services.is_empty() {
@@ -542,6 +588,7 @@ fn listen<B>(
         grants: grant_names,
         allowed,
         ipproto: setup.scope.ipproto,
+        proven: Box::new(proven),
         setup: arrival.setup.clone(),
         services: services.clone(),
     })
@@ -559,9 +606,14 @@ async fn run_channel(
     conn: u64,
     peer: SocketAddr,
     grants: Vec<String>,
-    (allowed, ipproto): (Vec<(String, GrantedService)>, Option<IpProtoScope>),
+    admitted: Admitted,
     services: Arc<Services>,
 ) {
+    let Admitted {
+        allowed,
+        ipproto,
+        proven,
+    } = admitted;
     use rand::RngCore;
     let mut key = [0u8; 16];
     rand::rngs::OsRng.fill_bytes(&mut key);
@@ -578,6 +630,7 @@ async fn run_channel(
                 grants: grants.clone(),
                 allowed,
                 ipproto,
+                proven,
                 offered: Vec::new(),
                 advertised: false,
                 core: GatewayChannel::new(key, services.settings.max_flows_per_origin),
@@ -663,22 +716,7 @@ fn on_capsule(services: &Services, id: u64, capsule: &Capsule) -> Result<bool, S
     match c.core.on_capsule(capsule) {
         Ok(Some(GatewayEvent::ServicesAdvertised)) => {
             // The draft: proxies "MUST check advertised services against policy".
-            let mut offered = Vec::new();
-            for s in c.core.advertised() {
-                let granted: Vec<_> = c.allowed.iter().filter(|(_, g)| g.matches(s)).collect();
-                if granted.is_empty() {
-                    tracing::warn!(%peer, grant = %c.grants.join(","), service = %s, "the origin advertised a service its grant does not allow: ignored");
-                    continue;
-                }
-                // draft-rosomakho-masque-reverse-connect: the listen template's `ipproto`
-                // (`6`, `17` or `*`, as in CONNECT-IP) names the protocols the listener
-                // takes. A flow of another protocol is never requested on this channel.
-                if let Some(scope) = c.ipproto.filter(|scope| !scope.allows(s.protocol)) {
-                    tracing::warn!(%peer, grant = %c.grants.join(","), service = %s, ipproto = %scope, "the origin advertised a service outside its connect-listen's ipproto: ignored");
-                    continue;
-                }
-                offered.extend(granted.into_iter().cloned());
-            }
+            let offered = offer(c);
             let shown: Vec<String> = offered.iter().map(|(g, s)| format!("{g}/{s}")).collect();
             tracing::info!(%peer, offered = %shown.join(" "), "the origin offers services");
             c.offered = offered;
@@ -695,6 +733,36 @@ fn on_capsule(services: &Services, id: u64, capsule: &Capsule) -> Result<bool, S
         Ok(None) => Ok(false),
         Err(e) => Err(format!("the origin broke the control channel's rules: {e}")),
     }
+}
+
+/// What channel `c` offers: each service the origin advertised that its grants allow and its
+/// `ipproto` admits; the others are logged and ignored.
+fn offer(c: &Channel) -> Vec<(String, GrantedService)> {
+    let peer = c.peer;
+    let mut offered = Vec::new();
+    for s in c.core.advertised() {
+        let granted: Vec<_> = c.allowed.iter().filter(|(_, g)| g.matches(s)).collect();
+        if granted.is_empty() {
+            tracing::warn!(%peer, grant = %c.grants.join(","), service = %s, "the origin advertised a service its grant does not allow: ignored");
+            continue;
+        }
+        // draft-rosomakho-masque-reverse-connect: the listen template's `ipproto` (`6`,
+        // `17` or `*`, as in CONNECT-IP) names the protocols the listener takes. A flow of
+        // another protocol is never requested on this channel.
+        if let Some(scope) = c.ipproto.filter(|scope| !scope.allows(s.protocol)) {
+            tracing::warn!(%peer, grant = %c.grants.join(","), service = %s, ipproto = %scope, "the origin advertised a service outside its connect-listen's ipproto: ignored");
+            continue;
+        }
+        offered.extend(granted.into_iter().cloned());
+    }
+    offered
+}
+
+/// What a `connect-listen` proved, handed to its channel.
+struct Admitted {
+    allowed: Vec<(String, GrantedService)>,
+    ipproto: Option<IpProtoScope>,
+    proven: Proven,
 }
 
 /// A `connect-accept` request matched to its outstanding connection request: its answer,
@@ -736,7 +804,7 @@ fn accept<B>(
     // it must then prove a grant of the channel whose request it answers.
     let accepter = match setup.form {
         SetupForm::Upgrade => {
-            let proved = authenticate(
+            let (proved, _) = authenticate(
                 ReverseExchange::Accept,
                 setup.authorization.as_ref(),
                 arrival,
