@@ -63,15 +63,26 @@ async fn tcp_echo() -> SocketAddr {
 }
 
 fn origin(gw: &Gateway, udp: SocketAddr, tcp: SocketAddr) -> Result<(Child, LogTap)> {
+    origin_with(gw, udp, tcp, &[], "warn")
+}
+
+fn origin_with(
+    gw: &Gateway,
+    udp: SocketAddr,
+    tcp: SocketAddr,
+    extra: &[&str],
+    level: &str,
+) -> Result<(Child, LogTap)> {
     let mut cmd = Command::new(bin("ptth-origin"));
     cmd.args(["--gateway", &gw.tunnel_url(), "--token", BOX_TOKEN])
+        .args(extra)
         .arg("--ca")
         .arg(gw.dev.join("ca.pem"))
         .args(["--udp-service", &format!("echo={udp}")])
         .args(["--tcp-service", &format!("techo={tcp}")])
         .env(
             "RUST_LOG",
-            std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+            std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| level.into()),
         )
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -257,6 +268,75 @@ async fn a_tcp_mapping_on_every_worker_keeps_one_flow_bound() -> Result<()> {
     tcp_echo_through(tcp, 10)
         .await
         .context("a new flow once one of the three has ended")?;
+    drop(gw);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_origins_channels_share_its_flows_and_its_flow_bound() -> Result<()> {
+    let dir = TempDir::new("mapping-channels");
+    let (udp_service, tcp_service) = (udp_echo().await, tcp_echo().await);
+    let tcp_port = free_tcp_port();
+    let config = write_config(&dir, udp_service, tcp_service, free_udp_port(), tcp_port)?;
+    let tcp: SocketAddr = format!("127.0.0.1:{tcp_port}").parse()?;
+    let log_file = dir.0.join("gateway.log");
+    let gw = ptth_tests::start_gateway_logging(
+        &dir.0,
+        &["--config", &config, "--max-flows-per-origin", "4"],
+        &log_file,
+        "warn,ptth_gateway::tcp_listen=debug",
+    )
+    .await?;
+    // Three control channels, each on its own connection.
+    let (_origin, log) = origin_with(
+        &gw,
+        udp_service,
+        tcp_service,
+        &["--connections", "3"],
+        "info",
+    )?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while log.matching("reverse CONNECT control channel open").len() < 3 {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "the origin did not open 3 control channels: {}",
+            log.text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut open = vec![tcp_echo_through(tcp, 30).await?];
+    // Five more: three are carried (4 is the origin's bound, across its channels), two
+    // are closed without a flow.
+    let (mut carried, mut closed) = (0, 0);
+    for _ in 0..5 {
+        let mut conn = TcpStream::connect(tcp).await?;
+        match echo_on(&mut conn, b"one more").await {
+            Ok(()) => {
+                carried += 1;
+                open.push(conn);
+            }
+            Err(_) => closed += 1,
+        }
+    }
+    assert_eq!(
+        (carried, closed),
+        (3, 2),
+        "--max-flows-per-origin 4 bounds the origin's flows over all its channels"
+    );
+    // The four flows went over all three channels: each names the address of the
+    // channel's connection (`origin=`), one per connection.
+    let text = std::fs::read_to_string(&log_file)?;
+    let channels: std::collections::HashSet<&str> = text
+        .lines()
+        .filter(|l| l.contains("TCP flow open"))
+        .filter_map(|l| l.split(" origin=").nth(1))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .collect();
+    assert_eq!(
+        channels.len(),
+        3,
+        "the flows are spread over the origin's three channels: {channels:?}"
+    );
     drop(gw);
     Ok(())
 }

@@ -42,8 +42,9 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
-/// The most control channels one grant may hold open at once.
-pub(crate) const MAX_CHANNELS_PER_GRANT: usize = 16;
+/// The most control channels one grant may hold open at once (an origin may keep several,
+/// one per connection: `ptth-origin --connections`).
+pub(crate) const MAX_CHANNELS_PER_GRANT: usize = 64;
 /// Connection requests queued for one channel's writer; beyond that, flows are refused.
 const REQUEST_QUEUE: usize = 64;
 
@@ -140,12 +141,17 @@ struct Channel {
     requests: mpsc::Sender<Capsule>,
     /// Flows open over this channel (waiting or spliced).
     flows: Arc<AtomicUsize>,
+    /// Flows open over every channel of the same origin (the same credential from the same
+    /// address; an origin keeps one channel per connection): what
+    /// `--max-flows-per-origin` bounds.
+    origin_flows: Arc<AtomicUsize>,
 }
 
 /// A flow's claim on its channel: counted while it lives.
 #[derive(Debug)]
 pub(crate) struct FlowSlot {
     flows: Arc<AtomicUsize>,
+    origin_flows: Arc<AtomicUsize>,
     open_flows: Arc<AtomicUsize>,
     flow_ended: Arc<tokio::sync::Notify>,
 }
@@ -153,6 +159,7 @@ pub(crate) struct FlowSlot {
 impl Drop for FlowSlot {
     fn drop(&mut self) {
         self.flows.fetch_sub(1, Ordering::Relaxed);
+        self.origin_flows.fetch_sub(1, Ordering::Relaxed);
         self.open_flows.fetch_sub(1, Ordering::Relaxed);
         self.flow_ended.notify_waiters();
     }
@@ -299,10 +306,16 @@ impl Services {
         if candidates.is_empty() {
             return Err(NoRequest::NoOrigin);
         }
-        candidates.sort_by_key(|(_, c)| c.flows.load(Ordering::Relaxed));
+        // The origin with the fewest flows, and of its channels the one with the fewest.
+        candidates.sort_by_key(|(_, c)| {
+            (
+                c.origin_flows.load(Ordering::Relaxed),
+                c.flows.load(Ordering::Relaxed),
+            )
+        });
         let Some((&channel, c)) = candidates
             .into_iter()
-            .find(|(_, c)| c.flows.load(Ordering::Relaxed) < max)
+            .find(|(_, c)| c.origin_flows.load(Ordering::Relaxed) < max)
         else {
             return Err(NoRequest::OriginFull);
         };
@@ -322,6 +335,7 @@ impl Services {
         let (tx, rx) = oneshot::channel();
         c.waiting.insert(id, tx);
         c.flows.fetch_add(1, Ordering::Relaxed);
+        c.origin_flows.fetch_add(1, Ordering::Relaxed);
         self.open_flows.fetch_add(1, Ordering::Relaxed);
         Ok(Requested {
             id,
@@ -330,6 +344,7 @@ impl Services {
             accepted: rx,
             slot: FlowSlot {
                 flows: c.flows.clone(),
+                origin_flows: c.origin_flows.clone(),
                 open_flows: self.open_flows.clone(),
                 flow_ended: self.flow_ended.clone(),
             },
@@ -622,6 +637,11 @@ async fn run_channel(
         let mut st = services.state();
         st.next_channel += 1;
         let id = st.next_channel;
+        let origin_flows = st
+            .channels
+            .values()
+            .find(|c| c.peer.ip() == peer.ip() && c.proven == proven)
+            .map_or_else(Arc::default, |c| c.origin_flows.clone());
         st.channels.insert(
             id,
             Channel {
@@ -637,6 +657,7 @@ async fn run_channel(
                 waiting: HashMap::new(),
                 requests: tx,
                 flows: Arc::new(AtomicUsize::new(0)),
+                origin_flows,
             },
         );
         id

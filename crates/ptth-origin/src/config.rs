@@ -145,7 +145,8 @@ pub struct Cli {
     /// Private key of --cert (default: none).
     #[arg(long)]
     pub key: Option<PathBuf>,
-    /// Reversed connections kept open (default 1).
+    /// Reversed connections kept open, and, with services, reverse CONNECT control
+    /// channels (at most 16), each on its own connection (default 1).
     #[arg(long)]
     pub connections: Option<usize>,
     /// Potato ALPN token set: potato-00 (rh*), potato-01 (ph*), potato-02 (UTF-8 tokens)

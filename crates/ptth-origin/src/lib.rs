@@ -54,6 +54,10 @@ pub mod service_channel;
 pub mod tcp_service;
 pub mod udp_service;
 
+/// The most reverse CONNECT control channels an origin keeps to one gateway, whatever
+/// `--connections` says (the gateway lets a grant hold 64).
+const MAX_SERVICE_CHANNELS: usize = 16;
+
 pub use serve::{Authorizer, OriginService, RequestBody, ResponseBody};
 
 use anyhow::{anyhow, Context, Result};
@@ -371,8 +375,13 @@ impl Origin {
                     slots.spawn(dialer.clone().run_slot(slot, service.clone(), rx.clone()));
                 }
             }
+            // One control channel per connection (`--connections`), each on its own
+            // connection: the gateway spreads flows over them, and one ending leaves the
+            // others serving.
             if dialer.config.offers_services() {
-                slots.spawn(tcp_service::run(dialer.clone(), rx.clone()));
+                for _ in 0..dialer.config.connections.clamp(1, MAX_SERVICE_CHANNELS) {
+                    slots.spawn(tcp_service::run(dialer.clone(), rx.clone()));
+                }
             }
         }
         shutdown.await;
