@@ -15,6 +15,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod services;
+
 /// Every TCP mechanism the origin can use.
 pub const TCP_MECHANISMS: &[&str] = &[
     "rh1",

@@ -8,59 +8,16 @@
 //! Run `cargo build --bins` first.
 
 use anyhow::{bail, Context, Result};
+use ptth_tests::services::{free_tcp_port, free_udp_port, tcp_echo, udp_echo};
 use ptth_tests::{bin, Gateway, LogTap, TempDir};
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::process::{Child, Command};
 
 const BOX_TOKEN: &str = "roll-box-token-3f9a0c1d";
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-async fn udp_echo() -> SocketAddr {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_535];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            let _ = socket.send_to(&buf[..n], from).await;
-        }
-    });
-    addr
-}
-
-async fn tcp_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = tcp.read(&mut buf).await {
-                    if n == 0 || tcp.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 fn origin(gw: &Gateway, udp: SocketAddr, tcp: SocketAddr) -> Result<(Child, LogTap)> {
     origin_with(gw, udp, tcp, &[], "warn")
@@ -123,6 +80,27 @@ async fn tcp_echo_through(mapping: SocketAddr, secs: u64) -> Result<TcpStream> {
     }
 }
 
+/// `n` new connections through the TCP mapping, one after the other, each given its time to
+/// echo: how many were carried (kept in `open`) and how many were closed without a flow.
+async fn try_flows(
+    mapping: SocketAddr,
+    n: usize,
+    open: &mut Vec<TcpStream>,
+) -> Result<(usize, usize)> {
+    let (mut carried, mut closed) = (0, 0);
+    for _ in 0..n {
+        let mut conn = TcpStream::connect(mapping).await?;
+        match echo_on(&mut conn, b"one more").await {
+            Ok(()) => {
+                carried += 1;
+                open.push(conn);
+            }
+            Err(_) => closed += 1,
+        }
+    }
+    Ok((carried, closed))
+}
+
 /// A datagram through the UDP mapping comes back, within `secs`.
 async fn udp_echo_through(mapping: SocketAddr, secs: u64) -> Result<()> {
     let client = UdpSocket::bind("127.0.0.1:0").await?;
@@ -179,7 +157,7 @@ service = "techo"
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_gateway_with_port_mappings_rolls_beside_its_replacement() -> Result<()> {
     let dir = TempDir::new("mapping-roll");
-    let (udp_service, tcp_service) = (udp_echo().await, tcp_echo().await);
+    let (udp_service, tcp_service) = (udp_echo().await.0, tcp_echo().await);
     let (udp_port, tcp_port) = (free_udp_port(), free_tcp_port());
     let config = write_config(&dir, udp_service, tcp_service, udp_port, tcp_port)?;
     let (udp, tcp): (SocketAddr, SocketAddr) = (
@@ -225,7 +203,7 @@ async fn a_gateway_with_port_mappings_rolls_beside_its_replacement() -> Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_tcp_mapping_on_every_worker_keeps_one_flow_bound() -> Result<()> {
     let dir = TempDir::new("mapping-bound");
-    let (udp_service, tcp_service) = (udp_echo().await, tcp_echo().await);
+    let (udp_service, tcp_service) = (udp_echo().await.0, tcp_echo().await);
     let tcp_port = free_tcp_port();
     let config = write_config(&dir, udp_service, tcp_service, free_udp_port(), tcp_port)?;
     let tcp: SocketAddr = format!("127.0.0.1:{tcp_port}").parse()?;
@@ -247,17 +225,7 @@ async fn a_tcp_mapping_on_every_worker_keeps_one_flow_bound() -> Result<()> {
     let mut open = vec![tcp_echo_through(tcp, 30).await?];
     // Five more, one after the other, each given its time to echo: two are carried, the
     // other three are closed without a flow, whichever socket took them.
-    let (mut carried, mut closed) = (0, 0);
-    for _ in 0..5 {
-        let mut conn = TcpStream::connect(tcp).await?;
-        match echo_on(&mut conn, b"one more").await {
-            Ok(()) => {
-                carried += 1;
-                open.push(conn);
-            }
-            Err(_) => closed += 1,
-        }
-    }
+    let (carried, closed) = try_flows(tcp, 5, &mut open).await?;
     assert_eq!(
         (carried, closed),
         (2, 3),
@@ -275,7 +243,7 @@ async fn a_tcp_mapping_on_every_worker_keeps_one_flow_bound() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_origins_channels_share_its_flows_and_its_flow_bound() -> Result<()> {
     let dir = TempDir::new("mapping-channels");
-    let (udp_service, tcp_service) = (udp_echo().await, tcp_echo().await);
+    let (udp_service, tcp_service) = (udp_echo().await.0, tcp_echo().await);
     let tcp_port = free_tcp_port();
     let config = write_config(&dir, udp_service, tcp_service, free_udp_port(), tcp_port)?;
     let tcp: SocketAddr = format!("127.0.0.1:{tcp_port}").parse()?;
@@ -307,17 +275,7 @@ async fn an_origins_channels_share_its_flows_and_its_flow_bound() -> Result<()> 
     let mut open = vec![tcp_echo_through(tcp, 30).await?];
     // Five more: three are carried (4 is the origin's bound, across its channels), two
     // are closed without a flow.
-    let (mut carried, mut closed) = (0, 0);
-    for _ in 0..5 {
-        let mut conn = TcpStream::connect(tcp).await?;
-        match echo_on(&mut conn, b"one more").await {
-            Ok(()) => {
-                carried += 1;
-                open.push(conn);
-            }
-            Err(_) => closed += 1,
-        }
-    }
+    let (carried, closed) = try_flows(tcp, 5, &mut open).await?;
     assert_eq!(
         (carried, closed),
         (3, 2),
