@@ -1,9 +1,17 @@
-//! Local TCP and UDP services for the reverse CONNECT and port-mapping tests, and the ports
-//! to map them on: what sits behind a `ptth-origin --tcp-service` / `--udp-service`.
+//! Local TCP and UDP services for the reverse CONNECT and port-mapping tests, the ports to
+//! map them on (what sits behind a `ptth-origin --tcp-service` / `--udp-service`), and an
+//! origin's control channel played by hand (to advertise, and then do what the test needs).
 
+use crate::{tls_connect, Gateway};
+use anyhow::{bail, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
@@ -58,4 +66,69 @@ pub async fn udp_echo() -> (SocketAddr, Arc<Mutex<HashSet<SocketAddr>>>) {
         }
     });
     (addr, seen)
+}
+
+/// An HTTP/2 client on the tunnel listener (the origin's role), once the gateway enabled
+/// extended CONNECT.
+pub async fn h2_client(gw: &Gateway) -> Result<SendRequest<ptth_h2::Body>> {
+    let tls = tls_connect(gw, &[b"h2"]).await?;
+    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake::<_, ptth_h2::Body>(TokioIo::new(tls))
+        .await?;
+    let settings = Arc::new(ptth_h2::PeerSettings::default());
+    tokio::spawn(ptth_h2::reversed::drive(conn, settings.clone()));
+    for _ in 0..500 {
+        if settings.extended_connect() {
+            return Ok(send);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    bail!("the gateway did not enable extended CONNECT")
+}
+
+/// An extended CONNECT of `protocol` (`connect-listen`, `connect-accept`) to `path` on the
+/// tunnel listener, with `token` as Bearer credential.
+pub async fn extended_connect(
+    send: &mut SendRequest<ptth_h2::Body>,
+    gw: &Gateway,
+    protocol: &'static str,
+    path: &str,
+    token: &str,
+) -> Result<http::Response<hyper::body::Incoming>> {
+    let mut req = http::Request::builder()
+        .method("CONNECT")
+        .uri(format!("https://localhost:{}{path}", gw.tunnel.port()))
+        .header("capsule-protocol", "?1")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Empty::<Bytes>::new().map_err(|n| match n {}).boxed_unsync())?;
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static(protocol));
+    send.ready().await?;
+    Ok(send.send_request(req).await?)
+}
+
+/// Opens a control channel on `path` with `token` and advertises `service`; returns the
+/// channel's stream (the gateway's CONNECTION_REQUESTs arrive on it).
+pub async fn advertise_on(
+    send: &mut SendRequest<ptth_h2::Body>,
+    gw: &Gateway,
+    token: &str,
+    path: &str,
+    service: ptth_core::Service,
+) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
+    use tokio::io::AsyncWriteExt as _;
+    let mut res = extended_connect(send, gw, "connect-listen", path, token).await?;
+    anyhow::ensure!(
+        res.status() == http::StatusCode::OK,
+        "listen on {path}: {}",
+        res.status()
+    );
+    let mut io = TokioIo::new(hyper::upgrade::on(&mut res).await?);
+    let capsule = ptth_core::ControlCapsule::AvailableServices(ptth_core::AvailableServices {
+        services: vec![service],
+    })
+    .to_capsule();
+    io.write_all(&capsule.to_bytes()).await?;
+    io.flush().await?;
+    Ok(io)
 }

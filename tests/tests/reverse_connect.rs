@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use ptth_tests::services::{advertise_on, extended_connect, h2_client};
 use ptth_tests::{bin, tls_connect, Gateway, LogTap, TempDir};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -347,43 +348,6 @@ async fn with_no_origin_offering_the_service_the_public_socket_closes_at_once() 
     assert!(got.is_empty());
     s.gw.log.wait_for("no origin offers the service", 5).await?;
     Ok(())
-}
-
-/// An HTTP/2 client on the tunnel listener (the origin's role), once the gateway enabled
-/// extended CONNECT.
-async fn h2_client(gw: &Gateway) -> Result<hyper::client::conn::http2::SendRequest<ptth_h2::Body>> {
-    let tls = tls_connect(gw, &[b"h2"]).await?;
-    let (send, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-        .handshake::<_, ptth_h2::Body>(TokioIo::new(tls))
-        .await?;
-    let settings = std::sync::Arc::new(ptth_h2::PeerSettings::default());
-    tokio::spawn(ptth_h2::reversed::drive(conn, settings.clone()));
-    for _ in 0..500 {
-        if settings.extended_connect() {
-            return Ok(send);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    bail!("the gateway did not enable extended CONNECT")
-}
-
-async fn extended_connect(
-    send: &mut hyper::client::conn::http2::SendRequest<ptth_h2::Body>,
-    gw: &Gateway,
-    protocol: &'static str,
-    path: &str,
-    token: &str,
-) -> Result<http::Response<hyper::body::Incoming>> {
-    let mut req = http::Request::builder()
-        .method("CONNECT")
-        .uri(format!("https://localhost:{}{path}", gw.tunnel.port()))
-        .header("capsule-protocol", "?1")
-        .header("authorization", format!("Bearer {token}"))
-        .body(Empty::<Bytes>::new().map_err(|n| match n {}).boxed_unsync())?;
-    req.extensions_mut()
-        .insert(hyper::ext::Protocol::from_static(protocol));
-    send.ready().await?;
-    Ok(send.send_request(req).await?)
 }
 
 const LISTEN: &str = "/.well-known/masque/listen/./6/";
@@ -914,29 +878,6 @@ async fn a_control_channel_without_available_services_is_dropped() -> Result<()>
     Ok(())
 }
 
-/// Opens a control channel on `path` with the `box` token and advertises `service`.
-async fn advertise_on(
-    send: &mut hyper::client::conn::http2::SendRequest<ptth_h2::Body>,
-    gw: &Gateway,
-    path: &str,
-    service: ptth_core::Service,
-) -> Result<TokioIo<hyper::upgrade::Upgraded>> {
-    let mut res = extended_connect(send, gw, "connect-listen", path, BOX_TOKEN).await?;
-    anyhow::ensure!(
-        res.status() == http::StatusCode::OK,
-        "listen on {path}: {}",
-        res.status()
-    );
-    let mut io = TokioIo::new(hyper::upgrade::on(&mut res).await?);
-    let capsule = ptth_core::ControlCapsule::AvailableServices(ptth_core::AvailableServices {
-        services: vec![service],
-    })
-    .to_capsule();
-    io.write_all(&capsule.to_bytes()).await?;
-    io.flush().await?;
-    Ok(io)
-}
-
 #[tokio::test]
 async fn a_channel_opened_for_one_ip_protocol_is_never_asked_for_another() -> Result<()> {
     let echo_port = free_port();
@@ -951,6 +892,7 @@ async fn a_channel_opened_for_one_ip_protocol_is_never_asked_for_another() -> Re
     let mut udp_only = advertise_on(
         &mut send,
         &s.gw,
+        BOX_TOKEN,
         "/.well-known/masque/listen/./17/",
         tcp_echo.clone(),
     )
@@ -975,6 +917,7 @@ async fn a_channel_opened_for_one_ip_protocol_is_never_asked_for_another() -> Re
     let mut tcp_only = advertise_on(
         &mut send,
         &s.gw,
+        BOX_TOKEN,
         "/.well-known/masque/listen/./6/",
         tcp_echo,
     )
