@@ -192,6 +192,10 @@ async fn h2(stream: tokio_rustls::client::TlsStream<TcpStream>) -> Result<SendRe
         hyper::client::conn::http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(windows.stream)
             .initial_connection_window_size(windows.connection)
+            // DATA frames up to 64 KiB from the gateway, as the gateway takes from us (its
+            // setup server): a flow's 64 KiB read crosses as one frame, not four, and h2's
+            // read buffer reallocates a sixth as often (docs/performance.md finding 8).
+            .max_frame_size(64 * 1024)
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(20))
             .keep_alive_timeout(Duration::from_secs(20))
