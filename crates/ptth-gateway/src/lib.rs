@@ -254,6 +254,7 @@ impl Gateway {
                 config.proxy_users.clone(),
                 Arc::new(config.grants.clone()),
                 services.clone(),
+                config.udp,
             ))
         });
         let proxy = proxy::Proxy::with_connect(

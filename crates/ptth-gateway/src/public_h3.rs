@@ -20,6 +20,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What one public QUIC connection may have received in DATAGRAM frames and not yet
+/// handed to HTTP/3 (quinn drops the oldest beyond it); each request stream then queues 64.
+const DATAGRAM_BUFFER: usize = 256 * 1024;
+
 /// The transport parameters of the public HTTP/3 endpoint, its own, not the tunnel's:
 ///
 /// - An idle timeout just past the header timeout. Idle connections (no request in flight)
@@ -28,7 +32,8 @@ use std::time::Duration;
 /// - Keep-alives at a third of that, so a response the origin takes long to produce (no
 ///   packet either way) is not cut by the transport's idle timer; they cannot keep an idle
 ///   client alive, since the HTTP/3 idle timer does not count them.
-/// - No datagram receive buffer: nothing on the public endpoint reads datagrams.
+/// - A datagram receive buffer of [`DATAGRAM_BUFFER`]: CONNECT-UDP clients send HTTP
+///   datagrams (RFC 9297) in QUIC DATAGRAM frames.
 fn public_transport_config(header_timeout: Duration) -> quinn::TransportConfig {
     let idle = header_timeout + SHUTDOWN_GRACE;
     let mut t = quinn::TransportConfig::default();
@@ -38,7 +43,7 @@ fn public_transport_config(header_timeout: Duration) -> quinn::TransportConfig {
         .stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024))
         .receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024))
         .send_window(16 * 1024 * 1024)
-        .datagram_receive_buffer_size(None);
+        .datagram_receive_buffer_size(Some(DATAGRAM_BUFFER));
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
@@ -116,9 +121,12 @@ pub(crate) async fn serve(
                 }
             };
             // RFC 9220 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 lets clients open WebSockets.
+            // RFC 9297 §2.1.1: SETTINGS_H3_DATAGRAM = 1 lets CONNECT-UDP clients send
+            // HTTP datagrams in QUIC DATAGRAM frames.
             let config = H3Config::new(RequestDirection::ClientSends)
                 .request_header_timeout(header_timeout)
-                .enable_connect_protocol(true);
+                .enable_connect_protocol(true)
+                .enable_datagrams(true);
             let started = tokio::time::timeout(header_timeout, H3Connection::new(quic, config));
             let h3 = match started.await {
                 Ok(Ok(h3)) => h3,
@@ -202,13 +210,14 @@ async fn extended_connect(
         .is_some_and(|p| {
             p.0.eq_ignore_ascii_case(WEBSOCKET)
                 || (proxy.serves_connect()
-                    && p.0.eq_ignore_ascii_case(crate::public_connect::CONNECT_TCP))
+                    && (p.0.eq_ignore_ascii_case(crate::public_connect::CONNECT_TCP)
+                        || p.0.eq_ignore_ascii_case(crate::public_connect::CONNECT_UDP)))
         });
     if !tunnel {
         let res = error(
             StatusCode::NOT_IMPLEMENTED,
             if proxy.serves_connect() {
-                "the public HTTP/3 listener serves CONNECT only as an extended CONNECT for websocket (RFC 9220) or connect-tcp"
+                "the public HTTP/3 listener serves CONNECT only as an extended CONNECT for websocket (RFC 9220), connect-tcp or connect-udp"
             } else {
                 "the public HTTP/3 listener serves CONNECT only as an extended CONNECT for websocket (RFC 9220)"
             },
@@ -220,6 +229,9 @@ async fn extended_connect(
     }
     let (slot, tunnel) = H3PublicTunnel::new();
     req.extensions_mut().insert(slot);
+    // CONNECT-UDP's HTTP datagrams arrive for this request stream.
+    let handle = req.body().request_handle().clone();
+    req.extensions_mut().insert(handle);
     let res = proxy.handle(req, client).await;
     if !res.status().is_success() {
         let _in_flight = exchange;

@@ -109,6 +109,13 @@ pub(crate) fn udp_carrier(
 #[derive(Debug)]
 pub(crate) struct H3Datagrams(Option<ptth_h3::RequestHandle>);
 
+impl H3Datagrams {
+    /// The datagrams of `handle`'s request stream; none without one.
+    pub(crate) fn new(handle: Option<ptth_h3::RequestHandle>) -> Self {
+        Self(handle)
+    }
+}
+
 impl HttpDatagrams for H3Datagrams {
     fn max_payload(&self) -> Option<usize> {
         self.0.as_ref()?.max_datagram_payload()

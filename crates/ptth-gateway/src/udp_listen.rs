@@ -4,7 +4,7 @@
 //! GRANT ([`crate::reverse`]), pumped to the `connect-accept` stream that answers it
 //! ([`ptth_h2::udp_flow::pump`]: RFC 9298 payloads in QUIC DATAGRAM frames when the
 //! origin's connection is HTTP/3 with HTTP datagrams negotiated, else in `DATAGRAM`
-//! capsules; [`crate::reverse::udp_carrier`]). Replies go out of the mapping's socket to
+//! capsules; `reverse::udp_carrier`). Replies go out of the mapping's socket to
 //! that client.
 //!
 //! ```text
