@@ -357,7 +357,7 @@ async fn public_clients_reach_a_udp_echo_over_http2_http3_and_http11() -> Result
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connect_udp_refusals_are_407_403_and_404() -> Result<()> {
+async fn connect_udp_refusals_are_407_403_and_404_on_every_version() -> Result<()> {
     let s = setup("pcu-refusals", "h2").await?;
     let mut send = h2c(&s.gw).await?;
     let mut status = |host: &'static str, port: u16, auth: Option<String>| {
@@ -399,6 +399,25 @@ async fn connect_udp_refusals_are_407_403_and_404() -> Result<()> {
         status("box", s.echo_port, Some(alice)).await?,
         StatusCode::OK
     );
+    // HTTP/1.1 without a credential: 407, and no 101.
+    let mut tcp = TcpStream::connect(s.gw.listen).await?;
+    let req = format!(
+        "GET {} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\nUpgrade: connect-udp\r\nCapsule-Protocol: ?1\r\n\r\n",
+        udp_path("box", s.echo_port),
+        s.gw.listen.port()
+    );
+    tcp.write_all(req.as_bytes()).await?;
+    let head = read_head(&mut tcp).await?;
+    ensure!(head.starts_with("HTTP/1.1 407"), "{head}");
+    // HTTP/3, an unknown target: 404.
+    let (h3, _endpoint) = h3_datagram_client(&s.gw).await?;
+    let mut req = Request::connect(format!("https://localhost{}", udp_path("nowhere", 53)))
+        .header("proxy-authorization", basic("alice", ALICE_PASSWORD))
+        .body(())?;
+    req.extensions_mut()
+        .insert(ptth_h3::Protocol("connect-udp".into()));
+    let (res, _stream) = tokio::time::timeout(STEP, h3.sender().send_connect(req)).await??;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
     if s.gw.log.text().contains(ALICE_PASSWORD) {
         bail!("the gateway logged a password");
     }

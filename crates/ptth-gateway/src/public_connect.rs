@@ -577,6 +577,19 @@ fn target_of<B>(req: &Request<B>, form: Form) -> Result<(String, u16), &'static 
             Ok((host.to_owned(), port))
         }
         Form::ConnectUdp => {
+            // RFC 9298 §3.2: the HTTP/1.1 request "SHALL include a Connection header field
+            // with value "Upgrade"".
+            if req.version() <= http::Version::HTTP_11
+                && !req
+                    .headers()
+                    .get_all(http::header::CONNECTION)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            {
+                return Err("connect-udp over HTTP/1.1 needs Connection: Upgrade");
+            }
             const SHAPE: &str = "connect-udp: the path must be /.well-known/masque/udp/{target_host}/{target_port}/";
             let rest = req
                 .uri()
@@ -724,6 +737,10 @@ mod tests {
                 .unwrap()
         };
         assert_eq!(form(&h1("connect-udp")), Some(Form::ConnectUdp));
+        assert!(target_of(&h1("connect-udp"), Form::ConnectUdp).is_ok());
+        let mut no_connection = h1("connect-udp");
+        no_connection.headers_mut().remove("connection");
+        assert!(target_of(&no_connection, Form::ConnectUdp).is_err());
         assert_eq!(form(&h1("websocket")), None);
         assert_eq!(
             form(&connect("https://gw.example/chat", Some("websocket"))),
