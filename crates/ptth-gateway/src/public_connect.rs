@@ -579,7 +579,7 @@ fn target_of<B>(req: &Request<B>, form: Form) -> Result<(String, u16), &'static 
         Form::ConnectUdp => {
             // RFC 9298 §3.2: the HTTP/1.1 request "SHALL include a Connection header field
             // with value "Upgrade"".
-            if req.version() <= http::Version::HTTP_11
+            if req.method() == Method::GET
                 && !req
                     .headers()
                     .get_all(http::header::CONNECTION)
