@@ -1,6 +1,7 @@
-//! Reverse CONNECT for UDP over the HTTP/2 control channel, end to end with real processes:
-//! a UDP echo service behind a `ptth-origin --udp-service`, reached through a gateway UDP
-//! port mapping (`[[udp]]`), datagrams in RFC 9298 payloads inside `DATAGRAM` capsules.
+//! Reverse CONNECT for UDP, end to end with real processes: a UDP echo service behind a
+//! `ptth-origin --udp-service`, reached through a gateway UDP port mapping (`[[udp]]`),
+//! datagrams in RFC 9298 payloads inside `DATAGRAM` capsules over the HTTP/2 and HTTP/1.1
+//! control channels, and in QUIC DATAGRAM frames over the HTTP/3 one.
 //!
 //! Run `cargo build --bins` first.
 
@@ -308,8 +309,32 @@ async fn several_clients_each_get_their_own_echoes_and_tcp_works_beside() -> Res
     Ok(())
 }
 
-/// UDP flows over the HTTP/3 and HTTP/1.1 control channels (`--service-transport`): the
-/// datagrams travel in DATAGRAM capsules on the accept stream whatever carries it.
+/// A services-only `ptth-origin` offering the UDP `service` as `echo` over `transport`
+/// (`--service-transport`).
+fn origin_over(s: &Setup, transport: &str, service: SocketAddr) -> Result<(Child, LogTap)> {
+    let mut cmd = Command::new(bin("ptth-origin"));
+    cmd.args(["--gateway", &s.gw.tunnel_url(), "--token", BOX_TOKEN])
+        .args(["--service-transport", transport])
+        .args([
+            "--udp-service",
+            &format!("echo=127.0.0.1:{}", service.port()),
+        ])
+        .arg("--ca")
+        .arg(s.gw.dev.join("ca.pem"))
+        .env(
+            "RUST_LOG",
+            std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut origin = cmd.spawn().context("starting ptth-origin")?;
+    let log = LogTap::capture("origin", origin.stderr.take());
+    Ok((origin, log))
+}
+
+/// UDP flows over the HTTP/3 and HTTP/1.1 control channels (`--service-transport`): every
+/// client gets exactly its echoes, whatever carries the accept stream.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn udp_flows_work_over_the_http3_and_http1_control_channels() -> Result<()> {
     let (service, seen) = udp_echo().await;
@@ -321,24 +346,7 @@ async fn udp_flows_work_over_the_http3_and_http1_control_channels() -> Result<()
             &[],
         )
         .await?;
-        let mut cmd = Command::new(bin("ptth-origin"));
-        cmd.args(["--gateway", &s.gw.tunnel_url(), "--token", BOX_TOKEN])
-            .args(["--service-transport", transport])
-            .args([
-                "--udp-service",
-                &format!("echo=127.0.0.1:{}", service.port()),
-            ])
-            .arg("--ca")
-            .arg(s.gw.dev.join("ca.pem"))
-            .env(
-                "RUST_LOG",
-                std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        let mut origin = cmd.spawn().context("starting ptth-origin")?;
-        let log = LogTap::capture("origin", origin.stderr.take());
+        let (mut origin, log) = origin_over(&s, transport, service)?;
         let before = seen.lock().unwrap().len();
         let mut tasks = Vec::new();
         for c in 0..3u8 {
@@ -474,5 +482,87 @@ async fn a_stopping_gateway_ends_its_udp_flows_at_the_origin() -> Result<()> {
     let line = origin_log.wait_for("UDP flow closed", 10).await?;
     assert!(line.contains("reason=closed"), "{line}");
     s.gw.wait(40).await?;
+    Ok(())
+}
+
+/// Over the HTTP/3 control channel, a flow's datagrams cross the origin's QUIC connection
+/// in QUIC DATAGRAM frames (RFC 9297 §2.1), not in capsules on the accept stream; one too
+/// large for a DATAGRAM frame goes as a capsule on the same flow, and its echo comes back.
+/// Proved from outside by `ptth_gateway_udp_quic_datagrams_total` against
+/// `ptth_gateway_udp_datagrams_total`; over HTTP/1.1 the QUIC count stays 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http3_datagrams_travel_in_quic_datagram_frames() -> Result<()> {
+    let (service, _seen) = udp_echo().await;
+    for transport in ["h3", "h1"] {
+        // Flows are counted when they end: a short idle timeout ends them after the test.
+        let s = gateway(
+            &format!("rcu-quic-{transport}"),
+            service.port(),
+            free_tcp_port(),
+            &["--udp-idle-timeout", "2"],
+        )
+        .await?;
+        let (mut origin, log) = origin_over(&s, transport, service)?;
+        const SMALL: u32 = 40;
+        let client = UdpSocket::bind("127.0.0.1:0").await?;
+        // Sizes 8 to about 1 000 bytes: each fits a QUIC DATAGRAM frame on loopback.
+        for i in 0..SMALL {
+            let mut p = vec![b'Q', 0, 0, 0];
+            p.extend_from_slice(&i.to_be_bytes());
+            p.extend(std::iter::repeat_n(i as u8, (i as usize * 25) % 1_000));
+            round_trip(&client, s.udp, &p, 20)
+                .await
+                .with_context(|| format!("over {transport}"))?;
+        }
+        // 9 000 bytes fit no DATAGRAM frame (the QUIC packet is at most about 1 450).
+        let mut big = vec![b'Q', 1, 0, 0];
+        big.extend(std::iter::repeat_n(7u8, 9_000));
+        round_trip(&client, s.udp, &big, 20)
+            .await
+            .with_context(|| format!("over {transport}, 9 000 bytes"))?;
+        // Wait for the flow's idle end, when its counts reach the metrics.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while metric(s.admin, "ptth_gateway_udp_flows_total{outcome=\"idle\"}").await? < 1 {
+            anyhow::ensure!(
+                tokio::time::Instant::now() < deadline,
+                "{transport}: the flow did not end idle"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        for direction in ["to_origin", "to_client"] {
+            let all = metric(
+                s.admin,
+                &format!("ptth_gateway_udp_datagrams_total{{direction=\"{direction}\"}}"),
+            )
+            .await?;
+            let quic = metric(
+                s.admin,
+                &format!("ptth_gateway_udp_quic_datagrams_total{{direction=\"{direction}\"}}"),
+            )
+            .await?;
+            if transport == "h3" {
+                // Every small datagram (and any retry of one) went in a DATAGRAM frame; the
+                // big one (at least once) in a capsule.
+                assert!(
+                    quic >= u64::from(SMALL),
+                    "{direction}: {quic} of {all} as QUIC"
+                );
+                assert!(
+                    all > quic,
+                    "{direction}: the 9 000 bytes went as QUIC? {quic} of {all}"
+                );
+            } else {
+                assert_eq!(quic, 0, "{direction}: QUIC datagrams over HTTP/1.1");
+                assert!(all > u64::from(SMALL), "{direction}: {all}");
+            }
+        }
+        assert!(
+            log.matching("reverse CONNECT control channel failed")
+                .is_empty(),
+            "{transport}: {}",
+            log.text()
+        );
+        let _ = origin.kill().await;
+    }
     Ok(())
 }

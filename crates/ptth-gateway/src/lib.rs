@@ -254,6 +254,7 @@ impl Gateway {
                 config.proxy_users.clone(),
                 Arc::new(config.grants.clone()),
                 services.clone(),
+                config.udp,
             ))
         });
         let proxy = proxy::Proxy::with_connect(
@@ -493,11 +494,12 @@ impl Gateway {
             let header_timeout = config.public_header_timeout;
             let (spread, proxy) = (workers.round_robin(), proxy.clone());
             let (serve_home, stopping) = (h3_home.clone(), shutdown.stopping());
+            let datagrams = proxy.serves_connect();
             listen_h3 = Some(bind_udp(
                 h3_home,
                 "public HTTP/3 endpoint",
                 tls_addr,
-                move || public_h3::endpoint(certs.clone(), tls_addr, header_timeout),
+                move || public_h3::endpoint(certs.clone(), tls_addr, header_timeout, datagrams),
                 move |endpoint| {
                     // It refuses new connections itself when the gateway stops.
                     serve_home.spawn(public_h3::serve(

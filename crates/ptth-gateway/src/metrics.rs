@@ -203,13 +203,14 @@ const OUTCOMES: [&str; 8] = [
     "accept_timeout",
 ];
 /// Why datagrams were dropped (`ptth_gateway_udp_datagrams_dropped_total{reason}`).
-const DROPS: [&str; 6] = [
+const DROPS: [&str; 7] = [
     "listener_full",
     "queue_full",
     "no_flow",
     "unknown_context",
     "send_failed",
     "too_long",
+    "carrier_full",
 ];
 
 /// The UDP port-mapping counters ([`crate::udp_listen`]).
@@ -217,6 +218,7 @@ const DROPS: [&str; 6] = [
 pub(crate) struct UdpMetrics {
     flows: Family<Labels<1>, Counter>,
     datagrams: Family<Labels<1>, Counter>,
+    quic_datagrams: Family<Labels<1>, Counter>,
     bytes: Family<Labels<1>, Counter>,
     dropped: Family<Labels<1>, Counter>,
 }
@@ -238,6 +240,12 @@ impl UdpMetrics {
             "UDP datagrams carried by port-mapping flows, by direction (to_origin, to_client)",
             datagrams.clone(),
         );
+        let quic_datagrams = Family::<Labels<1>, Counter>::default();
+        registry.register(
+            "udp_quic_datagrams",
+            "Of the UDP datagrams carried, those that crossed the origin's HTTP/3 connection in QUIC DATAGRAM frames rather than capsules, by direction (to_origin, to_client)",
+            quic_datagrams.clone(),
+        );
         let bytes = Family::<Labels<1>, Counter>::default();
         registry.register(
             "udp_bytes",
@@ -246,12 +254,13 @@ impl UdpMetrics {
         );
         for d in ["to_origin", "to_client"] {
             let _ = datagrams.get_or_create(&[("direction", d)]);
+            let _ = quic_datagrams.get_or_create(&[("direction", d)]);
             let _ = bytes.get_or_create(&[("direction", d)]);
         }
         let dropped = Family::<Labels<1>, Counter>::default();
         registry.register(
             "udp_datagrams_dropped",
-            "UDP datagrams of port mappings dropped, by reason (listener_full, queue_full, no_flow, unknown_context, send_failed, too_long)",
+            "UDP datagrams of port mappings dropped, by reason (listener_full, queue_full, no_flow, unknown_context, send_failed, too_long, carrier_full)",
             dropped.clone(),
         );
         for r in DROPS {
@@ -260,6 +269,7 @@ impl UdpMetrics {
         Self {
             flows,
             datagrams,
+            quic_datagrams,
             bytes,
             dropped,
         }
@@ -276,6 +286,13 @@ impl UdpMetrics {
         self.bytes
             .get_or_create(&[("direction", direction)])
             .inc_by(bytes);
+    }
+
+    /// Of the datagrams [`Self::moved`] counted, those carried in QUIC DATAGRAM frames.
+    pub(crate) fn moved_as_quic(&self, direction: &'static str, datagrams: u64) {
+        self.quic_datagrams
+            .get_or_create(&[("direction", direction)])
+            .inc_by(datagrams);
     }
 
     pub(crate) fn dropped(&self, reason: &'static str, n: u64) {

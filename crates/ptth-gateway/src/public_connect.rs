@@ -24,18 +24,25 @@
 //! and close after `--tcp-idle-timeout` without a byte. Outcomes are counted in
 //! `ptth_gateway_public_connects_total{outcome}`.
 //!
-//! CONNECT-UDP (RFC 9298) would take the same path with `IpProtocol::Udp`, the template
-//! `/.well-known/masque/udp/{target_host}/{target_port}/` and a datagram relay in place
-//! of [`splice`]: [`PublicConnect::targets`] already takes the protocol.
+//! CONNECT-UDP (RFC 9298) takes the same path with the grants' UDP services: extended
+//! CONNECT with `:protocol = connect-udp` on HTTP/2 and HTTP/3, or `GET` with
+//! `Upgrade: connect-udp` on HTTP/1.1 (answered `101`), the default template's path
+//! `/.well-known/masque/udp/{target_host}/{target_port}/`. Each accepted request is one
+//! reverse CONNECT UDP flow, and [`pump`] relays its datagrams: DATAGRAM capsules on the
+//! public stream (HTTP/1.1, HTTP/2, and HTTP/3 without negotiated datagrams) or QUIC
+//! DATAGRAM frames (HTTP/3), to the origin's carrier ([`crate::reverse::udp_carrier`]).
+//! The flow ends after `--udp-idle-timeout` without a datagram.
 
 use crate::message::{bad_gateway, error, unavailable, Body};
 use crate::reverse::{NoRequest, Services};
+use crate::udp_listen::UdpSettings;
 use crate::websocket::{H3PublicTunnel, PublicTunnel};
 use http::header::{HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
 use http::{Method, Request, Response, StatusCode};
 use ptth_auth::{Grants, OriginPattern, ProxyUsers};
 use ptth_core::{IpProtocol, SerializedOrigin};
 use ptth_h2::flow::{splice, FlowEnd, FlowOptions, FlowReport};
+use ptth_h2::udp_flow::{datagram_carrier, pump, DatagramOptions};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -47,6 +54,14 @@ pub(crate) const MAX_CONNECT_STREAMS: usize = 128;
 
 /// The `:protocol` of connect-tcp (draft-ietf-httpbis-connect-tcp §3).
 pub(crate) const CONNECT_TCP: &str = "connect-tcp";
+
+/// The `:protocol` (HTTP/2, HTTP/3) and `Upgrade` token (HTTP/1.1) of CONNECT-UDP
+/// (RFC 9298 §3.2, §3.4).
+pub(crate) const CONNECT_UDP: &str = "connect-udp";
+
+/// The path prefix of the default CONNECT-UDP template (RFC 9298 §2:
+/// `https://$PROXY_HOST:$PROXY_PORT/.well-known/masque/udp/{target_host}/{target_port}/`).
+const UDP_TEMPLATE_PREFIX: &str = "/.well-known/masque/udp/";
 
 /// The path prefix of the default connect-tcp template (the draft's "well-known" form,
 /// `/.well-known/masque/tcp/{target_host}/{tcp_port}/`).
@@ -62,11 +77,24 @@ pub(crate) enum Form {
     Classic,
     /// connect-tcp: the tunnel carries capsules, TCP payload in `DATA`.
     ConnectTcp,
+    /// CONNECT-UDP over HTTP/2 or HTTP/3 (extended CONNECT) or HTTP/1.1 (`Upgrade`): UDP
+    /// payloads in HTTP datagrams.
+    ConnectUdp,
 }
 
 /// The CONNECT form of a request, if it is one this module serves: a CONNECT without
-/// `:protocol`, or with `:protocol = connect-tcp`.
+/// `:protocol`, or with `:protocol = connect-tcp` or `connect-udp`; or an HTTP/1.1 `GET`
+/// with `Upgrade: connect-udp`.
 pub(crate) fn form<B>(req: &Request<B>) -> Option<Form> {
+    if req.version() <= http::Version::HTTP_11 && req.method() == Method::GET {
+        // RFC 9298 §3.2: "The method SHALL be "GET"" and "The request SHALL include an
+        // Upgrade header field with value "connect-udp"".
+        let upgrade = req.headers().get(http::header::UPGRADE)?.to_str().ok()?;
+        return upgrade
+            .split(',')
+            .any(|t| t.trim().eq_ignore_ascii_case(CONNECT_UDP))
+            .then_some(Form::ConnectUdp);
+    }
     if req.method() != Method::CONNECT {
         return None;
     }
@@ -82,6 +110,7 @@ pub(crate) fn form<B>(req: &Request<B>) -> Option<Form> {
     match protocol {
         None => Some(Form::Classic),
         Some(p) if p.eq_ignore_ascii_case(CONNECT_TCP) => Some(Form::ConnectTcp),
+        Some(p) if p.eq_ignore_ascii_case(CONNECT_UDP) => Some(Form::ConnectUdp),
         Some(_) => None,
     }
 }
@@ -114,6 +143,7 @@ pub struct PublicConnect {
     users: ProxyUsers,
     grants: Arc<Grants>,
     services: Arc<Services>,
+    udp: UdpSettings,
 }
 
 /// A (grant, service) a CONNECT target names.
@@ -124,12 +154,19 @@ pub(crate) struct Target {
 }
 
 impl PublicConnect {
-    /// The proxy for `users` (not empty) over `grants` and `services`.
-    pub(crate) fn new(users: ProxyUsers, grants: Arc<Grants>, services: Arc<Services>) -> Self {
+    /// The proxy for `users` (not empty) over `grants` and `services`; CONNECT-UDP flows
+    /// with `udp`'s idle timeout.
+    pub(crate) fn new(
+        users: ProxyUsers,
+        grants: Arc<Grants>,
+        services: Arc<Services>,
+        udp: UdpSettings,
+    ) -> Self {
         Self {
             users,
             grants,
             services,
+            udp,
         }
     }
 
@@ -221,13 +258,23 @@ impl PublicConnect {
             }
         };
         let shown = shown_target(&host, port);
-        let targets = self.targets(&host, port, IpProtocol::Tcp);
+        let protocol = if form == Form::ConnectUdp {
+            IpProtocol::Udp
+        } else {
+            IpProtocol::Tcp
+        };
+        let targets = self.targets(&host, port, protocol);
         if targets.is_empty() {
+            let kind = if protocol == IpProtocol::Udp {
+                "UDP"
+            } else {
+                "TCP"
+            };
             return refuse(
                 "unknown_target",
                 error(
                     StatusCode::NOT_FOUND,
-                    &format!("no grant offers a TCP service at {shown}"),
+                    &format!("no grant offers a {kind} service at {shown}"),
                 ),
             );
         }
@@ -256,10 +303,7 @@ impl PublicConnect {
         let mut why = NoRequest::NoOrigin;
         let mut requested = None;
         for t in &allowed {
-            match self
-                .services
-                .request(&t.grant, &t.service, ptth_core::IpProtocol::Tcp)
-            {
+            match self.services.request(&t.grant, &t.service, protocol) {
                 Ok(r) => {
                     requested = Some((r, *t));
                     break;
@@ -322,6 +366,8 @@ impl PublicConnect {
                 return refuse("accept_timeout", res);
             }
         };
+        // The public HTTP/3 stream's HTTP datagrams, when the listener put its handle here.
+        let h3_datagrams = req.extensions().get::<ptth_h3::RequestHandle>().cloned();
         let public = if req.version() == http::Version::HTTP_3 {
             req.extensions()
                 .get::<H3PublicTunnel>()
@@ -345,6 +391,7 @@ impl PublicConnect {
             format!("{}/{}", target.grant, target.service),
         );
         tracing::debug!(%client, %user, %target, %origin, request = %id, ?form, "public CONNECT accepted");
+        let udp = self.udp;
         tokio::spawn(async move {
             let _held = (slot, flow_slot);
             let public = match tokio::time::timeout(OPEN_TIMEOUT, public.open()).await {
@@ -361,6 +408,43 @@ impl PublicConnect {
                 }
             };
             services.metrics.public_connect("opened");
+            if form == Form::ConnectUdp {
+                // The public connection's end ends the flow; the stop's cut (at the end
+                // of its grace) ends what is left.
+                let report = tokio::select! {
+                    r = relay_datagrams(public, h3_datagrams, stream, udp) => r,
+                    () = services.cut_off() => {
+                        tracing::debug!(%client, %user, %target, request = %id, "public CONNECT-UDP flow cut: the gateway stopped");
+                        return;
+                    }
+                };
+                let metrics = &services.metrics.udp;
+                metrics.moved(
+                    "to_origin",
+                    report.to_carrier.datagrams,
+                    report.to_carrier.bytes,
+                );
+                metrics.moved(
+                    "to_client",
+                    report.to_socket.datagrams,
+                    report.to_socket.bytes,
+                );
+                metrics.moved_as_quic("to_origin", report.to_carrier_quic);
+                metrics.moved_as_quic("to_client", report.from_carrier_quic);
+                metrics.dropped("queue_full", report.dropped_queue_full);
+                metrics.dropped("carrier_full", report.dropped_carrier_overflow);
+                metrics.dropped("unknown_context", report.dropped_unknown_context);
+                metrics.dropped("send_failed", report.dropped_send_failed);
+                match &report.end {
+                    FlowEnd::Stream(e) => {
+                        tracing::info!(%client, %user, %target, %origin, request = %id, error = %e, "public CONNECT-UDP flow closed: the origin's stream ended")
+                    }
+                    end => {
+                        tracing::debug!(%client, %user, %target, request = %id, %end, to_origin = report.to_carrier.datagrams, to_client = report.to_socket.datagrams, "public CONNECT-UDP flow closed")
+                    }
+                }
+                return;
+            }
             let options = FlowOptions {
                 idle_timeout: services.settings.idle_timeout,
                 ..FlowOptions::default()
@@ -368,7 +452,9 @@ impl PublicConnect {
             let origin_io = stream;
             let report = match form {
                 Form::Classic => splice(public, origin_io, options).await,
-                Form::ConnectTcp => relay_capsules(public, origin_io, options).await,
+                Form::ConnectTcp | Form::ConnectUdp => {
+                    relay_capsules(public, origin_io, options).await
+                }
             };
             services
                 .metrics
@@ -383,13 +469,47 @@ impl PublicConnect {
             }
         });
         let mut res = Response::new(crate::message::empty());
-        if form == Form::ConnectTcp {
-            // RFC 9297 §3.4: the response confirms the capsule protocol.
+        if matches!(form, Form::ConnectTcp | Form::ConnectUdp) {
+            // RFC 9297 §3.4: the response confirms the capsule protocol (RFC 9298 §3.3 and
+            // §3.5: the response "SHALL meet the requirements of HTTP responses that start
+            // the Capsule Protocol").
             res.headers_mut()
                 .insert("capsule-protocol", HeaderValue::from_static("?1"));
         }
+        if form == Form::ConnectUdp && req.version() <= http::Version::HTTP_11 {
+            // RFC 9298 §3.3: "The status code on the response SHALL be 101 (Switching
+            // Protocols)", with `Connection: Upgrade` and "a single Upgrade header field
+            // with value "connect-udp"".
+            *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+            res.headers_mut().insert(
+                http::header::CONNECTION,
+                HeaderValue::from_static("upgrade"),
+            );
+            res.headers_mut()
+                .insert(http::header::UPGRADE, HeaderValue::from_static(CONNECT_UDP));
+        }
         res
     }
+}
+
+/// CONNECT-UDP: the public client's HTTP datagrams (capsules on its stream, and QUIC
+/// DATAGRAM frames when `h3` is its HTTP/3 request's handle with datagrams negotiated)
+/// pumped to the origin's flow (its own carrier). The report's "socket" side is the
+/// public client: `to_carrier` went to the origin.
+async fn relay_datagrams(
+    public: crate::websocket::BoxIo,
+    h3: Option<ptth_h3::RequestHandle>,
+    origin: crate::reverse::FlowIo,
+    udp: UdpSettings,
+) -> ptth_h2::udp_flow::DatagramReport {
+    let (public_in, public_out) = datagram_carrier(public, crate::reverse::H3Datagrams::new(h3));
+    let (origin_in, origin_out) = crate::reverse::udp_carrier(origin);
+    let options = DatagramOptions {
+        idle_timeout: udp.idle_timeout,
+        queue: crate::udp_listen::FLOW_QUEUE,
+        queue_bytes: crate::udp_listen::FLOW_QUEUE_BYTES,
+    };
+    pump(public_in, public_out, origin_in, origin_out, options).await
 }
 
 /// connect-tcp: capsules from the public client to bytes, and those to capsules for the
@@ -455,6 +575,44 @@ fn target_of<B>(req: &Request<B>, form: Form) -> Result<(String, u16), &'static 
                 return Err("a CONNECT target needs a host");
             }
             Ok((host.to_owned(), port))
+        }
+        Form::ConnectUdp => {
+            // RFC 9298 §3.2: the HTTP/1.1 request "SHALL include a Connection header field
+            // with value "Upgrade"".
+            if req.method() == Method::GET
+                && !req
+                    .headers()
+                    .get_all(http::header::CONNECTION)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .flat_map(|v| v.split(','))
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            {
+                return Err("connect-udp over HTTP/1.1 needs Connection: Upgrade");
+            }
+            const SHAPE: &str = "connect-udp: the path must be /.well-known/masque/udp/{target_host}/{target_port}/";
+            let rest = req
+                .uri()
+                .path()
+                .strip_prefix(UDP_TEMPLATE_PREFIX)
+                .ok_or(SHAPE)?;
+            let mut parts = rest.split('/');
+            let (Some(host), Some(port), Some(""), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                return Err(SHAPE);
+            };
+            let host = percent_decode(host)
+                .ok_or("connect-udp: target_host is not valid percent-encoding")?;
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or("connect-udp: target_port must be 1 to 65535")?;
+            if host.is_empty() {
+                return Err("connect-udp: target_host is empty");
+            }
+            Ok((host, port))
         }
         Form::ConnectTcp => {
             let rest = req.uri().path().strip_prefix(TCP_TEMPLATE_PREFIX).ok_or(
@@ -550,6 +708,40 @@ mod tests {
                 "{bad}"
             );
         }
+        let u = connect(
+            "https://gw.example/.well-known/masque/udp/box.example/53/",
+            Some("connect-udp"),
+        );
+        assert_eq!(form(&u), Some(Form::ConnectUdp));
+        assert_eq!(
+            target_of(&u, Form::ConnectUdp).unwrap(),
+            ("box.example".into(), 53)
+        );
+        for bad in [
+            "https://gw.example/.well-known/masque/udp/box.example/53",
+            "https://gw.example/.well-known/masque/udp/box.example/0/",
+            "https://gw.example/.well-known/masque/tcp/box.example/53/",
+            "https://gw.example/.well-known/masque/udp//53/",
+        ] {
+            assert!(
+                target_of(&connect(bad, Some("connect-udp")), Form::ConnectUdp).is_err(),
+                "{bad}"
+            );
+        }
+        // HTTP/1.1: GET with Upgrade: connect-udp (RFC 9298 §3.2); another upgrade is not ours.
+        let h1 = |upgrade: &str| {
+            Request::get("/.well-known/masque/udp/box.example/53/")
+                .header("connection", "upgrade")
+                .header("upgrade", upgrade)
+                .body(())
+                .unwrap()
+        };
+        assert_eq!(form(&h1("connect-udp")), Some(Form::ConnectUdp));
+        assert!(target_of(&h1("connect-udp"), Form::ConnectUdp).is_ok());
+        let mut no_connection = h1("connect-udp");
+        no_connection.headers_mut().remove("connection");
+        assert!(target_of(&no_connection, Form::ConnectUdp).is_err());
+        assert_eq!(form(&h1("websocket")), None);
         assert_eq!(
             form(&connect("https://gw.example/chat", Some("websocket"))),
             None
@@ -586,7 +778,7 @@ services = ["ssh=tcp/22"]
             "[[proxy-user]]\nname = \"u\"\npassword = \"p\"\nreach = [\"box/*\"]\n",
         )
         .unwrap();
-        let c = PublicConnect::new(users, Arc::new(grants), services);
+        let c = PublicConnect::new(users, Arc::new(grants), services, UdpSettings::default());
         let t = |g: &str, s: &str| Target {
             grant: g.into(),
             service: s.into(),

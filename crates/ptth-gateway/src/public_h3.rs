@@ -20,6 +20,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// What one public QUIC connection may have received in DATAGRAM frames and not yet
+/// handed to HTTP/3 (quinn drops the oldest beyond it); each request stream then queues 64.
+const DATAGRAM_BUFFER: usize = 256 * 1024;
+
 /// The transport parameters of the public HTTP/3 endpoint, its own, not the tunnel's:
 ///
 /// - An idle timeout just past the header timeout. Idle connections (no request in flight)
@@ -28,8 +32,10 @@ use std::time::Duration;
 /// - Keep-alives at a third of that, so a response the origin takes long to produce (no
 ///   packet either way) is not cut by the transport's idle timer; they cannot keep an idle
 ///   client alive, since the HTTP/3 idle timer does not count them.
-/// - No datagram receive buffer: nothing on the public endpoint reads datagrams.
-fn public_transport_config(header_timeout: Duration) -> quinn::TransportConfig {
+/// - With `datagrams` (the gateway serves CONNECT: CONNECT-UDP clients send HTTP datagrams,
+///   RFC 9297, in QUIC DATAGRAM frames), a datagram receive buffer of [`DATAGRAM_BUFFER`];
+///   without, none, so the endpoint does not offer the QUIC DATAGRAM extension.
+fn public_transport_config(header_timeout: Duration, datagrams: bool) -> quinn::TransportConfig {
     let idle = header_timeout + SHUTDOWN_GRACE;
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(quinn::VarInt::from_u32(MAX_BIDI_STREAMS))
@@ -38,7 +44,7 @@ fn public_transport_config(header_timeout: Duration) -> quinn::TransportConfig {
         .stream_receive_window(quinn::VarInt::from_u32(4 * 1024 * 1024))
         .receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024))
         .send_window(16 * 1024 * 1024)
-        .datagram_receive_buffer_size(None);
+        .datagram_receive_buffer_size(datagrams.then_some(DATAGRAM_BUFFER));
     if let Ok(idle) = quinn::IdleTimeout::try_from(idle) {
         t.max_idle_timeout(Some(idle));
     }
@@ -50,13 +56,17 @@ pub(crate) fn endpoint(
     certs: Arc<crate::tls::PublicResolver>,
     addr: SocketAddr,
     header_timeout: Duration,
+    datagrams: bool,
 ) -> Result<quinn::Endpoint> {
     let mut config = crate::tls::public_config(certs)?;
     config.alpn_protocols = vec![b"h3".to_vec()];
     config.max_early_data_size = 0;
     let what = "public HTTP/3 endpoint";
-    let server =
-        crate::tls::quic_server_config(config, public_transport_config(header_timeout), what)?;
+    let server = crate::tls::quic_server_config(
+        config,
+        public_transport_config(header_timeout, datagrams),
+        what,
+    )?;
     quinn::Endpoint::server(server, addr)
         .with_context(|| format!("binding the {what} on UDP {addr}"))
 }
@@ -116,9 +126,13 @@ pub(crate) async fn serve(
                 }
             };
             // RFC 9220 §3: SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 lets clients open WebSockets.
+            // RFC 9297 §2.1.1: SETTINGS_H3_DATAGRAM = 1 lets CONNECT-UDP clients send
+            // HTTP datagrams in QUIC DATAGRAM frames; only a gateway serving CONNECT offers
+            // it (each request stream then has a datagram queue).
             let config = H3Config::new(RequestDirection::ClientSends)
                 .request_header_timeout(header_timeout)
-                .enable_connect_protocol(true);
+                .enable_connect_protocol(true)
+                .enable_datagrams(proxy.serves_connect());
             let started = tokio::time::timeout(header_timeout, H3Connection::new(quic, config));
             let h3 = match started.await {
                 Ok(Ok(h3)) => h3,
@@ -202,13 +216,14 @@ async fn extended_connect(
         .is_some_and(|p| {
             p.0.eq_ignore_ascii_case(WEBSOCKET)
                 || (proxy.serves_connect()
-                    && p.0.eq_ignore_ascii_case(crate::public_connect::CONNECT_TCP))
+                    && (p.0.eq_ignore_ascii_case(crate::public_connect::CONNECT_TCP)
+                        || p.0.eq_ignore_ascii_case(crate::public_connect::CONNECT_UDP)))
         });
     if !tunnel {
         let res = error(
             StatusCode::NOT_IMPLEMENTED,
             if proxy.serves_connect() {
-                "the public HTTP/3 listener serves CONNECT only as an extended CONNECT for websocket (RFC 9220) or connect-tcp"
+                "the public HTTP/3 listener serves CONNECT only as an extended CONNECT for websocket (RFC 9220), connect-tcp or connect-udp"
             } else {
                 "the public HTTP/3 listener serves CONNECT only as an extended CONNECT for websocket (RFC 9220)"
             },
@@ -220,6 +235,9 @@ async fn extended_connect(
     }
     let (slot, tunnel) = H3PublicTunnel::new();
     req.extensions_mut().insert(slot);
+    // CONNECT-UDP's HTTP datagrams arrive for this request stream.
+    let handle = req.body().request_handle().clone();
+    req.extensions_mut().insert(handle);
     let res = proxy.handle(req, client).await;
     if !res.status().is_success() {
         let _in_flight = exchange;

@@ -2,8 +2,10 @@
 //! socket per mapping; each distinct client address sending to it is one flow, one reverse
 //! CONNECT `CONNECTION_REQUEST` for SERVICE on a live control channel of an origin holding
 //! GRANT ([`crate::reverse`]), pumped to the `connect-accept` stream that answers it
-//! ([`ptth_h2::udp_flow::pump`]: RFC 9298 payloads in `DATAGRAM` capsules). Replies go out of
-//! the mapping's socket to that client.
+//! ([`ptth_h2::udp_flow::pump`]: RFC 9298 payloads in QUIC DATAGRAM frames when the
+//! origin's connection is HTTP/3 with HTTP datagrams negotiated, else in `DATAGRAM`
+//! capsules; `reverse::udp_carrier`). Replies go out of the mapping's socket to
+//! that client.
 //!
 //! ```text
 //! recv_from ─▶ known client? its flow's queue (full: drop "queue_full")
@@ -26,9 +28,7 @@ use crate::tcp_listen::TcpMapping;
 use bytes::Bytes;
 use ptth_core::IpProtocol;
 use ptth_h2::flow::FlowEnd;
-use ptth_h2::udp_flow::{
-    capsule_carrier, pump, DatagramOptions, DatagramSource, UdpSendTo, MAX_UDP_PAYLOAD,
-};
+use ptth_h2::udp_flow::{pump, DatagramOptions, DatagramSource, UdpSendTo, MAX_UDP_PAYLOAD};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -254,7 +254,7 @@ impl Flow {
             }
         };
         tracing::debug!(%client, mapping = %mapping, %origin, request = %id, "UDP flow open");
-        let (carrier_in, carrier_out) = capsule_carrier(stream);
+        let (carrier_in, carrier_out) = crate::reverse::udp_carrier(stream);
         let options = DatagramOptions {
             idle_timeout: self.settings.idle_timeout,
             queue: FLOW_QUEUE,
@@ -275,7 +275,10 @@ impl Flow {
             report.to_socket.datagrams,
             report.to_socket.bytes,
         );
+        metrics.moved_as_quic("to_origin", report.to_carrier_quic);
+        metrics.moved_as_quic("to_client", report.from_carrier_quic);
         metrics.dropped("queue_full", report.dropped_queue_full);
+        metrics.dropped("carrier_full", report.dropped_carrier_overflow);
         metrics.dropped("unknown_context", report.dropped_unknown_context);
         metrics.dropped("send_failed", report.dropped_send_failed);
         let outcome = match &report.end {

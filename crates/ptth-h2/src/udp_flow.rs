@@ -15,10 +15,11 @@
 //!
 //! The two directions run side by side: a slow carrier never stops the socket side being
 //! read (its datagrams are dropped and counted instead, as UDP would), and a slow socket
-//! never stops the carrier. Both sides are traits, so a carrier other than capsules on a
-//! stream (QUIC DATAGRAM frames over HTTP/3) is another [`DatagramSource`]/[`DatagramSink`]
-//! pair handed to [`pump`]; [`capsule_carrier`] makes the pair for any
-//! `AsyncRead + AsyncWrite` stream.
+//! never stops the carrier. Both sides are traits: [`capsule_carrier`] makes the carrier
+//! pair for any `AsyncRead + AsyncWrite` stream; [`datagram_carrier`] makes it for an
+//! HTTP/3 request stream whose connection negotiated HTTP datagrams ([`HttpDatagrams`]):
+//! each UDP payload goes as a QUIC DATAGRAM frame when it fits one, as a capsule on the
+//! stream when it does not, and both forms are received at once.
 
 use crate::flow::FlowEnd;
 use bytes::{BufMut, Bytes, BytesMut};
@@ -46,6 +47,18 @@ pub trait DatagramSource: Send {
     fn dropped_unknown(&self) -> u64 {
         0
     }
+
+    /// Datagrams that arrived in QUIC DATAGRAM frames (the rest came in capsules, or from
+    /// a socket); 0 for anything but [`DatagramCarrierSource`].
+    fn received_as_quic(&self) -> u64 {
+        0
+    }
+
+    /// Datagrams the carrier lost before this source read them (its receive queue was
+    /// full); 0 for a socket or a stream.
+    fn dropped_overflow(&self) -> u64 {
+        0
+    }
 }
 
 /// Where datagrams go.
@@ -57,6 +70,11 @@ pub trait DatagramSink: Send {
     /// The carrier has nothing more to send: close its direction.
     fn close(&mut self) -> impl Future<Output = io::Result<()>> + Send {
         async { Ok(()) }
+    }
+
+    /// Datagrams sent as QUIC DATAGRAM frames; 0 for anything but [`DatagramCarrierSink`].
+    fn sent_as_quic(&self) -> u64 {
+        0
     }
 }
 
@@ -231,6 +249,161 @@ impl<W: AsyncWrite + Unpin + Send> DatagramSink for CapsuleSink<W> {
     }
 }
 
+/// The QUIC DATAGRAM path of one HTTP/3 request stream (RFC 9297 §2.1), as
+/// [`datagram_carrier`] needs it; `ptth_h3::RequestHandle` provides each piece (the gateway
+/// and the origin adapt it: this crate does not depend on ptth-h3).
+pub trait HttpDatagrams: Send + Sync + 'static {
+    /// The largest HTTP datagram payload (Context ID included) that fits one QUIC DATAGRAM
+    /// frame now; `None` when datagrams were not negotiated on the connection.
+    fn max_payload(&self) -> Option<usize>;
+
+    /// Sends one HTTP datagram payload (Context ID, then the UDP payload).
+    fn send(&self, payload: Bytes) -> io::Result<()>;
+
+    /// The next HTTP datagram payload received for the stream; `None` once none can come
+    /// (datagrams not enabled, or the connection closed).
+    fn recv(&self) -> impl Future<Output = Option<Bytes>> + Send;
+
+    /// Received datagrams lost because the stream's queue was full.
+    fn dropped(&self) -> u64 {
+        0
+    }
+}
+
+/// The source half of [`datagram_carrier`]: UDP payloads from QUIC DATAGRAM frames and
+/// from `DATAGRAM` capsules on the stream, whichever comes first.
+#[derive(Debug)]
+pub struct DatagramCarrierSource<R, D> {
+    capsules: CapsuleSource<R>,
+    datagrams: Arc<D>,
+    /// The datagram path has ended (`recv` said `None`): only capsules are read.
+    datagrams_done: bool,
+    quic: u64,
+    unknown: u64,
+}
+
+/// The sink half of [`datagram_carrier`]: each UDP payload as a QUIC DATAGRAM frame when
+/// datagrams were negotiated and it fits one, else as a `DATAGRAM` capsule on the stream.
+#[derive(Debug)]
+pub struct DatagramCarrierSink<W, D> {
+    capsules: CapsuleSink<W>,
+    datagrams: Arc<D>,
+    quic: u64,
+}
+
+/// Splits an HTTP/3 request stream into a carrier that uses its connection's HTTP
+/// datagrams. RFC 9297 (abstract): "In HTTP/3, HTTP Datagrams can be sent unreliably using
+/// the QUIC DATAGRAM extension. When the QUIC DATAGRAM frame is unavailable or
+/// undesirable, HTTP Datagrams can be sent using the Capsule Protocol"; §3.5: "HTTP
+/// Datagrams sent using the DATAGRAM capsule have the same semantics as those sent in
+/// QUIC DATAGRAM frames". So the receiver takes both forms on the same flow, and the
+/// sender falls back to a capsule for a datagram too large for the path's DATAGRAM frame
+/// (ptth is the UDP endpoint here, not an intermediary re-encoding a received QUIC
+/// datagram, which §3.5 asks to drop instead) and when datagrams were not negotiated.
+pub fn datagram_carrier<T, D>(
+    stream: T,
+    datagrams: D,
+) -> (
+    DatagramCarrierSource<ReadHalf<T>, D>,
+    DatagramCarrierSink<WriteHalf<T>, D>,
+)
+where
+    T: AsyncRead + AsyncWrite + Send,
+    D: HttpDatagrams,
+{
+    let (capsules_in, capsules_out) = capsule_carrier(stream);
+    let datagrams = Arc::new(datagrams);
+    (
+        DatagramCarrierSource {
+            capsules: capsules_in,
+            datagrams: datagrams.clone(),
+            datagrams_done: false,
+            quic: 0,
+            unknown: 0,
+        },
+        DatagramCarrierSink {
+            capsules: capsules_out,
+            datagrams,
+            quic: 0,
+        },
+    )
+}
+
+impl<R: AsyncRead + Unpin + Send, D: HttpDatagrams> DatagramSource for DatagramCarrierSource<R, D> {
+    async fn recv(&mut self) -> io::Result<Option<Bytes>> {
+        loop {
+            if self.datagrams_done {
+                return self.capsules.recv().await;
+            }
+            // Both branches are cancel-safe: the capsule reader keeps what it has read in
+            // its buffer, and a datagram is taken from its queue only when returned.
+            let datagram = tokio::select! {
+                c = self.capsules.recv() => return c,
+                d = self.datagrams.recv() => d,
+            };
+            let Some(datagram) = datagram else {
+                self.datagrams_done = true;
+                continue;
+            };
+            match UdpProxyingPayload::parse(datagram) {
+                Ok(payload) => match payload.into_udp() {
+                    Some(udp) => {
+                        self.quic += 1;
+                        return Ok(Some(udp));
+                    }
+                    // RFC 9298 §5, as for capsules: an unknown Context ID is dropped.
+                    None => self.unknown += 1,
+                },
+                // An HTTP datagram without even a Context ID: unreliable by nature, so it
+                // is dropped rather than ending the flow, and counted with the unknown.
+                Err(_) => self.unknown += 1,
+            }
+        }
+    }
+
+    fn dropped_unknown(&self) -> u64 {
+        self.unknown + self.capsules.dropped_unknown()
+    }
+
+    fn received_as_quic(&self) -> u64 {
+        self.quic
+    }
+
+    fn dropped_overflow(&self) -> u64 {
+        self.datagrams.dropped()
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send, D: HttpDatagrams> DatagramSink for DatagramCarrierSink<W, D> {
+    async fn send(&mut self, datagram: Bytes) -> io::Result<()> {
+        // Context ID 0 (one byte), then the UDP payload (RFC 9298 §5).
+        if self
+            .datagrams
+            .max_payload()
+            .is_some_and(|max| datagram.len() < max)
+        {
+            let mut payload = BytesMut::with_capacity(datagram.len() + 1);
+            payload.put_u8(0);
+            payload.extend_from_slice(&datagram);
+            // The path's limit can shrink between the check and the send; any refusal is
+            // answered with the capsule, which a lost connection fails too.
+            if self.datagrams.send(payload.freeze()).is_ok() {
+                self.quic += 1;
+                return Ok(());
+            }
+        }
+        self.capsules.send(datagram).await
+    }
+
+    async fn close(&mut self) -> io::Result<()> {
+        self.capsules.close().await
+    }
+
+    fn sent_as_quic(&self) -> u64 {
+        self.quic
+    }
+}
+
 /// How a UDP flow is run.
 #[derive(Debug, Clone, Copy)]
 pub struct DatagramOptions {
@@ -274,6 +447,12 @@ pub struct DatagramReport {
     pub dropped_unknown_context: u64,
     /// Carrier datagrams the socket side failed to send.
     pub dropped_send_failed: u64,
+    /// Carrier datagrams lost before they were read (the carrier's receive queue full).
+    pub dropped_carrier_overflow: u64,
+    /// Of `to_carrier`, those sent as QUIC DATAGRAM frames (the rest went in capsules).
+    pub to_carrier_quic: u64,
+    /// Carrier datagrams received in QUIC DATAGRAM frames (the rest came in capsules).
+    pub from_carrier_quic: u64,
     /// The socket side ended (its source returned `None`), rather than the carrier.
     pub socket_side_ended: bool,
     /// Why it ended.
@@ -383,6 +562,9 @@ where
         dropped_queue_full: counters.queue_full.load(Ordering::Relaxed),
         dropped_unknown_context: carrier_in.dropped_unknown(),
         dropped_send_failed: counters.send_failed.load(Ordering::Relaxed),
+        dropped_carrier_overflow: carrier_in.dropped_overflow(),
+        to_carrier_quic: carrier_out.sent_as_quic(),
+        from_carrier_quic: carrier_in.received_as_quic(),
         socket_side_ended: socket_side_ended.load(Ordering::Relaxed),
         end,
     }

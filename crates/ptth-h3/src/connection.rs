@@ -10,6 +10,7 @@ mod client;
 mod server;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::{Bytes, BytesMut};
@@ -198,8 +199,13 @@ pub(crate) struct Shared {
     peer_origin: watch::Sender<PeerOrigin>,
     control: tokio::sync::Mutex<Option<quinn::SendStream>>,
     in_flight: watch::Sender<usize>,
-    datagrams: Mutex<HashMap<u64, mpsc::Sender<Bytes>>>,
+    /// Each registered request stream's queue of received datagrams, and how many arrived
+    /// while it was full.
+    datagrams: Mutex<HashMap<u64, DatagramQueue>>,
 }
+
+/// A request stream's queue of received datagrams, and the count dropped while it was full.
+type DatagramQueue = (mpsc::Sender<Bytes>, Arc<AtomicU64>);
 
 /// What we know about the peer's ORIGIN frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,17 +382,36 @@ impl Shared {
             && self.conn.max_datagram_size().is_some()
     }
 
-    /// Registers a request stream for received datagrams.
-    pub(crate) fn register_datagrams(&self, id: StreamId) -> Option<mpsc::Receiver<Bytes>> {
+    /// Registers a request stream for received datagrams: its queue, and the count of
+    /// datagrams dropped because the queue was full.
+    pub(crate) fn register_datagrams(
+        &self,
+        id: StreamId,
+    ) -> Option<(mpsc::Receiver<Bytes>, Arc<AtomicU64>)> {
         if !self.config.enable_datagrams {
             return None;
         }
         let (tx, rx) = mpsc::channel(DATAGRAM_QUEUE);
+        let dropped = Arc::new(AtomicU64::new(0));
         self.datagrams
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(id.into_inner(), tx);
-        Some(rx)
+            .insert(id.into_inner(), (tx, dropped.clone()));
+        Some((rx, dropped))
+    }
+
+    /// The largest HTTP datagram payload for request stream `id` that fits one QUIC
+    /// DATAGRAM frame now (the path's and the peer's limit, less the quarter stream ID);
+    /// `None` unless datagrams were negotiated.
+    pub(crate) fn max_datagram_payload(&self, id: StreamId) -> Option<usize> {
+        if !self.datagrams_negotiated() {
+            return None;
+        }
+        let mut qsid = BytesMut::with_capacity(8);
+        self.datagram_mapping().write(id, &mut qsid).ok()?;
+        self.conn
+            .max_datagram_size()
+            .map(|max| max.saturating_sub(qsid.len()))
     }
 
     pub(crate) fn unregister_datagrams(&self, id: StreamId) {
@@ -953,9 +978,12 @@ async fn datagram_loop(shared: Arc<Shared>) {
             .get(&id.into_inner())
             .cloned();
         // RFC 9297 §2.1: datagrams for a valid stream we do not (or no longer) know are
-        // dropped rather than buffered indefinitely.
-        if let Some(tx) = tx {
-            let _ = tx.try_send(datagram);
+        // dropped rather than buffered indefinitely. A stream whose reader is behind loses
+        // the new ones (counted, for its owner's metrics).
+        if let Some((tx, dropped)) = tx {
+            if let Err(mpsc::error::TrySendError::Full(_)) = tx.try_send(datagram) {
+                dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
         }
     }
 }

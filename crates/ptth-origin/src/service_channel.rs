@@ -26,6 +26,9 @@ use ptth_core::{
     reverse_connect_request, reverse_upgrade_request, validate_reverse_response, ReverseExchange,
     SetupForm, Transport,
 };
+use ptth_h2::udp_flow::{
+    datagram_carrier, DatagramCarrierSink, DatagramCarrierSource, HttpDatagrams,
+};
 use ptth_h2::Body;
 use ptth_h3::{H3Config, H3Connection, Protocol, RequestDirection};
 use std::net::SocketAddr;
@@ -83,9 +86,59 @@ impl std::fmt::Display for ServiceTransport {
 }
 
 /// A byte stream of a control channel or a flow, whatever HTTP version carries it.
-pub(crate) trait ServiceStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+pub(crate) trait ServiceStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
+    /// The HTTP/3 request stream's handle (its HTTP datagrams) when this is one.
+    fn h3_request(&self) -> Option<&ptth_h3::RequestHandle>;
+}
 
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ServiceStream for T {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ServiceStream for T {
+    fn h3_request(&self) -> Option<&ptth_h3::RequestHandle> {
+        (self as &dyn std::any::Any)
+            .downcast_ref::<ptth_h3::H3Stream>()
+            .map(ptth_h3::H3Stream::request_handle)
+    }
+}
+
+/// A UDP flow's carrier on `io` (RFC 9298 payloads): over an HTTP/3 request stream whose
+/// connection negotiated HTTP datagrams, QUIC DATAGRAM frames (capsules for what does not
+/// fit one, and capsules received too); on any other stream, capsules only.
+pub(crate) fn udp_carrier(
+    io: ServiceIo,
+) -> (
+    DatagramCarrierSource<tokio::io::ReadHalf<ServiceIo>, H3Datagrams>,
+    DatagramCarrierSink<tokio::io::WriteHalf<ServiceIo>, H3Datagrams>,
+) {
+    // Through the box: `io.h3_request()` would ask the `Box` itself, never an H3Stream.
+    let handle = (*io).h3_request().cloned();
+    datagram_carrier(io, H3Datagrams(handle))
+}
+
+/// The HTTP datagrams of a flow's HTTP/3 request stream, if it is one.
+#[derive(Debug)]
+pub(crate) struct H3Datagrams(Option<ptth_h3::RequestHandle>);
+
+impl HttpDatagrams for H3Datagrams {
+    fn max_payload(&self) -> Option<usize> {
+        self.0.as_ref()?.max_datagram_payload()
+    }
+
+    fn send(&self, payload: bytes::Bytes) -> std::io::Result<()> {
+        match &self.0 {
+            Some(h) => h.send_datagram(payload).map_err(std::io::Error::other),
+            None => Err(std::io::Error::other("not an HTTP/3 stream")),
+        }
+    }
+
+    async fn recv(&self) -> Option<bytes::Bytes> {
+        self.0.as_ref()?.recv_datagram().await
+    }
+
+    fn dropped(&self) -> u64 {
+        self.0
+            .as_ref()
+            .map_or(0, ptth_h3::RequestHandle::datagrams_dropped)
+    }
+}
 
 /// A control channel's or flow's stream, its HTTP version erased.
 pub(crate) type ServiceIo = Box<dyn ServiceStream>;

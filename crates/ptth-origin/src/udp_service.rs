@@ -7,8 +7,10 @@
 //! ```text
 //! CONNECTION_REQUEST (Protocol 17) ─▶ known service? bind an ephemeral local port and
 //!   connect it to HOST:PORT ─▶ connect-accept on the control channel's connection ─▶ 200
-//!   ─▶ pump: UDP datagrams ⇄ DATAGRAM capsules (Context ID 0) until either end closes or
+//!   ─▶ pump: UDP datagrams ⇄ HTTP datagrams (Context ID 0) until either end closes or
 //!   nothing moves for the idle timeout │ else CONNECTION_REQUEST_DECLINED
+//!   (HTTP datagrams: QUIC DATAGRAM frames over HTTP/3 when negotiated, a DATAGRAM capsule
+//!   for one too large for the path; DATAGRAM capsules on the stream otherwise)
 //! ```
 //!
 //! One request is one flow: the gateway sends one per public client address, so the local
@@ -17,7 +19,7 @@
 use anyhow::Result;
 use ptth_core::{IpProtocol, RequestId, Service, ServicePort};
 use ptth_h2::flow::FlowEnd;
-use ptth_h2::udp_flow::{capsule_carrier, pump, DatagramOptions, UdpSink, UdpSource};
+use ptth_h2::udp_flow::{pump, DatagramOptions, UdpSink, UdpSource};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -182,7 +184,7 @@ pub(crate) async fn run(flow: impl Request, service: Option<UdpService>) {
     let local = socket.local_addr().ok();
     let id = flow.id();
     tracing::debug!(request = %id, service = %service.name, ?local, "UDP flow open");
-    let (carrier_in, carrier_out) = capsule_carrier(stream);
+    let (carrier_in, carrier_out) = crate::service_channel::udp_carrier(stream);
     let options = DatagramOptions {
         idle_timeout: IDLE_TIMEOUT,
         ..DatagramOptions::default()
@@ -195,11 +197,13 @@ pub(crate) async fn run(flow: impl Request, service: Option<UdpService>) {
         options,
     )
     .await;
-    let dropped =
-        report.dropped_queue_full + report.dropped_unknown_context + report.dropped_send_failed;
+    let dropped = report.dropped_queue_full
+        + report.dropped_unknown_context
+        + report.dropped_send_failed
+        + report.dropped_carrier_overflow;
     match report.end {
         FlowEnd::Closed | FlowEnd::Idle => {
-            tracing::debug!(request = %id, service = %service.name, reason = %report.end, to_gateway = report.to_carrier.datagrams, to_service = report.to_socket.datagrams, dropped, "UDP flow closed")
+            tracing::debug!(request = %id, service = %service.name, reason = %report.end, to_gateway = report.to_carrier.datagrams, to_gateway_quic = report.to_carrier_quic, to_service = report.to_socket.datagrams, from_gateway_quic = report.from_carrier_quic, dropped, "UDP flow closed")
         }
         end => {
             tracing::info!(request = %id, service = %service.name, reason = %end, dropped, "UDP flow closed")

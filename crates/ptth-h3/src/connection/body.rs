@@ -201,6 +201,8 @@ struct HandleInner {
     shared: Arc<Shared>,
     id: StreamId,
     rx: Option<tokio::sync::Mutex<mpsc::Receiver<Bytes>>>,
+    /// Datagrams dropped because `rx` was full.
+    dropped: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Drop for HandleInner {
@@ -213,12 +215,16 @@ impl Drop for HandleInner {
 
 impl RequestHandle {
     pub(crate) fn new(shared: &Arc<Shared>, id: StreamId) -> Self {
-        let rx = shared.register_datagrams(id).map(tokio::sync::Mutex::new);
+        let (rx, dropped) = match shared.register_datagrams(id) {
+            Some((rx, dropped)) => (Some(tokio::sync::Mutex::new(rx)), Some(dropped)),
+            None => (None, None),
+        };
         Self {
             inner: Arc::new(HandleInner {
                 shared: shared.clone(),
                 id,
                 rx,
+                dropped,
             }),
         }
     }
@@ -231,6 +237,22 @@ impl RequestHandle {
     /// Whether HTTP datagrams were negotiated on the connection.
     pub fn datagrams_negotiated(&self) -> bool {
         self.inner.shared.datagrams_negotiated()
+    }
+
+    /// The largest payload [`Self::send_datagram`] can send now: what fits one QUIC
+    /// DATAGRAM frame on the current path, less the quarter stream ID. `None` unless
+    /// datagrams were negotiated.
+    pub fn max_datagram_payload(&self) -> Option<usize> {
+        self.inner.shared.max_datagram_payload(self.inner.id)
+    }
+
+    /// Received datagrams for this stream dropped because it had not read the earlier
+    /// ones (its queue holds 64).
+    pub fn datagrams_dropped(&self) -> u64 {
+        self.inner
+            .dropped
+            .as_ref()
+            .map_or(0, |d| d.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// Sends an HTTP datagram associated with this request stream; the quarter stream ID
