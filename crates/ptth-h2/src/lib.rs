@@ -46,6 +46,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod connect;
 pub mod flow;
 pub mod reversed;

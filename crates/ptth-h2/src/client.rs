@@ -1,0 +1,654 @@
+//! The gateway's reversed HTTP/2 client on the h2 crate directly: one driver future per
+//! connection, no request channel and no task per request.
+//!
+//! draft-thomson-ptth-potato §4.3: "the gateway sends the client connection preface" even
+//! though it is the TLS server, so the gateway runs h2's client on the stream it accepted.
+//! hyper's client puts a dispatch channel and a task of its own between the caller and h2
+//! (an idle connection paid about 11 KiB of heap for them, `docs/performance.md` finding 4);
+//! here the caller's future opens the stream, sends the request body while it waits for the
+//! answer, and only a body still unsent when the answer arrives moves to a task of its own.
+//!
+//! ```text
+//! Client::send ─▶ h2 SendRequest ─▶ stream ─┬─ request body: Upload (in the caller, then a task if unfinished)
+//!                                            └─ response: RecvBody (releases window as read) | Tunnel (extended CONNECT)
+//! drive(Connection) ─▶ h2 Connection (frames, SETTINGS, GOAWAY) + keep-alive PING with a deadline
+//! ```
+
+use crate::reversed::{Body, BoxError, Windows, MAX_HEADER_LIST_SIZE};
+use bytes::{Buf, Bytes};
+use h2::{Reason, RecvStream, SendStream};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response};
+use http_body::{Body as _, Frame, SizeHint};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// How often the gateway pings the origin, and how long it waits for the answer, before
+/// it takes the connection for lost (the figures hyper's client ran with).
+pub const KEEP_ALIVE: KeepAlive = KeepAlive {
+    interval: Duration::from_secs(20),
+    timeout: Duration::from_secs(20),
+};
+
+/// How long a connection whose driver was dropped (a stopping gateway aborts it once the
+/// connection is idle) still runs to close itself: h2 sends GOAWAY(NO_ERROR) once no
+/// stream and no [`Client`] is left, so the origin reads an orderly end, not a bare close.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+
+/// Keep-alive PING timing.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepAlive {
+    /// Time from one answered PING (or the start) to the next PING.
+    pub interval: Duration,
+    /// How long a PING may go unanswered before the connection is lost.
+    pub timeout: Duration,
+}
+
+/// h2's connection half, which [`drive`] runs.
+pub type Connection<IO> = h2::client::Connection<IO, Bytes>;
+
+/// The request-sending half of a reversed HTTP/2 connection. Requests multiplex; reading
+/// the origin's SETTINGS through it is exact (h2 applied them) and takes no task's lock
+/// for longer than h2 itself holds it.
+#[derive(Debug)]
+pub struct Client {
+    send: h2::client::SendRequest<Bytes>,
+    /// The connection refused a new stream once (GOAWAY or a connection error): it takes
+    /// no more.
+    refusing: AtomicBool,
+}
+
+/// How a request failed.
+#[derive(Debug)]
+pub enum SendError {
+    /// The connection takes no new stream (GOAWAY, or it failed): nothing of the request
+    /// was sent, and here it is back.
+    NotSent(Box<Request<Body>>, h2::Error),
+    /// The stream was opened and then failed; h2's error says whether the origin refused it
+    /// unprocessed ([`refused_by_peer`]) or who else ended it.
+    Sent(h2::Error),
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendError::NotSent(_, e) => write!(f, "the request was not sent: {e}"),
+            SendError::Sent(e) => write!(f, "the request failed: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for SendError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SendError::NotSent(_, e) | SendError::Sent(e) => Some(e),
+        }
+    }
+}
+
+/// Why a connection's driver ended with an error.
+#[derive(Debug)]
+pub enum ConnectionError {
+    /// h2 failed the connection: an I/O error, a protocol error by either side, or the
+    /// origin's GOAWAY with an error code.
+    H2(h2::Error),
+    /// The origin left a keep-alive PING unanswered past its deadline.
+    KeepAliveTimeout(Duration),
+}
+
+impl std::fmt::Display for ConnectionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectionError::H2(e) => write!(f, "HTTP/2 connection error: {e}"),
+            ConnectionError::KeepAliveTimeout(t) => {
+                write!(f, "the origin left a keep-alive PING unanswered for {t:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConnectionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectionError::H2(e) => Some(e),
+            ConnectionError::KeepAliveTimeout(_) => None,
+        }
+    }
+}
+
+/// Starts the HTTP/2 client role on a stream the gateway accepted: writes the client
+/// preface and SETTINGS (the windows, 64 KiB frames, [`MAX_HEADER_LIST_SIZE`], no push).
+pub async fn handshake<IO>(io: IO, windows: Windows) -> Result<(Client, Connection<IO>), h2::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let (send, conn) = h2::client::Builder::new()
+        // RFC 9113 §6.5.2 recommends at least 100; the origin's SETTINGS replace it.
+        .initial_max_send_streams(100)
+        .initial_window_size(windows.stream)
+        .initial_connection_window_size(windows.connection)
+        .max_frame_size(64 * 1024)
+        .max_header_list_size(MAX_HEADER_LIST_SIZE)
+        .enable_push(false)
+        .handshake(io)
+        .await?;
+    Ok((
+        Client {
+            send,
+            refusing: AtomicBool::new(false),
+        },
+        conn,
+    ))
+}
+
+/// Runs the connection until it ends, pinging the origin every `keep_alive.interval` and
+/// failing it when an answer takes longer than `keep_alive.timeout`. `Ok` is an orderly
+/// end (GOAWAY with NO_ERROR, or every handle dropped).
+///
+/// Dropped before the end (the task aborted), it leaves the connection to a task of its
+/// own for at most 10 s, so that h2 can still close it with GOAWAY once the last
+/// [`Client`] is gone.
+pub async fn drive<IO>(mut conn: Connection<IO>, keep_alive: KeepAlive) -> Result<(), ConnectionError>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut ping = conn.ping_pong();
+    let mut guard = CloseOnDrop(Some(conn));
+    let sleep = tokio::time::sleep(keep_alive.interval);
+    tokio::pin!(sleep);
+    let mut awaiting = false;
+    std::future::poll_fn(|cx| {
+        let Some(conn) = guard.0.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        if let Poll::Ready(end) = Pin::new(conn).poll(cx) {
+            guard.0 = None;
+            return Poll::Ready(end.map_err(ConnectionError::H2));
+        }
+        let Some(ping) = ping.as_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            if awaiting {
+                match ping.poll_pong(cx) {
+                    Poll::Ready(Ok(_)) => {
+                        awaiting = false;
+                        sleep
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + keep_alive.interval);
+                    }
+                    // The connection's own poll reports why.
+                    Poll::Ready(Err(_)) => return Poll::Pending,
+                    Poll::Pending => {}
+                }
+            }
+            ready!(sleep.as_mut().poll(cx));
+            if awaiting {
+                guard.0 = None;
+                return Poll::Ready(Err(ConnectionError::KeepAliveTimeout(keep_alive.timeout)));
+            }
+            if ping.send_ping(h2::Ping::opaque()).is_err() {
+                // h2 refuses a PING only on a connection that is failing: its poll says how.
+                return Poll::Pending;
+            }
+            awaiting = true;
+            sleep
+                .as_mut()
+                .reset(tokio::time::Instant::now() + keep_alive.timeout);
+        }
+    })
+    .await
+}
+
+/// Holds the connection while [`drive`] runs; see there for what a drop does.
+struct CloseOnDrop<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(Option<Connection<IO>>);
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for CloseOnDrop<IO> {
+    fn drop(&mut self) {
+        let Some(conn) = self.0.take() else { return };
+        // Outside a runtime (it is shutting down) there is nobody left to tell.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(CLOSE_GRACE, conn).await;
+            });
+        }
+    }
+}
+
+impl Client {
+    /// The origin's current SETTINGS_MAX_CONCURRENT_STREAMS as it applies to requests.
+    pub fn max_send_streams(&self) -> usize {
+        self.send.current_max_send_streams()
+    }
+
+    /// Whether the origin sent SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441 §3).
+    pub fn extended_connect(&self) -> bool {
+        self.send.is_extended_connect_protocol_enabled()
+    }
+
+    /// Whether the connection refused a new stream (GOAWAY from the origin, or it failed).
+    pub fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+
+    /// Sends `req` on a new stream and returns the origin's response head, its body
+    /// streaming as the caller reads it. The request body is sent under flow control, its
+    /// trailers last. A 2xx answer to a CONNECT (RFC 8441 extended CONNECT) carries the
+    /// stream as a [`Tunnel`] ([`take_tunnel`]) and an empty body; the request's body is not
+    /// sent (the stream is the tunnel).
+    ///
+    /// Nothing here waits without a bound the peer alone sets: h2 opens the stream at once
+    /// or queues it until the origin's stream limit admits it, and a dead origin fails the
+    /// connection through the keep-alive deadline of [`drive`], failing its streams.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
+        let mut send = match self.send.clone().ready().await {
+            Ok(send) => send,
+            Err(e) => {
+                self.refusing.store(true, Ordering::Relaxed);
+                return Err(SendError::NotSent(Box::new(req), e));
+            }
+        };
+        let (mut head, body) = req.into_parts();
+        strip_connection_fields(&mut head.headers);
+        let is_connect = head.method == Method::CONNECT;
+        if !is_connect {
+            if let Some(len) = body.size_hint().exact() {
+                if len != 0 || has_payload_semantics(&head.method) {
+                    head.headers
+                        .entry(header::CONTENT_LENGTH)
+                        .or_insert_with(|| HeaderValue::from(len));
+                }
+            }
+        }
+        // RFC 8441 §4: `:protocol` goes out as h2's extension.
+        if let Some(p) = head.extensions.remove::<hyper::ext::Protocol>() {
+            head.extensions.insert(h2::ext::Protocol::from(p.as_str()));
+        }
+        let eos = is_connect || body.is_end_stream();
+        let (mut answer, stream) = send
+            .send_request(Request::from_parts(head, ()), !is_connect && eos)
+            .map_err(SendError::Sent)?;
+        drop(send);
+        if is_connect {
+            let res = answer.await.map_err(SendError::Sent)?;
+            return Ok(connect_answer(res, stream));
+        }
+        let mut upload = (!eos).then(|| Upload::new(body, stream));
+        let res = std::future::poll_fn(|cx| {
+            if let Some(up) = upload.as_mut() {
+                if up.poll(cx).is_ready() {
+                    upload = None;
+                }
+            }
+            Pin::new(&mut answer).poll(cx)
+        })
+        .await;
+        if let Some(up) = upload {
+            // The answer came first (the origin answers while it still reads the body, or
+            // a duplex exchange): the body goes on in a task of its own.
+            tokio::spawn(UploadTask(up));
+        }
+        let res = res.map_err(SendError::Sent)?;
+        let remaining = content_length(res.headers());
+        Ok(res.map(|recv| {
+            http_body_util::BodyExt::boxed_unsync(RecvBody {
+                recv,
+                remaining,
+                data_done: false,
+            })
+        }))
+    }
+}
+
+/// What a CONNECT's answer becomes: a 2xx carries the stream as a [`Tunnel`]; anything else
+/// is an ordinary answer whose body is read as usual (the send half is reset by h2 once
+/// dropped, RFC 9113 §8.5).
+fn connect_answer(res: Response<RecvStream>, send: SendStream<Bytes>) -> Response<Body> {
+    let remaining = content_length(res.headers());
+    let (mut parts, recv) = res.into_parts();
+    if parts.status.is_success() {
+        parts.extensions.insert(TunnelSlot(Arc::new(Mutex::new(Some(Tunnel {
+            send,
+            recv,
+            unread: Bytes::new(),
+            shut: false,
+        })))));
+        let empty = http_body_util::BodyExt::map_err(http_body_util::Empty::new(), |never| match never {});
+        return Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(empty));
+    }
+    drop(send);
+    let body = RecvBody {
+        recv,
+        remaining,
+        data_done: false,
+    };
+    Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(body))
+}
+
+/// Takes the tunnel out of a 2xx answer to an extended CONNECT sent by [`Client::send`].
+pub fn take_tunnel<B>(res: &mut Response<B>) -> Option<Tunnel> {
+    let slot = res.extensions_mut().remove::<TunnelSlot>()?;
+    let tunnel = slot.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+    tunnel
+}
+
+/// Carries a [`Tunnel`] in a response's extensions (which must be `Clone`).
+#[derive(Clone)]
+struct TunnelSlot(Arc<Mutex<Option<Tunnel>>>);
+
+/// RFC 7230-era fields that HTTP/2 forbids (RFC 9113 §8.2.2: "An endpoint MUST NOT generate
+/// an HTTP/2 message containing connection-specific header fields"), and those `Connection`
+/// names; `TE` only as "trailers".
+fn strip_connection_fields(headers: &mut HeaderMap) {
+    for name in [
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+    ] {
+        headers.remove(name);
+    }
+    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
+        headers.remove(header::TE);
+    }
+    if let Some(connection) = headers.remove(header::CONNECTION) {
+        if let Ok(names) = connection.to_str() {
+            for name in names.split(',') {
+                headers.remove(name.trim());
+            }
+        }
+    }
+}
+
+/// RFC 9110 §8.6: a user agent "SHOULD send Content-Length in a request when the method
+/// defines a meaning for enclosed content", even when it is empty.
+fn has_payload_semantics(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// The `content-length` of a message, when it has exactly one valid value.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return None;
+    }
+    first.to_str().ok()?.parse().ok()
+}
+
+/// A request body on its way out: each data frame sent as the stream's flow-control
+/// window admits it (RFC 9113 §5.2), then the trailers or an empty END_STREAM.
+struct Upload {
+    body: Body,
+    stream: SendStream<Bytes>,
+    /// Data read from the body and not yet sent.
+    pending: Bytes,
+}
+
+impl Upload {
+    fn new(body: Body, stream: SendStream<Bytes>) -> Self {
+        Self {
+            body,
+            stream,
+            pending: Bytes::new(),
+        }
+    }
+
+    /// Ready when the body is all sent, or the stream ended (the origin reset it, the
+    /// connection failed) or the public body failed (the stream is then reset).
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if !self.pending.is_empty() {
+                match poll_window(&mut self.stream, self.pending.len(), cx) {
+                    Poll::Ready(Some(n)) => {
+                        let chunk = self.pending.split_to(n.min(self.pending.len()));
+                        if self.stream.send_data(chunk, false).is_err() {
+                            return Poll::Ready(());
+                        }
+                        continue;
+                    }
+                    Poll::Ready(None) => return Poll::Ready(()),
+                    Poll::Pending => return self.poll_reset(cx),
+                }
+            }
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(mut data) => self.pending = data.copy_to_bytes(data.remaining()),
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            let _ = self.stream.send_trailers(trailers);
+                            return Poll::Ready(());
+                        }
+                    }
+                },
+                Poll::Ready(None) => {
+                    let _ = self.stream.send_data(Bytes::new(), true);
+                    return Poll::Ready(());
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    // The public client's body failed: the origin must not take a
+                    // truncated body for a whole one (RFC 9113 §8.1.1).
+                    tracing::debug!(error = %e, "request body failed; resetting the stream");
+                    self.stream.send_reset(Reason::CANCEL);
+                    return Poll::Ready(());
+                }
+                Poll::Pending => return self.poll_reset(cx),
+            }
+        }
+    }
+
+    /// While waiting, an origin's RST_STREAM (or a failed connection) ends the upload.
+    fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.stream.poll_reset(cx).map(|_| ())
+    }
+}
+
+/// An upload that outlived its request's answer, in a task of its own.
+struct UploadTask(Upload);
+
+impl Future for UploadTask {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        self.get_mut().0.poll(cx)
+    }
+}
+
+/// Waits until the stream may send data: `Some(n)` octets of window, or `None` when the
+/// stream can send no more. Asks for `want` octets.
+fn poll_window(stream: &mut SendStream<Bytes>, want: usize, cx: &mut Context<'_>) -> Poll<Option<usize>> {
+    loop {
+        let n = stream.capacity();
+        if n > 0 {
+            return Poll::Ready(Some(n));
+        }
+        stream.reserve_capacity(want);
+        match ready!(stream.poll_capacity(cx)) {
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return Poll::Ready(None),
+        }
+    }
+}
+
+/// A response body read from its stream. Each data frame's window is given back to the
+/// origin as the consumer takes it, so a slow public client slows the origin instead of
+/// the gateway buffering (at most the 4 MiB stream window is ever held).
+struct RecvBody {
+    recv: RecvStream,
+    /// What `content-length` says is left, for the size hint.
+    remaining: Option<u64>,
+    data_done: bool,
+}
+
+impl http_body::Body for RecvBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if !this.data_done {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    if let Some(r) = this.remaining.as_mut() {
+                        *r = r.saturating_sub(data.len() as u64);
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+                None => this.data_done = true,
+            }
+        }
+        match ready!(this.recv.poll_trailers(cx)) {
+            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
+            Ok(None) => Poll::Ready(None),
+            Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.recv.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.remaining {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// The bytes of an extended CONNECT stream (RFC 8441 §5: "the stream ... becomes a tunnel"):
+/// DATA frames both ways, END_STREAM on shutdown.
+pub struct Tunnel {
+    send: SendStream<Bytes>,
+    recv: RecvStream,
+    /// Received and not yet read.
+    unread: Bytes,
+    shut: bool,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tunnel")
+            .field("stream", &self.send.stream_id().as_u32())
+            .finish_non_exhaustive()
+    }
+}
+
+/// An h2 stream error as an I/O error for the tunnel's user: the origin's NO_ERROR or
+/// CANCEL reset is an end of the bytes, not a failure.
+fn stream_io_error(e: h2::Error) -> std::io::Error {
+    if e.is_io() {
+        if let Some(io) = e.into_io() {
+            return io;
+        }
+        return std::io::Error::other("HTTP/2 connection I/O error");
+    }
+    std::io::Error::other(e)
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        if this.unread.is_empty() {
+            match ready!(this.recv.poll_data(cx)) {
+                Some(Ok(data)) => {
+                    let _ = this.recv.flow_control().release_capacity(data.len());
+                    this.unread = data;
+                }
+                None => return Poll::Ready(Ok(())),
+                Some(Err(e)) => {
+                    return Poll::Ready(match e.reason() {
+                        Some(Reason::NO_ERROR) | Some(Reason::CANCEL) if e.is_reset() => Ok(()),
+                        _ => Err(stream_io_error(e)),
+                    })
+                }
+            }
+        }
+        let n = this.unread.len().min(buf.remaining());
+        buf.put_slice(&this.unread.split_to(n));
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        let this = &mut *self;
+        if this.shut {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        if let Some(n) = ready!(poll_window(&mut this.send, buf.len(), cx)) {
+            let n = n.min(buf.len());
+            if this
+                .send
+                .send_data(Bytes::copy_from_slice(&buf[..n]), false)
+                .is_ok()
+            {
+                return Poll::Ready(Ok(n));
+            }
+        }
+        // The stream can send no more: its reset (or the connection's end) says why.
+        Poll::Ready(Err(match ready!(this.send.poll_reset(cx)) {
+            Ok(Reason::NO_ERROR) | Ok(Reason::CANCEL) | Ok(Reason::STREAM_CLOSED) => {
+                std::io::ErrorKind::BrokenPipe.into()
+            }
+            Ok(reason) => stream_io_error(reason.into()),
+            Err(e) => stream_io_error(e),
+        }))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // h2 writes as soon as the connection's driver runs.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if !self.shut {
+            self.shut = true;
+            let _ = self.send.send_data(Bytes::new(), true);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Whether an HTTP/2 request failed because the origin refused its stream unprocessed.
+///
+/// h2 fails a stream with the peer's GOAWAY only when the stream's ID is above the frame's
+/// last stream ID (and a request it had not opened when the first GOAWAY arrived), so
+/// "GOAWAY from the peer" on a stream is RFC 9113 §6.8's "were not processed", whatever its
+/// error code. A RST_STREAM from the peer is a refusal only with REFUSED_STREAM (§8.7: "the
+/// stream was closed prior to any processing"); any other code, or an error h2 raised
+/// itself, may follow processing.
+pub fn refused_by_peer(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(Reason::REFUSED_STREAM)));
+        }
+        cause = e.source();
+    }
+    false
+}
