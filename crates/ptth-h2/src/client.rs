@@ -652,3 +652,306 @@ pub fn refused_by_peer(error: &(dyn std::error::Error + 'static)) -> bool {
     }
     false
 }
+
+#[cfg(test)]
+mod tests {
+    //! The client against hyper's server (as `ptth-origin` runs it) and against h2's own
+    //! server where a test needs an origin hyper will not play (refusing a stream).
+    use super::*;
+    use crate::reversed::{serve, ServeOptions};
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Incoming;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const DEADLINE: Duration = Duration::from_secs(30);
+
+    fn empty() -> Body {
+        Empty::new().map_err(|n| match n {}).boxed_unsync()
+    }
+
+    /// A body of ready frames, in order.
+    struct Frames(std::collections::VecDeque<Frame<Bytes>>);
+
+    impl http_body::Body for Frames {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(Ok))
+        }
+    }
+
+    /// A body of `data` in `chunk`-sized frames, then `trailers` if any.
+    fn body_of(data: &[u8], chunk: usize, trailers: Option<HeaderMap>) -> Body {
+        let mut frames: std::collections::VecDeque<Frame<Bytes>> = data
+            .chunks(chunk)
+            .map(|c| Frame::data(Bytes::copy_from_slice(c)))
+            .collect();
+        if let Some(t) = trailers {
+            frames.push_back(Frame::trailers(t));
+        }
+        Frames(frames).boxed_unsync()
+    }
+
+    /// The gateway's client over a pipe to hyper's server running `app`, driven.
+    async fn pair<S, B>(app: S, options: ServeOptions, windows: Windows) -> Client
+    where
+        S: hyper::service::HttpService<Incoming, ResBody = B> + Send + 'static,
+        S::Future: Send + 'static,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<BoxError>,
+    {
+        let (gateway_io, origin_io) = tokio::io::duplex(256 * 1024);
+        tokio::spawn(serve(origin_io, app, options));
+        let (client, conn) = handshake(gateway_io, windows).await.unwrap();
+        tokio::spawn(drive(conn, KEEP_ALIVE));
+        client
+    }
+
+    fn small() -> Windows {
+        // RFC 9113 §6.9.2: the initial window is 65 535 octets.
+        Windows {
+            stream: 65_535,
+            connection: 65_535,
+        }
+    }
+
+    /// 8 MiB up and the same 8 MiB back as the origin reads it, through 64 KiB windows on
+    /// both sides: the upload must wait for the origin's WINDOW_UPDATEs, and the download
+    /// goes on only as the gateway gives window back while reading. The origin answers
+    /// before the upload ends, so the rest of the upload runs in its own task.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_body_flows_both_ways_under_small_windows() {
+        let echo = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+            Ok::<_, std::convert::Infallible>(http::Response::new(req.into_body()))
+        });
+        let options = ServeOptions {
+            windows: small(),
+            ..ServeOptions::default()
+        };
+        let client = pair(echo, options, small()).await;
+        let data: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+        let req = Request::post("https://app.example/echo")
+            .body(body_of(&data, 16 * 1024, None))
+            .unwrap();
+        let back = tokio::time::timeout(DEADLINE, async {
+            let res = client.send(req).await.unwrap();
+            assert_eq!(res.status(), http::StatusCode::OK);
+            res.into_body().collect().await.unwrap().to_bytes()
+        })
+        .await
+        .expect("8 MiB did not make the round trip in 30 s");
+        assert_eq!(back.len(), data.len());
+        assert!(back[..] == data[..], "the echo differs");
+    }
+
+    /// Trailers go out after the request's data (the origin sees them) and come back after
+    /// the response's.
+    #[tokio::test]
+    async fn trailers_pass_both_ways() {
+        let app = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+            let got = req.into_body().collect().await.unwrap();
+            let sum = got
+                .trailers()
+                .and_then(|t| t.get("x-sum"))
+                .cloned()
+                .unwrap_or(HeaderValue::from_static("none"));
+            let len = got.to_bytes().len();
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-seen-sum", sum);
+            trailers.insert("x-seen-len", HeaderValue::from(len));
+            let body = Frames([Frame::data(Bytes::from_static(b"ok")), Frame::trailers(trailers)].into());
+            Ok::<_, std::convert::Infallible>(http::Response::new(body))
+        });
+        let client = pair(app, ServeOptions::default(), Windows::default()).await;
+        let mut trailers = HeaderMap::new();
+        trailers.insert("x-sum", HeaderValue::from_static("1234"));
+        let req = Request::post("https://app.example/t")
+            .header(header::TE, "trailers")
+            .body(body_of(&[7u8; 100_000], 10_000, Some(trailers)))
+            .unwrap();
+        let res = tokio::time::timeout(DEADLINE, async {
+            client
+                .send(req)
+                .await
+                .unwrap()
+                .into_body()
+                .collect()
+                .await
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let t = res.trailers().cloned().expect("no trailers came back");
+        assert_eq!(res.to_bytes(), "ok");
+        assert_eq!(t["x-seen-sum"], "1234");
+        assert_eq!(t["x-seen-len"], "100000");
+    }
+
+    /// An origin that refuses a stream with REFUSED_STREAM (RFC 9113 §8.7) did not process
+    /// it: the error says so, and another reset code does not.
+    #[tokio::test]
+    async fn a_refused_stream_reads_as_refused_and_another_reset_does_not() {
+        let (gateway_io, origin_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(origin_io).await.unwrap();
+            let mut n = 0;
+            while let Some(Ok((_req, mut respond))) = conn.accept().await {
+                n += 1;
+                respond.send_reset(if n == 1 {
+                    Reason::REFUSED_STREAM
+                } else {
+                    Reason::INTERNAL_ERROR
+                });
+            }
+        });
+        let (client, conn) = handshake(gateway_io, Windows::default()).await.unwrap();
+        tokio::spawn(drive(conn, KEEP_ALIVE));
+        let get = || Request::get("https://app.example/").body(empty()).unwrap();
+        match client.send(get()).await {
+            Err(SendError::Sent(e)) => assert!(refused_by_peer(&e), "{e}"),
+            other => panic!("not refused: {other:?}"),
+        }
+        match client.send(get()).await {
+            Err(SendError::Sent(e)) => assert!(!refused_by_peer(&e), "{e}"),
+            other => panic!("not failed: {other:?}"),
+        }
+    }
+
+    /// After the origin's GOAWAY a request is handed back unsent, whole, and the client
+    /// says it takes no more.
+    #[tokio::test]
+    async fn after_goaway_a_request_comes_back_unsent() {
+        let (gateway_io, origin_io) = tokio::io::duplex(64 * 1024);
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let mut conn = h2::server::handshake(origin_io).await.unwrap();
+            let _ = stop_rx.await;
+            conn.graceful_shutdown();
+            while conn.accept().await.is_some() {}
+        });
+        let (client, conn) = handshake(gateway_io, Windows::default()).await.unwrap();
+        let driven = tokio::spawn(drive(conn, KEEP_ALIVE));
+        stop_tx.send(()).unwrap();
+        let outcome = tokio::time::timeout(DEADLINE, driven).await.unwrap().unwrap();
+        assert!(outcome.is_ok(), "{outcome:?}");
+        let req = Request::get("https://app.example/again")
+            .body(empty())
+            .unwrap();
+        match client.send(req).await {
+            Err(SendError::NotSent(req, _)) => assert_eq!(req.uri().path(), "/again"),
+            other => panic!("not handed back: {other:?}"),
+        }
+        assert!(client.is_refusing());
+    }
+
+    /// RFC 8441: CONNECT with `:protocol` reaches hyper's server, whose 200 makes the
+    /// stream a tunnel; bytes cross it both ways and a shutdown ends the origin's reading.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_extended_connect_stream_carries_bytes_both_ways() {
+        let app = hyper::service::service_fn(|mut req: http::Request<Incoming>| async move {
+            let protocol = req
+                .extensions()
+                .get::<hyper::ext::Protocol>()
+                .map(|p| p.as_str().to_owned());
+            let mut res = http::Response::new(Empty::<Bytes>::new());
+            if req.method() != Method::CONNECT || protocol.as_deref() != Some("websocket") {
+                *res.status_mut() = http::StatusCode::BAD_REQUEST;
+                return Ok::<_, std::convert::Infallible>(res);
+            }
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let mut io = hyper_util::rt::TokioIo::new(on.await.unwrap());
+                let mut got = Vec::new();
+                io.read_to_end(&mut got).await.unwrap();
+                got.reverse();
+                io.write_all(&got).await.unwrap();
+                io.shutdown().await.unwrap();
+            });
+            Ok(res)
+        });
+        let client = pair(app, ServeOptions::default(), Windows::default()).await;
+        let mut req = Request::connect("https://app.example/chat")
+            .body(empty())
+            .unwrap();
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let mut res = client.send(req).await.unwrap();
+        assert_eq!(res.status(), http::StatusCode::OK);
+        let mut tunnel = take_tunnel(&mut res).expect("a 2xx carries the tunnel");
+        let sent: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let got = tokio::time::timeout(DEADLINE, async {
+            tunnel.write_all(&sent).await.unwrap();
+            tunnel.shutdown().await.unwrap();
+            let mut got = Vec::new();
+            tunnel.read_to_end(&mut got).await.unwrap();
+            got
+        })
+        .await
+        .expect("the tunnel stalled");
+        let mut expected = sent.clone();
+        expected.reverse();
+        assert!(got == expected, "{} octets back", got.len());
+    }
+
+    /// An origin that reads everything and answers no PING is lost after the keep-alive
+    /// deadline; one that answers stays.
+    #[tokio::test]
+    async fn an_unanswered_ping_ends_the_connection() {
+        let keep_alive = KeepAlive {
+            interval: Duration::from_millis(50),
+            timeout: Duration::from_millis(100),
+        };
+        // A mute origin: its SETTINGS, then it only reads.
+        let (gateway_io, mut origin_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            origin_io.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+            let mut sink = [0u8; 4096];
+            while origin_io.read(&mut sink).await.is_ok_and(|n| n > 0) {}
+        });
+        let (_client, conn) = handshake(gateway_io, Windows::default()).await.unwrap();
+        let outcome = tokio::time::timeout(Duration::from_secs(5), drive(conn, keep_alive))
+            .await
+            .expect("the connection outlived its keep-alive deadline");
+        assert!(
+            matches!(outcome, Err(ConnectionError::KeepAliveTimeout(_))),
+            "{outcome:?}"
+        );
+
+        // hyper's server answers PINGs: the connection lives past several deadlines.
+        let app = hyper::service::service_fn(|_req: http::Request<Incoming>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Empty::<Bytes>::new()))
+        });
+        let (gateway_io, origin_io) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(serve(origin_io, app, ServeOptions::default()));
+        let (_client, conn) = handshake(gateway_io, Windows::default()).await.unwrap();
+        let alive = tokio::time::timeout(Duration::from_millis(800), drive(conn, keep_alive)).await;
+        assert!(alive.is_err(), "ended: {alive:?}");
+    }
+
+    #[test]
+    fn connection_fields_are_stripped_and_te_kept_only_as_trailers() {
+        let mut h = HeaderMap::new();
+        for (n, v) in [
+            ("connection", "keep-alive, x-hop"),
+            ("keep-alive", "5"),
+            ("x-hop", "1"),
+            ("upgrade", "websocket"),
+            ("transfer-encoding", "chunked"),
+            ("te", "gzip"),
+            ("x-kept", "1"),
+        ] {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static(v));
+        }
+        strip_connection_fields(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-kept"], "1");
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        strip_connection_fields(&mut h);
+        assert_eq!(h[header::TE], "trailers");
+    }
+}
