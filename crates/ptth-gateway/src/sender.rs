@@ -166,8 +166,8 @@ impl Sender {
         }
     }
 
-    /// Whether the connection can take no new request: it is gone, or (HTTP/3) the origin
-    /// sent GOAWAY, or (HTTP/2) a request found the origin's GOAWAY.
+    /// Whether the connection can take no new request: it is gone, or (HTTP/2, HTTP/3) the
+    /// origin sent GOAWAY.
     pub fn is_closed(&self) -> bool {
         match &self.inner {
             Inner::H1 { ended, .. } => ended.get().is_some(),
@@ -176,15 +176,16 @@ impl Sender {
         }
     }
 
-    /// Whether the origin asked to wind the connection down (HTTP/3 GOAWAY, RFC 9114 §5.2)
-    /// while it still finishes the requests in flight.
+    /// Whether the origin asked to wind the connection down (HTTP/2 GOAWAY, RFC 9113 §6.8;
+    /// HTTP/3 GOAWAY, RFC 9114 §5.2) while it still finishes the requests in flight.
     pub fn peer_draining(&self) -> bool {
         match &self.inner {
             Inner::H3 { conn, .. } => conn.peer_goaway().is_some(),
-            // hyper ends an HTTP/1.1 `Connection: close` exchange, and h2 shows a GOAWAY
-            // only to the next request it refuses (`is_closed`) and as the connection
-            // ending.
-            Inner::H1 { .. } | Inner::H2 { .. } => false,
+            // RFC 9113 §6.8: streams up to the GOAWAY's last stream ID still finish.
+            Inner::H2 { client, .. } => client.peer_went_away(),
+            // hyper ends an HTTP/1.1 `Connection: close` exchange: it shows as the
+            // connection ending.
+            Inner::H1 { .. } => false,
         }
     }
 
@@ -326,9 +327,7 @@ impl Sender {
                 answer.await.map(boxed).map_err(refused_or_failed)
             }
             Inner::H2 { client, .. } => client.send(req).await.map_err(|e| match e {
-                ptth_h2::client::SendError::NotSent(req, e) => {
-                    SendError::NotSent(req, Box::new(e))
-                }
+                ptth_h2::client::SendError::NotSent(req, e) => SendError::NotSent(req, Box::new(e)),
                 ptth_h2::client::SendError::Sent(e) if refused_by_peer(&e) => {
                     SendError::Refused(Box::new(e))
                 }

@@ -22,7 +22,7 @@ use http::{Method, Request, Response};
 use http_body::{Body as _, Frame, SizeHint};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -57,11 +57,21 @@ pub type Connection<IO> = h2::client::Connection<IO, Bytes>;
 /// for longer than h2 itself holds it.
 #[derive(Debug)]
 pub struct Client {
-    send: h2::client::SendRequest<Bytes>,
-    /// The connection refused a new stream once (GOAWAY or a connection error): it takes
-    /// no more.
-    refusing: AtomicBool,
+    /// Locked only for a call that does not wait (a clone, a read of settings, a poll
+    /// with a no-op waker), never across an await.
+    send: Mutex<h2::client::SendRequest<Bytes>>,
+    /// What h2 said when it last refused new streams: [`OPEN`], [`PEER_GOAWAY`] or
+    /// [`FAILED`]. Once not open, it never opens again.
+    refusing: AtomicU8,
 }
+
+/// The connection takes new streams.
+const OPEN: u8 = 0;
+/// The origin sent GOAWAY (RFC 9113 §6.8): no new stream, the ones below its last stream
+/// ID still finish.
+const PEER_GOAWAY: u8 = 1;
+/// The connection failed, or the gateway's side is closing it.
+const FAILED: u8 = 2;
 
 /// How a request failed.
 #[derive(Debug)]
@@ -139,8 +149,8 @@ where
         .await?;
     Ok((
         Client {
-            send,
-            refusing: AtomicBool::new(false),
+            send: Mutex::new(send),
+            refusing: AtomicU8::new(OPEN),
         },
         conn,
     ))
@@ -153,7 +163,10 @@ where
 /// Dropped before the end (the task aborted), it leaves the connection to a task of its
 /// own for at most 10 s, so that h2 can still close it with GOAWAY once the last
 /// [`Client`] is gone.
-pub async fn drive<IO>(mut conn: Connection<IO>, keep_alive: KeepAlive) -> Result<(), ConnectionError>
+pub async fn drive<IO>(
+    mut conn: Connection<IO>,
+    keep_alive: KeepAlive,
+) -> Result<(), ConnectionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -221,18 +234,58 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for CloseOnDrop<I
 }
 
 impl Client {
+    fn handle(&self) -> std::sync::MutexGuard<'_, h2::client::SendRequest<Bytes>> {
+        // A poisoned lock only means a holder panicked; h2's handle in it is still whole.
+        self.send.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The origin's current SETTINGS_MAX_CONCURRENT_STREAMS as it applies to requests.
     pub fn max_send_streams(&self) -> usize {
-        self.send.current_max_send_streams()
+        self.handle().current_max_send_streams()
     }
 
     /// Whether the origin sent SETTINGS_ENABLE_CONNECT_PROTOCOL = 1 (RFC 8441 §3).
     pub fn extended_connect(&self) -> bool {
-        self.send.is_extended_connect_protocol_enabled()
+        self.handle().is_extended_connect_protocol_enabled()
     }
 
-    /// Whether the connection refused a new stream (GOAWAY from the origin, or it failed).
+    /// Whether the connection takes no new stream: the origin sent GOAWAY, or the
+    /// connection failed. Asks h2 (which knows as soon as the frame is read) until it says
+    /// so once.
     pub fn is_refusing(&self) -> bool {
+        self.refusal() != OPEN
+    }
+
+    /// Whether the origin sent GOAWAY: requests in flight below its last stream ID still
+    /// finish, new ones must go elsewhere.
+    pub fn peer_went_away(&self) -> bool {
+        self.refusal() == PEER_GOAWAY
+    }
+
+    fn refusal(&self) -> u8 {
+        let known = self.refusing.load(Ordering::Relaxed);
+        if known != OPEN {
+            return known;
+        }
+        // This handle never has a stream waiting to open (requests go out on clones), so
+        // its readiness is only h2's connection error, and the poll registers no waker.
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.handle().poll_ready(&mut cx) {
+            Poll::Ready(Err(e)) => self.refused(&e),
+            _ => OPEN,
+        }
+    }
+
+    /// Records why h2 refused a new stream.
+    fn refused(&self, e: &h2::Error) -> u8 {
+        let why = if e.is_go_away() && e.is_remote() {
+            PEER_GOAWAY
+        } else {
+            FAILED
+        };
+        let _ = self
+            .refusing
+            .compare_exchange(OPEN, why, Ordering::Relaxed, Ordering::Relaxed);
         self.refusing.load(Ordering::Relaxed)
     }
 
@@ -246,10 +299,11 @@ impl Client {
     /// or queues it until the origin's stream limit admits it, and a dead origin fails the
     /// connection through the keep-alive deadline of [`drive`], failing its streams.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
-        let mut send = match self.send.clone().ready().await {
+        let ready = self.handle().clone().ready();
+        let mut send = match ready.await {
             Ok(send) => send,
             Err(e) => {
-                self.refusing.store(true, Ordering::Relaxed);
+                self.refused(&e);
                 return Err(SendError::NotSent(Box::new(req), e));
             }
         };
@@ -312,13 +366,16 @@ fn connect_answer(res: Response<RecvStream>, send: SendStream<Bytes>) -> Respons
     let remaining = content_length(res.headers());
     let (mut parts, recv) = res.into_parts();
     if parts.status.is_success() {
-        parts.extensions.insert(TunnelSlot(Arc::new(Mutex::new(Some(Tunnel {
-            send,
-            recv,
-            unread: Bytes::new(),
-            shut: false,
-        })))));
-        let empty = http_body_util::BodyExt::map_err(http_body_util::Empty::new(), |never| match never {});
+        parts
+            .extensions
+            .insert(TunnelSlot(Arc::new(Mutex::new(Some(Tunnel {
+                send,
+                recv,
+                unread: Bytes::new(),
+                shut: false,
+            })))));
+        let empty =
+            http_body_util::BodyExt::map_err(http_body_util::Empty::new(), |never| match never {});
         return Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(empty));
     }
     drop(send);
@@ -370,7 +427,12 @@ fn strip_connection_fields(headers: &mut HeaderMap) {
 fn has_payload_semantics(method: &Method) -> bool {
     !matches!(
         *method,
-        Method::GET | Method::HEAD | Method::DELETE | Method::CONNECT | Method::OPTIONS | Method::TRACE
+        Method::GET
+            | Method::HEAD
+            | Method::DELETE
+            | Method::CONNECT
+            | Method::OPTIONS
+            | Method::TRACE
     )
 }
 
@@ -463,7 +525,11 @@ impl Future for UploadTask {
 
 /// Waits until the stream may send data: `Some(n)` octets of window, or `None` when the
 /// stream can send no more. Asks for `want` octets.
-fn poll_window(stream: &mut SendStream<Bytes>, want: usize, cx: &mut Context<'_>) -> Poll<Option<usize>> {
+fn poll_window(
+    stream: &mut SendStream<Bytes>,
+    want: usize,
+    cx: &mut Context<'_>,
+) -> Poll<Option<usize>> {
     loop {
         let n = stream.capacity();
         if n > 0 {
@@ -646,7 +712,8 @@ pub fn refused_by_peer(error: &(dyn std::error::Error + 'static)) -> bool {
     while let Some(e) = cause {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
             return h2.is_remote()
-                && (h2.is_go_away() || (h2.is_reset() && h2.reason() == Some(Reason::REFUSED_STREAM)));
+                && (h2.is_go_away()
+                    || (h2.is_reset() && h2.reason() == Some(Reason::REFUSED_STREAM)));
         }
         cause = e.source();
     }
@@ -763,7 +830,13 @@ mod tests {
             let mut trailers = HeaderMap::new();
             trailers.insert("x-seen-sum", sum);
             trailers.insert("x-seen-len", HeaderValue::from(len));
-            let body = Frames([Frame::data(Bytes::from_static(b"ok")), Frame::trailers(trailers)].into());
+            let body = Frames(
+                [
+                    Frame::data(Bytes::from_static(b"ok")),
+                    Frame::trailers(trailers),
+                ]
+                .into(),
+            );
             Ok::<_, std::convert::Infallible>(http::Response::new(body))
         });
         let client = pair(app, ServeOptions::default(), Windows::default()).await;
@@ -821,31 +894,61 @@ mod tests {
         }
     }
 
-    /// After the origin's GOAWAY a request is handed back unsent, whole, and the client
-    /// says it takes no more.
+    /// The origin's GOAWAY (RFC 9113 §6.8) is seen without a request going out; a new
+    /// request is then handed back unsent and whole, while the one in flight still gets
+    /// its answer and the connection then ends in order.
     #[tokio::test]
-    async fn after_goaway_a_request_comes_back_unsent() {
+    async fn after_goaway_new_requests_come_back_unsent_and_the_one_in_flight_finishes() {
         let (gateway_io, origin_io) = tokio::io::duplex(64 * 1024);
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (answer_tx, answer_rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
             let mut conn = h2::server::handshake(origin_io).await.unwrap();
-            let _ = stop_rx.await;
+            let (_req, mut respond) = conn.accept().await.unwrap().unwrap();
             conn.graceful_shutdown();
-            while conn.accept().await.is_some() {}
+            let serve = async { while conn.accept().await.is_some() {} };
+            let answer = async move {
+                let _ = answer_rx.await;
+                respond
+                    .send_response(http::Response::new(()), true)
+                    .unwrap();
+            };
+            tokio::join!(serve, answer);
         });
         let (client, conn) = handshake(gateway_io, Windows::default()).await.unwrap();
         let driven = tokio::spawn(drive(conn, KEEP_ALIVE));
-        stop_tx.send(()).unwrap();
-        let outcome = tokio::time::timeout(DEADLINE, driven).await.unwrap().unwrap();
-        assert!(outcome.is_ok(), "{outcome:?}");
-        let req = Request::get("https://app.example/again")
-            .body(empty())
-            .unwrap();
-        match client.send(req).await {
+        let client = Arc::new(client);
+        let get = |path: &str| {
+            Request::get(format!("https://app.example{path}"))
+                .body(empty())
+                .unwrap()
+        };
+        let c = client.clone();
+        let first = tokio::spawn(async move { c.send(get("/first")).await.map(|r| r.status()) });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !client.peer_went_away() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "GOAWAY unseen in 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(client.is_refusing());
+        match client.send(get("/again")).await {
             Err(SendError::NotSent(req, _)) => assert_eq!(req.uri().path(), "/again"),
             other => panic!("not handed back: {other:?}"),
         }
-        assert!(client.is_refusing());
+        answer_tx.send(()).unwrap();
+        let status = tokio::time::timeout(DEADLINE, first)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(status.unwrap(), http::StatusCode::OK);
+        drop(client);
+        let outcome = tokio::time::timeout(DEADLINE, driven)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(outcome.is_ok(), "{outcome:?}");
     }
 
     /// RFC 8441: CONNECT with `:protocol` reaches hyper's server, whose 200 makes the
@@ -908,7 +1011,10 @@ mod tests {
         // A mute origin: its SETTINGS, then it only reads.
         let (gateway_io, mut origin_io) = tokio::io::duplex(64 * 1024);
         tokio::spawn(async move {
-            origin_io.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+            origin_io
+                .write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0])
+                .await
+                .unwrap();
             let mut sink = [0u8; 4096];
             while origin_io.read(&mut sink).await.is_ok_and(|n| n > 0) {}
         });
