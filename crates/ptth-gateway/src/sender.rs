@@ -660,15 +660,10 @@ where
                 .await
                 .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
             let ended = Arc::new(OnceLock::new());
-            let end = ended.clone();
-            let task = tokio::spawn(async move {
-                let outcome = ptth_h2::client::drive(conn, ptth_h2::client::KEEP_ALIVE).await;
-                if let Err(e) = &outcome {
-                    // Every request on it fails with the connection: say why, with the
-                    // causes.
-                    tracing::warn!(error = %error_chain(e), "reversed HTTP/2 connection ended with an error");
-                }
-                let _ = end.set(h2_close_reason(&outcome));
+            // Spawned as a struct, not an async block: the connection is held once.
+            let task = tokio::spawn(H2Driven {
+                driver: ptth_h2::client::drive(conn, ptth_h2::client::KEEP_ALIVE),
+                ended: ended.clone(),
             });
             Ok((
                 Sender {
@@ -685,6 +680,29 @@ where
 /// sent GOAWAY (RFC 9114 §5.2: the client "MUST NOT initiate new requests").
 fn h3_gone(conn: &H3Connection, quic: &quinn::Connection) -> bool {
     conn.peer_goaway().is_some() || quic.close_reason().is_some()
+}
+
+/// A reversed HTTP/2 connection's task: drives it, then records why it ended.
+struct H2Driven<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    driver: ptth_h2::client::Driver<IO>,
+    ended: Arc<OnceLock<CloseReason>>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for H2Driven<IO> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let outcome = std::task::ready!(std::pin::Pin::new(&mut self.driver).poll(cx));
+        if let Err(e) = &outcome {
+            // Every request on it fails with the connection: say why, with the causes.
+            tracing::warn!(error = %error_chain(e), "reversed HTTP/2 connection ended with an error");
+        }
+        let _ = self.ended.set(h2_close_reason(&outcome));
+        std::task::Poll::Ready(())
+    }
 }
 
 /// Why a reversed HTTP/2 connection's driver ended: the transport was lost (an I/O error,

@@ -163,67 +163,93 @@ where
 /// Dropped before the end (the task aborted), it leaves the connection to a task of its
 /// own for at most 10 s, so that h2 can still close it with GOAWAY once the last
 /// [`Client`] is gone.
-pub async fn drive<IO>(
-    mut conn: Connection<IO>,
-    keep_alive: KeepAlive,
-) -> Result<(), ConnectionError>
+///
+/// A plain struct rather than an `async fn`: an `async fn` keeps its argument and each
+/// local it moves into in separate slots, and the connection (TLS state and h2's codec
+/// inline) is the largest thing an idle connection holds; spawned directly, the task holds
+/// it once.
+pub fn drive<IO>(mut conn: Connection<IO>, keep_alive: KeepAlive) -> Driver<IO>
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let mut ping = conn.ping_pong();
-    let mut guard = CloseOnDrop(Some(conn));
-    let sleep = tokio::time::sleep(keep_alive.interval);
-    tokio::pin!(sleep);
-    let mut awaiting = false;
-    std::future::poll_fn(|cx| {
-        let Some(conn) = guard.0.as_mut() else {
+    Driver {
+        ping: conn.ping_pong(),
+        conn: Some(conn),
+        sleep: Box::pin(tokio::time::sleep(keep_alive.interval)),
+        awaiting: false,
+        keep_alive,
+    }
+}
+
+/// The future [`drive`] returns.
+pub struct Driver<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    conn: Option<Connection<IO>>,
+    ping: Option<h2::PingPong>,
+    /// Until the next PING, or (`awaiting`) until the unanswered one is late.
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    awaiting: bool,
+    keep_alive: KeepAlive,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> std::fmt::Debug for Driver<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("running", &self.conn.is_some())
+            .field("awaiting_pong", &self.awaiting)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Driver<IO> {
+    type Output = Result<(), ConnectionError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(Ok(()));
         };
         if let Poll::Ready(end) = Pin::new(conn).poll(cx) {
-            guard.0 = None;
+            this.conn = None;
             return Poll::Ready(end.map_err(ConnectionError::H2));
         }
-        let Some(ping) = ping.as_mut() else {
+        let Some(ping) = this.ping.as_mut() else {
             return Poll::Pending;
         };
         loop {
-            if awaiting {
+            if this.awaiting {
                 match ping.poll_pong(cx) {
                     Poll::Ready(Ok(_)) => {
-                        awaiting = false;
-                        sleep
-                            .as_mut()
-                            .reset(tokio::time::Instant::now() + keep_alive.interval);
+                        this.awaiting = false;
+                        let next = tokio::time::Instant::now() + this.keep_alive.interval;
+                        this.sleep.as_mut().reset(next);
                     }
                     // The connection's own poll reports why.
                     Poll::Ready(Err(_)) => return Poll::Pending,
                     Poll::Pending => {}
                 }
             }
-            ready!(sleep.as_mut().poll(cx));
-            if awaiting {
-                guard.0 = None;
-                return Poll::Ready(Err(ConnectionError::KeepAliveTimeout(keep_alive.timeout)));
+            ready!(this.sleep.as_mut().poll(cx));
+            if this.awaiting {
+                // Dropped without the close task: nobody answers on it any more.
+                this.conn = None;
+                return Poll::Ready(Err(ConnectionError::KeepAliveTimeout(
+                    this.keep_alive.timeout,
+                )));
             }
             if ping.send_ping(h2::Ping::opaque()).is_err() {
                 // h2 refuses a PING only on a connection that is failing: its poll says how.
                 return Poll::Pending;
             }
-            awaiting = true;
-            sleep
-                .as_mut()
-                .reset(tokio::time::Instant::now() + keep_alive.timeout);
+            this.awaiting = true;
+            let late = tokio::time::Instant::now() + this.keep_alive.timeout;
+            this.sleep.as_mut().reset(late);
         }
-    })
-    .await
+    }
 }
 
-/// Holds the connection while [`drive`] runs; see there for what a drop does.
-struct CloseOnDrop<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static>(Option<Connection<IO>>);
-
-impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for CloseOnDrop<IO> {
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Driver<IO> {
     fn drop(&mut self) {
-        let Some(conn) = self.0.take() else { return };
+        let Some(conn) = self.conn.take() else { return };
         // Outside a runtime (it is shutting down) there is nobody left to tell.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
