@@ -479,6 +479,11 @@ struct Upload {
     stream: SendStream<Bytes>,
     /// Data read from the body and not yet sent.
     pending: Bytes,
+    /// The body said it ended with `pending`: its last octets carry END_STREAM. A separate
+    /// empty DATA frame would reach an echoing origin as an empty chunk, which hyper's
+    /// server sends back as an empty DATA frame without END_STREAM, and h2 allows a peer
+    /// only 100 of those per connection (its `too_many_data_frames` defence).
+    last: bool,
 }
 
 impl Upload {
@@ -487,6 +492,7 @@ impl Upload {
             body,
             stream,
             pending: Bytes::new(),
+            last: false,
         }
     }
 
@@ -498,7 +504,8 @@ impl Upload {
                 match poll_window(&mut self.stream, self.pending.len(), cx) {
                     Poll::Ready(Some(n)) => {
                         let chunk = self.pending.split_to(n.min(self.pending.len()));
-                        if self.stream.send_data(chunk, false).is_err() {
+                        let end = self.last && self.pending.is_empty();
+                        if self.stream.send_data(chunk, end).is_err() || end {
                             return Poll::Ready(());
                         }
                         continue;
@@ -509,7 +516,14 @@ impl Upload {
             }
             match Pin::new(&mut self.body).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(mut data) => self.pending = data.copy_to_bytes(data.remaining()),
+                    Ok(mut data) => {
+                        self.pending = data.copy_to_bytes(data.remaining());
+                        self.last = self.body.is_end_stream();
+                        if self.pending.is_empty() && self.last {
+                            let _ = self.stream.send_data(Bytes::new(), true);
+                            return Poll::Ready(());
+                        }
+                    }
                     Err(frame) => {
                         if let Ok(trailers) = frame.into_trailers() {
                             let _ = self.stream.send_trailers(trailers);
@@ -839,6 +853,46 @@ mod tests {
         .expect("8 MiB did not make the round trip in 30 s");
         assert_eq!(back.len(), data.len());
         assert!(back[..] == data[..], "the echo differs");
+    }
+
+    /// A body that knows its end sends END_STREAM on its last DATA frame, not on an extra
+    /// empty one (which an echoing hyper origin returns as an empty DATA frame, and h2 ends
+    /// a connection after 100 of those).
+    #[tokio::test]
+    async fn the_last_data_frame_carries_end_stream() {
+        let (gateway_io, origin_io) = tokio::io::duplex(64 * 1024);
+        let origin = tokio::spawn(async move {
+            let mut conn = h2::server::handshake(origin_io).await.unwrap();
+            let (req, mut respond) = conn.accept().await.unwrap().unwrap();
+            let serve = tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let mut body = req.into_body();
+            let mut chunks = Vec::new();
+            while let Some(data) = body.data().await {
+                let data = data.unwrap();
+                let _ = body.flow_control().release_capacity(data.len());
+                chunks.push(data.len());
+            }
+            respond
+                .send_response(http::Response::new(()), true)
+                .unwrap();
+            let _ = serve;
+            chunks
+        });
+        let (client, conn) = handshake(gateway_io, Windows::default()).await.unwrap();
+        tokio::spawn(drive(conn, KEEP_ALIVE));
+        let body = http_body_util::Full::new(Bytes::from(vec![1u8; 1000]))
+            .map_err(|n| match n {})
+            .boxed_unsync();
+        let req = Request::post("https://app.example/").body(body).unwrap();
+        let res = tokio::time::timeout(DEADLINE, client.send(req))
+            .await
+            .unwrap();
+        assert_eq!(res.unwrap().status(), http::StatusCode::OK);
+        let chunks = tokio::time::timeout(DEADLINE, origin)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(chunks, vec![1000], "DATA payloads the origin read");
     }
 
     /// Trailers go out after the request's data (the origin sees them) and come back after
