@@ -39,10 +39,10 @@ enum Inner {
         /// cleanly, the upgrade took the connection.
         upgrading: Arc<AtomicBool>,
     },
-    /// Reversed HTTP/2: multiplexed; capacity from the origin's SETTINGS.
+    /// Reversed HTTP/2 (h2's client, driven by the connection's task): multiplexed;
+    /// capacity from the origin's SETTINGS.
     H2 {
-        send: ptth_h2::reversed::Sender,
-        settings: Arc<ptth_h2::PeerSettings>,
+        client: ptth_h2::client::Client,
         ended: Arc<OnceLock<CloseReason>>,
     },
     /// Reversed HTTP/3 (Potato `rh3`, draft-bt `h3-reverse`, PTTH -00 `OPTIONS`):
@@ -159,31 +159,33 @@ impl Sender {
     pub fn capacity(&self) -> usize {
         match &self.inner {
             Inner::H1 { .. } => 1,
-            Inner::H2 { settings, .. } => settings.max_send_streams().clamp(1, 1 << 16),
+            Inner::H2 { client, .. } => client.max_send_streams().clamp(1, 1 << 16),
             // quinn does not expose the peer's MAX_STREAMS; both ends of a ptth QUIC
             // connection grant `ptth_h3::transport::MAX_BIDI_STREAMS`, and `open_bi` waits beyond it.
             Inner::H3 { .. } => ptth_h3::transport::MAX_BIDI_STREAMS as usize,
         }
     }
 
-    /// Whether the connection can take no new request: it is gone, or (HTTP/3) the origin
-    /// sent GOAWAY.
+    /// Whether the connection can take no new request: it is gone, or (HTTP/2, HTTP/3) the
+    /// origin sent GOAWAY.
     pub fn is_closed(&self) -> bool {
         match &self.inner {
             Inner::H1 { ended, .. } => ended.get().is_some(),
-            Inner::H2 { send, ended, .. } => send.is_closed() || ended.get().is_some(),
+            Inner::H2 { client, ended } => client.is_refusing() || ended.get().is_some(),
             Inner::H3 { conn, quic, .. } => h3_gone(conn, quic),
         }
     }
 
-    /// Whether the origin asked to wind the connection down (HTTP/3 GOAWAY, RFC 9114 §5.2)
-    /// while it still finishes the requests in flight.
+    /// Whether the origin asked to wind the connection down (HTTP/2 GOAWAY, RFC 9113 §6.8;
+    /// HTTP/3 GOAWAY, RFC 9114 §5.2) while it still finishes the requests in flight.
     pub fn peer_draining(&self) -> bool {
         match &self.inner {
             Inner::H3 { conn, .. } => conn.peer_goaway().is_some(),
-            // hyper ends an HTTP/1.1 `Connection: close` exchange and hides HTTP/2 GOAWAY:
-            // both show as the connection ending.
-            Inner::H1 { .. } | Inner::H2 { .. } => false,
+            // RFC 9113 §6.8: streams up to the GOAWAY's last stream ID still finish.
+            Inner::H2 { client, .. } => client.peer_went_away(),
+            // hyper ends an HTTP/1.1 `Connection: close` exchange: it shows as the
+            // connection ending.
+            Inner::H1 { .. } => false,
         }
     }
 
@@ -200,7 +202,7 @@ impl Sender {
     pub(crate) fn carries_websocket(&self) -> Result<(), &'static str> {
         match &self.inner {
             Inner::H1 { .. } => Ok(()),
-            Inner::H2 { settings, .. } if settings.extended_connect() => Ok(()),
+            Inner::H2 { client, .. } if client.extended_connect() => Ok(()),
             Inner::H2 { .. } => Err(NO_EXTENDED_CONNECT),
             // RFC 9220 §3: extended CONNECT only once the server's SETTINGS enabled it
             // (they arrive before the answer to the authorisation request that admitted
@@ -293,9 +295,11 @@ impl Sender {
     /// The origin's side of an accepted WebSocket's tunnel, from its response.
     pub(crate) fn origin_tunnel(&self, response: &mut Response<Body>) -> OriginTunnel {
         match &self.inner {
-            Inner::H1 { .. } | Inner::H2 { .. } => {
-                OriginTunnel::Hyper(hyper::upgrade::on(response))
-            }
+            Inner::H1 { .. } => OriginTunnel::Hyper(hyper::upgrade::on(response)),
+            Inner::H2 { .. } => match ptth_h2::client::take_tunnel(response) {
+                Some(stream) => OriginTunnel::Ready(Box::new(stream)),
+                None => OriginTunnel::Missing,
+            },
             Inner::H3 { .. } => match response
                 .extensions_mut()
                 .remove::<H3OriginTunnel>()
@@ -308,8 +312,8 @@ impl Sender {
     }
 
     /// Sends `req` as it is, returning the origin's response head and streaming body. An
-    /// HTTP/1.1 or HTTP/2 upgrade stays reachable through `hyper::upgrade::on` on the
-    /// response.
+    /// HTTP/1.1 upgrade stays reachable through `hyper::upgrade::on` on the response, an
+    /// HTTP/2 extended CONNECT's stream through [`Sender::origin_tunnel`].
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Body>, SendError> {
         match &self.inner {
             Inner::H1 { send, .. } => {
@@ -322,13 +326,13 @@ impl Sender {
                 let answer = h1_handle(send).try_send_request(req);
                 answer.await.map(boxed).map_err(refused_or_failed)
             }
-            Inner::H2 { send, .. } => {
-                let mut send = send.clone();
-                send.try_send_request(req)
-                    .await
-                    .map(boxed)
-                    .map_err(refused_or_failed)
-            }
+            Inner::H2 { client, .. } => client.send(req).await.map_err(|e| match e {
+                ptth_h2::client::SendError::NotSent(req, e) => SendError::NotSent(req, Box::new(e)),
+                ptth_h2::client::SendError::Sent(e) if refused_by_peer(&e) => {
+                    SendError::Refused(Box::new(e))
+                }
+                ptth_h2::client::SendError::Sent(e) => SendError::Failed(Box::new(e)),
+            }),
             Inner::H3 { send, conn, quic } => {
                 if h3_gone(conn, quic) {
                     return Err(SendError::NotSent(
@@ -466,9 +470,8 @@ where
     res.map(|b| b.map_err(Into::into).boxed_unsync())
 }
 
-/// hyper hands back a request it refused before sending any of it (retry it elsewhere);
-/// an HTTP/2 stream the origin refused unprocessed is [`SendError::Refused`]; anything else
-/// failed on the wire.
+/// hyper's HTTP/1.1 client hands back a request it refused before sending any of it
+/// (retry it elsewhere); anything else failed on the wire.
 fn refused_or_failed(mut e: hyper::client::conn::TrySendError<Request<Body>>) -> SendError {
     match e.take_message() {
         Some(req) => SendError::NotSent(Box::new(req), Box::new(e.into_error())),
@@ -483,25 +486,10 @@ fn refused_or_failed(mut e: hyper::client::conn::TrySendError<Request<Body>>) ->
     }
 }
 
-/// Whether an HTTP/2 request failed because the origin refused its stream unprocessed.
-///
-/// h2 fails a stream with the peer's GOAWAY only when the stream's ID is above the frame's
-/// last stream ID (and a request it had not opened when the first GOAWAY arrived), so
-/// "GOAWAY from the peer" on a stream is RFC 9113 §6.8's "were not processed", whatever its
-/// error code. A RST_STREAM from the peer is a refusal only with REFUSED_STREAM (§8.7: "the
-/// stream was closed prior to any processing"); any other code, or an error h2 raised
-/// itself, may follow processing.
+/// Whether an HTTP/2 request failed because the origin refused its stream unprocessed
+/// (GOAWAY above the stream, or REFUSED_STREAM): see [`ptth_h2::client::refused_by_peer`].
 fn refused_by_peer(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(e) = cause {
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return h2.is_remote()
-                && (h2.is_go_away()
-                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
-        }
-        cause = e.source();
-    }
-    false
+    ptth_h2::client::refused_by_peer(error)
 }
 
 /// Shapes `req` for a connection that writes targets in `form`. Idempotent: a request
@@ -668,28 +656,18 @@ where
             ))
         }
         HttpVersion::Http2 => {
-            let (send, conn) = ptth_h2::reversed::handshake(io, Default::default())
+            let (client, conn) = ptth_h2::client::handshake(io, Default::default())
                 .await
                 .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-            let settings = Arc::new(ptth_h2::PeerSettings::default());
             let ended = Arc::new(OnceLock::new());
-            let (s, end) = (settings.clone(), ended.clone());
-            let task = tokio::spawn(async move {
-                let outcome = ptth_h2::reversed::drive(conn, s).await;
-                if let Err(e) = &outcome {
-                    // Every request on it fails with the connection: say why, with the
-                    // causes (hyper's own text is only "http2 error").
-                    tracing::warn!(error = %error_chain(e), "reversed HTTP/2 connection ended with an error");
-                }
-                let _ = end.set(hyper_close_reason(&outcome));
+            // Spawned as a struct, not an async block: the connection is held once.
+            let task = tokio::spawn(H2Driven {
+                driver: ptth_h2::client::drive(conn, ptth_h2::client::KEEP_ALIVE),
+                ended: ended.clone(),
             });
             Ok((
                 Sender {
-                    inner: Inner::H2 {
-                        send,
-                        settings,
-                        ended,
-                    },
+                    inner: Inner::H2 { client, ended },
                 },
                 task,
             ))
@@ -704,7 +682,44 @@ fn h3_gone(conn: &H3Connection, quic: &quinn::Connection) -> bool {
     conn.peer_goaway().is_some() || quic.close_reason().is_some()
 }
 
-/// Why a reversed HTTP/1.1 or HTTP/2 connection's driver ended. hyper's HTTP/1.1 client
+/// A reversed HTTP/2 connection's task: drives it, then records why it ended.
+struct H2Driven<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    driver: ptth_h2::client::Driver<IO>,
+    ended: Arc<OnceLock<CloseReason>>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for H2Driven<IO> {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let outcome = std::task::ready!(std::pin::Pin::new(&mut self.driver).poll(cx));
+        if let Err(e) = &outcome {
+            // Every request on it fails with the connection: say why, with the causes.
+            tracing::warn!(error = %error_chain(e), "reversed HTTP/2 connection ended with an error");
+        }
+        let _ = self.ended.set(h2_close_reason(&outcome));
+        std::task::Poll::Ready(())
+    }
+}
+
+/// Why a reversed HTTP/2 connection's driver ended: the transport was lost (an I/O error,
+/// an unanswered keep-alive PING), or the origin broke the protocol or ended with an error
+/// code (GOAWAY with an error, or h2 found a violation). GOAWAY(NO_ERROR) once the streams
+/// are done is h2's `Ok`: graceful.
+fn h2_close_reason(outcome: &Result<(), ptth_h2::client::ConnectionError>) -> CloseReason {
+    use ptth_h2::client::ConnectionError as E;
+    match outcome {
+        Ok(()) => CloseReason::Graceful,
+        Err(E::KeepAliveTimeout(_)) => CloseReason::TransportLost,
+        Err(E::H2(e)) if e.is_io() => CloseReason::TransportLost,
+        Err(_) => CloseReason::PeerError,
+    }
+}
+
+/// Why a reversed HTTP/1.1 connection's driver ended. hyper's HTTP/1.1 client
 /// hands a failure under a request (the origin hanging up mid-answer, an answer that is not
 /// HTTP) to that request, where the proxy reports it, and then ends the connection without
 /// an error of its own: such a connection reads as closed by the origin.
@@ -764,8 +779,8 @@ pub(crate) fn error_chain(error: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     //! Shaping as a function of the form, then over real reversed HTTP/1.1 (a scripted
-    //! origin writing bytes) and HTTP/2 (hyper's server, as the origin runs it) connections
-    //! on in-memory pipes.
+    //! origin writing bytes) and HTTP/2 (hyper's server, as the origin runs it, facing h2's
+    //! client) connections on in-memory pipes.
     use super::*;
     use crate::message::full;
     use http::HeaderMap;
@@ -1353,9 +1368,10 @@ mod tests {
 
     /// A stopping gateway ends an idle reversed HTTP/2 connection by stopping its driver
     /// (`Registry::drain_unless` aborts it once the connection is idle) and dropping it.
-    /// hyper's client has no call to send GOAWAY, but h2 closes a client connection that
-    /// has no stream and no request handle left with GOAWAY(NO_ERROR): the origin reads
-    /// that, not a bare close.
+    /// h2's client has no call to send GOAWAY, but it closes a client connection that has
+    /// no stream and no request handle left with GOAWAY(NO_ERROR), and the aborted driver
+    /// leaves the connection running for that (`ptth_h2::client::drive`): the origin reads
+    /// GOAWAY, not a bare close.
     #[tokio::test]
     async fn a_reversed_http2_connection_whose_driver_stops_ends_with_goaway() {
         let (near, mut far) = tokio::io::duplex(64 * 1024);
@@ -1364,8 +1380,8 @@ mod tests {
         far.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         task.abort();
-        // The registry then drops the connection, and with it this sender (whose
-        // settings probe holds hyper's client task).
+        // The registry then drops the connection, and with it this sender (the last
+        // request handle).
         let _ = task.await;
         drop(sender);
         let mut seen = Vec::new();

@@ -16,7 +16,8 @@ use ptth_core::{
     connect_request, connect_response, validate_connect_request, ProtocolId, SetupRequestParams,
     SetupTokens,
 };
-use ptth_h2::reversed::{handshake, serve};
+use ptth_h2::client::{drive, handshake, KEEP_ALIVE};
+use ptth_h2::reversed::serve;
 use ptth_h2::{ServeOptions, Windows};
 use std::convert::Infallible;
 use std::time::Duration;
@@ -73,13 +74,13 @@ async fn run() -> Result<(), Error> {
         let stream = stream_rx.await?.await?;
 
         // The reversal: on the CONNECT stream's bytes, the gateway is the HTTP/2 client.
-        let (mut sender, conn) = handshake(TokioIo::new(stream), Windows::default()).await?;
-        tokio::spawn(conn);
+        let (client, conn) = handshake(TokioIo::new(stream), Windows::default()).await?;
+        tokio::spawn(drive(conn, KEEP_ALIVE));
         let body: ptth_h2::Body = Full::new(Bytes::from_static(b"ping"))
             .map_err(|never| match never {})
             .boxed_unsync();
         let request = Request::post("https://app.example.net/echo").body(body)?;
-        let response = sender.send_request(request).await?;
+        let response = client.send(request).await.map_err(|e| e.to_string())?;
         let status = response.status();
         let body = response.into_body().collect().await?.to_bytes();
         Ok::<_, Error>((status, body))

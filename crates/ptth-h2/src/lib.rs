@@ -7,9 +7,16 @@
 //! hyper and h2 do not expose it.
 //!
 //! ```text
-//! origin:  dial ─▶ TLS ─▶ [connect::origin_connect] ─▶ reversed::serve (HTTP/2 server)
-//! gateway: accept ─▶ TLS ─▶ [hyper server answers 2xx] ─▶ reversed::handshake (HTTP/2 client)
+//! origin:  dial ─▶ TLS ─▶ [connect::origin_connect] ─▶ reversed::serve (hyper's HTTP/2 server)
+//! gateway: accept ─▶ TLS ─▶ [hyper server answers 2xx] ─▶ client::handshake (h2's HTTP/2 client)
+//!            client::drive (the connection, keep-alive PING) ◀─┘   └─▶ client::Client::send
 //! ```
+//!
+//! The gateway's client ([`client`]) is h2's client used directly: requests are sent from
+//! the caller's future, with no request channel and no task per request, so an idle
+//! connection costs only h2's own state. `reversed::handshake` and `reversed::drive` (hyper's
+//! HTTP/2 client) remain for the origin's side of the extended CONNECT setup
+//! (`connect::origin_connect`).
 //!
 //! What it does not do: no sockets, no TLS, no setup validation, no routing. The gateway's
 //! side of the extended CONNECT setup is an ordinary hyper HTTP/2 server with
@@ -18,12 +25,13 @@
 //! # Example
 //!
 //! The reversal on its own over an in-memory pipe: the origin holds the end it "dialled" and
-//! serves HTTP/2; the gateway sends the client preface and a request.
+//! serves HTTP/2; the gateway sends the client preface and a request with h2's client.
 //!
 //! ```
 //! use bytes::Bytes;
 //! use http_body_util::{BodyExt, Full};
-//! use ptth_h2::reversed::{handshake, serve};
+//! use ptth_h2::client::{drive, handshake, KEEP_ALIVE};
+//! use ptth_h2::reversed::serve;
 //! use ptth_h2::{ServeOptions, Windows};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
@@ -35,10 +43,11 @@
 //! });
 //! tokio::spawn(serve(origin_io, app, ServeOptions::default()));
 //!
-//! let (mut sender, conn) = handshake(gateway_io, Windows::default()).await?;
-//! tokio::spawn(conn);
+//! let (client, conn) = handshake(gateway_io, Windows::default()).await?;
+//! tokio::spawn(drive(conn, KEEP_ALIVE));
 //! let empty: ptth_h2::Body = http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync();
-//! let response = sender.send_request(http::Request::get("https://app.example/hi").body(empty)?).await?;
+//! let request = http::Request::get("https://app.example/hi").body(empty)?;
+//! let response = client.send(request).await.map_err(|e| e.to_string())?;
 //! let body = response.into_body().collect().await?.to_bytes();
 //! assert_eq!(&body[..], b"hello from /hi");
 //! # Ok(()) }
@@ -46,6 +55,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod connect;
 pub mod flow;
 pub mod reversed;

@@ -19,7 +19,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The streaming body type used on both sides.
 pub type Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
 
-/// The gateway's handle for sending requests; clone it freely, it multiplexes.
+/// hyper's HTTP/2 client handle; clone it freely, it multiplexes. The gateway's reversed
+/// client is [`crate::client`]; this one serves the origin's extended CONNECT setup.
 pub type Sender = client::SendRequest<Body>;
 
 /// Flow-control windows. Bulk transfers through a gateway are bounded by window / RTT, so the
@@ -54,7 +55,8 @@ pub const SEND_BUFFER: usize = 128 * 1024;
 /// gateway's public limit so that what a public client may send, an origin accepts.
 pub const MAX_HEADER_LIST_SIZE: u32 = 64 * 1024;
 
-/// Starts the HTTP/2 client role on a stream the gateway accepted.
+/// Starts hyper's HTTP/2 client role on `io` with the reversed connection's settings (the
+/// origin's extended CONNECT setup uses it; the gateway runs [`crate::client::handshake`]).
 pub async fn handshake<IO>(
     io: IO,
     windows: Windows,
@@ -141,8 +143,9 @@ type Probe = Box<dyn Fn() -> Option<(usize, bool)> + Send + Sync>;
 /// What the peer's SETTINGS say. hyper exposes these on the connection future only, and
 /// applies SETTINGS in a task of its own, so [`drive`] shares the connection behind a lock
 /// and this handle asks it on demand. A reader never waits for that lock: while the driving
-/// task holds it, the reader gets the values seen last (the gateway's router reads the
-/// stream limit on every pick, and waiting there showed up as futex waits under load).
+/// task holds it, the reader gets the values seen last (when the gateway's router read the
+/// stream limit here on every pick, waiting showed up as futex waits under load; the
+/// gateway now reads h2's [`crate::client::Client`] instead).
 #[derive(Debug)]
 pub struct PeerSettings {
     probe: std::sync::OnceLock<ProbeFn>,
