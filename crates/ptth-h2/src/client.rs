@@ -864,7 +864,7 @@ mod tests {
         let origin = tokio::spawn(async move {
             let mut conn = h2::server::handshake(origin_io).await.unwrap();
             let (req, mut respond) = conn.accept().await.unwrap().unwrap();
-            let serve = tokio::spawn(async move { while conn.accept().await.is_some() {} });
+            let _serve = tokio::spawn(async move { while conn.accept().await.is_some() {} });
             let mut body = req.into_body();
             let mut chunks = Vec::new();
             while let Some(data) = body.data().await {
@@ -875,7 +875,6 @@ mod tests {
             respond
                 .send_response(http::Response::new(()), true)
                 .unwrap();
-            let _ = serve;
             chunks
         });
         let (client, conn) = handshake(gateway_io, Windows::default()).await.unwrap();
