@@ -32,6 +32,16 @@ pub fn free_udp_port() -> u16 {
         .unwrap()
 }
 
+/// A TCP port on 127.0.0.1 that refuses connections for as long as the returned socket
+/// lives: bound, never listening, so no other test or process can take it meanwhile (a port
+/// merely found free may be handed to another listener before it is used).
+pub fn refused_tcp_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
+}
+
 /// A TCP echo service: every connection gets back what it sends until it closes.
 pub async fn tcp_echo() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

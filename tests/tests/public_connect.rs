@@ -44,13 +44,6 @@ const SECRETS: [&str; 6] = [
     ROBOT_TOKEN,
 ];
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -121,6 +114,8 @@ struct Setup {
     echo_port: u16,
     hello_port: u16,
     down_port: u16,
+    /// Holds `down_port` refused for the test's length.
+    _down: tokio::net::TcpSocket,
     _origin: Child,
     origin_log: LogTap,
     received: tokio::sync::mpsc::UnboundedReceiver<(u64, String)>,
@@ -139,7 +134,7 @@ async fn setup(name: &str) -> Result<Setup> {
     debug_logs();
     let (echo, received) = echo_service().await;
     let hello = hello_service().await;
-    let down_port = free_port();
+    let (down, down_port) = ptth_tests::services::refused_tcp_port();
     let dir = TempDir::new(name);
     let config = dir.0.join("gateway.toml");
     std::fs::write(
@@ -205,6 +200,7 @@ reach = ["web/*"]
         echo_port: echo.port(),
         hello_port: hello.port(),
         down_port,
+        _down: down,
         _origin: child,
         origin_log,
         received,
@@ -664,6 +660,44 @@ async fn without_proxy_users_connect_is_refused_as_before() -> Result<()> {
             .await
             .is_err(),
         "the service saw a connection"
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_rotates_a_proxy_users_password_and_spares_open_tunnels() -> Result<()> {
+    let mut s = setup("pc-reload").await?;
+    let echo = format!("box:{}", s.echo_port);
+    let mut open = TcpStream::connect(s.gw.listen).await?;
+    let (status, head) = h1_connect(&mut open, &echo, Some(ALICE_BASIC)).await?;
+    assert_eq!(status, 200, "{head}");
+    echo_once(&mut open, b"before the reload").await?;
+
+    // alice's password rotates in the config file; SIGHUP puts it in force.
+    let config = s._dir.0.join("gateway.toml");
+    let text = std::fs::read_to_string(&config)?;
+    std::fs::write(
+        &config,
+        text.replace(ALICE_PASSWORD, "alice-pw-rotated-71e4"),
+    )?;
+    s.gw.signal("-HUP");
+    s.gw.log.wait_for("grants reloaded", 10).await?;
+
+    let mut old = TcpStream::connect(s.gw.listen).await?;
+    let (status, head) = h1_connect(&mut old, &echo, Some(ALICE_BASIC)).await?;
+    assert_eq!(status, 407, "the old password after the reload: {head}");
+    let mut new = TcpStream::connect(s.gw.listen).await?;
+    // alice:alice-pw-rotated-71e4, base64.
+    let rotated = "Basic YWxpY2U6YWxpY2UtcHctcm90YXRlZC03MWU0";
+    let (status, head) = h1_connect(&mut new, &echo, Some(rotated)).await?;
+    assert_eq!(status, 200, "the new password: {head}");
+    echo_and_close(&mut new, b"with the new password", &mut s.received).await?;
+    // The tunnel opened before the reload runs on.
+    echo_once(&mut open, b"after the reload").await?;
+    assert!(
+        s.gw.log.matching("restart to apply").is_empty(),
+        "proxy users are reloaded, not left for a restart: {:?}",
+        s.gw.log.matching("restart to apply")
     );
     Ok(())
 }

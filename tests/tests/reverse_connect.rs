@@ -317,7 +317,7 @@ async fn bulk_transfer(name: &str, origin_extra: &[&str], default_total: u64) ->
 #[tokio::test]
 async fn a_service_that_is_down_is_declined_and_the_public_socket_closes() -> Result<()> {
     let (service, _received) = echo_service().await;
-    let down_port = free_port();
+    let (_down, down_port) = ptth_tests::services::refused_tcp_port();
     let s = gateway("rc-declined", service.port(), down_port, &[]).await?;
     let (_origin, origin_log) = origin(
         &s.gw.tunnel_url(),

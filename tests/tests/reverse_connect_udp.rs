@@ -6,67 +6,16 @@
 //! Run `cargo build --bins` first.
 
 use anyhow::{anyhow, bail, Context, Result};
+use ptth_tests::services::{free_tcp_port, free_udp_port, tcp_echo, udp_echo};
 use ptth_tests::{bin, Gateway, LogTap, TempDir};
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::process::{Child, Command};
 
 const BOX_TOKEN: &str = "box-token-7a21c9e04b";
-
-fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .unwrap()
-}
-
-/// A UDP echo service; it records every source address it heard from (one per flow: the
-/// origin's socket for each flow has its own local port).
-async fn udp_echo() -> (SocketAddr, Arc<Mutex<HashSet<SocketAddr>>>) {
-    let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = socket.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(HashSet::new()));
-    let record = seen.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65_535];
-        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
-            record.lock().unwrap().insert(from);
-            let _ = socket.send_to(&buf[..n], from).await;
-        }
-    });
-    (addr, seen)
-}
-
-/// A TCP echo service.
-async fn tcp_echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut tcp, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                while let Ok(n) = tcp.read(&mut buf).await {
-                    if n == 0 || tcp.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
 
 struct Setup {
     _dir: TempDir,

@@ -219,8 +219,9 @@ const RENAMED_KEYS: &[(&str, &str)] = &[("tokens", "token"), ("trusted-proxies",
 #[cfg(test)]
 const TABLE_KEYS: &[&str] = &["grant", "certificate", "tcp", "udp", "proxy-user"];
 
-/// Settings a SIGHUP cannot change: every key but the grants and the certificates.
-const RELOADED_KEYS: &[&str] = &["grant", "certificate"];
+/// Settings a SIGHUP cannot change: every key but the grants, the certificates and the
+/// proxy users.
+const RELOADED_KEYS: &[&str] = &["grant", "certificate", "proxy-user"];
 
 /// The config file as read: its settings (for SIGHUP to compare) and the deprecation notes.
 #[derive(Debug, Clone, Default)]
@@ -622,31 +623,7 @@ impl Cli {
         if let Some(n) = self.max_flows_per_listener {
             c.flows.max_flows_per_listener = at_least_one(n, "--max-flows-per-listener")?;
         }
-        c.proxy_users =
-            ptth_auth::ProxyUsers::from_specs(self.proxy_users).map_err(anyhow::Error::msg)?;
-        for u in c.proxy_users.users() {
-            for r in &u.reach {
-                let named = match r {
-                    ptth_auth::Reach::Service { grant, service } => {
-                        c.grants.get(grant).map(|g| g.service(service).is_some())
-                    }
-                    ptth_auth::Reach::Grant(grant) => c.grants.get(grant).map(|_| true),
-                };
-                match named {
-                    Some(true) => {}
-                    Some(false) => bail!(
-                        "[[proxy-user]] {:?}: grant {:?} has no service named in its reach {r:?}",
-                        u.name,
-                        r.grant()
-                    ),
-                    None => bail!(
-                        "[[proxy-user]] {:?}: no grant is named {:?}",
-                        u.name,
-                        r.grant()
-                    ),
-                }
-            }
-        }
+        c.proxy_users = checked_proxy_users(self.proxy_users, &c.grants)?;
         Ok((c, dev_files))
     }
 
@@ -757,14 +734,49 @@ pub fn reload_grants(config: &GatewayConfig) -> Result<ptth_auth::Grants> {
     ptth_auth::Grants::new(all).map_err(|e| anyhow::anyhow!("grants: {e}"))
 }
 
-/// What a SIGHUP re-reads besides the grants: the public certificates, and the names of the
-/// settings that changed in the file but only take effect on a restart.
+/// The `[[proxy-user]]` tables as proxy users, each of whose reach names a grant in `grants`
+/// and, for `GRANT/SERVICE`, one of its services.
+pub fn checked_proxy_users(
+    specs: Vec<ptth_auth::ProxyUserSpec>,
+    grants: &ptth_auth::Grants,
+) -> Result<ptth_auth::ProxyUsers> {
+    let users = ptth_auth::ProxyUsers::from_specs(specs).map_err(anyhow::Error::msg)?;
+    for u in users.users() {
+        for r in &u.reach {
+            let named = match r {
+                ptth_auth::Reach::Service { grant, service } => {
+                    grants.get(grant).map(|g| g.service(service).is_some())
+                }
+                ptth_auth::Reach::Grant(grant) => grants.get(grant).map(|_| true),
+            };
+            match named {
+                Some(true) => {}
+                Some(false) => bail!(
+                    "[[proxy-user]] {:?}: grant {:?} has no service named in its reach {r:?}",
+                    u.name,
+                    r.grant()
+                ),
+                None => bail!(
+                    "[[proxy-user]] {:?}: no grant is named {:?}",
+                    u.name,
+                    r.grant()
+                ),
+            }
+        }
+    }
+    Ok(users)
+}
+
+/// What a SIGHUP re-reads besides the grants: the public certificates, the proxy users, and
+/// the names of the settings that changed in the file but only take effect on a restart.
 #[derive(Debug)]
 pub struct Reread {
     /// The `[[certificate]]` tables now in the file (the ones from start without a file).
     pub certificates: Vec<crate::tls::CertificateSpec>,
     /// Lines to log at warn: `listen changed in gateway.toml; restart to apply`.
     pub restart_needed: Vec<String>,
+    /// The `[[proxy-user]]` tables now in the file; `None` without a file (they stay).
+    pub proxy_users: Option<Vec<ptth_auth::ProxyUserSpec>>,
 }
 
 /// Re-reads the config file (if any) for SIGHUP: see [`Reread`].
@@ -773,6 +785,7 @@ pub fn reread(config: &GatewayConfig) -> Result<Reread> {
         return Ok(Reread {
             certificates: config.certificates.clone(),
             restart_needed: Vec::new(),
+            proxy_users: None,
         });
     };
     let (file, read) = read_file(path)?;
@@ -792,6 +805,7 @@ pub fn reread(config: &GatewayConfig) -> Result<Reread> {
     Ok(Reread {
         certificates: file.certificates,
         restart_needed,
+        proxy_users: Some(file.proxy_users),
     })
 }
 

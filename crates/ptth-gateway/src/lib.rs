@@ -577,7 +577,14 @@ impl Gateway {
     }
 
     fn reload_grants(&self, grants: ptth_auth::Grants) -> Result<usize> {
-        let reread = config::reread(&self.config)?;
+        let mut reread = config::reread(&self.config)?;
+        // Checked against the new grants before anything is put in force: a proxy user that
+        // reaches a grant or service no longer there fails the reload as a whole.
+        let proxy_users = reread
+            .proxy_users
+            .take()
+            .map(|specs| config::checked_proxy_users(specs, &grants))
+            .transpose()?;
         let public_certs =
             tls::PublicCerts::load(&self.config.cert, &self.config.key, &reread.certificates)?;
         let certs = tls::load_certs(&self.config.cert)?;
@@ -641,6 +648,16 @@ impl Gateway {
                 peer = %conn.peer,
                 "origin connection drained on reload: {why}"
             );
+        }
+        match (self.proxy.connect(), proxy_users) {
+            (Some(connect), Some(users)) => connect.reload(users, grants.clone()),
+            (Some(connect), None) => {
+                connect.reload(self.config.proxy_users.clone(), grants.clone())
+            }
+            (None, Some(users)) if !users.is_empty() => tracing::warn!(
+                "[[proxy-user]] tables were added; restart to turn CONNECT at the public listeners on"
+            ),
+            (None, _) => {}
         }
         // Reverse CONNECT control channels were authenticated by the grants alone (the
         // authoriser decides HTTP registrations): each is checked again.

@@ -94,6 +94,11 @@ impl Proxy {
         self.connect.is_some()
     }
 
+    /// The CONNECT proxy, when `[[proxy-user]]`s turned it on.
+    pub(crate) fn connect(&self) -> Option<&Arc<crate::public_connect::PublicConnect>> {
+        self.connect.as_ref()
+    }
+
     /// This gateway's metrics.
     pub(crate) fn metrics(&self) -> &Arc<crate::metrics::Metrics> {
         &self.registry.metrics

@@ -45,7 +45,7 @@ use ptth_h2::flow::{splice, FlowEnd, FlowOptions, FlowReport};
 use ptth_h2::udp_flow::{datagram_carrier, pump, DatagramOptions};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// The most CONNECT tunnels (open or being set up) on one public HTTP/2 or HTTP/3
@@ -140,8 +140,9 @@ impl ConnectStreams {
 /// The CONNECT proxy: its users, the grants that name targets, the live services.
 #[derive(Debug)]
 pub struct PublicConnect {
-    users: ProxyUsers,
-    grants: Arc<Grants>,
+    /// Replaced whole by a reload (SIGHUP); a CONNECT in progress keeps the ones it read.
+    users: RwLock<Arc<ProxyUsers>>,
+    grants: RwLock<Arc<Grants>>,
     services: Arc<Services>,
     udp: UdpSettings,
 }
@@ -163,11 +164,22 @@ impl PublicConnect {
         udp: UdpSettings,
     ) -> Self {
         Self {
-            users,
-            grants,
+            users: RwLock::new(Arc::new(users)),
+            grants: RwLock::new(grants),
             services,
             udp,
         }
+    }
+
+    /// Puts a reload's proxy users and grants in force for the CONNECTs that come next
+    /// (tunnels already open run on).
+    pub(crate) fn reload(&self, users: ProxyUsers, grants: Arc<Grants>) {
+        *self.users.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(users);
+        *self.grants.write().unwrap_or_else(|e| e.into_inner()) = grants;
+    }
+
+    fn users(&self) -> Arc<ProxyUsers> {
+        self.users.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The (grant, service) pairs `host:port` names for `protocol`, in configuration order:
@@ -180,7 +192,12 @@ impl PublicConnect {
             .filter_map(|s| format!("{s}://{host}").parse().ok())
             .collect();
         let mut out = Vec::new();
-        for g in self.grants.grants() {
+        let grants = self
+            .grants
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        for g in grants.grants() {
             let named = g.name.eq_ignore_ascii_case(&host)
                 || g.origins.iter().any(|p| {
                     !matches!(p, OriginPattern::Any) && origins.iter().any(|o| p.matches(o))
@@ -235,10 +252,8 @@ impl PublicConnect {
             Err(why) => return refuse("bad_request", error(StatusCode::BAD_REQUEST, why)),
         };
         // RFC 9110 §11.7.1: a 407 carries a Proxy-Authenticate challenge for the target.
-        let user = match self
-            .users
-            .authenticate(req.headers().get(PROXY_AUTHORIZATION))
-        {
+        let users = self.users();
+        let user = match users.authenticate(req.headers().get(PROXY_AUTHORIZATION)) {
             Ok(u) => u,
             Err(e) => {
                 let mut res = error(
