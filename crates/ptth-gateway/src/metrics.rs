@@ -295,6 +295,27 @@ impl UdpMetrics {
             .inc_by(datagrams);
     }
 
+    /// What one finished flow moved and dropped (its `pump` report), from the gateway's
+    /// side: the carrier is toward the origin, the socket side toward the client.
+    pub(crate) fn record(&self, report: &ptth_h2::udp_flow::DatagramReport) {
+        self.moved(
+            "to_origin",
+            report.to_carrier.datagrams,
+            report.to_carrier.bytes,
+        );
+        self.moved(
+            "to_client",
+            report.to_socket.datagrams,
+            report.to_socket.bytes,
+        );
+        self.moved_as_quic("to_origin", report.to_carrier_quic);
+        self.moved_as_quic("to_client", report.from_carrier_quic);
+        self.dropped("queue_full", report.dropped_queue_full);
+        self.dropped("carrier_full", report.dropped_carrier_overflow);
+        self.dropped("unknown_context", report.dropped_unknown_context);
+        self.dropped("send_failed", report.dropped_send_failed);
+    }
+
     pub(crate) fn dropped(&self, reason: &'static str, n: u64) {
         if n > 0 {
             self.dropped.get_or_create(&[("reason", reason)]).inc_by(n);

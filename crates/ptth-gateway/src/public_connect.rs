@@ -433,23 +433,7 @@ impl PublicConnect {
                         return;
                     }
                 };
-                let metrics = &services.metrics.udp;
-                metrics.moved(
-                    "to_origin",
-                    report.to_carrier.datagrams,
-                    report.to_carrier.bytes,
-                );
-                metrics.moved(
-                    "to_client",
-                    report.to_socket.datagrams,
-                    report.to_socket.bytes,
-                );
-                metrics.moved_as_quic("to_origin", report.to_carrier_quic);
-                metrics.moved_as_quic("to_client", report.from_carrier_quic);
-                metrics.dropped("queue_full", report.dropped_queue_full);
-                metrics.dropped("carrier_full", report.dropped_carrier_overflow);
-                metrics.dropped("unknown_context", report.dropped_unknown_context);
-                metrics.dropped("send_failed", report.dropped_send_failed);
+                services.metrics.udp.record(&report);
                 match &report.end {
                     FlowEnd::Stream(e) => {
                         tracing::info!(%client, %user, %target, %origin, request = %id, error = %e, "public CONNECT-UDP flow closed: the origin's stream ended")

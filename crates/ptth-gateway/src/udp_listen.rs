@@ -265,22 +265,7 @@ impl Flow {
             to: client,
         };
         let report = pump(queue, sink, carrier_in, carrier_out, options).await;
-        metrics.moved(
-            "to_origin",
-            report.to_carrier.datagrams,
-            report.to_carrier.bytes,
-        );
-        metrics.moved(
-            "to_client",
-            report.to_socket.datagrams,
-            report.to_socket.bytes,
-        );
-        metrics.moved_as_quic("to_origin", report.to_carrier_quic);
-        metrics.moved_as_quic("to_client", report.from_carrier_quic);
-        metrics.dropped("queue_full", report.dropped_queue_full);
-        metrics.dropped("carrier_full", report.dropped_carrier_overflow);
-        metrics.dropped("unknown_context", report.dropped_unknown_context);
-        metrics.dropped("send_failed", report.dropped_send_failed);
+        metrics.record(&report);
         let outcome = match &report.end {
             // The queue's sender is gone only when the mapping stopped.
             FlowEnd::Closed if report.socket_side_ended => "stopped",
