@@ -86,6 +86,7 @@
 
 mod alpn;
 mod capsule;
+mod datagrams;
 mod lifecycle;
 mod mechanism;
 mod origin;
@@ -111,6 +112,7 @@ pub use capsule::{
     encode_header as encode_capsule_header, Capsule, CapsuleDecoder, CapsuleError, CapsuleType,
     DatagramError, Decoded, UdpProxyingPayload, MAX_DATAGRAM_CAPSULE,
 };
+pub use datagrams::HttpDatagrams;
 pub use lifecycle::{CloseReason, ConnectionState, DrainSource, Lifecycle, LifecycleError};
 pub use mechanism::{
     classify_alpn, tunnel_alpn_protocols, AlpnRole, AlpnSet, HttpVersion, Mechanism, MechanismSpec,

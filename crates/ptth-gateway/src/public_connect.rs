@@ -501,7 +501,7 @@ async fn relay_datagrams(
     origin: crate::reverse::FlowIo,
     udp: UdpSettings,
 ) -> ptth_h2::udp_flow::DatagramReport {
-    let (public_in, public_out) = datagram_carrier(public, crate::reverse::H3Datagrams::new(h3));
+    let (public_in, public_out) = datagram_carrier(public, h3);
     let (origin_in, origin_out) = crate::reverse::udp_carrier(origin);
     let options = DatagramOptions {
         idle_timeout: udp.idle_timeout,

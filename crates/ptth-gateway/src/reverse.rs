@@ -33,16 +33,14 @@ use ptth_core::{
     GatewayChannel, GatewayEvent, IpProtoScope, IpProtocol, RequestId, ReverseExchange,
     ReverseRejection, SetupForm, DEFAULT_MAX_CONTROL_CAPSULE,
 };
-use ptth_h2::udp_flow::{
-    datagram_carrier, DatagramCarrierSink, DatagramCarrierSource, HttpDatagrams,
-};
+use ptth_h2::udp_flow::{datagram_carrier, DatagramCarrierSink, DatagramCarrierSource};
 use rustls::pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 /// The most control channels one grant may hold open at once (an origin may keep several,
@@ -76,21 +74,8 @@ impl Default for FlowSettings {
     }
 }
 
-/// A byte stream that carries a control channel or a flow, whatever HTTP version it rides:
-/// an HTTP/2 or HTTP/1.1 upgrade (hyper's `Upgraded`) or an HTTP/3 request stream
-/// (`ptth_h3::H3Stream`), so the capsule reader and `splice` run unchanged on each.
-pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
-    /// The HTTP/3 request stream's handle (its HTTP datagrams) when this is one.
-    fn h3_request(&self) -> Option<&ptth_h3::RequestHandle>;
-}
-
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {
-    fn h3_request(&self) -> Option<&ptth_h3::RequestHandle> {
-        (self as &dyn std::any::Any)
-            .downcast_ref::<ptth_h3::H3Stream>()
-            .map(ptth_h3::H3Stream::request_handle)
-    }
-}
+/// A flow stream's HTTP datagram path: its HTTP/3 request's, or none.
+pub(crate) type StreamDatagrams = Option<ptth_h3::RequestHandle>;
 
 /// A UDP flow's carrier on `io` (RFC 9298 payloads): over an HTTP/3 request stream whose
 /// connection negotiated HTTP datagrams, QUIC DATAGRAM frames (capsules for what does not
@@ -98,56 +83,15 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {
 pub(crate) fn udp_carrier(
     io: FlowIo,
 ) -> (
-    DatagramCarrierSource<tokio::io::ReadHalf<FlowIo>, H3Datagrams>,
-    DatagramCarrierSink<tokio::io::WriteHalf<FlowIo>, H3Datagrams>,
+    DatagramCarrierSource<tokio::io::ReadHalf<FlowIo>, StreamDatagrams>,
+    DatagramCarrierSink<tokio::io::WriteHalf<FlowIo>, StreamDatagrams>,
 ) {
-    // Through the box: `io.h3_request()` would ask the `Box` itself, never an H3Stream.
-    let handle = (*io).h3_request().cloned();
-    datagram_carrier(io, H3Datagrams(handle))
-}
-
-/// The HTTP datagrams of a flow's HTTP/3 request stream, if it is one.
-#[derive(Debug)]
-pub(crate) struct H3Datagrams(Option<ptth_h3::RequestHandle>);
-
-impl H3Datagrams {
-    /// The datagrams of `handle`'s request stream; none without one.
-    pub(crate) fn new(handle: Option<ptth_h3::RequestHandle>) -> Self {
-        Self(handle)
-    }
-}
-
-impl HttpDatagrams for H3Datagrams {
-    fn max_payload(&self) -> Option<usize> {
-        self.0.as_ref()?.max_datagram_payload()
-    }
-
-    fn send(&self, payload: bytes::Bytes) -> std::io::Result<()> {
-        match &self.0 {
-            Some(h) => h.send_datagram(payload).map_err(std::io::Error::other),
-            None => Err(std::io::Error::other("not an HTTP/3 stream")),
-        }
-    }
-
-    async fn recv(&self) -> Option<bytes::Bytes> {
-        self.0.as_ref()?.recv_datagram().await
-    }
-
-    fn dropped(&self) -> u64 {
-        self.0
-            .as_ref()
-            .map_or(0, ptth_h3::RequestHandle::datagrams_dropped)
-    }
-}
-
-impl std::fmt::Debug for dyn ByteStream {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ByteStream")
-    }
+    let handle = io.h3_request().cloned();
+    datagram_carrier(io, handle)
 }
 
 /// A control channel's or flow's stream, its HTTP version erased.
-pub(crate) type FlowIo = Box<dyn ByteStream>;
+pub(crate) type FlowIo = Box<dyn ptth_h3::ByteStream>;
 
 /// An HTTP/2 or HTTP/3 tunnel connection, so an accept is matched to channels on the same one.
 pub(crate) fn connection_id() -> u64 {

@@ -249,26 +249,10 @@ impl<W: AsyncWrite + Unpin + Send> DatagramSink for CapsuleSink<W> {
     }
 }
 
-/// The QUIC DATAGRAM path of one HTTP/3 request stream (RFC 9297 §2.1), as
-/// [`datagram_carrier`] needs it; `ptth_h3::RequestHandle` provides each piece (the gateway
-/// and the origin adapt it: this crate does not depend on ptth-h3).
-pub trait HttpDatagrams: Send + Sync + 'static {
-    /// The largest HTTP datagram payload (Context ID included) that fits one QUIC DATAGRAM
-    /// frame now; `None` when datagrams were not negotiated on the connection.
-    fn max_payload(&self) -> Option<usize>;
-
-    /// Sends one HTTP datagram payload (Context ID, then the UDP payload).
-    fn send(&self, payload: Bytes) -> io::Result<()>;
-
-    /// The next HTTP datagram payload received for the stream; `None` once none can come
-    /// (datagrams not enabled, or the connection closed).
-    fn recv(&self) -> impl Future<Output = Option<Bytes>> + Send;
-
-    /// Received datagrams lost because the stream's queue was full.
-    fn dropped(&self) -> u64 {
-        0
-    }
-}
+/// The QUIC DATAGRAM path of one HTTP/3 request stream, as [`datagram_carrier`] needs it
+/// (defined in ptth-core so that `ptth_h3::RequestHandle` can provide it directly; `None`
+/// stands for a stream without one).
+pub use ptth_core::HttpDatagrams;
 
 /// The source half of [`datagram_carrier`]: UDP payloads from QUIC DATAGRAM frames and
 /// from `DATAGRAM` capsules on the stream, whichever comes first.

@@ -61,6 +61,7 @@
 pub mod qpack;
 
 mod connection;
+mod datagrams;
 mod error;
 pub mod frame;
 mod qpack_streams;
@@ -70,6 +71,7 @@ pub use connection::{
     serve, H3Config, H3Connection, H3Stream, Protocol, RecvBody, RequestDirection, RequestHandle,
     ResponseSender, SendRequest,
 };
+pub use datagrams::ByteStream;
 pub use error::{BoxError, Culprit, H3Error};
 #[doc(hidden)]
 pub use frame::fuzz_harness;

@@ -26,15 +26,12 @@ use ptth_core::{
     reverse_connect_request, reverse_upgrade_request, validate_reverse_response, ReverseExchange,
     SetupForm, Transport,
 };
-use ptth_h2::udp_flow::{
-    datagram_carrier, DatagramCarrierSink, DatagramCarrierSource, HttpDatagrams,
-};
+use ptth_h2::udp_flow::{datagram_carrier, DatagramCarrierSink, DatagramCarrierSource};
 use ptth_h2::Body;
 use ptth_h3::{H3Config, H3Connection, Protocol, RequestDirection};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// A gateway's answer to a setup (and each dial and handshake) must come by then.
@@ -85,19 +82,8 @@ impl std::fmt::Display for ServiceTransport {
     }
 }
 
-/// A byte stream of a control channel or a flow, whatever HTTP version carries it.
-pub(crate) trait ServiceStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {
-    /// The HTTP/3 request stream's handle (its HTTP datagrams) when this is one.
-    fn h3_request(&self) -> Option<&ptth_h3::RequestHandle>;
-}
-
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ServiceStream for T {
-    fn h3_request(&self) -> Option<&ptth_h3::RequestHandle> {
-        (self as &dyn std::any::Any)
-            .downcast_ref::<ptth_h3::H3Stream>()
-            .map(ptth_h3::H3Stream::request_handle)
-    }
-}
+/// A flow stream's HTTP datagram path: its HTTP/3 request's, or none.
+pub(crate) type StreamDatagrams = Option<ptth_h3::RequestHandle>;
 
 /// A UDP flow's carrier on `io` (RFC 9298 payloads): over an HTTP/3 request stream whose
 /// connection negotiated HTTP datagrams, QUIC DATAGRAM frames (capsules for what does not
@@ -105,43 +91,15 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ServiceStream for T {
 pub(crate) fn udp_carrier(
     io: ServiceIo,
 ) -> (
-    DatagramCarrierSource<tokio::io::ReadHalf<ServiceIo>, H3Datagrams>,
-    DatagramCarrierSink<tokio::io::WriteHalf<ServiceIo>, H3Datagrams>,
+    DatagramCarrierSource<tokio::io::ReadHalf<ServiceIo>, StreamDatagrams>,
+    DatagramCarrierSink<tokio::io::WriteHalf<ServiceIo>, StreamDatagrams>,
 ) {
-    // Through the box: `io.h3_request()` would ask the `Box` itself, never an H3Stream.
-    let handle = (*io).h3_request().cloned();
-    datagram_carrier(io, H3Datagrams(handle))
-}
-
-/// The HTTP datagrams of a flow's HTTP/3 request stream, if it is one.
-#[derive(Debug)]
-pub(crate) struct H3Datagrams(Option<ptth_h3::RequestHandle>);
-
-impl HttpDatagrams for H3Datagrams {
-    fn max_payload(&self) -> Option<usize> {
-        self.0.as_ref()?.max_datagram_payload()
-    }
-
-    fn send(&self, payload: bytes::Bytes) -> std::io::Result<()> {
-        match &self.0 {
-            Some(h) => h.send_datagram(payload).map_err(std::io::Error::other),
-            None => Err(std::io::Error::other("not an HTTP/3 stream")),
-        }
-    }
-
-    async fn recv(&self) -> Option<bytes::Bytes> {
-        self.0.as_ref()?.recv_datagram().await
-    }
-
-    fn dropped(&self) -> u64 {
-        self.0
-            .as_ref()
-            .map_or(0, ptth_h3::RequestHandle::datagrams_dropped)
-    }
+    let handle = io.h3_request().cloned();
+    datagram_carrier(io, handle)
 }
 
 /// A control channel's or flow's stream, its HTTP version erased.
-pub(crate) type ServiceIo = Box<dyn ServiceStream>;
+pub(crate) type ServiceIo = Box<dyn ptth_h3::ByteStream>;
 
 /// The connection (HTTP/2, HTTP/3) or the way to make connections (HTTP/1.1) that one
 /// control channel and its accepts use.
