@@ -142,3 +142,29 @@ pub async fn advertise_on(
     io.flush().await?;
     Ok(io)
 }
+
+/// A `ptth-origin` for `gw` with `token` and the dev CA, given the rest of its arguments
+/// (`--tcp-service`, `--udp-service`, `--service-transport`, …), logging at `level` unless
+/// `PTTH_TEST_LOG` says otherwise; killed when dropped.
+pub fn services_origin(
+    gw: &Gateway,
+    token: &str,
+    args: &[&str],
+    level: &str,
+) -> Result<(tokio::process::Child, crate::LogTap)> {
+    let mut cmd = tokio::process::Command::new(crate::bin("ptth-origin"));
+    cmd.args(["--gateway", &gw.tunnel_url(), "--token", token])
+        .arg("--ca")
+        .arg(gw.dev.join("ca.pem"))
+        .args(args)
+        .env(
+            "RUST_LOG",
+            std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| level.into()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn()?;
+    let log = crate::LogTap::capture("origin", child.stderr.take());
+    Ok((child, log))
+}

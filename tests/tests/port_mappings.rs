@@ -8,14 +8,13 @@
 //! Run `cargo build --bins` first.
 
 use anyhow::{bail, Context, Result};
-use ptth_tests::services::{free_tcp_port, free_udp_port, tcp_echo, udp_echo};
-use ptth_tests::{bin, Gateway, LogTap, TempDir};
+use ptth_tests::services::{free_tcp_port, free_udp_port, services_origin, tcp_echo, udp_echo};
+use ptth_tests::{Gateway, LogTap, TempDir};
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const BOX_TOKEN: &str = "roll-box-token-3f9a0c1d";
 
@@ -30,23 +29,10 @@ fn origin_with(
     extra: &[&str],
     level: &str,
 ) -> Result<(Child, LogTap)> {
-    let mut cmd = Command::new(bin("ptth-origin"));
-    cmd.args(["--gateway", &gw.tunnel_url(), "--token", BOX_TOKEN])
-        .args(extra)
-        .arg("--ca")
-        .arg(gw.dev.join("ca.pem"))
-        .args(["--udp-service", &format!("echo={udp}")])
-        .args(["--tcp-service", &format!("techo={tcp}")])
-        .env(
-            "RUST_LOG",
-            std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| level.into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().context("starting ptth-origin")?;
-    let log = LogTap::capture("origin", child.stderr.take());
-    Ok((child, log))
+    let (udp, tcp) = (format!("echo={udp}"), format!("techo={tcp}"));
+    let mut args = vec!["--udp-service", &udp, "--tcp-service", &tcp];
+    args.extend_from_slice(extra);
+    services_origin(gw, BOX_TOKEN, &args, level)
 }
 
 /// One echo of `bytes` on an open connection.

@@ -6,19 +6,20 @@
 //!
 //! Run `cargo build --bins` first.
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, Result};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use ptth_tests::services::{advertise_on, extended_connect, free_tcp_port, h2_client, tcp_echo};
-use ptth_tests::{bin, Gateway, LogTap, TempDir};
+use ptth_tests::services::{
+    advertise_on, extended_connect, free_tcp_port, h2_client, services_origin, tcp_echo,
+};
+use ptth_tests::{Gateway, LogTap, TempDir};
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const BOX_TOKEN: &str = "box-token-limits-6e0d2b";
 /// `alice:alice-limits-pw`, base64.
@@ -50,21 +51,12 @@ reach = ["box/echo"]
 
 /// A services-only origin offering `echo` at `service`.
 fn origin(gw: &Gateway, service: SocketAddr) -> Result<(Child, LogTap)> {
-    let mut cmd = Command::new(bin("ptth-origin"));
-    cmd.args(["--gateway", &gw.tunnel_url(), "--token", BOX_TOKEN])
-        .arg("--ca")
-        .arg(gw.dev.join("ca.pem"))
-        .args(["--tcp-service", &format!("echo={service}")])
-        .env(
-            "RUST_LOG",
-            std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().context("starting ptth-origin")?;
-    let log = LogTap::capture("origin", child.stderr.take());
-    Ok((child, log))
+    services_origin(
+        gw,
+        BOX_TOKEN,
+        &["--tcp-service", &format!("echo={service}")],
+        "warn",
+    )
 }
 
 /// Sends an HTTP/1.1 CONNECT for `target` as alice on `tcp`; returns the status and head.

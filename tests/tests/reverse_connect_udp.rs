@@ -6,14 +6,13 @@
 //! Run `cargo build --bins` first.
 
 use anyhow::{anyhow, bail, Context, Result};
-use ptth_tests::services::{free_tcp_port, free_udp_port, tcp_echo, udp_echo};
-use ptth_tests::{bin, Gateway, LogTap, TempDir};
+use ptth_tests::services::{free_tcp_port, free_udp_port, services_origin, tcp_echo, udp_echo};
+use ptth_tests::{Gateway, LogTap, TempDir};
 use std::net::SocketAddr;
-use std::process::Stdio;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const BOX_TOKEN: &str = "box-token-7a21c9e04b";
 
@@ -92,26 +91,14 @@ fn origin_logging(
     tcp: &[String],
     level: &str,
 ) -> Result<(Child, LogTap)> {
-    let mut cmd = Command::new(bin("ptth-origin"));
-    cmd.args(["--gateway", &s.gw.tunnel_url(), "--token", BOX_TOKEN])
-        .arg("--ca")
-        .arg(s.gw.dev.join("ca.pem"));
+    let mut args = Vec::new();
     for u in udp {
-        cmd.args(["--udp-service", u]);
+        args.extend(["--udp-service", u.as_str()]);
     }
     for t in tcp {
-        cmd.args(["--tcp-service", t]);
+        args.extend(["--tcp-service", t.as_str()]);
     }
-    cmd.env(
-        "RUST_LOG",
-        std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| level.into()),
-    )
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .kill_on_drop(true);
-    let mut child = cmd.spawn().context("starting ptth-origin")?;
-    let log = LogTap::capture("origin", child.stderr.take());
-    Ok((child, log))
+    services_origin(&s.gw, BOX_TOKEN, &args, level)
 }
 
 /// Sends `payload` from `client` to `to` until the same bytes come back (a datagram may be
@@ -261,25 +248,13 @@ async fn several_clients_each_get_their_own_echoes_and_tcp_works_beside() -> Res
 /// A services-only `ptth-origin` offering the UDP `service` as `echo` over `transport`
 /// (`--service-transport`).
 fn origin_over(s: &Setup, transport: &str, service: SocketAddr) -> Result<(Child, LogTap)> {
-    let mut cmd = Command::new(bin("ptth-origin"));
-    cmd.args(["--gateway", &s.gw.tunnel_url(), "--token", BOX_TOKEN])
-        .args(["--service-transport", transport])
-        .args([
-            "--udp-service",
-            &format!("echo=127.0.0.1:{}", service.port()),
-        ])
-        .arg("--ca")
-        .arg(s.gw.dev.join("ca.pem"))
-        .env(
-            "RUST_LOG",
-            std::env::var("PTTH_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut origin = cmd.spawn().context("starting ptth-origin")?;
-    let log = LogTap::capture("origin", origin.stderr.take());
-    Ok((origin, log))
+    let echo = format!("echo=127.0.0.1:{}", service.port());
+    services_origin(
+        &s.gw,
+        BOX_TOKEN,
+        &["--service-transport", transport, "--udp-service", &echo],
+        "warn",
+    )
 }
 
 /// UDP flows over the HTTP/3 and HTTP/1.1 control channels (`--service-transport`): every
