@@ -15,6 +15,8 @@
 //! ```
 
 use crate::reversed::{Body, BoxError, Windows, MAX_HEADER_LIST_SIZE};
+use crate::tunnel::poll_window;
+pub use crate::tunnel::Tunnel;
 use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -26,7 +28,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 /// How often the gateway pings the origin, and how long it waits for the answer, before
 /// it takes the connection for lost (the figures hyper's client ran with).
@@ -394,12 +396,9 @@ fn connect_answer(res: Response<RecvStream>, send: SendStream<Bytes>) -> Respons
     if parts.status.is_success() {
         parts
             .extensions
-            .insert(TunnelSlot(Arc::new(Mutex::new(Some(Tunnel {
-                send,
-                recv,
-                unread: Bytes::new(),
-                shut: false,
-            })))));
+            .insert(TunnelSlot(Arc::new(Mutex::new(Some(Tunnel::new(
+                send, recv,
+            ))))));
         let empty =
             http_body_util::BodyExt::map_err(http_body_util::Empty::new(), |never| match never {});
         return Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(empty));
@@ -563,26 +562,6 @@ impl Future for UploadTask {
     }
 }
 
-/// Waits until the stream may send data: `Some(n)` octets of window, or `None` when the
-/// stream can send no more. Asks for `want` octets.
-fn poll_window(
-    stream: &mut SendStream<Bytes>,
-    want: usize,
-    cx: &mut Context<'_>,
-) -> Poll<Option<usize>> {
-    loop {
-        let n = stream.capacity();
-        if n > 0 {
-            return Poll::Ready(Some(n));
-        }
-        stream.reserve_capacity(want);
-        match ready!(stream.poll_capacity(cx)) {
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => return Poll::Ready(None),
-        }
-    }
-}
-
 /// A response body read from its stream. Each data frame's window is given back to the
 /// origin as the consumer takes it, so a slow public client slows the origin instead of
 /// the gateway buffering (at most the 4 MiB stream window is ever held).
@@ -631,111 +610,6 @@ impl http_body::Body for RecvBody {
             Some(n) => SizeHint::with_exact(n),
             None => SizeHint::default(),
         }
-    }
-}
-
-/// The bytes of an extended CONNECT stream (RFC 8441 §5: "the stream ... becomes a tunnel"):
-/// DATA frames both ways, END_STREAM on shutdown.
-pub struct Tunnel {
-    send: SendStream<Bytes>,
-    recv: RecvStream,
-    /// Received and not yet read.
-    unread: Bytes,
-    shut: bool,
-}
-
-impl std::fmt::Debug for Tunnel {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tunnel")
-            .field("stream", &self.send.stream_id().as_u32())
-            .finish_non_exhaustive()
-    }
-}
-
-/// An h2 stream error as an I/O error for the tunnel's user: the origin's NO_ERROR or
-/// CANCEL reset is an end of the bytes, not a failure.
-fn stream_io_error(e: h2::Error) -> std::io::Error {
-    if e.is_io() {
-        if let Some(io) = e.into_io() {
-            return io;
-        }
-        return std::io::Error::other("HTTP/2 connection I/O error");
-    }
-    std::io::Error::other(e)
-}
-
-impl AsyncRead for Tunnel {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let this = &mut *self;
-        if this.unread.is_empty() {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    this.unread = data;
-                }
-                None => return Poll::Ready(Ok(())),
-                Some(Err(e)) => {
-                    return Poll::Ready(match e.reason() {
-                        Some(Reason::NO_ERROR) | Some(Reason::CANCEL) if e.is_reset() => Ok(()),
-                        _ => Err(stream_io_error(e)),
-                    })
-                }
-            }
-        }
-        let n = this.unread.len().min(buf.remaining());
-        buf.put_slice(&this.unread.split_to(n));
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl AsyncWrite for Tunnel {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        if buf.is_empty() {
-            return Poll::Ready(Ok(0));
-        }
-        let this = &mut *self;
-        if this.shut {
-            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
-        }
-        if let Some(n) = ready!(poll_window(&mut this.send, buf.len(), cx)) {
-            let n = n.min(buf.len());
-            if this
-                .send
-                .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-                .is_ok()
-            {
-                return Poll::Ready(Ok(n));
-            }
-        }
-        // The stream can send no more: its reset (or the connection's end) says why.
-        Poll::Ready(Err(match ready!(this.send.poll_reset(cx)) {
-            Ok(Reason::NO_ERROR) | Ok(Reason::CANCEL) | Ok(Reason::STREAM_CLOSED) => {
-                std::io::ErrorKind::BrokenPipe.into()
-            }
-            Ok(reason) => stream_io_error(reason.into()),
-            Err(e) => stream_io_error(e),
-        }))
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        // h2 writes as soon as the connection's driver runs.
-        Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        if !self.shut {
-            self.shut = true;
-            let _ = self.send.send_data(Bytes::new(), true);
-        }
-        Poll::Ready(Ok(()))
     }
 }
 

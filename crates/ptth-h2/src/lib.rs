@@ -59,10 +59,12 @@ pub mod client;
 pub mod connect;
 pub mod flow;
 pub mod reversed;
+pub mod tunnel;
 pub mod udp_flow;
 
 pub use connect::{origin_connect, ConnectFailure, ConnectStream};
 pub use reversed::{Body, BoxError, PeerSettings, ServeOptions, Windows, MAX_HEADER_LIST_SIZE};
+pub use tunnel::Tunnel;
 
 mod origin_frame;
 #[doc(hidden)]
