@@ -21,6 +21,11 @@
 //! "Recipients SHOULD begin forwarding payload from a DATA or FINAL_DATA capsule without
 //! waiting to receive the entire capsule".
 //!
+//! [`CapsuleDecoder::decode_from`] decodes the same stream from received chunks the caller
+//! owns as [`Bytes`] (HTTP/2 DATA frames): a payload is a slice of its chunk, and only what
+//! straddles two chunks (a cut header, a short capsule not yet whole) is gathered in a small
+//! buffer of the caller's.
+//!
 //! Unknown capsule types come back as ordinary [`Capsule`]s; RFC 9297 §3.2 "Endpoints
 //! that receive a Capsule with an unknown Capsule Type MUST silently drop that Capsule and
 //! skip over it to parse the next Capsule", which the typed layers above do by returning
@@ -205,6 +210,43 @@ enum State {
     Streaming { remaining: u64, fin: bool },
 }
 
+/// What a whole header starts ([`CapsuleDecoder::start`]).
+enum Start {
+    /// A `DATA`/`FINAL_DATA` payload, or the item an empty one is.
+    Streamed(Option<Decoded>),
+    /// Another capsule, of this type and value length (within the bound).
+    Whole(CapsuleType, usize),
+}
+
+/// How many more bytes the item begun in `held` (non-empty, not yet decodable) needs
+/// before the decoder can say more: the rest of its header (learning each varint's
+/// length from its first byte, RFC 9000 §16), then the rest of a whole capsule's value.
+fn missing(held: &[u8]) -> usize {
+    let Some(&first) = held.first() else {
+        return 1;
+    };
+    let type_len = 1usize << (first >> 6);
+    let Some(&second) = held.get(type_len) else {
+        // The type varint's rest, and the length varint's first byte.
+        return type_len + 1 - held.len();
+    };
+    let header = type_len + (1usize << (second >> 6));
+    if held.len() < header {
+        return header - held.len();
+    }
+    // A whole header the decoder held on to: a capsule whose value (checked against the
+    // bound by the decoder already) is not all there.
+    let mut peek = &held[type_len..];
+    let value = decode_varint(&mut peek)
+        .ok()
+        .and_then(|l| usize::try_from(l).ok())
+        .unwrap_or(0);
+    header
+        .saturating_add(value)
+        .saturating_sub(held.len())
+        .max(1)
+}
+
 /// Incremental capsule decoder over a caller-owned buffer (see the module docs).
 #[derive(Debug, Clone)]
 pub struct CapsuleDecoder {
@@ -246,27 +288,9 @@ impl CapsuleDecoder {
                     if buf.is_empty() {
                         return Ok(None);
                     }
-                    let take = usize::try_from(remaining)
-                        .unwrap_or(usize::MAX)
-                        .min(buf.len());
+                    let (take, fin) = self.stream(remaining, fin, buf.len());
                     let payload = buf.split_to(take).freeze();
-                    let left = remaining - take as u64;
-                    let done = left == 0;
-                    self.state = if done {
-                        State::Header
-                    } else {
-                        State::Streaming {
-                            remaining: left,
-                            fin,
-                        }
-                    };
-                    if done && fin {
-                        self.fin_seen = true;
-                    }
-                    return Ok(Some(Decoded::Data {
-                        payload,
-                        fin: done && fin,
-                    }));
+                    return Ok(Some(Decoded::Data { payload, fin }));
                 }
                 State::Header => {
                     let mut peek = &buf[..];
@@ -275,38 +299,16 @@ impl CapsuleDecoder {
                     else {
                         return Ok(None);
                     };
-                    let kind = CapsuleType(kind);
                     let header = buf.len() - peek.len();
-                    if kind.is_streamed() {
-                        if self.fin_seen {
-                            return Err(CapsuleError::DataAfterFin(kind));
-                        }
-                        buf.advance(header);
-                        let fin = kind == CapsuleType::FINAL_DATA;
-                        if len == 0 {
-                            if fin {
-                                self.fin_seen = true;
-                                return Ok(Some(Decoded::Data {
-                                    payload: Bytes::new(),
-                                    fin: true,
-                                }));
+                    let (kind, value_len) = match self.start(CapsuleType(kind), len)? {
+                        Start::Streamed(item) => {
+                            buf.advance(header);
+                            if item.is_some() {
+                                return Ok(item);
                             }
-                            // An empty DATA capsule carries nothing ("MAY be zero").
                             continue;
                         }
-                        self.state = State::Streaming {
-                            remaining: len,
-                            fin,
-                        };
-                        continue;
-                    }
-                    let Some(value_len) = usize::try_from(len).ok().filter(|&l| l <= self.max_len)
-                    else {
-                        return Err(CapsuleError::TooLong {
-                            kind,
-                            len,
-                            max: self.max_len,
-                        });
+                        Start::Whole(kind, value_len) => (kind, value_len),
                     };
                     if buf.len() - header < value_len {
                         // Let the caller's next read fill the whole capsule at once.
@@ -318,6 +320,141 @@ impl CapsuleDecoder {
                     return Ok(Some(Decoded::Capsule(Capsule { kind, value })));
                 }
             }
+        }
+    }
+
+    /// Decodes the next item from received chunks that the caller does not copy: `input`
+    /// is one chunk (an HTTP/2 DATA frame's `Bytes`, say), consumed from the front as it is
+    /// decoded, and `held` keeps what straddles two chunks.
+    ///
+    /// A `DATA`/`FINAL_DATA` payload comes back as a slice of `input` (no copy), split where
+    /// the chunks split it. Only a capsule header cut by a chunk's end (at most 16 bytes),
+    /// or another capsule not yet whole (at most its header and `max_len` bytes), is
+    /// gathered in `held`, and only with the bytes it still lacks, so what follows it in
+    /// `input` stays in `input`. `Ok(None)`: `input` is used up; call again with the next
+    /// chunk, and at the stream's end call [`CapsuleDecoder::finish`] with `held`.
+    ///
+    /// Fed the same bytes, it returns the same capsules and the same payload bytes as
+    /// [`CapsuleDecoder::decode`], however the stream is cut into chunks.
+    pub fn decode_from(
+        &mut self,
+        held: &mut BytesMut,
+        input: &mut Bytes,
+    ) -> Result<Option<Decoded>, CapsuleError> {
+        loop {
+            if !held.is_empty() {
+                if let Some(item) = self.decode(held)? {
+                    return Ok(Some(item));
+                }
+                if held.is_empty() {
+                    // A DATA header was completed and consumed: its payload comes from input.
+                    continue;
+                }
+                if input.is_empty() {
+                    return Ok(None);
+                }
+                // What the held item still lacks, and not a byte more.
+                let want = missing(held).min(input.len());
+                held.extend_from_slice(&input.split_to(want));
+                continue;
+            }
+            match self.state {
+                State::Streaming { remaining, fin } => {
+                    if input.is_empty() {
+                        return Ok(None);
+                    }
+                    let (take, fin) = self.stream(remaining, fin, input.len());
+                    let payload = input.split_to(take);
+                    return Ok(Some(Decoded::Data { payload, fin }));
+                }
+                State::Header => {
+                    let mut peek = &input[..];
+                    let (Ok(kind), Ok(len)) = (decode_varint(&mut peek), decode_varint(&mut peek))
+                    else {
+                        // Nothing, or a header cut by the chunk's end (at most 15 bytes).
+                        held.extend_from_slice(input);
+                        input.clear();
+                        return Ok(None);
+                    };
+                    let header = input.len() - peek.len();
+                    match self.start(CapsuleType(kind), len)? {
+                        Start::Streamed(item) => {
+                            input.advance(header);
+                            if item.is_some() {
+                                return Ok(item);
+                            }
+                        }
+                        Start::Whole(kind, value_len) => {
+                            if input.len() - header < value_len {
+                                // Not whole yet: held, at most its header and `max_len`.
+                                held.extend_from_slice(input);
+                                input.clear();
+                                return Ok(None);
+                            }
+                            input.advance(header);
+                            let value = input.split_to(value_len);
+                            return Ok(Some(Decoded::Capsule(Capsule { kind, value })));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes up to `available` bytes of the streamed payload that has `remaining` bytes
+    /// left: how many, and whether they end a `FINAL_DATA` (`fin`).
+    fn stream(&mut self, remaining: u64, fin: bool, available: usize) -> (usize, bool) {
+        let take = usize::try_from(remaining)
+            .unwrap_or(usize::MAX)
+            .min(available);
+        let left = remaining - take as u64;
+        if left > 0 {
+            self.state = State::Streaming {
+                remaining: left,
+                fin,
+            };
+            return (take, false);
+        }
+        self.state = State::Header;
+        if fin {
+            self.fin_seen = true;
+        }
+        (take, fin)
+    }
+
+    /// What a whole capsule header of `kind` and `len` starts: a streamed payload (the
+    /// state is set; `Some` for the empty `FINAL_DATA` that is its own item), or a capsule
+    /// to return whole once its `len` bytes of value are there.
+    fn start(&mut self, kind: CapsuleType, len: u64) -> Result<Start, CapsuleError> {
+        if kind.is_streamed() {
+            if self.fin_seen {
+                return Err(CapsuleError::DataAfterFin(kind));
+            }
+            let fin = kind == CapsuleType::FINAL_DATA;
+            if len == 0 {
+                if fin {
+                    self.fin_seen = true;
+                    return Ok(Start::Streamed(Some(Decoded::Data {
+                        payload: Bytes::new(),
+                        fin: true,
+                    })));
+                }
+                // An empty DATA capsule carries nothing ("MAY be zero").
+                return Ok(Start::Streamed(None));
+            }
+            self.state = State::Streaming {
+                remaining: len,
+                fin,
+            };
+            return Ok(Start::Streamed(None));
+        }
+        match usize::try_from(len).ok().filter(|&l| l <= self.max_len) {
+            Some(value_len) => Ok(Start::Whole(kind, value_len)),
+            None => Err(CapsuleError::TooLong {
+                kind,
+                len,
+                max: self.max_len,
+            }),
         }
     }
 
@@ -576,6 +713,157 @@ mod tests {
         );
     }
 
+    /// What `decode_from` makes of `wire` cut into `frames` at `cuts`: the whole
+    /// capsules, the payload bytes, the FINs, and the outcome (the error, or `finish`'s).
+    type Outcome = (Vec<Capsule>, Vec<u8>, usize, Result<(), CapsuleError>);
+
+    fn decode_frames(max_len: usize, wire: &Bytes, cuts: &[usize]) -> Outcome {
+        let mut d = CapsuleDecoder::new(max_len);
+        let mut held = BytesMut::new();
+        let (mut capsules, mut payload, mut fins) = (Vec::new(), Vec::new(), 0);
+        let mut at = 0;
+        for end in cuts.iter().copied().chain([wire.len()]) {
+            let mut frame = wire.slice(at..end.max(at));
+            at = end.max(at);
+            loop {
+                match d.decode_from(&mut held, &mut frame) {
+                    Ok(Some(Decoded::Capsule(c))) => capsules.push(c),
+                    Ok(Some(Decoded::Data { payload: p, fin })) => {
+                        payload.extend_from_slice(&p);
+                        fins += usize::from(fin);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return (capsules, payload, fins, Err(e)),
+                }
+            }
+            assert!(frame.is_empty(), "Ok(None) with input left");
+            assert!(held.len() <= 16 + max_len, "held {} bytes", held.len());
+        }
+        let end = d.finish(&held);
+        (capsules, payload, fins, end)
+    }
+
+    /// The same through [`CapsuleDecoder::decode`] on one buffer.
+    fn decode_whole(max_len: usize, wire: &[u8]) -> Outcome {
+        let mut d = CapsuleDecoder::new(max_len);
+        let mut buf = BytesMut::from(wire);
+        let (mut capsules, mut payload, mut fins) = (Vec::new(), Vec::new(), 0);
+        loop {
+            match d.decode(&mut buf) {
+                Ok(Some(Decoded::Capsule(c))) => capsules.push(c),
+                Ok(Some(Decoded::Data { payload: p, fin })) => {
+                    payload.extend_from_slice(&p);
+                    fins += usize::from(fin);
+                }
+                Ok(None) => break,
+                Err(e) => return (capsules, payload, fins, Err(e)),
+            }
+        }
+        let end = d.finish(&buf);
+        (capsules, payload, fins, end)
+    }
+
+    /// DATA with a 1-byte and a 2-byte length, an unknown capsule, an empty DATA, and a
+    /// FINAL_DATA.
+    fn mixed_wire() -> Bytes {
+        let mut wire = BytesMut::new();
+        Capsule::new(CapsuleType::DATA, &b"hello"[..]).encode(&mut wire);
+        Capsule::new(CapsuleType(0x1234), vec![7u8; 9]).encode(&mut wire);
+        Capsule::new(CapsuleType::DATA, (0..70u8).collect::<Vec<_>>()).encode(&mut wire);
+        encode_header(CapsuleType::DATA, 0, &mut wire);
+        Capsule::new(CapsuleType::DATAGRAM, &b"\x00dg"[..]).encode(&mut wire);
+        Capsule::new(CapsuleType::FINAL_DATA, &b"end"[..]).encode(&mut wire);
+        wire.freeze()
+    }
+
+    #[test]
+    fn frames_cut_at_every_pair_of_byte_boundaries_decode_as_one_buffer_does() {
+        let wire = mixed_wire();
+        let whole = decode_whole(16, &wire);
+        assert_eq!(whole.1.len(), 5 + 70 + 3);
+        assert_eq!((whole.0.len(), whole.2, whole.3.clone()), (2, 1, Ok(())));
+        for i in 0..=wire.len() {
+            for j in i..=wire.len() {
+                assert_eq!(
+                    decode_frames(16, &wire, &[i, j]),
+                    whole,
+                    "cut at {i} and {j}"
+                );
+            }
+        }
+        // One byte per frame.
+        let every: Vec<usize> = (1..wire.len()).collect();
+        assert_eq!(decode_frames(16, &wire, &every), whole);
+    }
+
+    #[test]
+    fn a_data_payload_is_a_slice_of_its_frame_and_only_a_cut_header_is_held() {
+        let mut wire = BytesMut::new();
+        encode_header(CapsuleType::DATA, 100, &mut wire);
+        wire.put_slice(&[1u8; 100]);
+        let wire = wire.freeze();
+        let header = wire.len() - 100;
+        // The header cut after its second byte: two bytes held, the rest taken from the
+        // second frame without copying.
+        let (first, second) = (wire.slice(..2), wire.slice(2..60));
+        let mut d = CapsuleDecoder::new(0);
+        let mut held = BytesMut::new();
+        let mut frame = first;
+        assert_eq!(d.decode_from(&mut held, &mut frame).unwrap(), None);
+        assert_eq!(held.len(), 2);
+        let mut frame = second.clone();
+        let Some(Decoded::Data {
+            payload,
+            fin: false,
+        }) = d.decode_from(&mut held, &mut frame).unwrap()
+        else {
+            panic!("no payload");
+        };
+        assert!(held.is_empty());
+        assert_eq!(payload.len(), 60 - header);
+        let inside = second.as_ptr_range();
+        assert!(inside.contains(&payload.as_ptr()), "the payload was copied");
+        // The next frame's bytes are the payload's rest, again in place.
+        let mut frame = wire.slice(60..);
+        let Some(Decoded::Data { payload, .. }) = d.decode_from(&mut held, &mut frame).unwrap()
+        else {
+            panic!("no payload");
+        };
+        assert_eq!(payload.as_ptr(), wire[60..].as_ptr());
+        assert_eq!(d.decode_from(&mut held, &mut frame).unwrap(), None);
+        assert!(d.finish(&held).is_ok());
+    }
+
+    #[test]
+    fn chunked_decoding_refuses_what_whole_decoding_refuses() {
+        // A capsule over the bound, its header cut across frames and not.
+        let mut wire = BytesMut::new();
+        Capsule::new(CapsuleType::DATA, &b"ok"[..]).encode(&mut wire);
+        encode_header(CapsuleType::AVAILABLE_SERVICES, 1 << 20, &mut wire);
+        let wire = wire.freeze();
+        let whole = decode_whole(64, &wire);
+        assert!(matches!(whole.3, Err(CapsuleError::TooLong { .. })));
+        for i in 0..=wire.len() {
+            assert_eq!(decode_frames(64, &wire, &[i]), whole, "cut at {i}");
+        }
+        // DATA after FINAL_DATA.
+        let mut wire = BytesMut::new();
+        encode_header(CapsuleType::FINAL_DATA, 0, &mut wire);
+        Capsule::new(CapsuleType::DATA, &b"late"[..]).encode(&mut wire);
+        let wire = wire.freeze();
+        let whole = decode_whole(64, &wire);
+        assert_eq!(whole.3, Err(CapsuleError::DataAfterFin(CapsuleType::DATA)));
+        for i in 0..=wire.len() {
+            assert_eq!(decode_frames(64, &wire, &[i]), whole, "cut at {i}");
+        }
+        // Ending inside a capsule's header.
+        let cut = mixed_wire().slice(..3);
+        assert_eq!(
+            decode_frames(16, &cut, &[1]).3,
+            Err(CapsuleError::Truncated(3))
+        );
+    }
+
     fn arb_type() -> impl Strategy<Value = CapsuleType> {
         prop_oneof![
             Just(CapsuleType::DATAGRAM),
@@ -638,6 +926,38 @@ mod tests {
             }
             prop_assert_eq!(got, parts.concat());
             prop_assert_eq!(fins, 1);
+        }
+
+        #[test]
+        fn any_stream_in_any_frames_decodes_as_one_buffer_does(
+            wire in proptest::collection::vec(any::<u8>(), 0..300),
+            mut cuts in proptest::collection::vec(0usize..300, 0..8),
+            max_len in 0usize..40,
+        ) {
+            let wire = Bytes::from(wire);
+            cuts.retain(|&c| c <= wire.len());
+            cuts.sort_unstable();
+            prop_assert_eq!(decode_frames(max_len, &wire, &cuts), decode_whole(max_len, &wire));
+        }
+
+        #[test]
+        fn capsule_streams_in_any_frames_decode_as_one_buffer_does(
+            capsules in proptest::collection::vec(
+                (prop_oneof![Just(CapsuleType::DATA), arb_type()],
+                 proptest::collection::vec(any::<u8>(), 0..=64)), 0..8),
+            mut cuts in proptest::collection::vec(0usize..800, 0..12),
+        ) {
+            let mut wire = BytesMut::new();
+            for (t, v) in capsules {
+                Capsule::new(t, v).encode(&mut wire);
+            }
+            encode_header(CapsuleType::FINAL_DATA, 0, &mut wire);
+            let wire = wire.freeze();
+            cuts.retain(|&c| c <= wire.len());
+            cuts.sort_unstable();
+            let whole = decode_whole(64, &wire);
+            prop_assert_eq!(whole.2, 1);
+            prop_assert_eq!(decode_frames(64, &wire, &cuts), whole);
         }
 
         #[test]

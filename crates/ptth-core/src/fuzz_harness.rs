@@ -212,8 +212,8 @@ pub fn fuzz_qsid(data: &[u8]) {
     }
 }
 
-/// Decodes `data` as a capsule stream twice, in one piece and in chunks of a size taken
-/// from the first byte, under a bound also taken from it; both runs must agree on every
+/// Decodes `data` as a capsule stream three times, in one piece, in chunks of a size taken
+/// from the first byte, and as frames of sizes the rest picks (`decode_from`), under a bound also taken from it; both runs must agree on every
 /// whole capsule, on the `DATA`/`FINAL_DATA` payload bytes and on the outcome, and every
 /// whole capsule must respect the bound and re-encode to the bytes it came from. The
 /// value of each `DATAGRAM` capsule is parsed as an RFC 9298 payload.
@@ -257,9 +257,43 @@ pub fn fuzz_capsules(data: &[u8]) {
         let end = decoder.finish(&buf);
         (capsules, payload, fins, end)
     };
+    // The same bytes as received frames (`decode_from`), cut at lengths the input itself
+    // picks (1 to 23 bytes, cycling through its bytes): same capsules, same payload.
+    let frames = || {
+        let mut decoder = CapsuleDecoder::new(max_len);
+        let mut held = BytesMut::new();
+        let whole = Bytes::copy_from_slice(stream);
+        let (mut capsules, mut payload, mut fins) = (Vec::new(), Vec::new(), 0);
+        let mut at = 0;
+        let mut k = 0;
+        while at < whole.len() {
+            let len = 1 + usize::from(stream[k % stream.len()] % 23);
+            k += 1;
+            let mut frame = whole.slice(at..(at + len).min(whole.len()));
+            at += frame.len();
+            loop {
+                match decoder.decode_from(&mut held, &mut frame) {
+                    Ok(Some(Decoded::Capsule(c))) => capsules.push(c),
+                    Ok(Some(Decoded::Data { payload: p, fin })) => {
+                        // A payload is a slice of its frame, never a copy.
+                        assert!(p.is_empty() || whole.as_ptr_range().contains(&p.as_ptr()));
+                        payload.extend_from_slice(&p);
+                        fins += usize::from(fin);
+                    }
+                    Ok(None) => break,
+                    Err(e) => return (capsules, payload, fins, Err(e)),
+                }
+            }
+            assert!(frame.is_empty(), "input left after Ok(None)");
+            assert!(held.len() <= 16 + max_len, "held {} bytes", held.len());
+        }
+        let end = decoder.finish(&held);
+        (capsules, payload, fins, end)
+    };
     let whole = run(stream.len().max(1));
     let chunked = run(chunk);
     assert_eq!(whole, chunked, "chunking changed the decoding");
+    assert_eq!(whole, frames(), "decoding frames changed the decoding");
     assert!(whole.2 <= 1, "more than one FIN");
     for c in &whole.0 {
         let bytes = c.to_bytes();
