@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use ptth_h2::flow::{splice, FlowOptions};
+use ptth_h2::flow::{splice, FlowOptions, FlowStream};
 use ptth_tests::{bin, h3_client, Gateway, LogTap, TempDir};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
@@ -345,7 +345,7 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mine, theirs) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(splice(theirs, stream, FlowOptions::default()));
+    tokio::spawn(splice(theirs, FlowStream::Io(stream), FlowOptions::default()));
     mine
 }
 

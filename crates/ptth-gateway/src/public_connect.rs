@@ -41,7 +41,7 @@ use http::header::{HeaderValue, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION};
 use http::{Method, Request, Response, StatusCode};
 use ptth_auth::{Grants, OriginPattern, ProxyUsers};
 use ptth_core::{IpProtocol, SerializedOrigin};
-use ptth_h2::flow::{splice, FlowEnd, FlowOptions, FlowReport};
+use ptth_h2::flow::{splice, FlowEnd, FlowOptions, FlowReport, FlowStream};
 use ptth_h2::udp_flow::{datagram_carrier, pump, DatagramOptions};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -448,7 +448,8 @@ impl PublicConnect {
                 idle_timeout: services.settings.idle_timeout,
                 ..FlowOptions::default()
             };
-            let origin_io = stream;
+            // An HTTP/2 tunnel's bytes move without copies (`ptth_h2::flow`).
+            let origin_io = FlowStream::new(stream, <dyn ptth_h3::ByteStream>::downcast);
             let report = match form {
                 Form::Classic => splice(public, origin_io, options).await,
                 Form::ConnectTcp | Form::ConnectUdp => {
@@ -514,14 +515,14 @@ async fn relay_datagrams(
 /// connect-tcp: capsules from the public client to bytes, and those to capsules for the
 /// origin (and back), each side checked by its own [`splice`]. The report counts the
 /// origin's side: `to_stream` went to the origin, `to_socket` came from it.
-async fn relay_capsules<P, O>(public: P, origin: O, options: FlowOptions) -> FlowReport
+async fn relay_capsules<P, O>(public: P, origin: FlowStream<O>, options: FlowOptions) -> FlowReport
 where
     P: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
     O: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     let (a, b) = tokio::io::duplex(options.chunk);
     let (public_side, origin_side) =
-        tokio::join!(splice(a, public, options), splice(b, origin, options));
+        tokio::join!(splice(a, FlowStream::Io(public), options), splice(b, origin, options));
     if let FlowEnd::Stream(e) = &public_side.end {
         // The public client's capsules were malformed or its stream failed.
         return FlowReport {

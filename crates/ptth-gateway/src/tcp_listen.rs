@@ -15,7 +15,7 @@
 
 use crate::reverse::{NoRequest, Services};
 use ptth_core::IpProtocol;
-use ptth_h2::flow::{splice, FlowEnd, FlowOptions};
+use ptth_h2::flow::{splice, FlowEnd, FlowOptions, FlowStream};
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -143,7 +143,7 @@ async fn flow(tcp: TcpStream, client: SocketAddr, mapping: &TcpMapping, services
     };
     // A stopping gateway lets the flow run until its grace ends, then cuts it.
     let report = tokio::select! {
-        report = splice(tcp, stream, options) => report,
+        report = splice(tcp, FlowStream::new(stream, <dyn ptth_h3::ByteStream>::downcast), options) => report,
         () = services.cut_off() => {
             tracing::info!(%client, mapping = %mapping, %origin, request = %id, "TCP flow closed: the gateway stopped and its grace ended");
             return;

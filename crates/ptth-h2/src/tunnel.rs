@@ -31,6 +31,14 @@ impl Tunnel {
     }
 }
 
+impl Tunnel {
+    /// The stream's two halves, and what was received and not yet read (its window already
+    /// released): for a user that sends and receives `Bytes` itself, as `flow::splice` does.
+    pub fn into_parts(self) -> (SendStream<Bytes>, RecvStream, Bytes) {
+        (self.send, self.recv, self.unread)
+    }
+}
+
 impl std::fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tunnel")
@@ -41,7 +49,7 @@ impl std::fmt::Debug for Tunnel {
 
 /// An h2 stream error as an I/O error for the tunnel's user: the origin's NO_ERROR or
 /// CANCEL reset is an end of the bytes, not a failure.
-fn stream_io_error(e: h2::Error) -> std::io::Error {
+pub(crate) fn stream_io_error(e: h2::Error) -> std::io::Error {
     if e.is_io() {
         if let Some(io) = e.into_io() {
             return io;

@@ -32,7 +32,7 @@ use ptth_core::{
     OriginEvent, RequestId, ReverseExchange, ReverseTemplate, Service, ServicePort,
     DEFAULT_MAX_CONTROL_CAPSULE,
 };
-use ptth_h2::flow::{splice, FlowEnd, FlowOptions};
+use ptth_h2::flow::{splice, FlowEnd, FlowOptions, FlowStream};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -352,6 +352,8 @@ impl Flow {
             idle_timeout: IDLE_TIMEOUT,
             ..FlowOptions::default()
         };
+        // An HTTP/2 tunnel's bytes move without copies (`ptth_h2::flow`).
+        let stream = FlowStream::new(stream, <dyn ptth_h3::ByteStream>::downcast);
         let report = splice(tcp, stream, options).await;
         match report.end {
             FlowEnd::Closed => {
