@@ -1,5 +1,8 @@
 //! The gateway's reversed HTTP/2 client on the h2 crate directly: one driver future per
-//! connection, no request channel and no task per request.
+//! connection, no request channel and no task per request. The origin's reverse CONNECT
+//! service channel (an ordinary client on its own TLS connection) uses it too: its
+//! `connect-listen` and `connect-accept` extended CONNECTs go through [`Client::send`] with
+//! their `:protocol`, and each accept's stream comes back through [`take_tunnel`].
 //!
 //! draft-thomson-ptth-potato §4.3: "the gateway sends the client connection preface" even
 //! though it is the TLS server, so the gateway runs h2's client on the stream it accepted.
@@ -321,7 +324,9 @@ impl Client {
     /// streaming as the caller reads it. The request body is sent under flow control, its
     /// trailers last. A 2xx answer to a CONNECT (RFC 8441 extended CONNECT) carries the
     /// stream as a [`Tunnel`] ([`take_tunnel`]) and an empty body; the request's body is not
-    /// sent (the stream is the tunnel).
+    /// sent (the stream is the tunnel). An extended CONNECT's `:protocol` is the request's
+    /// `hyper::ext::Protocol` extension (or h2's own), whatever its token: the gateway's
+    /// setup and the origin's `connect-listen` / `connect-accept` alike.
     ///
     /// Nothing here waits without a bound the peer alone sets: h2 opens the stream at once
     /// or queues it until the origin's stream limit admits it, and a dead origin fails the

@@ -14,7 +14,10 @@
 //!
 //! The gateway's client ([`client`]) is h2's client used directly: requests are sent from
 //! the caller's future, with no request channel and no task per request, so an idle
-//! connection costs only h2's own state. `reversed::handshake` and `reversed::drive` (hyper's
+//! connection costs only h2's own state. The origin's reverse CONNECT service channel uses
+//! the same client (in the ordinary roles, on its own TLS connection), so each flow's stream
+//! is a [`Tunnel`] that [`flow::splice`] moves without copying a byte
+//! ([`flow::FlowStream::H2`]). `reversed::handshake` and `reversed::drive` (hyper's
 //! HTTP/2 client) remain for the origin's side of the extended CONNECT setup
 //! (`connect::origin_connect`).
 //!

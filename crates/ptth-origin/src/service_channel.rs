@@ -20,13 +20,13 @@ use anyhow::{anyhow, bail, Context, Result};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty, Limited};
-use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use ptth_core::{
     reverse_connect_request, reverse_upgrade_request, validate_reverse_response, ReverseExchange,
     SetupForm, Transport,
 };
 use ptth_h2::udp_flow::{datagram_carrier, DatagramCarrierSink, DatagramCarrierSource};
+use ptth_h2::client::{Client, KEEP_ALIVE};
 use ptth_h2::Body;
 use ptth_h3::{H3Config, H3Connection, Protocol, RequestDirection};
 use std::net::SocketAddr;
@@ -105,7 +105,9 @@ pub(crate) type ServiceIo = Box<dyn ptth_h3::ByteStream>;
 /// control channel and its accepts use.
 #[derive(Clone)]
 pub(crate) enum Carrier {
-    H2(SendRequest<Body>),
+    /// h2's client used directly (`ptth_h2::client`): each accept's stream is a
+    /// `ptth_h2::Tunnel`, whose flow moves bytes without copies (`ptth_h2::flow`).
+    H2(Arc<Client>),
     H3(Arc<H3Connection>),
     H1(Arc<H1Dial>),
 }
@@ -146,9 +148,9 @@ impl Carrier {
         auth: Option<http::HeaderValue>,
     ) -> Result<ServiceIo> {
         match self {
-            Self::H2(send) => {
+            Self::H2(client) => {
                 let (req, protocol) = reverse_connect_request(exchange, uri, auth)?;
-                h2_connect(send.clone(), req, protocol, exchange).await
+                h2_connect(client, req, protocol, exchange).await
             }
             Self::H3(h3) => {
                 let (req, protocol) = reverse_connect_request(exchange, uri, auth)?;
@@ -195,36 +197,34 @@ async fn dial_tls(
         .context("TLS handshake with the gateway")
 }
 
-/// An HTTP/2 client on `stream`, once the gateway enabled extended CONNECT.
-async fn h2(stream: tokio_rustls::client::TlsStream<TcpStream>) -> Result<SendRequest<Body>> {
-    let windows = ptth_h2::Windows::default();
-    let (send, conn) = tokio::time::timeout(
+/// An HTTP/2 client on `stream` (h2's, `ptth_h2::client`), once the gateway enabled
+/// extended CONNECT. Its SETTINGS: 4 MiB stream and 16 MiB connection windows
+/// (`ptth_h2::Windows`), and DATA frames up to 64 KiB from the gateway, as the gateway takes
+/// from us (its setup server): a flow's 64 KiB read crosses as one frame, not four, and h2's
+/// read buffer reallocates a sixth as often (docs/performance.md finding 8). The
+/// connection is pinged every 20 s and lost when a PING goes 20 s unanswered.
+async fn h2(stream: tokio_rustls::client::TlsStream<TcpStream>) -> Result<Arc<Client>> {
+    let (client, conn) = tokio::time::timeout(
         SETUP_TIMEOUT,
-        hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(windows.stream)
-            .initial_connection_window_size(windows.connection)
-            // DATA frames up to 64 KiB from the gateway, as the gateway takes from us (its
-            // setup server): a flow's 64 KiB read crosses as one frame, not four, and h2's
-            // read buffer reallocates a sixth as often (docs/performance.md finding 8).
-            .max_frame_size(64 * 1024)
-            .timer(TokioTimer::new())
-            .keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .handshake::<_, Body>(TokioIo::new(stream)),
+        ptth_h2::client::handshake(stream, ptth_h2::Windows::default()),
     )
     .await
-    .map_err(|_| anyhow!("HTTP/2 handshake with the gateway timed out"))??;
-    let settings = Arc::new(ptth_h2::PeerSettings::default());
-    tokio::spawn(ptth_h2::reversed::drive(conn, settings.clone()));
+    .map_err(|_| anyhow!("HTTP/2 handshake with the gateway timed out"))?
+    .context("HTTP/2 handshake with the gateway")?;
+    tokio::spawn(async move {
+        if let Err(e) = ptth_h2::client::drive(conn, KEEP_ALIVE).await {
+            tracing::debug!(error = %e, "reverse CONNECT HTTP/2 connection ended");
+        }
+    });
     // RFC 8441 §4: no :protocol before the peer's SETTINGS_ENABLE_CONNECT_PROTOCOL = 1.
     let deadline = tokio::time::Instant::now() + SETUP_TIMEOUT;
-    while !settings.extended_connect() {
-        if send.is_closed() || tokio::time::Instant::now() >= deadline {
+    while !client.extended_connect() {
+        if client.is_refusing() || tokio::time::Instant::now() >= deadline {
             bail!("the gateway does not enable extended CONNECT (RFC 8441)");
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    Ok(send)
+    Ok(Arc::new(client))
 }
 
 /// HTTP/3 to the gateway's QUIC tunnel endpoint (ALPN `h3`), with the transport settings
@@ -286,9 +286,11 @@ where
     }
 }
 
-/// An HTTP/2 extended CONNECT for `exchange`, its stream taken over on a 2xx.
+/// An HTTP/2 extended CONNECT for `exchange` (`:protocol` as h2's extension, which
+/// `Client::send` sets from the request's), its stream taken over as a `ptth_h2::Tunnel` on
+/// a 2xx.
 async fn h2_connect(
-    mut send: SendRequest<Body>,
+    client: &Client,
     req: Request<()>,
     protocol: &'static str,
     exchange: ReverseExchange,
@@ -300,23 +302,41 @@ async fn h2_connect(
     let body: Body = Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed_unsync();
-    let asked = async {
-        send.ready().await?;
-        send.send_request(Request::from_parts(parts, body)).await
-    };
-    let mut res = tokio::time::timeout(SETUP_TIMEOUT, asked)
+    let mut res = tokio::time::timeout(SETUP_TIMEOUT, client.send(Request::from_parts(parts, body)))
         .await
-        .map_err(|_| anyhow!("no answer to {exchange} within {SETUP_TIMEOUT:?}"))??;
+        .map_err(|_| anyhow!("no answer to {exchange} within {SETUP_TIMEOUT:?}"))?
+        .map_err(|e| anyhow!("{exchange} over HTTP/2: {e}"))?;
     if !res.status().is_success() {
         let status = res.status();
-        let reason = refusal(res.into_body()).await;
+        let reason = h2_refusal(res.into_body()).await;
         bail!("the gateway refused {exchange} with {status}: {reason}");
     }
     validate_reverse_response(&res, exchange, SetupForm::ExtendedConnect)?;
-    let io = tokio::time::timeout(SETUP_TIMEOUT, hyper::upgrade::on(&mut res))
-        .await
-        .map_err(|_| anyhow!("the {exchange} stream was not handed over"))??;
-    Ok(Box::new(TokioIo::new(io)))
+    let tunnel = ptth_h2::client::take_tunnel(&mut res)
+        .ok_or_else(|| anyhow!("the {exchange} stream was not handed over"))?;
+    Ok(Box::new(tunnel))
+}
+
+/// [`refusal`] for an h2 answer's body, read frame by frame: `refusal`'s bound that the
+/// body's error (a boxed error here) converts into a boxed error trips rustc's check that
+/// the flow's future is `Send` for every lifetime.
+async fn h2_refusal(mut body: Body) -> String {
+    let read = async {
+        let mut text = Vec::new();
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                text.extend_from_slice(&data[..data.len().min(1024 - text.len())]);
+                if text.len() == 1024 {
+                    break;
+                }
+            }
+        }
+        String::from_utf8_lossy(&text).trim().to_string()
+    };
+    match tokio::time::timeout(SETUP_TIMEOUT, read).await {
+        Ok(reason) => reason,
+        Err(_) => "(no readable reason)".into(),
+    }
 }
 
 /// An HTTP/3 extended CONNECT (RFC 9220) for `exchange`; the request stream on a 2xx.
