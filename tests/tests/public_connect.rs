@@ -345,7 +345,11 @@ where
     T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mine, theirs) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(splice(theirs, FlowStream::Io(stream), FlowOptions::default()));
+    tokio::spawn(splice(
+        theirs,
+        FlowStream::Io(stream),
+        FlowOptions::default(),
+    ));
     mine
 }
 

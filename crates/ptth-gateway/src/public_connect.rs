@@ -521,8 +521,10 @@ where
     O: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send,
 {
     let (a, b) = tokio::io::duplex(options.chunk);
-    let (public_side, origin_side) =
-        tokio::join!(splice(a, FlowStream::Io(public), options), splice(b, origin, options));
+    let (public_side, origin_side) = tokio::join!(
+        splice(a, FlowStream::Io(public), options),
+        splice(b, origin, options)
+    );
     if let FlowEnd::Stream(e) = &public_side.end {
         // The public client's capsules were malformed or its stream failed.
         return FlowReport {

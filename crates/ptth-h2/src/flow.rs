@@ -398,7 +398,10 @@ where
     // Octets of `frame` the peer's window still counts.
     let mut owed = 0usize;
     loop {
-        while let Some(item) = decoder.decode_from(&mut held, &mut frame).map_err(stream_end)? {
+        while let Some(item) = decoder
+            .decode_from(&mut held, &mut frame)
+            .map_err(stream_end)?
+        {
             if let Decoded::Data { payload, fin } = item {
                 sw.write_all(&payload).await.map_err(socket_end)?;
                 meter
@@ -456,7 +459,11 @@ mod tests {
     async fn bytes_cross_in_data_capsules_and_fins_close_each_direction() {
         let (socket, mut app) = tokio::io::duplex(1 << 16);
         let (stream, mut peer) = tokio::io::duplex(1 << 16);
-        let flow = tokio::spawn(splice(socket, FlowStream::Io(stream), FlowOptions::default()));
+        let flow = tokio::spawn(splice(
+            socket,
+            FlowStream::Io(stream),
+            FlowOptions::default(),
+        ));
         app.write_all(b"hello").await.unwrap();
         // DATA (0x2028d7f2, a 4-byte varint) of length 5, then the payload.
         let mut got = [0u8; 10];
@@ -487,7 +494,11 @@ mod tests {
     async fn a_stream_ending_inside_a_capsule_is_the_streams_error() {
         let (socket, _app) = tokio::io::duplex(1 << 16);
         let (stream, mut peer) = tokio::io::duplex(1 << 16);
-        let flow = tokio::spawn(splice(socket, FlowStream::Io(stream), FlowOptions::default()));
+        let flow = tokio::spawn(splice(
+            socket,
+            FlowStream::Io(stream),
+            FlowOptions::default(),
+        ));
         peer.write_all(&[0xa0, 0x28, 0xd7, 0xf2, 0x09, b'x'])
             .await
             .unwrap();
@@ -526,7 +537,9 @@ mod tests {
             .unwrap();
         tokio::spawn(conn);
         let mut client = client.ready().await.unwrap();
-        let req = http::Request::post("https://flow.example/").body(()).unwrap();
+        let req = http::Request::post("https://flow.example/")
+            .body(())
+            .unwrap();
         let (answer, send) = client.send_request(req, false).unwrap();
         let res = answer.await.unwrap();
         let server = server.await.unwrap();
@@ -578,8 +591,18 @@ mod tests {
             exchange(far_app, down.clone()),
             exchange(near_app, up.clone())
         );
-        assert!(got_far == up, "{} of {} bytes, or not the same", got_far.len(), up.len());
-        assert!(got_near == down, "{} of {} bytes", got_near.len(), down.len());
+        assert!(
+            got_far == up,
+            "{} of {} bytes, or not the same",
+            got_far.len(),
+            up.len()
+        );
+        assert!(
+            got_near == down,
+            "{} of {} bytes",
+            got_near.len(),
+            down.len()
+        );
         let (near, far) = (near_flow.await.unwrap(), far_flow.await.unwrap());
         assert_eq!(near.end, FlowEnd::Closed);
         assert_eq!(far.end, FlowEnd::Closed);
@@ -604,7 +627,11 @@ mod tests {
     async fn an_h2_tunnel_flow_refuses_an_overlong_capsule() {
         let (near, mut far) = tunnel_pair(65_535).await;
         let (socket, _app) = tokio::io::duplex(1 << 16);
-        let flow = tokio::spawn(splice(socket, FlowStream::<Tunnel>::H2(near), FlowOptions::default()));
+        let flow = tokio::spawn(splice(
+            socket,
+            FlowStream::<Tunnel>::H2(near),
+            FlowOptions::default(),
+        ));
         let mut wire = BytesMut::new();
         encode_capsule_header(CapsuleType::AVAILABLE_SERVICES, 1 << 20, &mut wire);
         far.write_all(&wire).await.unwrap();

@@ -25,8 +25,8 @@ use ptth_core::{
     reverse_connect_request, reverse_upgrade_request, validate_reverse_response, ReverseExchange,
     SetupForm, Transport,
 };
-use ptth_h2::udp_flow::{datagram_carrier, DatagramCarrierSink, DatagramCarrierSource};
 use ptth_h2::client::{Client, KEEP_ALIVE};
+use ptth_h2::udp_flow::{datagram_carrier, DatagramCarrierSink, DatagramCarrierSource};
 use ptth_h2::Body;
 use ptth_h3::{H3Config, H3Connection, Protocol, RequestDirection};
 use std::net::SocketAddr;
@@ -302,10 +302,11 @@ async fn h2_connect(
     let body: Body = Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed_unsync();
-    let mut res = tokio::time::timeout(SETUP_TIMEOUT, client.send(Request::from_parts(parts, body)))
-        .await
-        .map_err(|_| anyhow!("no answer to {exchange} within {SETUP_TIMEOUT:?}"))?
-        .map_err(|e| anyhow!("{exchange} over HTTP/2: {e}"))?;
+    let mut res =
+        tokio::time::timeout(SETUP_TIMEOUT, client.send(Request::from_parts(parts, body)))
+            .await
+            .map_err(|_| anyhow!("no answer to {exchange} within {SETUP_TIMEOUT:?}"))?
+            .map_err(|e| anyhow!("{exchange} over HTTP/2: {e}"))?;
     if !res.status().is_success() {
         let status = res.status();
         let reason = h2_refusal(res.into_body()).await;
