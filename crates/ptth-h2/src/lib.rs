@@ -59,6 +59,7 @@ pub mod client;
 pub mod connect;
 pub mod flow;
 pub mod reversed;
+pub mod server;
 pub mod tunnel;
 pub mod udp_flow;
 
