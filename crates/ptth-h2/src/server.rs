@@ -656,6 +656,56 @@ mod tests {
         assert!(got == expected, "{} octets back", got.len());
     }
 
+    /// A classic CONNECT (RFC 9113 §8.5, no `:protocol`) answered 2xx is a tunnel too: the
+    /// server's side writes first, and reads the client's bytes up to its END_STREAM.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_classic_connect_becomes_a_tunnel() {
+        let (read_tx, read_rx) = oneshot::channel();
+        let mut read_tx = Some(read_tx);
+        let client = pair(move |mut req: Request<Body>| {
+            let on = on_tunnel(&mut req);
+            let no_protocol = req.extensions().get::<hyper::ext::Protocol>().is_none();
+            let read_tx = read_tx.take();
+            async move {
+                let (Some(on), Some(read_tx), true) = (on, read_tx, no_protocol) else {
+                    let mut res = Response::new(empty());
+                    *res.status_mut() = StatusCode::BAD_REQUEST;
+                    return res;
+                };
+                tokio::spawn(async move {
+                    let mut io = on.await.unwrap();
+                    io.write_all(b"hello").await.unwrap();
+                    let mut got = Vec::new();
+                    let end = io.read_to_end(&mut got).await;
+                    let _ = read_tx.send((got, end.map_err(|e| e.to_string())));
+                });
+                Response::new(empty())
+            }
+        })
+        .await;
+        let req = Request::connect("db.internal:5432").body(empty()).unwrap();
+        let mut res = tokio::time::timeout(DEADLINE, client.send(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let mut tunnel = take_tunnel(&mut res).expect("a 2xx carries the tunnel");
+        let mut hello = [0u8; 5];
+        tokio::time::timeout(DEADLINE, tunnel.read_exact(&mut hello))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&hello, b"hello");
+        tunnel.write_all(b"bye").await.unwrap();
+        tunnel.shutdown().await.unwrap();
+        let (got, end) = tokio::time::timeout(DEADLINE, read_rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, b"bye");
+        assert!(end.is_ok(), "{end:?}");
+    }
+
     /// A CONNECT refused with a 4xx: the answer's body reaches the client, no tunnel is
     /// made on either side, and the connection goes on serving.
     #[tokio::test]
