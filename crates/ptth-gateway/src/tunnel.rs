@@ -317,8 +317,8 @@ async fn serve_h1_setup<IO>(
 ///
 /// h2's server directly (`ptth_h2::server`): the requests run in the connection's driver,
 /// and a taken-over stream is a `ptth_h2::Tunnel` on h2's own stream halves, with no task
-/// or copy between it and the connection (hyper's upgrade had both, performance.md
-/// finding 8).
+/// or channel between it and the connection (hyper's upgrade had a task per stream and a
+/// one-slot channel for its writes, performance.md finding 8).
 async fn serve_h2_setup<IO>(
     io: IO,
     peer: SocketAddr,

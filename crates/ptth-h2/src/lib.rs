@@ -21,8 +21,8 @@
 //! The gateway's side of the extended CONNECT setup (and of reverse CONNECT's
 //! `connect-listen` / `connect-accept`) is [`server`], h2's server used directly: requests
 //! run in the connection's driver, and the stream of a CONNECT answered 2xx is handed over
-//! as a [`Tunnel`] on h2's own stream halves ([`server::on_tunnel`]), with no task per
-//! stream and no buffer of its own between them, as hyper's server upgrade has.
+//! as a [`Tunnel`] on h2's own stream halves ([`server::on_tunnel`]), without the task per
+//! stream and the write channel of hyper's server upgrade.
 //! `examples/h2_duplex.rs` shows the same setup with hyper's server on the gateway's end,
 //! which works as well.
 //!
