@@ -23,10 +23,9 @@
 use crate::message::{empty, error, Body};
 use crate::metrics::Metrics;
 use crate::pending::SetupState;
+use crate::tunnel::Takeover;
 use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use ptth_auth::{GrantedService, Grants, Presented, Proven};
 use ptth_core::{
     validate_accept_request, validate_listen_request, Capsule, CapsuleDecoder, Decoded,
@@ -440,9 +439,10 @@ pub(crate) fn decide<B>(
 }
 
 /// The HTTP/1.1 and HTTP/2 hook: a reverse CONNECT request answered, its stream taken over
-/// by hyper's upgrade once the answer is sent; `None` for any other request.
-pub(crate) fn route(
-    req: &mut Request<Incoming>,
+/// once the answer is sent (hyper's upgrade over HTTP/1.1, the h2 server's tunnel over
+/// HTTP/2: [`crate::tunnel::Takeover`]); `None` for any other request.
+pub(crate) fn route<B>(
+    req: &mut Request<B>,
     protocol: Option<&str>,
     arrival: &Arrival<'_>,
     grants: Arc<Grants>,
@@ -453,10 +453,10 @@ pub(crate) fn route(
         Routed::Refused(res) => *res,
         Routed::Listen(listening) => {
             let (parts, ()) = listening.response().into_parts();
-            let on_upgrade = hyper::upgrade::on(req);
+            let takeover = Takeover::of(req);
             tokio::spawn(async move {
-                match on_upgrade.await {
-                    Ok(io) => listening.run(Box::new(TokioIo::new(io))).await,
+                match takeover.flow_io().await {
+                    Ok(io) => listening.run(io).await,
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "connect-listen stream not taken over")
                     }
@@ -466,10 +466,10 @@ pub(crate) fn route(
         }
         Routed::Accept(accepting) => {
             let (parts, ()) = accepting.response().into_parts();
-            let on_upgrade = hyper::upgrade::on(req);
+            let takeover = Takeover::of(req);
             tokio::spawn(async move {
-                match on_upgrade.await {
-                    Ok(io) => accepting.deliver(Box::new(TokioIo::new(io))),
+                match takeover.flow_io().await {
+                    Ok(io) => accepting.deliver(io),
                     Err(e) => {
                         tracing::debug!(%peer, error = %e, "connect-accept stream not taken over")
                     }

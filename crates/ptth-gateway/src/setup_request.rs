@@ -185,7 +185,8 @@ pub(crate) async fn admit_options(
     Ok((admitted, Response::from_parts(parts, empty())))
 }
 
-fn clone_head<B>(req: &Request<B>) -> (http::request::Parts, ()) {
+/// A copy of `req`'s method, URI, version and fields, without its body or extensions.
+pub(crate) fn clone_head<B>(req: &Request<B>) -> (http::request::Parts, ()) {
     let mut b = Request::builder()
         .method(req.method().clone())
         .uri(req.uri().clone())

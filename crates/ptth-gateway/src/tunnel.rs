@@ -9,12 +9,12 @@
 use crate::admission::{self, Carrier, Handshake, Reversal, TunnelContext};
 use crate::message::Body;
 use crate::pending::{SetupFailure, SetupState};
+use crate::reverse::FlowIo;
 use crate::sender::start_client;
-use crate::setup_request::admit_setup;
+use crate::setup_request::{admit_setup, clone_head};
 use http::{Request, Response};
-use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use ptth_core::{HttpVersion, Mechanism, Transport};
 use rustls::pki_types::CertificateDer;
 use std::net::SocketAddr;
@@ -153,12 +153,72 @@ impl Carrier for TlsStream<TcpStream> {
     }
 }
 
+/// The stream an answered setup request hands over: hyper's upgrade after a `101` on an
+/// HTTP/1.1 setup connection, or, on an HTTP/2 one (`ptth_h2::server`), the CONNECT's stream
+/// as a [`ptth_h2::Tunnel`] once its `2xx` is sent (RFC 8441 §5: "the stream ... becomes a
+/// tunnel"). The handlers take it from the request and stay the same for both.
+pub(crate) enum Takeover {
+    /// hyper's HTTP/1.1 server, `with_upgrades`.
+    Upgrade(hyper::upgrade::OnUpgrade),
+    /// The h2 server's CONNECT stream.
+    Tunnel(ptth_h2::server::OnTunnel),
+}
+
+impl Takeover {
+    /// The takeover `req`'s answer will make, taken out of its extensions.
+    pub(crate) fn of<B>(req: &mut Request<B>) -> Self {
+        match ptth_h2::server::on_tunnel(req) {
+            Some(on) => Takeover::Tunnel(on),
+            None => Takeover::Upgrade(hyper::upgrade::on(req)),
+        }
+    }
+
+    /// The stream once the answer is sent, boxed. An HTTP/2 stream is boxed as the
+    /// [`ptth_h2::Tunnel`] itself, so a flow's splice can tell it is one.
+    pub(crate) async fn flow_io(self) -> Result<FlowIo, String> {
+        match self {
+            Takeover::Upgrade(on) => on
+                .await
+                .map(|io| Box::new(TokioIo::new(io)) as FlowIo)
+                .map_err(|e| e.to_string()),
+            Takeover::Tunnel(on) => on
+                .await
+                .map(|tunnel| Box::new(tunnel) as FlowIo)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// An admitted PTTH setup's stream, once the answer is sent, becomes the origin's
+    /// reversed connection ([`admission::handed_over`]).
+    async fn hand_over(
+        self,
+        admitted: admission::Admitted,
+        peer: SocketAddr,
+        setup: SetupState,
+        ctx: &TunnelContext,
+    ) {
+        const STREAM: &str = "setup stream";
+        let failed =
+            |e: &dyn std::fmt::Display| format!("taking over the setup stream failed: {e}");
+        match self {
+            Takeover::Upgrade(on) => {
+                let handover = async { on.await.map(TokioIo::new).map_err(|e| failed(&e)) };
+                admission::handed_over(handover, STREAM, admitted, peer, setup, ctx).await;
+            }
+            Takeover::Tunnel(on) => {
+                let handover = async { on.await.map_err(|e| failed(&e)) };
+                admission::handed_over(handover, STREAM, admitted, peer, setup, ctx).await;
+            }
+        }
+    }
+}
+
 /// One setup request on an HTTP/1.1 or HTTP/2 (`version`) setup connection, with
 /// `extended_protocol` as its `:protocol` if it is an extended CONNECT: admitted, its
 /// stream is taken over in a task of its own once the answer is sent; refused, the answer
 /// says why.
-async fn take_over_setup(
-    req: &mut Request<Incoming>,
+async fn take_over_setup<B>(
+    req: &mut Request<B>,
     version: HttpVersion,
     extended_protocol: Option<&str>,
     ctx: Arc<TunnelContext>,
@@ -166,9 +226,11 @@ async fn take_over_setup(
     peer_certs: Option<&[CertificateDer<'static>]>,
     setup: SetupState,
 ) -> Response<Body> {
+    // The head alone is checked: a body need not be `Sync` for the check to run in a task.
+    let head = Request::from_parts(clone_head(req).0, ());
     let (admitted, response) = match admit_setup(
         &ctx,
-        req,
+        &head,
         Transport::Tls,
         version,
         extended_protocol,
@@ -180,16 +242,8 @@ async fn take_over_setup(
         Ok(x) => x,
         Err(res) => return *res,
     };
-    let on_upgrade = hyper::upgrade::on(req);
-    tokio::spawn(async move {
-        let handover = async {
-            on_upgrade
-                .await
-                .map(TokioIo::new)
-                .map_err(|e| format!("taking over the setup stream failed: {e}"))
-        };
-        admission::handed_over(handover, "setup stream", admitted, peer, setup, &ctx).await;
-    });
+    let takeover = Takeover::of(req);
+    tokio::spawn(async move { takeover.hand_over(admitted, peer, setup, &ctx).await });
     response
 }
 
@@ -209,7 +263,7 @@ async fn serve_h1_setup<IO>(
     let deadline = setup.deadline;
     let service_setup = setup.clone();
     let conn_id = crate::reverse::connection_id();
-    let svc = service_fn(move |mut req: Request<Incoming>| {
+    let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
         let peer_certs = peer_certs.clone();
         let setup = service_setup.clone();
@@ -257,9 +311,14 @@ async fn serve_h1_setup<IO>(
     }
 }
 
-/// HTTP/2 setup connection: extended CONNECT `:protocol = ptth` (RFC 8441), then `2xx`. The
-/// connection carries the tunnels and lives on once one is registered; until then it is
-/// closed at the setup deadline.
+/// HTTP/2 setup connection: extended CONNECT `:protocol = ptth` (RFC 8441), then `2xx`, or
+/// reverse CONNECT's `connect-listen` / `connect-accept`. The connection carries the tunnels
+/// and lives on once one is registered; until then it is closed at the setup deadline.
+///
+/// h2's server directly (`ptth_h2::server`): the requests run in the connection's driver,
+/// and a taken-over stream is a `ptth_h2::Tunnel` on h2's own stream halves, with no task
+/// or channel between it and the connection (hyper's upgrade had a task per stream and a
+/// one-slot channel for its writes, performance.md finding 8).
 async fn serve_h2_setup<IO>(
     io: IO,
     peer: SocketAddr,
@@ -273,7 +332,7 @@ async fn serve_h2_setup<IO>(
     let service_setup = setup.clone();
     // Reverse CONNECT accepts must come on the connection of their control channel.
     let conn_id = crate::reverse::connection_id();
-    let svc = service_fn(move |mut req: Request<Incoming>| {
+    let service = move |mut req: Request<Body>| {
         let ctx = ctx.clone();
         let peer_certs = peer_certs.clone();
         let setup = service_setup.clone();
@@ -296,37 +355,32 @@ async fn serve_h2_setup<IO>(
                 grants,
                 &ctx.services,
             ) {
-                return Ok(res);
+                return res;
             }
-            Ok::<_, std::convert::Infallible>(
-                take_over_setup(
-                    &mut req,
-                    HttpVersion::Http2,
-                    protocol.as_deref(),
-                    ctx,
-                    peer,
-                    peer_certs.as_deref(),
-                    setup,
-                )
-                .await,
+            take_over_setup(
+                &mut req,
+                HttpVersion::Http2,
+                protocol.as_deref(),
+                ctx,
+                peer,
+                peer_certs.as_deref(),
+                setup,
             )
+            .await
         }
-    });
-    let windows = ptth_h2::Windows::default();
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        // An origin gone without a FIN (NAT, a pulled cable) leaves its carrier here: PINGs
-        // find it, as the reversed HTTP/2 client's do (ptth_h2::reversed::handshake).
-        .keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(20))
-        .enable_connect_protocol()
-        .initial_stream_window_size(windows.stream)
-        .initial_connection_window_size(windows.connection)
-        .max_frame_size(64 * 1024)
-        .serve_connection(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+    };
+    // An origin gone without a FIN (NAT, a pulled cable) leaves its carrier here: the
+    // keep-alive PINGs find it (20 s, then 20 s to answer), as the reversed HTTP/2
+    // client's do (ptth_h2::client::drive).
+    let options = ptth_h2::server::Options::default();
+    let conn = async {
+        let conn = ptth_h2::server::handshake(io, &options)
+            .await
+            .map_err(ptth_h2::client::ConnectionError::H2)?;
+        ptth_h2::server::serve(conn, options.keep_alive, service).await
+    };
     tokio::select! {
-        ended = &mut conn => if let Err(e) = ended {
+        ended = conn => if let Err(e) = ended {
             tracing::debug!(%peer, error = %e, "setup connection ended");
         },
         () = setup.expired() => SetupFailure::late("no setup admitted").log(peer, "tcp"),

@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! origin:  dial ─▶ TLS ─▶ [connect::origin_connect] ─▶ reversed::serve (hyper's HTTP/2 server)
-//! gateway: accept ─▶ TLS ─▶ [hyper server answers 2xx] ─▶ client::handshake (h2's HTTP/2 client)
+//! gateway: accept ─▶ TLS ─▶ [server::serve answers 2xx] ─▶ client::handshake (h2's HTTP/2 client)
 //!            client::drive (the connection, keep-alive PING) ◀─┘   └─▶ client::Client::send
 //! ```
 //!
@@ -21,9 +21,15 @@
 //! HTTP/2 client) remain for the origin's side of the extended CONNECT setup
 //! (`connect::origin_connect`).
 //!
-//! What it does not do: no sockets, no TLS, no setup validation, no routing. The gateway's
-//! side of the extended CONNECT setup is an ordinary hyper HTTP/2 server with
-//! `enable_connect_protocol()`; `examples/h2_duplex.rs` shows it.
+//! The gateway's side of the extended CONNECT setup (and of reverse CONNECT's
+//! `connect-listen` / `connect-accept`) is [`server`], h2's server used directly: requests
+//! run in the connection's driver, and the stream of a CONNECT answered 2xx is handed over
+//! as a [`Tunnel`] on h2's own stream halves ([`server::on_tunnel`]), without the task per
+//! stream and the write channel of hyper's server upgrade.
+//! `examples/h2_duplex.rs` shows the same setup with hyper's server on the gateway's end,
+//! which works as well.
+//!
+//! What it does not do: no sockets, no TLS, no setup validation, no routing.
 //!
 //! # Example
 //!
@@ -62,6 +68,7 @@ pub mod client;
 pub mod connect;
 pub mod flow;
 pub mod reversed;
+pub mod server;
 pub mod tunnel;
 pub mod udp_flow;
 
