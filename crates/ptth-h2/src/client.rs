@@ -17,14 +17,15 @@
 //! drive(Connection) ─▶ h2 Connection (frames, SETTINGS, GOAWAY) + keep-alive PING with a deadline
 //! ```
 
-use crate::reversed::{Body, BoxError, Windows, MAX_HEADER_LIST_SIZE};
+use crate::message::{content_length, strip_connection_fields, RecvBody};
+use crate::reversed::{Body, Windows, MAX_HEADER_LIST_SIZE};
 use crate::tunnel::poll_window;
 pub use crate::tunnel::Tunnel;
 use bytes::{Buf, Bytes};
 use h2::{Reason, RecvStream, SendStream};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::Body as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -382,13 +383,7 @@ impl Client {
         }
         let res = res.map_err(SendError::Sent)?;
         let remaining = content_length(res.headers());
-        Ok(res.map(|recv| {
-            http_body_util::BodyExt::boxed_unsync(RecvBody {
-                recv,
-                remaining,
-                data_done: false,
-            })
-        }))
+        Ok(res.map(|recv| http_body_util::BodyExt::boxed_unsync(RecvBody::new(recv, remaining))))
     }
 }
 
@@ -409,11 +404,7 @@ fn connect_answer(res: Response<RecvStream>, send: SendStream<Bytes>) -> Respons
         return Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(empty));
     }
     drop(send);
-    let body = RecvBody {
-        recv,
-        remaining,
-        data_done: false,
-    };
+    let body = RecvBody::new(recv, remaining);
     Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(body))
 }
 
@@ -428,30 +419,6 @@ pub fn take_tunnel<B>(res: &mut Response<B>) -> Option<Tunnel> {
 #[derive(Clone)]
 struct TunnelSlot(Arc<Mutex<Option<Tunnel>>>);
 
-/// RFC 7230-era fields that HTTP/2 forbids (RFC 9113 §8.2.2: "An endpoint MUST NOT generate
-/// an HTTP/2 message containing connection-specific header fields"), and those `Connection`
-/// names; `TE` only as "trailers".
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    for name in [
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
-        headers.remove(header::TE);
-    }
-    if let Some(connection) = headers.remove(header::CONNECTION) {
-        if let Ok(names) = connection.to_str() {
-            for name in names.split(',') {
-                headers.remove(name.trim());
-            }
-        }
-    }
-}
-
 /// RFC 9110 §8.6: a user agent "SHOULD send Content-Length in a request when the method
 /// defines a meaning for enclosed content", even when it is empty.
 fn has_payload_semantics(method: &Method) -> bool {
@@ -464,16 +431,6 @@ fn has_payload_semantics(method: &Method) -> bool {
             | Method::OPTIONS
             | Method::TRACE
     )
-}
-
-/// The `content-length` of a message, when it has exactly one valid value.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let first = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    first.to_str().ok()?.parse().ok()
 }
 
 /// A request body on its way out: each data frame sent as the stream's flow-control
@@ -567,57 +524,6 @@ impl Future for UploadTask {
     }
 }
 
-/// A response body read from its stream. Each data frame's window is given back to the
-/// origin as the consumer takes it, so a slow public client slows the origin instead of
-/// the gateway buffering (at most the 4 MiB stream window is ever held).
-struct RecvBody {
-    recv: RecvStream,
-    /// What `content-length` says is left, for the size hint.
-    remaining: Option<u64>,
-    data_done: bool,
-}
-
-impl http_body::Body for RecvBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(r) = this.remaining.as_mut() {
-                        *r = r.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
-                None => this.data_done = true,
-            }
-        }
-        match ready!(this.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
-    }
-}
-
 /// Whether an HTTP/2 request failed because the origin refused its stream unprocessed.
 ///
 /// h2 fails a stream with the peer's GOAWAY only when the stream's ID is above the frame's
@@ -644,7 +550,10 @@ mod tests {
     //! The client against hyper's server (as `ptth-origin` runs it) and against h2's own
     //! server where a test needs an origin hyper will not play (refusing a stream).
     use super::*;
+    use crate::reversed::BoxError;
     use crate::reversed::{serve, ServeOptions};
+    use http::header::{HeaderMap, HeaderName};
+    use http_body::Frame;
     use http_body_util::{BodyExt, Empty};
     use hyper::body::Incoming;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -20,14 +20,15 @@
 //! whoever asked for them with [`on_tunnel`] while the request was being handled.
 
 use crate::client::{ConnectionError, KeepAlive, KEEP_ALIVE};
-use crate::reversed::{Body, BoxError, Windows, MAX_HEADER_LIST_SIZE};
+use crate::message::{content_length, strip_connection_fields, RecvBody};
+use crate::reversed::{Body, Windows, MAX_HEADER_LIST_SIZE};
 use crate::tunnel::{poll_window, Tunnel};
 use bytes::{Buf, Bytes};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::{Reason, RecvStream, SendStream};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body::{Body as _, Frame, SizeHint};
+use http_body::Body as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -280,11 +281,7 @@ fn start<S: Service>(
         (empty(), Some((tx, recv)))
     } else {
         let remaining = content_length(&parts.headers);
-        let body = RecvBody {
-            recv,
-            remaining,
-            data_done: false,
-        };
+        let body = RecvBody::new(recv, remaining);
         (http_body_util::BodyExt::boxed_unsync(body), None)
     };
     let answer = service.call(Request::from_parts(parts, body));
@@ -408,95 +405,14 @@ async fn send_body(mut body: Body, mut stream: SendStream<Bytes>) {
     .await
 }
 
-/// Connection-specific fields, which an HTTP/2 message must not carry (RFC 9113 §8.2.2:
-/// "An endpoint MUST NOT generate an HTTP/2 message containing connection-specific header
-/// fields"); h2 refuses to send a message with them.
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    if let Some(connection) = headers.remove(header::CONNECTION) {
-        if let Ok(names) = connection.to_str() {
-            for name in names.split(',') {
-                headers.remove(name.trim());
-            }
-        }
-    }
-    for name in [
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    if headers.get(header::TE).is_some_and(|te| te != "trailers") {
-        headers.remove(header::TE);
-    }
-}
-
-/// The `content-length` of a message, when it has exactly one valid value.
-fn content_length(headers: &HeaderMap) -> Option<u64> {
-    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
-    let first = values.next()?;
-    if values.next().is_some() {
-        return None;
-    }
-    first.to_str().ok()?.parse().ok()
-}
-
-/// A request body read from its stream, window given back to the peer as it is read (so a
-/// slow reader slows the peer rather than the server buffering), then its trailers.
-struct RecvBody {
-    recv: RecvStream,
-    /// What `content-length` says is left, for the size hint.
-    remaining: Option<u64>,
-    data_done: bool,
-}
-
-impl http_body::Body for RecvBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        if !this.data_done {
-            match ready!(this.recv.poll_data(cx)) {
-                Some(Ok(data)) => {
-                    let _ = this.recv.flow_control().release_capacity(data.len());
-                    if let Some(r) = this.remaining.as_mut() {
-                        *r = r.saturating_sub(data.len() as u64);
-                    }
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
-                None => this.data_done = true,
-            }
-        }
-        match ready!(this.recv.poll_trailers(cx)) {
-            Ok(Some(trailers)) => Poll::Ready(Some(Ok(Frame::trailers(trailers)))),
-            Ok(None) => Poll::Ready(None),
-            Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.recv.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.remaining {
-            Some(n) => SizeHint::with_exact(n),
-            None => SizeHint::default(),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     //! The server against the gateway's own h2 client (`crate::client`) over in-memory pipes.
     use super::*;
     use crate::client::{self, take_tunnel};
+    use crate::reversed::BoxError;
+    use http::header::HeaderMap;
+    use http_body::Frame;
     use http_body_util::BodyExt;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
