@@ -17,6 +17,7 @@
 //! drive(Connection) ─▶ h2 Connection (frames, SETTINGS, GOAWAY) + keep-alive PING with a deadline
 //! ```
 
+use crate::keep_alive::Pinger;
 use crate::message::{content_length, strip_connection_fields, RecvBody};
 use crate::reversed::{Body, Windows, MAX_HEADER_LIST_SIZE};
 use crate::tunnel::poll_window;
@@ -30,7 +31,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -179,29 +180,22 @@ where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     Driver {
-        ping: conn.ping_pong(),
+        pinger: Pinger::new(conn.ping_pong(), keep_alive),
         conn: Some(conn),
-        sleep: Box::pin(tokio::time::sleep(keep_alive.interval)),
-        awaiting: false,
-        keep_alive,
     }
 }
 
 /// The future [`drive`] returns.
 pub struct Driver<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     conn: Option<Connection<IO>>,
-    ping: Option<h2::PingPong>,
-    /// Until the next PING, or (`awaiting`) until the unanswered one is late.
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    awaiting: bool,
-    keep_alive: KeepAlive,
+    pinger: Pinger,
 }
 
 impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> std::fmt::Debug for Driver<IO> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Driver")
             .field("running", &self.conn.is_some())
-            .field("awaiting_pong", &self.awaiting)
+            .field("awaiting_pong", &self.pinger.awaiting())
             .finish_non_exhaustive()
     }
 }
@@ -218,37 +212,13 @@ impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Future for Driver<IO> 
             this.conn = None;
             return Poll::Ready(end.map_err(ConnectionError::H2));
         }
-        let Some(ping) = this.ping.as_mut() else {
-            return Poll::Pending;
-        };
-        loop {
-            if this.awaiting {
-                match ping.poll_pong(cx) {
-                    Poll::Ready(Ok(_)) => {
-                        this.awaiting = false;
-                        let next = tokio::time::Instant::now() + this.keep_alive.interval;
-                        this.sleep.as_mut().reset(next);
-                    }
-                    // The connection's own poll reports why.
-                    Poll::Ready(Err(_)) => return Poll::Pending,
-                    Poll::Pending => {}
-                }
-            }
-            ready!(this.sleep.as_mut().poll(cx));
-            if this.awaiting {
+        match this.pinger.poll(cx) {
+            Poll::Ready(lost) => {
                 // Dropped without the close task: nobody answers on it any more.
                 this.conn = None;
-                return Poll::Ready(Err(ConnectionError::KeepAliveTimeout(
-                    this.keep_alive.timeout,
-                )));
+                Poll::Ready(Err(lost))
             }
-            if ping.send_ping(h2::Ping::opaque()).is_err() {
-                // h2 refuses a PING only on a connection that is failing: its poll says how.
-                return Poll::Pending;
-            }
-            this.awaiting = true;
-            let late = tokio::time::Instant::now() + this.keep_alive.timeout;
-            this.sleep.as_mut().reset(late);
+            Poll::Pending => Poll::Pending,
         }
     }
 }

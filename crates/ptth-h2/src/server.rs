@@ -20,6 +20,7 @@
 //! whoever asked for them with [`on_tunnel`] while the request was being handled.
 
 use crate::client::{ConnectionError, KeepAlive, KEEP_ALIVE};
+use crate::keep_alive::Pinger;
 use crate::message::{content_length, strip_connection_fields, RecvBody};
 use crate::reversed::{Body, Windows, MAX_HEADER_LIST_SIZE};
 use crate::tunnel::{poll_window, Tunnel};
@@ -32,7 +33,7 @@ use http_body::Body as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::oneshot;
 
@@ -119,10 +120,7 @@ where
         conn,
         service,
         exchanges: FuturesUnordered::new(),
-        ping,
-        sleep: Box::pin(tokio::time::sleep(keep_alive.interval)),
-        awaiting: false,
-        keep_alive,
+        pinger: Pinger::new(ping, keep_alive),
     }
 }
 
@@ -135,18 +133,14 @@ pub struct Server<IO, S> {
     service: S,
     /// At most one per open stream, so at most `max_concurrent_streams`.
     exchanges: FuturesUnordered<Exchange>,
-    ping: Option<h2::PingPong>,
-    /// Until the next PING, or (`awaiting`) until the unanswered one is late.
-    sleep: Pin<Box<tokio::time::Sleep>>,
-    awaiting: bool,
-    keep_alive: KeepAlive,
+    pinger: Pinger,
 }
 
 impl<IO, S> std::fmt::Debug for Server<IO, S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("exchanges", &self.exchanges.len())
-            .field("awaiting_pong", &self.awaiting)
+            .field("awaiting_pong", &self.pinger.awaiting())
             .finish_non_exhaustive()
     }
 }
@@ -160,39 +154,6 @@ where
     /// finish and the connection ends; new ones are refused.
     pub fn graceful_shutdown(&mut self) {
         self.conn.graceful_shutdown();
-    }
-
-    /// The keep-alive: `Ready` with the error when a PING went unanswered past its
-    /// deadline.
-    fn poll_keep_alive(&mut self, cx: &mut Context<'_>) -> Poll<ConnectionError> {
-        let Some(ping) = self.ping.as_mut() else {
-            return Poll::Pending;
-        };
-        loop {
-            if self.awaiting {
-                match ping.poll_pong(cx) {
-                    Poll::Ready(Ok(_)) => {
-                        self.awaiting = false;
-                        let next = tokio::time::Instant::now() + self.keep_alive.interval;
-                        self.sleep.as_mut().reset(next);
-                    }
-                    // The connection's own poll reports why.
-                    Poll::Ready(Err(_)) => return Poll::Pending,
-                    Poll::Pending => {}
-                }
-            }
-            ready!(self.sleep.as_mut().poll(cx));
-            if self.awaiting {
-                return Poll::Ready(ConnectionError::KeepAliveTimeout(self.keep_alive.timeout));
-            }
-            if ping.send_ping(h2::Ping::opaque()).is_err() {
-                // h2 refuses a PING only on a connection that is failing: its poll says how.
-                return Poll::Pending;
-            }
-            self.awaiting = true;
-            let late = tokio::time::Instant::now() + self.keep_alive.timeout;
-            self.sleep.as_mut().reset(late);
-        }
     }
 }
 
@@ -220,7 +181,7 @@ where
             }
         }
         while let Poll::Ready(Some(())) = this.exchanges.poll_next_unpin(cx) {}
-        if let Poll::Ready(lost) = this.poll_keep_alive(cx) {
+        if let Poll::Ready(lost) = this.pinger.poll(cx) {
             return Poll::Ready(Err(lost));
         }
         Poll::Pending
