@@ -1,7 +1,7 @@
 //! Issue 10 items 3 and 5, end to end through the real binaries: forwarding fields a public
 //! client wrote never reach the application as the gateway's (unless the peer is a trusted
 //! proxy), on every public protocol, through `ptth-origin --upstream` to a real upstream;
-//! and `--gateway-pin` holds even with `--danger-accept-any-gateway`, over TCP and QUIC.
+//! with `--forwarding-fields`, only the chosen fields reach it; and `--gateway-pin` holds even with `--danger-accept-any-gateway`, over TCP and QUIC.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use bytes::Bytes;
@@ -195,6 +195,86 @@ async fn spoofed_forwarding_fields_are_replaced_unless_the_peer_is_a_trusted_pro
                 )],
                 "{what}"
             );
+        }
+    }
+}
+
+/// The six forwarding fields an application could read.
+const FORWARDING: [&str; 6] = [
+    "x-forwarded-for",
+    "x-real-ip",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+    "forwarded",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_sees_only_the_forwarding_fields_the_gateway_is_set_to_send() {
+    // (flags, the fields the application sees, from a client that spoofed all six)
+    let cases: [(&[&str], &[&str]); 4] = [
+        (&["--forwarding-fields", "forwarded"], &["forwarded"]),
+        (
+            &["--forwarding-fields", "x-forwarded"],
+            &[
+                "x-forwarded-for",
+                "x-real-ip",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+            ],
+        ),
+        (&["--forwarding-fields", "none"], &[]),
+        // A trusted proxy's fields of the family not chosen are removed too.
+        (
+            &[
+                "--forwarding-fields",
+                "forwarded",
+                "--trusted-proxy",
+                "127.0.0.1/32",
+            ],
+            &["forwarded"],
+        ),
+    ];
+    for (i, (flags, expected)) in cases.into_iter().enumerate() {
+        let trusted = flags.contains(&"--trusted-proxy");
+        let s = setup(&format!("fwd-only-{i}"), flags).await;
+        let port = s.gw.listen.port();
+        for m in MECHANISMS {
+            let host = format!("{m}.localhost");
+            for h2 in [false, true] {
+                let mut req = Request::get(url(&s.gw, &host, "/"));
+                for (k, v) in spoofed("https") {
+                    req = req.header(k, v);
+                }
+                let (res, body) = send(&client(h2), req.body(full(Bytes::new())).unwrap())
+                    .await
+                    .unwrap();
+                let what = format!(
+                    "{flags:?}, {m}, h2c={h2}: {}",
+                    String::from_utf8_lossy(&body)
+                );
+                assert_eq!(res.status(), StatusCode::OK, "{what}");
+                let seen: Vec<&str> = FORWARDING
+                    .into_iter()
+                    .filter(|n| !echoed(&body, n).is_empty())
+                    .collect();
+                assert_eq!(seen, expected, "{what}");
+                // What is sent is the gateway's (or, trusted, appended to by it).
+                if expected.contains(&"forwarded") {
+                    let ours = format!("for=127.0.0.1;proto=http;host=\"{host}:{port}\"");
+                    let want = if trusted {
+                        format!("for=10.9.9.9;proto=https;host=evil.example, {ours}")
+                    } else {
+                        ours
+                    };
+                    assert_eq!(echoed(&body, "forwarded"), [want], "{what}");
+                }
+                if expected.contains(&"x-forwarded-for") {
+                    assert_eq!(echoed(&body, "x-forwarded-for"), ["127.0.0.1"], "{what}");
+                    assert_eq!(echoed(&body, "x-real-ip"), ["127.0.0.1"], "{what}");
+                    assert_eq!(echoed(&body, "x-forwarded-proto"), ["http"], "{what}");
+                }
+            }
         }
     }
 }

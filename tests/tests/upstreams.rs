@@ -630,10 +630,15 @@ async fn proxy_protocol_upstream() -> SocketAddr {
     addr
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proxy_protocol_v2_names_the_public_client() {
-    let dir = TempDir::new("upstream-proxy-protocol");
-    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+/// A gateway with `gateway_flags`, a `proxy-protocol = true` route to
+/// [`proxy_protocol_upstream`], and one request from 127.0.0.2 that forges
+/// `ptth-client-port`: returns what the upstream saw, the client's port and the upstream.
+async fn through_proxy_protocol_route(
+    name: &str,
+    gateway_flags: &[&str],
+) -> (String, u16, SocketAddr) {
+    let dir = TempDir::new(name);
+    let gw = Gateway::start(&dir.0, gateway_flags).await.unwrap();
     let upstream = proxy_protocol_upstream().await;
     let config = dir.0.join("origin.toml");
     std::fs::write(
@@ -652,7 +657,7 @@ async fn proxy_protocol_v2_names_the_public_client() {
     // The public client comes from 127.0.0.2, which is what the gateway sees and names, with
     // the port it dialled from; the port it forges in the gateway's own field is dropped.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let (text, client_port) = loop {
+    loop {
         let tcp = tcp_from("127.0.0.2".parse().unwrap(), gw.listen)
             .await
             .unwrap();
@@ -672,16 +677,37 @@ async fn proxy_protocol_v2_names_the_public_client() {
         let body = response.into_body().collect().await.unwrap().to_bytes();
         let text = String::from_utf8_lossy(&body).to_string();
         if status == StatusCode::OK {
-            break (text, client_port);
+            return (text, client_port, upstream);
         }
         assert!(tokio::time::Instant::now() < deadline, "{status}: {text}");
         tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v2_names_the_public_client() {
+    let (text, client_port, upstream) =
+        through_proxy_protocol_route("upstream-proxy-protocol", &[]).await;
     assert_eq!(
         text,
         format!(
             "command 0x21 family 0x11 source 127.0.0.2:{client_port} destination {upstream} then-http true ptth-field false"
         )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proxy_protocol_v2_says_unspec_behind_a_gateway_that_sends_no_x_real_ip() {
+    // `--forwarding-fields forwarded` sends neither X-Real-IP nor the port that goes with
+    // it (docs/operations.md): the header names no client, rather than a wrong one.
+    let (text, _, _) = through_proxy_protocol_route(
+        "upstream-proxy-protocol-forwarded",
+        &["--forwarding-fields", "forwarded"],
+    )
+    .await;
+    assert_eq!(
+        text,
+        "command 0x21 family 0x00 then-http true ptth-field false"
     );
 }
 

@@ -110,6 +110,14 @@ pub struct Cli {
     #[arg(long = "trusted-proxy", value_name = "CIDR")]
     #[serde(default, rename = "trusted-proxy", alias = "trusted-proxies")]
     pub trusted_proxies: Vec<String>,
+    /// Which forwarding fields origins get: `all` (default: `X-Forwarded-For`, `-Proto`,
+    /// `-Host`, `X-Real-IP` and RFC 7239 `Forwarded`), `forwarded` (`Forwarded` only),
+    /// `x-forwarded` (the `X-Forwarded-*` fields and `X-Real-IP` only) or `none`. The fields
+    /// not chosen are removed from every request, a trusted proxy's too; a public client's
+    /// values never pass. `ptth-client-port` goes with `X-Real-IP`, so origin routes with
+    /// `proxy-protocol` need `all` or `x-forwarded`.
+    #[arg(long, value_name = "all|forwarded|x-forwarded|none")]
+    pub forwarding_fields: Option<String>,
     /// Requests for one host that may wait for a busy origin at once (default 256), so one
     /// slow tenant cannot fill the whole `--queue-limit` queue.
     #[arg(long)]
@@ -327,6 +335,8 @@ pub struct GatewayConfig {
     pub via_name: String,
     /// Proxies whose forwarding fields are kept (`--trusted-proxy`, `trusted-proxies`).
     pub trusted_proxies: crate::forwarding::TrustedProxies,
+    /// Which forwarding fields origins get (`--forwarding-fields`).
+    pub forwarding_fields: crate::forwarding::ForwardingFields,
     /// Wait-queue length per request host.
     pub queue_limit_per_host: usize,
     /// Whether cleartext requests may fall back to `https://` scopes.
@@ -395,6 +405,7 @@ impl GatewayConfig {
             public_header_timeout: Duration::from_secs(30),
             via_name: "ptth".to_string(),
             trusted_proxies: crate::forwarding::TrustedProxies::default(),
+            forwarding_fields: crate::forwarding::ForwardingFields::All,
             queue_limit_per_host: 256,
             cleartext_https_fallback: true,
             workers: std::thread::available_parallelism().map_or(1, usize::from),
@@ -540,6 +551,11 @@ impl Cli {
         }
         c.trusted_proxies = crate::forwarding::TrustedProxies::parse(&self.trusted_proxies)
             .map_err(|e| anyhow::anyhow!("--trusted-proxy (config key trusted-proxy): {e}"))?;
+        if let Some(fields) = &self.forwarding_fields {
+            c.forwarding_fields = fields.parse().map_err(|e| {
+                anyhow::anyhow!("--forwarding-fields (config key forwarding-fields): {e}")
+            })?;
+        }
         if let Some(n) = self.queue_limit_per_host {
             c.queue_limit_per_host = n;
         }
@@ -661,6 +677,7 @@ impl Cli {
             } else {
                 self.trusted_proxies
             },
+            forwarding_fields: self.forwarding_fields.or(file.forwarding_fields),
             queue_limit_per_host: self.queue_limit_per_host.or(file.queue_limit_per_host),
             cleartext_https_fallback: self
                 .cleartext_https_fallback
@@ -1472,6 +1489,69 @@ public-header-timeout = 12.5
             err.contains("never accepts unauthenticated origins"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn forwarding_fields_come_from_the_flag_or_the_file_and_a_bad_value_names_the_key() {
+        use crate::forwarding::ForwardingFields;
+        let base = [
+            "ptth-gateway",
+            "--listen",
+            "127.0.0.1:1",
+            "--tunnel",
+            "127.0.0.1:2",
+            "--cert",
+            "c",
+            "--key",
+            "k",
+            "--token",
+            "t",
+        ];
+        let (c, _) = Cli::try_parse_from(base).unwrap().resolve().unwrap();
+        assert_eq!(c.forwarding_fields, ForwardingFields::All, "the default");
+        for (text, fields) in [
+            ("all", ForwardingFields::All),
+            ("forwarded", ForwardingFields::Forwarded),
+            ("x-forwarded", ForwardingFields::XForwarded),
+            ("none", ForwardingFields::None),
+        ] {
+            let mut args = base.to_vec();
+            args.extend(["--forwarding-fields", text]);
+            let (c, _) = Cli::try_parse_from(args).unwrap().resolve().unwrap();
+            assert_eq!(c.forwarding_fields, fields, "{text}");
+            assert_eq!(fields.to_string(), text);
+        }
+        // The file's value, and the flag over it.
+        let file = || toml::from_str::<Cli>("forwarding-fields = \"forwarded\"\n").unwrap();
+        let (c, _) = Cli::try_parse_from(base)
+            .unwrap()
+            .or(file())
+            .resolve()
+            .unwrap();
+        assert_eq!(c.forwarding_fields, ForwardingFields::Forwarded);
+        let mut args = base.to_vec();
+        args.extend(["--forwarding-fields", "none"]);
+        let (c, _) = Cli::try_parse_from(args)
+            .unwrap()
+            .or(file())
+            .resolve()
+            .unwrap();
+        assert_eq!(c.forwarding_fields, ForwardingFields::None);
+
+        for bad in ["All", "x-forwarded-for", "", "forwarded,x-forwarded"] {
+            let mut args = base.to_vec();
+            args.extend(["--forwarding-fields", bad]);
+            let err = Cli::try_parse_from(args)
+                .unwrap()
+                .resolve()
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("--forwarding-fields (config key forwarding-fields)")
+                    && err.contains("all, forwarded, x-forwarded or none"),
+                "{bad:?}: {err}"
+            );
+        }
     }
 
     #[test]

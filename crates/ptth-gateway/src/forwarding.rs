@@ -15,7 +15,11 @@
 //!   and `Forwarded` are kept with the gateway's hop appended, and its `X-Forwarded-Proto`,
 //!   `-Host`, `-Port` and `X-Real-IP` are kept when present (set when absent; the port never is);
 //! - in both cases, when the client `X-Real-IP` names is the peer itself, [`PTTH_CLIENT_PORT`]
-//!   carries the peer's TCP or UDP port to the origin (for PROXY protocol v2 headers).
+//!   carries the peer's TCP or UDP port to the origin (for PROXY protocol v2 headers);
+//! - `--forwarding-fields` ([`ForwardingFields`]) may choose `Forwarded` only, the
+//!   `X-Forwarded-*` family (with `X-Real-IP`) only, or none: the fields not chosen are
+//!   removed from every request, a trusted proxy's included, and [`PTTH_CLIENT_PORT`] goes
+//!   with `X-Real-IP` (without it the origin would have a port and no address).
 //!
 //! Why a `ptth-*` field and not the port form of `Forwarded` (RFC 7239 §6,
 //! `for="192.0.2.7:51234"`): every application behind ptth reads `Forwarded`, and many parse
@@ -26,11 +30,13 @@
 //! so an origin reading [`PTTH_CLIENT_PORT`] from its authenticated connection knows the
 //! gateway wrote it.
 
+use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Uri;
 use ptth_core::RequestTarget;
 use std::fmt;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::str::FromStr;
 
 /// `X-Forwarded-For`: the chain of client addresses.
@@ -275,66 +281,220 @@ pub fn requested_authority(uri: &Uri, headers: &HeaderMap, target: &RequestTarge
         None => host_port.contains(':'),
     };
     match (explicit_port, target.port()) {
-        (true, Some(port)) => format!("{}:{port}", target.host()),
+        (true, Some(port)) => {
+            // Every request with a port passes here: no `format!` (the `fmt` machinery was
+            // two thirds of this function's cost).
+            let port = StackText::decimal(port);
+            let mut text = String::with_capacity(target.host().len() + 1 + port.as_str().len());
+            text.push_str(target.host());
+            text.push(':');
+            text.push_str(port.as_str());
+            text
+        }
         _ => target.host().to_owned(),
     }
 }
 
-/// Sets the forwarding fields of a public request from `hop` (see the module docs), keeping
-/// and appending to the peer's own values only when the peer is in `trusted`.
-pub fn set_forwarding_fields(headers: &mut HeaderMap, hop: &Hop<'_>, trusted: &TrustedProxies) {
-    let peer = hop.peer.to_canonical();
-    let peer_text = peer.to_string();
-    let proto = if hop.tls { "https" } else { "http" };
-    let element = forwarded_element(peer, &peer_text, proto, hop.authority);
-    if !trusted.contains(peer) {
-        // Every request passes here and most carry none of these fields: one look at the
-        // names present is cheaper than six removals by name.
-        if headers
-            .keys()
-            .any(|k| FORWARDING_FIELDS.iter().any(|f| f == k))
-        {
-            for name in FORWARDING_FIELDS {
-                headers.remove(name);
-            }
+/// Which forwarding fields the gateway sends to origins (`--forwarding-fields`, config key
+/// `forwarding-fields`). The others are removed, whoever the peer is: from a public client
+/// as always, and from a trusted proxy too, since a chain the gateway did not append its hop
+/// to would mislead an application that counts hops from the right.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardingFields {
+    /// `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP` and `Forwarded` (the default).
+    #[default]
+    All,
+    /// RFC 7239 `Forwarded` only.
+    Forwarded,
+    /// `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` only.
+    XForwarded,
+    /// None: the origin sees no forwarding field at all (every public value still removed).
+    None,
+}
+
+impl ForwardingFields {
+    /// Whether `Forwarded` is sent.
+    pub fn forwarded(self) -> bool {
+        matches!(self, Self::All | Self::Forwarded)
+    }
+
+    /// Whether `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` are sent, and with
+    /// `X-Real-IP` [`PTTH_CLIENT_PORT`] (the port of the client `X-Real-IP` names: without
+    /// it the origin has no address to put the port with).
+    pub fn x_forwarded(self) -> bool {
+        matches!(self, Self::All | Self::XForwarded)
+    }
+}
+
+impl FromStr for ForwardingFields {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "all" => Ok(Self::All),
+            "forwarded" => Ok(Self::Forwarded),
+            "x-forwarded" => Ok(Self::XForwarded),
+            "none" => Ok(Self::None),
+            _ => Err(format!(
+                "the forwarding fields are all, forwarded, x-forwarded or none, not {s:?}"
+            )),
         }
-        // Room for the five fields at once, so the map grows (and rehashes) once at most.
-        headers.reserve(5);
-        insert(headers, X_FORWARDED_FOR, &peer_text);
-        insert(headers, X_FORWARDED_PROTO, proto);
-        insert(headers, X_FORWARDED_HOST, hop.authority);
-        insert(headers, X_REAL_IP, &peer_text);
-        insert(headers, header::FORWARDED, &element);
-        set_client_port(headers, hop.peer_port);
-        return;
     }
-    // A trusted proxy: its chain is kept and this hop appended, as one field line each (some
-    // applications read only the first line of a field).
+}
+
+impl fmt::Display for ForwardingFields {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::All => "all",
+            Self::Forwarded => "forwarded",
+            Self::XForwarded => "x-forwarded",
+            Self::None => "none",
+        })
+    }
+}
+
+/// Sets the forwarding fields of a public request from `hop` (see the module docs), keeping
+/// and appending to the peer's own values only when the peer is in `trusted`: every field,
+/// as [`ForwardingFields::All`] does in [`set_chosen_forwarding_fields`].
+pub fn set_forwarding_fields(headers: &mut HeaderMap, hop: &Hop<'_>, trusted: &TrustedProxies) {
+    set_chosen_forwarding_fields(headers, hop, trusted, ForwardingFields::All);
+}
+
+/// Sets the forwarding fields `chosen` names (see the module docs) and removes the others,
+/// keeping and appending to the peer's own values only when the peer is in `trusted`.
+pub fn set_chosen_forwarding_fields(
+    headers: &mut HeaderMap,
+    hop: &Hop<'_>,
+    trusted: &TrustedProxies,
+    chosen: ForwardingFields,
+) {
+    let peer = hop.peer.to_canonical();
+    if !trusted.contains(peer) {
+        set_untrusted(headers, hop, peer, chosen);
+    } else {
+        set_trusted(headers, hop, peer, trusted, chosen);
+    }
+}
+
+/// The fields for a peer outside the trusted list: every value it wrote removed, the chosen
+/// fields set from what the gateway saw.
+///
+/// Every request passes here, so the values are written once into one buffer (the peer's
+/// address formatted once, no `String` per field) and each field is a slice of it: one
+/// allocation for the buffer (and one for sharing it) instead of one per value.
+fn set_untrusted(headers: &mut HeaderMap, hop: &Hop<'_>, peer: IpAddr, chosen: ForwardingFields) {
+    // Most requests carry none of these fields: one look at the names present is cheaper
+    // than six removals by name.
+    if headers
+        .keys()
+        .any(|k| FORWARDING_FIELDS.iter().any(|f| f == k))
+    {
+        for name in FORWARDING_FIELDS {
+            headers.remove(name);
+        }
+    }
+    let (x_forwarded, forwarded) = (chosen.x_forwarded(), chosen.forwarded());
+    if !x_forwarded {
+        // The port goes with `X-Real-IP`; without it there is no address to pair it with.
+        // (The proxy removed every public `ptth-*` field already; this holds on its own.)
+        headers.remove(PTTH_CLIENT_PORT);
+        if !forwarded {
+            return;
+        }
+    }
+    let proto = if hop.tls { "https" } else { "http" };
+    let peer_text = StackText::ip(peer);
+    let peer_text = peer_text.as_bytes();
+    let mut buf = BytesMut::with_capacity(2 * (peer_text.len() + hop.authority.len()) + 40);
+    let peer_range = x_forwarded.then(|| put(&mut buf, peer_text));
+    let authority = x_forwarded.then(|| put(&mut buf, hop.authority.as_bytes()));
+    let element = forwarded.then(|| {
+        let start = buf.len();
+        put_forwarded_element(&mut buf, peer.is_ipv6(), peer_text, proto, hop.authority);
+        start..buf.len()
+    });
+    let port = x_forwarded.then(|| put(&mut buf, StackText::decimal(hop.peer_port).as_bytes()));
+    let buf = buf.freeze();
+    // Room for the fields at once, so the map grows (and rehashes) once at most.
+    headers.reserve(5 * usize::from(x_forwarded) + usize::from(forwarded));
+    // Each value is checked once (a vectorised pass, no copy): the peer's text and the port
+    // are the gateway's own digits, dots and colons, but the authority came from the client
+    // (validated for routing): a value that is not a field value is left out, never sent.
+    if let (Some(peer_range), Some(authority), Some(port)) = (peer_range, authority, port) {
+        let peer_value = HeaderValue::from_maybe_shared(buf.slice(peer_range)).ok();
+        insert_value(headers, X_FORWARDED_FOR, peer_value.clone());
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(proto));
+        insert_value(headers, X_FORWARDED_HOST, shared_value(&buf, authority));
+        insert_value(headers, X_REAL_IP, peer_value);
+        if let Some(element) = element {
+            insert_value(headers, header::FORWARDED, shared_value(&buf, element));
+        }
+        insert_value(headers, PTTH_CLIENT_PORT, shared_value(&buf, port));
+    } else if let Some(element) = element {
+        insert_value(headers, header::FORWARDED, shared_value(&buf, element));
+    }
+}
+
+/// The fields for a trusted proxy: its chains kept with this hop appended, its other values
+/// kept, the fields not chosen removed.
+fn set_trusted(
+    headers: &mut HeaderMap,
+    hop: &Hop<'_>,
+    peer: IpAddr,
+    trusted: &TrustedProxies,
+    chosen: ForwardingFields,
+) {
+    let text = StackText::ip(peer);
+    let peer_text = text.as_str();
+    let proto = if hop.tls { "https" } else { "http" };
     let theirs = list_values(headers, &X_FORWARDED_FOR);
-    let mut chain = theirs.clone();
-    chain.push(peer_text);
-    insert(headers, X_FORWARDED_FOR, &chain.join(", "));
-    // Forwarded lines are kept whole: a quoted-string may hold a comma.
-    let mut elements: Vec<String> = headers
-        .get_all(header::FORWARDED)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    elements.push(element);
-    insert(headers, header::FORWARDED, &elements.join(", "));
-    if !headers.contains_key(X_FORWARDED_PROTO) {
-        insert(headers, X_FORWARDED_PROTO, proto);
+    if chosen.x_forwarded() {
+        // A trusted proxy: its chain is kept and this hop appended, as one field line each
+        // (some applications read only the first line of a field).
+        let mut chain = theirs.clone();
+        chain.push(peer_text.to_owned());
+        insert(headers, X_FORWARDED_FOR, &chain.join(", "));
+    } else {
+        for name in [
+            X_FORWARDED_FOR,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
+            X_FORWARDED_PORT,
+            X_REAL_IP,
+        ] {
+            headers.remove(name);
+        }
     }
-    if !headers.contains_key(X_FORWARDED_HOST) {
-        insert(headers, X_FORWARDED_HOST, hop.authority);
+    if chosen.forwarded() {
+        // Forwarded lines are kept whole: a quoted-string may hold a comma.
+        let mut elements: Vec<String> = headers
+            .get_all(header::FORWARDED)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        elements.push(forwarded_element(peer, peer_text, proto, hop.authority));
+        insert(headers, header::FORWARDED, &elements.join(", "));
+    } else {
+        headers.remove(header::FORWARDED);
+    }
+    if chosen.x_forwarded() {
+        if !headers.contains_key(X_FORWARDED_PROTO) {
+            insert(headers, X_FORWARDED_PROTO, proto);
+        }
+        if !headers.contains_key(X_FORWARDED_HOST) {
+            insert(headers, X_FORWARDED_HOST, hop.authority);
+        }
     }
     headers.remove(PTTH_CLIENT_PORT);
+    if !chosen.x_forwarded() {
+        return;
+    }
     if !headers.contains_key(X_REAL_IP) {
         let client = client_through(&theirs, peer, trusted);
-        insert(headers, X_REAL_IP, &client.to_string());
+        insert(headers, X_REAL_IP, StackText::ip(client).as_str());
         if client == peer {
             set_client_port(headers, hop.peer_port);
         }
@@ -385,28 +545,164 @@ fn insert(headers: &mut HeaderMap, name: HeaderName, value: &str) {
     }
 }
 
-/// One RFC 7239 `Forwarded` element for this hop.
+/// One RFC 7239 `Forwarded` element for this hop, as text.
 fn forwarded_element(peer: IpAddr, peer_text: &str, proto: &str, authority: &str) -> String {
-    let mut element = String::with_capacity(peer_text.len() + authority.len() + 32);
-    element.push_str("for=");
+    let mut element = Vec::with_capacity(peer_text.len() + authority.len() + 32);
+    put_forwarded_element(
+        &mut element,
+        peer.is_ipv6(),
+        peer_text.as_bytes(),
+        proto,
+        authority,
+    );
+    // Only ASCII and whole UTF-8 characters of `authority` were written.
+    String::from_utf8(element).unwrap_or_default()
+}
+
+/// Writes one RFC 7239 `Forwarded` element for this hop to `out`.
+fn put_forwarded_element(
+    out: &mut impl BufMut,
+    ipv6: bool,
+    peer_text: &[u8],
+    proto: &str,
+    authority: &str,
+) {
+    out.put_slice(b"for=");
     // RFC 7239 §6: "Note that as ":" and "[]" are not valid characters in "token", IPv6
     // addresses are written as "quoted-string"".
-    if peer.is_ipv6() {
-        element.push_str("\"[");
-        element.push_str(peer_text);
-        element.push_str("]\"");
+    if ipv6 {
+        out.put_slice(b"\"[");
+        out.put_slice(peer_text);
+        out.put_slice(b"]\"");
     } else {
-        element.push_str(peer_text);
+        out.put_slice(peer_text);
     }
-    element.push_str(";proto=");
-    element.push_str(proto);
+    out.put_slice(b";proto=");
+    out.put_slice(proto.as_bytes());
     // RFC 7239 §5.3: "host" carries the original value of the Host header field; quoted,
     // since it may hold a ':' (the authority was validated for routing; the filter is belt
-    // and braces for the quoted-string).
-    element.push_str(";host=\"");
-    element.extend(authority.chars().filter(|c| !matches!(c, '"' | '\\')));
-    element.push('"');
-    element
+    // and braces for the quoted-string; neither octet occurs inside a UTF-8 character).
+    out.put_slice(b";host=\"");
+    let authority = authority.as_bytes();
+    if authority.iter().any(|b| matches!(b, b'"' | b'\\')) {
+        for &b in authority.iter().filter(|b| !matches!(b, b'"' | b'\\')) {
+            out.put_u8(b);
+        }
+    } else {
+        out.put_slice(authority);
+    }
+    out.put_u8(b'"');
+}
+
+/// Appends `bytes` to `buf` and returns where they are.
+fn put(buf: &mut BytesMut, bytes: &[u8]) -> Range<usize> {
+    let start = buf.len();
+    buf.extend_from_slice(bytes);
+    start..buf.len()
+}
+
+/// The field value at `range` of `buf`, sharing its storage; `None` when it is not one.
+fn shared_value(buf: &Bytes, range: Range<usize>) -> Option<HeaderValue> {
+    HeaderValue::from_maybe_shared(buf.slice(range)).ok()
+}
+
+/// Sets `name` to `value`, or removes it when there is no valid value.
+fn insert_value(headers: &mut HeaderMap, name: HeaderName, value: Option<HeaderValue>) {
+    match value {
+        Some(v) => {
+            headers.insert(name, v);
+        }
+        None => {
+            headers.remove(name);
+        }
+    }
+}
+
+/// Text up to [`StackText::CAPACITY`] octets on the stack: an address or a port, formatted
+/// once per request without the `fmt` machinery (IPv4, ports) or a heap `String`.
+struct StackText {
+    buf: [u8; StackText::CAPACITY],
+    len: usize,
+}
+
+impl StackText {
+    /// The longest address text: an IPv6 address ending in dotted IPv4
+    /// (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255`); std writes at most 39 octets of hex
+    /// for the canonical (non-mapped) addresses the gateway formats.
+    const CAPACITY: usize = 45;
+
+    fn empty() -> Self {
+        Self {
+            buf: [0; Self::CAPACITY],
+            len: 0,
+        }
+    }
+
+    /// `ip` as std writes it (IPv4 dotted decimal; IPv6 per RFC 5952 through `fmt`).
+    fn ip(ip: IpAddr) -> Self {
+        let mut text = Self::empty();
+        match ip {
+            IpAddr::V4(v4) => {
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push(b'.');
+                    }
+                    text.push_decimal(u16::from(octet));
+                }
+            }
+            IpAddr::V6(v6) => {
+                // Cannot fail: every IPv6 text fits (see CAPACITY).
+                let _ = fmt::Write::write_fmt(&mut text, format_args!("{v6}"));
+            }
+        }
+        text
+    }
+
+    /// `n` in decimal.
+    fn decimal(n: u16) -> Self {
+        let mut text = Self::empty();
+        text.push_decimal(n);
+        text
+    }
+
+    fn push(&mut self, b: u8) {
+        if let Some(slot) = self.buf.get_mut(self.len) {
+            *slot = b;
+            self.len += 1;
+        }
+    }
+
+    fn push_decimal(&mut self, n: u16) {
+        let mut divisor = 10_000;
+        while divisor > 1 && n < divisor {
+            divisor /= 10;
+        }
+        while divisor > 0 {
+            // A digit: (n / divisor) % 10 is below 10.
+            self.push(b'0' + ((n / divisor) % 10) as u8);
+            divisor /= 10;
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+impl fmt::Write for StackText {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let end = self.len + s.len();
+        self.buf
+            .get_mut(self.len..end)
+            .ok_or(fmt::Error)?
+            .copy_from_slice(s.as_bytes());
+        self.len = end;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -751,5 +1047,208 @@ mod tests {
         };
         set_forwarding_fields(&mut h, &hop, &trusted);
         assert_eq!(all(&h, "x-forwarded-for"), ["203.0.113.5, 127.0.0.1"]);
+    }
+
+    /// The seven names the gateway may write, for "only these" checks.
+    const WRITTEN: [&str; 7] = [
+        "x-forwarded-for",
+        "x-real-ip",
+        "x-forwarded-proto",
+        "x-forwarded-host",
+        "x-forwarded-port",
+        "forwarded",
+        "ptth-client-port",
+    ];
+
+    /// The names of `WRITTEN` that `h` holds.
+    fn present(h: &HeaderMap) -> Vec<&'static str> {
+        WRITTEN.into_iter().filter(|n| h.contains_key(*n)).collect()
+    }
+
+    fn chosen(
+        pairs: &[(&str, &str)],
+        hop: &Hop<'_>,
+        trusted: &TrustedProxies,
+        fields: ForwardingFields,
+    ) -> HeaderMap {
+        let mut h = headers(pairs);
+        set_chosen_forwarding_fields(&mut h, hop, trusted, fields);
+        h
+    }
+
+    #[test]
+    fn forwarding_fields_settings_parse_and_name_the_choices() {
+        for (text, fields) in [
+            ("all", ForwardingFields::All),
+            ("forwarded", ForwardingFields::Forwarded),
+            ("x-forwarded", ForwardingFields::XForwarded),
+            ("none", ForwardingFields::None),
+        ] {
+            assert_eq!(text.parse(), Ok(fields));
+            assert_eq!(fields.to_string(), text);
+        }
+        assert_eq!(ForwardingFields::default(), ForwardingFields::All);
+        for bad in [
+            "",
+            "All",
+            "x-forwarded-for",
+            "forwarded,x-forwarded",
+            " none",
+        ] {
+            let err = bad.parse::<ForwardingFields>().unwrap_err();
+            assert!(err.contains("all, forwarded, x-forwarded or none"), "{err}");
+        }
+    }
+
+    #[test]
+    fn from_an_untrusted_peer_each_setting_sends_its_fields_and_no_public_value() {
+        let untrusted = TrustedProxies::default();
+        let hop = Hop {
+            peer: ip("127.0.0.1"),
+            peer_port: 51234,
+            tls: false,
+            authority: "app.localhost:8080",
+        };
+        let every = chosen(SPOOFED, &hop, &untrusted, ForwardingFields::All);
+
+        let h = chosen(SPOOFED, &hop, &untrusted, ForwardingFields::Forwarded);
+        assert_eq!(present(&h), ["forwarded"]);
+        assert_eq!(h.get_all("forwarded").iter().count(), 1);
+        assert_eq!(h.get("forwarded"), every.get("forwarded"));
+        assert_eq!(all(&h, "x-kept"), ["1"]);
+
+        let h = chosen(SPOOFED, &hop, &untrusted, ForwardingFields::XForwarded);
+        assert_eq!(
+            present(&h),
+            [
+                "x-forwarded-for",
+                "x-real-ip",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "ptth-client-port"
+            ]
+        );
+        let mut expected = every.clone();
+        expected.remove("forwarded");
+        assert_eq!(h, expected, "all but Forwarded, the same values");
+        assert_eq!(all(&h, "x-forwarded-for"), ["127.0.0.1"]);
+        assert_eq!(all(&h, "ptth-client-port"), ["51234"]);
+
+        // None: every value the client wrote is still removed, `ptth-client-port` included,
+        // and nothing is set in their place.
+        let h = chosen(SPOOFED, &hop, &untrusted, ForwardingFields::None);
+        assert_eq!(present(&h), [] as [&str; 0]);
+        assert_eq!(all(&h, "x-kept"), ["1"]);
+        assert_eq!(h.len(), 1);
+
+        // IPv6 in the `Forwarded`-only buffer, quoted as with every field.
+        let hop6 = Hop {
+            peer: ip("2001:db8::7"),
+            tls: true,
+            ..hop
+        };
+        let h = chosen(&[], &hop6, &untrusted, ForwardingFields::Forwarded);
+        assert_eq!(
+            all(&h, "forwarded"),
+            ["for=\"[2001:db8::7]\";proto=https;host=\"app.localhost:8080\""]
+        );
+    }
+
+    #[test]
+    fn from_a_trusted_peer_each_setting_keeps_only_its_fields() {
+        let trusted = TrustedProxies::parse(&["127.0.0.1/32"]).unwrap();
+        let hop = Hop {
+            peer: ip("127.0.0.1"),
+            peer_port: 51234,
+            tls: false,
+            authority: "app.localhost",
+        };
+        let h = chosen(SPOOFED, &hop, &trusted, ForwardingFields::Forwarded);
+        assert_eq!(present(&h), ["forwarded"]);
+        assert_eq!(
+            all(&h, "forwarded"),
+            ["for=10.9.9.9;proto=https, for=127.0.0.1;proto=http;host=\"app.localhost\""]
+        );
+
+        let h = chosen(SPOOFED, &hop, &trusted, ForwardingFields::XForwarded);
+        assert_eq!(
+            present(&h),
+            [
+                "x-forwarded-for",
+                "x-real-ip",
+                "x-forwarded-proto",
+                "x-forwarded-host",
+                "x-forwarded-port"
+            ]
+        );
+        assert_eq!(
+            all(&h, "x-forwarded-for"),
+            ["10.9.9.9, 10.8.8.8, 10.7.7.7, 127.0.0.1"]
+        );
+        assert_eq!(all(&h, "x-real-ip"), ["10.9.9.9"]);
+        assert_eq!(all(&h, "x-forwarded-port"), ["443"]);
+
+        let h = chosen(SPOOFED, &hop, &trusted, ForwardingFields::None);
+        assert_eq!(present(&h), [] as [&str; 0]);
+        assert_eq!(all(&h, "x-kept"), ["1"]);
+
+        // The peer is the client (no chain): its port goes with X-Real-IP, not without it.
+        let h = chosen(&[], &hop, &trusted, ForwardingFields::XForwarded);
+        assert_eq!(all(&h, "x-real-ip"), ["127.0.0.1"]);
+        assert_eq!(all(&h, "ptth-client-port"), ["51234"]);
+        let h = chosen(&[], &hop, &trusted, ForwardingFields::Forwarded);
+        assert_eq!(present(&h), ["forwarded"]);
+    }
+
+    #[test]
+    fn an_authority_that_is_no_field_value_is_left_out_and_quotes_are_dropped_from_forwarded() {
+        let untrusted = TrustedProxies::default();
+        let hop = Hop {
+            peer: ip("192.0.2.1"),
+            peer_port: 1,
+            tls: false,
+            authority: "a\u{1}b",
+        };
+        let h = chosen(&[], &hop, &untrusted, ForwardingFields::All);
+        assert_eq!(
+            present(&h),
+            [
+                "x-forwarded-for",
+                "x-real-ip",
+                "x-forwarded-proto",
+                "ptth-client-port"
+            ]
+        );
+        let hop = Hop {
+            authority: "a\"b\\c",
+            ..hop
+        };
+        let h = chosen(&[], &hop, &untrusted, ForwardingFields::All);
+        assert_eq!(all(&h, "x-forwarded-host"), ["a\"b\\c"]);
+        assert_eq!(
+            all(&h, "forwarded"),
+            ["for=192.0.2.1;proto=http;host=\"abc\""]
+        );
+    }
+
+    #[test]
+    fn addresses_and_ports_are_written_as_std_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "::",
+            "::1",
+            "2001:db8::7",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+            "::ffff:10.1.2.3",
+            "fe80::1:2:3:4",
+        ] {
+            let addr = ip(text);
+            assert_eq!(StackText::ip(addr).as_str(), addr.to_string(), "{text}");
+        }
+        for n in [0, 1, 9, 10, 99, 100, 999, 1000, 9999, 10000, 51234, 65535] {
+            assert_eq!(StackText::decimal(n).as_str(), n.to_string());
+        }
     }
 }

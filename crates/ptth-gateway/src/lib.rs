@@ -263,6 +263,7 @@ impl Gateway {
                 via_name: config.via_name.clone(),
                 request_timeout: config.request_timeout,
                 trusted_proxies: config.trusted_proxies.clone(),
+                forwarding_fields: config.forwarding_fields,
                 cleartext_https_fallback: config.cleartext_https_fallback,
                 retry_body_limit: config.retry_body_limit,
             },

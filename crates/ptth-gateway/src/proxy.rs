@@ -6,7 +6,7 @@
 //! caused them: 400 for a request the gateway cannot route, 502 when the origin failed it,
 //! 503 (with `Retry-After`) when no origin is there or the queue is full, 504 on timeout.
 
-use crate::forwarding::{self, TrustedProxies};
+use crate::forwarding::{self, ForwardingFields, TrustedProxies};
 use crate::message::{error, unavailable, Body, BoxError};
 use crate::registry::{Registry, Reservation, RouteError};
 use crate::sender::{Outbound, SendError, UpgradeAnswer};
@@ -32,6 +32,8 @@ pub struct ProxyConfig {
     pub request_timeout: Duration,
     /// Peers whose forwarding fields are kept and appended to (empty: nobody's).
     pub trusted_proxies: TrustedProxies,
+    /// Which forwarding fields origins get; the others are removed (`--forwarding-fields`).
+    pub forwarding_fields: ForwardingFields,
     /// Whether a cleartext request may reach an `https://` scope when no `http://` scope
     /// serves it (`--cleartext-https-fallback`).
     pub cleartext_https_fallback: bool,
@@ -141,13 +143,18 @@ impl Proxy {
             return error(StatusCode::NOT_FOUND, RESERVED_REASON);
         }
         let received_version = parts.version;
-        // Read before hop-by-hop stripping, which may remove a `Host` named in `Connection`.
-        let authority = forwarding::requested_authority(&parts.uri, &parts.headers, &target);
+        // Read before hop-by-hop stripping, which may remove a `Host` named in `Connection`;
+        // not at all when no field the gateway sends carries it.
+        let authority = if self.config.forwarding_fields == ForwardingFields::None {
+            String::new()
+        } else {
+            forwarding::requested_authority(&parts.uri, &parts.headers, &target)
+        };
         strip_hop_by_hop(&mut parts.headers);
         // An origin must never read a gateway-only field from a stranger.
         strip_ptth_fields(&mut parts.headers);
         self.via.append(&mut parts.headers, received_version);
-        forwarding::set_forwarding_fields(
+        forwarding::set_chosen_forwarding_fields(
             &mut parts.headers,
             &forwarding::Hop {
                 peer: client.addr.ip(),
@@ -156,6 +163,7 @@ impl Proxy {
                 authority: &authority,
             },
             &self.config.trusted_proxies,
+            self.config.forwarding_fields,
         );
         // A safe request without a body can be sent again if its connection dies before
         // answering (RFC 9110 §9.2.2: safe methods are idempotent, so "the request can be
@@ -974,6 +982,7 @@ mod tests {
                     via_name: "test".into(),
                     request_timeout: Duration::from_secs(10),
                     trusted_proxies: TrustedProxies::default(),
+                    forwarding_fields: ForwardingFields::default(),
                     cleartext_https_fallback: false,
                     retry_body_limit,
                 },

@@ -1,13 +1,15 @@
 //! Properties of the forwarding fields over arbitrary peer input: whatever a public client
 //! writes in `X-Forwarded-*`, `X-Real-IP`, `Forwarded` or `ptth-client-port`, none of it
 //! reaches the origin from an untrusted peer; from a trusted one the gateway's hop is always
-//! appended last; and no input makes the gateway panic.
+//! appended last; with `--forwarding-fields`, only the chosen fields are sent, whoever the
+//! peer; and no input makes the gateway panic.
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use proptest::prelude::*;
 use ptth_gateway::forwarding::{
-    set_forwarding_fields, Cidr, Hop, TrustedProxies, FORWARDING_FIELDS, PTTH_CLIENT_PORT,
-    X_FORWARDED_FOR, X_FORWARDED_PORT, X_FORWARDED_PROTO, X_REAL_IP,
+    set_chosen_forwarding_fields, set_forwarding_fields, Cidr, ForwardingFields, Hop,
+    TrustedProxies, FORWARDING_FIELDS, PTTH_CLIENT_PORT, X_FORWARDED_FOR, X_FORWARDED_HOST,
+    X_FORWARDED_PORT, X_FORWARDED_PROTO, X_REAL_IP,
 };
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -125,5 +127,59 @@ proptest! {
             // one a client wrote.
             prop_assert!(!h.contains_key(PTTH_CLIENT_PORT));
         }
+    }
+
+    #[test]
+    fn only_the_chosen_fields_are_sent_and_never_a_client_s(
+        fields in client_fields(),
+        peer in peer(),
+        port in any::<u16>(),
+        tls in any::<bool>(),
+        trusted in any::<bool>(),
+        chosen in proptest::sample::select(vec![
+            ForwardingFields::All,
+            ForwardingFields::Forwarded,
+            ForwardingFields::XForwarded,
+            ForwardingFields::None,
+        ]),
+    ) {
+        let mut h = headers_of(&fields);
+        let hop = Hop { peer, peer_port: port, tls, authority: "app.example" };
+        let list = if trusted {
+            TrustedProxies::new(vec![
+                "0.0.0.0/0".parse::<Cidr>().unwrap(),
+                "::/0".parse::<Cidr>().unwrap(),
+            ])
+        } else {
+            TrustedProxies::default()
+        };
+        let mut every = h.clone();
+        set_forwarding_fields(&mut every, &hop, &list);
+        set_chosen_forwarding_fields(&mut h, &hop, &list, chosen);
+        let x = [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST, X_FORWARDED_PORT, X_REAL_IP];
+        for name in &x {
+            if chosen.x_forwarded() {
+                // As `all` sends it, value for value.
+                prop_assert_eq!(h.get_all(name).iter().collect::<Vec<_>>(), every.get_all(name).iter().collect::<Vec<_>>());
+            } else {
+                prop_assert!(!h.contains_key(name), "{} sent under {}", name, chosen);
+            }
+        }
+        let forwarded = http::header::FORWARDED;
+        if chosen.forwarded() {
+            prop_assert_eq!(h.get_all(&forwarded).iter().collect::<Vec<_>>(), every.get_all(&forwarded).iter().collect::<Vec<_>>());
+        } else {
+            prop_assert!(!h.contains_key(&forwarded), "Forwarded sent under {}", chosen);
+        }
+        if chosen.x_forwarded() {
+            prop_assert_eq!(h.get(PTTH_CLIENT_PORT), every.get(PTTH_CLIENT_PORT));
+        } else {
+            prop_assert!(!h.contains_key(PTTH_CLIENT_PORT), "port sent under {}", chosen);
+        }
+        // Fields the gateway does not own pass untouched.
+        prop_assert_eq!(
+            h.get_all("x-kept").iter().collect::<Vec<_>>(),
+            every.get_all("x-kept").iter().collect::<Vec<_>>()
+        );
     }
 }
