@@ -94,7 +94,9 @@ fn header(d: &mut String, run: &Run<'_>) {
            `/1k`, `/1m`, `/bytes/N`), release build.\n\
          - (a) direct: h2load → `bench_app serve`.\n\
          - (b) nginx: h2load → nginx (`worker_processes auto`, upstream `keepalive 256`, \
-           `proxy_http_version 1.1`, `keepalive_requests` raised, otherwise the Debian \
+           `proxy_http_version 1.1`, `keepalive_requests` raised, the five forwarding fields \
+           the gateway sends by default set with `proxy_set_header` (`X-Forwarded-For`, \
+           `-Proto`, `-Host`, `X-Real-IP`, `Forwarded`), otherwise the Debian \
            defaults (proxy buffering on); HTTP/1.1 on one port and h2c on another) → `bench_app serve`.\n\
          - (c) ptth proxy mode: h2load → `ptth-gateway --dev` (cleartext listener) → origin \
            connection (TLS) → `ptth-origin --upstream http://APP` → `bench_app serve`; HTTP/2 \

@@ -270,6 +270,9 @@ pub fn start_row(
     }))
 }
 
+/// nginx as the reverse proxy baseline. It sets the forwarding fields the gateway sends by
+/// default (`--forwarding-fields all`: `X-Forwarded-For`, `-Proto`, `-Host`, `X-Real-IP`,
+/// `Forwarded`), so both do the same work per request.
 fn nginx_conf(upstream: SocketAddr, h1: u16, h2: u16, prefix: &Path) -> String {
     let p = prefix.display();
     format!(
@@ -301,6 +304,11 @@ fn nginx_conf(upstream: SocketAddr, h1: u16, h2: u16, prefix: &Path) -> String {
          \x20     proxy_pass http://app;\n\
          \x20     proxy_http_version 1.1;\n\
          \x20     proxy_set_header Connection \"\";\n\
+         \x20     proxy_set_header X-Forwarded-For $remote_addr;\n\
+         \x20     proxy_set_header X-Forwarded-Proto $scheme;\n\
+         \x20     proxy_set_header X-Forwarded-Host $http_host;\n\
+         \x20     proxy_set_header X-Real-IP $remote_addr;\n\
+         \x20     proxy_set_header Forwarded \"for=$remote_addr;host=$http_host;proto=$scheme\";\n\
          \x20   }}\n\
          \x20 }}\n\
          }}\n"
