@@ -124,6 +124,7 @@ pub mod reverse;
 mod sender;
 mod setup_request;
 mod shutdown;
+mod takeover;
 pub mod tcp_listen;
 pub mod tls;
 mod tunnel;

@@ -23,7 +23,7 @@
 use crate::message::{empty, error, Body};
 use crate::metrics::Metrics;
 use crate::pending::SetupState;
-use crate::tunnel::Takeover;
+use crate::takeover::Takeover;
 use bytes::BytesMut;
 use http::{Request, Response, StatusCode};
 use ptth_auth::{GrantedService, Grants, Presented, Proven};
@@ -440,7 +440,7 @@ pub(crate) fn decide<B>(
 
 /// The HTTP/1.1 and HTTP/2 hook: a reverse CONNECT request answered, its stream taken over
 /// once the answer is sent (hyper's upgrade over HTTP/1.1, the h2 server's tunnel over
-/// HTTP/2: [`crate::tunnel::Takeover`]); `None` for any other request.
+/// HTTP/2: [`crate::takeover::Takeover`]); `None` for any other request.
 pub(crate) fn route<B>(
     req: &mut Request<B>,
     protocol: Option<&str>,

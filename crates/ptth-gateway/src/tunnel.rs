@@ -9,9 +9,9 @@
 use crate::admission::{self, Carrier, Handshake, Reversal, TunnelContext};
 use crate::message::Body;
 use crate::pending::{SetupFailure, SetupState};
-use crate::reverse::FlowIo;
 use crate::sender::start_client;
 use crate::setup_request::{admit_setup, clone_head};
+use crate::takeover::Takeover;
 use http::{Request, Response};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -153,62 +153,25 @@ impl Carrier for TlsStream<TcpStream> {
     }
 }
 
-/// The stream an answered setup request hands over: hyper's upgrade after a `101` on an
-/// HTTP/1.1 setup connection, or, on an HTTP/2 one (`ptth_h2::server`), the CONNECT's stream
-/// as a [`ptth_h2::Tunnel`] once its `2xx` is sent (RFC 8441 §5: "the stream ... becomes a
-/// tunnel"). The handlers take it from the request and stay the same for both.
-pub(crate) enum Takeover {
-    /// hyper's HTTP/1.1 server, `with_upgrades`.
-    Upgrade(hyper::upgrade::OnUpgrade),
-    /// The h2 server's CONNECT stream.
-    Tunnel(ptth_h2::server::OnTunnel),
-}
-
-impl Takeover {
-    /// The takeover `req`'s answer will make, taken out of its extensions.
-    pub(crate) fn of<B>(req: &mut Request<B>) -> Self {
-        match ptth_h2::server::on_tunnel(req) {
-            Some(on) => Takeover::Tunnel(on),
-            None => Takeover::Upgrade(hyper::upgrade::on(req)),
+/// An admitted PTTH setup's stream, once the answer is sent, becomes the origin's
+/// reversed connection ([`admission::handed_over`]).
+async fn hand_over(
+    takeover: Takeover,
+    admitted: admission::Admitted,
+    peer: SocketAddr,
+    setup: SetupState,
+    ctx: &TunnelContext,
+) {
+    const STREAM: &str = "setup stream";
+    let failed = |e: &dyn std::fmt::Display| format!("taking over the setup stream failed: {e}");
+    match takeover {
+        Takeover::Upgrade(on) => {
+            let handover = async { on.await.map(TokioIo::new).map_err(|e| failed(&e)) };
+            admission::handed_over(handover, STREAM, admitted, peer, setup, ctx).await;
         }
-    }
-
-    /// The stream once the answer is sent, boxed. An HTTP/2 stream is boxed as the
-    /// [`ptth_h2::Tunnel`] itself, so a flow's splice can tell it is one.
-    pub(crate) async fn flow_io(self) -> Result<FlowIo, String> {
-        match self {
-            Takeover::Upgrade(on) => on
-                .await
-                .map(|io| Box::new(TokioIo::new(io)) as FlowIo)
-                .map_err(|e| e.to_string()),
-            Takeover::Tunnel(on) => on
-                .await
-                .map(|tunnel| Box::new(tunnel) as FlowIo)
-                .map_err(|e| e.to_string()),
-        }
-    }
-
-    /// An admitted PTTH setup's stream, once the answer is sent, becomes the origin's
-    /// reversed connection ([`admission::handed_over`]).
-    async fn hand_over(
-        self,
-        admitted: admission::Admitted,
-        peer: SocketAddr,
-        setup: SetupState,
-        ctx: &TunnelContext,
-    ) {
-        const STREAM: &str = "setup stream";
-        let failed =
-            |e: &dyn std::fmt::Display| format!("taking over the setup stream failed: {e}");
-        match self {
-            Takeover::Upgrade(on) => {
-                let handover = async { on.await.map(TokioIo::new).map_err(|e| failed(&e)) };
-                admission::handed_over(handover, STREAM, admitted, peer, setup, ctx).await;
-            }
-            Takeover::Tunnel(on) => {
-                let handover = async { on.await.map_err(|e| failed(&e)) };
-                admission::handed_over(handover, STREAM, admitted, peer, setup, ctx).await;
-            }
+        Takeover::Tunnel(on) => {
+            let handover = async { on.await.map_err(|e| failed(&e)) };
+            admission::handed_over(handover, STREAM, admitted, peer, setup, ctx).await;
         }
     }
 }
@@ -243,7 +206,7 @@ async fn take_over_setup<B>(
         Err(res) => return *res,
     };
     let takeover = Takeover::of(req);
-    tokio::spawn(async move { takeover.hand_over(admitted, peer, setup, &ctx).await });
+    tokio::spawn(async move { hand_over(takeover, admitted, peer, setup, &ctx).await });
     response
 }
 

@@ -18,6 +18,7 @@
 //! ```
 
 use crate::keep_alive::Pinger;
+pub use crate::keep_alive::{ConnectionError, KeepAlive, KEEP_ALIVE};
 use crate::message::{content_length, strip_connection_fields, RecvBody};
 use crate::reversed::{Body, Windows, MAX_HEADER_LIST_SIZE};
 use crate::tunnel::poll_window;
@@ -35,26 +36,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// How often the gateway pings the origin, and how long it waits for the answer, before
-/// it takes the connection for lost (the figures hyper's client ran with).
-pub const KEEP_ALIVE: KeepAlive = KeepAlive {
-    interval: Duration::from_secs(20),
-    timeout: Duration::from_secs(20),
-};
-
 /// How long a connection whose driver was dropped (a stopping gateway aborts it once the
 /// connection is idle) still runs to close itself: h2 sends GOAWAY(NO_ERROR) once no
 /// stream and no [`Client`] is left, so the origin reads an orderly end, not a bare close.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
-
-/// Keep-alive PING timing.
-#[derive(Debug, Clone, Copy)]
-pub struct KeepAlive {
-    /// Time from one answered PING (or the start) to the next PING.
-    pub interval: Duration,
-    /// How long a PING may go unanswered before the connection is lost.
-    pub timeout: Duration,
-}
 
 /// h2's connection half, which [`drive`] runs.
 pub type Connection<IO> = h2::client::Connection<IO, Bytes>;
@@ -104,36 +89,6 @@ impl std::error::Error for SendError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             SendError::NotSent(_, e) | SendError::Sent(e) => Some(e),
-        }
-    }
-}
-
-/// Why a connection's driver ended with an error.
-#[derive(Debug)]
-pub enum ConnectionError {
-    /// h2 failed the connection: an I/O error, a protocol error by either side, or the
-    /// origin's GOAWAY with an error code.
-    H2(h2::Error),
-    /// The origin left a keep-alive PING unanswered past its deadline.
-    KeepAliveTimeout(Duration),
-}
-
-impl std::fmt::Display for ConnectionError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnectionError::H2(e) => write!(f, "HTTP/2 connection error: {e}"),
-            ConnectionError::KeepAliveTimeout(t) => {
-                write!(f, "the origin left a keep-alive PING unanswered for {t:?}")
-            }
-        }
-    }
-}
-
-impl std::error::Error for ConnectionError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            ConnectionError::H2(e) => Some(e),
-            ConnectionError::KeepAliveTimeout(_) => None,
         }
     }
 }

@@ -1,10 +1,56 @@
 //! Keep-alive PINGs with a deadline (RFC 9113 §6.7), for the client's and the server's
 //! connections alike: an origin gone without a FIN (NAT, a pulled cable) is found.
 
-use crate::client::{ConnectionError, KeepAlive};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+/// How often the gateway pings the origin, and how long it waits for the answer, before
+/// it takes the connection for lost (the figures hyper's client ran with).
+pub const KEEP_ALIVE: KeepAlive = KeepAlive {
+    interval: Duration::from_secs(20),
+    timeout: Duration::from_secs(20),
+};
+
+/// Keep-alive PING timing.
+#[derive(Debug, Clone, Copy)]
+pub struct KeepAlive {
+    /// Time from one answered PING (or the start) to the next PING.
+    pub interval: Duration,
+    /// How long a PING may go unanswered before the connection is lost.
+    pub timeout: Duration,
+}
+
+/// Why a connection's driver ended with an error.
+#[derive(Debug)]
+pub enum ConnectionError {
+    /// h2 failed the connection: an I/O error, a protocol error by either side, or the
+    /// origin's GOAWAY with an error code.
+    H2(h2::Error),
+    /// The origin left a keep-alive PING unanswered past its deadline.
+    KeepAliveTimeout(Duration),
+}
+
+impl std::fmt::Display for ConnectionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnectionError::H2(e) => write!(f, "HTTP/2 connection error: {e}"),
+            ConnectionError::KeepAliveTimeout(t) => {
+                write!(f, "the origin left a keep-alive PING unanswered for {t:?}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConnectionError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConnectionError::H2(e) => Some(e),
+            ConnectionError::KeepAliveTimeout(_) => None,
+        }
+    }
+}
 
 /// A connection's PING timer: a PING every `interval` after the last answer, the
 /// connection lost when one goes unanswered for `timeout`.

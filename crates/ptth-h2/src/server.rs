@@ -19,8 +19,7 @@
 //! the answer's headers go out without END_STREAM, and the stream's two halves are handed to
 //! whoever asked for them with [`on_tunnel`] while the request was being handled.
 
-use crate::client::{ConnectionError, KeepAlive, KEEP_ALIVE};
-use crate::keep_alive::Pinger;
+use crate::keep_alive::{ConnectionError, KeepAlive, Pinger, KEEP_ALIVE};
 use crate::message::{content_length, strip_connection_fields, RecvBody};
 use crate::reversed::{Body, Windows, MAX_HEADER_LIST_SIZE};
 use crate::tunnel::{poll_window, Tunnel};
