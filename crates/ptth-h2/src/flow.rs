@@ -272,17 +272,9 @@ where
     let mut buf = BytesMut::with_capacity(chunk);
     loop {
         while let Some(item) = decoder.decode(&mut buf).map_err(stream_end)? {
-            if let Decoded::Data { payload, fin } = item {
-                sw.write_all(&payload).await.map_err(socket_end)?;
-                meter
-                    .to_socket
-                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
-                if fin {
-                    sw.shutdown().await.map_err(socket_end)?;
-                    return Ok(());
-                }
+            if deliver(item, &mut sw, &meter).await? {
+                return Ok(());
             }
-            // Any other capsule is skipped (RFC 9297 §3.2: unknown types are ignored).
         }
         if buf.capacity() - buf.len() < 4096 {
             buf.reserve(chunk);
@@ -402,17 +394,9 @@ where
             .decode_from(&mut held, &mut frame)
             .map_err(stream_end)?
         {
-            if let Decoded::Data { payload, fin } = item {
-                sw.write_all(&payload).await.map_err(socket_end)?;
-                meter
-                    .to_socket
-                    .fetch_add(payload.len() as u64, Ordering::Relaxed);
-                if fin {
-                    sw.shutdown().await.map_err(socket_end)?;
-                    return Ok(());
-                }
+            if deliver(item, &mut sw, &meter).await? {
+                return Ok(());
             }
-            // Any other capsule is skipped (RFC 9297 §3.2: unknown types are ignored).
             // Everything decoded so far is written or dropped: its window is free again.
             release(&mut recv, &mut owed, frame.len());
         }
@@ -435,6 +419,26 @@ where
         owed = data.len();
         frame = data;
     }
+}
+
+/// Writes a decoded `DATA` capsule's payload to the socket (shutting its write side down
+/// after `FINAL_DATA`: `true`, the direction ended); any other capsule is skipped (RFC 9297
+/// §3.2: unknown types are ignored).
+async fn deliver<W>(item: Decoded, sw: &mut W, meter: &Meter) -> Result<bool, FlowEnd>
+where
+    W: AsyncWrite + Unpin,
+{
+    let Decoded::Data { payload, fin } = item else {
+        return Ok(false);
+    };
+    sw.write_all(&payload).await.map_err(socket_end)?;
+    meter
+        .to_socket
+        .fetch_add(payload.len() as u64, Ordering::Relaxed);
+    if fin {
+        sw.shutdown().await.map_err(socket_end)?;
+    }
+    Ok(fin)
 }
 
 /// A reset that ends the bytes rather than failing them (as [`Tunnel`] reads it).
