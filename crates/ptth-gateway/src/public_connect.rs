@@ -355,7 +355,7 @@ impl PublicConnect {
         let accepted =
             tokio::time::timeout(self.services.settings.accept_timeout, requested.accepted).await;
         let stream = match accepted {
-            Ok(Ok(stream)) => stream,
+            Ok(Ok(accepted)) => accepted.io,
             Ok(Err(_)) => {
                 return refuse(
                     "declined",

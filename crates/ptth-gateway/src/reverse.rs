@@ -92,6 +92,34 @@ pub(crate) fn udp_carrier(
 /// A control channel's or flow's stream, its HTTP version erased.
 pub(crate) type FlowIo = Box<dyn ptth_h3::ByteStream>;
 
+/// An accepted flow's stream, and the worker whose connection carries it.
+pub(crate) struct AcceptedFlow {
+    pub(crate) io: FlowIo,
+    /// Where the stream's connection is driven (`None` outside the gateway's workers): a
+    /// flow spliced there wakes no other thread per chunk ([`AcceptedFlow::home`]).
+    home: Option<(usize, tokio::runtime::Handle)>,
+}
+
+impl std::fmt::Debug for AcceptedFlow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AcceptedFlow")
+            .field("home", &self.home.as_ref().map(|(k, _)| k))
+            .finish_non_exhaustive()
+    }
+}
+
+impl AcceptedFlow {
+    /// The runtime of the worker that drives the stream's connection, when that is not the
+    /// calling thread's worker: a flow whose public socket was accepted on another worker
+    /// is moved there, so its socket, its splice and the connection's driver share one
+    /// thread (`docs/performance.md` finding 10: a cross-thread wake-up per chunk cost
+    /// about a sixth of a flow's CPU).
+    pub(crate) fn home(&self) -> Option<&tokio::runtime::Handle> {
+        let (worker, handle) = self.home.as_ref()?;
+        (Some(*worker) != crate::workers::current()).then_some(handle)
+    }
+}
+
 /// An HTTP/2 or HTTP/3 tunnel connection, so an accept is matched to channels on the same one.
 pub(crate) fn connection_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
@@ -139,7 +167,7 @@ struct Channel {
     advertised: bool,
     core: GatewayChannel,
     /// The flows waiting for the accept of each outstanding request.
-    waiting: HashMap<RequestId, oneshot::Sender<FlowIo>>,
+    waiting: HashMap<RequestId, oneshot::Sender<AcceptedFlow>>,
     /// To the channel's writer.
     requests: mpsc::Sender<Capsule>,
     /// Flows open over this channel (waiting or spliced).
@@ -174,7 +202,7 @@ pub(crate) struct Requested {
     pub(crate) id: RequestId,
     pub(crate) channel: u64,
     pub(crate) peer: SocketAddr,
-    pub(crate) accepted: oneshot::Receiver<FlowIo>,
+    pub(crate) accepted: oneshot::Receiver<AcceptedFlow>,
     pub(crate) slot: FlowSlot,
 }
 
@@ -794,7 +822,7 @@ struct Admitted {
 /// then the flow waiting for its stream.
 pub(crate) struct Accepting {
     form: SetupForm,
-    waiting: oneshot::Sender<FlowIo>,
+    waiting: oneshot::Sender<AcceptedFlow>,
 }
 
 impl Accepting {
@@ -803,10 +831,12 @@ impl Accepting {
         ptth_core::reverse_response(ReverseExchange::Accept, self.form)
     }
 
-    /// Hands the accepted stream to its flow. A flow that gave up meanwhile drops it: the
-    /// origin sees it reset.
+    /// Hands the accepted stream to its flow, with the worker it was taken over on (the
+    /// one driving its connection). A flow that gave up meanwhile drops it: the origin sees
+    /// it reset.
     pub(crate) fn deliver(self, io: FlowIo) {
-        drop(self.waiting.send(io));
+        let home = crate::workers::current().zip(tokio::runtime::Handle::try_current().ok());
+        drop(self.waiting.send(AcceptedFlow { io, home }));
     }
 }
 

@@ -91,16 +91,29 @@ pub(crate) async fn serve(
             tracing::warn!(%client, mapping = %mapping, "TCP connection closed: --max-flows-per-listener flows are open");
             continue;
         }
-        let (open, mapping, services) = (open.clone(), mapping.clone(), services.clone());
-        tokio::spawn(async move {
-            flow(tcp, client, &mapping, &services).await;
-            open.fetch_sub(1, Ordering::Relaxed);
-        });
+        let open = OpenFlow(open.clone());
+        tokio::spawn(flow(tcp, client, mapping.clone(), services.clone(), open));
+    }
+}
+
+/// One open flow of a mapping, counted until it ends (wherever it ends: a flow moves to the
+/// worker of its stream).
+struct OpenFlow(OpenFlows);
+
+impl Drop for OpenFlow {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 /// One public connection, from its request to its end.
-async fn flow(tcp: TcpStream, client: SocketAddr, mapping: &TcpMapping, services: &Services) {
+async fn flow(
+    tcp: TcpStream,
+    client: SocketAddr,
+    mapping: Arc<TcpMapping>,
+    services: Arc<Services>,
+    open: OpenFlow,
+) {
     let _ = tcp.set_nodelay(true);
     let requested = match services.request(&mapping.grant, &mapping.service, IpProtocol::Tcp) {
         Ok(r) => r,
@@ -119,10 +132,10 @@ async fn flow(tcp: TcpStream, client: SocketAddr, mapping: &TcpMapping, services
         }
     };
     let (id, channel, origin) = (requested.id, requested.channel, requested.peer);
-    let _slot = requested.slot;
+    let slot = requested.slot;
     let accepted = tokio::time::timeout(services.settings.accept_timeout, requested.accepted).await;
-    let stream = match accepted {
-        Ok(Ok(stream)) => stream,
+    let accepted = match accepted {
+        Ok(Ok(accepted)) => accepted,
         Ok(Err(_)) => {
             services.metrics.flow_refused("declined");
             tracing::warn!(%client, mapping = %mapping, %origin, request = %id, "TCP connection closed: the origin declined the connection request (or its channel closed)");
@@ -137,6 +150,53 @@ async fn flow(tcp: TcpStream, client: SocketAddr, mapping: &TcpMapping, services
     };
     services.metrics.flow_opened();
     tracing::debug!(%client, mapping = %mapping, %origin, request = %id, "TCP flow open");
+    let home = accepted.home().cloned();
+    let stream = accepted.io;
+    at_home(tcp, home, move |tcp| async move {
+        spliced(tcp, stream, client, &mapping, &services, (origin, id)).await;
+        drop((slot, open));
+    })
+    .await;
+}
+
+/// Runs `run` with the public socket on the worker `home` (the one driving the flow's
+/// stream; here when `None`): the socket leaves this worker's reactor for that one's, and
+/// the flow's task runs on that thread. Returns once `run` is started there.
+async fn at_home<F, Fut>(tcp: TcpStream, home: Option<tokio::runtime::Handle>, run: F)
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let Some(home) = home else {
+        return run(tcp).await;
+    };
+    let tcp = match tcp.into_std() {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            tracing::debug!(error = %e, "TCP flow closed: the public socket could not leave its worker");
+            return;
+        }
+    };
+    // A stopped worker never runs it: the socket then closes with the task.
+    home.spawn(async move {
+        match TcpStream::from_std(tcp) {
+            Ok(tcp) => run(tcp).await,
+            Err(e) => {
+                tracing::debug!(error = %e, "TCP flow closed: the public socket could not join its stream's worker")
+            }
+        }
+    });
+}
+
+/// Splices an accepted flow until it ends, and says how it ended.
+async fn spliced(
+    tcp: TcpStream,
+    stream: crate::reverse::FlowIo,
+    client: SocketAddr,
+    mapping: &TcpMapping,
+    services: &Services,
+    (origin, id): (SocketAddr, ptth_core::RequestId),
+) {
     let options = FlowOptions {
         idle_timeout: services.settings.idle_timeout,
         ..FlowOptions::default()
@@ -188,5 +248,45 @@ mod tests {
             let e = bad.parse::<TcpMapping>().unwrap_err();
             assert!(e.contains(bad), "{e}");
         }
+    }
+
+    /// A public socket accepted on one worker and handed to another: the flow runs on the
+    /// other worker's thread, and the socket, now in that worker's reactor, still carries
+    /// bytes both ways and its end.
+    #[test]
+    fn a_flow_moves_to_the_worker_of_its_stream() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let workers = crate::workers::Workers::start(2).unwrap();
+        let home = workers.handle(1).clone();
+        let (ran_on, seen) = std::sync::mpsc::channel();
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        workers.handle(0).spawn(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let (tcp, _) = listener.accept().await.unwrap();
+            assert_eq!(crate::workers::current(), Some(0));
+            at_home(tcp, Some(home), move |mut tcp| async move {
+                let mut got = [0u8; 5];
+                tcp.read_exact(&mut got).await.unwrap();
+                tcp.write_all(&got).await.unwrap();
+                tcp.shutdown().await.unwrap();
+                ran_on.send(crate::workers::current()).unwrap();
+            })
+            .await;
+        });
+        let addr = addr_rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap();
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        std::io::Write::write_all(&mut c, b"hello").unwrap();
+        let mut back = Vec::new();
+        std::io::Read::read_to_end(&mut c, &mut back).unwrap();
+        assert_eq!(back, b"hello");
+        let worker = seen
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(worker, Some(1), "the flow ran on the stream's worker");
     }
 }

@@ -242,7 +242,7 @@ impl Flow {
         let accepted =
             tokio::time::timeout(services.settings.accept_timeout, requested.accepted).await;
         let stream = match accepted {
-            Ok(Ok(stream)) => stream,
+            Ok(Ok(accepted)) => accepted.io,
             Ok(Err(_)) => {
                 refuse(&mut queue, "declined", &format!("the origin {origin} declined connection request {id} (or its channel closed)"));
                 return true;
