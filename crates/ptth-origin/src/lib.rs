@@ -379,8 +379,11 @@ impl Origin {
             // connection: the gateway spreads flows over them, and one ending leaves the
             // others serving.
             if dialer.config.offers_services() {
-                for _ in 0..dialer.config.connections.clamp(1, MAX_SERVICE_CHANNELS) {
-                    slots.spawn(tcp_service::run(dialer.clone(), rx.clone()));
+                for k in 0..dialer.config.connections.clamp(1, MAX_SERVICE_CHANNELS) {
+                    let (dialer, rx) = (dialer.clone(), rx.clone());
+                    slots.spawn(on_own_thread(format!("ptth-services-{k}"), move || {
+                        tcp_service::run(dialer, rx)
+                    }));
                 }
             }
         }
@@ -389,6 +392,53 @@ impl Origin {
         let _ = tx.send(true);
         while slots.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+/// Runs the future `make` builds, and everything it spawns, on a thread of its own with a
+/// current-thread runtime; returns when it ends. A control channel runs so: its
+/// connection's driver and its flows' splices then share one thread, and a chunk of a flow
+/// wakes no other thread on its way between the local socket and the gateway's connection
+/// (`docs/performance.md` finding 10: on the caller's multi-thread runtime those wake-ups
+/// cost about a sixth of a flow's CPU). Where no thread or runtime can be had, it runs on
+/// the caller's runtime instead.
+async fn on_own_thread<F, Fut>(name: String, make: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + 'static,
+{
+    let make = Arc::new(std::sync::Mutex::new(Some(make)));
+    let take = |m: &std::sync::Mutex<Option<F>>| m.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let (done, ended) = tokio::sync::oneshot::channel::<()>();
+    let spawned = match runtime {
+        Ok(runtime) => {
+            let mine = make.clone();
+            std::thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || {
+                    if let Some(make) = take(&mine) {
+                        runtime.block_on(make());
+                    }
+                    // Its flows end with it, as they would with the process.
+                    runtime.shutdown_timeout(Duration::from_secs(1));
+                    drop(done);
+                })
+        }
+        Err(e) => Err(e),
+    };
+    match spawned {
+        Ok(_) => {
+            let _ = ended.await;
+        }
+        Err(e) => {
+            tracing::warn!(thread = %name, error = %e, "no thread of its own; running on the caller's runtime");
+            if let Some(make) = take(&make) {
+                make().await;
+            }
+        }
     }
 }
 
@@ -414,4 +464,29 @@ fn gateway_name(
     let server_name = rustls::pki_types::ServerName::try_from(host.to_string())
         .with_context(|| format!("{host:?} is not a valid TLS server name"))?;
     Ok((url.clone(), authority, server_name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A control channel runs on a thread of its own, and so does what it spawns (its
+    /// connection's driver, its flows): they share that thread, not the caller's workers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_control_channel_and_what_it_spawns_share_a_thread_of_their_own() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        on_own_thread("ptth-services-test".into(), move || async move {
+            let here = std::thread::current();
+            let spawned = tokio::spawn(async { std::thread::current().id() })
+                .await
+                .unwrap();
+            tx.send((here.id(), here.name().map(String::from), spawned))
+                .unwrap();
+        })
+        .await;
+        let (ran_on, name, spawned_on) = rx.try_recv().unwrap();
+        assert_eq!(name.as_deref(), Some("ptth-services-test"));
+        assert_eq!(spawned_on, ran_on, "a task it spawned ran on its thread");
+        assert_ne!(ran_on, std::thread::current().id());
+    }
 }
