@@ -324,48 +324,101 @@ struct Public {
 }
 
 impl Public {
-    /// Answers one request: the access log and the proxy, `alt-svc`, `Connection: close`
-    /// on HTTP/1.1 once the gateway stops, and the exchange held until the answer's body
-    /// has been sent (or dropped).
-    fn answer<B>(&self, mut req: http::Request<B>) -> impl Future<Output = Response<Body>> + Send
-    where
-        B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
-        B::Error: Into<crate::message::BoxError>,
-    {
-        let proxy = self.proxy.clone();
-        let alt_svc = self.alt_svc.clone();
-        let client = self.client;
-        let exchange = Exchange::start(&self.activity);
+    /// Starts one exchange: what answering `req` needs, without a future yet. The
+    /// listener's service makes [`Exchanging::answer`]'s future inside its own, so the
+    /// proxy's future (kilobytes) is never captured by another and stored twice.
+    fn exchange<B>(&self, mut req: http::Request<B>) -> Exchanging<B> {
         let connect = req.method() == http::Method::CONNECT;
         if connect {
             req.extensions_mut().insert(self.connect_streams.clone());
         }
-        let http1 = req.version() <= http::Version::HTTP_11;
-        let stopping = self.stopping.clone();
-        async move {
-            let mut res = crate::access_log::handle(&proxy, req, client).await;
-            if let Some(v) = alt_svc {
-                res.headers_mut().insert(http::header::ALT_SVC, v);
-            }
-            // The gateway is stopping: this exchange is the connection's last (hyper closes
-            // it after a response that says so), and the client reconnects elsewhere.
-            if http1 && stopping.is_set() && res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                res.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            if connect && res.status().is_success() {
-                exchange.opened_tunnel();
-            }
-            res.map(|body| {
-                body.map_frame(move |frame| {
-                    let _in_flight = &exchange;
-                    frame
-                })
-                .boxed_unsync()
-            })
+        Exchanging {
+            proxy: self.proxy.clone(),
+            req,
+            client: self.client,
+            alt_svc: self.alt_svc.clone(),
+            exchange: Exchange::start(&self.activity),
+            connect,
+            stopping: self.stopping.clone(),
         }
+    }
+}
+
+/// One public request on its way to an answer.
+struct Exchanging<B> {
+    proxy: Arc<Proxy>,
+    req: http::Request<B>,
+    client: ClientInfo,
+    alt_svc: Option<http::HeaderValue>,
+    exchange: Exchange,
+    connect: bool,
+    stopping: Stopping,
+}
+
+impl<B> Exchanging<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<crate::message::BoxError>,
+{
+    /// Answers the request: the access log and the proxy, `alt-svc`, `Connection: close`
+    /// on HTTP/1.1 once the gateway stops, and the exchange held until the answer's body
+    /// has been sent (or dropped).
+    async fn answer(self) -> Response<Held> {
+        let Exchanging {
+            proxy,
+            req,
+            client,
+            alt_svc,
+            exchange,
+            connect,
+            stopping,
+        } = self;
+        let http1 = req.version() <= http::Version::HTTP_11;
+        let mut res = crate::access_log::handle(&proxy, req, client).await;
+        if let Some(v) = alt_svc {
+            res.headers_mut().insert(http::header::ALT_SVC, v);
+        }
+        // The gateway is stopping: this exchange is the connection's last (hyper closes
+        // it after a response that says so), and the client reconnects elsewhere.
+        if http1 && stopping.is_set() && res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            res.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        if connect && res.status().is_success() {
+            exchange.opened_tunnel();
+        }
+        res.map(|body| Held {
+            body,
+            _exchange: exchange,
+        })
+    }
+}
+
+/// An answer's body, holding its exchange in flight until it has been sent (or dropped).
+struct Held {
+    body: Body,
+    _exchange: Exchange,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = crate::message::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -448,8 +501,8 @@ async fn serve_http1<IO>(
 {
     let addr = public.client.addr;
     let svc = service_fn(move |req: http::Request<Incoming>| {
-        let answer = public.answer(req);
-        async move { Ok::<_, std::convert::Infallible>(answer.await) }
+        let exchanging = public.exchange(req);
+        async move { Ok::<_, std::convert::Infallible>(exchanging.answer().await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         // One header-size limit for every public protocol: 64 KiB, answered with 431.
@@ -519,7 +572,22 @@ async fn serve_h2<IO>(
     // once, so taking it leaves the server without one. An idle connection is closed at
     // the header timeout instead.
     drop(conn.ping_pong());
-    let service = move |req: http::Request<ptth_h2::Body>| public.answer(req);
+    let service = move |req: http::Request<ptth_h2::Body>| {
+        let exchanging = public.exchange(req);
+        async move {
+            let mut res = exchanging.answer().await.map(BodyExt::boxed_unsync);
+            // RFC 9110 §6.6.1: "A recipient with a clock that receives a response message
+            // without a Date header field MUST ... append a corresponding Date header field
+            // to the message's header section if it is ... forwarded downstream" (hyper's
+            // servers, HTTP/1.1 here too, do the same).
+            if let http::header::Entry::Vacant(date) = res.headers_mut().entry(http::header::DATE) {
+                if let Some(now) = http_date() {
+                    date.insert(now);
+                }
+            }
+            res
+        }
+    };
     let server = ptth_h2::server::serve(conn, options.keep_alive, service);
     tokio::pin!(server);
     let ended = drive(
@@ -534,6 +602,49 @@ async fn serve_h2<IO>(
     if let Some(Err(e)) = ended {
         tracing::debug!(client = %addr, error = %e, "public connection ended");
     }
+}
+
+/// The current time as an HTTP date (RFC 9110 §5.6.7 IMF-fixdate,
+/// `Sun, 06 Nov 1994 08:49:37 GMT`), written once a second per thread.
+fn http_date() -> Option<http::HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, Option<http::HeaderValue>)> =
+            const { std::cell::RefCell::new((u64::MAX, None)) };
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            *last = (secs, http::HeaderValue::from_str(&imf_fixdate(secs)).ok());
+        }
+        last.1.clone()
+    })
+}
+
+/// `secs` after 1970 as an IMF-fixdate.
+fn imf_fixdate(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86_400;
+    let (year, month, day) = crate::access_log::civil_date(days);
+    let in_day = secs % 86_400;
+    // 1970-01-01 was a Thursday.
+    let weekday = DAYS.get((days % 7) as usize).copied().unwrap_or("Thu");
+    let month = MONTHS
+        .get((month as usize).wrapping_sub(1))
+        .copied()
+        .unwrap_or("Jan");
+    format!(
+        "{weekday}, {day:02} {month} {year:04} {:02}:{:02}:{:02} GMT",
+        in_day / 3600,
+        in_day / 60 % 60,
+        in_day % 60
+    )
 }
 
 /// Runs a public connection until it ends: after the stop signal and the linger, a
@@ -621,6 +732,16 @@ mod tests {
             .unwrap();
         assert_eq!(got, sent, "the server reads what the client sent, in order");
         (verdict, got)
+    }
+
+    #[test]
+    fn http_dates_are_imf_fixdates() {
+        // RFC 9110 §5.6.7's example.
+        assert_eq!(imf_fixdate(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(imf_fixdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        // A leap day, and the last second of a year.
+        assert_eq!(imf_fixdate(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(imf_fixdate(1_798_761_599), "Thu, 31 Dec 2026 23:59:59 GMT");
     }
 
     #[tokio::test]
