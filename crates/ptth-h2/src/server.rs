@@ -1,5 +1,6 @@
 //! An HTTP/2 server connection on the h2 crate directly: the gateway's side of setup
-//! connections (RFC 8441 extended CONNECT for the PTTH setup and reverse CONNECT).
+//! connections (RFC 8441 extended CONNECT for the PTTH setup and reverse CONNECT), and its
+//! public HTTP/2 listeners (h2c by prior knowledge, TLS with ALPN `h2`).
 //!
 //! hyper's server hands an upgraded CONNECT stream over through a task it spawns per
 //! stream, copying every DATA frame into a buffer and every write into a boxed slice sent
