@@ -268,6 +268,10 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
         }
         let n = self.read.len().min(buf.remaining());
         buf.put_slice(&self.read.split_to(n));
+        if self.read.is_empty() {
+            // An empty slice still holds the whole read buffer: let it go.
+            self.read = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
