@@ -13,17 +13,22 @@
 //! down gracefully: GOAWAY on HTTP/2, idle HTTP/1.1 connections closed; exchanges in
 //! flight finish.
 
+use crate::message::Body;
 use crate::proxy::{ClientInfo, Proxy};
 use crate::shutdown::Stopping;
+use bytes::{Bytes, BytesMut};
+use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
+use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
@@ -68,7 +73,16 @@ pub async fn serve(
                         tls: false,
                         local_port,
                     };
-                    serve_conn(tcp, client, proxy, alt_svc, header_timeout, stopping).await
+                    serve_conn(
+                        tcp,
+                        Negotiated::Sniff,
+                        client,
+                        proxy,
+                        alt_svc,
+                        header_timeout,
+                        stopping,
+                    )
+                    .await
                 }
                 Some(acceptor) => {
                     match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await
@@ -79,7 +93,23 @@ pub async fn serve(
                                 tls: true,
                                 local_port,
                             };
-                            serve_conn(tls, client, proxy, alt_svc, header_timeout, stopping).await
+                            // ALPN settles the version (RFC 9113 §3.2); a client that
+                            // offered none is read like a cleartext one.
+                            let negotiated = match tls.get_ref().1.alpn_protocol() {
+                                Some(b"h2") => Negotiated::H2,
+                                Some(_) => Negotiated::Http1,
+                                None => Negotiated::Sniff,
+                            };
+                            serve_conn(
+                                tls,
+                                negotiated,
+                                client,
+                                proxy,
+                                alt_svc,
+                                header_timeout,
+                                stopping,
+                            )
+                            .await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(%addr, error = %e, "public TLS handshake failed")
@@ -187,8 +217,218 @@ pub(crate) async fn idle_for(activity: Arc<Activity>, timeout: Duration) {
     }
 }
 
+/// The HTTP/2 client connection preface (RFC 9113 §3.4): "the string
+/// `PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`" opens every HTTP/2 connection.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// What a cleartext connection's first octets say it speaks.
+#[derive(Debug, PartialEq, Eq)]
+enum Sniffed {
+    /// The whole HTTP/2 preface: h2c by prior knowledge (RFC 9113 §3.3).
+    H2,
+    /// An octet that is not the preface's: HTTP/1.1.
+    Http1,
+    /// The connection ended first (within the preface, or before any octet).
+    Closed,
+}
+
+/// Reads `io` until its first octets confirm the HTTP/2 preface or rule it out (RFC 9113
+/// §3.4: h2c by prior knowledge opens with it). Returns the verdict and every octet read,
+/// for the server to read again: at most one read's worth (4 KiB) past the preface.
+async fn sniff<IO: AsyncRead + Unpin>(io: &mut IO) -> std::io::Result<(Sniffed, Bytes)> {
+    let mut buf = BytesMut::with_capacity(4096);
+    loop {
+        let seen = buf.len().min(H2_PREFACE.len());
+        if buf[..seen] != H2_PREFACE[..seen] {
+            return Ok((Sniffed::Http1, buf.freeze()));
+        }
+        if seen == H2_PREFACE.len() {
+            return Ok((Sniffed::H2, buf.freeze()));
+        }
+        if io.read_buf(&mut buf).await? == 0 {
+            return Ok((Sniffed::Closed, buf.freeze()));
+        }
+    }
+}
+
+/// A connection whose first octets were already read: they are read again first.
+struct Rewind<IO> {
+    read: Bytes,
+    io: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if self.read.is_empty() {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let n = self.read.len().min(buf.remaining());
+        buf.put_slice(&self.read.split_to(n));
+        if self.read.is_empty() {
+            // An empty slice still holds the whole read buffer: let it go.
+            self.read = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The HTTP version a public connection speaks, when the TLS handshake settled it.
+#[derive(Debug, Clone, Copy)]
+enum Negotiated {
+    Http1,
+    H2,
+    /// Cleartext, or TLS without ALPN: the first octets tell.
+    Sniff,
+}
+
+/// One public connection's request handling, shared by its HTTP/1.1 and HTTP/2 servers.
+#[derive(Clone)]
+struct Public {
+    proxy: Arc<Proxy>,
+    client: ClientInfo,
+    alt_svc: Option<http::HeaderValue>,
+    activity: Arc<Activity>,
+    /// Bounds the CONNECT tunnels one HTTP/2 connection carries.
+    connect_streams: crate::public_connect::ConnectStreams,
+    stopping: Stopping,
+}
+
+impl Public {
+    /// Starts one exchange: what answering `req` needs, without a future yet. The
+    /// listener's service makes [`Exchanging::answer`]'s future inside its own, so the
+    /// proxy's future (kilobytes) is never captured by another and stored twice.
+    fn exchange<B>(&self, mut req: http::Request<B>) -> Exchanging<B> {
+        let connect = req.method() == http::Method::CONNECT;
+        if connect {
+            req.extensions_mut().insert(self.connect_streams.clone());
+        }
+        Exchanging {
+            proxy: self.proxy.clone(),
+            req,
+            client: self.client,
+            alt_svc: self.alt_svc.clone(),
+            exchange: Exchange::start(&self.activity),
+            connect,
+            stopping: self.stopping.clone(),
+        }
+    }
+}
+
+/// One public request on its way to an answer.
+struct Exchanging<B> {
+    proxy: Arc<Proxy>,
+    req: http::Request<B>,
+    client: ClientInfo,
+    alt_svc: Option<http::HeaderValue>,
+    exchange: Exchange,
+    connect: bool,
+    stopping: Stopping,
+}
+
+impl<B> Exchanging<B>
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<crate::message::BoxError>,
+{
+    /// Answers the request: the access log and the proxy, `alt-svc`, `Connection: close`
+    /// on HTTP/1.1 once the gateway stops, and the exchange held until the answer's body
+    /// has been sent (or dropped).
+    async fn answer(self) -> Response<Held> {
+        let Exchanging {
+            proxy,
+            req,
+            client,
+            alt_svc,
+            exchange,
+            connect,
+            stopping,
+        } = self;
+        let http1 = req.version() <= http::Version::HTTP_11;
+        let mut res = crate::access_log::handle(&proxy, req, client).await;
+        if let Some(v) = alt_svc {
+            res.headers_mut().insert(http::header::ALT_SVC, v);
+        }
+        // The gateway is stopping: this exchange is the connection's last (hyper closes
+        // it after a response that says so), and the client reconnects elsewhere.
+        if http1 && stopping.is_set() && res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
+            res.headers_mut().insert(
+                http::header::CONNECTION,
+                http::HeaderValue::from_static("close"),
+            );
+        }
+        if connect && res.status().is_success() {
+            exchange.opened_tunnel();
+        }
+        res.map(|body| Held {
+            body,
+            _exchange: exchange,
+        })
+    }
+}
+
+/// An answer's body, holding its exchange in flight until it has been sent (or dropped).
+struct Held {
+    body: Body,
+    _exchange: Exchange,
+}
+
+impl http_body::Body for Held {
+    type Data = Bytes;
+    type Error = crate::message::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 async fn serve_conn<IO>(
     io: IO,
+    negotiated: Negotiated,
     client: ClientInfo,
     proxy: Arc<Proxy>,
     alt_svc: Option<http::HeaderValue>,
@@ -202,98 +442,343 @@ async fn serve_conn<IO>(
         .public_connection(crate::metrics::PublicListener::tcp(client.tls));
     let activity = Activity::new();
     let idle = idle_for(activity.clone(), header_timeout);
-    let watching = stopping.clone();
-    let connect_streams = crate::public_connect::ConnectStreams::default();
-    let svc = service_fn(move |mut req: hyper::Request<Incoming>| {
-        let proxy = proxy.clone();
-        let alt_svc = alt_svc.clone();
-        let exchange = Exchange::start(&activity);
-        let connect = req.method() == http::Method::CONNECT;
-        if connect {
-            // Bounds the CONNECT tunnels one HTTP/2 connection carries.
-            req.extensions_mut().insert(connect_streams.clone());
-        }
-        let http1 = req.version() <= http::Version::HTTP_11;
-        let stopping = watching.clone();
+    // After the stop signal and the linger: GOAWAY, or close when idle.
+    let stop = {
+        let stopping = stopping.clone();
         async move {
-            let mut res = crate::access_log::handle(&proxy, req, client).await;
-            if let Some(v) = alt_svc {
-                res.headers_mut().insert(http::header::ALT_SVC, v);
-            }
-            // The gateway is stopping: this exchange is the connection's last (hyper closes
-            // it after a response that says so), and the client reconnects elsewhere.
-            if http1 && stopping.is_set() && res.status() != http::StatusCode::SWITCHING_PROTOCOLS {
-                res.headers_mut().insert(
-                    http::header::CONNECTION,
-                    http::HeaderValue::from_static("close"),
-                );
-            }
-            if connect && res.status().is_success() {
-                exchange.opened_tunnel();
-            }
-            // The exchange lasts until the response body has been sent (or dropped).
-            let res = res.map(|body| {
-                body.map_frame(move |frame| {
-                    let _in_flight = &exchange;
-                    frame
-                })
-            });
-            Ok::<_, std::convert::Infallible>(res)
+            stopping.signalled().await;
+            tokio::time::sleep(LINGER).await;
         }
+    };
+    tokio::pin!(idle, stop);
+    let public = Public {
+        proxy,
+        client,
+        alt_svc,
+        activity,
+        connect_streams: crate::public_connect::ConnectStreams::default(),
+        stopping,
+    };
+    let mut io = io;
+    let (h2, read) = match negotiated {
+        Negotiated::Http1 => (false, Bytes::new()),
+        Negotiated::H2 => (true, Bytes::new()),
+        Negotiated::Sniff => {
+            // RFC 9113 §3.4: the preface is confirmed or ruled out within the header
+            // timeout (the idle timer: no exchange has started yet).
+            let sniffed = tokio::select! {
+                sniffed = sniff(&mut io) => sniffed,
+                () = &mut idle => {
+                    tracing::debug!(client = %client.addr, timeout_secs = header_timeout.as_secs_f64(), "public connection closed: no request within the header timeout");
+                    return;
+                }
+                () = &mut stop => return,
+            };
+            match sniffed {
+                Ok((Sniffed::H2, read)) => (true, read),
+                Ok((Sniffed::Http1, read)) => (false, read),
+                Ok((Sniffed::Closed, _)) => return,
+                Err(e) => {
+                    tracing::debug!(client = %client.addr, error = %e, "public connection ended");
+                    return;
+                }
+            }
+        }
+    };
+    let io = Rewind { read, io };
+    if h2 {
+        serve_h2(io, public, header_timeout, idle, stop).await
+    } else {
+        serve_http1(io, public, header_timeout, idle, stop).await
+    }
+}
+
+/// HTTP/1.1 on hyper's server, with upgrades (WebSocket, CONNECT, connect-tcp/-udp).
+async fn serve_http1<IO>(
+    io: IO,
+    public: Public,
+    header_timeout: Duration,
+    idle: Pin<&mut impl Future<Output = ()>>,
+    stop: Pin<&mut impl Future<Output = ()>>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let addr = public.client.addr;
+    let svc = service_fn(move |req: http::Request<Incoming>| {
+        let exchanging = public.exchange(req);
+        async move { Ok::<_, std::convert::Infallible>(exchanging.answer().await) }
     });
-    let windows = ptth_h2::Windows::default();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+    let conn = hyper::server::conn::http1::Builder::new()
         // One header-size limit for every public protocol: 64 KiB, answered with 431.
         // A larger HTTP/1.1 limit than HTTP/2's would let a header section through to
         // reversed HTTP/1.1 origins that reversed HTTP/2 origins refuse.
         .max_buf_size(MAX_HEADER_BYTES as usize)
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(header_timeout);
-    builder
-        .http2()
-        .initial_stream_window_size(windows.stream)
-        .initial_connection_window_size(windows.connection)
-        .max_frame_size(64 * 1024)
-        .max_concurrent_streams(1024)
-        .max_header_list_size(MAX_HEADER_BYTES)
-        // Response data queued per stream for a public client that reads slowly: hyper's
+        .header_read_timeout(header_timeout)
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let ended = drive(
+        conn,
+        |conn| conn.graceful_shutdown(),
+        addr,
+        header_timeout,
+        idle,
+        stop,
+    )
+    .await;
+    if let Some(Err(e)) = ended {
+        tracing::debug!(client = %addr, error = %e, "public connection ended");
+    }
+}
+
+/// HTTP/2 (h2c by prior knowledge, or TLS with ALPN `h2`) on `ptth_h2::server`: requests
+/// run in the connection's driver, a CONNECT answered 2xx becomes a `ptth_h2::Tunnel`.
+async fn serve_h2<IO>(
+    io: IO,
+    public: Public,
+    header_timeout: Duration,
+    mut idle: Pin<&mut impl Future<Output = ()>>,
+    mut stop: Pin<&mut impl Future<Output = ()>>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let addr = public.client.addr;
+    let options = ptth_h2::server::Options {
+        // RFC 9113 §6.5.2 SETTINGS_MAX_CONCURRENT_STREAMS: each stream is at most one
+        // exchange in the connection's driver.
+        max_concurrent_streams: 1024,
+        // Response data queued per stream for a public client that reads slowly: h2's
         // default is 400 KiB, so a client holding 1 024 streams with closed windows could
         // pin 400 MiB; the stream's window keeps a fast client's pipe full either way
-        // (1 MiB downloads over h2c at 256 concurrent ran as fast with 128 KiB).
-        .max_send_buf_size(ptth_h2::reversed::SEND_BUFFER)
-        .enable_connect_protocol();
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    // After the stop signal and the linger: GOAWAY, or close when idle.
-    let stop = async {
-        stopping.signalled().await;
-        tokio::time::sleep(LINGER).await;
+        // (1 MiB downloads over h2c at 256 concurrent ran as fast with 128 KiB). An
+        // answer's body waits for send capacity before each write, so this bounds it.
+        send_buffer: ptth_h2::reversed::SEND_BUFFER,
+        ..ptth_h2::server::Options::default()
     };
+    // The client preface and SETTINGS, within the header timeout like any request.
+    let conn = tokio::select! {
+        conn = ptth_h2::server::handshake(io, &options) => conn,
+        () = &mut idle => {
+            tracing::debug!(client = %addr, timeout_secs = header_timeout.as_secs_f64(), "public connection closed: no request within the header timeout");
+            return;
+        }
+        () = &mut stop => return,
+    };
+    let mut conn = match conn {
+        Ok(conn) => conn,
+        Err(e) => {
+            tracing::debug!(client = %addr, error = %e, "public HTTP/2 handshake failed");
+            return;
+        }
+    };
+    // No keep-alive PING, as hyper's server had none here: h2 hands its PING handle out
+    // once, so taking it leaves the server without one. An idle connection is closed at
+    // the header timeout instead.
+    drop(conn.ping_pong());
+    let service = move |req: http::Request<ptth_h2::Body>| {
+        let exchanging = public.exchange(req);
+        async move {
+            let mut res = exchanging.answer().await.map(BodyExt::boxed_unsync);
+            // RFC 9110 §6.6.1: "A recipient with a clock that receives a response message
+            // without a Date header field MUST ... append a corresponding Date header field
+            // to the message's header section if it is ... forwarded downstream" (hyper's
+            // servers, HTTP/1.1 here too, do the same).
+            if let http::header::Entry::Vacant(date) = res.headers_mut().entry(http::header::DATE) {
+                if let Some(now) = http_date() {
+                    date.insert(now);
+                }
+            }
+            res
+        }
+    };
+    let server = ptth_h2::server::serve(conn, options.keep_alive, service);
+    tokio::pin!(server);
+    let ended = drive(
+        server,
+        |server| server.get_mut().graceful_shutdown(),
+        addr,
+        header_timeout,
+        idle,
+        stop,
+    )
+    .await;
+    if let Some(Err(e)) = ended {
+        tracing::debug!(client = %addr, error = %e, "public connection ended");
+    }
+}
+
+/// The current time as an HTTP date (RFC 9110 §5.6.7 IMF-fixdate,
+/// `Sun, 06 Nov 1994 08:49:37 GMT`), written once a second per thread.
+fn http_date() -> Option<http::HeaderValue> {
+    thread_local! {
+        static LAST: std::cell::RefCell<(u64, Option<http::HeaderValue>)> =
+            const { std::cell::RefCell::new((u64::MAX, None)) };
+    }
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != secs {
+            *last = (secs, http::HeaderValue::from_str(&imf_fixdate(secs)).ok());
+        }
+        last.1.clone()
+    })
+}
+
+/// `secs` after 1970 as an IMF-fixdate.
+fn imf_fixdate(secs: u64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let days = secs / 86_400;
+    let (year, month, day) = crate::access_log::civil_date(days);
+    let in_day = secs % 86_400;
+    // 1970-01-01 was a Thursday.
+    let weekday = DAYS.get((days % 7) as usize).copied().unwrap_or("Thu");
+    let month = MONTHS
+        .get((month as usize).wrapping_sub(1))
+        .copied()
+        .unwrap_or("Jan");
+    format!(
+        "{weekday}, {day:02} {month} {year:04} {:02}:{:02}:{:02} GMT",
+        in_day / 3600,
+        in_day / 60 % 60,
+        in_day % 60
+    )
+}
+
+/// Runs a public connection until it ends: after the stop signal and the linger, a
+/// graceful shutdown (GOAWAY on HTTP/2, idle HTTP/1.1 connections closed); when idle past
+/// the header timeout, a graceful shutdown given [`SHUTDOWN_GRACE`] to finish. `None`: the
+/// grace ran out.
+async fn drive<C, T>(
+    mut conn: Pin<&mut C>,
+    graceful_shutdown: impl Fn(Pin<&mut C>),
+    addr: std::net::SocketAddr,
+    header_timeout: Duration,
+    mut idle: Pin<&mut impl Future<Output = ()>>,
+    mut stop: Pin<&mut impl Future<Output = ()>>,
+) -> Option<T>
+where
+    C: Future<Output = T>,
+{
     let mut told_to_stop = false;
-    tokio::pin!(conn, idle, stop);
-    let ended = loop {
+    loop {
         tokio::select! {
-            ended = &mut conn => break ended,
+            ended = &mut conn => return Some(ended),
             () = &mut stop, if !told_to_stop => {
                 // The gateway is stopping: exchanges in flight finish (bounded by its
                 // shutdown grace, after which the worker ends), then the connection closes.
                 told_to_stop = true;
-                conn.as_mut().graceful_shutdown();
+                graceful_shutdown(conn.as_mut());
             }
             () = &mut idle => {
-                // No request (or its headers) within the header timeout: before the first
-                // request this also ends a connection still choosing between HTTP/1.1 and h2c.
-                tracing::debug!(client = %client.addr, timeout_secs = header_timeout.as_secs_f64(), "public connection closed: no request within the header timeout");
-                conn.as_mut().graceful_shutdown();
-                break match tokio::time::timeout(SHUTDOWN_GRACE, &mut conn).await {
-                    Ok(ended) => ended,
-                    Err(_) => return,
-                };
+                // No request (or its headers) within the header timeout.
+                tracing::debug!(client = %addr, timeout_secs = header_timeout.as_secs_f64(), "public connection closed: no request within the header timeout");
+                graceful_shutdown(conn.as_mut());
+                return tokio::time::timeout(SHUTDOWN_GRACE, conn).await.ok();
             }
         }
-    };
-    if let Err(e) = ended {
-        tracing::debug!(client = %client.addr, error = %e, "public connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Telling h2c from HTTP/1.1 on real loopback sockets: the verdict, and every octet read
+    //! for it handed back first.
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+
+    /// A connected loopback pair: (client, server).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap());
+        let (client, accepted) = tokio::join!(client, listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
+
+    /// Sends `pieces` one write at a time (each flushed before the next), sniffs the
+    /// server's end, and reads back through [`Rewind`] what the client sent in all.
+    async fn sniffed(pieces: &[&[u8]], close: bool) -> (Sniffed, Vec<u8>) {
+        let (mut client, server) = pair().await;
+        let sent: Vec<u8> = pieces.concat();
+        let pieces: Vec<Vec<u8>> = pieces.iter().map(|p| p.to_vec()).collect();
+        let writer = tokio::spawn(async move {
+            for p in pieces {
+                client.write_all(&p).await.unwrap();
+                client.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            if close {
+                client.shutdown().await.unwrap();
+            }
+            client
+        });
+        let mut server = server;
+        let (verdict, read) = tokio::time::timeout(Duration::from_secs(10), sniff(&mut server))
+            .await
+            .expect("sniff stalled")
+            .unwrap();
+        let _client = writer.await.unwrap();
+        if verdict == Sniffed::Closed {
+            return (verdict, read.to_vec());
+        }
+        let mut again = Rewind { read, io: server };
+        let mut got = vec![0u8; sent.len()];
+        tokio::time::timeout(Duration::from_secs(10), again.read_exact(&mut got))
+            .await
+            .expect("replay stalled")
+            .unwrap();
+        assert_eq!(got, sent, "the server reads what the client sent, in order");
+        (verdict, got)
+    }
+
+    #[test]
+    fn http_dates_are_imf_fixdates() {
+        // RFC 9110 §5.6.7's example.
+        assert_eq!(imf_fixdate(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
+        assert_eq!(imf_fixdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
+        // A leap day, and the last second of a year.
+        assert_eq!(imf_fixdate(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
+        assert_eq!(imf_fixdate(1_798_761_599), "Thu, 31 Dec 2026 23:59:59 GMT");
+    }
+
+    #[tokio::test]
+    async fn the_preface_in_pieces_is_h2c_and_is_read_again() {
+        // RFC 9113 §3.4: the preface, here split inside "HTTP/2.0", then a SETTINGS frame.
+        let (verdict, _) = sniffed(
+            &[
+                b"PRI * HTT",
+                b"P/2.0\r\n\r\nSM\r\n",
+                b"\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+            ],
+            false,
+        )
+        .await;
+        assert_eq!(verdict, Sniffed::H2);
+    }
+
+    #[tokio::test]
+    async fn a_request_line_is_http1_at_its_first_octet() {
+        let (verdict, _) = sniffed(&[b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"], false).await;
+        assert_eq!(verdict, Sniffed::Http1);
+        // A request that starts like the preface and leaves it late is HTTP/1.1 too.
+        let (verdict, _) = sniffed(&[b"PRI * HTTP/1.1\r\n", b"Host: a\r\n\r\n"], false).await;
+        assert_eq!(verdict, Sniffed::Http1);
+    }
+
+    #[tokio::test]
+    async fn a_connection_ending_inside_the_preface_is_closed() {
+        let (verdict, read) = sniffed(&[b"PRI * HTTP/2.0\r\n"], true).await;
+        assert_eq!(verdict, Sniffed::Closed);
+        assert_eq!(read, b"PRI * HTTP/2.0\r\n");
+        let (verdict, read) = sniffed(&[], true).await;
+        assert_eq!(verdict, Sniffed::Closed);
+        assert!(read.is_empty());
     }
 }

@@ -389,7 +389,7 @@ impl PublicConnect {
                 .and_then(H3PublicTunnel::take)
                 .map(PublicTunnel::H3)
         } else {
-            Some(PublicTunnel::Hyper(hyper::upgrade::on(&mut req)))
+            Some(PublicTunnel::of_tcp(&mut req))
         };
         let Some(public) = public else {
             return refuse(

@@ -93,8 +93,10 @@ impl H3PublicTunnel {
 
 /// The public client's side of a tunnel, available once its answer has been sent.
 pub(crate) enum PublicTunnel {
-    /// HTTP/1.1 and HTTP/2: hyper's upgrade of the public connection or stream.
+    /// HTTP/1.1: hyper's upgrade of the public connection.
     Hyper(hyper::upgrade::OnUpgrade),
+    /// HTTP/2 (`ptth_h2::server`): the CONNECT's stream once its 2xx is sent.
+    H2(ptth_h2::server::OnTunnel),
     /// HTTP/3: the stream the public listener hands over.
     H3(oneshot::Receiver<BoxIo>),
 }
@@ -103,6 +105,7 @@ impl std::fmt::Debug for PublicTunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             PublicTunnel::Hyper(_) => "PublicTunnel::Hyper",
+            PublicTunnel::H2(_) => "PublicTunnel::H2",
             PublicTunnel::H3(_) => "PublicTunnel::H3",
         })
     }
@@ -119,12 +122,25 @@ impl std::fmt::Debug for OriginTunnel {
 }
 
 impl PublicTunnel {
+    /// The tunnel-to-be of a request from a public TCP listener, taken out of its
+    /// extensions: the HTTP/2 server's CONNECT stream, or else hyper's HTTP/1.1 upgrade.
+    pub(crate) fn of_tcp<B>(req: &mut Request<B>) -> Self {
+        match ptth_h2::server::on_tunnel(req) {
+            Some(on) => PublicTunnel::H2(on),
+            None => PublicTunnel::Hyper(hyper::upgrade::on(req)),
+        }
+    }
+
     pub(crate) async fn open(self) -> Result<BoxIo, String> {
         match self {
             PublicTunnel::Hyper(on) => on
                 .await
                 .map(|u| Box::new(hyper_util::rt::TokioIo::new(u)) as BoxIo)
                 .map_err(|e| format!("the public client's upgrade did not complete: {e}")),
+            PublicTunnel::H2(on) => on
+                .await
+                .map(|tunnel| Box::new(tunnel) as BoxIo)
+                .map_err(|e| format!("the public client's HTTP/2 stream: {e}")),
             PublicTunnel::H3(rx) => rx
                 .await
                 .map_err(|_| "the public HTTP/3 stream closed before the tunnel opened".into()),
@@ -172,13 +188,14 @@ pub(crate) fn public_request<B>(req: &mut Request<B>) -> Option<(WebSocket, Publ
         return None;
     }
     // RFC 8441 §4 and RFC 9220 §3: the `:protocol` pseudo-header names what the stream
-    // becomes; hyper carries it as `hyper::ext::Protocol`, ptth-h3 as `ptth_h3::Protocol`.
+    // becomes; ptth_h2::server (like hyper) carries it as `hyper::ext::Protocol`, ptth-h3
+    // as `ptth_h3::Protocol`.
     let tunnel = if req
         .extensions()
         .get::<hyper::ext::Protocol>()
         .is_some_and(|p| p.as_str().eq_ignore_ascii_case(WEBSOCKET))
     {
-        PublicTunnel::Hyper(hyper::upgrade::on(&mut *req))
+        PublicTunnel::of_tcp(&mut *req)
     } else if req
         .extensions()
         .get::<ptth_h3::Protocol>()

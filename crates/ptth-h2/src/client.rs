@@ -851,5 +851,20 @@ mod tests {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
         strip_connection_fields(&mut h);
         assert_eq!(h[header::TE], "trailers");
+        // Each alone is found too (the look over the names before any removal).
+        for n in [
+            "connection",
+            "keep-alive",
+            "proxy-connection",
+            "upgrade",
+            "transfer-encoding",
+            "te",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static("x"));
+            strip_connection_fields(&mut h);
+            assert_eq!(h.len(), 1, "{n}: {h:?}");
+        }
     }
 }

@@ -1,5 +1,6 @@
 //! An HTTP/2 server connection on the h2 crate directly: the gateway's side of setup
-//! connections (RFC 8441 extended CONNECT for the PTTH setup and reverse CONNECT).
+//! connections (RFC 8441 extended CONNECT for the PTTH setup and reverse CONNECT), and its
+//! public HTTP/2 listeners (h2c by prior knowledge, TLS with ALPN `h2`).
 //!
 //! hyper's server hands an upgraded CONNECT stream over through a task it spawns per
 //! stream, copying every DATA frame into a buffer and every write into a boxed slice sent
@@ -50,7 +51,15 @@ pub struct Options {
     pub max_concurrent_streams: u32,
     /// PING timing: a peer gone without a FIN (NAT, a pulled cable) must be found.
     pub keep_alive: KeepAlive,
+    /// The most response data h2 queues on one stream ahead of the socket: a stream is
+    /// given send capacity (which [`serve`]'s answers wait for before each write) only up
+    /// to this much queued, whatever the peer's window says.
+    pub send_buffer: usize,
 }
+
+/// h2's own default for [`Options::send_buffer`] (400 KiB), which setup connections run
+/// with.
+pub const SEND_BUFFER: usize = 400 * 1024;
 
 impl Default for Options {
     fn default() -> Self {
@@ -58,6 +67,7 @@ impl Default for Options {
             windows: Windows::default(),
             max_concurrent_streams: MAX_CONCURRENT_STREAMS,
             keep_alive: KEEP_ALIVE,
+            send_buffer: SEND_BUFFER,
         }
     }
 }
@@ -67,7 +77,8 @@ pub type Connection<IO> = h2::server::Connection<IO, Bytes>;
 
 /// Starts the HTTP/2 server role on `io`: reads the client preface, sends SETTINGS (the
 /// windows, 64 KiB frames, [`MAX_HEADER_LIST_SIZE`], the stream bound, and
-/// SETTINGS_ENABLE_CONNECT_PROTOCOL = 1, RFC 8441 §3).
+/// SETTINGS_ENABLE_CONNECT_PROTOCOL = 1, RFC 8441 §3), and bounds each stream's queued
+/// response data to [`Options::send_buffer`].
 ///
 /// It waits for the peer's preface without a deadline of its own: the caller bounds it
 /// (the gateway's setup deadline does).
@@ -82,6 +93,7 @@ where
         .max_frame_size(64 * 1024)
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .max_concurrent_streams(options.max_concurrent_streams)
+        .max_send_buffer_size(options.send_buffer)
         .enable_connect_protocol();
     builder.handshake(io).await
 }
@@ -244,7 +256,11 @@ fn start<S: Service>(
         let body = RecvBody::new(recv, remaining);
         (http_body_util::BodyExt::boxed_unsync(body), None)
     };
-    let answer = service.call(Request::from_parts(parts, body));
+    // The service's future goes to the heap once, as it is: the exchange around it stays
+    // small. Held by value in the exchange, a proxy's answer (kilobytes of future) was
+    // moved into the exchange, pinned there a second time, and the whole boxed: a tenth of
+    // the gateway's instructions per request went to `memcpy`.
+    let answer = Box::pin(service.call(Request::from_parts(parts, body)));
     Box::pin(exchange(answer, respond, tunnel, head_request))
 }
 
@@ -259,14 +275,13 @@ fn empty() -> Body {
 /// sends its head, then either hands the stream over as a tunnel (a CONNECT answered 2xx)
 /// or sends the body and trailers.
 async fn exchange<F>(
-    answer: F,
+    mut answer: Pin<Box<F>>,
     mut respond: h2::server::SendResponse<Bytes>,
     tunnel: Option<(oneshot::Sender<Tunnel>, RecvStream)>,
     head_request: bool,
 ) where
     F: Future<Output = Response<Body>>,
 {
-    let mut answer = std::pin::pin!(answer);
     let res = std::future::poll_fn(|cx| {
         if let Poll::Ready(res) = answer.as_mut().poll(cx) {
             return Poll::Ready(Some(res));
