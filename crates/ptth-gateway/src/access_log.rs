@@ -795,7 +795,7 @@ fn date_time(text: &mut DateTime, secs: u64) {
 
 /// The proleptic Gregorian (year, month, day) of day `days` after 1970-01-01, by whole
 /// 400-year eras counted from 0000-03-01 (a year starting in March puts the leap day last).
-pub(crate) fn civil_date(days: u64) -> (u64, u64, u64) {
+fn civil_date(days: u64) -> (u64, u64, u64) {
     // 719 468 days from 0000-03-01 to 1970-01-01.
     let z = days + 719_468;
     let era = z / 146_097;

@@ -578,19 +578,9 @@ async fn serve_h2<IO>(
     drop(conn.ping_pong());
     let service = move |req: http::Request<ptth_h2::Body>| {
         let exchanging = public.exchange(req);
-        async move {
-            let mut res = exchanging.answer().await.map(BodyExt::boxed_unsync);
-            // RFC 9110 §6.6.1: "A recipient with a clock that receives a response message
-            // without a Date header field MUST ... append a corresponding Date header field
-            // to the message's header section if it is ... forwarded downstream" (hyper's
-            // servers, HTTP/1.1 here too, do the same).
-            if let http::header::Entry::Vacant(date) = res.headers_mut().entry(http::header::DATE) {
-                if let Some(now) = http_date() {
-                    date.insert(now);
-                }
-            }
-            res
-        }
+        // `ptth_h2::server` adds `Date` where the answer has none, as hyper's server did
+        // (RFC 9110 §6.6.1).
+        async move { exchanging.answer().await.map(BodyExt::boxed_unsync) }
     };
     let server = ptth_h2::server::serve(conn, options.keep_alive, service);
     tokio::pin!(server);
@@ -606,49 +596,6 @@ async fn serve_h2<IO>(
     if let Some(Err(e)) = ended {
         tracing::debug!(client = %addr, error = %e, "public connection ended");
     }
-}
-
-/// The current time as an HTTP date (RFC 9110 §5.6.7 IMF-fixdate,
-/// `Sun, 06 Nov 1994 08:49:37 GMT`), written once a second per thread.
-fn http_date() -> Option<http::HeaderValue> {
-    thread_local! {
-        static LAST: std::cell::RefCell<(u64, Option<http::HeaderValue>)> =
-            const { std::cell::RefCell::new((u64::MAX, None)) };
-    }
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    LAST.with(|last| {
-        let mut last = last.borrow_mut();
-        if last.0 != secs {
-            *last = (secs, http::HeaderValue::from_str(&imf_fixdate(secs)).ok());
-        }
-        last.1.clone()
-    })
-}
-
-/// `secs` after 1970 as an IMF-fixdate.
-fn imf_fixdate(secs: u64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let days = secs / 86_400;
-    let (year, month, day) = crate::access_log::civil_date(days);
-    let in_day = secs % 86_400;
-    // 1970-01-01 was a Thursday.
-    let weekday = DAYS.get((days % 7) as usize).copied().unwrap_or("Thu");
-    let month = MONTHS
-        .get((month as usize).wrapping_sub(1))
-        .copied()
-        .unwrap_or("Jan");
-    format!(
-        "{weekday}, {day:02} {month} {year:04} {:02}:{:02}:{:02} GMT",
-        in_day / 3600,
-        in_day / 60 % 60,
-        in_day % 60
-    )
 }
 
 /// Runs a public connection until it ends: after the stop signal and the linger, a
@@ -736,16 +683,6 @@ mod tests {
             .unwrap();
         assert_eq!(got, sent, "the server reads what the client sent, in order");
         (verdict, got)
-    }
-
-    #[test]
-    fn http_dates_are_imf_fixdates() {
-        // RFC 9110 §5.6.7's example.
-        assert_eq!(imf_fixdate(784_111_777), "Sun, 06 Nov 1994 08:49:37 GMT");
-        assert_eq!(imf_fixdate(0), "Thu, 01 Jan 1970 00:00:00 GMT");
-        // A leap day, and the last second of a year.
-        assert_eq!(imf_fixdate(951_782_400), "Tue, 29 Feb 2000 00:00:00 GMT");
-        assert_eq!(imf_fixdate(1_798_761_599), "Thu, 31 Dec 2026 23:59:59 GMT");
     }
 
     #[tokio::test]

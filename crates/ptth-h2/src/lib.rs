@@ -77,6 +77,7 @@ pub use connect::{origin_connect, ConnectFailure, ConnectStream};
 pub use reversed::{Body, BoxError, PeerSettings, ServeOptions, Windows, MAX_HEADER_LIST_SIZE};
 pub use tunnel::Tunnel;
 
+mod date;
 mod keep_alive;
 mod message;
 mod origin_frame;

@@ -293,6 +293,7 @@ async fn exchange<F>(
     let Some(res) = res else { return };
     let (mut parts, body) = res.into_parts();
     strip_connection_fields(&mut parts.headers);
+    crate::date::fill_in(&mut parts.headers);
     if let Some((tx, recv)) = tunnel {
         if parts.status.is_success() {
             // RFC 9110 §9.3.6: a 2xx answer to CONNECT has no content; the stream is the
