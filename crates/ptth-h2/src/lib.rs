@@ -7,7 +7,7 @@
 //! hyper and h2 do not expose it.
 //!
 //! ```text
-//! origin:  dial ─▶ TLS ─▶ [connect::origin_connect] ─▶ reversed::serve (hyper's HTTP/2 server)
+//! origin:  dial ─▶ TLS ─▶ [connect::origin_connect] ─▶ server::serve (h2's HTTP/2 server)
 //! gateway: accept ─▶ TLS ─▶ [server::serve answers 2xx] ─▶ client::handshake (h2's HTTP/2 client)
 //!            client::drive (the connection, keep-alive PING) ◀─┘   └─▶ client::Client::send
 //! ```
@@ -22,13 +22,15 @@
 //! (`connect::origin_connect`).
 //!
 //! The gateway's side of the extended CONNECT setup (and of reverse CONNECT's
-//! `connect-listen` / `connect-accept`) is [`server`], h2's server used directly: requests
-//! run in the connection's driver, and the stream of a CONNECT answered 2xx is handed over
+//! `connect-listen` / `connect-accept`) and the origin's reversed HTTP/2 are [`server`], h2's
+//! server used directly: requests run in the connection's driver, and the stream of a CONNECT answered 2xx is handed over
 //! as a [`Tunnel`] on h2's own stream halves ([`server::on_tunnel`]), without the task per
 //! stream and the write channel of hyper's server upgrade. The gateway's public HTTP/2
 //! listeners run on it too, with their own [`server::Options`].
 //! `examples/h2_duplex.rs` shows the same setup with hyper's server on the gateway's end,
-//! which works as well.
+//! which works as well. [`reversed::serve`] (hyper's HTTP/2 server with the reversed
+//! connection's settings) remains for tests and for embedders who want hyper's service
+//! types; the origin serves with [`server`].
 //!
 //! What it does not do: no sockets, no TLS, no setup validation, no routing.
 //!

@@ -43,7 +43,9 @@ impl Default for Windows {
     }
 }
 
-/// How much response data the origin queues per stream ahead of the connection's writes.
+/// How much response data the origin queues per stream ahead of the connection's writes
+/// (hyper's `max_send_buf_size` here, [`crate::server::Options::send_buffer`] on
+/// the origin's server).
 /// hyper's default is 400 KiB; when the tunnel is slower than the application (a WAN link),
 /// every concurrent stream fills its queue, 100 MiB at 256 streams. Flow control, not this
 /// queue, keeps a bulk transfer's pipe full (the stream window is 4 MiB), and 128 KiB is
@@ -94,8 +96,12 @@ impl Default for ServeOptions {
     }
 }
 
-/// Starts the HTTP/2 server role on a stream the origin dialled. Extended CONNECT (RFC 8441)
-/// is enabled so WebSocket reaches the application over the reversed connection.
+/// Starts hyper's HTTP/2 server role on a stream the origin dialled. Extended CONNECT
+/// (RFC 8441) is enabled so WebSocket reaches the application over the reversed connection.
+///
+/// hyper spawns a task per stream. The origin itself serves with [`crate::server`] (its
+/// requests run in the connection's driver) with the same settings; this one remains for
+/// tests and for embedders that want hyper's service and upgrade types.
 pub fn serve<IO, S, B>(
     io: IO,
     service: S,

@@ -55,6 +55,9 @@ pub struct Options {
     /// given send capacity (which [`serve`]'s answers wait for before each write) only up
     /// to this much queued, whatever the peer's window says.
     pub send_buffer: usize,
+    /// How many streams the peer may reset before the server accepted them (h2's Rapid
+    /// Reset defence, CVE-2023-44487; past it the connection ends with ENHANCE_YOUR_CALM).
+    pub pending_accept_resets: usize,
 }
 
 /// h2's own default for [`Options::send_buffer`] (400 KiB), which setup connections run
@@ -68,9 +71,15 @@ impl Default for Options {
             max_concurrent_streams: MAX_CONCURRENT_STREAMS,
             keep_alive: KEEP_ALIVE,
             send_buffer: SEND_BUFFER,
+            pending_accept_resets: DEFAULT_PENDING_ACCEPT_RESETS,
         }
     }
 }
+
+/// h2's own default for [`Options::pending_accept_resets`]: right for a public listener.
+/// A reversed connection's peer is the authenticated gateway, whose bursts of resets are
+/// ordinary: see [`crate::reversed::pending_accept_resets`].
+pub const DEFAULT_PENDING_ACCEPT_RESETS: usize = 20;
 
 /// h2's server connection, which [`serve`] runs.
 pub type Connection<IO> = h2::server::Connection<IO, Bytes>;
@@ -78,7 +87,8 @@ pub type Connection<IO> = h2::server::Connection<IO, Bytes>;
 /// Starts the HTTP/2 server role on `io`: reads the client preface, sends SETTINGS (the
 /// windows, 64 KiB frames, [`MAX_HEADER_LIST_SIZE`], the stream bound, and
 /// SETTINGS_ENABLE_CONNECT_PROTOCOL = 1, RFC 8441 §3), and bounds each stream's queued
-/// response data to [`Options::send_buffer`].
+/// response data to [`Options::send_buffer`] and the streams reset before they were
+/// accepted to [`Options::pending_accept_resets`].
 ///
 /// It waits for the peer's preface without a deadline of its own: the caller bounds it
 /// (the gateway's setup deadline does).
@@ -94,6 +104,7 @@ where
         .max_header_list_size(MAX_HEADER_LIST_SIZE)
         .max_concurrent_streams(options.max_concurrent_streams)
         .max_send_buffer_size(options.send_buffer)
+        .max_pending_accept_reset_streams(options.pending_accept_resets)
         .enable_connect_protocol();
     builder.handshake(io).await
 }
@@ -757,6 +768,133 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(ended.is_ok(), "{ended:?}");
+    }
+
+    /// A body of 16 KiB frames without end, counting the octets pulled from it.
+    struct Endless(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl http_body::Body for Endless {
+        type Data = Bytes;
+        type Error = BoxError;
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            const FRAME: usize = 16 * 1024;
+            self.0
+                .fetch_add(FRAME, std::sync::atomic::Ordering::Relaxed);
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&[7; FRAME])))))
+        }
+    }
+
+    /// The client's end of the pipe, whose reading the test can stop for good.
+    struct Stoppable<IO> {
+        io: IO,
+        stopped: Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl<IO: AsyncRead + Unpin> AsyncRead for Stoppable<IO> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            if self.stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                return Poll::Pending;
+            }
+            Pin::new(&mut self.io).poll_read(cx, buf)
+        }
+    }
+
+    impl<IO: AsyncWrite + Unpin> AsyncWrite for Stoppable<IO> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.io).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.io).poll_shutdown(cx)
+        }
+    }
+
+    /// How much of an endless response body the server pulls when the client stops
+    /// reading before the answer, with `send_buffer` = `bound` (the stream and
+    /// connection windows, 4 and 16 MiB, are far from the limit).
+    async fn pulled_with(bound: usize) -> usize {
+        let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+        let pulled = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (arrived_tx, arrived_rx) = oneshot::channel::<oneshot::Sender<()>>();
+        let mut arrived = Some(arrived_tx);
+        let count = pulled.clone();
+        tokio::spawn(async move {
+            let options = Options {
+                send_buffer: bound,
+                ..Options::default()
+            };
+            let conn = handshake(server_io, &options).await.unwrap();
+            let service = move |_req: Request<Body>| {
+                let arrived = arrived.take();
+                let count = count.clone();
+                async move {
+                    if let Some(arrived) = arrived {
+                        let (go_tx, go_rx) = oneshot::channel();
+                        let _ = arrived.send(go_tx);
+                        let _ = go_rx.await;
+                    }
+                    Response::new(Endless(count).boxed_unsync())
+                }
+            };
+            let _ = serve(conn, options.keep_alive, service).await;
+        });
+        let client_io = Stoppable {
+            io: client_io,
+            stopped: stopped.clone(),
+        };
+        let (client, conn) = client::handshake(client_io, Windows::default())
+            .await
+            .unwrap();
+        tokio::spawn(client::drive(conn, KEEP_ALIVE));
+        let req = Request::get("https://gateway.example/")
+            .body(empty())
+            .unwrap();
+        let _answer = tokio::spawn(async move { client.send(req).await.map(|_| ()) });
+        let go = arrived_rx.await.unwrap();
+        stopped.store(true, std::sync::atomic::Ordering::Relaxed);
+        go.send(()).unwrap();
+        // Time is paused: the runtime skips ahead only once every task is idle, so the
+        // server has pulled all it will by the time this sleep ends.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        pulled.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// [`Options::send_buffer`] bounds the response data queued per stream: the
+    /// server pulls a body's next frame only once h2 grants send capacity, and h2 grants
+    /// no more than the bound less what the stream has queued. So against a reader that
+    /// stopped, a body is read no further than the bound plus what the pipe holds (64 KiB),
+    /// h2's write buffer and the one frame in hand; with a larger bound, further.
+    #[tokio::test(start_paused = true)]
+    async fn the_send_buffer_bounds_how_far_a_body_is_read_ahead() {
+        // The pipe's 64 KiB, the frame in hand and h2's write buffer: 80 KiB was seen.
+        const SLACK: usize = 64 * 1024 + 48 * 1024;
+        let small = pulled_with(128 * 1024).await;
+        assert!(
+            (128 * 1024..=128 * 1024 + SLACK).contains(&small),
+            "{small} octets pulled with a 128 KiB bound"
+        );
+        let large = pulled_with(SEND_BUFFER).await;
+        assert!(
+            (SEND_BUFFER..=SEND_BUFFER + SLACK).contains(&large),
+            "{large} octets pulled with a 400 KiB bound"
+        );
     }
 
     fn h2_preface() -> &'static [u8] {
