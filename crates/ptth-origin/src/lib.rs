@@ -37,6 +37,20 @@
 //!
 //! [`Origin::status`] tells, per gateway, how many connections are registered.
 //! `examples/axum.rs` is the same against a dev gateway.
+//!
+//! **How requests run.** On reversed HTTP/2 (`rh2`, `ph2`, `h2-reverse`, `upgrade-h2`,
+//! `connect-h2`) every request of a connection runs inside that connection's task
+//! (`ptth_h2::server`: no task per request). A handler that awaits holds up nobody, but
+//! one that computes for long holds up the other requests of its connection: spawn such
+//! work (`tokio::task::spawn_blocking` or `tokio::spawn`), or keep more connections
+//! ([`OriginConfig::connections`]), which the gateway spreads requests over.
+//!
+//! **WebSocket and other upgrades.** A service that answers an upgrade (`101` on HTTP/1.1,
+//! `2xx` to an extended CONNECT on HTTP/2 or HTTP/3) takes the tunnel with
+//! [`service::websocket::on_upgrade`], called on the request before the answer is returned.
+//! `hyper::upgrade::on` (and extractors built on it, such as axum's `WebSocketUpgrade`)
+//! finds nothing to upgrade on reversed HTTP/2 or HTTP/3, whose servers are not hyper's;
+//! it works on HTTP/1.1 mechanisms only.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

@@ -387,11 +387,61 @@ impl OriginService {
     }
 }
 
+/// How long the origin waits, on a reversed HTTP/2 connection, for the gateway's client
+/// preface once the setup is done (draft-thomson-ptth-potato §4.3: the gateway sends it
+/// first). The keep-alive PING starts only once the connection is up, so this bounds the
+/// wait before it.
+pub(crate) const H2_PREFACE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The settings of the origin's reversed HTTP/2 server: the stream bound from the config,
+/// the windows, 64 KiB frames and header-list limit of [`ptth_h2::server::handshake`], the
+/// reversed connection's send buffer ([`ptth_h2::reversed::SEND_BUFFER`]) and its tolerance
+/// of the gateway's bursts of resets ([`ptth_h2::reversed::pending_accept_resets`]), and
+/// keep-alive PINGs every 20 s answered within 20 s.
+pub(crate) fn h2_options(config: &OriginConfig) -> ptth_h2::server::Options {
+    ptth_h2::server::Options {
+        max_concurrent_streams: config.max_concurrent_streams,
+        send_buffer: ptth_h2::reversed::SEND_BUFFER,
+        pending_accept_resets: ptth_h2::reversed::pending_accept_resets(
+            config.max_concurrent_streams,
+        ),
+        ..Default::default()
+    }
+}
+
+/// The service as the HTTP/2 server calls it: each request's answer runs in the
+/// connection's driver (no task per stream).
+fn h2_service(
+    service: OriginService,
+) -> impl FnMut(Request<RequestBody>) -> H2Answer + Unpin + Send {
+    move |req| H2Answer(service.call_boxed(req))
+}
+
+/// An answer to one request on the HTTP/2 server: the service's future, whose error is
+/// `Infallible`.
+pub(crate) struct H2Answer(
+    Pin<Box<dyn Future<Output = Result<Response<ResponseBody>, Infallible>> + Send>>,
+);
+
+impl Future for H2Answer {
+    type Output = Response<ResponseBody>;
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Response<ResponseBody>> {
+        self.0.as_mut().poll(cx).map(|r| match r {
+            Ok(res) => res,
+            Err(never) => match never {},
+        })
+    }
+}
+
 /// Serves `version` on `io` until the connection ends or `shutdown` fires; on shutdown the
 /// connection stops taking requests and those in flight finish, bounded by the configured
 /// grace period:
 ///
-/// - HTTP/2: GOAWAY (hyper's graceful shutdown: RFC 9113 §6.8 "a server that is attempting
+/// - HTTP/2: GOAWAY (h2's graceful shutdown, through [`ptth_h2::server`]: RFC 9113 §6.8 "a server that is attempting
 ///   to gracefully shut down a connection SHOULD send an initial GOAWAY frame with the last
 ///   stream identifier set to 2^31-1 ... After allowing time for any in-flight stream
 ///   creation (at least one round-trip time), the server MAY send another GOAWAY frame with
@@ -453,17 +503,27 @@ where
             }
         }
         HttpVersion::Http2 => {
-            let options = ptth_h2::ServeOptions {
-                max_concurrent_streams: config.max_concurrent_streams,
-                ..Default::default()
+            let options = h2_options(config);
+            // The gateway sends its preface right after the setup; one that does not is
+            // gone, and a drain meanwhile has nothing to wait for.
+            let handshake = ptth_h2::server::handshake(io, &options);
+            let conn = tokio::select! {
+                conn = tokio::time::timeout(H2_PREFACE_TIMEOUT, handshake) => match conn {
+                    Ok(conn) => conn.map_err(|e| {
+                        anyhow::anyhow!("the gateway's HTTP/2 preface was not accepted: {e}")
+                    })?,
+                    Err(_) => anyhow::bail!(
+                        "the gateway sent no HTTP/2 preface within {H2_PREFACE_TIMEOUT:?}"
+                    ),
+                },
+                _ = shutdown.wait_for(|s| *s) => return Ok(()),
             };
-            let conn = ptth_h2::reversed::serve(io, service, options);
-            let mut conn = std::pin::pin!(conn);
+            let mut conn = ptth_h2::server::serve(conn, options.keep_alive, h2_service(service));
             tokio::select! {
-                r = conn.as_mut() => return r.map_err(anyhow::Error::from),
+                r = &mut conn => return r.map_err(anyhow::Error::from),
                 _ = shutdown.wait_for(|s| *s) => {}
             }
-            conn.as_mut().graceful_shutdown();
+            conn.graceful_shutdown();
             match tokio::time::timeout(grace, conn).await {
                 Ok(r) => r.map_err(anyhow::Error::from),
                 Err(_) => {
@@ -559,6 +619,178 @@ mod tests {
         // Each connection has its own authoriser: a fresh one still answers.
         let (fresh, body) = call(&origin_service(), ptth_auth::AUTHORIZE_PATH).await;
         assert!(leaks(&fresh, &body));
+    }
+
+    /// A reversed HTTP/2 connection served by [`serve_reversed`] on one end of a pipe, with
+    /// the gateway's own HTTP/2 client ([`ptth_h2::client`]) on the other.
+    async fn reversed_h2(
+        service: OriginService,
+        grace: std::time::Duration,
+    ) -> (
+        ptth_h2::client::Client,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
+        let (gateway_io, origin_io) = tokio::io::duplex(256 * 1024);
+        let mut config = OriginConfig::new(
+            "https://gateway.example".parse().unwrap(),
+            "rh2".parse().unwrap(),
+            vec!["app.example".into()],
+            None,
+        );
+        config.shutdown_grace = grace;
+        let (stop, shutdown) = watch::channel(false);
+        let served = tokio::spawn(async move {
+            serve_reversed(origin_io, HttpVersion::Http2, service, &config, shutdown).await
+        });
+        let (client, conn) = ptth_h2::client::handshake(gateway_io, ptth_h2::Windows::default())
+            .await
+            .unwrap();
+        tokio::spawn(ptth_h2::client::drive(conn, ptth_h2::client::KEEP_ALIVE));
+        (client, stop, served)
+    }
+
+    fn get(path: &str) -> Request<RequestBody> {
+        let mut req = request(path);
+        *req.uri_mut() = format!("https://app.example{path}").parse().unwrap();
+        req
+    }
+
+    const DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// The requests of one reversed HTTP/2 connection all run in its driver, yet one
+    /// whose handler waits does not hold up another: the second is answered while the
+    /// first still waits (for that very answer), then the first finishes too.
+    #[tokio::test]
+    async fn a_waiting_handler_does_not_stall_another_stream_of_the_connection() {
+        let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+        let release_rx = Arc::new(std::sync::Mutex::new(Some(release_rx)));
+        let app = tower::service_fn(move |req: Request<RequestBody>| {
+            let wait = (req.uri().path() == "/slow")
+                .then(|| release_rx.lock().unwrap().take())
+                .flatten();
+            async move {
+                if let Some(wait) = wait {
+                    let _ = wait.await;
+                }
+                let body = http_body_util::Full::new(Bytes::from(req.uri().path().to_owned()))
+                    .map_err(|never| -> BoxError { match never {} })
+                    .boxed_unsync();
+                Ok::<_, Infallible>(Response::new(body))
+            }
+        });
+        let (client, _stop, _served) =
+            reversed_h2(OriginService::new(app), std::time::Duration::from_secs(5)).await;
+        let client = Arc::new(client);
+        let c = client.clone();
+        let slow = tokio::spawn(async move {
+            let res = c.send(get("/slow")).await.unwrap();
+            res.into_body().collect().await.unwrap().to_bytes()
+        });
+        let fast = tokio::time::timeout(DEADLINE, async {
+            let res = client.send(get("/fast")).await.unwrap();
+            res.into_body().collect().await.unwrap().to_bytes()
+        })
+        .await
+        .expect("the second stream waited for the first one's handler");
+        assert_eq!(fast, "/fast");
+        assert!(!slow.is_finished(), "the slow handler was never held");
+        release_tx.send(()).unwrap();
+        let slow = tokio::time::timeout(DEADLINE, slow).await.unwrap().unwrap();
+        assert_eq!(slow, "/slow");
+    }
+
+    /// RFC 8441 over the origin's HTTP/2 server: an extended CONNECT for `websocket` reaches
+    /// the library's service, whose [`crate::service::on_upgrade`] gets the stream once its
+    /// `200` is sent, and WebSocket messages cross it (the hello service echoes them).
+    #[tokio::test]
+    async fn an_extended_connect_websocket_becomes_the_services_tunnel() {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let (client, _stop, _served) = reversed_h2(
+            OriginService::new(crate::service::Hello),
+            std::time::Duration::from_secs(5),
+        )
+        .await;
+        let mut req = get("/ws");
+        *req.method_mut() = http::Method::CONNECT;
+        req.headers_mut().insert(
+            http::header::SEC_WEBSOCKET_VERSION,
+            http::HeaderValue::from_static("13"),
+        );
+        req.extensions_mut()
+            .insert(hyper::ext::Protocol::from_static("websocket"));
+        let mut res = tokio::time::timeout(DEADLINE, client.send(req))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let tunnel = ptth_h2::client::take_tunnel(&mut res).expect("a 2xx carries the tunnel");
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            tunnel,
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        ws.send(Message::text("over rh2")).await.unwrap();
+        let back = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, Message::text("over rh2"));
+    }
+
+    /// The origin's drain on reversed HTTP/2: GOAWAY, the request in flight still gets its
+    /// whole answer, and the connection then ends `Ok` well within the grace period.
+    #[tokio::test]
+    async fn a_drain_lets_the_request_in_flight_finish_then_ends() {
+        let (arrived_tx, arrived_rx) = tokio::sync::oneshot::channel::<()>();
+        let (go_tx, go_rx) = tokio::sync::oneshot::channel::<()>();
+        let hold = Arc::new(std::sync::Mutex::new(Some((arrived_tx, go_rx))));
+        let app = tower::service_fn(move |_req: Request<RequestBody>| {
+            let hold = hold.lock().unwrap().take();
+            async move {
+                if let Some((arrived, go)) = hold {
+                    let _ = arrived.send(());
+                    let _ = go.await;
+                }
+                let body = http_body_util::Full::new(Bytes::from_static(b"late but whole"))
+                    .map_err(|never| -> BoxError { match never {} })
+                    .boxed_unsync();
+                Ok::<_, Infallible>(Response::new(body))
+            }
+        });
+        let (client, stop, served) =
+            reversed_h2(OriginService::new(app), std::time::Duration::from_secs(60)).await;
+        let client = Arc::new(client);
+        let c = client.clone();
+        let first = tokio::spawn(async move {
+            let res = c.send(get("/")).await.unwrap();
+            res.into_body().collect().await.unwrap().to_bytes()
+        });
+        tokio::time::timeout(DEADLINE, arrived_rx)
+            .await
+            .unwrap()
+            .unwrap();
+        stop.send(true).unwrap();
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        while !client.peer_went_away() {
+            assert!(tokio::time::Instant::now() < deadline, "no GOAWAY seen");
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+        go_tx.send(()).unwrap();
+        let body = tokio::time::timeout(DEADLINE, first)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(body, "late but whole");
+        drop(client);
+        let ended = tokio::time::timeout(DEADLINE, served)
+            .await
+            .expect("the drained connection did not end before its grace period")
+            .unwrap();
+        assert!(ended.is_ok(), "{ended:?}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -4,9 +4,9 @@
 //! `Upgrade: websocket` and ends in `101 Switching Protocols`, or over HTTP/2 or HTTP/3,
 //! where it starts as an extended `CONNECT` with `:protocol = websocket` and ends in `200`.
 //! [`Handshake`] validates either form and builds the matching answer; the caller then takes
-//! the tunnel with [`on_upgrade`] (hyper's upgrade on HTTP/1.1 and HTTP/2, the request
-//! stream on HTTP/3, handed over by `serve_h3_connect`) and runs the WebSocket protocol
-//! over it.
+//! the tunnel with [`on_upgrade`] (hyper's upgrade on HTTP/1.1, the request stream on
+//! HTTP/2, handed over by the origin's HTTP/2 server, `ptth_h2::server`, and on HTTP/3, by
+//! `serve_h3_connect`) and runs the WebSocket protocol over it.
 
 use http::header::{
     CONNECTION, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, SEC_WEBSOCKET_VERSION, UPGRADE,
@@ -200,8 +200,11 @@ struct H3TunnelSlot(Arc<Mutex<Option<oneshot::Receiver<Tunnel>>>>);
 /// The tunnel a service takes for a request it answers with `101` (HTTP/1.1) or `2xx` to an
 /// extended CONNECT; it opens once that answer has been sent.
 pub enum OnTunnel {
-    /// HTTP/1.1 and HTTP/2: hyper's upgrade.
+    /// HTTP/1.1 (and HTTP/2 served by hyper, as in tests and examples): hyper's upgrade.
     Hyper(OnUpgrade),
+    /// HTTP/2 served by the origin (`ptth_h2::server`): the request stream, once the 2xx
+    /// answer's headers are sent.
+    H2(ptth_h2::server::OnTunnel),
     /// HTTP/3: the request stream.
     H3(oneshot::Receiver<Tunnel>),
 }
@@ -210,6 +213,7 @@ impl std::fmt::Debug for OnTunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
             OnTunnel::Hyper(_) => "OnTunnel::Hyper",
+            OnTunnel::H2(_) => "OnTunnel::H2",
             OnTunnel::H3(_) => "OnTunnel::H3",
         })
     }
@@ -229,6 +233,11 @@ impl std::future::Future for OnTunnel {
                 Poll::Ready(Err(e)) => Poll::Ready(Err(std::io::Error::other(e))),
                 Poll::Pending => Poll::Pending,
             },
+            OnTunnel::H2(on) => match std::pin::Pin::new(on).poll(cx) {
+                Poll::Ready(Ok(stream)) => Poll::Ready(Ok(Box::new(stream))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(std::io::Error::other(e))),
+                Poll::Pending => Poll::Pending,
+            },
             OnTunnel::H3(rx) => match std::pin::Pin::new(rx).poll(cx) {
                 Poll::Ready(Ok(io)) => Poll::Ready(Ok(io)),
                 Poll::Ready(Err(_)) => Poll::Ready(Err(std::io::Error::other(
@@ -240,9 +249,16 @@ impl std::future::Future for OnTunnel {
     }
 }
 
-/// Claims the tunnel of `request`: the HTTP/3 stream if the request came over HTTP/3,
-/// hyper's upgrade otherwise. Call it before returning the answer.
+/// Claims the tunnel of `request`: the request stream if the request came over HTTP/2 or
+/// HTTP/3, hyper's upgrade otherwise. Call it before returning the answer.
+///
+/// Use this rather than `hyper::upgrade::on`: the origin serves reversed HTTP/2 with its own
+/// server (`ptth_h2::server`), not hyper's, so hyper's upgrade of an HTTP/2 extended CONNECT
+/// fails there.
 pub fn on_upgrade<B>(request: &mut Request<B>) -> OnTunnel {
+    if let Some(on) = ptth_h2::server::on_tunnel(request) {
+        return OnTunnel::H2(on);
+    }
     if let Some(rx) = request
         .extensions()
         .get::<H3TunnelSlot>()
