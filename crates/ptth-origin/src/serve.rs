@@ -700,6 +700,38 @@ mod tests {
         assert_eq!(slow, "/slow");
     }
 
+    /// Answers over reversed HTTP/2 carry a `Date` (RFC 9110 §6.6.1; `ptth_h2::server` adds
+    /// it, as hyper's server did), and an application's own `Date` is left as it is.
+    #[tokio::test]
+    async fn answers_carry_a_date_unless_the_application_set_one() {
+        let app = tower::service_fn(|req: Request<RequestBody>| async move {
+            let mut res = Response::new(
+                http_body_util::Empty::new()
+                    .map_err(|never| -> BoxError { match never {} })
+                    .boxed_unsync(),
+            );
+            if req.uri().path() == "/own" {
+                res.headers_mut().insert(
+                    http::header::DATE,
+                    http::HeaderValue::from_static("Sun, 06 Nov 1994 08:49:37 GMT"),
+                );
+            }
+            Ok::<_, Infallible>(res)
+        });
+        let (client, _stop, _served) =
+            reversed_h2(OriginService::new(app), std::time::Duration::from_secs(5)).await;
+        let before = std::time::SystemTime::now() - std::time::Duration::from_secs(1);
+        let res = client.send(get("/")).await.unwrap();
+        let date = res.headers()[http::header::DATE].to_str().unwrap();
+        let date = httpdate::parse_http_date(date).unwrap();
+        assert!(date >= before, "{date:?} is before the request");
+        let res = client.send(get("/own")).await.unwrap();
+        assert_eq!(
+            res.headers()[http::header::DATE],
+            "Sun, 06 Nov 1994 08:49:37 GMT"
+        );
+    }
+
     /// RFC 8441 over the origin's HTTP/2 server: an extended CONNECT for `websocket` reaches
     /// the library's service, whose [`crate::service::on_upgrade`] gets the stream once its
     /// `200` is sent, and WebSocket messages cross it (the hello service echoes them).
