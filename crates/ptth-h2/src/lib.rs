@@ -22,10 +22,11 @@
 //! (`connect::origin_connect`).
 //!
 //! The gateway's side of the extended CONNECT setup (and of reverse CONNECT's
-//! `connect-listen` / `connect-accept`) and the origin's reversed HTTP/2 are [`server`], h2's
-//! server used directly: requests run in the connection's driver, and the stream of a CONNECT answered 2xx is handed over
-//! as a [`Tunnel`] on h2's own stream halves ([`server::on_tunnel`]), without the task per
-//! stream and the write channel of hyper's server upgrade. The gateway's public HTTP/2
+//! `connect-listen` / `connect-accept`) and the origin's reversed HTTP/2 are [`server`],
+//! h2's server used directly: requests run in the connection's driver, and the stream of a
+//! CONNECT answered 2xx is handed over as a [`Tunnel`] on h2's own stream halves
+//! ([`server::on_tunnel`]), without the task per stream and the write channel of hyper's
+//! server upgrade. The gateway's public HTTP/2
 //! listeners run on it too, with their own [`server::Options`].
 //! `examples/h2_duplex.rs` shows the same setup with hyper's server on the gateway's end,
 //! which works as well. [`reversed::serve`] (hyper's HTTP/2 server with the reversed
