@@ -441,12 +441,12 @@ impl Future for H2Answer {
 /// connection stops taking requests and those in flight finish, bounded by the configured
 /// grace period:
 ///
-/// - HTTP/2: GOAWAY (h2's graceful shutdown, through [`ptth_h2::server`]: RFC 9113 §6.8 "a server that is attempting
-///   to gracefully shut down a connection SHOULD send an initial GOAWAY frame with the last
-///   stream identifier set to 2^31-1 ... After allowing time for any in-flight stream
-///   creation (at least one round-trip time), the server MAY send another GOAWAY frame with
-///   an updated last stream identifier"), so a request the gateway sent just before the
-///   GOAWAY reached it is still served;
+/// - HTTP/2: GOAWAY (h2's graceful shutdown, through [`ptth_h2::server`]: RFC 9113 §6.8 "a
+///   server that is attempting to gracefully shut down a connection SHOULD send an initial
+///   GOAWAY frame with the last stream identifier set to 2^31-1 ... After allowing time for
+///   any in-flight stream creation (at least one round-trip time), the server MAY send
+///   another GOAWAY frame with an updated last stream identifier"), so a request the
+///   gateway sent just before the GOAWAY reached it is still served;
 /// - HTTP/1.1: every response from now on says `Connection: close` and the connection
 ///   closes after it; one idle at shutdown closes after [`H1_IDLE_LINGER`] unless a request
 ///   comes first (see [`H1Drain`]).
