@@ -140,6 +140,9 @@ async fn main() -> anyhow::Result<()> {
             );
             config.ca = Some(dev.join("ca.pem"));
             config.connections = connections.parse()?;
+            // Its service takes no upgrades: reversed HTTP/2 on `ptth_h2::server`, as the
+            // `ptth-origin` binary serves it (`docs/benchmarks.md` says so).
+            config.hyper_upgrades = false;
             if mechanism == "h2-reverse" {
                 config.client_cert = Some(dev.join("origin.pem"));
                 config.client_key = Some(dev.join("origin.key"));

@@ -465,6 +465,9 @@ impl Cli {
             }
         }
         let mut c = OriginConfig::new(gateway, mechanism, hosts, None);
+        // The binary's services (hello, the proxy, routes) take their tunnels through
+        // `on_upgrade`, which works on either HTTP/2 server: the lighter one serves.
+        c.hyper_upgrades = false;
         c.more_gateways = more_gateways;
         c.tcp_services = tcp_services;
         if let Some(t) = &self.service_transport {

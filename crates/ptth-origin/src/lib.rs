@@ -39,18 +39,22 @@
 //! `examples/axum.rs` is the same against a dev gateway.
 //!
 //! **How requests run.** On reversed HTTP/2 (`rh2`, `ph2`, `h2-reverse`, `upgrade-h2`,
-//! `connect-h2`) every request of a connection runs inside that connection's task
-//! (`ptth_h2::server`: no task per request). A handler that awaits holds up nobody, but
-//! one that computes for long holds up the other requests of its connection: spawn such
-//! work (`tokio::task::spawn_blocking` or `tokio::spawn`), or keep more connections
-//! ([`OriginConfig::connections`]), which the gateway spreads requests over.
+//! `connect-h2`) hyper's server runs each request in a task of its own by default, so
+//! that `hyper::upgrade::on` works ([`OriginConfig::hyper_upgrades`]). With
+//! `hyper_upgrades = false` every request of a connection runs inside that connection's
+//! task instead (`ptth_h2::server`: about a tenth fewer instructions per request). A
+//! handler that awaits holds up nobody there, but one that computes for long holds up the
+//! other requests of its connection: spawn such work (`tokio::task::spawn_blocking` or
+//! `tokio::spawn`), or keep more connections ([`OriginConfig::connections`]), which the
+//! gateway spreads requests over.
 //!
 //! **WebSocket and other upgrades.** A service that answers an upgrade (`101` on HTTP/1.1,
 //! `2xx` to an extended CONNECT on HTTP/2 or HTTP/3) takes the tunnel with
-//! [`service::websocket::on_upgrade`], called on the request before the answer is returned.
-//! `hyper::upgrade::on` (and extractors built on it, such as axum's `WebSocketUpgrade`)
-//! finds nothing to upgrade on reversed HTTP/2 or HTTP/3, whose servers are not hyper's;
-//! it works on HTTP/1.1 mechanisms only.
+//! [`service::websocket::on_upgrade`], called on the request before the answer is
+//! returned: it works on every mechanism and either HTTP/2 server. `hyper::upgrade::on`
+//! (and extractors built on it, such as axum's `WebSocketUpgrade`) works on HTTP/1.1
+//! mechanisms, and on reversed HTTP/2 while [`OriginConfig::hyper_upgrades`] is on (the
+//! default); it finds nothing to upgrade on HTTP/3, whose server is not hyper's.
 #![warn(missing_docs)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
@@ -125,6 +129,15 @@ pub struct OriginConfig {
     pub max_concurrent_streams: u32,
     /// How long requests in flight may run after shutdown starts.
     pub shutdown_grace: Duration,
+    /// Serve reversed HTTP/2 with hyper's server, so that a service's `hyper::upgrade::on`
+    /// (and what is built on it, such as axum's `WebSocketUpgrade`) finds its tunnel; each
+    /// request then runs in a task of its own. `false` serves it with `ptth_h2::server`:
+    /// every request in its connection's task, about a tenth fewer instructions per
+    /// request (`docs/performance.md` finding 12), upgrades through
+    /// [`service::websocket::on_upgrade`] only. `true` by default, so that any tower or
+    /// hyper service works unchanged; the `ptth-origin` binary, whose services all take
+    /// their tunnels through `on_upgrade`, sets `false`.
+    pub hyper_upgrades: bool,
     /// For tests only: the entries of the draft-bt ORIGIN frame (`h2-reverse`,
     /// `h3-reverse`) instead of the origins derived from `hosts`, so tests can make an
     /// origin claim less (or other) than it asks to be routed for.
@@ -171,6 +184,7 @@ impl OriginConfig {
             connections: 1,
             max_concurrent_streams: 256,
             shutdown_grace: Duration::from_secs(30),
+            hyper_upgrades: true,
             origin_frame_override: None,
             admin: None,
             ready_when: metrics::ReadyWhen::All,

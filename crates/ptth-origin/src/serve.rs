@@ -502,6 +502,27 @@ where
                 }
             }
         }
+        HttpVersion::Http2 if config.hyper_upgrades => {
+            // hyper's server: `hyper::upgrade::on` works, at a task per request.
+            let options = ptth_h2::ServeOptions {
+                max_concurrent_streams: config.max_concurrent_streams,
+                ..Default::default()
+            };
+            let conn = ptth_h2::reversed::serve(io, service, options);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => return r.map_err(anyhow::Error::from),
+                _ = shutdown.wait_for(|s| *s) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            match tokio::time::timeout(grace, conn).await {
+                Ok(r) => r.map_err(anyhow::Error::from),
+                Err(_) => {
+                    tracing::warn!("requests still running after the grace period; closing");
+                    Ok(())
+                }
+            }
+        }
         HttpVersion::Http2 => {
             let options = h2_options(config);
             // The gateway sends its preface right after the setup; one that does not is
@@ -631,6 +652,19 @@ mod tests {
         watch::Sender<bool>,
         tokio::task::JoinHandle<anyhow::Result<()>>,
     ) {
+        reversed_h2_on(service, grace, false).await
+    }
+
+    /// [`reversed_h2`] on either HTTP/2 server ([`OriginConfig::hyper_upgrades`]).
+    async fn reversed_h2_on(
+        service: OriginService,
+        grace: std::time::Duration,
+        hyper_upgrades: bool,
+    ) -> (
+        ptth_h2::client::Client,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+    ) {
         let (gateway_io, origin_io) = tokio::io::duplex(256 * 1024);
         let mut config = OriginConfig::new(
             "https://gateway.example".parse().unwrap(),
@@ -639,6 +673,7 @@ mod tests {
             None,
         );
         config.shutdown_grace = grace;
+        config.hyper_upgrades = hyper_upgrades;
         let (stop, shutdown) = watch::channel(false);
         let served = tokio::spawn(async move {
             serve_reversed(origin_io, HttpVersion::Http2, service, &config, shutdown).await
@@ -737,13 +772,84 @@ mod tests {
     /// `200` is sent, and WebSocket messages cross it (the hello service echoes them).
     #[tokio::test]
     async fn an_extended_connect_websocket_becomes_the_services_tunnel() {
-        use futures_util::{SinkExt, StreamExt};
-        use tokio_tungstenite::tungstenite::Message;
-        let (client, _stop, _served) = reversed_h2(
-            OriginService::new(crate::service::Hello),
+        // `on_upgrade` finds the tunnel on either server.
+        for hyper_upgrades in [false, true] {
+            let (client, _stop, _served) = reversed_h2_on(
+                OriginService::new(crate::service::Hello),
+                std::time::Duration::from_secs(5),
+                hyper_upgrades,
+            )
+            .await;
+            websocket_echo(&client, &format!("over rh2, hyper {hyper_upgrades}")).await;
+        }
+    }
+
+    /// With [`OriginConfig::hyper_upgrades`] on (the default), a library service that
+    /// takes its tunnel with `hyper::upgrade::on` itself, as axum's `WebSocketUpgrade`
+    /// does, gets it over reversed HTTP/2.
+    #[tokio::test]
+    async fn hyper_upgrade_on_works_over_reversed_h2_by_default() {
+        assert!(
+            OriginConfig::new(
+                "https://gateway.example".parse().unwrap(),
+                "rh2".parse().unwrap(),
+                vec![],
+                None
+            )
+            .hyper_upgrades
+        );
+        let app = tower::service_fn(|mut req: Request<RequestBody>| async move {
+            let on = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                if let Ok(io) = on.await {
+                    let (mut r, mut w) = tokio::io::split(hyper_util::rt::TokioIo::new(io));
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                }
+            });
+            let body = http_body_util::Empty::new()
+                .map_err(|never| -> BoxError { match never {} })
+                .boxed_unsync();
+            Ok::<_, Infallible>(Response::new(body))
+        });
+        let (client, _stop, _served) = reversed_h2_on(
+            OriginService::new(app),
             std::time::Duration::from_secs(5),
+            true,
         )
         .await;
+        let mut tunnel = extended_connect(&client).await;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tunnel.write_all(b"through hyper's upgrade").await.unwrap();
+        let mut back = [0u8; 23];
+        tokio::time::timeout(DEADLINE, tunnel.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&back, b"through hyper's upgrade");
+    }
+
+    /// Opens a WebSocket by RFC 8441 on `client` and checks `text` comes back.
+    async fn websocket_echo(client: &ptth_h2::client::Client, text: &str) {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let tunnel = extended_connect(client).await;
+        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            tunnel,
+            tokio_tungstenite::tungstenite::protocol::Role::Client,
+            None,
+        )
+        .await;
+        ws.send(Message::text(text)).await.unwrap();
+        let back = tokio::time::timeout(DEADLINE, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(back, Message::text(text));
+    }
+
+    /// An RFC 8441 extended CONNECT for `websocket` on `client`, answered 200: its tunnel.
+    async fn extended_connect(client: &ptth_h2::client::Client) -> ptth_h2::Tunnel {
         let mut req = get("/ws");
         *req.method_mut() = http::Method::CONNECT;
         req.headers_mut().insert(
@@ -757,20 +863,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(res.status(), StatusCode::OK);
-        let tunnel = ptth_h2::client::take_tunnel(&mut res).expect("a 2xx carries the tunnel");
-        let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
-            tunnel,
-            tokio_tungstenite::tungstenite::protocol::Role::Client,
-            None,
-        )
-        .await;
-        ws.send(Message::text("over rh2")).await.unwrap();
-        let back = tokio::time::timeout(DEADLINE, ws.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        assert_eq!(back, Message::text("over rh2"));
+        ptth_h2::client::take_tunnel(&mut res).expect("a 2xx carries the tunnel")
     }
 
     /// The origin's drain on reversed HTTP/2: GOAWAY, the request in flight still gets its

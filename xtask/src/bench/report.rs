@@ -103,7 +103,9 @@ fn header(d: &mut String, run: &Run<'_>) {
            mechanisms with one origin connection, rh1 with `--connections {}`; rh3 is one \
            QUIC connection.\n\
          - (d) ptth library mode: h2load → `ptth-gateway` → `bench_app origin` (the same \
-           service inside `ptth_origin::Origin::serve`, one rh2 connection).\n\
+           service inside `ptth_origin::Origin::serve`, one rh2 connection, served by \
+           `ptth_h2::server` with `OriginConfig::hyper_upgrades = false`, as the \
+           `ptth-origin` binary serves; the library's default keeps hyper's server).\n\
          - `--threads 1` rows: the same path with one runtime worker thread in the gateway \
            and `ptth-origin` (`--threads 1`; the library-mode app gets \
            `TOKIO_WORKER_THREADS=1`, which its `#[tokio::main]` runtime reads); the other ptth \
