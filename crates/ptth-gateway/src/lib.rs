@@ -154,6 +154,12 @@ type LateEndpoint = Arc<Mutex<Option<quinn::Endpoint>>>;
 /// closes and go idle.
 const QUIC_CLOSE_WAIT: Duration = Duration::from_millis(500);
 
+/// How long a stopping gateway with reverse CONNECT control channels lets their
+/// connections' drivers write what the last flows queued (a flow's end is a frame queued on
+/// its connection, written by that connection's driver on its worker) before the workers
+/// stop: without it a flow that ended cleanly could reach the origin as a connection lost.
+const FLOW_END_FLUSH: Duration = Duration::from_millis(250);
+
 /// A running gateway.
 #[derive(Debug)]
 pub struct Gateway {
@@ -758,7 +764,14 @@ impl Gateway {
             .await
             .is_ok();
         let flows_left = self.ctx.services.open_flows();
+        let channels = self.ctx.services.has_channels();
         self.ctx.services.cut();
+        if channels {
+            tokio::time::sleep(
+                FLOW_END_FLUSH.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+            )
+            .await;
+        }
         // Registered QUIC origins were drained above, but a connection still in setup (its
         // handshake done just before the endpoint stopped taking new ones) is not in the
         // registry, and a CONNECTION_CLOSE is only queued until the endpoint's driver sends

@@ -280,6 +280,11 @@ impl Services {
         self.open_flows.load(Ordering::Relaxed)
     }
 
+    /// Whether any control channel is open.
+    pub(crate) fn has_channels(&self) -> bool {
+        !self.state().channels.is_empty()
+    }
+
     /// Resolves once no flow is open.
     pub(crate) async fn until_no_flows(&self) {
         loop {
