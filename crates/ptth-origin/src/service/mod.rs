@@ -21,6 +21,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::{BodyExt, Empty, Full};
 use sync_wrapper::SyncWrapper;
 
+mod h1_pool;
 pub mod hello;
 pub mod proxy;
 pub mod routes;

@@ -22,15 +22,19 @@
 //! announce them for them to reach such an upstream (HTTP/2 upstreams get them all).
 //! `TE: trailers` is kept so the upstream knows it may send response trailers.
 //!
-//! Connections are pooled per requested host (at most [`POOL_MAX_IDLE`] idle ones each,
-//! closed after [`POOL_IDLE_TIMEOUT`]) by hyper-util's legacy client over our own
-//! [`super::upstream`] connector: it already keeps HTTP/1.1 connections one request at a
-//! time and shares one HTTP/2 connection, and it picks HTTP/2 when TLS negotiated `h2`, so
-//! no pool of our own is needed. A route with `proxy-protocol = true` dials one connection
-//! per request with hyper's conn API instead, because its PROXY header describes one client. Every
-//! failure to reach or hear the upstream is a `502` whose body, and the origin's log, say
-//! why. The proxy does not retry and sets no timeouts beyond the connect timeout; the
-//! gateway owns those policies.
+//! Connections to an `http://` or `unix:` upstream are pooled by the crate's `h1_pool`: each is
+//! polled by the request that uses it and then by its response body, in the task that serves
+//! the request, not in a task of its own (at most [`POOL_MAX_IDLE`] idle ones, closed after
+//! [`POOL_IDLE_TIMEOUT`]). The other upstreams (`h2c://`, `unix+h2c:`, `https://`) go through
+//! hyper-util's legacy client over our own [`super::upstream`] connector, pooled per requested
+//! host: it shares one HTTP/2 connection and picks HTTP/2 when TLS negotiated `h2`. An
+//! upgrade (WebSocket) to an `http://` or `unix:` upstream gets a connection of its own. A
+//! route with `proxy-protocol = true` dials one connection per request with hyper's conn API
+//! instead, because its PROXY header describes one client. Every failure to reach or hear the
+//! upstream is a `502` whose body, and the origin's log, say why. The proxy does not retry (a
+//! request that a pooled connection, closed as it was taken, could not even write goes out
+//! once on a fresh connection) and sets no timeouts beyond the connect timeout; the gateway
+//! owns those policies.
 
 use std::convert::Infallible;
 use std::error::Error as _;
@@ -58,6 +62,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
+use super::h1_pool::{H1Pool, PoolError};
 use super::upstream::{Alpn, Connector, ProxyHeader, Upstream, UpstreamTls, Wire};
 use super::websocket::{header_has_token, on_upgrade, OnTunnel, WEBSOCKET_PROTOCOL};
 use super::{text_response, Body, BoxError, Refusal, ResponseFuture};
@@ -67,7 +72,8 @@ pub use super::upstream::{ProxyError, CONNECT_TIMEOUT};
 /// How long an idle pooled upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The most idle connections kept per requested host.
+/// The most idle connections kept per upstream (per requested host for the upstreams
+/// hyper-util's client pools).
 pub const POOL_MAX_IDLE: usize = 64;
 
 /// The largest read buffer of one upstream connection: the project's 64 KiB header limit plus
@@ -108,6 +114,10 @@ pub struct ProxyOptions {
 pub struct Proxy {
     upstream: Arc<Upstream>,
     connector: Connector,
+    /// Plain requests to an `http://` or `unix:` upstream: connections driven by the
+    /// requests themselves ([`super::h1_pool`]).
+    h1_pool: Option<H1Pool>,
+    /// Plain requests to the other upstreams (HTTP/2 or TLS): hyper-util's pooled client.
     client: Client<Connector, UpstreamBody>,
     /// For WebSocket and other upgrades to an `https://` upstream: a client and connector
     /// that offer only `http/1.1`.
@@ -117,7 +127,7 @@ pub struct Proxy {
 
 /// The body type sent to the upstream. It need not be `Sync`, so request bodies that are only
 /// `Send` are boxed without wrapping.
-type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A pooled client over `connector`, speaking only HTTP/2 when `h2_only`.
 fn pooled_client(connector: Connector, h2_only: bool) -> Client<Connector, UpstreamBody> {
@@ -164,9 +174,18 @@ impl Proxy {
                 "--upstream-insecure: the upstream's certificate is NOT verified; anyone who can answer on its address reads the requests"
             );
         }
+        let h1_pool = (upstream.wire == Wire::Http1).then(|| {
+            H1Pool::new(
+                connector.clone(),
+                UPSTREAM_READ_BUFFER,
+                POOL_MAX_IDLE,
+                POOL_IDLE_TIMEOUT,
+            )
+        });
         Ok(Proxy {
             upstream: Arc::new(upstream),
             connector,
+            h1_pool,
             client,
             upgrade_client,
             proxy_protocol: options.proxy_protocol,
@@ -352,7 +371,7 @@ impl Proxy {
                 let (mut parts, body) = response.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 parts.version = Version::default();
-                Response::from_parts(parts, body.map_err(Into::into).boxed())
+                Response::from_parts(parts, body)
             }
         }
     }
@@ -452,20 +471,36 @@ impl Proxy {
     }
 
     /// Sends `request` over a pooled connection, or over a connection of its own that
-    /// starts with a PROXY header naming `client` when the route asks for one.
+    /// starts with a PROXY header naming `client` when the route asks for one. An upgrade
+    /// to an `http://` or `unix:` upstream gets a connection of its own too (it leaves the
+    /// pool as a tunnel anyway).
     async fn send(
         &self,
         request: Request<UpstreamBody>,
         mode: &Mode,
         client: Option<Option<SocketAddr>>,
-    ) -> Result<Response<Incoming>, SendError> {
+    ) -> Result<Response<Body>, SendError> {
         let upgrade = !matches!(mode, Mode::Plain);
-        let Some(client) = client else {
-            let pooled = match (&self.upgrade_client, upgrade) {
-                (Some((upgrade_client, _)), true) => upgrade_client,
-                _ => &self.client,
-            };
-            return pooled.request(request).await.map_err(SendError::Pooled);
+        let preamble = match (client, &self.h1_pool) {
+            (Some(client), _) => Some(ProxyHeader { client }),
+            (None, Some(pool)) if !upgrade => {
+                return match pool.send(request).await {
+                    Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed())),
+                    Err(PoolError::Connect(error)) => Err(SendError::Connect(error)),
+                    Err(PoolError::Exchange(error)) => Err(SendError::Exchange(error)),
+                };
+            }
+            (None, Some(_)) => None,
+            (None, None) => {
+                let pooled = match (&self.upgrade_client, upgrade) {
+                    (Some((upgrade_client, _)), true) => upgrade_client,
+                    _ => &self.client,
+                };
+                return match pooled.request(request).await {
+                    Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed())),
+                    Err(error) => Err(SendError::Pooled(error)),
+                };
+            }
         };
         let connector = match (&self.upgrade_client, upgrade) {
             // A tunnel needs HTTP/1.1, so its dial offers nothing else.
@@ -473,12 +508,13 @@ impl Proxy {
             _ => &self.connector,
         };
         let io = connector
-            .connect(Some(ProxyHeader { client }))
+            .connect(preamble)
             .await
             .map_err(SendError::Connect)?;
-        send_unpooled(io, request, self.upstream.wire == Wire::H2c)
-            .await
-            .map_err(SendError::Exchange)
+        match send_unpooled(io, request, self.upstream.wire == Wire::H2c).await {
+            Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed())),
+            Err(error) => Err(SendError::Exchange(error)),
+        }
     }
 
     /// The `502` sent when the upstream cannot be reached or fails mid-exchange. The public
