@@ -988,13 +988,15 @@ async fn a_reload_that_rotates_the_origins_token_closes_its_channel_and_spares_i
 
 /// A stopping gateway closes the setup connections that carry control channels in order,
 /// and its stop waits for those closes: over HTTP/2 (RFC 9113 §6.8) the origin reads
-/// GOAWAY, its channel's END_STREAM, and then TLS close_notify, so its connection ends as
-/// an orderly close; over HTTP/1.1, whose channel is the whole connection, the channel
-/// ends with close_notify. (A gateway that stops its workers right after the cut leaves
-/// the origin to read a lost connection: "peer closed connection without sending TLS
-/// close_notify", and no GOAWAY.) The test is the origin, on the origin's own HTTP/2
-/// client (`ptth_h2::client`), and holds the client's handle so that only the gateway
-/// can end the connection.
+/// GOAWAY and its channel's END_STREAM, and the connection ends in order (the origin's h2
+/// closes it on the GOAWAY once no stream is left, or reads the gateway's close_notify,
+/// whichever comes first; the gateway reads until the origin's close has arrived, so
+/// neither side is reset); over HTTP/1.1, whose channel is the whole connection, the
+/// channel ends with close_notify. (A gateway that stops its workers right after the cut
+/// leaves the origin to read a lost connection: "peer closed connection without sending
+/// TLS close_notify", and no GOAWAY.) The test is the origin, on the origin's own HTTP/2
+/// client (`ptth_h2::client`), and holds the client's handle so that the client closes
+/// only on the gateway's GOAWAY.
 #[tokio::test]
 async fn a_stopping_gateway_closes_its_setup_connections_in_order() -> Result<()> {
     use ptth_core::{IpProtocol, OriginChannel, Service, ServicePort};
