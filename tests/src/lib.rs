@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+pub mod h2_frames;
 pub mod services;
 
 /// Every TCP mechanism the origin can use.

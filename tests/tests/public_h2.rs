@@ -12,53 +12,17 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0x0;
-const HEADERS: u8 = 0x1;
-const RST_STREAM: u8 = 0x3;
-const SETTINGS: u8 = 0x4;
-const GOAWAY: u8 = 0x7;
-const CONTINUATION: u8 = 0x9;
-const END_STREAM: u8 = 0x1;
-const END_HEADERS: u8 = 0x4;
+use ptth_tests::h2_frames::{
+    frame, hpack_int, literal, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS,
+    PREFACE, RST_STREAM, SETTINGS,
+};
+
+/// The SETTINGS (and PING) ACK flag.
 const ACK: u8 = 0x1;
 /// Frames this client sends stay within the default SETTINGS_MAX_FRAME_SIZE.
 const FRAME: usize = 16_384;
 /// How long any one frame may take to arrive on a loaded machine.
 const WAIT: Duration = Duration::from_secs(20);
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// An HPACK integer with an `n`-bit prefix whose other bits are `first` (RFC 7541 §5.1).
-fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
-    let max = (1usize << n) - 1;
-    if v < max {
-        out.push(first | v as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    out.push(v as u8);
-}
-
-/// A literal field without indexing, new name, no Huffman (RFC 7541 §6.2.2).
-fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
-    out.push(0x00);
-    hpack_int(out, 0, 7, name.len());
-    out.extend_from_slice(name);
-    hpack_int(out, 0, 7, value.len());
-    out.extend_from_slice(value);
-}
 
 /// `GET http://{host}/` as an HPACK block, with a field of `extra` octets when non-zero.
 fn get_block(host: &str, extra: usize) -> Vec<u8> {

@@ -985,3 +985,90 @@ async fn a_reload_that_rotates_the_origins_token_closes_its_channel_and_spares_i
     assert!(got.is_empty(), "no flow without a channel: {got:?}");
     Ok(())
 }
+
+/// A stopping gateway closes the setup connections that carry control channels in order,
+/// and its stop waits for those closes: over HTTP/2 (RFC 9113 §6.8) the origin reads
+/// GOAWAY and its channel's END_STREAM, and the connection ends in order (the origin's h2
+/// closes it on the GOAWAY once no stream is left, or reads the gateway's close_notify,
+/// whichever comes first; the gateway reads until the origin's close has arrived, so
+/// neither side is reset); over HTTP/1.1, whose channel is the whole connection, the
+/// channel ends with close_notify. (A gateway that stops its workers right after the cut
+/// leaves the origin to read a lost connection: "peer closed connection without sending
+/// TLS close_notify", and no GOAWAY.) The test is the origin, on the origin's own HTTP/2
+/// client (`ptth_h2::client`), and holds the client's handle so that the client closes
+/// only on the gateway's GOAWAY.
+#[tokio::test]
+async fn a_stopping_gateway_closes_its_setup_connections_in_order() -> Result<()> {
+    use ptth_core::{IpProtocol, OriginChannel, Service, ServicePort};
+    let echo_port = free_port();
+    let mut s = gateway("rc-stop-close", echo_port, free_port(), &[]).await?;
+    let port = ServicePort::new(echo_port).ok_or_else(|| anyhow!("port 0"))?;
+    let advertisement = OriginChannel::advertise(&[Service::local(IpProtocol::Tcp, port)]);
+    let within = Duration::from_secs(20);
+
+    // The HTTP/2 channel.
+    let tls = tls_connect(&s.gw, &[b"h2"]).await?;
+    let (client, conn) = ptth_h2::client::handshake(tls, ptth_h2::Windows::default()).await?;
+    let driver = tokio::spawn(ptth_h2::client::drive(conn, ptth_h2::client::KEEP_ALIVE));
+    let mut tries = 0;
+    while !client.extended_connect() {
+        tries += 1;
+        anyhow::ensure!(tries < 1_000, "the gateway did not enable extended CONNECT");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut req = http::Request::builder()
+        .method("CONNECT")
+        .uri(format!("https://localhost:{}{LISTEN}", s.gw.tunnel.port()))
+        .header("capsule-protocol", "?1")
+        .header("authorization", format!("Bearer {BOX_TOKEN}"))
+        .body(Empty::<Bytes>::new().map_err(|n| match n {}).boxed_unsync())?;
+    req.extensions_mut()
+        .insert(hyper::ext::Protocol::from_static("connect-listen"));
+    let mut res = tokio::time::timeout(within, client.send(req))
+        .await
+        .map_err(|_| anyhow!("no answer to connect-listen"))?
+        .map_err(|e| anyhow!("connect-listen: {e}"))?;
+    assert_eq!(res.status(), http::StatusCode::OK);
+    let mut h2_channel =
+        ptth_h2::client::take_tunnel(&mut res).ok_or_else(|| anyhow!("no tunnel"))?;
+    h2_channel.write_all(&advertisement.to_bytes()).await?;
+    h2_channel.flush().await?;
+
+    // The HTTP/1.1 channel.
+    let (status, head, mut h1_channel, _) =
+        h1_upgrade(&s.gw, "connect-listen", LISTEN, BOX_TOKEN).await?;
+    assert_eq!(status, 101, "{head}");
+    h1_channel.write_all(&advertisement.to_bytes()).await?;
+    h1_channel.flush().await?;
+
+    s.gw.signal("-TERM");
+    // Each channel's stream ends (no capsule was due on either)...
+    let mut rest = Vec::new();
+    let h2_end = tokio::time::timeout(within, h2_channel.read_to_end(&mut rest))
+        .await
+        .map_err(|_| anyhow!("the HTTP/2 channel did not end"))?;
+    assert!(h2_end.is_ok(), "the HTTP/2 channel failed: {h2_end:?}");
+    // An origin whose channel ended lets go of it (ptth-origin drops it and dials again).
+    drop(h2_channel);
+    // ...and over HTTP/1.1 with close_notify: an end without it reads as UnexpectedEof.
+    let h1_end = tokio::time::timeout(within, h1_channel.read_to_end(&mut rest))
+        .await
+        .map_err(|_| anyhow!("the HTTP/1.1 channel did not end"))?;
+    assert!(
+        h1_end.is_ok(),
+        "the HTTP/1.1 channel's connection was lost: {h1_end:?}"
+    );
+    drop(h1_channel);
+    // The HTTP/2 connection ended in order, on the gateway's GOAWAY.
+    let ended = tokio::time::timeout(within, driver)
+        .await
+        .map_err(|_| anyhow!("the HTTP/2 connection did not end"))??;
+    assert!(
+        ended.is_ok(),
+        "the HTTP/2 setup connection was lost, not closed: {ended:?}"
+    );
+    assert!(client.peer_went_away(), "no GOAWAY from the gateway");
+    let exit = s.gw.wait(40).await?;
+    assert!(exit.success(), "{exit:?}");
+    Ok(())
+}

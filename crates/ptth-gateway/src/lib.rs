@@ -154,11 +154,11 @@ type LateEndpoint = Arc<Mutex<Option<quinn::Endpoint>>>;
 /// closes and go idle.
 const QUIC_CLOSE_WAIT: Duration = Duration::from_millis(500);
 
-/// How long a stopping gateway with reverse CONNECT control channels lets their
-/// connections' drivers write what the last flows queued (a flow's end is a frame queued on
-/// its connection, written by that connection's driver on its worker) before the workers
-/// stop: without it a flow that ended cleanly could reach the origin as a connection lost.
-const FLOW_END_FLUSH: Duration = Duration::from_millis(250);
+/// The longest a stopping gateway waits, after the cut, for its TCP setup connections to
+/// close gracefully (HTTP/2: GOAWAY, a PING's round trip, the last frames, TLS
+/// close_notify; HTTP/1.1: close_notify), within what is left of the grace. An origin that
+/// answers closes within a round trip; this bounds one that does not.
+const SETUP_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// A running gateway.
 #[derive(Debug)]
@@ -702,8 +702,14 @@ impl Gateway {
     ///    each closes as soon as its requests in flight finished (HTTP/3 with H3_NO_ERROR;
     ///    HTTP/1.1 and HTTP/2 by closing the connection), so its origin reconnects, to the
     ///    new process.
-    /// 4. Returns when no origin connection is left, or when `grace` ends; then
-    ///    [`Gateway::stop`] ends whatever is still running.
+    /// 4. Once no origin connection is left (or `grace` ended), and the reverse CONNECT
+    ///    flows in progress finished (or `grace` ended), cuts every flow and control
+    ///    channel left, and closes the TCP setup connections gracefully: HTTP/2 ones send
+    ///    GOAWAY, write their streams' last frames, then TLS close_notify; HTTP/1.1 ones
+    ///    (a control channel's among them) close_notify. It waits for those closes, at
+    ///    most a second and never past `grace`; then the QUIC tunnel endpoint closes its
+    ///    connections (H3_NO_ERROR).
+    /// 5. Returns; then [`Gateway::stop`] ends whatever is still running.
     ///
     /// Returns whether everything finished within the grace.
     pub async fn shutdown(&self, grace: Duration) -> bool {
@@ -764,13 +770,22 @@ impl Gateway {
             .await
             .is_ok();
         let flows_left = self.ctx.services.open_flows();
-        let channels = self.ctx.services.has_channels();
-        self.ctx.services.cut();
-        if channels {
-            tokio::time::sleep(
-                FLOW_END_FLUSH.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
-            )
-            .await;
+        // The setup connections close gracefully, and the stop waits for them: a flow's or
+        // a channel's end is a frame queued on its connection, written by that
+        // connection's driver on its worker, and stopping the workers first would leave
+        // the origin to read a lost connection instead (GOAWAY and close_notify unsent).
+        let close_by = (tokio::time::Instant::now() + SETUP_CLOSE_WAIT).min(deadline);
+        let connections = self.ctx.services.open_connections();
+        self.ctx.services.cut(close_by);
+        if tokio::time::timeout_at(close_by, self.ctx.services.until_connections_closed())
+            .await
+            .is_err()
+        {
+            tracing::debug!(
+                open = self.ctx.services.open_connections(),
+                of = connections,
+                "setup connections not closed by the stop's deadline: cut"
+            );
         }
         // Registered QUIC origins were drained above, but a connection still in setup (its
         // handshake done just before the endpoint stopped taking new ones) is not in the

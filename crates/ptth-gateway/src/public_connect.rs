@@ -428,7 +428,7 @@ impl PublicConnect {
                 // of its grace) ends what is left.
                 let report = tokio::select! {
                     r = relay_datagrams(public, h3_datagrams, stream, udp) => r,
-                    () = services.cut_off() => {
+                    _ = services.cut_off() => {
                         tracing::debug!(%client, %user, %target, request = %id, "public CONNECT-UDP flow cut: the gateway stopped");
                         return;
                     }

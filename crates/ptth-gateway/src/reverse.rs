@@ -137,8 +137,13 @@ pub struct Services {
     flow_ended: Arc<tokio::sync::Notify>,
     /// Set when the gateway stops: no new connection requests.
     stopping: std::sync::atomic::AtomicBool,
-    /// Set at the end of the stop's grace: every channel and flow closes.
-    cut: tokio::sync::watch::Sender<bool>,
+    /// Set at the end of the stop's grace, to the instant by which the setup connections
+    /// must have closed: every channel and flow closes now.
+    cut: tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
+    /// The TCP setup connections open (`tunnel::serve_h1_setup`, `tunnel::serve_h2_setup`)
+    /// and the control channels (an HTTP/1.1 one took its connection over): what a
+    /// stopping gateway waits for after the cut ([`Services::until_connections_closed`]).
+    connections: tokio::sync::watch::Sender<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -196,6 +201,17 @@ impl Drop for FlowSlot {
     }
 }
 
+/// A setup connection (or a control channel) counted open while it lives
+/// ([`Services::hold_connection`]).
+#[derive(Debug)]
+pub(crate) struct ConnectionHold(tokio::sync::watch::Sender<usize>);
+
+impl Drop for ConnectionHold {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
 /// A connection request sent: where its accept will arrive, and how to give up on it.
 #[derive(Debug)]
 pub(crate) struct Requested {
@@ -227,7 +243,8 @@ impl Services {
             open_flows: Arc::default(),
             flow_ended: Arc::default(),
             stopping: std::sync::atomic::AtomicBool::new(false),
-            cut: tokio::sync::watch::channel(false).0,
+            cut: tokio::sync::watch::channel(None).0,
+            connections: tokio::sync::watch::channel(0).0,
         }
     }
 
@@ -280,11 +297,6 @@ impl Services {
         self.open_flows.load(Ordering::Relaxed)
     }
 
-    /// Whether any control channel is open.
-    pub(crate) fn has_channels(&self) -> bool {
-        !self.state().channels.is_empty()
-    }
-
     /// Resolves once no flow is open.
     pub(crate) async fn until_no_flows(&self) {
         loop {
@@ -296,15 +308,41 @@ impl Services {
         }
     }
 
-    /// The stop's grace is over: every control channel and flow closes now.
-    pub(crate) fn cut(&self) {
-        self.cut.send_replace(true);
+    /// The stop's grace is over: every control channel and flow closes now, and every
+    /// setup connection closes gracefully by `close_by` (HTTP/2 GOAWAY, the streams still
+    /// open end, TLS close_notify; an HTTP/1.1 control channel's connection: close_notify).
+    pub(crate) fn cut(&self, close_by: tokio::time::Instant) {
+        self.cut.send_replace(Some(close_by));
     }
 
-    /// Resolves once [`Services::cut`] was called.
-    pub(crate) async fn cut_off(&self) {
+    /// Resolves once [`Services::cut`] was called, with the instant by which the setup
+    /// connections must have closed.
+    pub(crate) async fn cut_off(&self) -> tokio::time::Instant {
         let mut cut = self.cut.subscribe();
-        let _ = cut.wait_for(|c| *c).await;
+        let close_by = cut.wait_for(Option::is_some).await.ok().and_then(|c| *c);
+        match close_by {
+            Some(at) => at,
+            // The sender lives as long as `self`, which the caller borrows: never here.
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Counts a setup connection (or a control channel: an HTTP/1.1 one owns its
+    /// connection) as open until the returned guard is dropped.
+    pub(crate) fn hold_connection(&self) -> ConnectionHold {
+        self.connections.send_modify(|n| *n += 1);
+        ConnectionHold(self.connections.clone())
+    }
+
+    /// Setup connections and control channels open now.
+    pub(crate) fn open_connections(&self) -> usize {
+        *self.connections.borrow()
+    }
+
+    /// Resolves once no setup connection nor control channel is open.
+    pub(crate) async fn until_connections_closed(&self) {
+        let mut open = self.connections.subscribe();
+        let _ = open.wait_for(|n| *n == 0).await;
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -556,6 +594,10 @@ pub(crate) struct Listening {
     proven: Box<Proven>,
     setup: SetupState,
     services: Arc<Services>,
+    /// Counted from the request on, so a stopping gateway also waits for a channel whose
+    /// stream is still being taken over (an HTTP/1.1 one's setup connection ended with
+    /// the upgrade).
+    open: ConnectionHold,
 }
 
 impl Listening {
@@ -579,6 +621,7 @@ impl Listening {
                 proven: *self.proven,
             },
             self.services,
+            self.open,
         )
         .await;
     }
@@ -643,6 +686,7 @@ fn listen<B>(
         proven: Box::new(proven),
         setup: arrival.setup.clone(),
         services: services.clone(),
+        open: services.hold_connection(),
     })
 }
 
@@ -660,6 +704,8 @@ async fn run_channel(
     grants: Vec<String>,
     admitted: Admitted,
     services: Arc<Services>,
+    // Counted until its end is written: a stopping gateway waits for that.
+    _open: ConnectionHold,
 ) {
     let Admitted {
         allowed,
@@ -753,14 +799,32 @@ async fn run_channel(
         }
         std::future::pending::<String>().await
     };
-    let why = tokio::select! {
-        why = write => why,
-        why = read => why,
-        why = silent => why,
-        () = services.cut_off() => "the gateway stopped".to_string(),
+    let (why, close_by) = tokio::select! {
+        why = write => (why, None),
+        why = read => (why, None),
+        why = silent => (why, None),
+        close_by = services.cut_off() => ("the gateway stopped".to_string(), Some(close_by)),
     };
     services.state().channels.remove(&id);
     tracing::info!(%peer, grant = %grants.join(","), reason = %why, "reverse CONNECT control channel closed");
+    if let Some(close_by) = close_by {
+        // A stopping gateway ends the channel in order, by the stop's deadline (an origin
+        // that does not read must not hold the stop): END_STREAM over HTTP/2, FIN over
+        // HTTP/3, and over HTTP/1.1, whose channel is the whole connection, TLS
+        // close_notify and FIN, so the origin reads an end, not a lost connection.
+        // Then it reads (and drops) what the origin still sends until the origin ends its
+        // side: an HTTP/1.1 socket closed with bytes unread would answer with RST.
+        let ended = tokio::time::timeout_at(close_by, async {
+            writer.shutdown().await?;
+            let mut buf = [0u8; 4096];
+            while reader.read(&mut buf).await? > 0 {}
+            Ok::<(), std::io::Error>(())
+        })
+        .await;
+        if ended.is_err() {
+            tracing::debug!(%peer, "reverse CONNECT control channel cut: not ended by the stop's deadline");
+        }
+    }
 }
 
 /// One capsule from the origin on channel `id`: `Ok(true)` when it was the channel's first

@@ -204,7 +204,7 @@ async fn spliced(
     // A stopping gateway lets the flow run until its grace ends, then cuts it.
     let report = tokio::select! {
         report = splice(tcp, FlowStream::new(stream, <dyn ptth_h3::ByteStream>::downcast), options) => report,
-        () = services.cut_off() => {
+        _ = services.cut_off() => {
             tracing::info!(%client, mapping = %mapping, %origin, request = %id, "TCP flow closed: the gateway stopped and its grace ended");
             return;
         }

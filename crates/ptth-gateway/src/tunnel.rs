@@ -226,6 +226,8 @@ async fn serve_h1_setup<IO>(
     let deadline = setup.deadline;
     let service_setup = setup.clone();
     let conn_id = crate::reverse::connection_id();
+    let services = ctx.services.clone();
+    let _open = services.hold_connection();
     let svc = service_fn(move |mut req: Request<hyper::body::Incoming>| {
         let ctx = ctx.clone();
         let peer_certs = peer_certs.clone();
@@ -263,14 +265,26 @@ async fn serve_h1_setup<IO>(
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();
     tokio::pin!(conn);
-    tokio::select! {
+    let close_by = tokio::select! {
         // hyper's header timer runs to the same deadline.
-        ended = &mut conn => match ended {
-            Err(e) if e.is_timeout() => SetupFailure::late("no setup admitted").log(peer, "tcp"),
-            Err(e) => tracing::debug!(%peer, error = %e, "setup connection ended"),
-            Ok(()) => {}
-        },
-        () = setup.expired() => SetupFailure::late("no setup admitted").log(peer, "tcp"),
+        ended = &mut conn => {
+            match ended {
+                Err(e) if e.is_timeout() => SetupFailure::late("no setup admitted").log(peer, "tcp"),
+                Err(e) => tracing::debug!(%peer, error = %e, "setup connection ended"),
+                Ok(()) => {}
+            }
+            return;
+        }
+        () = setup.expired() => return SetupFailure::late("no setup admitted").log(peer, "tcp"),
+        close_by = services.cut_off() => close_by,
+    };
+    // The gateway stops: a request in progress is answered, then hyper closes the
+    // connection (TLS close_notify and FIN), by the stop's deadline. (A connection whose
+    // request was upgraded ended above: its stream, a control channel or a flow, ends on
+    // its own.)
+    conn.as_mut().graceful_shutdown();
+    if tokio::time::timeout_at(close_by, conn).await.is_err() {
+        tracing::debug!(%peer, "setup connection cut: not closed by the stop's deadline");
     }
 }
 
@@ -295,6 +309,8 @@ async fn serve_h2_setup<IO>(
     let service_setup = setup.clone();
     // Reverse CONNECT accepts must come on the connection of their control channel.
     let conn_id = crate::reverse::connection_id();
+    let services = ctx.services.clone();
+    let _open = services.hold_connection();
     let service = move |mut req: Request<Body>| {
         let ctx = ctx.clone();
         let peer_certs = peer_certs.clone();
@@ -336,16 +352,46 @@ async fn serve_h2_setup<IO>(
     // keep-alive PINGs find it (20 s, then 20 s to answer), as the reversed HTTP/2
     // client's do (ptth_h2::client::drive).
     let options = ptth_h2::server::Options::default();
-    let conn = async {
-        let conn = ptth_h2::server::handshake(io, &options)
-            .await
-            .map_err(ptth_h2::client::ConnectionError::H2)?;
-        ptth_h2::server::serve(conn, options.keep_alive, service).await
-    };
-    tokio::select! {
-        ended = conn => if let Err(e) = ended {
-            tracing::debug!(%peer, error = %e, "setup connection ended");
+    // The TLS stream comes back when h2 lets go of it, for a stopping gateway to linger on.
+    let (io, back) = ptth_h2::linger::Linger::new(io);
+    let conn = tokio::select! {
+        conn = ptth_h2::server::handshake(io, &options) => match conn {
+            Ok(conn) => conn,
+            Err(e) => return tracing::debug!(%peer, error = %e, "setup connection ended"),
         },
-        () = setup.expired() => SetupFailure::late("no setup admitted").log(peer, "tcp"),
+        () = setup.expired() => return SetupFailure::late("no setup admitted").log(peer, "tcp"),
+        _ = services.cut_off() => return,
+    };
+    let mut server = ptth_h2::server::serve(conn, options.keep_alive, service);
+    let close_by = tokio::select! {
+        ended = &mut server => {
+            if let Err(e) = ended {
+                tracing::debug!(%peer, error = %e, "setup connection ended");
+            }
+            return;
+        }
+        () = setup.expired() => return SetupFailure::late("no setup admitted").log(peer, "tcp"),
+        close_by = services.cut_off() => close_by,
+    };
+    // The gateway stops (RFC 9113 §6.8): GOAWAY, the streams still open (control
+    // channels and flows, which the same cut ends) write their last frames, and once none
+    // is left h2 closes the connection: its last frames flushed, then TLS close_notify and
+    // FIN. Then the stream is read until the origin closes its side too (its own GOAWAY
+    // and close_notify may still be on their way: a socket closed with them unread would
+    // answer with RST, and the origin would read a lost connection). All by the stop's
+    // deadline: a peer that neither answers the GOAWAY's PING nor reads nor closes does
+    // not hold the stop.
+    server.graceful_shutdown();
+    match tokio::time::timeout_at(close_by, &mut server).await {
+        Ok(Ok(())) => tracing::debug!(%peer, "setup connection closed: the gateway stopped"),
+        // The origin closing at once on the GOAWAY can cross the gateway's last frames.
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "setup connection closed"),
+        Err(_) => {
+            tracing::debug!(%peer, "setup connection cut: not closed by the stop's deadline");
+            return;
+        }
     }
+    drop(server);
+    let left = close_by.saturating_duration_since(Instant::now());
+    ptth_h2::linger::until_peer_closes(back, left).await;
 }

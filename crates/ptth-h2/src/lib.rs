@@ -71,6 +71,7 @@
 pub mod client;
 pub mod connect;
 pub mod flow;
+pub mod linger;
 pub mod reversed;
 pub mod server;
 pub mod tunnel;

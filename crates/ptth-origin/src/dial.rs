@@ -246,13 +246,14 @@ impl Dialer {
         let inner = ProtocolId::from_bytes(m.reversed_version().alpn_id().to_bytes());
         let exporter = ptth_auth::exporter_value(tls.get_ref().1).ok();
         // The TLS stream comes back once the reversed connection inside lets go of it, and is
-        // read until the gateway closes its side (see `linger`). Closing a TCP socket with
-        // bytes unread (a WINDOW_UPDATE or PING the gateway sent after our last read) makes
+        // read until the gateway closes its side (see `ptth_h2::linger`). Closing a TCP
+        // socket with bytes unread (a WINDOW_UPDATE or PING the gateway sent after our last
+        // read) makes
         // the kernel answer with RST instead of FIN; the gateway's next write then fails, and
         // with it every request whose answer it had received but not yet read (seen in a
         // rolling restart of rh2 origins: two POSTs on one connection lost as 'connection
         // error'). A tunnel inside an outer HTTP/2 stream lingers on that stream instead.
-        let (tls, back) = crate::linger::Linger::new(tls);
+        let (tls, back) = ptth_h2::linger::Linger::new(tls);
         let linger = m.setup() != SetupKind::ExtendedConnect;
         let result = match m.setup() {
             SetupKind::AlpnOnly => {
@@ -335,16 +336,16 @@ impl Dialer {
                     .ok_or_else(|| anyhow!("the gateway chose {chosen:?}"))?;
                 link.registered(m, &format!("extended CONNECT accepted ({version})"));
                 let (io, back) =
-                    crate::linger::Linger::new(hyper_util::rt::TokioIo::new(stream.stream));
+                    ptth_h2::linger::Linger::new(hyper_util::rt::TokioIo::new(stream.stream));
                 let result =
                     serve_reversed(io, version, service.clone(), &self.config, shutdown).await;
-                crate::linger::until_peer_closes(back, self.config.shutdown_grace).await;
+                ptth_h2::linger::until_peer_closes(back, self.config.shutdown_grace).await;
                 result
             }
             SetupKind::Options => bail!("{m} runs over QUIC, which comes with the HTTP/3 work"),
         };
         if linger {
-            crate::linger::until_peer_closes(back, self.config.shutdown_grace).await;
+            ptth_h2::linger::until_peer_closes(back, self.config.shutdown_grace).await;
         }
         result.map(|()| Outcome::Ended)
     }

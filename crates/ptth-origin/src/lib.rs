@@ -62,7 +62,6 @@ pub mod admin;
 pub mod config;
 mod dial;
 mod dialer;
-mod linger;
 pub mod metrics;
 mod quic;
 mod serve;

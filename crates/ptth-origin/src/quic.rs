@@ -231,10 +231,10 @@ pub(crate) async fn connect_and_serve(
                 m,
                 &format!("extended CONNECT over HTTP/3 accepted ({version})"),
             );
-            let (io, back) = crate::linger::Linger::new(stream);
+            let (io, back) = ptth_h2::linger::Linger::new(stream);
             let result =
                 serve_reversed(io, version, service.clone(), &dialer.config, shutdown).await;
-            crate::linger::until_peer_closes(back, dialer.config.shutdown_grace).await;
+            ptth_h2::linger::until_peer_closes(back, dialer.config.shutdown_grace).await;
             // The tunnel is the connection's only use: close it with the tunnel.
             h3.graceful_shutdown().await;
             result.map(|()| Outcome::Ended)

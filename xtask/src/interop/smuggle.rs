@@ -621,50 +621,21 @@ fn parse_h1_statuses(mut buf: &[u8]) -> (Vec<u16>, bool) {
 // ---------------------------------------------------------------------------------------
 // Hand-built HTTP/2.
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const DATA: u8 = 0;
-const HEADERS: u8 = 1;
-const RST_STREAM: u8 = 3;
-const SETTINGS: u8 = 4;
-const GOAWAY: u8 = 7;
-const CONTINUATION: u8 = 9;
-const END_STREAM: u8 = 1;
-const END_HEADERS: u8 = 4;
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// HPACK integer with an `n`-bit prefix (RFC 7541 §5.1).
-fn hpack_int(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
-    let max = (1usize << n) - 1;
-    if v < max {
-        out.push(first | v as u8);
-        return;
-    }
-    out.push(first | max as u8);
-    v -= max;
-    while v >= 128 {
-        out.push((v % 128) as u8 | 0x80);
-        v /= 128;
-    }
-    out.push(v as u8);
-}
+// The frame and HPACK writers, shared with tests/tests/public_h2.rs: xtask depends on no
+// workspace crate, so the file is included by path.
+#[path = "../../../tests/src/h2_frames.rs"]
+mod h2_frames;
+use h2_frames::{
+    frame, literal, CONTINUATION, DATA, END_HEADERS, END_STREAM, GOAWAY, HEADERS, PREFACE,
+    RST_STREAM, SETTINGS,
+};
 
 /// A header block of literal fields without indexing, new names, no Huffman: every byte goes
 /// on the wire exactly as given, which is the point.
 fn hpack(fields: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::new();
     for (name, value) in fields {
-        out.push(0);
-        hpack_int(&mut out, 0, 7, name.len());
-        out.extend_from_slice(name.as_bytes());
-        hpack_int(&mut out, 0, 7, value.len());
-        out.extend_from_slice(value.as_bytes());
+        literal(&mut out, name.as_bytes(), value.as_bytes());
     }
     out
 }

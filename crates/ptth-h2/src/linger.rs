@@ -1,10 +1,12 @@
-//! Lingering on a byte stream after the reversed HTTP connection inside it ends, so its last
-//! bytes reach the gateway.
+//! Lingering on a byte stream after the HTTP connection inside it ends, so its last bytes
+//! reach the peer: the origin's reversed connections, and the gateway's setup connections
+//! when it stops.
 //!
-//! Over TLS on TCP (rh1, rh2, h2-reverse, the upgrades): closing a socket with bytes still
-//! unread (a WINDOW_UPDATE or PING the gateway sent after the server's last read) makes the
-//! kernel send RST, not FIN; the gateway's next write then fails and takes with it the
-//! answers it had received but not read yet. So the stream is read until the gateway closes.
+//! Over TLS on TCP (rh1, rh2, h2-reverse, the upgrades, the setup connections): closing a
+//! socket with bytes still unread (a WINDOW_UPDATE, a PING or the peer's own GOAWAY sent
+//! after the last read) makes the kernel send RST, not FIN; the peer's next write then
+//! fails and takes with it what it had received but not read yet. So the stream is read
+//! until the peer closes.
 //!
 //! A reversed connection carried by one stream of an outer connection (PTTH -01 extended
 //! CONNECT over HTTP/2) ends when the HTTP server inside it has written its last response
@@ -20,18 +22,26 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::sync::oneshot;
 
-/// The longest an ended tunnel waits for the gateway to close its side.
-const MAX_LINGER: Duration = Duration::from_secs(5);
+/// The longest an ended stream waits for its peer to close its side.
+pub const MAX_LINGER: Duration = Duration::from_secs(5);
 
 /// A byte stream that hands itself back through a channel when dropped.
-pub(crate) struct Linger<IO> {
+pub struct Linger<IO> {
     io: Option<IO>,
     back: Option<oneshot::Sender<IO>>,
 }
 
+impl<IO> std::fmt::Debug for Linger<IO> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Linger")
+            .field("handed_back", &self.io.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
 impl<IO> Linger<IO> {
     /// `io`, and where it comes back once the wrapper is dropped.
-    pub(crate) fn new(io: IO) -> (Self, oneshot::Receiver<IO>) {
+    pub fn new(io: IO) -> (Self, oneshot::Receiver<IO>) {
         let (tx, rx) = oneshot::channel();
         (
             Self {
@@ -112,9 +122,9 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Linger<IO> {
     }
 }
 
-/// Once the stream comes back, reads (and discards) what the gateway still sends until it
+/// Once the stream comes back, reads (and discards) what the peer still sends until it
 /// closes its side, for at most `bound` (and [`MAX_LINGER`]); then drops the stream.
-pub(crate) async fn until_peer_closes<IO: AsyncRead + Unpin>(
+pub async fn until_peer_closes<IO: AsyncRead + Unpin>(
     back: oneshot::Receiver<IO>,
     bound: Duration,
 ) {
