@@ -159,3 +159,68 @@ async fn serve_then_shut_down(name: &str, mechanisms: &[&str], finish: &[&str]) 
         assert_no_origin(&gw, &format!("axum-{m}.localhost"), "after serve returned").await;
     }
 }
+
+/// `OriginConfig::workers`: the reversed connections, and the requests on them, run on the
+/// origin's worker threads (one connection each here), not on the caller's runtime; and
+/// `serve` still returns once stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_dealt_out_over_the_workers() {
+    let dir = TempDir::new("workers");
+    let gw = Gateway::start(&dir.0, &[]).await.unwrap();
+    let app = Router::new().route(
+        "/thread",
+        route_get(|| async {
+            // A task the handler spawns stays on its worker too.
+            let spawned = tokio::spawn(async { std::thread::current().name().map(String::from) })
+                .await
+                .unwrap();
+            format!(
+                "{} {}",
+                std::thread::current().name().unwrap_or("unnamed"),
+                spawned.as_deref().unwrap_or("unnamed")
+            )
+        }),
+    );
+    let mut config = OriginConfig::new(
+        gw.tunnel_url().parse().unwrap(),
+        "rh2".parse().unwrap(),
+        vec!["workers.localhost".to_string()],
+        Some(ptth_auth::BearerToken::new(gw.token()).unwrap()),
+    );
+    config.ca = Some(dir.0.join("ca.pem"));
+    config.connections = 2;
+    config.workers = Some(2);
+    let origin = Origin::new(config).unwrap();
+    let mut status = origin.status();
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let serving = tokio::spawn(origin.serve(app, async move {
+        let _ = stop_rx.wait_for(|s| *s).await;
+    }));
+    tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        status.wait_for(|s| s.gateways.iter().all(|g| g.registered == 2)),
+    )
+    .await
+    .expect("both connections register")
+    .unwrap();
+    let c = client(true);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let (res, body) = send(&c, get(&gw, "workers.localhost", "/thread"))
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        let (ran, spawned) = text.split_once(' ').unwrap();
+        assert!(ran.starts_with("ptth-worker-"), "handler ran on {ran:?}");
+        assert_eq!(ran, spawned, "a spawned task left its worker");
+        seen.insert(ran.to_string());
+    }
+    assert!(!seen.is_empty());
+    stop_tx.send(true).unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(30), serving)
+        .await
+        .expect("serve returns once stopped")
+        .unwrap()
+        .unwrap();
+}

@@ -143,6 +143,16 @@ async fn main() -> anyhow::Result<()> {
             // Its service takes no upgrades: reversed HTTP/2 on `ptth_h2::server`, as the
             // `ptth-origin` binary serves it (`docs/benchmarks.md` says so).
             config.hyper_upgrades = false;
+            // Its connections on worker threads of their own, as the binary runs them: as
+            // many as the runtime's threads (`TOKIO_WORKER_THREADS`, else one per CPU).
+            config.workers = Some(
+                std::env::var("TOKIO_WORKER_THREADS")
+                    .ok()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| {
+                        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+                    }),
+            );
             if mechanism == "h2-reverse" {
                 config.client_cert = Some(dev.join("origin.pem"));
                 config.client_key = Some(dev.join("origin.key"));

@@ -171,9 +171,10 @@ pub struct Cli {
     /// Log format: human or json (default human).
     #[arg(long)]
     pub log_format: Option<String>,
-    /// Worker threads of the binary's runtime (default: one per CPU). On a machine whose
-    /// CPUs are shared with the application or the gateway, fewer threads mean fewer
-    /// cross-thread wake-ups; see docs/operations.md.
+    /// Worker threads the reversed connections are dealt out over, each with a runtime of
+    /// its own (default: one per CPU). A connection's requests stay on its thread, so one
+    /// connection uses at most one CPU: give --connections at least --threads to use them
+    /// all; see docs/operations.md.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Admin listener (HTTP/1.1; `/metrics`, `/healthz`, `/readyz`), e.g. `127.0.0.1:9091`.
@@ -323,8 +324,7 @@ pub enum Serve {
 }
 
 impl Cli {
-    /// Merges the `--config` file under the flags (once); the binary reads `threads` from
-    /// the result before it builds its runtime.
+    /// Merges the `--config` file under the flags (once).
     ///
     /// # Errors
     ///
@@ -468,6 +468,9 @@ impl Cli {
         // The binary's services (hello, the proxy, routes) take their tunnels through
         // `on_upgrade`, which works on either HTTP/2 server: the lighter one serves.
         c.hyper_upgrades = false;
+        c.workers = Some(self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        }));
         c.more_gateways = more_gateways;
         c.tcp_services = tcp_services;
         if let Some(t) = &self.service_transport {

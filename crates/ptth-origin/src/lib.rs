@@ -153,6 +153,15 @@ pub struct OriginConfig {
     /// UDP services offered to every gateway over reverse CONNECT (`--udp-service`), on
     /// the same control channel as the TCP ones.
     pub udp_services: Vec<udp_service::UdpService>,
+    /// Threads of their own for the reversed connections. `Some(n)`: `n` threads, each
+    /// with a current-thread runtime, the connections dealt out over them in turn (the
+    /// first connection to every gateway on the first thread, the second on the next, ...).
+    /// A connection's requests, what the service does for them and what it spawns then
+    /// stay on one thread, waking no other (`docs/performance.md` finding 13); the service
+    /// runs on those threads, where `tokio::task::block_in_place` is not available.
+    /// `None` (the default): on the runtime that calls [`Origin::serve`]. The `ptth-origin`
+    /// binary sets `--threads`, by default one per CPU.
+    pub workers: Option<usize>,
 }
 
 impl OriginConfig {
@@ -190,6 +199,7 @@ impl OriginConfig {
             tcp_services: Vec::new(),
             service_transport: service_channel::ServiceTransport::following(mechanism),
             udp_services: Vec::new(),
+            workers: None,
         }
     }
 
@@ -395,11 +405,21 @@ impl Origin {
         let service = OriginService::new(service);
         let (tx, rx) = tokio::sync::watch::channel(false);
         let mut slots = tokio::task::JoinSet::new();
+        let workers = self
+            .dialers
+            .first()
+            .and_then(|d| d.config.workers)
+            .and_then(Workers::start);
+        let mut dealt = 0usize;
         for dialer in &self.dialers {
             // An origin that offers only services serves no HTTP: no reversed connection.
             if !dialer.config.hosts.is_empty() {
                 for slot in 0..dialer.config.connections.max(1) {
-                    slots.spawn(dialer.clone().run_slot(slot, service.clone(), rx.clone()));
+                    let run = dialer.clone().run_slot(slot, service.clone(), rx.clone());
+                    match &workers {
+                        Some(workers) => slots.spawn_on(run, workers.next(&mut dealt)),
+                        None => slots.spawn(run),
+                    };
                 }
             }
             // One control channel per connection (`--connections`), each on its own
@@ -419,6 +439,65 @@ impl Origin {
         let _ = tx.send(true);
         while slots.join_next().await.is_some() {}
         Ok(())
+    }
+}
+
+/// Current-thread runtimes on threads of their own, which the reversed connections are dealt
+/// out over ([`OriginConfig::workers`]). Dropping it stops them (each gives what it still
+/// runs a second to end).
+struct Workers {
+    handles: Vec<tokio::runtime::Handle>,
+    _stop: Vec<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Workers {
+    /// `n` workers (at least one); `None`, with a warning, when not even one thread or
+    /// runtime can be had (the connections then run on the caller's runtime).
+    fn start(n: usize) -> Option<Self> {
+        let mut workers = Workers {
+            handles: Vec::new(),
+            _stop: Vec::new(),
+        };
+        for k in 0..n.max(1) {
+            let started = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|runtime| {
+                    let handle = runtime.handle().clone();
+                    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+                    std::thread::Builder::new()
+                        .name(format!("ptth-worker-{k}"))
+                        .spawn(move || {
+                            runtime.block_on(async {
+                                let _ = stopped.await;
+                            });
+                            runtime.shutdown_timeout(Duration::from_secs(1));
+                        })?;
+                    Ok((handle, stop))
+                });
+            match started {
+                Ok((handle, stop)) => {
+                    workers.handles.push(handle);
+                    workers._stop.push(stop);
+                }
+                Err(e) => {
+                    tracing::warn!(worker = k, error = %e, "no thread for a worker");
+                    break;
+                }
+            }
+        }
+        if workers.handles.is_empty() {
+            tracing::warn!("no worker threads: the connections run on the caller's runtime");
+            return None;
+        }
+        Some(workers)
+    }
+
+    /// The worker after the one `dealt` last named.
+    fn next(&self, dealt: &mut usize) -> &tokio::runtime::Handle {
+        let handle = &self.handles[*dealt % self.handles.len()];
+        *dealt += 1;
+        handle
     }
 }
 

@@ -40,7 +40,6 @@ fn main() -> std::process::ExitCode {
     if check {
         return check_config(cli);
     }
-    let threads = cli.threads;
     // Resolved and checked here, not when the runtime starts, so a bad TLS file is a
     // configuration error.
     let settled = cli
@@ -53,12 +52,10 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
     };
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    runtime.enable_all();
-    if let Some(n) = threads {
-        runtime.worker_threads(n);
-    }
-    let ran = runtime
+    // The connections run on worker threads of their own (`OriginConfig::workers`, from
+    // --threads); this runtime keeps the signals, the admin listener and the slots' joins.
+    let ran = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(run(origin, serve)));

@@ -104,12 +104,15 @@ fn header(d: &mut String, run: &Run<'_>) {
            QUIC connection.\n\
          - (d) ptth library mode: h2load → `ptth-gateway` → `bench_app origin` (the same \
            service inside `ptth_origin::Origin::serve`, one rh2 connection, served by \
-           `ptth_h2::server` with `OriginConfig::hyper_upgrades = false`, as the \
-           `ptth-origin` binary serves; the library's default keeps hyper's server).\n\
-         - `--threads 1` rows: the same path with one runtime worker thread in the gateway \
-           and `ptth-origin` (`--threads 1`; the library-mode app gets \
-           `TOKIO_WORKER_THREADS=1`, which its `#[tokio::main]` runtime reads); the other ptth \
-           rows use the default, one worker per CPU.\n\
+           `ptth_h2::server` with `OriginConfig::hyper_upgrades = false` and on the origin's \
+           worker threads (`OriginConfig::workers`, as many as the app's runtime threads), as \
+           the `ptth-origin` binary serves; the library's defaults keep hyper's server and \
+           the caller's runtime).\n\
+         - `--threads 1` rows: the same path with one worker thread in the gateway and \
+           `ptth-origin` (`--threads 1`; the library-mode app gets `TOKIO_WORKER_THREADS=1`, \
+           which its `#[tokio::main]` runtime and its origin workers read); the other ptth \
+           rows use the default, one worker per CPU (with one origin connection, one origin \
+           worker serves).\n\
          - HTTP/3 runs (rows marked in the HTTP/3 tables): `ptth-h3-client load -c min(C,4) \
            -m C/min(C,4) -D {s} --warm-up 1 --cacert DEV/ca.pem --connect-to \
            127.0.0.1:TLSPORT https://app.localhost/1k|1m` against the gateway's public QUIC \

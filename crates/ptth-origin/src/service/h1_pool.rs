@@ -78,6 +78,19 @@ impl std::fmt::Debug for Shared {
 struct Idle {
     driven: Driven,
     since: Instant,
+    /// The thread whose current-thread runtime the connection's socket is registered with
+    /// (the origin's workers, `OriginConfig::workers`): only requests on that thread take
+    /// it, as another thread would be woken by that runtime for each of its reads. `None`
+    /// on a multi-thread runtime, whose threads share one reactor.
+    owner: Option<std::thread::ThreadId>,
+}
+
+/// What [`Idle::owner`] must be for a request on this thread to take a connection.
+fn this_owner() -> Option<std::thread::ThreadId> {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => Some(std::thread::current().id()),
+        _ => None,
+    }
 }
 
 /// One connection: its request sender and the connection future that does its IO, which
@@ -239,19 +252,22 @@ impl Shared {
     /// The most recently used idle connection that is still open and ready. The ones found
     /// closed or stale are dropped (closed) after the lock is released.
     fn checkout(&self, cx: &mut Context<'_>) -> Option<Driven> {
+        let owner = this_owner();
         let mut dead = Vec::new();
         let found = {
             let mut idle = self.idle();
+            // Every entry before a stale one is older still.
+            if let Some(stale) = idle
+                .iter()
+                .rposition(|entry| entry.since.elapsed() >= self.idle_timeout)
+            {
+                dead.extend(idle.drain(..=stale));
+            }
             loop {
-                let Some(mut entry) = idle.pop() else {
+                let Some(at) = idle.iter().rposition(|entry| entry.owner == owner) else {
                     break None;
                 };
-                if entry.since.elapsed() >= self.idle_timeout {
-                    // Every one below is older still.
-                    dead.push(entry);
-                    dead.extend(idle.drain(..));
-                    break None;
-                }
+                let mut entry = idle.remove(at);
                 if entry.driven.reusable(cx) {
                     break Some(entry.driven);
                 }
@@ -276,6 +292,7 @@ impl Shared {
         idle.push(Idle {
             driven,
             since: Instant::now(),
+            owner: this_owner(),
         });
         drop(idle);
         if !self.sweeping.swap(true, Ordering::Relaxed) {
@@ -308,8 +325,19 @@ impl Shared {
     }
 }
 
-/// Sweeps `pool` a few times per idle timeout until it is gone.
+/// Sweeps `pool` a few times per idle timeout until it is gone. Should its runtime stop
+/// first (a worker's, or a library caller's), the next connection given back starts
+/// another.
 async fn sweep(pool: Weak<Shared>) {
+    struct Sweeping(Weak<Shared>);
+    impl Drop for Sweeping {
+        fn drop(&mut self) {
+            if let Some(pool) = self.0.upgrade() {
+                pool.sweeping.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+    let _sweeping = Sweeping(pool.clone());
     let period = match pool.upgrade() {
         Some(pool) => (pool.idle_timeout / 3).max(Duration::from_millis(10)),
         None => return,
@@ -606,6 +634,41 @@ mod tests {
                 .metrics()
                 .num_alive_tasks(),
             1
+        );
+    }
+
+    /// On the origin's workers (a current-thread runtime each) a connection goes back to
+    /// requests on the thread whose runtime its socket is registered with.
+    #[test]
+    fn on_current_thread_workers_a_connection_stays_with_its_thread() {
+        let (addr, accepted) = upstream();
+        let pool = pool(addr, Duration::from_secs(90));
+        let on_worker = |pool: H1Pool| {
+            std::thread::spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(async {
+                        fetch(&pool, get("/")).await;
+                        fetch(&pool, get("/")).await;
+                    });
+            })
+            .join()
+            .unwrap();
+        };
+        on_worker(pool.clone());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "its two requests shared one");
+        on_worker(pool.clone());
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "another thread's idle connection was not taken"
+        );
+        assert_eq!(pool.idle(), 2);
+        assert!(
+            !pool.shared.sweeping.load(Ordering::Relaxed),
+            "the sweeper ended with its runtime, and says so"
         );
     }
 
