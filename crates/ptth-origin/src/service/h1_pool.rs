@@ -658,7 +658,11 @@ mod tests {
             .unwrap();
         };
         on_worker(pool.clone());
-        assert_eq!(accepted.load(Ordering::SeqCst), 1, "its two requests shared one");
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            1,
+            "its two requests shared one"
+        );
         on_worker(pool.clone());
         assert_eq!(
             accepted.load(Ordering::SeqCst),

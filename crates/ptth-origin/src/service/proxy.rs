@@ -45,7 +45,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{
-    CONNECTION, COOKIE, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, TE, UPGRADE,
+    CONNECTION, COOKIE, HOST, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY, TE, TRANSFER_ENCODING,
+    UPGRADE,
 };
 use http::uri::{Authority, PathAndQuery};
 use http::{
@@ -89,13 +90,13 @@ const PTTH_CLIENT_PORT: HeaderName = HeaderName::from_static("ptth-client-port")
 
 /// Header fields that describe one hop rather than the message (RFC 9110 §7.6.1), plus the
 /// obsolete `Proxy-Connection` that some clients still send.
-const HOP_BY_HOP: [&str; 6] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
+static HOP_BY_HOP: [HeaderName; 6] = [
+    CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    TE,
+    TRANSFER_ENCODING,
+    UPGRADE,
 ];
 
 /// How one route reaches its upstream.
@@ -109,10 +110,16 @@ pub struct ProxyOptions {
     pub proxy_protocol: bool,
 }
 
-/// The proxy service: one per upstream, cheap to clone, sharing one connection pool.
+/// The proxy service: one per upstream, cheap to clone (one reference count), sharing one
+/// connection pool.
 #[derive(Debug, Clone)]
 pub struct Proxy {
-    upstream: Arc<Upstream>,
+    inner: Arc<ProxyInner>,
+}
+
+#[derive(Debug)]
+struct ProxyInner {
+    upstream: Upstream,
     connector: Connector,
     /// Plain requests to an `http://` or `unix:` upstream: connections driven by the
     /// requests themselves ([`super::h1_pool`]).
@@ -183,18 +190,20 @@ impl Proxy {
             )
         });
         Ok(Proxy {
-            upstream: Arc::new(upstream),
-            connector,
-            h1_pool,
-            client,
-            upgrade_client,
-            proxy_protocol: options.proxy_protocol,
+            inner: Arc::new(ProxyInner {
+                upstream,
+                connector,
+                h1_pool,
+                client,
+                upgrade_client,
+                proxy_protocol: options.proxy_protocol,
+            }),
         })
     }
 
     /// The upstream requests are forwarded to.
     pub fn upstream(&self) -> &Upstream {
-        &self.upstream
+        &self.inner.upstream
     }
 }
 
@@ -282,18 +291,19 @@ impl Proxy {
             Ok(mode) => mode,
             Err(refusal) => return refusal.into_response(),
         };
-        if self.upstream.wire == Wire::H2c && !matches!(mode, Mode::Plain) {
+        if self.inner.upstream.wire == Wire::H2c && !matches!(mode, Mode::Plain) {
             // An HTTP/2 upstream would need RFC 8441 extended CONNECT, which hyper's pooled
             // client does not send; refusing is honest where a half-open tunnel is not.
             return text_response(
                 StatusCode::NOT_IMPLEMENTED,
                 format!(
                     "upstream {} speaks HTTP/2 with prior knowledge; the proxy forwards upgrades (WebSocket) only to HTTP/1.1 upstreams",
-                    self.upstream
+                    self.inner.upstream
                 ),
             );
         }
         let client_addr = self
+            .inner
             .proxy_protocol
             .then(|| client_address(request.headers()));
         // The caller's side of a tunnel must be claimed before the answer goes back to hyper.
@@ -399,9 +409,9 @@ impl Proxy {
         // dials the upstream whatever the URI says).
         let authority = headers_host(&parts.headers)
             .or_else(|| parts.uri.authority().cloned())
-            .unwrap_or_else(|| self.upstream.authority());
+            .unwrap_or_else(|| self.inner.upstream.authority());
         let uri = Uri::builder()
-            .scheme(self.upstream.scheme())
+            .scheme(self.inner.upstream.scheme())
             .authority(authority)
             .path_and_query(path)
             .build()
@@ -481,7 +491,7 @@ impl Proxy {
         client: Option<Option<SocketAddr>>,
     ) -> Result<Response<Body>, SendError> {
         let upgrade = !matches!(mode, Mode::Plain);
-        let preamble = match (client, &self.h1_pool) {
+        let preamble = match (client, &self.inner.h1_pool) {
             (Some(client), _) => Some(ProxyHeader { client }),
             (None, Some(pool)) if !upgrade => {
                 return match pool.send(request).await {
@@ -492,9 +502,9 @@ impl Proxy {
             }
             (None, Some(_)) => None,
             (None, None) => {
-                let pooled = match (&self.upgrade_client, upgrade) {
+                let pooled = match (&self.inner.upgrade_client, upgrade) {
                     (Some((upgrade_client, _)), true) => upgrade_client,
-                    _ => &self.client,
+                    _ => &self.inner.client,
                 };
                 return match pooled.request(request).await {
                     Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed())),
@@ -502,16 +512,16 @@ impl Proxy {
                 };
             }
         };
-        let connector = match (&self.upgrade_client, upgrade) {
+        let connector = match (&self.inner.upgrade_client, upgrade) {
             // A tunnel needs HTTP/1.1, so its dial offers nothing else.
             (Some((_, connector)), true) => connector,
-            _ => &self.connector,
+            _ => &self.inner.connector,
         };
         let io = connector
             .connect(preamble)
             .await
             .map_err(SendError::Connect)?;
-        match send_unpooled(io, request, self.upstream.wire == Wire::H2c).await {
+        match send_unpooled(io, request, self.inner.upstream.wire == Wire::H2c).await {
             Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed())),
             Err(error) => Err(SendError::Exchange(error)),
         }
@@ -528,9 +538,9 @@ impl Proxy {
             SendError::Exchange(error) => (false, Some(error)),
         };
         let mut reason = if connect {
-            format!("could not connect to upstream {}", self.upstream)
+            format!("could not connect to upstream {}", self.inner.upstream)
         } else {
-            format!("request to upstream {} failed", self.upstream)
+            format!("request to upstream {} failed", self.inner.upstream)
         };
         while let Some(cause) = source {
             reason.push_str(": ");
@@ -538,7 +548,7 @@ impl Proxy {
             source = cause.source();
         }
         // Counted, and logged at warn with the request it failed (`upstream failure`).
-        call.failed(connect, &self.upstream, &reason);
+        call.failed(connect, &self.inner.upstream, &reason);
         text_response(
             StatusCode::BAD_GATEWAY,
             if connect {
@@ -621,6 +631,11 @@ fn headers_host(headers: &HeaderMap) -> Option<Authority> {
 /// Removes the fields that describe one connection rather than the message, including any
 /// field the `Connection` header names (RFC 9110 §7.6.1).
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none (HTTP/2 forbids them): one look over the names, whose
+    // standard ones compare as tags, instead of six lookups that hash each name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(CONNECTION)
         .iter()
@@ -631,7 +646,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named {
         headers.remove(name);
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
 }

@@ -80,6 +80,19 @@ impl HostPattern {
         }
     }
 
+    /// [`HostPattern::matches`] for a host in any case (the patterns are lower-case).
+    fn matches_any_case(&self, host: &str) -> bool {
+        let host = host.as_bytes();
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(name) => host.eq_ignore_ascii_case(name.as_bytes()),
+            HostPattern::Suffix(suffix) => {
+                host.len() > suffix.len()
+                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+            }
+        }
+    }
+
     /// How the pattern is registered with the gateway: an exact name as itself, `*.suffix`
     /// as that wildcard; [`HostPattern::Any`] registers nothing (the hosts it serves are the
     /// ones `--host` names).
@@ -106,7 +119,7 @@ pub struct Route {
 
 impl Route {
     fn matches(&self, host: &str, path: &str) -> bool {
-        self.host.matches(host)
+        self.host.matches_any_case(host)
             && self
                 .path
                 .as_deref()
@@ -149,18 +162,27 @@ impl Routes {
 
     /// The first route taking `host` (as the request named it, port allowed) and `path`.
     pub fn route(&self, host: &str, path: &str) -> Option<&Route> {
-        let host = normalise_host(host);
-        self.routes.iter().find(|route| route.matches(&host, path))
+        let host = host_name(host);
+        self.routes.iter().find(|route| route.matches(host, path))
     }
 }
 
-/// Lower-case, without port or trailing dot.
-fn normalise_host(host: &str) -> String {
-    let name = match Authority::try_from(host) {
-        Ok(authority) => authority.host().to_string(),
-        Err(_) => host.to_string(),
+/// The host name of a `Host` value or authority: without a port (an IPv6 address keeps its
+/// brackets) or trailing dots, in the case it came in (routes compare ignoring case). No
+/// allocation: this runs for every request.
+fn host_name(authority: &str) -> &str {
+    let host = if authority.starts_with('[') {
+        match authority.find(']') {
+            Some(end) => &authority[..=end],
+            None => authority,
+        }
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+            _ => authority,
+        }
     };
-    name.trim_end_matches('.').to_ascii_lowercase()
+    host.trim_end_matches('.')
 }
 
 impl<B> tower::Service<Request<B>> for Routes
@@ -181,13 +203,13 @@ where
             .headers()
             .get(http::header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(str::to_string)
-            .or_else(|| request.uri().authority().map(|a| a.as_str().to_string()))
+            .or_else(|| request.uri().authority().map(Authority::as_str))
             .unwrap_or_default();
-        let path = request.uri().path().to_string();
-        match self.route(&host, &path) {
-            Some(route) => tower::Service::call(&mut route.proxy.clone(), request),
+        let path = request.uri().path();
+        match self.route(host, path).map(|route| route.proxy.clone()) {
+            Some(mut proxy) => tower::Service::call(&mut proxy, request),
             None => {
+                let (host, path) = (host.to_string(), path.to_string());
                 tracing::debug!(%host, %path, "no route matches");
                 let response = text_response(
                     StatusCode::NOT_FOUND,
@@ -259,7 +281,30 @@ mod tests {
             "unix:/run/apps.sock"
         );
         assert_eq!(upstream("other.example", "/"), None);
+        assert_eq!(
+            upstream("A.Apps.Example.:443", "/").unwrap(),
+            "unix:/run/apps.sock"
+        );
+        assert_eq!(upstream("apps.example", "/"), None, "the suffix itself");
+        assert_eq!(upstream("xapi.example", "/"), None);
         assert_eq!(routes.hosts(), ["api.example", "*.apps.example"]);
+    }
+
+    #[test]
+    fn host_names_lose_port_and_trailing_dots_only() {
+        for (authority, host) in [
+            ("app.example", "app.example"),
+            ("App.Example:8443", "App.Example"),
+            ("app.example.", "app.example"),
+            ("app.example.:80", "app.example"),
+            ("[::1]:8443", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("127.0.0.1:1", "127.0.0.1"),
+            ("app:x", "app:x"),
+            ("", ""),
+        ] {
+            assert_eq!(host_name(authority), host, "{authority}");
+        }
     }
 
     #[tokio::test]
