@@ -199,10 +199,12 @@ async fn dispatch<C: Carrier>(
         exporter,
     } = handshake;
     match classify(C::TRANSPORT, alpn.as_deref())? {
+        // Boxed: a setup connection's server (its h2 server, the linger, the stop's close)
+        // is a large state, and an unboxed one would size the task of every reversed
+        // connection, which lives as long as it does (about 1 KiB of each idle origin
+        // connection's memory at the gateway).
         AlpnRole::Setup { version } => {
-            carrier
-                .serve_setup(version, peer, peer_certs, ctx, setup)
-                .await
+            Box::pin(carrier.serve_setup(version, peer, peer_certs, ctx, setup)).await
         }
         role @ AlpnRole::Reversed { .. } => {
             let mechanism = Mechanism::negotiated(C::TRANSPORT, role, None)

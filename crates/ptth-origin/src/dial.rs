@@ -248,11 +248,11 @@ impl Dialer {
         // The TLS stream comes back once the reversed connection inside lets go of it, and is
         // read until the gateway closes its side (see `ptth_h2::linger`). Closing a TCP
         // socket with bytes unread (a WINDOW_UPDATE or PING the gateway sent after our last
-        // read) makes
-        // the kernel answer with RST instead of FIN; the gateway's next write then fails, and
-        // with it every request whose answer it had received but not yet read (seen in a
-        // rolling restart of rh2 origins: two POSTs on one connection lost as 'connection
-        // error'). A tunnel inside an outer HTTP/2 stream lingers on that stream instead.
+        // read) makes the kernel answer with RST instead of FIN; the gateway's next write
+        // then fails, and with it every request whose answer it had received but not yet
+        // read (seen in a rolling restart of rh2 origins: two POSTs on one connection lost
+        // as 'connection error'). A tunnel inside an outer HTTP/2 stream lingers on that
+        // stream instead.
         let (tls, back) = ptth_h2::linger::Linger::new(tls);
         let linger = m.setup() != SetupKind::ExtendedConnect;
         let result = match m.setup() {
