@@ -38,8 +38,11 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{Builder, Connection, SendRequest};
 
-use super::proxy::UpstreamBody;
 use super::upstream::{Connector, Io};
+
+/// The body type sent to the upstream. It need not be `Sync`, so request bodies that are only
+/// `Send` are boxed without wrapping.
+pub(crate) type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, super::BoxError>;
 
 /// Why an exchange failed: no connection, or the exchange on one.
 #[derive(Debug)]
@@ -442,18 +445,29 @@ mod tests {
     /// then closes, `/chunked` in two chunks with a trailer, `/echo` with the request
     /// body's length, anything else `hello`. Counts the connections it accepted.
     fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        let (addr, accepted, _closed) = upstream_counting();
+        (addr, accepted)
+    }
+
+    /// [`upstream`], also counting the connections it has closed.
+    fn upstream_counting() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
-        let count = accepted.clone();
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (count, gone) = (accepted.clone(), closed.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { return };
                 count.fetch_add(1, Ordering::SeqCst);
-                std::thread::spawn(move || serve(stream));
+                let gone = gone.clone();
+                std::thread::spawn(move || {
+                    serve(stream);
+                    gone.fetch_add(1, Ordering::SeqCst);
+                });
             }
         });
-        (addr, accepted)
+        (addr, accepted, closed)
     }
 
     fn serve(stream: TcpStream) {
@@ -594,12 +608,16 @@ mod tests {
 
     #[tokio::test]
     async fn an_idle_connection_closed_by_the_upstream_is_found_closed_when_taken() {
-        let (addr, accepted) = upstream();
+        let (addr, accepted, closed) = upstream_counting();
         let pool = pool(addr, Duration::from_secs(90));
         assert_eq!(fetch(&pool, get("/drop")).await.1, "gone");
         assert_eq!(pool.idle(), 1, "the answer said keep-alive");
         // Its FIN arrives while it is idle; taking it reads the end and dials afresh.
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while closed.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < deadline, "the upstream never closed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         assert_eq!(fetch(&pool, get("/")).await.1, "hello");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }

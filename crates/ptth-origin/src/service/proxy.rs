@@ -53,7 +53,6 @@ use http::{
     HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri, Version,
 };
 use http_body::Body as HttpBody;
-use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper::ext::Protocol;
@@ -63,7 +62,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
-use super::h1_pool::{H1Pool, PoolError};
+use super::h1_pool::{H1Pool, PoolError, UpstreamBody};
 use super::upstream::{Alpn, Connector, ProxyHeader, Upstream, UpstreamTls, Wire};
 use super::websocket::{header_has_token, on_upgrade, OnTunnel, WEBSOCKET_PROTOCOL};
 use super::{text_response, Body, BoxError, Refusal, ResponseFuture};
@@ -131,10 +130,6 @@ struct ProxyInner {
     upgrade_client: Option<(Client<Connector, UpstreamBody>, Connector)>,
     proxy_protocol: bool,
 }
-
-/// The body type sent to the upstream. It need not be `Sync`, so request bodies that are only
-/// `Send` are boxed without wrapping.
-pub(crate) type UpstreamBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A pooled client over `connector`, speaking only HTTP/2 when `h2_only`.
 fn pooled_client(connector: Connector, h2_only: bool) -> Client<Connector, UpstreamBody> {
