@@ -64,7 +64,8 @@ struct Shared {
     read_buffer: usize,
     max_idle: usize,
     idle_timeout: Duration,
-    /// Last in, first out: the most recently used connection is the warmest.
+    /// In the order the connections came back (their `since` rising), taken last in,
+    /// first out: the most recently used connection is the warmest.
     idle: Mutex<Vec<Idle>>,
     sweeping: AtomicBool,
 }
@@ -86,6 +87,13 @@ struct Idle {
     /// it, as another thread would be woken by that runtime for each of its reads. `None`
     /// on a multi-thread runtime, whose threads share one reactor.
     owner: Option<std::thread::ThreadId>,
+}
+
+impl Idle {
+    /// Whether it came back less than `timeout` before `now`.
+    fn fresh(&self, now: Instant, timeout: Duration) -> bool {
+        now.saturating_duration_since(self.since) < timeout
+    }
 }
 
 /// What [`Idle::owner`] must be for a request on this thread to take a connection.
@@ -259,13 +267,11 @@ impl Shared {
         let mut dead = Vec::new();
         let found = {
             let mut idle = self.idle();
-            // Every entry before a stale one is older still.
-            if let Some(stale) = idle
-                .iter()
-                .rposition(|entry| entry.since.elapsed() >= self.idle_timeout)
-            {
-                dead.extend(idle.drain(..=stale));
-            }
+            // The list is in the order connections came back, so the stale ones are a
+            // prefix: one clock read finds them.
+            let now = Instant::now();
+            let stale = idle.partition_point(|entry| !entry.fresh(now, self.idle_timeout));
+            dead.extend(idle.drain(..stale));
             loop {
                 let Some(at) = idle.iter().rposition(|entry| entry.owner == owner) else {
                     break None;
@@ -310,12 +316,13 @@ impl Shared {
     /// Drops the idle connections that are stale or that the upstream closed.
     fn sweep(&self) {
         let mut cx = Context::from_waker(Waker::noop());
+        let now = Instant::now();
         let dead: Vec<Idle> = {
             let mut idle = self.idle();
             let mut dead = Vec::new();
             let mut kept = Vec::with_capacity(idle.len());
             for mut entry in idle.drain(..) {
-                if entry.since.elapsed() < self.idle_timeout && entry.driven.reusable(&mut cx) {
+                if entry.fresh(now, self.idle_timeout) && entry.driven.reusable(&mut cx) {
                     kept.push(entry);
                 } else {
                     dead.push(entry);

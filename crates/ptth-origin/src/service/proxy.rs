@@ -490,7 +490,7 @@ impl Proxy {
             (Some(client), _) => Some(ProxyHeader { client }),
             (None, Some(pool)) if !upgrade => {
                 return match pool.send(request).await {
-                    Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed())),
+                    Ok(response) => Ok(boxed(response)),
                     Err(PoolError::Connect(error)) => Err(SendError::Connect(error)),
                     Err(PoolError::Exchange(error)) => Err(SendError::Exchange(error)),
                 };
@@ -502,7 +502,7 @@ impl Proxy {
                     _ => &self.inner.client,
                 };
                 return match pooled.request(request).await {
-                    Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed())),
+                    Ok(response) => Ok(boxed(response)),
                     Err(error) => Err(SendError::Pooled(error)),
                 };
             }
@@ -517,7 +517,7 @@ impl Proxy {
             .await
             .map_err(SendError::Connect)?;
         match send_unpooled(io, request, self.inner.upstream.wire == Wire::H2c).await {
-            Ok(response) => Ok(response.map(|body| body.map_err(Into::into).boxed())),
+            Ok(response) => Ok(boxed(response)),
             Err(error) => Err(SendError::Exchange(error)),
         }
     }
@@ -553,6 +553,15 @@ impl Proxy {
             },
         )
     }
+}
+
+/// `response` with its body boxed as the services answer.
+fn boxed<B>(response: Response<B>) -> Response<Body>
+where
+    B: HttpBody<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+{
+    response.map(|body| body.map_err(Into::into).boxed())
 }
 
 /// The public 502 body when the upstream could not be reached.

@@ -71,17 +71,9 @@ impl HostPattern {
         })
     }
 
-    /// Whether `host` (already lower-case, without port) is one this pattern takes.
+    /// Whether `host` (without port, in any case: the patterns are lower-case and compare
+    /// ignoring case) is one this pattern takes.
     pub fn matches(&self, host: &str) -> bool {
-        match self {
-            HostPattern::Any => true,
-            HostPattern::Exact(name) => host == name,
-            HostPattern::Suffix(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
-        }
-    }
-
-    /// [`HostPattern::matches`] for a host in any case (the patterns are lower-case).
-    fn matches_any_case(&self, host: &str) -> bool {
         let host = host.as_bytes();
         match self {
             HostPattern::Any => true,
@@ -119,7 +111,7 @@ pub struct Route {
 
 impl Route {
     fn matches(&self, host: &str, path: &str) -> bool {
-        self.host.matches_any_case(host)
+        self.host.matches(host)
             && self
                 .path
                 .as_deref()
