@@ -355,11 +355,13 @@ impl Gateway {
         let listen_tls = tls_ls.as_deref().map(first_addr).transpose()?;
         // Each listener is registered with its worker's runtime and served there; it stops
         // accepting (its socket closes) when the gateway stops.
+        // Origin connections, TCP and QUIC, are placed on the worker holding the fewest.
+        let placement = workers.placement();
         for (k, l) in tunnel_ls.into_iter().enumerate() {
-            let (ctx, stopping) = (ctx.clone(), shutdown.stopping());
+            let (ctx, stopping, placement) = (ctx.clone(), shutdown.stopping(), placement.clone());
             workers.handle(k).spawn(async move {
                 tokio::select! {
-                    () = tunnel::serve(l, ctx) => {}
+                    () = tunnel::serve(l, ctx, placement) => {}
                     () = stopping.signalled() => {}
                 }
             });
@@ -467,6 +469,7 @@ impl Gateway {
                 .collect();
             let (bind_ctx, serve_ctx, slot) =
                 (ctx.clone(), ctx.clone(), tunnel_quic_endpoint.clone());
+            let quic_placement = placement.clone();
             let stopping = shutdown.stopping();
             bind_udp(
                 quic_home,
@@ -479,11 +482,15 @@ impl Gateway {
                     // runs), on the worker that took it. A stopping gateway refuses new
                     // origin connections: they reconnect to the process that replaces it.
                     for handle in &every_worker {
-                        let (endpoint, ctx, stopping) =
-                            (endpoint.clone(), serve_ctx.clone(), stopping.clone());
+                        let (endpoint, ctx, stopping, placement) = (
+                            endpoint.clone(),
+                            serve_ctx.clone(),
+                            stopping.clone(),
+                            quic_placement.clone(),
+                        );
                         handle.spawn(async move {
                             tokio::select! {
-                                () = quic::serve_tunnel(endpoint.clone(), ctx) => {}
+                                () = quic::serve_tunnel(endpoint.clone(), ctx, placement) => {}
                                 () = stopping.signalled() => endpoint.set_server_config(None),
                             }
                         });

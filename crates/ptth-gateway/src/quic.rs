@@ -54,7 +54,11 @@ pub(crate) fn tunnel_server_config(tls: &crate::tls::TunnelTls) -> Result<quinn:
 }
 
 /// Accepts origin QUIC connections until the endpoint closes.
-pub(crate) async fn serve_tunnel(endpoint: quinn::Endpoint, ctx: Arc<TunnelContext>) {
+pub(crate) async fn serve_tunnel(
+    endpoint: quinn::Endpoint,
+    ctx: Arc<TunnelContext>,
+    placement: crate::workers::Placement,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let peer = incoming.remote_address();
         // A UDP source address can be spoofed: under pressure, a new peer first answers a
@@ -79,7 +83,12 @@ pub(crate) async fn serve_tunnel(endpoint: quinn::Endpoint, ctx: Arc<TunnelConte
             }
         };
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        // On the worker holding the fewest origin connections: quinn spawns the
+        // connection's driver where its handshake is awaited.
+        let placed = placement.place(&ctx.registry.connections_by_worker());
+        placed.spawn(move |placed| async move {
+            // Held (counted) until admitted, or for a setup connection until it ends.
+            let _placed = placed;
             let admitted = match handshake(incoming, peer, &setup).await {
                 Ok(handshake) => admission::admit(handshake, setup, ctx).await,
                 Err(failure) => Err(ctx.registry.metrics.handshake_failed(failure)),

@@ -293,6 +293,8 @@ struct Index {
     conns: HashMap<u64, Arc<OriginConn>>,
     /// The connections with a scope on each host (`*.parent` for wildcard scopes).
     by_host: HashMap<String, Vec<Arc<OriginConn>>>,
+    /// How many of them each worker drives (`crate::workers::Placement` reads it).
+    by_worker: Vec<usize>,
 }
 
 /// All reversed connections of this gateway.
@@ -491,6 +493,11 @@ impl Registry {
         })
     }
 
+    /// The registered origin connections each worker drives (index = worker number).
+    pub(crate) fn connections_by_worker(&self) -> Vec<usize> {
+        self.read().by_worker.clone()
+    }
+
     /// Adds a connection; routing may use it at once.
     pub fn add(&self, conn: Arc<OriginConn>) {
         tracing::info!(
@@ -513,6 +520,12 @@ impl Registry {
                 .push(conn.clone());
         }
         index.conns.insert(conn.id, conn.clone());
+        if let Some(k) = conn.worker {
+            if index.by_worker.len() <= k {
+                index.by_worker.resize(k + 1, 0);
+            }
+            index.by_worker[k] += 1;
+        }
         drop(index);
         // Once routable: a receiver that then looks at the registry finds it there.
         emit_event(&self.events, &conn, crate::events::EventKind::Registered);
@@ -523,6 +536,9 @@ impl Registry {
     pub fn remove(&self, id: u64) {
         let mut index = self.write();
         if let Some(c) = index.conns.remove(&id) {
+            if let Some(n) = c.worker.and_then(|k| index.by_worker.get_mut(k)) {
+                *n -= 1;
+            }
             // Closed for the reason its sender saw, unless something closed it first (a
             // drain, an upgrade). A driver that ended with no reason was stopped here.
             c.observe_sender();
@@ -1430,6 +1446,25 @@ mod tests {
             .spawn(async move { r.acquire(&t, None).await })
             .await
             .unwrap()
+    }
+
+    #[tokio::test]
+    async fn the_registry_counts_its_connections_per_worker() {
+        let workers = crate::workers::Workers::start(2).unwrap();
+        let registry = Registry::new(limits(8, 8, Duration::from_millis(200)));
+        assert!(registry.connections_by_worker().iter().all(|&n| n == 0));
+        let (on_1, _far_1) = conn_on(&workers, 1).await;
+        let (on_0, _far_0) = conn_on(&workers, 0).await;
+        let (on_0b, _far_0b) = conn_on(&workers, 0).await;
+        for c in [&on_1, &on_0, &on_0b] {
+            registry.add(c.clone());
+        }
+        assert_eq!(registry.connections_by_worker(), vec![2, 1]);
+        registry.remove(on_0.id);
+        registry.remove(on_0.id);
+        assert_eq!(registry.connections_by_worker(), vec![1, 1], "removed once");
+        registry.remove(on_1.id);
+        assert_eq!(registry.connections_by_worker(), vec![1, 0]);
     }
 
     #[tokio::test]

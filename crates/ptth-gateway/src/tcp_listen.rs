@@ -167,25 +167,10 @@ where
     F: FnOnce(TcpStream) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
-    let Some(home) = home else {
-        return run(tcp).await;
-    };
-    let tcp = match tcp.into_std() {
-        Ok(tcp) => tcp,
-        Err(e) => {
-            tracing::debug!(error = %e, "TCP flow closed: the public socket could not leave its worker");
-            return;
-        }
-    };
-    // A stopped worker never runs it: the socket then closes with the task.
-    home.spawn(async move {
-        match TcpStream::from_std(tcp) {
-            Ok(tcp) => run(tcp).await,
-            Err(e) => {
-                tracing::debug!(error = %e, "TCP flow closed: the public socket could not join its stream's worker")
-            }
-        }
-    });
+    match home {
+        Some(home) => crate::workers::spawn_with_socket(&home, tcp, run),
+        None => run(tcp).await,
+    }
 }
 
 /// Splices an accepted flow until it ends, and says how it ended.

@@ -12,6 +12,7 @@ use crate::pending::{SetupFailure, SetupState};
 use crate::sender::start_client;
 use crate::setup_request::{admit_setup, clone_head};
 use crate::takeover::Takeover;
+use crate::workers::Placement;
 use http::{Request, Response};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -25,8 +26,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_rustls::server::TlsStream;
 
-/// Accepts origin connections until the listener fails.
-pub async fn serve(listener: TcpListener, ctx: Arc<TunnelContext>) {
+/// Accepts origin connections until the listener fails. Each is handshaken, admitted and
+/// driven on the worker `placement` chooses (the one holding the fewest origin
+/// connections), not necessarily the one whose socket accepted it.
+pub async fn serve(listener: TcpListener, ctx: Arc<TunnelContext>, placement: Placement) {
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(x) => x,
@@ -46,8 +49,12 @@ pub async fn serve(listener: TcpListener, ctx: Arc<TunnelContext>) {
             }
         };
         let _ = tcp.set_nodelay(true);
+        let placed = placement.place(&ctx.registry.connections_by_worker());
         let ctx = ctx.clone();
-        tokio::spawn(async move {
+        // Counted as in setup on its worker until admitted (a setup connection: until it
+        // ends); the registry counts it once registered.
+        placed.spawn_with_socket(tcp, move |tcp, placed| async move {
+            let _placed = placed;
             let admitted = match handshake(tcp, peer, &setup, &ctx).await {
                 Ok(handshake) => admission::admit(handshake, setup, ctx).await,
                 Err(failure) => Err(ctx.registry.metrics.handshake_failed(failure)),

@@ -19,7 +19,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::net::{TcpListener, TcpSocket};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::runtime::Handle;
 
 thread_local! {
@@ -78,6 +78,14 @@ impl Workers {
     /// The runtime of worker `k` (`k` below [`Workers::len`]; larger numbers wrap around).
     pub(crate) fn handle(&self, k: usize) -> &Handle {
         &self.workers[k % self.workers.len()].handle
+    }
+
+    /// Where new origin connections go ([`Placement`]).
+    pub(crate) fn placement(&self) -> Placement {
+        Placement {
+            handles: self.workers.iter().map(|w| w.handle.clone()).collect(),
+            in_setup: self.workers.iter().map(|_| AtomicUsize::new(0)).collect(),
+        }
     }
 
     /// A spawner that hands each task to the next worker in turn.
@@ -146,6 +154,115 @@ impl RoundRobin {
             handle.spawn(task);
         }
     }
+}
+
+/// Puts each new origin connection on the worker that holds the fewest: the registered
+/// ones (the registry counts them) and those still in setup (counted here while their
+/// [`Placed`] lives, which for a setup connection is its whole life). A tie goes to the
+/// worker that accepted it, then to the lowest number. Left to the kernel's hash of
+/// addresses and ports, an origin's two connections landed on one worker in 8 of 12 trials
+/// (`docs/performance.md`, finding 6), and every request accepted on the other worker then
+/// crossed threads.
+#[derive(Debug, Clone)]
+pub(crate) struct Placement {
+    handles: Arc<[Handle]>,
+    in_setup: Arc<[AtomicUsize]>,
+}
+
+impl Placement {
+    /// Chooses the worker for a connection just accepted, given the registered origin
+    /// connections per worker (`registered[k]`, missing entries counting zero).
+    pub(crate) fn place(&self, registered: &[usize]) -> Placed {
+        let here = current();
+        let held = |k: usize| {
+            registered.get(k).copied().unwrap_or(0) + self.in_setup[k].load(Ordering::Relaxed)
+        };
+        let mut best = here.filter(|&k| k < self.handles.len()).unwrap_or(0);
+        for k in 0..self.handles.len() {
+            if held(k) < held(best) {
+                best = k;
+            }
+        }
+        self.in_setup[best].fetch_add(1, Ordering::Relaxed);
+        Placed {
+            worker: best,
+            home: (here != Some(best)).then(|| self.handles[best].clone()),
+            in_setup: self.in_setup.clone(),
+        }
+    }
+}
+
+/// A connection's place among the workers, counted as in setup until dropped.
+#[derive(Debug)]
+pub(crate) struct Placed {
+    worker: usize,
+    /// The chosen worker's runtime, when it is not the caller's.
+    home: Option<Handle>,
+    in_setup: Arc<[AtomicUsize]>,
+}
+
+impl Placed {
+    /// The chosen worker.
+    #[cfg(test)]
+    pub(crate) fn worker(&self) -> usize {
+        self.worker
+    }
+
+    /// Runs `task` on the chosen worker (here, when that is the caller's), handing it this
+    /// place to hold. On a stopped worker it never runs.
+    pub(crate) fn spawn<F, Fut>(self, task: F)
+    where
+        F: FnOnce(Placed) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match self.home.clone() {
+            Some(home) => drop(home.spawn(async move { task(self).await })),
+            None => drop(tokio::spawn(task(self))),
+        }
+    }
+
+    /// Runs `run` with `tcp` and this place on the chosen worker: the socket leaves the
+    /// caller's reactor for that worker's ([`spawn_with_socket`]).
+    pub(crate) fn spawn_with_socket<F, Fut>(self, tcp: TcpStream, run: F)
+    where
+        F: FnOnce(TcpStream, Placed) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        match self.home.clone() {
+            Some(home) => spawn_with_socket(&home, tcp, move |tcp| run(tcp, self)),
+            None => drop(tokio::spawn(run(tcp, self))),
+        }
+    }
+}
+
+impl Drop for Placed {
+    fn drop(&mut self) {
+        self.in_setup[self.worker].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Runs `run` with `tcp` on the worker whose runtime is `home`: the socket leaves the
+/// caller's reactor (`into_std`) and joins that one's (`from_std` there), so its reads
+/// and writes wake that worker. A socket that cannot move is closed (logged at debug).
+pub(crate) fn spawn_with_socket<F, Fut>(home: &Handle, tcp: TcpStream, run: F)
+where
+    F: FnOnce(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let tcp = match tcp.into_std() {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            tracing::debug!(error = %e, "a socket could not leave its worker; closed");
+            return;
+        }
+    };
+    // A stopped worker never runs it: the socket then closes with the task.
+    home.spawn(async move {
+        match TcpStream::from_std(tcp) {
+            Ok(tcp) => run(tcp).await,
+            Err(e) => tracing::debug!(error = %e, "a socket could not join its worker; closed"),
+        }
+    });
 }
 
 impl Drop for Workers {
@@ -285,6 +402,83 @@ mod tests {
         }
         let expected: Vec<_> = [0, 1, 2, 0, 1, 2].into_iter().map(Some).collect();
         assert_eq!(ran_on, expected);
+    }
+
+    /// Calls `place` from a task on worker `k`, as that worker's tunnel listener would.
+    async fn place_from(
+        workers: &Workers,
+        placement: &Placement,
+        k: usize,
+        registered: Vec<usize>,
+    ) -> Placed {
+        let placement = placement.clone();
+        workers
+            .handle(k)
+            .spawn(async move { placement.place(&registered) })
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_new_origin_connection_goes_to_the_worker_holding_the_fewest() {
+        let workers = Workers::start(3).unwrap();
+        let placement = workers.placement();
+        // All even: the accepting worker keeps it.
+        let a = place_from(&workers, &placement, 1, vec![]).await;
+        assert_eq!(a.worker(), 1);
+        // Worker 1 now holds one in setup: the next goes to the lowest-numbered of the
+        // others, whoever accepted it.
+        let b = place_from(&workers, &placement, 1, vec![]).await;
+        assert_eq!(b.worker(), 0);
+        let c = place_from(&workers, &placement, 0, vec![]).await;
+        assert_eq!(c.worker(), 2);
+        // Registered connections count as well as those in setup.
+        let d = place_from(&workers, &placement, 0, vec![1, 0, 0]).await;
+        assert_eq!(
+            d.worker(),
+            1,
+            "worker 0 holds two, workers 1 and 2 one each: of those tied, the lowest"
+        );
+        drop((a, b, c, d));
+        // Dropped, a place no longer counts.
+        let e = place_from(&workers, &placement, 2, vec![0, 0, 0]).await;
+        assert_eq!(e.worker(), 2);
+        let f = place_from(&workers, &placement, 2, vec![0, 5, 0]).await;
+        assert_eq!(f.worker(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_placed_socket_is_served_on_its_worker() {
+        let workers = Workers::start(2).unwrap();
+        let placement = workers.placement();
+        let listener = {
+            let _on = workers.handle(0).enter();
+            TcpListener::bind("127.0.0.1:0").await.unwrap()
+        };
+        let addr = listener.local_addr().unwrap();
+        let (ran_on_tx, ran_on_rx) = tokio::sync::oneshot::channel();
+        workers.handle(0).spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            // Worker 0 already holds two: the connection goes to worker 1.
+            let placed = placement.place(&[2, 0]);
+            placed.spawn_with_socket(tcp, move |mut tcp, placed| async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut got = [0u8; 5];
+                tcp.read_exact(&mut got).await.unwrap();
+                tcp.write_all(&got).await.unwrap();
+                let _ = ran_on_tx.send((current(), placed.worker()));
+            });
+        });
+        let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        c.write_all(b"hello").await.unwrap();
+        let mut back = [0u8; 5];
+        tokio::time::timeout(Duration::from_secs(30), c.read_exact(&mut back))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&back, b"hello");
+        assert_eq!(ran_on_rx.await.unwrap(), (Some(1), 1));
     }
 
     #[tokio::test]
