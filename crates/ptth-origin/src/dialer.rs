@@ -264,37 +264,58 @@ impl std::fmt::Debug for Dialer {
     }
 }
 
-/// The origin's QUIC client endpoint and config, made on first use and shared by every
-/// slot of one origin.
+/// The origin's QUIC client config, made on first use and shared by every slot of one
+/// origin, and its QUIC endpoints: one per thread that runs a current-thread runtime (the
+/// origin's workers, `OriginConfig::workers`, and each reverse CONNECT channel's thread), so
+/// that a connection's datagrams are read and written by the thread that drives it. With
+/// one endpoint for all, its socket was read on the thread that dialled first, and every
+/// datagram of a connection on another worker crossed threads twice (the endpoint's driver,
+/// then the connection's). The threads of a multi-thread runtime (a library origin's
+/// default) share one endpoint, as they share one reactor.
 #[derive(Debug, Default)]
 pub(crate) struct QuicClient {
-    inner: OnceLock<(quinn::Endpoint, quinn::ClientConfig)>,
+    client: OnceLock<quinn::ClientConfig>,
+    /// By thread (`None`: shared by a multi-thread runtime's threads). At most one per
+    /// thread the origin runs connections on, all made at start-up or on first dial.
+    endpoints:
+        std::sync::Mutex<std::collections::HashMap<Option<std::thread::ThreadId>, quinn::Endpoint>>,
 }
 
 impl QuicClient {
-    /// The endpoint and client config, made on the first call.
+    /// The endpoint for the calling thread and the client config, each made on first use.
+    /// Call it from the runtime that will drive the connection: a new endpoint's socket and
+    /// driver belong to the calling runtime.
     pub(crate) fn get(
         &self,
         config: &OriginConfig,
-    ) -> Result<&(quinn::Endpoint, quinn::ClientConfig)> {
-        if let Some(x) = self.inner.get() {
-            return Ok(x);
+    ) -> Result<(quinn::Endpoint, quinn::ClientConfig)> {
+        let client = match self.client.get() {
+            Some(c) => c.clone(),
+            None => {
+                let mut tls = tls_config(config)?;
+                // RFC 9001 §4.6.1: no early data from us.
+                tls.enable_early_data = false;
+                let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
+                    .map_err(|e| anyhow!("TLS config unusable for QUIC: {e}"))?;
+                let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+                client.transport_config(Arc::new(ptth_h3::transport::tunnel_transport_config()));
+                self.client.get_or_init(|| client).clone()
+            }
+        };
+        let key = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => Some(std::thread::current().id()),
+            _ => None,
+        };
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(endpoint) = endpoints.get(&key) {
+            return Ok((endpoint.clone(), client));
         }
-        let mut tls = tls_config(config)?;
-        // RFC 9001 §4.6.1: no early data from us.
-        tls.enable_early_data = false;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(tls))
-            .map_err(|e| anyhow!("TLS config unusable for QUIC: {e}"))?;
-        let mut client = quinn::ClientConfig::new(Arc::new(crypto));
-        client.transport_config(Arc::new(ptth_h3::transport::tunnel_transport_config()));
         // A dual-stack socket reaches IPv4 and IPv6 gateways alike; fall back to IPv4.
         let endpoint = quinn::Endpoint::client(SocketAddr::from(([0u16; 8], 0)))
             .or_else(|_| quinn::Endpoint::client(SocketAddr::from(([0u8; 4], 0))))
             .context("binding a UDP socket for QUIC")?;
-        let _ = self.inner.set((endpoint, client));
-        self.inner
-            .get()
-            .ok_or_else(|| anyhow!("QUIC endpoint initialisation raced"))
+        endpoints.insert(key, endpoint.clone());
+        Ok((endpoint, client))
     }
 }
 
@@ -360,6 +381,63 @@ pub(crate) fn tls_config(config: &OriginConfig) -> Result<rustls::ClientConfig> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The local port of the endpoint `get` hands the calling thread.
+    fn endpoint_port(quic: &QuicClient, config: &OriginConfig) -> u16 {
+        quic.get(config).unwrap().0.local_addr().unwrap().port()
+    }
+
+    #[test]
+    fn each_current_thread_runtime_gets_its_own_quic_endpoint_and_a_multi_thread_one_shares_one() {
+        let config = OriginConfig::new(
+            "https://gateway.example".parse().unwrap(),
+            "rh3".parse().unwrap(),
+            vec!["app.example".into()],
+            None,
+        );
+        let quic = Arc::new(QuicClient::default());
+        // Two worker-like threads, each with a current-thread runtime, asking twice.
+        let on_thread = |quic: Arc<QuicClient>, config: OriginConfig| {
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let first = endpoint_port(&quic, &config);
+                    assert_eq!(
+                        endpoint_port(&quic, &config),
+                        first,
+                        "the same thread, the same endpoint"
+                    );
+                    first
+                })
+            })
+        };
+        let a = on_thread(quic.clone(), config.clone()).join().unwrap();
+        let b = on_thread(quic.clone(), config.clone()).join().unwrap();
+        assert_ne!(a, b, "each worker thread reads a socket of its own");
+        // The threads of one multi-thread runtime share one.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let ports: Vec<u16> = rt.block_on(async {
+            let mut ports = Vec::new();
+            for _ in 0..4 {
+                let (quic, config) = (quic.clone(), config.clone());
+                ports.push(
+                    tokio::spawn(async move { endpoint_port(&quic, &config) })
+                        .await
+                        .unwrap(),
+                );
+            }
+            ports
+        });
+        assert!(ports.iter().all(|&p| p == ports[0]), "{ports:?}");
+        assert!(ports[0] != a && ports[0] != b);
+    }
 
     fn a(s: &str) -> SocketAddr {
         s.parse().unwrap()

@@ -33,7 +33,7 @@ async fn dial(dialer: &Dialer, addrs: &[SocketAddr], link: &Link<'_>) -> Result<
         .trim_end_matches(']');
     let mut last = anyhow!("{host} resolved to no address");
     for &addr in addrs {
-        match handshake(endpoint, client, addr, host).await {
+        match handshake(&endpoint, &client, addr, host).await {
             Ok(c) => {
                 link.reached(addr);
                 return Ok(c);

@@ -248,7 +248,7 @@ async fn h3(dialer: &Dialer, addrs: &[SocketAddr]) -> Result<H3Connection> {
     let mut last = anyhow!("{host} resolved to no address");
     let mut quic = None;
     for &addr in addrs {
-        match crate::quic::handshake(endpoint, &client, addr, host).await {
+        match crate::quic::handshake(&endpoint, &client, addr, host).await {
             Ok(c) => {
                 quic = Some(c);
                 break;
