@@ -302,10 +302,7 @@ impl QuicClient {
                 self.client.get_or_init(|| client).clone()
             }
         };
-        let key = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => Some(std::thread::current().id()),
-            _ => None,
-        };
+        let key = crate::own_reactor::current_thread_runtime();
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(endpoint) = endpoints.get(&key) {
             return Ok((endpoint.clone(), client));

@@ -63,6 +63,7 @@ pub mod config;
 mod dial;
 mod dialer;
 pub mod metrics;
+mod own_reactor;
 mod quic;
 mod serve;
 pub mod service;

@@ -96,14 +96,6 @@ impl Idle {
     }
 }
 
-/// What [`Idle::owner`] must be for a request on this thread to take a connection.
-fn this_owner() -> Option<std::thread::ThreadId> {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::CurrentThread) => Some(std::thread::current().id()),
-        _ => None,
-    }
-}
-
 /// One connection: its request sender and the connection future that does its IO, which
 /// whoever uses the connection polls. `conn` is `None` once the connection ended.
 struct Driven {
@@ -263,7 +255,7 @@ impl Shared {
     /// The most recently used idle connection that is still open and ready. The ones found
     /// closed or stale are dropped (closed) after the lock is released.
     fn checkout(&self, cx: &mut Context<'_>) -> Option<Driven> {
-        let owner = this_owner();
+        let owner = crate::own_reactor::current_thread_runtime();
         let mut dead = Vec::new();
         let found = {
             let mut idle = self.idle();
@@ -301,7 +293,7 @@ impl Shared {
         idle.push(Idle {
             driven,
             since: Instant::now(),
-            owner: this_owner(),
+            owner: crate::own_reactor::current_thread_runtime(),
         });
         drop(idle);
         if !self.sweeping.swap(true, Ordering::Relaxed) {
