@@ -30,6 +30,12 @@ pub fn is_h1(mechanism: &str) -> bool {
     matches!(mechanism, "rh1" | "upgrade-h1" | "ptth10")
 }
 
+/// How many workers a ptth process started with `threads` (`--threads`, `None` for the
+/// default) runs: the default is one per CPU, as `ptth-gateway` and `ptth-origin` count them.
+pub fn workers(threads: Option<usize>) -> usize {
+    threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, usize::from))
+}
+
 /// Cargo's target directory: `CARGO_TARGET_DIR` when set (cargo builds there), else
 /// `<root>/target`.
 pub fn target_dir(root: &Path) -> PathBuf {

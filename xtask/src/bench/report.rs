@@ -100,10 +100,11 @@ fn header(d: &mut String, run: &Run<'_>) {
            defaults (proxy buffering on); HTTP/1.1 on one port and h2c on another) → `bench_app serve`.\n\
          - (c) ptth proxy mode: h2load → `ptth-gateway --dev` (cleartext listener) → origin \
            connection (TLS) → `ptth-origin --upstream http://APP` → `bench_app serve`; HTTP/2 \
-           mechanisms with one origin connection, rh1 with `--connections {}`; rh3 is one \
-           QUIC connection.\n\
+           and HTTP/3 mechanisms with one origin connection per gateway worker (`--connections` \
+           = the workers, {w} here; the gateway places one on each worker), rh1 with \
+           `--connections {}`.\n\
          - (d) ptth library mode: h2load → `ptth-gateway` → `bench_app origin` (the same \
-           service inside `ptth_origin::Origin::serve`, one rh2 connection, served by \
+           service inside `ptth_origin::Origin::serve`, rh2 connections as in (c), served by \
            `ptth_h2::server` with `OriginConfig::hyper_upgrades = false` and on the origin's \
            worker threads (`OriginConfig::workers`, as many as the app's runtime threads), as \
            the `ptth-origin` binary serves; the library's defaults keep hyper's server and \
@@ -111,8 +112,8 @@ fn header(d: &mut String, run: &Run<'_>) {
          - `--threads 1` rows: the same path with one worker thread in the gateway and \
            `ptth-origin` (`--threads 1`; the library-mode app gets `TOKIO_WORKER_THREADS=1`, \
            which its `#[tokio::main]` runtime and its origin workers read); the other ptth \
-           rows use the default, one worker per CPU (with one origin connection, one origin \
-           worker serves).\n\
+           rows use the default, one worker per CPU (one origin worker serves each origin \
+           connection).\n\
          - HTTP/3 runs (rows marked in the HTTP/3 tables): `ptth-h3-client load -c min(C,4) \
            -m C/min(C,4) -D {s} --warm-up 1 --cacert DEV/ca.pem --connect-to \
            127.0.0.1:TLSPORT https://app.localhost/1k|1m` against the gateway's public QUIC \
@@ -136,15 +137,17 @@ fn header(d: &mut String, run: &Run<'_>) {
          - Bulk: `curl --http1.1 -o /dev/null -w '%{{speed_download}}' \
            http://127.0.0.1:PORT/bytes/{}` through each path.\n\
          - Scale: one gateway; first {HOST}'s origin (`ptth-origin --mechanism rh2 --hello \
-           --connections 1`), then idle origin connections of other hosts \
-           (`--connections 1000` per process, a host per process). Routing cost: \
-           {HOST}'s p50 with `h2load --h1 -c 1 -D {s}` through the gateway, with only its \
-           connection registered and then with each count of idle ones.\n",
+           --connections {w}`, one per gateway worker), then idle origin connections of other \
+           hosts (`--connections 1000` per process, a host per process). Routing cost: \
+           {HOST}'s p50 with `h2load --h1 -c 1 -D {s}` through the gateway (three runs, the \
+           median), with only its connections registered and then with each count of idle \
+           ones.\n",
         plan.h1_connections,
         plan.bulk_bytes,
         s = plan.seconds,
         n = plan.cpu_requests,
         c = plan.aim_c,
+        w = crate::procs::workers(None),
     );
 }
 
@@ -367,14 +370,17 @@ fn scale(d: &mut String, run: &Run<'_>) {
     };
     let _ = writeln!(
         d,
-        "Gateway `VmRSS` with {HOST}'s one origin connection: {:.1} MiB. The others are \
+        "Gateway `VmRSS` with {HOST}'s {} origin connections (one per gateway worker): {:.1} \
+         MiB. The others are \
          `ptth-origin --mechanism rh2 --hello --connections 1000` processes (fewer for the \
          last one), each serving a host of its own; a connection counts once the gateway \
          logged it as registered (TLS, authorisation request, registry). The p50 and p99 are \
-         {HOST}'s requests, one at a time, with that many idle connections of other hosts.\n\n\
+         {HOST}'s requests, one at a time, with that many idle connections of other hosts: \
+         of three runs (each a new public connection) the one with the median p50.\n\n\
          | other origin connections | gateway VmRSS MiB | per connection KiB | time to register all, s | {HOST} p50 ms | p99 ms |\n\
          |---|---|---|---|---|---|\n\
          | 0 | {:.1} | – | – | {:.3} | {:.3} |",
+        s.own_connections,
         s.baseline_kib as f64 / 1024.0,
         s.baseline_kib as f64 / 1024.0,
         s.routed_alone.p50_ms,

@@ -215,10 +215,14 @@ pub fn start_row(
                 side: Side::Gateway,
                 pid: gw.pid,
             });
+            // HTTP/1.1 carries one request per connection at a time. The multiplexed
+            // mechanisms dial one connection per gateway worker, as operations.md advises:
+            // the gateway places them one on each worker, so a public connection finds an
+            // origin connection on its own worker whichever worker the kernel gave it.
             let connections = if procs::is_h1(m) {
                 plan.h1_connections
             } else {
-                1
+                procs::workers(spec.threads)
             };
             let pid = if let Route::Proxy(_) = path {
                 let upstream = start_app(&mut children, app)?;

@@ -58,6 +58,7 @@ fn on_the_line() -> (Plan, Results, Result<Scale>) {
         .collect();
     let scale = Scale {
         baseline_kib: 10_000,
+        own_connections: 2,
         routed_alone: load(2000.0, 0.5, 0.7),
         points: plan
             .scale
