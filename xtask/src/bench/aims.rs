@@ -286,10 +286,10 @@ pub fn evaluate(plan: &Plan, results: &[(RowSpec, RowResult)], scale: &Result<Sc
             added_p50(results, ("1k", proto, lc)),
         ));
     }
-    let most = plan.scale.iter().max().map_or(0, |n| n + 1);
+    let most = plan.scale.iter().max().copied().unwrap_or(0);
     out.push(judged(
         format!(
-            "Routing cost flat from 1 to {most} registered origin connections: {HOST}'s p50 (HTTP/1.1, 1 concurrent) with idle connections of other hosts ≤ {FLAT}× its p50 alone"
+            "Routing cost flat up to {most} idle origin connections of other hosts: {HOST}'s p50 (HTTP/1.1, 1 concurrent; its own connections, one per gateway worker) with them ≤ {FLAT}× its p50 alone"
         ),
         routing(scale),
     ));
