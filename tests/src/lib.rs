@@ -126,6 +126,20 @@ impl Gateway {
         Self::start_on(dev, "127.0.0.1:0", "127.0.0.1:0", extra).await
     }
 
+    /// Starts a gateway on ephemeral ports with `env` added to its environment.
+    pub async fn start_with_env(dev: &Path, extra: &[&str], env: &[(&str, &str)]) -> Result<Self> {
+        let mut cmd = gateway_command(dev, "127.0.0.1:0", "127.0.0.1:0", extra);
+        cmd.envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .stderr(Stdio::piped());
+        launch_gateway(cmd, dev, |stderr| LogTap::capture("gateway", stderr)).await
+    }
+
+    /// The process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Starts a gateway on the given listen and tunnel addresses.
     pub async fn start_on(dev: &Path, listen: &str, tunnel: &str, extra: &[&str]) -> Result<Self> {
         let mut cmd = gateway_command(dev, listen, tunnel, extra);
@@ -921,10 +935,26 @@ impl Gateway {
 }
 
 impl Origin {
+    /// The process ID, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// The process's peak resident set size so far, as [`Gateway::peak_rss`].
     pub fn peak_rss(&self) -> Option<u64> {
         peak_rss_of(self.child.id()?)
     }
+}
+
+/// The environment of process `pid` (`/proc/<pid>/environ`), one `NAME=value` per entry.
+pub fn environ_of(pid: u32) -> Result<Vec<String>> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ"))
+        .with_context(|| format!("reading the environment of process {pid}"))?;
+    Ok(raw
+        .split(|b| *b == 0)
+        .filter(|e| !e.is_empty())
+        .map(|e| String::from_utf8_lossy(e).into_owned())
+        .collect())
 }
 
 /// `VmHWM` of process `pid`, in bytes.

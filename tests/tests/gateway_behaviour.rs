@@ -393,3 +393,37 @@ async fn origin_connections_are_spread_evenly_over_the_gateways_workers() {
     wait_serving(&gw, "tcp.localhost", 30).await.unwrap();
     wait_serving(&gw, "quic.localhost", 30).await.unwrap();
 }
+
+/// Both binaries run with glibc's heap trim threshold raised (`docs/performance.md`, finding
+/// 14): each starts itself again, once and in the same process (the PID the harness
+/// spawned), with `GLIBC_TUNABLES` set, and serves. An operator's own `GLIBC_TUNABLES` is
+/// left as it is.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binaries_raise_glibcs_heap_trim_threshold_unless_the_operator_tuned_glibc() {
+    const OURS: &str = "GLIBC_TUNABLES=glibc.malloc.trim_threshold=4194304";
+    let tunables = |pid: Option<u32>| {
+        environ_of(pid.expect("running"))
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.starts_with("GLIBC_TUNABLES="))
+            .collect::<Vec<_>>()
+    };
+    // Fleet::start waits until the origin's host answers through the gateway.
+    let fleet = Fleet::start("tunables", &["rh2"]).await.unwrap();
+    assert_eq!(tunables(fleet.gateway.pid()), [OURS], "the gateway");
+    assert_eq!(tunables(fleet.origins[0].1.pid()), [OURS], "the origin");
+    let (status, body) = answer(&fleet.gateway, "rh2.localhost", "/").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let dir = TempDir::new("tunables-own");
+    let own = "GLIBC_TUNABLES=glibc.malloc.arena_max=2";
+    let gw = Gateway::start_with_env(
+        &dir.0,
+        &[],
+        &[("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(tunables(gw.pid()), [own], "the operator's own tuning");
+}
