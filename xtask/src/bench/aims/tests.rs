@@ -104,7 +104,9 @@ fn the_full_plan_measures_every_aim_and_each_is_met_on_its_line() {
     assert!(aims[0].this_run.contains("60000 vs 50000 req/s: 1.20×"));
     assert!(aims[11].this_run.contains("+45 µs"), "{:?}", aims[11]);
     assert!(
-        aims[13].aim.contains("up to 10000 idle origin connections of other hosts"),
+        aims[13]
+            .aim
+            .contains("up to 10000 idle origin connections of other hosts"),
         "{:?}",
         aims[13]
     );
