@@ -26,7 +26,9 @@
 //! h2's server used directly: requests run in the connection's driver, and the stream of a
 //! CONNECT answered 2xx is handed over as a [`Tunnel`] on h2's own stream halves
 //! ([`server::on_tunnel`]), without the task per stream and the write channel of hyper's
-//! server upgrade. The gateway's public HTTP/2
+//! server upgrade. The driver writes what one turn of it produced in one go (the answers to
+//! every request it read together), where h2 alone flushes each DATA frame longer than 256
+//! octets on its own. The gateway's public HTTP/2
 //! listeners run on it too, with their own [`server::Options`].
 //! `examples/h2_duplex.rs` shows the same setup with hyper's server on the gateway's end,
 //! which works as well. [`reversed::serve`] (hyper's HTTP/2 server with the reversed
@@ -81,6 +83,7 @@ pub use connect::{origin_connect, ConnectFailure, ConnectStream};
 pub use reversed::{Body, BoxError, PeerSettings, ServeOptions, Windows, MAX_HEADER_LIST_SIZE};
 pub use tunnel::Tunnel;
 
+mod batch;
 mod date;
 mod keep_alive;
 mod message;
