@@ -137,7 +137,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         Ok(())
     } else {
         bail!(
-            "fuzzing found {} problem(s):\n  {}\nFix the parser, then `cargo test -p ptth-tests --test fuzz_regressions` replays the kept inputs.",
+            "fuzzing found {} problem(s):\n  {}\nFix the parser, then `cargo test -p ptth-tests --test e2e fuzz_regressions` replays the kept inputs.",
             found.len(),
             found.join("\n  ")
         )
