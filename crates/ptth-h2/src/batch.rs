@@ -44,6 +44,10 @@ struct Batch<IO> {
     hold: bool,
     /// A write failed while the driver released the batch: h2's next call to the IO gets it.
     failed: Option<io::ErrorKind>,
+    /// Octets went to `io` since its last completed flush. A TLS stream takes a write whose
+    /// records the socket could not take yet and sends them on its next flush, so the
+    /// release flushes whenever anything was written, not only when something was held.
+    unflushed: bool,
 }
 
 fn lock<IO>(batch: &Mutex<Batch<IO>>) -> MutexGuard<'_, Batch<IO>> {
@@ -58,6 +62,7 @@ pub(crate) fn new<IO>(io: IO) -> (WriteBatch<IO>, Release<IO>) {
         written: 0,
         hold: false,
         failed: None,
+        unflushed: false,
     }));
     (WriteBatch(batch.clone()), Release(batch))
 }
@@ -86,11 +91,11 @@ impl<IO: AsyncWrite + Unpin> Release<IO> {
     pub(crate) fn poll_release(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut batch = lock(&self.0);
         batch.hold = false;
-        if batch.buf.is_empty() {
+        if batch.buf.is_empty() && !batch.unflushed {
             return Poll::Ready(Ok(()));
         }
         let done = match batch.poll_drain(cx) {
-            Poll::Ready(Ok(())) => Pin::new(&mut batch.io).poll_flush(cx),
+            Poll::Ready(Ok(())) => batch.poll_flush_io(cx),
             other => other,
         };
         if let Poll::Ready(Err(e)) = &done {
@@ -110,6 +115,24 @@ impl<IO> Batch<IO> {
 }
 
 impl<IO: AsyncWrite + Unpin> Batch<IO> {
+    /// Flushes the IO.
+    fn poll_flush_io(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        self.unflushed = false;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes straight through to the IO.
+    fn poll_pass(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let n = ready!(Pin::new(&mut self.io).poll_write_vectored(cx, bufs))?;
+        self.unflushed = true;
+        Poll::Ready(Ok(n))
+    }
+
     /// Writes everything held.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while self.written < self.buf.len() {
@@ -117,6 +140,7 @@ impl<IO: AsyncWrite + Unpin> Batch<IO> {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
+            self.unflushed = true;
             self.written += n;
         }
         self.buf.clear();
@@ -159,7 +183,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteBatch<IO> {
     ) -> Poll<io::Result<usize>> {
         let mut batch = lock(&self.0);
         if ready!(batch.poll_room(cx, data.len()))? {
-            return Pin::new(&mut batch.io).poll_write(cx, data);
+            return batch.poll_pass(cx, &[io::IoSlice::new(data)]);
         }
         batch.buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
@@ -173,7 +197,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteBatch<IO> {
         let mut batch = lock(&self.0);
         let len = bufs.iter().map(|b| b.len()).sum();
         if ready!(batch.poll_room(cx, len))? {
-            return Pin::new(&mut batch.io).poll_write_vectored(cx, bufs);
+            return batch.poll_pass(cx, bufs);
         }
         for b in bufs {
             batch.buf.extend_from_slice(b);
@@ -193,7 +217,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for WriteBatch<IO> {
             return Poll::Ready(Ok(()));
         }
         ready!(batch.poll_drain(cx))?;
-        Pin::new(&mut batch.io).poll_flush(cx)
+        batch.poll_flush_io(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -258,6 +282,47 @@ mod tests {
         io.write_all(&[1; 10]).await.unwrap();
         io.flush().await.unwrap();
         assert_eq!(counted(&io).io.writes, vec![12 * 1033, 10]);
+    }
+
+    /// Like a TLS stream whose socket is full: it takes a write but sends it only on a flush.
+    #[derive(Default)]
+    struct SendsOnFlush {
+        taken: usize,
+        sent: usize,
+    }
+
+    impl AsyncWrite for SendsOnFlush {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.taken += data.len();
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            self.sent = self.taken;
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A write that went straight through during a turn is flushed at the release even
+    /// though nothing is held: without it a TLS stream kept the records it could not send
+    /// (a 5 GiB upload through proxy mode stalled for good, one run in three).
+    #[tokio::test]
+    async fn the_release_flushes_what_went_straight_through() {
+        let (mut io, release) = new(SendsOnFlush::default());
+        release.hold();
+        io.write_all(&vec![0; PASS]).await.unwrap();
+        io.flush().await.unwrap();
+        assert_eq!(lock(&io.0).io.sent, 0, "held: not flushed yet");
+        std::future::poll_fn(|cx| release.poll_release(cx))
+            .await
+            .unwrap();
+        assert_eq!(lock(&io.0).io.sent, PASS);
     }
 
     #[tokio::test]
