@@ -100,7 +100,7 @@ fn ci(args: &[String]) -> Result<()> {
     run(&root, "cargo", &["test", "--workspace", "--no-fail-fast"])?;
     // The library crates' examples run to completion (each asserts what it prints), and their
     // docs build without a warning (missing docs, broken intra-doc links).
-    for (krate, example) in [
+    let examples = [
         ("ptth-core", "setup"),
         ("ptth-core", "reverse_connect"),
         ("ptth-h1", "h1_duplex"),
@@ -108,12 +108,19 @@ fn ci(args: &[String]) -> Result<()> {
         ("ptth-h3", "reversed_quic"),
         ("ptth-auth", "grants"),
         ("ptth-gateway", "axum_embed"),
-    ] {
-        run(
-            &root,
-            "cargo",
-            &["run", "-q", "-p", krate, "--example", example],
-        )?;
+    ];
+    // Built in one cargo run, so they compile side by side rather than one by one, then run
+    // from the target directory (`cargo run -p` of each would resolve features per package
+    // and build them again).
+    let mut build = vec!["build", "-q"];
+    for (krate, example) in examples {
+        build.extend(["-p", krate, "--example", example]);
+    }
+    run(&root, "cargo", &build)?;
+    let dir = procs::target_dir(&root).join("debug").join("examples");
+    for (_, example) in examples {
+        let exe = dir.join(example);
+        run(&root, &exe.to_string_lossy(), &[])?;
     }
     let mut doc = vec!["doc", "--no-deps"];
     for krate in package::LIBRARY_CRATES {
