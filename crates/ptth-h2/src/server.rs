@@ -83,7 +83,7 @@ impl Default for Options {
 pub const DEFAULT_PENDING_ACCEPT_RESETS: usize = 20;
 
 /// h2's server connection, which [`serve`] runs, on an IO whose writes the driver batches
-/// per turn ([`crate::batch`]).
+/// per turn (the answers one turn of the driver makes leave in one write).
 pub struct Connection<IO> {
     conn: h2::server::Connection<WriteBatch<IO>, Bytes>,
     release: Release<IO>,
