@@ -18,6 +18,44 @@ use tokio::process::{Child, Command};
 pub mod h2_frames;
 pub mod services;
 
+/// A loopback port that nothing listens on now, on TCP or UDP, and that no other test of
+/// this process is handed: for a listener a test starts later, or an upstream that must
+/// stay dead.
+///
+/// It lies below the kernel's ephemeral range (`ip_local_port_range`), so a socket bound
+/// to port 0 — the gateways, clients and services of the tests running beside this one —
+/// never takes it in the meantime; a port taken from `bind("127.0.0.1:0")` and released
+/// could be handed to one of them at once (an upstream meant to be dead then answered 404).
+pub fn unused_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (base, span) = if low > 12_000 {
+        (low - 10_000, 10_000)
+    } else {
+        (1024, low.saturating_sub(1024).max(1))
+    };
+    // Test processes running side by side start at different places.
+    let start = std::process::id().wrapping_mul(7919) % span;
+    for _ in 0..span {
+        let port = (base + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span) as u16;
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
+    panic!("no unused loopback port below the ephemeral range");
+}
+
+/// `127.0.0.1:` [`unused_port`].
+pub fn unused_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], unused_port()))
+}
+
 /// Every TCP mechanism the origin can use.
 pub const TCP_MECHANISMS: &[&str] = &[
     "rh1",

@@ -15,21 +15,16 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
 
-/// A TCP port on 127.0.0.1 nothing listens on now (another test may take it before the
-/// caller binds it: callers that bind it in a child process start again on failure).
+/// A TCP port on 127.0.0.1 nothing listens on now ([`crate::unused_port`]: below the
+/// ephemeral range, so only another process could take it before the caller binds it;
+/// callers that bind it in a child process start again on failure).
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+    crate::unused_port()
 }
 
-/// A UDP port on 127.0.0.1 nothing is bound to now (the same caveat).
+/// A UDP port on 127.0.0.1 nothing is bound to now (the same).
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+    crate::unused_port()
 }
 
 /// A TCP port on 127.0.0.1 that refuses connections for as long as the returned socket

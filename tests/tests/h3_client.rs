@@ -175,9 +175,7 @@ async fn get_load_and_transport_errors_through_the_public_http3_endpoint() {
         "{stderr}"
     );
 
-    let unused = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let dead = unused.local_addr().unwrap().to_string();
-    drop(unused);
+    let dead = unused_addr().to_string();
     let out = h3_client(&[
         "get",
         &url,

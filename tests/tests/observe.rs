@@ -10,11 +10,10 @@ use ptth_tests::*;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// A loopback port nothing listens on now (bound, then released), for an admin listener
-/// or a tunnel the test starts later.
+/// A loopback address nothing listens on, for an admin listener or a tunnel the test
+/// starts later.
 fn free_port() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    unused_addr()
 }
 
 /// `GET http://{addr}{path}`: status, content type and body.
@@ -118,7 +117,10 @@ async fn metrics_readiness_and_the_access_log_follow_the_traffic() -> Result<()>
     let gw_admin = free_port();
     let origin_admin = free_port();
     let tunnel = free_port();
-    let dead_upstream = free_port();
+    // Refused for the test's length: a port merely found free could be handed to a
+    // listener of a test running beside this one, which then answered for the dead upstream.
+    let (_dead_guard, dead_port) = ptth_tests::services::refused_tcp_port();
+    let dead_upstream = SocketAddr::from(([127, 0, 0, 1], dead_port));
 
     // The origin starts first, towards a tunnel nobody listens on yet: not ready, and it
     // says which gateway it lacks.

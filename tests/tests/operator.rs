@@ -7,7 +7,7 @@ use anyhow::{anyhow, Context, Result};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use ptth_tests::{bin_dir, sha256_hex, Gateway, LogTap, Origin, TempDir};
+use ptth_tests::{bin_dir, sha256_hex, unused_port, Gateway, LogTap, Origin, TempDir};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -350,11 +350,7 @@ fn guide_blocks() -> Vec<String> {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    unused_port()
 }
 
 #[tokio::test]

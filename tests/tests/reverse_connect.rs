@@ -10,7 +10,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use ptth_tests::services::{advertise_on, extended_connect, h2_client};
-use ptth_tests::{bin, tls_connect, Gateway, LogTap, TempDir};
+use ptth_tests::{bin, tls_connect, unused_port, Gateway, LogTap, TempDir};
 use sha2::{Digest, Sha256};
 use std::net::SocketAddr;
 use std::process::Stdio;
@@ -24,10 +24,7 @@ const WEB_TOKEN: &str = "web-token-0b9e4d2c71";
 
 /// A port nothing listens on now.
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
+    unused_port()
 }
 
 /// A TCP echo service; each connection's received bytes are hashed and reported on `done`.
