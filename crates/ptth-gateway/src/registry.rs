@@ -6,9 +6,9 @@
 //! picks, among the connections whose scope matches the request, the best-ranked scope
 //! ([`Scope::rank`]: the request's own scheme, the longest path prefix, an explicit port),
 //! then the least outstanding requests relative to capacity, where a connection on the
-//! request's own worker (`crate::workers`) wins unless its load is more than twice the
-//! least loaded other one's (`local_wins`). When every matching connection is full, the request
-//! waits in a queue bounded in total and per host.
+//! request's own worker (`crate::workers`) wins unless the other is idle or its load is more
+//! than twice the least loaded other one's plus a slack (`local_wins`). When every matching
+//! connection is full, the request waits in a queue bounded in total and per host.
 //!
 //! The router is an index by scope host: a connection sits in one bucket per host it
 //! registered (`scope.host()`, `*.parent` for a wildcard scope). A pick reads the bucket of
@@ -851,26 +851,42 @@ fn load_below(out: usize, cap: usize, o: usize, k: usize) -> bool {
 }
 
 /// Whether the request's own worker's connection (`out` of `cap` outstanding) wins over the
-/// least loaded connection on another worker (`o` of `k`): unless its load is more than
-/// twice the other's. Both loads are compared relative to capacity (cross-multiplied, exact).
+/// least loaded connection on another worker (`o` of `k`): unless the other is idle and it
+/// is not, or its load is more than twice the other's plus a slack of an eighth of its own
+/// capacity ([`local_slack`]). Loads are compared relative to capacity (cross-multiplied,
+/// exact).
 ///
-/// Why twice: a request that crosses to another worker costs a wake-up of that worker's
-/// runtime and another for the answer (`docs/performance.md` finding 6), and loads seen at
-/// the moment of a pick are bursty: a worker reads a batch of requests in one turn of its
-/// runtime, and its connection's count jumps past the other's within the batch, whatever
-/// the two average. With one origin connection on each of two workers (h2load, 64
-/// HTTP/1.1 clients), least outstanding first (the own worker only on a tie) cost about 0.6
-/// wake-ups of the other worker (eventfd writes) per request; a margin of a quarter, about
-/// 0.4; twice, about 0.17. A clear imbalance
-/// still moves work: no margin above zero, so an idle connection elsewhere takes a request
-/// before a busy local one (what keeps an idle origin on another worker serving), and
-/// beyond the margin loads converge to within a factor of two. No fixed margin in
-/// requests: with one request held on one origin's connection, one request of slack would
-/// send the next there too and leave another origin idle (`ops_gateway.rs`'s retry test
-/// holds two requests and expects both origins to see one).
+/// Why a margin: a request that crosses to another worker costs a wake-up of that worker's
+/// runtime and another for the answer, and both workers then take the connection's locks
+/// (h2's stream store, the allocator's arenas) in turn (`docs/performance.md` findings 6
+/// and 18). The loads seen at the moment of a pick are bursty: a worker reads a batch of
+/// requests in one turn of its runtime, and its connection's count jumps past the other's
+/// within the batch, whatever the two average. With one origin connection on each of two
+/// workers (h2load, 64 HTTP/1.1 clients), least outstanding first (the own worker only on a
+/// tie) cost about 0.6 wake-ups of the other worker (eventfd writes) per request; a margin
+/// of a quarter, about 0.4; twice, about 0.17; twice plus the slack, about 0.05, the rest
+/// being the moments the other connection is idle.
+///
+/// Why not the own worker always (what per-core locality alone would say): work must still
+/// move to where it is served. An idle connection elsewhere takes a request before a busy
+/// local one (no slack over an idle one: with one request held on one origin's connection,
+/// any slack would send the next there too and leave another origin idle; `ops_gateway.rs`'s
+/// retry test holds two requests and expects both origins to see one), and an origin that
+/// answers slowly, whose connection's count grows, sheds requests to the others once it
+/// holds more than twice their load plus the slack.
 fn local_wins(out: usize, cap: usize, o: usize, k: usize) -> bool {
+    if o == 0 {
+        return out == 0;
+    }
     let (mine, theirs) = (out as u128 * k as u128, o as u128 * cap as u128);
-    mine <= 2 * theirs
+    mine <= 2 * theirs + local_slack(cap) as u128 * k as u128
+}
+
+/// The requests by which a connection of capacity `cap` on the request's own worker may
+/// exceed twice another worker's load and still win: an eighth of its capacity (32 of
+/// HTTP/2's usual 256 streams), at least one. About what one turn of a busy worker reads.
+fn local_slack(cap: usize) -> usize {
+    (cap / 8).max(1)
 }
 
 /// [`pick_in`] with the embedding application's [`crate::policy::Route`] choosing among the
@@ -1514,9 +1530,10 @@ mod tests {
     }
 
     /// The margin by which the own worker's connection may be busier than another's and
-    /// still win: up to twice the other's load; none over an idle one. Seen
-    /// failing under the old rule (least loaded first, the own worker only on a tie): the
-    /// first pick from worker 0 went to worker 1's connection.
+    /// still win: up to twice the other's load plus an eighth of its capacity; none over an
+    /// idle one. Seen failing under the old rule (least loaded first, the own worker only on
+    /// a tie): the first pick from worker 0 went to worker 1's connection; and under twice
+    /// without the slack: worker 0's tenth request crossed.
     #[tokio::test]
     async fn a_request_stays_on_its_worker_unless_its_connection_is_busier_by_the_margin() {
         let workers = crate::workers::Workers::start(2).unwrap();
@@ -1529,6 +1546,8 @@ mod tests {
         }
         let app = target("https://app.example/x");
         let loads = || (on_0.outstanding(), on_1.outstanding());
+        let cap = on_0.capacity();
+        assert_eq!((cap, on_1.capacity(), local_slack(cap)), (256, 256, 32));
 
         // An idle connection elsewhere takes a request before a busy local one.
         let first = acquire_on(&workers, 0, &registry, &app).await.unwrap();
@@ -1549,14 +1568,14 @@ mod tests {
         }
         assert_eq!(loads(), (5, 4));
         // Worker 0's requests stay on worker 0, although busier, up to twice the other's
-        // load: 5, 6, 7 and 8 against 4.
-        for expected in [(6, 4), (7, 4), (8, 4), (9, 4)] {
+        // load plus the slack: 2 · 4 + 32 = 40, so the 36th takes it from 40 to 41.
+        for n in 6..=41 {
             held.push(acquire_on(&workers, 0, &registry, &app).await.unwrap());
-            assert_eq!(loads(), expected, "within the margin the own worker wins");
+            assert_eq!(loads(), (n, 4), "within the margin the own worker wins");
         }
-        // 9 > 2 · 4: beyond the margin it crosses.
+        // 41 > 2 · 4 + 32: beyond the margin it crosses.
         held.push(acquire_on(&workers, 0, &registry, &app).await.unwrap());
-        assert_eq!(loads(), (9, 5), "beyond the margin the less loaded wins");
+        assert_eq!(loads(), (41, 5), "beyond the margin the less loaded wins");
         drop(held);
     }
 
