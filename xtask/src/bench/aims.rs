@@ -1,5 +1,7 @@
 //! Issue 14's aims ("Faster than nginx by design"), each read from this run as a ratio and
-//! judged met or not met; an aim whose inputs are missing says why instead.
+//! judged met or not met; an aim whose inputs are missing says why instead. Each figure is
+//! the median over the process pairs its rows ran the aim's runs on
+//! ([`RowResult::aim_load`], [`RowResult::aim_cpu`]).
 
 use super::load::{Load, Proto};
 use super::measure::{self, Key, RowResult};
@@ -67,20 +69,17 @@ fn name(results: &[(RowSpec, RowResult)], path: Route) -> String {
         .map_or_else(|| format!("{path:?}"), |(s, _)| s.name())
 }
 
-/// The time-based run `key` of `path`, or why there is none with a successful request.
-fn load(results: &[(RowSpec, RowResult)], path: Route, key: Key) -> Result<&Load, String> {
+/// The time-based run `key` of `path` as the aims read it (the median over the row's
+/// process pairs, [`RowResult::aim_load`]), or why there is none with a successful request.
+fn load(results: &[(RowSpec, RowResult)], path: Route, key: Key) -> Result<Load, String> {
     let (body, proto, c) = key;
-    row(results, path)?
-        .loads
-        .get(&key)
-        .filter(|l| l.requests > 0)
-        .ok_or_else(|| {
-            format!(
-                "{}: no {body} {} run at {c} concurrent",
-                name(results, path),
-                proto.name()
-            )
-        })
+    row(results, path)?.aim_load(&key).ok_or_else(|| {
+        format!(
+            "{}: no {body} {} run at {c} concurrent",
+            name(results, path),
+            proto.name()
+        )
+    })
 }
 
 /// `x / base`, refusing a base of zero.
@@ -143,7 +142,7 @@ fn bulk(results: &[(RowSpec, RowResult)]) -> Outcome {
 /// The gateway side's CPU per request in `path`'s fixed-count run against nginx's.
 fn cpu(results: &[(RowSpec, RowResult)], path: Route, proto: Proto) -> Outcome {
     let per_100k = |path| -> Result<f64, String> {
-        let l = row(results, path)?.cpu.get(&proto).ok_or_else(|| {
+        let l = row(results, path)?.aim_cpu(proto).ok_or_else(|| {
             format!(
                 "{}: no fixed-count {} run",
                 name(results, path),

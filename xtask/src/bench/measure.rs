@@ -29,6 +29,95 @@ pub struct RowResult {
     /// The sides with a watched process (the direct row has none).
     pub watched_sides: Vec<Side>,
     pub error: Option<String>,
+    /// The runs an aim reads ([`aim_keys`]), measured again on fresh processes of the row
+    /// ([`Plan::aim_samples`] − 1 more pairs); their first sample is the row's own, in
+    /// `loads`.
+    pub again: BTreeMap<Key, Vec<Load>>,
+    /// The fixed-count runs likewise; their first sample is in `cpu`.
+    pub cpu_again: BTreeMap<Proto, Vec<Load>>,
+}
+
+impl RowResult {
+    /// The time-based run `key` as the aims read it: each figure the median over the
+    /// process pairs that ran it with a successful request (the row's own and those of
+    /// [`measure_aims_again`]). One pair of processes is one draw of how the kernel spreads
+    /// the client connections over the workers, and the rows at 64 HTTP/1.1 connections
+    /// moved between draws more than between versions (`docs/performance.md`, "Still
+    /// open"); a median of three is a figure a change can be read against.
+    pub fn aim_load(&self, key: &Key) -> Option<Load> {
+        median(self.samples(key))
+    }
+
+    /// The fixed-count run of `proto` as the aims read it: the median CPU time per request
+    /// over the process pairs, scaled to the run's requests.
+    pub fn aim_cpu(&self, proto: Proto) -> Option<Load> {
+        median(
+            self.cpu
+                .get(&proto)
+                .into_iter()
+                .chain(self.cpu_again.get(&proto).into_iter().flatten()),
+        )
+    }
+
+    /// Every sample of the time-based run `key`, the row's own first.
+    pub fn samples(&self, key: &Key) -> impl Iterator<Item = &Load> {
+        self.loads
+            .get(key)
+            .into_iter()
+            .chain(self.again.get(key).into_iter().flatten())
+    }
+}
+
+/// Each figure's median over the samples with a successful request (the mean of the middle
+/// two for an even count); CPU times as the median per request times the most requests a
+/// sample made, failures summed. `None` without such a sample.
+pub fn median<'a>(samples: impl Iterator<Item = &'a Load>) -> Option<Load> {
+    let ok: Vec<&Load> = samples.filter(|l| l.requests > 0).collect();
+    let mid = |f: &dyn Fn(&Load) -> f64| {
+        let mut v: Vec<f64> = ok.iter().map(|l| f(l)).collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        }
+    };
+    let requests = ok.iter().map(|l| l.requests).max()?;
+    Some(Load {
+        rps: mid(&|l| l.rps),
+        p50_ms: mid(&|l| l.p50_ms),
+        p99_ms: mid(&|l| l.p99_ms),
+        requests,
+        failed: ok.iter().map(|l| l.failed).sum(),
+        cpu_gateway: mid(&|l| l.cpu_gateway / l.requests as f64) * requests as f64,
+        cpu_origin: mid(&|l| l.cpu_origin / l.requests as f64) * requests as f64,
+    })
+}
+
+/// The time-based runs of `spec`'s row that an aim reads: 1 KiB at [`Plan::aim_c`] over
+/// both client protocols for the rows with a CPU run (nginx, rathole, proxy and library
+/// mode rh2), and at [`Plan::latency_c`] for the direct row and library mode. Only rows
+/// with the default threads (and proxy mode's HTTP/1.1 upstream) feed an aim.
+pub fn aim_keys(spec: &RowSpec, plan: &Plan) -> Vec<Key> {
+    let mut keys: Vec<Key> = Vec::new();
+    if !spec.is(spec.path) {
+        return keys;
+    }
+    let mut add = |c: usize| {
+        for proto in [Proto::H1, Proto::H2] {
+            if !keys.contains(&("1k", proto, c)) {
+                keys.push(("1k", proto, c));
+            }
+        }
+    };
+    if matches!(spec.path, Route::Direct | Route::Library(_)) {
+        add(plan.latency_c);
+    }
+    if spec.cpu {
+        add(plan.aim_c);
+    }
+    keys
 }
 
 /// The default-threads row of `path` in `results`, if it ran.
@@ -109,6 +198,52 @@ pub fn measure_row(
     result.hwm_gateway_kib = sample::side_hwm(&row.watched, Side::Gateway);
     result.hwm_origin_kib = sample::side_hwm(&row.watched, Side::Origin);
     result.watched_sides = row.watched.iter().map(|w| w.side).collect();
+    Ok(())
+}
+
+/// The runs of [`aim_keys`] and the fixed-count runs once more, on `row`: a fresh start of
+/// `spec`'s processes after [`measure_row`] measured the first. The same warm-up first;
+/// the samples go to `result.again` and `result.cpu_again`.
+pub fn measure_aims_again(
+    row: &Running,
+    spec: &RowSpec,
+    plan: &Plan,
+    tmp: &Path,
+    result: &mut RowResult,
+) -> Result<()> {
+    load::h2load(row.addr, Proto::H1, "1k", 16, Amount::Seconds(1), tmp)?;
+    for key in aim_keys(spec, plan) {
+        let (body, proto, c) = key;
+        let addr = row.addr_for(proto);
+        let load = timed(row, || {
+            load::h2load(addr, proto, body, c, Amount::Seconds(plan.seconds), tmp)
+        })?;
+        eprintln!(
+            "   {body} {} c={c:<3} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  failed {}",
+            proto.name(),
+            load.rps,
+            load.p50_ms,
+            load.p99_ms,
+            load.failed
+        );
+        result.again.entry(key).or_default().push(load);
+    }
+    if spec.cpu && spec.is(spec.path) {
+        let (c, n) = (plan.aim_c, plan.cpu_requests);
+        for proto in [Proto::H1, Proto::H2] {
+            let addr = row.addr_for(proto);
+            let load = timed(row, || {
+                load::h2load(addr, proto, "1k", c, Amount::Requests(n), tmp)
+            })?;
+            eprintln!(
+                "   1k {} c={c:<3} {n} requests: CPU s / 100k gateway side {}, origin side {}",
+                proto.name(),
+                per_100k(&load, load.cpu_gateway),
+                per_100k(&load, load.cpu_origin),
+            );
+            result.cpu_again.entry(proto).or_default().push(load);
+        }
+    }
     Ok(())
 }
 

@@ -6,7 +6,8 @@
 //! app. The app is `crates/ptth-origin/examples/bench_app.rs` (`/1k`, `/1m`, `/bytes/N`).
 //! Each row gets fresh processes, so peak RSS (VmHWM) is that row's; CPU time comes from
 //! `/proc/PID/stat` deltas of each side's process tree around each load run, and around
-//! fixed-count runs for CPU per request. Then the scale run: gateway RSS per idle origin
+//! fixed-count runs for CPU per request. The runs an aim reads are measured again on fresh
+//! processes of the row (three pairs in all; the aims read medians). Then the scale run: gateway RSS per idle origin
 //! connection, one host's latency with thousands of other hosts' connections registered,
 //! and how long 1 000 origin connections take to come back after a gateway restart, and
 //! the upload row ([`upload`]: 5 GiB through rh2 proxy mode to an `h2c://` upstream, beside
@@ -145,6 +146,11 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
                 if let Err(e) = measure::measure_row(&row, spec, &plan, &tmp.0, &mut result) {
                     result.error = Some(format!("{e:#}"));
                 }
+                // Its processes stop before the next pair starts.
+                drop(row);
+                if result.error.is_none() {
+                    again(spec, &plan, &bin, &app, &dev, &tmp.0, &mut result);
+                }
             }
             Ok(None) => {
                 result.error = Some(
@@ -195,7 +201,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         eprintln!("(--smoke: docs/benchmarks.md not written)");
         let broken: Vec<String> = results
             .iter()
-            .filter(|(s, r)| smoke_broken(s, r))
+            .filter(|(s, r)| smoke_broken(s, &plan, r))
             .map(|(s, r)| format!("{}: {:?} {:?}", s.label, r.error, r.notes))
             .collect();
         if !broken.is_empty() {
@@ -216,15 +222,55 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The aims' runs of `spec`'s row ([`measure::aim_keys`]) on [`Plan::aim_samples`] − 1
+/// more fresh starts of its processes, one after another; a failure becomes a note and
+/// ends the repeats (the aims then read the samples there are).
+fn again(
+    spec: &RowSpec,
+    plan: &Plan,
+    bin: &Path,
+    app: &Path,
+    dev: &Path,
+    tmp: &Path,
+    result: &mut RowResult,
+) {
+    if measure::aim_keys(spec, plan).is_empty() {
+        return;
+    }
+    for n in 2..=plan.aim_samples {
+        eprintln!(
+            "   the aims' runs on fresh processes, pair {n} of {}",
+            plan.aim_samples
+        );
+        let done = match stack::start_row(spec, plan, bin, app, dev, tmp) {
+            Ok(Some(row)) => measure::measure_aims_again(&row, spec, plan, tmp, result),
+            Ok(None) => Err(anyhow::anyhow!("its baseline is no longer installed")),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = done {
+            let note = format!("the aims' runs on fresh processes, pair {n}: {e:#}");
+            eprintln!("   {note}");
+            result.notes.push(note);
+            return;
+        }
+    }
+}
+
 /// Whether a `--smoke` row shows the harness broken: any row that failed (only rathole,
 /// which `--smoke` does not build, may be missing: a smoke run without its nginx baseline
 /// proves nothing about the comparison), a run without a successful request, a CPU row
 /// without both fixed-count runs, or a ptth row with a note (a failed bulk transfer).
-fn smoke_broken(spec: &RowSpec, r: &RowResult) -> bool {
+fn smoke_broken(spec: &RowSpec, plan: &Plan, r: &RowResult) -> bool {
     if let Some(e) = &r.error {
         return !(spec.path == Route::Rathole && e.starts_with("not installed"));
     }
+    let repeats = plan.aim_samples.saturating_sub(1);
     r.loads.values().any(|l| l.requests == 0)
         || spec.cpu && (r.cpu.len() < 2 || r.cpu.values().any(|l| l.requests == 0))
         || matches!(spec.path, Route::Proxy(_) | Route::Library(_)) && !r.notes.is_empty()
+        || measure::aim_keys(spec, plan).iter().any(|k| {
+            r.again
+                .get(k)
+                .is_none_or(|s| s.len() != repeats || s.iter().any(|l| l.requests == 0))
+        })
 }

@@ -33,6 +33,9 @@ pub struct Plan {
     pub restart_connections: usize,
     /// `--connections` of the HTTP/1.1 mechanisms' origins.
     pub h1_connections: usize,
+    /// Process pairs each aim's runs are measured on, the row's own first: the aims read
+    /// the median ([`super::measure::RowResult::aim_load`]).
+    pub aim_samples: usize,
 }
 
 impl Plan {
@@ -55,6 +58,7 @@ impl Plan {
                 scale: vec![50],
                 restart_connections: 50,
                 h1_connections: 16,
+                aim_samples: 2,
             }
         } else {
             Self {
@@ -74,6 +78,7 @@ impl Plan {
                 scale: vec![1000, 10_000],
                 restart_connections: 1000,
                 h1_connections: 64,
+                aim_samples: 3,
             }
         }
     }

@@ -46,6 +46,7 @@ pub fn render(run: &Run<'_>) -> String {
     resources(&mut d, run);
     cpu(&mut d, run);
     problems(&mut d, run);
+    samples(&mut d, run);
     aims::write(&mut d, &aims::evaluate(run.plan, run.results, run.scale));
     scale(&mut d, run);
     super::upload::render(&mut d, run.upload);
@@ -136,6 +137,10 @@ fn header(d: &mut String, run: &Run<'_>) {
            of the same processes at the end of the row (fresh processes per row).\n\
          - Bulk: `curl --http1.1 -o /dev/null -w '%{{speed_download}}' \
            http://127.0.0.1:PORT/bytes/{}` through each path.\n\
+         - Aims: each run an aim reads (1 KiB at {c} concurrent in the rows with a CPU run, \
+           and at {lc} concurrent in (a) and (d)) and the fixed-count runs are measured again on \
+           {k} fresh pairs of processes of the row in all; the aims read the median of each \
+           figure (\"The aims' runs on fresh processes\").\n\
          - Scale: one gateway; first {HOST}'s origin (`ptth-origin --mechanism rh2 --hello \
            --connections {w}`, one per gateway worker), then idle origin connections of other \
            hosts (`--connections 1000` per process, a host per process). Routing cost: \
@@ -147,6 +152,8 @@ fn header(d: &mut String, run: &Run<'_>) {
         s = plan.seconds,
         n = plan.cpu_requests,
         c = plan.aim_c,
+        k = plan.aim_samples,
+        lc = plan.latency_c,
         w = crate::procs::workers(None),
     );
 }
@@ -317,6 +324,75 @@ fn cpu(d: &mut String, run: &Run<'_>) {
     d.push('\n');
 }
 
+/// Every sample of the runs the aims read, per row, and the median the aims take.
+fn samples(d: &mut String, run: &Run<'_>) {
+    let _ = writeln!(
+        d,
+        "\n## The aims' runs on fresh processes\n\n\
+         Each run an aim reads was measured on {} pairs of processes of its row, each started \
+         afresh (one draw each of how the kernel spreads the client connections over the \
+         workers): the row's own, whose figures the tables above show, then the others, \
+         each after the same 1 s warm-up. The aims read the median of each figure.\n\n\
+         | path | run | req/s, each pair | median | p50 ms, each | median | p99 ms, each | median |\n\
+         |---|---|---|---|---|---|---|---|",
+        run.plan.aim_samples
+    );
+    let each = |v: &[&Load], f: fn(&Load) -> f64, digits: usize| {
+        v.iter()
+            .map(|l| format!("{:.*}", digits, f(l)))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    for (spec, r) in run.results {
+        for key in measure::aim_keys(spec, run.plan) {
+            let v: Vec<&Load> = r.samples(&key).collect();
+            let Some(m) = r.aim_load(&key) else {
+                continue;
+            };
+            let (body, proto, c) = key;
+            let _ = writeln!(
+                d,
+                "| {} | {body} {} c={c} | {} | {:.0} | {} | {:.2} | {} | {:.2} |",
+                spec.name(),
+                proto.name(),
+                each(&v, |l| l.rps, 0),
+                m.rps,
+                each(&v, |l| l.p50_ms, 2),
+                m.p50_ms,
+                each(&v, |l| l.p99_ms, 2),
+                m.p99_ms,
+            );
+        }
+    }
+    let _ = writeln!(
+        d,
+        "\nThe fixed-count CPU runs likewise (gateway side CPU s per 100 000 requests):\n\n\
+         | path | client | each pair | median |\n|---|---|---|---|"
+    );
+    for (spec, r) in run.results {
+        for (&proto, first) in &r.cpu {
+            let v: Vec<String> = std::iter::once(first)
+                .chain(r.cpu_again.get(&proto).into_iter().flatten())
+                .map(|l| {
+                    l.per_100k(l.cpu_gateway)
+                        .map_or_else(|| "–".into(), |s| format!("{s:.2}"))
+                })
+                .collect();
+            let Some(m) = r.aim_cpu(proto).and_then(|l| l.per_100k(l.cpu_gateway)) else {
+                continue;
+            };
+            let _ = writeln!(
+                d,
+                "| {} | {} | {} | {m:.2} |",
+                spec.name(),
+                proto.name(),
+                v.join(" / ")
+            );
+        }
+    }
+    d.push('\n');
+}
+
 /// Notes (failed bulk transfers) and runs with failed requests.
 fn problems(d: &mut String, run: &Run<'_>) {
     let notes: Vec<String> = run
@@ -343,7 +419,25 @@ fn problems(d: &mut String, run: &Run<'_>) {
                 ));
             }
         }
-        for (proto, l) in &r.cpu {
+        for ((body, proto, c), l) in r
+            .again
+            .iter()
+            .flat_map(|(k, v)| v.iter().map(move |l| (k, l)))
+        {
+            if l.failed > 0 {
+                failed.push(format!(
+                    "- {}: {} of the {body} {} C={c} requests on fresh processes failed",
+                    spec.name(),
+                    l.failed,
+                    proto.name()
+                ));
+            }
+        }
+        for (proto, l) in r.cpu.iter().chain(
+            r.cpu_again
+                .iter()
+                .flat_map(|(p, v)| v.iter().map(move |l| (p, l))),
+        ) {
             if l.failed > 0 {
                 failed.push(format!(
                     "- {}: {} of the fixed-count {} requests failed",

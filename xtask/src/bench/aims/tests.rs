@@ -15,6 +15,13 @@ fn load(rps: f64, p50_ms: f64, p99_ms: f64) -> Load {
     }
 }
 
+impl Load {
+    fn with_requests(mut self, requests: u64) -> Self {
+        self.requests = requests;
+        self
+    }
+}
+
 type Results = Vec<(RowSpec, RowResult)>;
 
 /// Results of every row of the full plan, each aim exactly on its threshold.
@@ -201,4 +208,102 @@ fn the_plans_read_their_aims_at_concurrencies_they_run() {
     for path in [Route::Nginx, LIBRARY, PROXY] {
         assert!(ROWS.iter().any(|s| s.is(path) && s.cpu), "{path:?}");
     }
+}
+
+#[test]
+fn the_aims_read_the_median_of_the_process_pairs() {
+    let key = ("1k", Proto::H1, 64);
+    // The row's own pair on the line (60 000 against nginx's 50 000): one slow pair beside
+    // it does not move the median; two do.
+    for (others, met) in [
+        ([30_000.0, 61_000.0], true),
+        ([30_000.0, 59_000.0], false),
+        ([61_000.0, 62_000.0], true),
+    ] {
+        let (plan, mut results, scale) = on_the_line();
+        let lib = row_mut(&mut results, LIBRARY);
+        lib.again
+            .insert(key, others.iter().map(|&r| load(r, 0.125, 2.0)).collect());
+        let aims = evaluate(&plan, &results, &scale);
+        assert_eq!(aims[0].met, Some(met), "{others:?}: {:?}", aims[0]);
+    }
+    // A pair without a successful request is not a sample; the others' median stands.
+    let (plan, mut results, scale) = on_the_line();
+    let nginx = row_mut(&mut results, Route::Nginx);
+    nginx.again.insert(
+        key,
+        vec![
+            load(40_000.0, 0.1, 1.0),
+            load(0.0, 0.0, 0.0).with_requests(0),
+        ],
+    );
+    let aims = evaluate(&plan, &results, &scale);
+    assert!(
+        aims[0].this_run.contains("60000 vs 45000 req/s"),
+        "{:?}",
+        aims[0]
+    );
+    assert!(
+        aims[1].this_run.contains("2.00 vs 1.50 ms"),
+        "{:?}",
+        aims[1]
+    );
+
+    // The CPU aim reads the median CPU time per request of the fixed-count runs.
+    let (plan, mut results, scale) = on_the_line();
+    let proxy = row_mut(&mut results, PROXY);
+    let mut slow = proxy.cpu[&Proto::H2].clone();
+    slow.cpu_gateway = 1.5;
+    proxy.cpu_again.insert(Proto::H2, vec![slow.clone(), slow]);
+    assert_eq!(misses(&plan, &results, &scale), (vec![10], vec![]));
+}
+
+#[test]
+fn the_median_is_per_figure_and_over_successful_samples() {
+    let a = Load {
+        cpu_gateway: 2.0,
+        failed: 1,
+        ..load(100.0, 1.0, 9.0)
+    };
+    let b = Load {
+        requests: 2000,
+        cpu_gateway: 2.0,
+        ..load(300.0, 3.0, 5.0)
+    };
+    let c = load(200.0, 2.0, 7.0);
+    let m = measure::median([&a, &b, &c].into_iter()).unwrap();
+    assert_eq!((m.rps, m.p50_ms, m.p99_ms), (200.0, 2.0, 7.0));
+    assert_eq!((m.requests, m.failed), (2000, 1));
+    // Per request: 2 ms, 1 ms, 0 ms; the median 1 ms, times 2 000 requests.
+    assert!((m.cpu_gateway - 2.0).abs() < 1e-9, "{m:?}");
+    let two = measure::median([&a, &c].into_iter()).unwrap();
+    assert_eq!(two.rps, 150.0);
+    let none = load(1.0, 1.0, 1.0).with_requests(0);
+    assert!(measure::median([&none].into_iter()).is_none());
+}
+
+#[test]
+fn the_rows_of_the_aims_repeat_exactly_the_runs_the_aims_read() {
+    let plan = Plan::new(false);
+    let keys = |path: Route| {
+        let spec = ROWS.iter().find(|s| s.is(path)).unwrap();
+        measure::aim_keys(spec, &plan)
+    };
+    let at = |c| vec![("1k", Proto::H1, c), ("1k", Proto::H2, c)];
+    assert_eq!(keys(Route::Direct), at(1));
+    assert_eq!(keys(LIBRARY), [at(1), at(64)].concat());
+    for path in [Route::Nginx, PROXY, Route::Rathole] {
+        assert_eq!(keys(path), at(64), "{path:?}");
+    }
+    for spec in ROWS
+        .iter()
+        .filter(|s| s.threads.is_some() || s.h2c_upstream)
+    {
+        assert!(measure::aim_keys(spec, &plan).is_empty(), "{spec:?}");
+    }
+    // In --smoke the two concurrencies are one: each run once.
+    let smoke = Plan::new(true);
+    let spec = ROWS.iter().find(|s| s.is(LIBRARY)).unwrap();
+    assert_eq!(measure::aim_keys(spec, &smoke), at(16));
+    assert_eq!(smoke.aim_samples, 2);
 }
