@@ -128,7 +128,7 @@ fn p99(results: &[(RowSpec, RowResult)], key: Key) -> Outcome {
 fn bulk(results: &[(RowSpec, RowResult)]) -> Outcome {
     let mb_s = |path| {
         row(results, path)?
-            .bulk_mb_s
+            .aim_bulk()
             .ok_or_else(|| format!("{}: the bulk transfer failed", name(results, path)))
     };
     let (l, n) = (mb_s(LIBRARY)?, mb_s(Route::Nginx)?);

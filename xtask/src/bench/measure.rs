@@ -35,6 +35,9 @@ pub struct RowResult {
     pub again: BTreeMap<Key, Vec<Load>>,
     /// The fixed-count runs likewise; their first sample is in `cpu`.
     pub cpu_again: BTreeMap<Proto, Vec<Load>>,
+    /// The bulk download likewise, in the rows the bulk aim reads ([`bulk_aim`]); the first
+    /// is `bulk_mb_s`.
+    pub bulk_again: Vec<f64>,
 }
 
 impl RowResult {
@@ -57,6 +60,24 @@ impl RowResult {
                 .into_iter()
                 .chain(self.cpu_again.get(&proto).into_iter().flatten()),
         )
+    }
+
+    /// The bulk download's MB/s as the aim reads it: the median over the process pairs
+    /// whose download completed.
+    pub fn aim_bulk(&self) -> Option<f64> {
+        let mut v: Vec<f64> = self
+            .bulk_mb_s
+            .iter()
+            .chain(&self.bulk_again)
+            .copied()
+            .collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        match n {
+            0 => None,
+            _ if n % 2 == 1 => Some(v[n / 2]),
+            _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+        }
     }
 
     /// Every sample of the time-based run `key`, the row's own first.
@@ -201,7 +222,13 @@ pub fn measure_row(
     Ok(())
 }
 
-/// The runs of [`aim_keys`] and the fixed-count runs once more, on `row`: a fresh start of
+/// Whether the bulk aim reads `spec`'s row: nginx and library mode, default threads.
+pub fn bulk_aim(spec: &RowSpec) -> bool {
+    spec.is(spec.path) && matches!(spec.path, Route::Nginx | Route::Library(_))
+}
+
+/// The runs of [`aim_keys`], the fixed-count runs and (for [`bulk_aim`]) the bulk download
+/// once more, on `row`: a fresh start of
 /// `spec`'s processes after [`measure_row`] measured the first. The same warm-up first;
 /// the samples go to `result.again` and `result.cpu_again`.
 pub fn measure_aims_again(
@@ -244,6 +271,11 @@ pub fn measure_aims_again(
             result.cpu_again.entry(proto).or_default().push(load);
         }
     }
+    if bulk_aim(spec) {
+        if let Some(mb_s) = bulk_download(row, plan, result)? {
+            result.bulk_again.push(mb_s);
+        }
+    }
     Ok(())
 }
 
@@ -254,6 +286,15 @@ fn per_100k(load: &Load, cpu: f64) -> String {
 
 /// One large body through the path with curl; a failed transfer becomes a note.
 fn bulk(row: &Running, plan: &Plan, result: &mut RowResult) -> Result<()> {
+    if let Some(mb_s) = bulk_download(row, plan, result)? {
+        result.bulk_mb_s = Some(mb_s);
+    }
+    Ok(())
+}
+
+/// One `curl --http1.1` download of [`Plan::bulk_bytes`]: its MB/s, or `None` with a note
+/// in `result` when the transfer failed.
+fn bulk_download(row: &Running, plan: &Plan, result: &mut RowResult) -> Result<Option<f64>> {
     let out = procs::output(
         Command::new("curl")
             .args(["-sS", "--http1.1", "-o", "/dev/null", "--max-time", "300"])
@@ -276,10 +317,10 @@ fn bulk(row: &Running, plan: &Plan, result: &mut RowResult) -> Result<()> {
         );
         eprintln!("   {note}");
         result.notes.push(note);
+        Ok(None)
     } else {
         let speed: f64 = f.get(1).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-        result.bulk_mb_s = Some(speed / 1e6);
         eprintln!("   bulk {:.0} MB/s", speed / 1e6);
+        Ok(Some(speed / 1e6))
     }
-    Ok(())
 }

@@ -6,8 +6,9 @@
 //! app. The app is `crates/ptth-origin/examples/bench_app.rs` (`/1k`, `/1m`, `/bytes/N`).
 //! Each row gets fresh processes, so peak RSS (VmHWM) is that row's; CPU time comes from
 //! `/proc/PID/stat` deltas of each side's process tree around each load run, and around
-//! fixed-count runs for CPU per request. The runs an aim reads are measured again on fresh
-//! processes of the row (three pairs in all; the aims read medians). Then the scale run: gateway RSS per idle origin
+//! fixed-count runs for CPU per request. The runs an aim reads (and the bulk download of
+//! nginx and library mode) are measured again on fresh processes of the row (three pairs in
+//! all; the aims read medians). Then the scale run: gateway RSS per idle origin
 //! connection, one host's latency with thousands of other hosts' connections registered,
 //! and how long 1 000 origin connections take to come back after a gateway restart, and
 //! the upload row ([`upload`]: 5 GiB through rh2 proxy mode to an `h2c://` upstream, beside
@@ -273,4 +274,5 @@ fn smoke_broken(spec: &RowSpec, plan: &Plan, r: &RowResult) -> bool {
                 .get(k)
                 .is_none_or(|s| s.len() != repeats || s.iter().any(|l| l.requests == 0))
         })
+        || measure::bulk_aim(spec) && r.bulk_again.len() != repeats
 }

@@ -138,7 +138,8 @@ fn header(d: &mut String, run: &Run<'_>) {
          - Bulk: `curl --http1.1 -o /dev/null -w '%{{speed_download}}' \
            http://127.0.0.1:PORT/bytes/{}` through each path.\n\
          - Aims: each run an aim reads (1 KiB at {c} concurrent in the rows with a CPU run, \
-           and at {lc} concurrent in (a) and (d)) and the fixed-count runs are measured again on \
+           and at {lc} concurrent in (a) and (d)), the fixed-count runs and the bulk download \
+           of (b) and (d) are measured again on \
            {k} fresh pairs of processes of the row in all; the aims read the median of each \
            figure (\"The aims' runs on fresh processes\").\n\
          - Scale: one gateway; first {HOST}'s origin (`ptth-origin --mechanism rh2 --hello \
@@ -363,6 +364,25 @@ fn samples(d: &mut String, run: &Run<'_>) {
                 m.p99_ms,
             );
         }
+    }
+    let _ = writeln!(
+        d,
+        "\nThe bulk download likewise (MB/s):\n\n| path | each pair | median |\n|---|---|---|"
+    );
+    for (spec, r) in run.results {
+        if !measure::bulk_aim(spec) {
+            continue;
+        }
+        let Some(m) = r.aim_bulk() else {
+            continue;
+        };
+        let v: Vec<String> = r
+            .bulk_mb_s
+            .iter()
+            .chain(&r.bulk_again)
+            .map(|b| format!("{b:.0}"))
+            .collect();
+        let _ = writeln!(d, "| {} | {} | {m:.0} |", spec.name(), v.join(" / "));
     }
     let _ = writeln!(
         d,

@@ -256,6 +256,31 @@ fn the_aims_read_the_median_of_the_process_pairs() {
     slow.cpu_gateway = 1.5;
     proxy.cpu_again.insert(Proto::H2, vec![slow.clone(), slow]);
     assert_eq!(misses(&plan, &results, &scale), (vec![10], vec![]));
+
+    // The bulk aim reads the median download of library mode and of nginx (2 000 against
+    // 1 000 MB/s on the line); a failed download is no sample.
+    for (lib, nginx, met) in [
+        (vec![900.0, 2100.0], vec![], true),
+        (vec![900.0, 1900.0], vec![], false),
+        (vec![2100.0], vec![1100.0, 900.0], true),
+        (vec![2100.0], vec![1100.0, 1200.0], false),
+    ] {
+        let (plan, mut results, scale) = on_the_line();
+        row_mut(&mut results, LIBRARY).bulk_again = lib.clone();
+        row_mut(&mut results, Route::Nginx).bulk_again = nginx.clone();
+        let aims = evaluate(&plan, &results, &scale);
+        assert_eq!(aims[6].met, Some(met), "{lib:?} {nginx:?}: {:?}", aims[6]);
+    }
+    let (plan, mut results, scale) = on_the_line();
+    let lib = row_mut(&mut results, LIBRARY);
+    lib.bulk_mb_s = None;
+    lib.bulk_again = vec![1500.0, 2500.0];
+    let aims = evaluate(&plan, &results, &scale);
+    assert!(
+        aims[6].this_run.contains("2000 vs 1000 MB/s"),
+        "{:?}",
+        aims[6]
+    );
 }
 
 #[test]
@@ -301,6 +326,12 @@ fn the_rows_of_the_aims_repeat_exactly_the_runs_the_aims_read() {
     {
         assert!(measure::aim_keys(spec, &plan).is_empty(), "{spec:?}");
     }
+    let bulk: Vec<&str> = ROWS
+        .iter()
+        .filter(|s| measure::bulk_aim(s))
+        .map(|s| s.label)
+        .collect();
+    assert_eq!(bulk, ["nginx", "ptth library rh2"]);
     // In --smoke the two concurrencies are one: each run once.
     let smoke = Plan::new(true);
     let spec = ROWS.iter().find(|s| s.is(LIBRARY)).unwrap();
