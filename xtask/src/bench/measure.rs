@@ -158,6 +158,51 @@ fn timed(row: &Running, load: impl FnOnce() -> Result<Load>) -> Result<Load> {
     Ok(l)
 }
 
+/// Warms a row up (connections, pools, allocator) outside the measurements.
+fn warm_up(row: &Running, tmp: &Path) -> Result<()> {
+    load::h2load(row.addr, Proto::H1, "1k", 16, Amount::Seconds(1), tmp).map(drop)
+}
+
+/// The time-based run `key` ([`Plan::seconds`]) on `row`, with each side's CPU time.
+fn time_run(row: &Running, plan: &Plan, key: Key, tmp: &Path) -> Result<Load> {
+    let (body, proto, c) = key;
+    let load = timed(row, || match &row.h3 {
+        Some((addr, ca)) if proto == Proto::H3 => {
+            load::h3load(&row.h3_client, *addr, ca, body, c, plan.seconds)
+        }
+        _ => {
+            let addr = row.addr_for(proto);
+            load::h2load(addr, proto, body, c, Amount::Seconds(plan.seconds), tmp)
+        }
+    })?;
+    eprintln!(
+        "   {body} {} c={c:<3} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  failed {}",
+        proto.name(),
+        load.rps,
+        load.p50_ms,
+        load.p99_ms,
+        load.failed
+    );
+    Ok(load)
+}
+
+/// The fixed-count run of `proto` on `row`: [`Plan::cpu_requests`] of the 1 KiB body at
+/// [`Plan::aim_c`], so the CPU time of each row is for the same work.
+fn cpu_run(row: &Running, plan: &Plan, proto: Proto, tmp: &Path) -> Result<Load> {
+    let (c, n) = (plan.aim_c, plan.cpu_requests);
+    let addr = row.addr_for(proto);
+    let load = timed(row, || {
+        load::h2load(addr, proto, "1k", c, Amount::Requests(n), tmp)
+    })?;
+    eprintln!(
+        "   1k {} c={c:<3} {n} requests: CPU s / 100k gateway side {}, origin side {}",
+        proto.name(),
+        per_100k(&load, load.cpu_gateway),
+        per_100k(&load, load.cpu_origin),
+    );
+    Ok(load)
+}
+
 /// Measures a row that is up into `result`. An error ends the row; what was measured
 /// before it stays.
 pub fn measure_row(
@@ -167,8 +212,7 @@ pub fn measure_row(
     tmp: &Path,
     result: &mut RowResult,
 ) -> Result<()> {
-    // Warm up (connections, pools, allocator) outside the measurements.
-    load::h2load(row.addr, Proto::H1, "1k", 16, Amount::Seconds(1), tmp)?;
+    warm_up(row, tmp)?;
     let protos: &[Proto] = if row.h3.is_some() {
         &[Proto::H1, Proto::H2, Proto::H3]
     } else {
@@ -177,42 +221,14 @@ pub fn measure_row(
     for &body in &plan.bodies {
         for &proto in protos {
             for &c in &plan.concurrency {
-                let load = timed(row, || match &row.h3 {
-                    Some((addr, ca)) if proto == Proto::H3 => {
-                        load::h3load(&row.h3_client, *addr, ca, body, c, plan.seconds)
-                    }
-                    _ => {
-                        let addr = row.addr_for(proto);
-                        load::h2load(addr, proto, body, c, Amount::Seconds(plan.seconds), tmp)
-                    }
-                })?;
-                eprintln!(
-                    "   {body} {} c={c:<3} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  failed {}",
-                    proto.name(),
-                    load.rps,
-                    load.p50_ms,
-                    load.p99_ms,
-                    load.failed
-                );
-                result.loads.insert((body, proto, c), load);
+                let key = (body, proto, c);
+                result.loads.insert(key, time_run(row, plan, key, tmp)?);
             }
         }
     }
     if spec.cpu {
-        // A fixed number of requests, so the CPU time of each row is for the same work.
-        let (c, n) = (plan.aim_c, plan.cpu_requests);
         for proto in [Proto::H1, Proto::H2] {
-            let addr = row.addr_for(proto);
-            let load = timed(row, || {
-                load::h2load(addr, proto, "1k", c, Amount::Requests(n), tmp)
-            })?;
-            eprintln!(
-                "   1k {} c={c:<3} {n} requests: CPU s / 100k gateway side {}, origin side {}",
-                proto.name(),
-                per_100k(&load, load.cpu_gateway),
-                per_100k(&load, load.cpu_origin),
-            );
-            result.cpu.insert(proto, load);
+            result.cpu.insert(proto, cpu_run(row, plan, proto, tmp)?);
         }
     }
     bulk(row, plan, result)?;
@@ -228,9 +244,9 @@ pub fn bulk_aim(spec: &RowSpec) -> bool {
 }
 
 /// The runs of [`aim_keys`], the fixed-count runs and (for [`bulk_aim`]) the bulk download
-/// once more, on `row`: a fresh start of
-/// `spec`'s processes after [`measure_row`] measured the first. The same warm-up first;
-/// the samples go to `result.again` and `result.cpu_again`.
+/// once more, on `row`: a fresh start of `spec`'s processes after [`measure_row`] measured
+/// the first. The same warm-up first; the samples go to `result.again`, `result.cpu_again`
+/// and `result.bulk_again`.
 pub fn measure_aims_again(
     row: &Running,
     spec: &RowSpec,
@@ -238,36 +254,14 @@ pub fn measure_aims_again(
     tmp: &Path,
     result: &mut RowResult,
 ) -> Result<()> {
-    load::h2load(row.addr, Proto::H1, "1k", 16, Amount::Seconds(1), tmp)?;
+    warm_up(row, tmp)?;
     for key in aim_keys(spec, plan) {
-        let (body, proto, c) = key;
-        let addr = row.addr_for(proto);
-        let load = timed(row, || {
-            load::h2load(addr, proto, body, c, Amount::Seconds(plan.seconds), tmp)
-        })?;
-        eprintln!(
-            "   {body} {} c={c:<3} {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  failed {}",
-            proto.name(),
-            load.rps,
-            load.p50_ms,
-            load.p99_ms,
-            load.failed
-        );
+        let load = time_run(row, plan, key, tmp)?;
         result.again.entry(key).or_default().push(load);
     }
     if spec.cpu && spec.is(spec.path) {
-        let (c, n) = (plan.aim_c, plan.cpu_requests);
         for proto in [Proto::H1, Proto::H2] {
-            let addr = row.addr_for(proto);
-            let load = timed(row, || {
-                load::h2load(addr, proto, "1k", c, Amount::Requests(n), tmp)
-            })?;
-            eprintln!(
-                "   1k {} c={c:<3} {n} requests: CPU s / 100k gateway side {}, origin side {}",
-                proto.name(),
-                per_100k(&load, load.cpu_gateway),
-                per_100k(&load, load.cpu_origin),
-            );
+            let load = cpu_run(row, plan, proto, tmp)?;
             result.cpu_again.entry(proto).or_default().push(load);
         }
     }
