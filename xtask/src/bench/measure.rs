@@ -54,30 +54,26 @@ impl RowResult {
     /// The fixed-count run of `proto` as the aims read it: the median CPU time per request
     /// over the process pairs, scaled to the run's requests.
     pub fn aim_cpu(&self, proto: Proto) -> Option<Load> {
-        median(
-            self.cpu
-                .get(&proto)
-                .into_iter()
-                .chain(self.cpu_again.get(&proto).into_iter().flatten()),
-        )
+        median(self.cpu_samples(proto))
     }
 
     /// The bulk download's MB/s as the aim reads it: the median over the process pairs
     /// whose download completed.
     pub fn aim_bulk(&self) -> Option<f64> {
-        let mut v: Vec<f64> = self
-            .bulk_mb_s
-            .iter()
-            .chain(&self.bulk_again)
-            .copied()
-            .collect();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        match n {
-            0 => None,
-            _ if n % 2 == 1 => Some(v[n / 2]),
-            _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
-        }
+        median_of(self.bulk_samples().collect())
+    }
+
+    /// Every sample of the fixed-count run of `proto`, the row's own first.
+    pub fn cpu_samples(&self, proto: Proto) -> impl Iterator<Item = &Load> {
+        self.cpu
+            .get(&proto)
+            .into_iter()
+            .chain(self.cpu_again.get(&proto).into_iter().flatten())
+    }
+
+    /// Every completed bulk download's MB/s, the row's own first.
+    pub fn bulk_samples(&self) -> impl Iterator<Item = f64> + '_ {
+        self.bulk_mb_s.iter().chain(&self.bulk_again).copied()
     }
 
     /// Every sample of the time-based run `key`, the row's own first.
@@ -94,17 +90,10 @@ impl RowResult {
 /// sample made, failures summed. `None` without such a sample.
 pub fn median<'a>(samples: impl Iterator<Item = &'a Load>) -> Option<Load> {
     let ok: Vec<&Load> = samples.filter(|l| l.requests > 0).collect();
-    let mid = |f: &dyn Fn(&Load) -> f64| {
-        let mut v: Vec<f64> = ok.iter().map(|l| f(l)).collect();
-        v.sort_by(f64::total_cmp);
-        let n = v.len();
-        if n % 2 == 1 {
-            v[n / 2]
-        } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2.0
-        }
-    };
     let requests = ok.iter().map(|l| l.requests).max()?;
+    // Never empty past the line above.
+    let mid =
+        |f: &dyn Fn(&Load) -> f64| median_of(ok.iter().map(|l| f(l)).collect()).unwrap_or(0.0);
     Some(Load {
         rps: mid(&|l| l.rps),
         p50_ms: mid(&|l| l.p50_ms),
@@ -114,6 +103,17 @@ pub fn median<'a>(samples: impl Iterator<Item = &'a Load>) -> Option<Load> {
         cpu_gateway: mid(&|l| l.cpu_gateway / l.requests as f64) * requests as f64,
         cpu_origin: mid(&|l| l.cpu_origin / l.requests as f64) * requests as f64,
     })
+}
+
+/// The median of `v` (the mean of the middle two for an even count), `None` when empty.
+fn median_of(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 /// The time-based runs of `spec`'s row that an aim reads: 1 KiB at [`Plan::aim_c`] over

@@ -376,12 +376,7 @@ fn samples(d: &mut String, run: &Run<'_>) {
         let Some(m) = r.aim_bulk() else {
             continue;
         };
-        let v: Vec<String> = r
-            .bulk_mb_s
-            .iter()
-            .chain(&r.bulk_again)
-            .map(|b| format!("{b:.0}"))
-            .collect();
+        let v: Vec<String> = r.bulk_samples().map(|b| format!("{b:.0}")).collect();
         let _ = writeln!(d, "| {} | {} | {m:.0} |", spec.name(), v.join(" / "));
     }
     let _ = writeln!(
@@ -390,9 +385,9 @@ fn samples(d: &mut String, run: &Run<'_>) {
          | path | client | each pair | median |\n|---|---|---|---|"
     );
     for (spec, r) in run.results {
-        for (&proto, first) in &r.cpu {
-            let v: Vec<String> = std::iter::once(first)
-                .chain(r.cpu_again.get(&proto).into_iter().flatten())
+        for &proto in r.cpu.keys() {
+            let v: Vec<String> = r
+                .cpu_samples(proto)
                 .map(|l| {
                     l.per_100k(l.cpu_gateway)
                         .map_or_else(|| "–".into(), |s| format!("{s:.2}"))
